@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the real Kubernetes components Portico's tests run against:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm.
+# Everything comes from Go modules; nothing is downloaded from release pages.
+#
+# Usage: hack/k8s-bins.sh            build what is missing, print the bin directory
+# Cache: ${PORTICO_CACHE:-~/.cache/portico}/bin/<component>-<version>
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+
+CACHE="${PORTICO_CACHE:-$HOME/.cache/portico}"
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=mod" GOTOOLCHAIN=local
+
+log() { printf '[k8s-bins %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# have NAME VERSION: the versioned binary exists (a marker is written only after a good build).
+have() { [[ -x "$BIN/$1-$2" && -f "$BIN/.$1-$2.ok" ]]; }
+
+link() { ln -sf "$1-$2" "$BIN/$1"; touch "$BIN/.$1-$2.ok"; }
+
+build_kubernetes() {
+  local missing=0 c
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    have "$c" "$K8S_VERSION" || missing=1
+  done
+  ((missing)) || return 0
+  log "building Kubernetes $K8S_VERSION (cold: 15-30 min on 2 cores)"
+  local work="$CACHE/build/kubernetes-$K8S_VERSION"
+  mkdir -p "$work"
+  local gomod
+  gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  [[ -f "$gomod" ]] || { log "cannot find go.mod of k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module portico.dev/k8s-build"
+    echo
+    grep -E '^go [0-9]' "$gomod"
+    grep -E '^godebug ' "$gomod" || true
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    # Every staging module k8s.io/kubernetes replaces with a local folder, pinned to its
+    # published version instead. Generated from the go.mod itself, never hand-copied.
+    grep -E '^\s*k8s.io/[^ ]+ => \./staging/' "$gomod" \
+      | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
+  } >"$work/go.mod"
+  log "wrapper module lists $(grep -c '^replace' "$work/go.mod") staging replacements"
+  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  (cd "$work" && go get "${pkgs[@]/%/@$K8S_VERSION}")
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  mkdir -p "$work/out"
+  (cd "$work" && go build -trimpath -ldflags "$ld" -o out/ "${pkgs[@]}")
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    mv "$work/out/$c" "$BIN/$c-$K8S_VERSION"
+    link "$c" "$K8S_VERSION"
+  done
+  log "Kubernetes built"
+}
+
+build_etcd() {
+  have etcd "$ETCD_VERSION" && return 0
+  log "building etcd $ETCD_VERSION"
+  local work="$CACHE/build/etcd-$ETCD_VERSION"
+  mkdir -p "$work"
+  local gomod
+  gomod="$(go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  {
+    echo "module portico.dev/etcd-build"
+    echo
+    grep -E '^go [0-9]' "$gomod"
+    echo
+    # etcd's own go.mod replaces its sibling modules with folders; require them at the same tag.
+    for m in go.etcd.io/etcd/server/v3 go.etcd.io/etcd/api/v3 go.etcd.io/etcd/client/pkg/v3 \
+      go.etcd.io/etcd/client/v3 go.etcd.io/etcd/pkg/v3; do
+      echo "require $m $ETCD_VERSION"
+    done
+  } >"$work/go.mod"
+  (cd "$work" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+  (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3)
+  link etcd "$ETCD_VERSION"
+}
+
+build_plain() { # name version package
+  have "$1" "$2" && return 0
+  log "building $1 $2"
+  local gobin="$CACHE/build/$1-$2"
+  mkdir -p "$gobin"
+  local ld="-s -w"
+  if [[ $1 == helm ]]; then
+    local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+    ld+=" -X helm.sh/helm/v3/internal/version.version=$2"
+    ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+  fi
+  GOBIN="$gobin" go install -trimpath -ldflags "$ld" "$3@$2"
+  mv "$gobin/$1" "$BIN/$1-$2"
+  link "$1" "$2"
+}
+
+start=$(date +%s)
+build_etcd
+build_plain kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+build_kubernetes
+log "all components ready in $BIN ($(($(date +%s) - start)) s)"
+echo "$BIN"

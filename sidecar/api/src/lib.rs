@@ -1,0 +1,1 @@
+//! The operator→proxy contract: versioned serde types shared by the operator and the proxy.

@@ -1,0 +1,3 @@
+//! `portico-proxy`: Portico's data plane.
+
+fn main() {}
