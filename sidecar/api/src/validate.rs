@@ -1,0 +1,368 @@
+//! Whole-config validation. Rules are numbered from 1 in messages (`route "api" rule 2`) because
+//! people count that way when they read a YAML list.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use crate::{
+    API_VERSION, Backend, Filter, HashOn, Header, HeaderModifier, Listener, MatchKind, PathMatch,
+    PathRewrite, Protocol, ProxyConfig, Route, RouteRule, ValueMatch,
+};
+
+/// Why a config was refused: the element at fault and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{element}: {message}")]
+pub struct ValidationError {
+    /// The bad element, e.g. `route "api" rule 2`.
+    pub element: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn fail<T>(element: impl Into<String>, message: impl Into<String>) -> Result<T, ValidationError> {
+    Err(ValidationError {
+        element: element.into(),
+        message: message.into(),
+    })
+}
+
+type Result<T, E = ValidationError> = std::result::Result<T, E>;
+
+impl ProxyConfig {
+    /// Checks the config as a whole; the first problem found is returned.
+    pub fn validate(&self) -> Result<()> {
+        if self.api_version != API_VERSION {
+            return fail(
+                "config",
+                format!("apiVersion {:?} is not {API_VERSION:?}", self.api_version),
+            );
+        }
+        let mut backend_names = HashSet::new();
+        for b in &self.backends {
+            if !backend_names.insert(b.name.as_str()) {
+                return fail(format!("backend {:?}", b.name), "name is used twice");
+            }
+            check_backend(b)?;
+        }
+        let mut listener_names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for l in &self.listeners {
+            if !listener_names.insert(l.name.as_str()) {
+                return fail(format!("listener {:?}", l.name), "name is used twice");
+            }
+            check_listener(l, &backend_names)?;
+            let addr: SocketAddr = l.address.parse().expect("checked by check_listener");
+            if addr.port() != 0 && !addresses.insert(addr) {
+                return fail(
+                    format!("listener {:?}", l.name),
+                    format!("address {addr} is used by another listener"),
+                );
+            }
+        }
+        let mut route_names = HashSet::new();
+        for r in &self.routes {
+            if !route_names.insert(r.name.as_str()) {
+                return fail(format!("route {:?}", r.name), "name is used twice");
+            }
+            check_route(r, self, &backend_names)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_name(element: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return fail(element, "name is empty");
+    }
+    Ok(())
+}
+
+fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<()> {
+    let el = format!("listener {:?}", l.name);
+    check_name(&el, &l.name)?;
+    if l.address.parse::<SocketAddr>().is_err() {
+        return fail(&el, format!("address {:?} is not IP:PORT", l.address));
+    }
+    match (l.protocol, &l.tls, &l.backend) {
+        (Protocol::Https, None, _) => fail(&el, "protocol HTTPS needs tls"),
+        (Protocol::Http | Protocol::Tcp, Some(_), _) => {
+            fail(&el, "tls is only allowed with protocol HTTPS")
+        }
+        (Protocol::Tcp, _, None) => fail(&el, "protocol TCP needs a backend"),
+        (Protocol::Tcp, _, Some(b)) if !backends.contains(b.as_str()) => {
+            fail(&el, format!("backend {b:?} is not defined"))
+        }
+        (Protocol::Http | Protocol::Https, _, Some(_)) => {
+            fail(&el, "backend is only allowed with protocol TCP; use routes")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_backend(b: &Backend) -> Result<()> {
+    let el = format!("backend {:?}", b.name);
+    check_name(&el, &b.name)?;
+    let mut seen = HashSet::new();
+    for (i, e) in b.endpoints.iter().enumerate() {
+        let eel = format!("{el} endpoint {}", i + 1);
+        let Ok(addr) = e.address.parse::<SocketAddr>() else {
+            return fail(eel, format!("address {:?} is not IP:PORT", e.address));
+        };
+        if addr.port() == 0 {
+            return fail(eel, "port 0 is not a valid endpoint port");
+        }
+        if !seen.insert(addr) {
+            return fail(eel, format!("address {addr} is listed twice"));
+        }
+        if e.weight == 0 {
+            return fail(eel, "weight must be at least 1");
+        }
+    }
+    if let crate::LoadBalancer::ConsistentHash {
+        hash_on: HashOn::Header { name: h } | HashOn::Cookie { name: h },
+    } = &b.load_balancer
+    {
+        check_header_name(&format!("{el} loadBalancer"), h)?;
+    }
+    if let Some(od) = &b.outlier_detection {
+        let oel = format!("{el} outlierDetection");
+        if od.consecutive_failures == 0 {
+            return fail(oel, "consecutiveFailures must be at least 1");
+        }
+        if od.max_ejected_percent > 100 {
+            return fail(oel, "maxEjectedPercent must be 0–100");
+        }
+        if od.base_ejection_time > od.max_ejection_time {
+            return fail(oel, "baseEjectionTime is longer than maxEjectionTime");
+        }
+    }
+    if b.limits.max_connections == Some(0) {
+        return fail(format!("{el} limits"), "maxConnections must be at least 1");
+    }
+    Ok(())
+}
+
+fn check_route(r: &Route, cfg: &ProxyConfig, backends: &HashSet<&str>) -> Result<()> {
+    let el = format!("route {:?}", r.name);
+    check_name(&el, &r.name)?;
+    for l in &r.listeners {
+        match cfg.listeners.iter().find(|x| &x.name == l) {
+            None => return fail(&el, format!("listener {l:?} is not defined")),
+            Some(x) if x.protocol == Protocol::Tcp => {
+                return fail(
+                    &el,
+                    format!("listener {l:?} is TCP and cannot carry routes"),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for h in &r.hostnames {
+        check_hostname(&el, h)?;
+    }
+    if r.rules.is_empty() {
+        return fail(&el, "has no rules");
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        check_rule(&format!("{el} rule {}", i + 1), rule, backends)?;
+    }
+    Ok(())
+}
+
+fn check_hostname(el: &str, h: &str) -> Result<()> {
+    let bare = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !bare.is_empty()
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        });
+    if !ok {
+        return fail(
+            el,
+            format!("hostname {h:?} is not a DNS name or a *.wildcard"),
+        );
+    }
+    Ok(())
+}
+
+fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()> {
+    let mut has_prefix_match = !rule.matches.is_empty();
+    for (i, m) in rule.matches.iter().enumerate() {
+        let mel = format!("{el} match {}", i + 1);
+        match &m.path {
+            Some(PathMatch::Exact(p) | PathMatch::PathPrefix(p)) if !p.starts_with('/') => {
+                return fail(mel, format!("path {p:?} does not start with /"));
+            }
+            Some(PathMatch::RegularExpression(re)) => check_regex(&mel, re)?,
+            _ => {}
+        }
+        if !matches!(m.path, Some(PathMatch::PathPrefix(_))) {
+            has_prefix_match = false;
+        }
+        if let Some(method) = &m.method
+            && http_token(method).is_err()
+        {
+            return fail(mel, format!("method {method:?} is not a valid token"));
+        }
+        for h in &m.headers {
+            check_header_name(&mel, &h.name)?;
+            check_value_match(&mel, h)?;
+        }
+        for q in &m.query {
+            check_value_match(&mel, q)?;
+        }
+    }
+    let mut answers_itself = false;
+    for (i, f) in rule.filters.iter().enumerate() {
+        let fel = format!("{el} filter {}", i + 1);
+        match f {
+            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
+                check_modifier(&fel, m)?
+            }
+            Filter::UrlRewrite(u) => {
+                if let Some(h) = &u.hostname {
+                    check_hostname(&fel, h)?;
+                }
+                check_path_rewrite(&fel, u.path.as_ref(), has_prefix_match)?;
+            }
+            Filter::RequestRedirect(r) => {
+                answers_itself = true;
+                if let Some(s) = &r.scheme
+                    && s != "http"
+                    && s != "https"
+                {
+                    return fail(fel, format!("scheme {s:?} is not http or https"));
+                }
+                if let Some(h) = &r.hostname {
+                    check_hostname(&fel, h)?;
+                }
+                if let Some(code) = r.status_code
+                    && ![301, 302, 303, 307, 308].contains(&code)
+                {
+                    return fail(fel, format!("status {code} is not a redirect status"));
+                }
+                check_path_rewrite(&fel, r.path.as_ref(), has_prefix_match)?;
+            }
+            Filter::DirectResponse(d) => {
+                answers_itself = true;
+                if !(200..=599).contains(&d.status) {
+                    return fail(fel, format!("status {} is not 200–599", d.status));
+                }
+                check_headers(&fel, &d.headers)?;
+            }
+            Filter::RequestMirror(m) => {
+                if !backends.contains(m.backend.as_str()) {
+                    return fail(fel, format!("backend {:?} is not defined", m.backend));
+                }
+            }
+        }
+    }
+    for b in &rule.backends {
+        if !backends.contains(b.backend.as_str()) {
+            return fail(el, format!("backend {:?} is not defined", b.backend));
+        }
+    }
+    if !answers_itself {
+        if rule.backends.is_empty() {
+            return fail(el, "has no backends and no redirect or direct response");
+        }
+        if rule.backends.iter().all(|b| b.weight == 0) {
+            return fail(el, "every backend has weight 0");
+        }
+    }
+    if let Some(retry) = &rule.retry {
+        let rel = format!("{el} retry");
+        if retry.attempts > 10 {
+            return fail(rel, "attempts must be at most 10");
+        }
+        if retry.backoff.base > retry.backoff.max {
+            return fail(rel, "backoff base is longer than backoff max");
+        }
+        if !(0.0..=1.0).contains(&retry.budget.ratio) {
+            return fail(rel, "budget ratio must be 0.0–1.0");
+        }
+        if let Some(c) = retry.grpc_status_codes.iter().find(|c| **c > 16) {
+            return fail(rel, format!("{c} is not a gRPC status code"));
+        }
+        for m in &retry.methods {
+            if http_token(m).is_err() {
+                return fail(rel, format!("method {m:?} is not a valid token"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_path_rewrite(el: &str, p: Option<&PathRewrite>, has_prefix_match: bool) -> Result<()> {
+    match p {
+        Some(PathRewrite::ReplaceFullPath(p) | PathRewrite::ReplacePrefixMatch(p))
+            if !p.starts_with('/') =>
+        {
+            fail(el, format!("path {p:?} does not start with /"))
+        }
+        Some(PathRewrite::ReplacePrefixMatch(_)) if !has_prefix_match => fail(
+            el,
+            "ReplacePrefixMatch needs every match of the rule to have a PathPrefix path",
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn check_modifier(el: &str, m: &HeaderModifier) -> Result<()> {
+    check_headers(el, &m.set)?;
+    check_headers(el, &m.add)?;
+    for name in &m.remove {
+        check_header_name(el, name)?;
+    }
+    Ok(())
+}
+
+fn check_headers(el: &str, headers: &[Header]) -> Result<()> {
+    for h in headers {
+        check_header_name(el, &h.name)?;
+        if h.value.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+            return fail(
+                el,
+                format!("header {:?} value has a control character", h.name),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_value_match(el: &str, m: &ValueMatch) -> Result<()> {
+    if m.name.is_empty() {
+        return fail(el, "a header or query match has an empty name");
+    }
+    if m.kind == MatchKind::RegularExpression {
+        check_regex(el, &m.value)?;
+    }
+    Ok(())
+}
+
+fn check_regex(el: &str, re: &str) -> Result<()> {
+    if let Err(e) = regex::Regex::new(re) {
+        return fail(el, format!("regex {re:?} does not compile: {e}"));
+    }
+    Ok(())
+}
+
+fn check_header_name(el: &str, name: &str) -> Result<()> {
+    if http_token(name).is_err() {
+        return fail(el, format!("header name {name:?} is not a valid token"));
+    }
+    Ok(())
+}
+
+/// RFC 9110 §5.6.2 token.
+fn http_token(s: &str) -> std::result::Result<(), ()> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+    if ok { Ok(()) } else { Err(()) }
+}
+
+#[cfg(test)]
+mod tests;
