@@ -61,7 +61,7 @@ impl FromStr for Duration {
             _ => return Err(err()),
         };
         let secs = value * secs_per_unit;
-        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
             return Err(err());
         }
         Ok(Self(std::time::Duration::from_secs_f64(secs)))
@@ -73,7 +73,7 @@ impl fmt::Display for Duration {
         let d = self.0;
         if d.subsec_nanos() == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.as_nanos() % 1_000_000 == 0 {
+        } else if d.as_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}us", d.as_micros())

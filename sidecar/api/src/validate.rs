@@ -50,8 +50,7 @@ impl ProxyConfig {
             if !listener_names.insert(l.name.as_str()) {
                 return fail(format!("listener {:?}", l.name), "name is used twice");
             }
-            check_listener(l, &backend_names)?;
-            let addr: SocketAddr = l.address.parse().expect("checked by check_listener");
+            let addr = check_listener(l, &backend_names)?;
             if addr.port() != 0 && !addresses.insert(addr) {
                 return fail(
                     format!("listener {:?}", l.name),
@@ -77,12 +76,13 @@ fn check_name(element: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<()> {
+/// Checks one listener and returns its address.
+fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<SocketAddr> {
     let el = format!("listener {:?}", l.name);
     check_name(&el, &l.name)?;
-    if l.address.parse::<SocketAddr>().is_err() {
+    let Ok(addr) = l.address.parse::<SocketAddr>() else {
         return fail(&el, format!("address {:?} is not IP:PORT", l.address));
-    }
+    };
     match (l.protocol, &l.tls, &l.backend) {
         (Protocol::Https, None, _) => fail(&el, "protocol HTTPS needs tls"),
         (Protocol::Http | Protocol::Tcp, Some(_), _) => {
@@ -95,7 +95,7 @@ fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<()> {
         (Protocol::Http | Protocol::Https, _, Some(_)) => {
             fail(&el, "backend is only allowed with protocol TCP; use routes")
         }
-        _ => Ok(()),
+        _ => Ok(addr),
     }
 }
 
