@@ -1,0 +1,97 @@
+//! Errors the proxy answers with itself, turned into HTTP responses in exactly one place
+//! ([`ProxyError::into_response`]), so every proxy-made answer looks the same to a client: a
+//! distinct status, a one-line text body, and `x-portico-error: <reason>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+/// Any boxed error, for bodies and boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type used for every request and response the proxy sends.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The header that tells a client (and whoever debugs it) the proxy produced the response.
+pub const ERROR_HEADER: &str = "x-portico-error";
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A request the proxy could not forward, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the host, path and other conditions.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// Every endpoint of the backend is not ready or ejected (or there are none).
+    #[error("backend {0:?} has no healthy endpoint")]
+    NoHealthyEndpoint(Arc<str>),
+    /// The backend's connection and pending-request limits are both full.
+    #[error("backend {0:?} is at its concurrency limit")]
+    Overloaded(Arc<str>),
+    /// No response headers within the request or per-try timeout.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The TCP connection to the endpoint could not be made.
+    #[error("could not connect to upstream {0}")]
+    Connect(SocketAddr),
+    /// The upstream connection broke before the response headers arrived.
+    #[error("upstream {0} closed the connection before answering")]
+    Reset(SocketAddr),
+    /// The request itself is unusable (bad body, bad header...).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The status a client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoHealthyEndpoint(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Connect(_) | Self::Reset(_) => StatusCode::BAD_GATEWAY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short, stable reason: the value of `x-portico-error` and of the access log's `error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::NoHealthyEndpoint(_) => "no_healthy_endpoint",
+            Self::Overloaded(_) => "overloaded",
+            Self::Timeout(_) => "upstream_timeout",
+            Self::Connect(_) => "connect_failure",
+            Self::Reset(_) => "upstream_reset",
+            Self::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The response a client sees.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(full(format!("{self}\n")));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}

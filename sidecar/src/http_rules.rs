@@ -1,0 +1,121 @@
+//! HTTP rules a proxy must apply on every hop, in one place.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): a proxy removes
+/// them, plus every header named in `Connection`, before forwarding. `TE: trailers` is the one
+/// exception we keep, because gRPC over HTTP/2 requires it end to end.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Is this an HTTP/1.1 protocol upgrade request (RFC 9110 §7.8), e.g. a WebSocket handshake?
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1). When `keep_upgrade` is set (an upgrade is being
+/// passed through), `Connection: upgrade` and `Upgrade` are kept, since the next hop must see
+/// them to agree to the switch.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade && let Some(up) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, up);
+    }
+}
+
+/// Adds `X-Forwarded-For` (appending the client address to any existing list) and
+/// `X-Forwarded-Proto` (only when absent: an outer proxy that terminated TLS knows better).
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    headers
+        .entry("x-forwarded-proto")
+        .or_insert(HeaderValue::from_static(scheme));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_and_standard_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-kept"], "1");
+    }
+
+    #[test]
+    fn upgrade_headers_survive_when_upgrading() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

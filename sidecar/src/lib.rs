@@ -1,0 +1,210 @@
+//! Portico's data plane: an HTTP/1.1, HTTP/2, gRPC and TCP proxy configured with the
+//! [`portico_proxy_api`] contract.
+//!
+//! [`Proxy::start`] runs a proxy inside the current tokio runtime and returns a handle with the
+//! bound addresses; [`Proxy::apply`] swaps in a new config without dropping requests in flight.
+//! The `portico-proxy` binary wraps this with a config file, signals and logs ([`cli`]).
+
+pub mod accesslog;
+pub mod admin;
+pub mod backend;
+pub mod balance;
+pub mod cli;
+pub mod error;
+pub mod filters;
+pub mod http_rules;
+pub mod limits;
+pub mod metrics;
+pub mod outlier;
+pub mod proxy;
+pub mod reload;
+pub mod retry;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod tcp;
+pub mod tls;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portico_proxy_api::ProxyConfig;
+use tokio::sync::watch;
+
+pub use snapshot::ApplyError;
+
+/// State shared by every connection and request.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config in force.
+    pub snapshot: ArcSwap<snapshot::Snapshot>,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Whether access log lines are written.
+    pub access_log: bool,
+    /// True once a config is applied and its listeners are bound.
+    pub ready: AtomicBool,
+    /// Turns true when connections should finish and close.
+    pub shutdown: watch::Sender<bool>,
+    /// Open client connections.
+    pub active: watch::Sender<usize>,
+}
+
+/// How to run a proxy besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Admin server address; none runs no admin server.
+    pub admin_addr: Option<SocketAddr>,
+    /// Write JSON access log lines to stdout.
+    pub access_log: bool,
+}
+
+/// A running proxy. Cheap to clone; all clones control the same proxy.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    listeners: tokio::sync::Mutex<server::Listeners>,
+    addresses: Mutex<HashMap<String, SocketAddr>>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Validates `config`, binds its listeners (and the admin server) and starts serving.
+    pub async fn start(config: ProxyConfig, options: Options) -> Result<Self, StartError> {
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
+            metrics: metrics::Metrics::default(),
+            access_log: options.access_log,
+            ready: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+            active: watch::channel(0).0,
+        });
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        let admin_addr = match options.admin_addr {
+            Some(addr) => {
+                let sock = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Admin { addr, source })?;
+                let local = sock.local_addr().ok();
+                tokio::spawn(admin::serve(shared.clone(), sock, admin_stopped));
+                local
+            }
+            None => None,
+        };
+        let proxy = Self {
+            inner: Arc::new(Inner {
+                shared,
+                listeners: Default::default(),
+                addresses: Default::default(),
+                admin_addr,
+                admin_stop,
+            }),
+        };
+        proxy.apply(config).await?;
+        proxy.inner.shared.ready.store(true, Ordering::Release);
+        Ok(proxy)
+    }
+
+    /// Replaces the config. An invalid config, unusable certificate or unbindable address is
+    /// refused with an error naming the element, and the running config keeps serving. Requests
+    /// in flight finish under the config they started with.
+    pub async fn apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
+        let shared = &self.inner.shared;
+        let generation = config.generation;
+        let result = async {
+            let mut listeners = self.inner.listeners.lock().await;
+            let snap = snapshot::Snapshot::build(config, &shared.snapshot.load())?;
+            let pending = listeners.prepare(&snap.config).await?;
+            let cfg = snap.config.clone();
+            shared.snapshot.store(Arc::new(snap));
+            listeners.commit(shared, pending, &cfg);
+            *self
+                .inner
+                .addresses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = listeners.addresses();
+            Ok(())
+        }
+        .await;
+        shared
+            .metrics
+            .reload(result.is_ok(), result.is_ok().then_some(generation));
+        result
+    }
+
+    /// Counts a config that was refused before it reached [`Proxy::apply`] (unreadable file).
+    pub fn count_refused(&self) {
+        self.inner.shared.metrics.reload(false, None);
+    }
+
+    /// The bound address of a listener (useful when it was configured with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addresses().get(name).copied()
+    }
+
+    /// Bound addresses of all listeners.
+    pub fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
+        self.inner
+            .addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The admin server's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.inner.shared.snapshot.load().config.clone()
+    }
+
+    /// Metrics in Prometheus text format (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.inner.shared.metrics.encode()
+    }
+
+    /// Stops accepting, asks open connections to finish their requests and close, and waits up
+    /// to `deadline` for them. Returns true if every connection closed in time.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        let shared = &self.inner.shared;
+        shared.ready.store(false, Ordering::Release);
+        self.inner.listeners.lock().await.stop_all();
+        shared.shutdown.send_replace(true);
+        let mut active = shared.active.subscribe();
+        let drained = tokio::time::timeout(deadline, active.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        self.inner.admin_stop.send_replace(true);
+        drained
+    }
+}
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin address could not be bound.
+    #[error("admin server: cannot bind {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The initial config was refused.
+    #[error(transparent)]
+    Config(#[from] ApplyError),
+}

@@ -1,0 +1,184 @@
+//! Prometheus metrics. Labels are bounded: route, backend and listener names from the config,
+//! status class (`2xx`…), reload result — never paths or client addresses.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    backend: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteBackendLabels {
+    route: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 250 µs … ~4 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// All of the proxy's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    retries: Family<RouteBackendLabels, Counter>,
+    ejections: Family<BackendLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    config_version: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("portico");
+        let m = Self {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+            retries: Family::default(),
+            ejections: Family::default(),
+            open_connections: Family::default(),
+            config_version: Gauge::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by route, backend and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to response headers, by route",
+            m.durations.clone(),
+        );
+        registry.register("retries", "Retries sent", m.retries.clone());
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Generation of the config in force",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config applies, by result (ok, error)",
+            m.reloads.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn request(&self, route: &str, backend: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                backend: backend.to_owned(),
+                status_class: status_class(status),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one retry.
+    pub fn retry(&self, route: &str, backend: &str) {
+        self.retries
+            .get_or_create(&RouteBackendLabels {
+                route: route.to_owned(),
+                backend: backend.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one ejection.
+    pub fn ejection(&self, backend: &str) {
+        self.ejections
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Adds `delta` to the open connections of `listener`.
+    pub fn connections(&self, listener: &str, delta: i64) {
+        self.open_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Records a config apply.
+    pub fn reload(&self, ok: bool, generation: Option<u64>) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        if let Some(g) = generation {
+            self.config_version
+                .set(i64::try_from(g).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,521 @@
+//! The HTTP request path: route, apply filters, forward with timeouts and retries, answer.
+//!
+//! ```text
+//! request ─► router ─► filters ─► pick backend (weights) ─► attempt ─┬─► response filters ─► client
+//!                     (redirect/direct answer here)        ▲        │
+//!                                                          └ retry ◄┘ (policy, budget, backoff)
+//! ```
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use portico_proxy_api::{BackendRef, Filter, HeaderModifier, RetryPolicy};
+use rand::Rng;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::backend::{BackendState, InFlight};
+use crate::balance::PickContext;
+use crate::error::{Body, BoxError, ProxyError, empty, full};
+use crate::retry::{self, Failure, RetryBudget};
+use crate::snapshot::Snapshot;
+use crate::{accesslog, filters, http_rules};
+
+/// Request bodies up to this size are kept in memory so they can be retried or mirrored;
+/// bigger or unknown-length bodies stream straight through and are sent once.
+pub const MAX_REPLAY_BODY: usize = 64 * 1024;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Client address.
+    pub client: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// What the access log and metrics learn while a request is handled.
+#[derive(Default)]
+struct Outcome {
+    route: Option<Arc<str>>,
+    backend: Option<Arc<str>>,
+    attempts: u32,
+    error: Option<&'static str>,
+}
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let version = req.version();
+    let (host, path) = if shared.access_log {
+        (
+            request_host(req.uri(), req.headers()).to_owned(),
+            req.uri().path().to_owned(),
+        )
+    } else {
+        Default::default()
+    };
+    let mut out = Outcome::default();
+    let resp = match route_and_forward(&shared, &conn, req, &mut out).await {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(e.reason());
+            tracing::debug!(error = %e, listener = %conn.listener, "request failed");
+            e.into_response()
+        }
+    };
+    let elapsed = start.elapsed();
+    let route = out.route.as_deref().unwrap_or("");
+    let backend = out.backend.as_deref().unwrap_or("");
+    shared
+        .metrics
+        .request(route, backend, resp.status().as_u16(), elapsed);
+    if shared.access_log {
+        accesslog::write(&accesslog::Entry {
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            listener: &conn.listener,
+            client: conn.client,
+            method: method.as_str(),
+            host: &host,
+            path: &path,
+            version: format!("{version:?}"),
+            status: resp.status().as_u16(),
+            route: out.route.as_deref(),
+            backend: out.backend.as_deref(),
+            attempts: out.attempts,
+            error: out.error,
+            duration_ms: accesslog::millis(elapsed),
+        });
+    }
+    Ok(resp)
+}
+
+fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> &'a str {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+async fn route_and_forward(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let snap: Arc<Snapshot> = shared.snapshot.load_full();
+    let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let mut host = request_host(&parts.uri, &parts.headers).to_owned();
+    let hit = snap
+        .router
+        .route(&conn.listener, &host, &parts)
+        .ok_or(ProxyError::NoRoute)?;
+    out.route = Some(hit.route.clone());
+    let rule = &hit.rule.rule;
+
+    let mut response_mods: Vec<&HeaderModifier> = Vec::new();
+    let mut mirrors: Vec<&str> = Vec::new();
+    for f in &rule.filters {
+        match f {
+            Filter::RequestRedirect(r) => {
+                return Ok(filters::redirect(
+                    r,
+                    conn.scheme,
+                    &host,
+                    &parts.uri,
+                    hit.matched_prefix,
+                ));
+            }
+            Filter::DirectResponse(d) => return Ok(filters::direct(d)),
+            Filter::RequestHeaderModifier(m) => filters::modify_headers(m, &mut parts.headers),
+            Filter::ResponseHeaderModifier(m) => response_mods.push(m),
+            Filter::UrlRewrite(u) => {
+                if let Some(h) = filters::rewrite_url(u, &mut parts.uri, hit.matched_prefix) {
+                    host = h;
+                }
+            }
+            Filter::RequestMirror(m) => mirrors.push(&m.backend),
+        }
+    }
+
+    http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
+    http_rules::add_forwarded(&mut parts.headers, conn.client.ip(), conn.scheme);
+    if let Ok(h) = HeaderValue::from_str(&host) {
+        parts.headers.insert(HOST, h);
+    }
+
+    let backend = pick_backend(&snap, &rule.backends)?;
+    out.backend = Some(backend.name.clone());
+
+    let retry = rule
+        .retry
+        .as_ref()
+        .filter(|p| p.attempts > 0 && !upgrade && retry::method_allowed(p, &parts.method));
+    if let Some(budget) = &hit.rule.budget {
+        budget.deposit();
+    }
+    let mut body = if retry.is_some() || !mirrors.is_empty() {
+        RequestBody::buffer(body).await?
+    } else {
+        RequestBody::Streaming(Some(body))
+    };
+    if let Some(bytes) = body.replayable() {
+        for name in mirrors {
+            if let Some(b) = snap.backends.get(name) {
+                mirror(b.clone(), &parts, bytes.clone(), conn.client);
+            }
+        }
+    }
+
+    let attempts = Attempts {
+        shared,
+        route: hit.route,
+        backend: &backend,
+        parts: &parts,
+        client: conn.client,
+        upgrade,
+        per_try: rule.timeouts.per_try.map(|d| d.get()),
+        retry,
+        budget: hit.rule.budget.as_ref(),
+    };
+    let forwarded = attempts.run(&mut body, out);
+    let mut resp = match rule.timeouts.request {
+        Some(t) => tokio::time::timeout(t.get(), forwarded)
+            .await
+            .map_err(|_| ProxyError::Timeout(t.get()))??,
+        None => forwarded.await?,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        http_rules::strip_hop_by_hop(resp.headers_mut(), true);
+        if let Some(client_side) = client_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+    } else {
+        http_rules::strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    for m in response_mods {
+        filters::modify_headers(m, resp.headers_mut());
+    }
+    Ok(resp)
+}
+
+/// Chooses a backend by weight.
+fn pick_backend(snap: &Snapshot, refs: &[BackendRef]) -> Result<Arc<BackendState>, ProxyError> {
+    let total: u64 = refs.iter().map(|r| u64::from(r.weight)).sum();
+    let mut ticket = if refs.len() > 1 && total > 0 {
+        rand::rng().random_range(0..total)
+    } else {
+        0
+    };
+    let chosen = refs
+        .iter()
+        .find(|r| {
+            if ticket < u64::from(r.weight) {
+                true
+            } else {
+                ticket -= u64::from(r.weight);
+                false
+            }
+        })
+        .or(refs.first())
+        .ok_or(ProxyError::NoRoute)?;
+    snap.backends
+        .get(&chosen.backend)
+        .cloned()
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint(chosen.backend.as_str().into()))
+}
+
+/// A request body that may be replayed.
+enum RequestBody {
+    /// Kept in memory (small, known length): can be sent any number of times.
+    Buffered(Bytes),
+    /// Streams through once; `None` after it was sent.
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    /// Buffers the body when it is empty or declared no bigger than `MAX_REPLAY_BODY`. Bodies of
+    /// unknown length are not awaited: a bidirectional stream (gRPC) would deadlock if the proxy
+    /// waited for the client to finish before forwarding anything.
+    async fn buffer(body: Incoming) -> Result<Self, ProxyError> {
+        let small = body.is_end_stream()
+            || body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= MAX_REPLAY_BODY as u64);
+        if !small {
+            return Ok(Self::Streaming(Some(body)));
+        }
+        let bytes = Limited::new(body, MAX_REPLAY_BODY)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::BadRequest(format!("reading request body: {e}")))?
+            .to_bytes();
+        Ok(Self::Buffered(bytes))
+    }
+
+    fn replayable(&self) -> Option<&Bytes> {
+        match self {
+            Self::Buffered(b) => Some(b),
+            Self::Streaming(_) => None,
+        }
+    }
+
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Self::Buffered(b) if b.is_empty() => Some(empty()),
+            Self::Buffered(b) => Some(full(b.clone())),
+            Self::Streaming(b) => b.take().map(|b| b.map_err(BoxError::from).boxed_unsync()),
+        }
+    }
+}
+
+/// Everything needed to make attempts for one request.
+struct Attempts<'a> {
+    shared: &'a Arc<Shared>,
+    route: &'a Arc<str>,
+    backend: &'a Arc<BackendState>,
+    parts: &'a Parts,
+    client: SocketAddr,
+    upgrade: bool,
+    per_try: Option<Duration>,
+    retry: Option<&'a RetryPolicy>,
+    budget: Option<&'a RetryBudget>,
+}
+
+impl Attempts<'_> {
+    async fn run(
+        &self,
+        body: &mut RequestBody,
+        out: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut retries_done = 0u32;
+        loop {
+            let req_body = body.take().unwrap_or_else(empty);
+            out.attempts = retries_done + 1;
+            let result = self.once(req_body).await;
+            let failure = match &result {
+                Ok(resp) => response_failure(resp),
+                Err(ProxyError::Connect(_)) => Some(Failure::Connect),
+                Err(ProxyError::Reset(_)) => Some(Failure::Reset),
+                Err(ProxyError::Timeout(_)) => Some(Failure::Timeout),
+                Err(_) => None,
+            };
+            let (Some(policy), Some(failure)) = (self.retry, failure) else {
+                return result;
+            };
+            let budget_ok = || self.budget.is_none_or(|b| b.withdraw());
+            if retries_done >= policy.attempts
+                || body.replayable().is_none()
+                || !retry::retries(policy, failure)
+                || !budget_ok()
+            {
+                return result;
+            }
+            drop(result);
+            self.shared.metrics.retry(self.route, &self.backend.name);
+            tokio::time::sleep(retry::backoff(policy, retries_done)).await;
+            retries_done += 1;
+        }
+    }
+
+    /// One attempt on one endpoint.
+    async fn once(&self, body: Body) -> Result<Response<Body>, ProxyError> {
+        let backend = self.backend;
+        let permit = backend
+            .limiter
+            .acquire()
+            .await
+            .map_err(|_| ProxyError::Overloaded(backend.name.clone()))?;
+        let ctx = PickContext {
+            headers: &self.parts.headers,
+            client_ip: self.client.ip(),
+        };
+        let ep = backend.pick(&ctx)?;
+        let (client, version) = backend.clients.select(self.parts.version, self.upgrade);
+        let req = upstream_request(self.parts, &ep.authority, version, body)?;
+        let in_flight = InFlight::new(ep);
+        let start = Instant::now();
+        let sent = client.request(req);
+        let result = match self.per_try {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.record(ep, None, false);
+                    return Err(ProxyError::Timeout(t));
+                }
+            },
+            None => sent.await,
+        };
+        match result {
+            Ok(resp) => {
+                let ok = !resp.status().is_server_error();
+                self.record(ep, Some(start.elapsed()), ok);
+                let (p, b) = resp.into_parts();
+                let body = Guarded {
+                    inner: b,
+                    _guards: (permit, in_flight),
+                };
+                Ok(Response::from_parts(p, body.boxed_unsync()))
+            }
+            Err(e) => {
+                self.record(ep, None, false);
+                tracing::debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
+                Err(if e.is_connect() {
+                    ProxyError::Connect(ep.addr)
+                } else {
+                    ProxyError::Reset(ep.addr)
+                })
+            }
+        }
+    }
+
+    fn record(&self, ep: &crate::backend::Endpoint, rtt: Option<Duration>, ok: bool) {
+        if self.backend.record(ep, rtt, ok) {
+            tracing::warn!(backend = %self.backend.name, endpoint = %ep.addr, "endpoint ejected");
+            self.shared.metrics.ejection(&self.backend.name);
+        }
+    }
+}
+
+/// A failure worth retrying in a response: a 5xx, or a trailers-only gRPC error (the only gRPC
+/// status visible before the body, which is streamed and never buffered).
+fn response_failure(resp: &Response<Body>) -> Option<Failure> {
+    if resp.status().is_server_error() {
+        return Some(Failure::Status(resp.status()));
+    }
+    let code = resp
+        .headers()
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    (code != 0).then_some(Failure::Grpc(code))
+}
+
+fn upstream_request(
+    parts: &Parts,
+    authority: &http::uri::Authority,
+    version: Version,
+    body: Body,
+) -> Result<Request<Body>, ProxyError> {
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = parts.headers.clone();
+    Ok(req)
+}
+
+/// Sends a copy of a request to another backend and forgets it: never awaited by the main
+/// request, errors only logged.
+fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: SocketAddr) {
+    let parts_copy = {
+        let mut r = Request::new(());
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        *r.headers_mut() = parts.headers.clone();
+        r.into_parts().0
+    };
+    tokio::spawn(async move {
+        let Ok(_permit) = backend.limiter.acquire().await else {
+            return;
+        };
+        let ctx = PickContext {
+            headers: &parts_copy.headers,
+            client_ip: client.ip(),
+        };
+        let Ok(ep) = backend.pick(&ctx) else {
+            return;
+        };
+        let (client, version) = backend.clients.select(parts_copy.version, false);
+        let Ok(req) = upstream_request(&parts_copy, &ep.authority, version, full(body)) else {
+            return;
+        };
+        match client.request(req).await {
+            Ok(resp) => {
+                let _ = resp.into_body().collect().await;
+            }
+            Err(e) => tracing::debug!(backend = %backend.name, error = %e, "mirror failed"),
+        }
+    });
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut c = TokioIo::new(client);
+    let mut u = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that holds the request's limiter slot and in-flight count
+    /// until it has been fully sent to the client.
+    struct Guarded {
+        #[pin]
+        inner: Incoming,
+        _guards: (Option<OwnedSemaphorePermit>, InFlight),
+    }
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx).map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,79 @@
+//! Config from a file, re-read when it changes. The file's modification time and size are
+//! polled; polling is portable, survives editors that replace files (and Kubernetes ConfigMap
+//! symlink swaps), and a one-second delay is fine for config.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use portico_proxy_api::ProxyConfig;
+
+use crate::Proxy;
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a config (YAML or JSON).
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error, with line and column.
+        source: serde_yaml::Error,
+    },
+}
+
+/// Reads and parses a config file (YAML, or JSON which is YAML too). Not validated yet.
+pub fn load(path: &Path) -> Result<ProxyConfig, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| LoadError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Applies `path` to `proxy` whenever it changes; a bad file is logged and refused while the
+/// previous config keeps serving. Runs until the task is dropped.
+pub async fn watch(proxy: Proxy, path: PathBuf, every: Duration) {
+    let mut last = stamp(&path);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load(&path) {
+            Ok(cfg) => {
+                let generation = cfg.generation;
+                match proxy.apply(cfg).await {
+                    Ok(()) => tracing::info!(path = %path.display(), generation, "config applied"),
+                    Err(e) => tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        "config refused; the previous config keeps serving"
+                    ),
+                }
+            }
+            Err(e) => {
+                proxy.count_refused();
+                tracing::error!(error = %e, "config refused; the previous config keeps serving");
+            }
+        }
+    }
+}

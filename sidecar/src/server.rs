@@ -1,0 +1,239 @@
+//! Listeners: bind, accept, and serve each connection by the protocol its listener has in the
+//! current snapshot (HTTP/1.1 + h2c, TLS with ALPN, or opaque TCP). Connections are counted so
+//! a shutdown can wait for them to finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portico_proxy_api::{Protocol, ProxyConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::Shared;
+use crate::proxy::{self, ConnInfo};
+use crate::snapshot::ApplyError;
+
+/// A TLS handshake that takes longer than this is abandoned.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One bound listener.
+#[derive(Debug)]
+struct Bound {
+    configured: String,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// The listeners currently accepting.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    bound: HashMap<String, Bound>,
+}
+
+/// Sockets bound for a new config but not yet accepting.
+#[derive(Debug)]
+pub struct Pending {
+    new: Vec<(String, String, TcpListener)>,
+}
+
+impl Listeners {
+    /// Binds the sockets `cfg` needs that are not bound yet. Nothing changes for running
+    /// listeners, so if this fails the old config keeps serving untouched.
+    pub async fn prepare(&self, cfg: &ProxyConfig) -> Result<Pending, ApplyError> {
+        let mut new = Vec::new();
+        for l in &cfg.listeners {
+            if self
+                .bound
+                .get(&l.name)
+                .is_some_and(|b| b.configured == l.address)
+            {
+                continue;
+            }
+            let sock = TcpListener::bind(&l.address)
+                .await
+                .map_err(|source| ApplyError::Bind {
+                    listener: l.name.clone(),
+                    address: l.address.clone(),
+                    source,
+                })?;
+            new.push((l.name.clone(), l.address.clone(), sock));
+        }
+        Ok(Pending { new })
+    }
+
+    /// Starts accepting on the prepared sockets and stops listeners that `cfg` no longer has
+    /// (their open connections continue). Call after the new snapshot is in force.
+    pub fn commit(&mut self, shared: &Arc<Shared>, pending: Pending, cfg: &ProxyConfig) {
+        for (name, configured, sock) in pending.new {
+            let Ok(local) = sock.local_addr() else {
+                continue;
+            };
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(accept_loop(
+                shared.clone(),
+                name.as_str().into(),
+                sock,
+                stopped,
+            ));
+            if let Some(old) = self.bound.insert(
+                name,
+                Bound {
+                    configured,
+                    local,
+                    stop,
+                },
+            ) {
+                old.stop.send_replace(true);
+            }
+        }
+        self.bound.retain(|name, b| {
+            let keep = cfg.listeners.iter().any(|l| &l.name == name);
+            if !keep {
+                b.stop.send_replace(true);
+            }
+            keep
+        });
+    }
+
+    /// Bound addresses by listener name.
+    pub fn addresses(&self) -> HashMap<String, SocketAddr> {
+        self.bound
+            .iter()
+            .map(|(n, b)| (n.clone(), b.local))
+            .collect()
+    }
+
+    /// Stops accepting everywhere.
+    pub fn stop_all(&mut self) {
+        for b in self.bound.values() {
+            b.stop.send_replace(true);
+        }
+        self.bound.clear();
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    sock: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = async { drop(stop.wait_for(|s| *s).await) } => break,
+            accepted = sock.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(connection(shared.clone(), name.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Counts an open connection for drain and metrics while alive.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+}
+
+impl ConnGuard {
+    fn new(shared: &Arc<Shared>, listener: &Arc<str>) -> Self {
+        shared.active.send_modify(|n| *n += 1);
+        shared.metrics.connections(listener, 1);
+        Self {
+            shared: shared.clone(),
+            listener: listener.clone(),
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shared.active.send_modify(|n| *n -= 1);
+        self.shared.metrics.connections(&self.listener, -1);
+    }
+}
+
+async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let _guard = ConnGuard::new(&shared, &listener);
+    let _ = stream.set_nodelay(true);
+    let snap = shared.snapshot.load_full();
+    let Some(l) = snap.config.listeners.iter().find(|l| *l.name == *listener) else {
+        return;
+    };
+    let info = |scheme| ConnInfo {
+        listener: listener.clone(),
+        client: peer,
+        scheme,
+    };
+    match l.protocol {
+        Protocol::Tcp => {
+            let Some(backend) = l
+                .backend
+                .as_ref()
+                .and_then(|b| snap.backends.get(b))
+                .cloned()
+            else {
+                return;
+            };
+            drop(snap);
+            crate::tcp::forward(backend, stream, peer).await;
+        }
+        Protocol::Http => {
+            drop(snap);
+            serve_http(shared.clone(), info("http"), stream).await;
+        }
+        Protocol::Https => {
+            let Some(cfg) = snap.tls.get(&*listener).cloned() else {
+                return;
+            };
+            drop(snap);
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(shared.clone(), info("https"), tls).await,
+                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2, detected from the first bytes, until the client
+/// closes or a shutdown asks the connection to finish gracefully.
+async fn serve_http<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown.subscribe();
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| proxy::handle(shared.clone(), info.clone(), req))
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        () = async { drop(shutdown.wait_for(|s| *s).await) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

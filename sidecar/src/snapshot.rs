@@ -1,0 +1,86 @@
+//! A config compiled for serving. Requests load the current snapshot once (an `ArcSwap`) and
+//! use it to the end, so a swap never changes the rules under a request in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use portico_proxy_api::{Protocol, ProxyConfig, ValidationError};
+use rustls::ServerConfig;
+
+use crate::backend::BackendState;
+use crate::router::Router;
+use crate::tls::{self, TlsError};
+
+/// Why a config was not applied. The running config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config is invalid.
+    #[error("invalid config: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A listener's certificate or key is unusable.
+    #[error("listener {listener:?}: tls: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What failed.
+        source: TlsError,
+    },
+    /// A listener's address could not be bound.
+    #[error("listener {listener:?}: cannot bind {address}: {source}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// The address.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a request needs, compiled from one config.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The config as given.
+    pub config: Arc<ProxyConfig>,
+    /// Routes compiled for matching.
+    pub router: Router,
+    /// Backends by name.
+    pub backends: HashMap<String, Arc<BackendState>>,
+    /// TLS server configs by listener name.
+    pub tls: HashMap<String, Arc<ServerConfig>>,
+}
+
+impl Snapshot {
+    /// Validates and compiles `config`, carrying backend state over from `old`.
+    pub fn build(config: ProxyConfig, old: &Snapshot) -> Result<Self, ApplyError> {
+        config.validate()?;
+        let router = Router::new(&config).map_err(|e| ValidationError {
+            element: "routes".into(),
+            message: e.to_string(),
+        })?;
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| {
+                let prev = old.backends.get(&b.name).map(|s| &**s);
+                (b.name.clone(), Arc::new(BackendState::new(b, prev)))
+            })
+            .collect();
+        let mut tls = HashMap::new();
+        for l in &config.listeners {
+            if let (Protocol::Https, Some(t)) = (l.protocol, &l.tls) {
+                let sc = tls::server_config(t).map_err(|source| ApplyError::Tls {
+                    listener: l.name.clone(),
+                    source,
+                })?;
+                tls.insert(l.name.clone(), sc);
+            }
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            router,
+            backends,
+            tls,
+        })
+    }
+}

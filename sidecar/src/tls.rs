@@ -1,0 +1,59 @@
+//! TLS for HTTPS listeners: rustls with the ring provider, ALPN `h2` then `http/1.1`.
+
+use std::sync::Arc;
+
+use portico_proxy_api::{Pem, Tls};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a listener's certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The PEM text holds no usable certificate or key.
+    #[error("{0}")]
+    Pem(String),
+    /// rustls refused the certificate/key pair.
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn read(pem: &Pem) -> Result<Vec<u8>, TlsError> {
+    match pem {
+        Pem::Inline { inline } => Ok(inline.clone().into_bytes()),
+        Pem::File { file } => std::fs::read(file).map_err(|source| TlsError::Read {
+            path: file.clone(),
+            source,
+        }),
+    }
+}
+
+/// Builds the server config of one listener. Files are read now, on every config apply, so a
+/// renewed certificate is picked up by touching the config.
+pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_pem = read(&tls.cert)?;
+    let key_pem = read(&tls.key)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("certificate: no CERTIFICATE block".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem(format!("key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
