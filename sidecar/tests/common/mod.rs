@@ -1,0 +1,200 @@
+//! Real servers and clients on 127.0.0.1 for the integration tests.
+#![allow(dead_code, missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use portico_proxy::error::{Body, full};
+use portico_proxy::{Options, Proxy};
+use portico_proxy_api::ProxyConfig;
+use tokio::net::{TcpListener, TcpStream};
+
+pub type BoxFut = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFut + Send + Sync>;
+
+/// An upstream server that counts its requests.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) and h2c on an ephemeral port.
+pub async fn upstream(handler: Handler) -> Upstream {
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = sock.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits }
+}
+
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(f(req)))
+}
+
+/// Answers with a JSON description of the request it received.
+pub async fn echo(name: &'static str) -> Upstream {
+    upstream(handler(move |req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let headers: serde_json::Map<String, serde_json::Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        let json = serde_json::json!({
+            "server": name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "version": format!("{:?}", parts.version),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        });
+        let mut resp = Response::new(full(json.to_string()));
+        resp.headers_mut().insert("x-server", name.parse().unwrap());
+        resp
+    }))
+    .await
+}
+
+/// A response with `status` and a short body.
+pub fn status(code: u16) -> Response<Body> {
+    let mut r = Response::new(full(format!("status {code}")));
+    *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+    r
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sock.local_addr().unwrap()
+}
+
+pub fn config(yaml: &str) -> ProxyConfig {
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"))
+}
+
+pub async fn start(yaml: &str) -> Proxy {
+    let opts = Options {
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        access_log: false,
+    };
+    Proxy::start(config(yaml), opts)
+        .await
+        .expect("proxy starts")
+}
+
+/// A finished response with its body read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+    pub version: Version,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    pub fn server(&self) -> String {
+        self.json()["server"].as_str().unwrap_or("").to_owned()
+    }
+
+    pub fn error(&self) -> &str {
+        self.headers
+            .get("x-portico-error")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// Sends one request on a fresh connection (HTTP/1.1 or h2c prior knowledge).
+pub async fn send(addr: SocketAddr, req: Request<Body>, h2: bool) -> Response<Incoming> {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    if h2 {
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx.send_request(req).await.unwrap()
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        tx.send_request(req).await.unwrap()
+    }
+}
+
+pub async fn read(resp: Response<Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
+}
+
+pub fn request(method: &str, host: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+}
+
+/// GET `path` over HTTP/1.1 with `Host: example.com`.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let req = request("GET", "example.com", path).body(full("")).unwrap();
+    read(send(addr, req, false).await).await
+}
+
+pub fn bytes_body(b: &'static [u8]) -> Body {
+    Full::new(Bytes::from_static(b))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

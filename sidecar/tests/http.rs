@@ -1,0 +1,502 @@
+//! The HTTP data plane end to end: real upstreams and clients on loopback, proxy in-process.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_proxy::error::{BoxError, full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+fn one_backend(addr: std::net::SocketAddr, protocol: &str) -> String {
+    format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes: [{{ name: all, rules: [{{ backends: [{{ backend: app }}] }}] }}]
+backends: [{{ name: app, protocol: {protocol}, endpoints: [{{ address: "{addr}" }}] }}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn http1_request_is_proxied_with_forwarded_headers_and_no_hop_headers() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr, "http1")).await;
+    let req = request("GET", "shop.example.com", "/items?id=7")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("x-end-to-end", "kept")
+        .body(full(""))
+        .unwrap();
+    let reply = read(send(proxy.listener_addr("web").unwrap(), req, false).await).await;
+    assert_eq!(reply.status, 200);
+    let j = reply.json();
+    assert_eq!(j["path"], "/items");
+    assert_eq!(j["query"], "id=7");
+    let h = &j["headers"];
+    assert_eq!(h["host"], "shop.example.com");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-end-to-end"], "kept");
+    assert!(
+        h.get("x-hop").is_none() && h.get("keep-alive").is_none(),
+        "{h}"
+    );
+}
+
+#[tokio::test]
+async fn h2c_client_reaches_http1_backend() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr, "http1")).await;
+    let req = Request::get("http://example.com/x").body(full("")).unwrap();
+    let reply = read(send(proxy.listener_addr("web").unwrap(), req, true).await).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_eq!(reply.json()["version"], "HTTP/1.1");
+    assert_eq!(reply.json()["headers"]["host"], "example.com");
+}
+
+#[tokio::test]
+async fn http1_client_reaches_h2_backend() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr, "http2")).await;
+    let reply = get(proxy.listener_addr("web").unwrap(), "/y").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["version"], "HTTP/2.0");
+}
+
+/// A body fed frame by frame from a channel, so a test controls when each frame is sent.
+struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn grpc_streams_both_ways_and_trailers_pass_through() {
+    // A gRPC-like bidirectional echo: every request frame is echoed as soon as it arrives, and
+    // the response ends with `grpc-status` trailers.
+    let up = upstream(handler(|req: Request<Incoming>| async move {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    let _ = tx.send(Frame::data(data)).await;
+                }
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            trailers.insert("grpc-message", "done".parse().unwrap());
+            let _ = tx.send(Frame::trailers(trailers)).await;
+        });
+        let mut resp = Response::new(ChannelBody(rx).boxed_unsync());
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        resp
+    }))
+    .await;
+    let proxy = start(&one_backend(up.addr, "http2")).await;
+
+    let (tx, rx) = mpsc::channel(4);
+    let req = Request::post("http://example.com/echo.Echo/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(ChannelBody(rx).boxed_unsync())
+        .unwrap();
+    let resp = send(proxy.listener_addr("web").unwrap(), req, true).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    for msg in ["one", "two"] {
+        tx.send(Frame::data(Bytes::from(msg))).await.unwrap();
+        // The echo arrives while the request stream is still open: nothing is buffered.
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), msg);
+    }
+    drop(tx);
+    let trailers = loop {
+        let frame = body.frame().await.unwrap().unwrap();
+        if let Ok(t) = frame.into_trailers() {
+            break t;
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "done");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_passed_through() {
+    let up = upstream(handler(|mut req: Request<Incoming>| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 4];
+            io.read_exact(&mut buf).await.unwrap();
+            io.write_all(&buf).await.unwrap();
+        });
+        let mut resp = status(101);
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        resp
+    }))
+    .await;
+    let proxy = start(&one_backend(up.addr, "http1")).await;
+    let req = request("GET", "example.com", "/ws")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(full(""))
+        .unwrap();
+    let resp = send(proxy.listener_addr("web").unwrap(), req, false).await;
+    assert_eq!(resp.status(), 101);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn tcp_listener_forwards_bytes_unchanged() {
+    let echo_sock = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo_sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = echo_sock.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+    });
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: redis, address: "127.0.0.1:0", protocol: TCP, backend: redis }}]
+backends: [{{ name: redis, endpoints: [{{ address: "{echo_addr}" }}] }}]
+"#
+    ))
+    .await;
+    let mut c = TcpStream::connect(proxy.listener_addr("redis").unwrap())
+        .await
+        .unwrap();
+    let msg = b"*1\r\n$4\r\nPING\r\n\x00\xff binary too";
+    c.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, msg);
+}
+
+#[tokio::test]
+async fn https_listener_negotiates_h2_and_http1_with_alpn() {
+    let up = echo("a").await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let yaml = format!(
+        r#"
+listeners:
+  - name: tls
+    address: "127.0.0.1:0"
+    protocol: HTTPS
+    tls: {{ cert: {{ inline: {cert:?} }}, key: {{ inline: {key:?} }} }}
+routes: [{{ name: all, rules: [{{ backends: [{{ backend: app }}] }}] }}]
+backends: [{{ name: app, endpoints: [{{ address: "{addr}" }}] }}]
+"#,
+        cert = ck.cert.pem(),
+        key = ck.signing_key.serialize_pem(),
+        addr = up.addr,
+    );
+    let proxy = start(&yaml).await;
+    let addr = proxy.listener_addr("tls").unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    for (alpn, h2) in [(&b"h2"[..], true), (&b"http/1.1"[..], false)] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = TokioIo::new(tls);
+        let resp = if h2 {
+            let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = Request::get("https://localhost/s").body(full("")).unwrap();
+            tx.send_request(req).await.unwrap()
+        } else {
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let req = request("GET", "localhost", "/s").body(full("")).unwrap();
+            tx.send_request(req).await.unwrap()
+        };
+        let reply = read(resp).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "https");
+    }
+}
+
+#[tokio::test]
+async fn routes_by_host_path_method_header_and_query() {
+    let (a, b, c, d) = (
+        echo("a").await,
+        echo("b").await,
+        echo("c").await,
+        echo("d").await,
+    );
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: api
+    hostnames: ["*.example.com"]
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /api }} }}]
+        backends: [{{ backend: a }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /api }}, headers: [{{ name: x-beta, value: "on|yes", type: RegularExpression }}] }}]
+        backends: [{{ backend: b }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /api }}, method: DELETE, query: [{{ name: force, value: "1" }}] }}]
+        backends: [{{ backend: c }}]
+  - name: other
+    hostnames: [other.test]
+    rules: [{{ backends: [{{ backend: d }}] }}]
+backends:
+  - {{ name: a, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: b, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: c, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: d, endpoints: [{{ address: "{}" }}] }}
+"#,
+        a.addr, b.addr, c.addr, d.addr
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let go = |method: &'static str, host: &'static str, path: &'static str, beta: bool| async move {
+        let mut r = request(method, host, path);
+        if beta {
+            r = r.header("x-beta", "yes");
+        }
+        read(send(addr, r.body(full("")).unwrap(), false).await).await
+    };
+    assert_eq!(
+        go("GET", "www.example.com", "/api/x", false).await.server(),
+        "a"
+    );
+    assert_eq!(
+        go("GET", "www.example.com", "/api/x", true).await.server(),
+        "b"
+    );
+    assert_eq!(
+        go("DELETE", "www.example.com", "/api/x?force=1", false)
+            .await
+            .server(),
+        "c"
+    );
+    assert_eq!(
+        go("GET", "other.test:8080", "/anything", false)
+            .await
+            .server(),
+        "d"
+    );
+    let miss = go("GET", "nope.test", "/api", false).await;
+    assert_eq!((miss.status, miss.error()), (404, "no_route"));
+}
+
+#[tokio::test]
+async fn weighted_split_respects_weights() {
+    let (a, b, z) = (echo("a").await, echo("b").await, echo("z").await);
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: split
+    rules: [{{ backends: [{{ backend: a, weight: 3 }}, {{ backend: b, weight: 1 }}, {{ backend: z, weight: 0 }}] }}]
+backends:
+  - {{ name: a, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: b, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: z, endpoints: [{{ address: "{}" }}] }}
+"#,
+        a.addr, b.addr, z.addr
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    for _ in 0..200 {
+        assert_eq!(get(addr, "/").await.status, 200);
+    }
+    assert_eq!(z.hits(), 0, "weight 0 gets nothing");
+    // 3:1 over 200 requests: a gets 150 on average; 100..=190 is beyond 6 standard deviations.
+    assert!(
+        (100..=190).contains(&a.hits()),
+        "a={} b={}",
+        a.hits(),
+        b.hits()
+    );
+    assert_eq!(a.hits() + b.hits(), 200);
+}
+
+#[tokio::test]
+async fn filters_edit_headers_and_rewrite_the_path() {
+    let up = echo("a").await;
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: r
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
+        filters:
+          - {{ type: RequestHeaderModifier, set: [{{ name: x-env, value: prod }}], add: [{{ name: x-tag, value: t }}], remove: [x-secret] }}
+          - {{ type: UrlRewrite, hostname: internal.svc, path: {{ type: ReplacePrefixMatch, value: /new }} }}
+          - {{ type: ResponseHeaderModifier, set: [{{ name: x-served-by, value: portico }}], remove: [x-server] }}
+        backends: [{{ backend: app }}]
+backends: [{{ name: app, endpoints: [{{ address: "{}" }}] }}]
+"#,
+        up.addr
+    ))
+    .await;
+    let req = request("GET", "example.com", "/old/a/b?q=1")
+        .header("x-secret", "s")
+        .header("x-env", "dev")
+        .body(full(""))
+        .unwrap();
+    let reply = read(send(proxy.listener_addr("web").unwrap(), req, false).await).await;
+    let j = reply.json();
+    assert_eq!(j["path"], "/new/a/b");
+    assert_eq!(j["query"], "q=1");
+    assert_eq!(j["headers"]["host"], "internal.svc");
+    assert_eq!(j["headers"]["x-env"], "prod");
+    assert_eq!(j["headers"]["x-tag"], "t");
+    assert!(j["headers"].get("x-secret").is_none());
+    assert_eq!(reply.headers["x-served-by"], "portico");
+    assert!(reply.headers.get("x-server").is_none());
+}
+
+#[tokio::test]
+async fn redirect_and_direct_response_answer_without_a_backend() {
+    let proxy = start(
+        r#"
+listeners: [{ name: web, address: "127.0.0.1:0", protocol: HTTP }]
+routes:
+  - name: r
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /old } }]
+        filters: [{ type: RequestRedirect, scheme: https, path: { type: ReplacePrefixMatch, value: /new }, statusCode: 301 }]
+      - matches: [{ path: { type: Exact, value: /teapot } }]
+        filters: [{ type: DirectResponse, status: 418, body: "short and stout", headers: [{ name: x-pot, value: tea }] }]
+"#,
+    )
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let r = get(addr, "/old/page?x=1").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.headers["location"], "https://example.com/new/page?x=1");
+    let r = get(addr, "/teapot").await;
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+    assert_eq!(r.headers["x-pot"], "tea");
+}
+
+#[tokio::test]
+async fn mirror_gets_a_copy_and_never_delays_the_request() {
+    let main = echo("main").await;
+    let (seen_tx, mut seen_rx) = mpsc::channel::<String>(1);
+    let never = Arc::new(tokio::sync::Notify::new());
+    let shadow = upstream(handler(move |req: Request<Incoming>| {
+        let seen_tx = seen_tx.clone();
+        let never = never.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            seen_tx
+                .send(String::from_utf8_lossy(&body).into_owned())
+                .await
+                .unwrap();
+            // The shadow never answers; the main request must not care.
+            never.notified().await;
+            status(200)
+        }
+    }))
+    .await;
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: r
+    rules: [{{ filters: [{{ type: RequestMirror, backend: shadow }}], backends: [{{ backend: main }}] }}]
+backends:
+  - {{ name: main, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: shadow, endpoints: [{{ address: "{}" }}] }}
+"#,
+        main.addr, shadow.addr
+    ))
+    .await;
+    let req = request("POST", "example.com", "/orders")
+        .body(full("order-1"))
+        .unwrap();
+    let reply = read(send(proxy.listener_addr("web").unwrap(), req, false).await).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["body"], "order-1");
+    assert_eq!(seen_rx.recv().await.unwrap(), "order-1");
+}
+
+#[tokio::test]
+async fn connect_failure_is_502_and_no_ready_endpoint_is_503() {
+    let closed = closed_port().await;
+    let up = echo("a").await;
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: r
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /down }} }}]
+        backends: [{{ backend: down }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /notready }} }}]
+        backends: [{{ backend: notready }}]
+backends:
+  - {{ name: down, endpoints: [{{ address: "{closed}" }}] }}
+  - {{ name: notready, endpoints: [{{ address: "{}", ready: false }}] }}
+"#,
+        up.addr
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let r = get(addr, "/down").await;
+    assert_eq!((r.status, r.error()), (502, "connect_failure"));
+    assert!(r.body.contains("could not connect"), "{}", r.body);
+    let r = get(addr, "/notready").await;
+    assert_eq!((r.status, r.error()), (503, "no_healthy_endpoint"));
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn malformed_request_gets_400_and_the_proxy_stays_up() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr, "http1")).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GARBAGE\x01 / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(get(addr, "/still-up").await.status, 200);
+}
