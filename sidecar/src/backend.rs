@@ -132,7 +132,7 @@ impl BackendState {
                 |i| {
                     let s = &self.endpoints[i].stats;
                     let load = s.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
-                    lock(&s.ewma).rtt_ns() * load
+                    lock(&s.ewma).rtt_ns(now) * load
                 },
             )
             .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.clone()))?;

@@ -179,7 +179,9 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 /// Peak-EWMA latency of one endpoint: a slower sample replaces the average at once, faster
-/// ones decay it towards them with time constant `EWMA_DECAY`.
+/// ones pull it down with time constant `EWMA_DECAY`. Without samples the estimate decays
+/// towards zero on the same time scale, so an endpoint that was slow once is tried again later
+/// instead of being shunned forever on stale data.
 #[derive(Debug)]
 pub struct PeakEwma {
     rtt_ns: f64,
@@ -196,22 +198,26 @@ impl Default for PeakEwma {
 }
 
 impl PeakEwma {
+    fn weight(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        (-elapsed / EWMA_DECAY.as_secs_f64()).exp()
+    }
+
     /// Adds one latency sample.
     pub fn observe(&mut self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
         if sample > self.rtt_ns {
             self.rtt_ns = sample;
         } else {
-            let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
-            let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+            let w = self.weight(now);
             self.rtt_ns = self.rtt_ns * w + sample * (1.0 - w);
         }
         self.stamp = now;
     }
 
-    /// The current estimate in nanoseconds.
-    pub fn rtt_ns(&self) -> f64 {
-        self.rtt_ns
+    /// The estimate at `now`, in nanoseconds.
+    pub fn rtt_ns(&self, now: Instant) -> f64 {
+        self.rtt_ns * self.weight(now)
     }
 }
 
@@ -265,8 +271,13 @@ mod tests {
         let mut e = PeakEwma::default();
         let t0 = Instant::now();
         e.observe(Duration::from_millis(100), t0);
-        assert_eq!(e.rtt_ns(), 100e6);
-        e.observe(Duration::from_millis(1), t0 + Duration::from_secs(10));
-        assert!(e.rtt_ns() < 50e6 && e.rtt_ns() > 1e6);
+        assert_eq!(e.rtt_ns(t0), 100e6);
+        let t1 = t0 + Duration::from_secs(10);
+        e.observe(Duration::from_millis(1), t1);
+        assert!(e.rtt_ns(t1) < 50e6 && e.rtt_ns(t1) > 1e6);
+        assert!(
+            e.rtt_ns(t1 + Duration::from_secs(60)) < 1e6,
+            "idle estimates fade"
+        );
     }
 }

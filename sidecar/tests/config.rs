@@ -1,0 +1,328 @@
+//! Config apply and reload, the admin server, graceful drain, and the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use hyper::body::Incoming;
+use portico_proxy::ApplyError;
+use tokio::sync::{Notify, mpsc};
+
+fn to(name: &str, addr: SocketAddr, generation: u64) -> String {
+    format!(
+        r#"
+generation: {generation}
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes: [{{ name: r, rules: [{{ backends: [{{ backend: {name} }}] }}] }}]
+backends: [{{ name: {name}, endpoints: [{{ address: "{addr}" }}] }}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_and_old_one_keeps_serving() {
+    let a = echo("a").await;
+    let proxy = start(&to("a", a.addr, 1)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+
+    let mut bad = config(&to("a", a.addr, 2));
+    bad.routes[0].rules[0].backends[0].backend = "pay".into();
+    let err = proxy.apply(bad).await.unwrap_err();
+    assert!(matches!(err, ApplyError::Invalid(_)));
+    assert_eq!(
+        err.to_string(),
+        r#"invalid config: route "r" rule 1: backend "pay" is not defined"#
+    );
+
+    assert_eq!(get(addr, "/").await.server(), "a");
+    assert_eq!(proxy.config().generation, 1);
+    let m = proxy.metrics_text();
+    assert!(
+        m.contains(r#"portico_config_reloads_total{result="error"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("portico_config_version 1"), "{m}");
+}
+
+#[tokio::test]
+async fn unusable_certificate_is_refused_naming_the_listener() {
+    let a = echo("a").await;
+    let proxy = start(&to("a", a.addr, 1)).await;
+    let mut bad = config(&to("a", a.addr, 2));
+    bad.listeners.push(config(
+        r#"
+listeners:
+  - { name: secure, address: "127.0.0.1:0", protocol: HTTPS, tls: { cert: { file: /nonexistent.pem }, key: { inline: "x" } } }
+"#,
+    )
+    .listeners
+    .remove(0));
+    let err = proxy.apply(bad).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(r#"listener "secure": tls: reading /nonexistent.pem"#),
+        "{err}"
+    );
+    assert_eq!(
+        get(proxy.listener_addr("web").unwrap(), "/").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn config_swap_keeps_in_flight_requests() {
+    let (entered_tx, mut entered) = mpsc::channel::<()>(1);
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let old = upstream(handler(move |_req: Request<Incoming>| {
+        let entered_tx = entered_tx.clone();
+        let gate = gate.clone();
+        async move {
+            entered_tx.send(()).await.unwrap();
+            gate.notified().await;
+            status(200)
+        }
+    }))
+    .await;
+    let new = echo("new").await;
+    let proxy = start(&to("old", old.addr, 1)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+
+    let in_flight = tokio::spawn(async move { get(addr, "/").await });
+    entered.recv().await.unwrap();
+    proxy.apply(config(&to("new", new.addr, 2))).await.unwrap();
+    assert_eq!(
+        proxy.listener_addr("web"),
+        Some(addr),
+        "the listener was kept"
+    );
+    assert_eq!(get(addr, "/").await.server(), "new");
+
+    release.notify_one();
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "status 200"));
+}
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_by_reload() {
+    let a = echo("a").await;
+    let proxy = start(&to("a", a.addr, 1)).await;
+    let mut two = config(&to("a", a.addr, 2));
+    let mut extra = two.listeners[0].clone();
+    extra.name = "second".into();
+    two.listeners.push(extra);
+    proxy.apply(two).await.unwrap();
+    let second = proxy.listener_addr("second").unwrap();
+    assert_eq!(get(second, "/").await.server(), "a");
+
+    proxy.apply(config(&to("a", a.addr, 3))).await.unwrap();
+    assert_eq!(proxy.listener_addr("second"), None);
+    let refused = tokio::net::TcpStream::connect(second).await;
+    assert!(refused.is_err(), "the removed listener no longer accepts");
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
+    let req = request("GET", "admin", path)
+        .body(portico_proxy::error::full(""))
+        .unwrap();
+    read(send(addr, req, false).await).await
+}
+
+#[tokio::test]
+async fn admin_serves_live_ready_metrics_and_config() {
+    let a = echo("a").await;
+    let proxy = start(&to("a", a.addr, 7)).await;
+    get(proxy.listener_addr("web").unwrap(), "/").await;
+    let admin = proxy.admin_addr().unwrap();
+    assert_eq!(admin_get(admin, "/live").await.status, 200);
+    assert_eq!(admin_get(admin, "/ready").await.status, 200);
+    let m = admin_get(admin, "/metrics").await.body;
+    for line in [
+        r#"portico_requests_total{route="r",backend="a",status_class="2xx"} 1"#,
+        r#"portico_request_duration_seconds_count{route="r"} 1"#,
+        "portico_config_version 7",
+        r#"portico_config_reloads_total{result="ok"} 1"#,
+        r#"portico_open_connections{listener="web"}"#,
+    ] {
+        assert!(m.contains(line), "missing {line}:\n{m}");
+    }
+    let cfg = admin_get(admin, "/config").await.json();
+    assert_eq!(cfg["generation"], 7);
+    assert_eq!(
+        cfg["backends"][0]["endpoints"][0]["address"],
+        a.addr.to_string()
+    );
+    assert_eq!(admin_get(admin, "/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let (entered_tx, mut entered) = mpsc::channel::<()>(1);
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let up = upstream(handler(move |_req: Request<Incoming>| {
+        let entered_tx = entered_tx.clone();
+        let gate = gate.clone();
+        async move {
+            entered_tx.send(()).await.unwrap();
+            gate.notified().await;
+            status(200)
+        }
+    }))
+    .await;
+    let proxy = start(&to("a", up.addr, 1)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let in_flight = tokio::spawn(async move { get(addr, "/").await });
+    entered.recv().await.unwrap();
+
+    let drain = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.shutdown(Duration::from_secs(30)).await }
+    });
+    // Wait until the proxy no longer reports ready: the listener is closed by then.
+    let admin = proxy.admin_addr().unwrap();
+    while admin_get(admin, "/ready").await.status == 200 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!drain.is_finished(), "a request is still in flight");
+    release.notify_one();
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert!(drain.await.unwrap(), "drained before the deadline");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// A free port (bound, then released) for the binary's config file.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn write_config(path: &std::path::Path, listen: SocketAddr, name: &str, backend: SocketAddr) {
+    let yaml = to(name, backend, 1).replace("127.0.0.1:0", &listen.to_string());
+    // Write then rename, as config management tools do, so the proxy never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `f` until it returns true; the binary runs in another process, so there is no
+/// in-process signal to wait on.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn try_get(addr: SocketAddr) -> Option<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+    tokio::spawn(conn);
+    let req = request("GET", "example.com", "/")
+        .body(portico_proxy::error::full(""))
+        .unwrap();
+    Some(read(tx.send_request(req).await.ok()?).await)
+}
+
+#[tokio::test]
+async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let (listen, admin) = (free_port(), free_port());
+    write_config(&path, listen, "a", a.addr);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--admin-addr", &admin.to_string()])
+        .args([
+            "--reload-interval",
+            "50ms",
+            "--workers",
+            "1",
+            "--access-log",
+        ])
+        .args(["--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    eventually("ready", async || {
+        try_get(admin).await.is_some() && try_get(listen).await.is_some()
+    })
+    .await;
+    assert_eq!(try_get(listen).await.unwrap().server(), "a");
+
+    write_config(&path, listen, "b", b.addr);
+    eventually("reload to b", async || {
+        try_get(listen).await.is_some_and(|r| r.server() == "b")
+    })
+    .await;
+
+    std::fs::write(
+        &path,
+        "apiVersion: portico.dev/proxy/v1\nlisteners: [{ name: web }]\n",
+    )
+    .unwrap();
+    eventually("bad config counted", async || {
+        let req = request("GET", "admin", "/metrics")
+            .body(portico_proxy::error::full(""))
+            .unwrap();
+        let m = read(send(admin, req, false).await).await.body;
+        m.contains(r#"portico_config_reloads_total{result="error"} 1"#)
+    })
+    .await;
+    assert_eq!(
+        try_get(listen).await.unwrap().server(),
+        "b",
+        "old config still serves"
+    );
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        (status, child)
+    })
+    .await
+    .unwrap();
+    let (status, mut child) = status;
+    assert!(status.success(), "exit status {status}");
+
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("config refused"), "{stderr}");
+    let access: Vec<serde_json::Value> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(
+        access
+            .iter()
+            .any(|e| e["status"] == 200 && e["route"] == "r" && e["backend"] == "b"),
+        "{access:?}"
+    );
+}
