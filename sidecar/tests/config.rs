@@ -326,3 +326,13 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
         "{access:?}"
     );
 }
+
+#[test]
+fn readme_example_config_is_valid() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let len = readme[start..].find("```").unwrap();
+    let cfg = config(&readme[start..start + len]);
+    cfg.validate().unwrap();
+    assert_eq!(cfg.listeners.len(), 3);
+}
