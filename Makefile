@@ -1,0 +1,63 @@
+# Portico's entry points. `make test` is what CI runs (through .ci/run).
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build test unit e2e lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench
+
+all: build
+
+## build: compile every crate (debug)
+build:
+	$(CARGO) build --workspace --all-targets
+
+## test: lint, CRD drift check, unit tests, then end-to-end tests on a real control plane
+test: lint crds-check unit e2e
+
+## unit: unit and in-process integration tests (no Kubernetes needed)
+unit:
+	$(CARGO) test --workspace --exclude portico-tests
+
+## e2e: end-to-end tests against etcd + kube-apiserver + controller-manager + scheduler + kwok
+e2e: k8s-bins
+	$(CARGO) test -p portico-tests --no-run
+	hack/in-netns.sh $(CARGO) test --offline -p portico-tests -- --test-threads=2
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## crds: regenerate crds/*.yaml and the chart's copy from operator/api
+crds:
+	$(CARGO) run -q -p portico-api --bin portico-crdgen -- crds charts/portico/crds
+
+## crds-check: fail when the committed CRD YAML is stale
+crds-check:
+	$(CARGO) run -q -p portico-api --bin portico-crdgen -- --check crds charts/portico/crds
+
+## k8s-bins: build and cache etcd, kube-apiserver & co, kwok and helm from Go modules
+k8s-bins:
+	hack/k8s-bins.sh >/dev/null
+
+## cluster-up: a development control plane in the network namespace portico-dev
+cluster-up:
+	hack/cluster.sh up
+
+## cluster-down: stop it and remove the namespace
+cluster-down:
+	hack/cluster.sh down
+
+## demo: the local control plane with Portico's CRDs and the examples applied
+demo:
+	hack/demo.sh up
+
+demo-down:
+	hack/demo.sh down
+
+## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy)
+bench:
+	bench/run.sh

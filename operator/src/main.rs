@@ -1,0 +1,3 @@
+//! `portico-operator`: Portico's control plane.
+
+fn main() {}

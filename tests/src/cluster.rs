@@ -1,0 +1,442 @@
+//! A real Kubernetes control plane made of local processes: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok, with fresh certificates.
+//!
+//! It must run inside a network namespace where 198.18.0.0/15 is routed to `lo`
+//! (`hack/in-netns.sh` makes one): Kubernetes rejects loopback addresses for pod IPs,
+//! EndpointSlices and the advertise address, while test traffic may only stay on this machine.
+//!
+//! ```text
+//!  etcd ◄── kube-apiserver ◄── controller-manager (endpointslice, deployment, …)
+//!                ▲      ▲───── kube-scheduler
+//!                └──────────── kwok (fake node "kwok-node-0", pods Running with 198.18.x IPs)
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::certs::{self, CertFiles};
+
+/// The network every pod, node and Service address comes from; routed to `lo` in the namespace.
+pub const ANY_IP_RANGE: &str = "198.18.0.0/15";
+/// ClusterIPs.
+pub const SERVICE_RANGE: &str = "198.19.0.0/16";
+/// The first ClusterIP: the `kubernetes` Service.
+pub const KUBERNETES_SERVICE_IP: &str = "198.19.0.1";
+/// kube-apiserver's advertise address.
+pub const ADVERTISE_ADDRESS: &str = "198.18.0.1";
+/// The kwok node's address.
+pub const NODE_IP: &str = "198.18.0.2";
+/// Pod addresses handed out by kwok (the fake node's podCIDR).
+pub const POD_CIDR: &str = "198.18.64.0/18";
+/// Name of the fake node.
+pub const NODE_NAME: &str = "kwok-node-0";
+
+/// Where the Go-built components live: `$PORTICO_BIN_DIR`, else `~/.cache/portico/bin`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PORTICO_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/portico/bin")
+}
+
+/// The path of one component, or an error that says how to build it.
+pub fn component(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the Kubernetes components with `hack/k8s-bins.sh` (make test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Fails unless this process runs in a namespace where 198.18.0.0/15 is local.
+pub fn require_any_ip_namespace() -> anyhow::Result<()> {
+    TcpListener::bind((Ipv4Addr::new(198, 18, 0, 1), 0))
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind 198.18.0.1 ({e}): this must run inside a network namespace with \
+             `ip route add local {ANY_IP_RANGE} dev lo`; use hack/in-netns.sh (make test does)"
+            )
+        })
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// One child process of the control plane.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+/// A running control plane. Dropping it stops every process and removes its files, unless it
+/// was [`detach`](ControlPlane::detach)ed.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    data_dir: PathBuf,
+    procs: Vec<Proc>,
+    /// Admin kubeconfig (client certificate in `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// The apiserver's address.
+    pub apiserver: SocketAddr,
+    /// Certificate files, including the CA key for signing webhook certificates.
+    pub certs: CertFiles,
+    keep_files: bool,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with state
+    /// under `dir`, creates the fake node and waits until it is Ready.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        require_any_ip_namespace()?;
+        let started = Instant::now();
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        // etcd's data lives on tmpfs: the tests need speed, not durability.
+        let data_dir = std::env::temp_dir().join(format!(
+            "portico-etcd-{}-{}",
+            std::process::id(),
+            started.elapsed().as_nanos()
+        ));
+        let shm = Path::new("/dev/shm");
+        let data_dir = if shm.is_dir() {
+            shm.join(data_dir.file_name().unwrap_or_default())
+        } else {
+            data_dir
+        };
+        let sans = [
+            "localhost",
+            "127.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            KUBERNETES_SERVICE_IP,
+            ADVERTISE_ADDRESS,
+        ];
+        let certs = certs::generate(&dir.join("pki"), &sans)?;
+        let mut plane = ControlPlane {
+            dir: dir.clone(),
+            data_dir: data_dir.clone(),
+            procs: Vec::new(),
+            kubeconfig: dir.join("kubeconfig"),
+            apiserver: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+            certs,
+            keep_files: false,
+        };
+        write_kubeconfig(&plane.kubeconfig, plane.apiserver, &plane.certs)?;
+
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        plane.spawn("etcd", &logs, |c| {
+            c.args([
+                "--name=portico",
+                &format!("--data-dir={}", data_dir.display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                &format!("--initial-cluster=portico=http://127.0.0.1:{etcd_peer}"),
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]);
+        })?;
+
+        let c = plane.certs.clone();
+        let apiserver_port = plane.apiserver.port();
+        plane.spawn("kube-apiserver", &logs, |cmd| {
+            cmd.args([
+                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={apiserver_port}"),
+                format!("--advertise-address={ADVERTISE_ADDRESS}"),
+                format!("--tls-cert-file={}", c.apiserver_cert.display()),
+                format!("--tls-private-key-file={}", c.apiserver_key.display()),
+                format!("--client-ca-file={}", c.ca_cert.display()),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", c.sa_pub.display()),
+                format!("--service-account-signing-key-file={}", c.sa_key.display()),
+                format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+                "--authorization-mode=RBAC".into(),
+                "--allow-privileged=true".into(),
+                "--endpoint-reconciler-type=none".into(),
+                "--enable-aggregator-routing=true".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ]);
+        })?;
+        let client = plane.client().await?;
+        wait_ready(&client, &mut plane).await?;
+
+        let kc = plane.kubeconfig.display().to_string();
+        let kcm_port = free_port()?;
+        plane.spawn("kube-controller-manager", &logs, |cmd| {
+            cmd.args([
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={kcm_port}"),
+                "--controllers=endpointslice-controller,endpointslice-mirroring-controller,\
+                 endpoints-controller,deployment-controller,replicaset-controller,\
+                 garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+                 serviceaccount-token-controller,job-controller,statefulset-controller,\
+                 daemonset-controller,disruption-controller"
+                    .into(),
+                format!("--service-account-private-key-file={}", c.sa_key.display()),
+                format!("--root-ca-file={}", c.ca_cert.display()),
+                "--use-service-account-credentials=false".into(),
+                "--concurrent-endpointslice-syncs=5".into(),
+                "--v=1".into(),
+            ]);
+        })?;
+        let sched_port = free_port()?;
+        plane.spawn("kube-scheduler", &logs, |cmd| {
+            cmd.args([
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={sched_port}"),
+                "--v=1".into(),
+            ]);
+        })?;
+        let kwok_port = free_port()?;
+        plane.spawn("kwok", &logs, |cmd| {
+            cmd.args([
+                format!("--kubeconfig={kc}"),
+                "--manage-all-nodes=false".into(),
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                format!("--cidr={POD_CIDR}"),
+                format!("--node-ip={NODE_IP}"),
+                format!("--server-address=127.0.0.1:{kwok_port}"),
+            ]);
+        })?;
+        create_node(&client).await?;
+        wait_node_ready(&client, &mut plane).await?;
+        eprintln!(
+            "control plane ready in {:.1}s (apiserver https://{}, state in {})",
+            started.elapsed().as_secs_f64(),
+            plane.apiserver,
+            plane.dir.display()
+        );
+        Ok(plane)
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The directory holding certificates, kubeconfig and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// etcd's data directory (on tmpfs where available).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Leaves the processes running and the files in place; returns `(name, pid)` pairs so a
+    /// later `down` can stop them.
+    pub fn detach(mut self) -> Vec<(&'static str, u32)> {
+        self.keep_files = true;
+        let pids = self.procs.iter().map(|p| (p.name, p.child.id())).collect();
+        self.procs.clear();
+        pids
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after a grace period) and removes the state.
+    pub fn stop(&mut self) {
+        for proc in self.procs.iter().rev() {
+            terminate(proc.child.id());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for proc in self.procs.iter_mut().rev() {
+            while Instant::now() < deadline && matches!(proc.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(proc.child.try_wait(), Ok(None)) {
+                let _ = proc.child.kill();
+            }
+            let _ = proc.child.wait();
+        }
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if !self.keep_files && std::env::var_os("PORTICO_KEEP_CLUSTER_FILES").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        logs: &Path,
+        args: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(component(name)?);
+        args(&mut cmd);
+        // Own process group: a Ctrl-C aimed at the test runner must not race our teardown.
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc { name, child });
+        Ok(())
+    }
+
+    /// Fails with the tail of a component's log when it has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for proc in &mut self.procs {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let log = self.dir.join("logs").join(format!("{}.log", proc.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "{} exited with {status}; last lines of its log:\n{}",
+                    proc.name,
+                    tail.join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends SIGTERM through `kill(1)`: std has no safe way to send a signal other than SIGKILL.
+pub fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn write_kubeconfig(path: &Path, server: SocketAddr, certs: &CertFiles) -> anyhow::Result<()> {
+    let text = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: portico
+  cluster:
+    server: https://{server}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: portico
+  context: {{cluster: portico, user: admin}}
+current-context: portico
+",
+        ca = certs.ca_cert.display(),
+        cert = certs.admin_cert.display(),
+        key = certs.admin_key.display(),
+    );
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+async fn wait_ready(client: &kube::Client, plane: &mut ControlPlane) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        plane.check_alive()?;
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        match client.request_text(req).await {
+            Ok(body) if body.trim() == "ok" => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Ok(body) => bail!("kube-apiserver not ready after 90s: {body}"),
+            Err(e) => bail!("kube-apiserver not ready after 90s: {e}"),
+        }
+    }
+}
+
+async fn create_node(client: &kube::Client) -> anyhow::Result<()> {
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE_NAME,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "topology.kubernetes.io/zone": "zone-a"
+            }
+        },
+        "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+            "addresses": [{"type": "InternalIP", "address": NODE_IP}]
+        }
+    }))?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).context("creating the kwok node"),
+    }
+}
+
+async fn wait_node_ready(client: &kube::Client, plane: &mut ControlPlane) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        plane.check_alive()?;
+        let node = nodes.get(NODE_NAME).await?;
+        let ready = node
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {NODE_NAME} not Ready after 60s: is kwok running? see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
