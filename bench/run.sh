@@ -4,6 +4,7 @@
 # generator and the upstream on the other core. Loopback only. Writes docs/benchmarks.md.
 #
 #   REPS=5 DURATION=10 RATE_DURATION=5 bench/run.sh
+#   PROXY_BIN=path/to/portico-proxy bench/run.sh   # skip the build
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,11 +45,13 @@ if ((${#need[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-log "building portico-proxy (release)"
-cargo build --release -q -p portico-proxy
-PROXY_BIN=$CARGO_TARGET_DIR/release/portico-proxy
+if [[ -z ${PROXY_BIN:-} ]]; then
+    log "building portico-proxy (release)"
+    cargo build --release -q -p portico-proxy
+    PROXY_BIN=$CARGO_TARGET_DIR/release/portico-proxy
+fi
 HELPER="python3 $ROOT/bench/conns.py"
 
 # --- upstream: nginx, 1 KiB body, keep-alive, TCP_NODELAY --------------------------------
@@ -99,7 +102,7 @@ daemon off;
 worker_processes 1;
 pid $WORK/ngx/nginx.pid;
 error_log $WORK/ngx/logs/error.log warn;
-events { worker_connections 8192; }
+events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 10000000;
@@ -119,7 +122,7 @@ CONF
 cat > "$WORK/haproxy.cfg" <<CONF
 global
     nbthread 1
-    maxconn 10000
+    maxconn 4000
 defaults
     mode http
     timeout connect 5s
@@ -220,12 +223,13 @@ for t in portico nginx haproxy; do
 done
 
 # --- HTTP/2 through portico-proxy (h2load) -----------------------------------------------
-h2_rps() { taskset -c $LOAD_CPU h2load "$@" 2>&1 | awk '/^finished in/ {print $4}' | tr -d ','; }
+h2_rps() { taskset -c $LOAD_CPU h2load "$@" 2>&1 | awk '/^finished in/ {print $4}' | tr -d ',' || true; }
+printf '\x00\x00\x00\x00\x00' > "$WORK/grpc-empty-message.bin" # one empty length-prefixed message
 for rep in $(seq 1 "$REPS"); do
     log "h2load h2c rep $rep"
     h2_rps -c $CONNS -m 10 -D "$DURATION" "http://127.0.0.1:${PORT[direct]}/" >/dev/null || true
     h2_rps -c $CONNS -m 10 -D "$DURATION" "http://127.0.0.1:${PORT[portico]}/" >> "$WORK/h2_h1.rps"
-    h2_rps -c $CONNS -m 10 -D "$DURATION" -H 'content-type: application/grpc' -d /dev/null \
+    h2_rps -c $CONNS -m 10 -D "$DURATION" -H 'content-type: application/grpc' -d "$WORK/grpc-empty-message.bin" \
         "http://127.0.0.1:${PORT[portico]}/grpc" >> "$WORK/h2_h2.rps"
     h2_rps -c $CONNS -m 10 -D "$DURATION" "http://127.0.0.1:$UP_H2_PORT/" >> "$WORK/h2_direct.rps"
 done

@@ -101,6 +101,19 @@ impl Balancer {
 }
 
 fn p2c(n: usize, healthy: &dyn Fn(usize) -> bool, cost: &dyn Fn(usize) -> f64) -> Option<usize> {
+    // Fast paths without allocating: one endpoint, or two random picks that are both healthy
+    // (the common case). Otherwise choose among the healthy ones.
+    if n == 1 {
+        return healthy(0).then_some(0);
+    }
+    if n > 1 {
+        let mut rng = rand::rng();
+        let a = rng.random_range(0..n);
+        let b = (a + rng.random_range(1..n)) % n;
+        if healthy(a) && healthy(b) {
+            return Some(if cost(b) < cost(a) { b } else { a });
+        }
+    }
     let candidates: Vec<usize> = (0..n).filter(|i| healthy(*i)).collect();
     let mut rng = rand::rng();
     match candidates.len() {

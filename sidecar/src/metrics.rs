@@ -1,6 +1,8 @@
 //! Prometheus metrics. Labels are bounded: route, backend and listener names from the config,
-//! status class (`2xx`…), reload result — never paths or client addresses.
+//! status class (`2xx`…), reload result — never paths or client addresses. Label values are
+//! `Arc<str>` shared with the config, so counting a request allocates nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,30 +14,30 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    backend: String,
+    route: Arc<str>,
+    backend: Arc<str>,
     status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteBackendLabels {
-    route: String,
-    backend: String,
+    route: Arc<str>,
+    backend: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
-    backend: String,
+    backend: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
-    listener: String,
+    listener: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +61,8 @@ pub struct Metrics {
     open_connections: Family<ListenerLabels, Gauge>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
+    /// The label value for "none" (no route matched, no backend chosen).
+    none: Arc<str>,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,7 @@ impl Default for Metrics {
             config_version: Gauge::default(),
             reloads: Family::default(),
             registry: Registry::default(),
+            none: Arc::from(""),
         };
         registry.register(
             "requests",
@@ -120,46 +125,53 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
-    /// Counts one answered request.
-    pub fn request(&self, route: &str, backend: &str, status: u16, elapsed: Duration) {
+    /// Counts one answered request; `None` labels are empty.
+    pub fn request(
+        &self,
+        route: Option<&Arc<str>>,
+        backend: Option<&Arc<str>>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let route = route.unwrap_or(&self.none);
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                backend: backend.to_owned(),
+                route: route.clone(),
+                backend: backend.unwrap_or(&self.none).clone(),
                 status_class: status_class(status),
             })
             .inc();
         self.durations
             .get_or_create(&RouteLabels {
-                route: route.to_owned(),
+                route: route.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one retry.
-    pub fn retry(&self, route: &str, backend: &str) {
+    pub fn retry(&self, route: &Arc<str>, backend: &Arc<str>) {
         self.retries
             .get_or_create(&RouteBackendLabels {
-                route: route.to_owned(),
-                backend: backend.to_owned(),
+                route: route.clone(),
+                backend: backend.clone(),
             })
             .inc();
     }
 
     /// Counts one ejection.
-    pub fn ejection(&self, backend: &str) {
+    pub fn ejection(&self, backend: &Arc<str>) {
         self.ejections
             .get_or_create(&BackendLabels {
-                backend: backend.to_owned(),
+                backend: backend.clone(),
             })
             .inc();
     }
 
     /// Adds `delta` to the open connections of `listener`.
-    pub fn connections(&self, listener: &str, delta: i64) {
+    pub fn connections(&self, listener: &Arc<str>, delta: i64) {
         self.open_connections
             .get_or_create(&ListenerLabels {
-                listener: listener.to_owned(),
+                listener: listener.clone(),
             })
             .inc_by(delta);
     }

@@ -85,11 +85,12 @@ pub async fn handle(
         }
     };
     let elapsed = start.elapsed();
-    let route = out.route.as_deref().unwrap_or("");
-    let backend = out.backend.as_deref().unwrap_or("");
-    shared
-        .metrics
-        .request(route, backend, resp.status().as_u16(), elapsed);
+    shared.metrics.request(
+        out.route.as_ref(),
+        out.backend.as_ref(),
+        resp.status().as_u16(),
+        elapsed,
+    );
     if shared.access_log {
         accesslog::write(&accesslog::Entry {
             ts_ms: std::time::SystemTime::now()
@@ -130,6 +131,7 @@ async fn route_and_forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let mut host = request_host(&parts.uri, &parts.headers).to_owned();
+    let mut host_changed = parts.headers.get(HOST).is_none();
     let hit = snap
         .router
         .route(&conn.listener, &host, &parts)
@@ -156,6 +158,7 @@ async fn route_and_forward(
             Filter::UrlRewrite(u) => {
                 if let Some(h) = filters::rewrite_url(u, &mut parts.uri, hit.matched_prefix) {
                     host = h;
+                    host_changed = true;
                 }
             }
             Filter::RequestMirror(m) => mirrors.push(&m.backend),
@@ -164,7 +167,8 @@ async fn route_and_forward(
 
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
     http_rules::add_forwarded(&mut parts.headers, conn.client.ip(), conn.scheme);
-    if let Ok(h) = HeaderValue::from_str(&host) {
+    // HTTP/1 upstreams need `Host`; an HTTP/2 client sent `:authority` instead.
+    if host_changed && let Ok(h) = HeaderValue::from_str(&host) {
         parts.headers.insert(HOST, h);
     }
 

@@ -16,6 +16,9 @@ pub type HttpClient = Client<HttpConnector, Body>;
 
 /// How long an idle upstream connection is kept for reuse.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint; a burst opens more, but they are not all kept (each
+/// holds buffers), as nginx's `keepalive` does.
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
 /// The pools of one backend.
 #[derive(Clone, Debug)]
@@ -74,6 +77,7 @@ fn build(h2: bool, connect_timeout: Duration) -> HttpClient {
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(h2)
