@@ -1,0 +1,767 @@
+//! The in-memory index: every watched object, and what each proxy must be told.
+//!
+//! ```text
+//!  watch events ──apply/delete/reset──► Index ──refresh──► per Gateway: watch::Sender<RouteTable>
+//!  (Gateway, Route, ServicePolicy,        │                             watch::Sender<BackendSet>
+//!   Service, EndpointSlice, Secret,       └──────────────► watch::Sender<Statuses> (status writer)
+//!   Namespace)
+//! ```
+//!
+//! Each event updates the stored objects and recomputes the outputs; a channel is only written
+//! when its content really changed, so an EndpointSlice change never touches a RouteTable
+//! receiver and an unrelated Route never wakes a proxy. The index is synchronous and owns no
+//! tasks: tests apply objects and read receivers directly.
+
+mod endpoints;
+mod status;
+pub mod translate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use portico_api::gateway::{ListenerProtocol, RouteNamespaces};
+use portico_api::route::{ParentKind, ParentReference};
+use portico_api::{Gateway, Route, ServicePolicy};
+use portico_proxy_api::{self as contract, BackendSet, ProxyConfig, RouteTable};
+use tokio::sync::watch;
+
+pub use status::{Cond, GatewayState, ParentState, PolicyState, RouteState, Statuses};
+
+/// Name of the ServiceAccount, Service and Deployment of a Gateway's proxies:
+/// `portico-gateway-<gateway name>`, in the Gateway's namespace.
+pub fn proxy_name(gateway: &str) -> String {
+    format!("portico-gateway-{gateway}")
+}
+
+/// Namespace and name of an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Namespace (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl Key {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn of<K: kube::Resource>(obj: &K) -> Self {
+        Self::new(obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A watched object, as the watches hand it to the index.
+#[derive(Clone, Debug)]
+#[allow(missing_docs)]
+pub enum Object {
+    Gateway(Gateway),
+    Route(Route),
+    ServicePolicy(ServicePolicy),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Secret(Secret),
+    Namespace(Namespace),
+}
+
+/// The kinds of watched objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum Kind {
+    Gateway,
+    Route,
+    ServicePolicy,
+    Service,
+    EndpointSlice,
+    Secret,
+    Namespace,
+}
+
+impl Kind {
+    /// Every kind, in the order the watches start.
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Secret,
+        Kind::ServicePolicy,
+        Kind::Route,
+        Kind::Gateway,
+    ];
+
+    /// Lowercase plural, the `kind` label in metrics.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Gateway => "gateways",
+            Kind::Route => "routes",
+            Kind::ServicePolicy => "servicepolicies",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::Secret => "secrets",
+            Kind::Namespace => "namespaces",
+        }
+    }
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Gateway(_) => Kind::Gateway,
+            Object::Route(_) => Kind::Route,
+            Object::ServicePolicy(_) => Kind::ServicePolicy,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+            Object::Namespace(_) => Kind::Namespace,
+        }
+    }
+}
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What one gateway proxy is subscribed to.
+struct ProxyChannels {
+    routes: watch::Sender<Arc<RouteTable>>,
+    backends: watch::Sender<Arc<BackendSet>>,
+}
+
+/// Receivers of one gateway proxy's config: the two halves travel apart.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// Listeners and routes.
+    pub routes: watch::Receiver<Arc<RouteTable>>,
+    /// Backends and endpoints.
+    pub backends: watch::Receiver<Arc<BackendSet>>,
+}
+
+/// Counters the admin endpoint reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexStats {
+    /// Events applied (apply, delete, reset).
+    pub events: u64,
+    /// RouteTable publications.
+    pub route_updates: u64,
+    /// BackendSet publications.
+    pub backend_updates: u64,
+    /// Objects held.
+    pub objects: u64,
+}
+
+/// The index. Wrap it in a mutex to share it; no method awaits.
+pub struct Index {
+    gateways: BTreeMap<Key, Arc<Gateway>>,
+    routes: BTreeMap<Key, Arc<Route>>,
+    policies: BTreeMap<Key, Arc<ServicePolicy>>,
+    services: BTreeMap<Key, Arc<Service>>,
+    /// EndpointSlices by Service, then by slice name.
+    slices: BTreeMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// The Service each stored slice is filed under (for deletes and relabels).
+    slice_service: BTreeMap<Key, Key>,
+    secrets: BTreeMap<Key, Arc<Secret>>,
+    namespaces: BTreeMap<String, Arc<Namespace>>,
+    proxies: BTreeMap<Key, ProxyChannels>,
+    generation: u64,
+    statuses: watch::Sender<Arc<Statuses>>,
+    stats: IndexStats,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self {
+            gateways: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            slice_service: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+            generation: 0,
+            statuses: watch::Sender::new(Arc::new(Statuses::default())),
+            stats: IndexStats::default(),
+        }
+    }
+
+    /// Adds or replaces an object and recomputes what changed.
+    pub fn apply(&mut self, obj: Object) {
+        self.insert(obj);
+        self.stats.events += 1;
+        self.refresh();
+    }
+
+    /// Removes an object and recomputes what changed.
+    pub fn delete(&mut self, obj: &Object) {
+        self.remove(obj);
+        self.stats.events += 1;
+        self.refresh();
+    }
+
+    /// Replaces every object of `kind` (in `namespace`, or everywhere when `None`) with
+    /// `objects`, after a watch's (re)list. Objects missing from the list were deleted meanwhile.
+    pub fn reset(&mut self, kind: Kind, namespace: Option<&str>, objects: Vec<Object>) {
+        let keep = |k: &Key| namespace.is_some_and(|ns| ns != k.namespace);
+        match kind {
+            Kind::Gateway => self.gateways.retain(|k, _| keep(k)),
+            Kind::Route => self.routes.retain(|k, _| keep(k)),
+            Kind::ServicePolicy => self.policies.retain(|k, _| keep(k)),
+            Kind::Service => self.services.retain(|k, _| keep(k)),
+            Kind::Secret => self.secrets.retain(|k, _| keep(k)),
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::EndpointSlice => {
+                self.slices.retain(|k, _| keep(k));
+                self.slice_service.retain(|k, _| keep(k));
+            }
+        }
+        for obj in objects.into_iter().filter(|o| o.kind() == kind) {
+            self.insert(obj);
+        }
+        self.stats.events += 1;
+        self.refresh();
+    }
+
+    fn insert(&mut self, obj: Object) {
+        match obj {
+            Object::Gateway(o) => {
+                self.gateways.insert(Key::of(&o), Arc::new(o));
+            }
+            Object::Route(o) => {
+                self.routes.insert(Key::of(&o), Arc::new(o));
+            }
+            Object::ServicePolicy(o) => {
+                self.policies.insert(Key::of(&o), Arc::new(o));
+            }
+            Object::Service(o) => {
+                self.services.insert(Key::of(&o), Arc::new(o));
+            }
+            Object::Secret(o) => {
+                self.secrets.insert(Key::of(&o), Arc::new(o));
+            }
+            Object::Namespace(o) => {
+                self.namespaces.insert(o.name_any(), Arc::new(o));
+            }
+            Object::EndpointSlice(o) => {
+                let key = Key::of(&o);
+                self.remove_slice(&key);
+                let Some(service) = o.labels().get(SERVICE_NAME_LABEL).cloned() else {
+                    return;
+                };
+                let service = Key::new(key.namespace.clone(), service);
+                self.slices
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(key.name.clone(), Arc::new(o));
+                self.slice_service.insert(key, service);
+            }
+        }
+    }
+
+    fn remove(&mut self, obj: &Object) {
+        match obj {
+            Object::Gateway(o) => {
+                self.gateways.remove(&Key::of(o));
+            }
+            Object::Route(o) => {
+                self.routes.remove(&Key::of(o));
+            }
+            Object::ServicePolicy(o) => {
+                self.policies.remove(&Key::of(o));
+            }
+            Object::Service(o) => {
+                self.services.remove(&Key::of(o));
+            }
+            Object::Secret(o) => {
+                self.secrets.remove(&Key::of(o));
+            }
+            Object::Namespace(o) => {
+                self.namespaces.remove(&o.name_any());
+            }
+            Object::EndpointSlice(o) => self.remove_slice(&Key::of(o)),
+        }
+    }
+
+    fn remove_slice(&mut self, key: &Key) {
+        if let Some(service) = self.slice_service.remove(key)
+            && let Some(slices) = self.slices.get_mut(&service)
+        {
+            slices.remove(&key.name);
+            if slices.is_empty() {
+                self.slices.remove(&service);
+            }
+        }
+    }
+
+    /// The config receivers of the proxies of Gateway `gateway`. A Gateway that does not exist
+    /// (yet) has an empty config; it fills in when the Gateway appears.
+    pub fn subscribe(&mut self, gateway: &Key) -> Subscription {
+        if !self.proxies.contains_key(gateway) {
+            let (routes, backends) = self.gateway_config(gateway);
+            self.generation += 1;
+            let routes = Arc::new(RouteTable {
+                generation: self.generation,
+                ..routes
+            });
+            let backends = Arc::new(BackendSet {
+                generation: self.generation,
+                ..backends
+            });
+            self.proxies.insert(
+                gateway.clone(),
+                ProxyChannels {
+                    routes: watch::Sender::new(routes),
+                    backends: watch::Sender::new(backends),
+                },
+            );
+        }
+        let ch = &self.proxies[gateway];
+        Subscription {
+            routes: ch.routes.subscribe(),
+            backends: ch.backends.subscribe(),
+        }
+    }
+
+    /// The desired status of every Gateway, Route and ServicePolicy, recomputed on each change.
+    pub fn statuses(&self) -> watch::Receiver<Arc<Statuses>> {
+        self.statuses.subscribe()
+    }
+
+    /// Counters for the admin endpoint.
+    pub fn stats(&self) -> IndexStats {
+        let objects = self.gateways.len()
+            + self.routes.len()
+            + self.policies.len()
+            + self.services.len()
+            + self.slice_service.len()
+            + self.secrets.len()
+            + self.namespaces.len();
+        IndexStats {
+            objects: objects as u64,
+            ..self.stats
+        }
+    }
+
+    /// Number of Gateways with a config channel (subscribed or existing).
+    pub fn proxy_channels(&self) -> usize {
+        self.proxies.len()
+    }
+
+    fn refresh(&mut self) {
+        let keys: BTreeSet<Key> = self
+            .gateways
+            .keys()
+            .chain(self.proxies.keys())
+            .cloned()
+            .collect();
+        for key in keys {
+            let (routes, backends) = self.gateway_config(&key);
+            let generation = self.generation + 1;
+            let ch = self
+                .proxies
+                .entry(key.clone())
+                .or_insert_with(|| ProxyChannels {
+                    routes: watch::Sender::new(Arc::new(RouteTable::default())),
+                    backends: watch::Sender::new(Arc::new(BackendSet::default())),
+                });
+            let mut changed = false;
+            ch.routes.send_if_modified(|cur| {
+                if cur.listeners == routes.listeners && cur.routes == routes.routes {
+                    return false;
+                }
+                *cur = Arc::new(RouteTable {
+                    generation,
+                    ..routes
+                });
+                self.stats.route_updates += 1;
+                changed = true;
+                true
+            });
+            ch.backends.send_if_modified(|cur| {
+                if cur.backends == backends.backends {
+                    return false;
+                }
+                *cur = Arc::new(BackendSet {
+                    generation,
+                    ..backends
+                });
+                self.stats.backend_updates += 1;
+                changed = true;
+                true
+            });
+            if changed {
+                self.generation = generation;
+            }
+            let gone = !self.gateways.contains_key(&key);
+            if gone && ch.routes.receiver_count() == 0 && ch.backends.receiver_count() == 0 {
+                self.proxies.remove(&key);
+            }
+        }
+        let statuses = self.compute_statuses();
+        self.statuses.send_if_modified(|cur| {
+            if **cur == statuses {
+                return false;
+            }
+            *cur = Arc::new(statuses);
+            true
+        });
+    }
+
+    /// Whether `route`'s namespace may attach to `listener` of `gw`.
+    fn namespace_allowed(
+        &self,
+        gw: &Gateway,
+        listener: &portico_api::gateway::Listener,
+        route_ns: &str,
+    ) -> bool {
+        let allowed = listener.allowed_routes.clone().unwrap_or_default();
+        match allowed.from {
+            RouteNamespaces::Same => gw.namespace().as_deref() == Some(route_ns),
+            RouteNamespaces::All => true,
+            RouteNamespaces::Selector => {
+                let Some(ns) = self.namespaces.get(route_ns) else {
+                    return false;
+                };
+                let labels = ns.labels();
+                allowed
+                    .selector
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+            }
+        }
+    }
+
+    /// Which listeners (by index) of `gw` one parent ref of `route` attaches to, or why none.
+    fn attach(&self, gw: &Gateway, route: &Route, parent: &ParentReference) -> Attachment {
+        let route_ns = route.namespace().unwrap_or_default();
+        let by_section: Vec<usize> = gw
+            .spec
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+            .map(|(i, _)| i)
+            .collect();
+        if by_section.is_empty() {
+            return Attachment::Rejected(
+                "NoMatchingParent",
+                format!(
+                    "Gateway {}/{} has no listener {:?}",
+                    gw.namespace().unwrap_or_default(),
+                    gw.name_any(),
+                    parent.section_name.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        let allowed: Vec<usize> = by_section
+            .into_iter()
+            .filter(|i| self.namespace_allowed(gw, &gw.spec.listeners[*i], &route_ns))
+            .collect();
+        if allowed.is_empty() {
+            return Attachment::Rejected(
+                "NotAllowedByListeners",
+                format!(
+                    "no listener of Gateway {} allows Routes from namespace {route_ns}",
+                    gw.name_any()
+                ),
+            );
+        }
+        let matching: Vec<usize> = allowed
+            .into_iter()
+            .filter(|i| {
+                let l = &gw.spec.listeners[*i];
+                match (&l.hostname, l.protocol) {
+                    (_, ListenerProtocol::TCP) | (None, _) => true,
+                    (Some(h), _) => {
+                        route.spec.hostnames.is_empty()
+                            || route
+                                .spec
+                                .hostnames
+                                .iter()
+                                .any(|rh| translate::hostnames_intersect(h, &rh.0))
+                    }
+                }
+            })
+            .collect();
+        if matching.is_empty() {
+            return Attachment::Rejected(
+                "NoMatchingListenerHostname",
+                "no listener hostname matches the Route's hostnames".to_owned(),
+            );
+        }
+        Attachment::Attached(matching)
+    }
+
+    /// The listener indexes of `gw` that `route` attaches to, over all its parent refs.
+    fn attached_listeners(&self, gw_key: &Key, gw: &Gateway, route: &Route) -> BTreeSet<usize> {
+        let route_ns = route.namespace().unwrap_or_default();
+        route
+            .spec
+            .parent_refs
+            .iter()
+            .filter(|p| {
+                p.kind == ParentKind::Gateway
+                    && p.name == gw_key.name
+                    && p.namespace.as_deref().unwrap_or(&route_ns) == gw_key.namespace
+            })
+            .filter_map(|p| match self.attach(gw, route, p) {
+                Attachment::Attached(ls) => Some(ls),
+                Attachment::Rejected(..) => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The TLS material of an HTTPS listener, from its first certificate Secret.
+    fn listener_tls(
+        &self,
+        gw_ns: &str,
+        l: &portico_api::gateway::Listener,
+    ) -> Result<contract::Tls, String> {
+        let Some(r) = l.tls.as_ref().and_then(|t| t.certificate_refs.first()) else {
+            return Err(format!("listener {} has no certificateRefs", l.name));
+        };
+        let key = Key::new(r.namespace.as_deref().unwrap_or(gw_ns), &r.name);
+        let Some(secret) = self.secrets.get(&key) else {
+            return Err(format!(
+                "Secret {key} not found (or not of type kubernetes.io/tls)"
+            ));
+        };
+        let data = secret.data.clone().unwrap_or_default();
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .filter(|s| !s.is_empty())
+        };
+        match (text("tls.crt"), text("tls.key")) {
+            (Some(cert), Some(key_pem)) => Ok(contract::Tls {
+                cert: contract::Pem::Inline { inline: cert },
+                key: contract::Pem::Inline { inline: key_pem },
+            }),
+            _ => Err(format!("Secret {key} lacks tls.crt or tls.key")),
+        }
+    }
+
+    /// The config of Gateway `key`'s proxies (generation 0; the caller stamps it).
+    fn gateway_config(&self, key: &Key) -> (RouteTable, BackendSet) {
+        let Some(gw) = self.gateways.get(key) else {
+            return Default::default();
+        };
+        let mut listeners = Vec::new();
+        for l in &gw.spec.listeners {
+            let tls = if l.protocol == ListenerProtocol::HTTPS {
+                match self.listener_tls(&key.namespace, l) {
+                    Ok(tls) => Some(tls),
+                    // Without a certificate the listener is left out; status says why.
+                    Err(_) => {
+                        listeners.push(None);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            listeners.push(Some(translate::listener(l, tls)));
+        }
+        let mut wanted: BTreeSet<(String, String, i32)> = BTreeSet::new();
+        let mut routes = Vec::new();
+        for (rkey, route) in &self.routes {
+            let attached = self.attached_listeners(key, gw, route);
+            let attached: Vec<usize> = attached
+                .into_iter()
+                .filter(|i| listeners[*i].is_some())
+                .collect();
+            if attached.is_empty() {
+                continue;
+            }
+            let rules: Vec<contract::RouteRule> = route
+                .spec
+                .rules
+                .iter()
+                .map(|r| translate::rule(&rkey.namespace, r))
+                .collect();
+            let mut http_listeners = Vec::new();
+            for i in &attached {
+                let l = &gw.spec.listeners[*i];
+                if l.protocol == ListenerProtocol::TCP {
+                    // A TCP listener forwards to the first backend of the first attached Route.
+                    if let Some(Some(cl)) = listeners.get_mut(*i)
+                        && cl.backend.is_none()
+                        && let Some(b) = rules.first().and_then(|r| r.backends.first())
+                    {
+                        cl.backend = Some(b.backend.clone());
+                        if let Some(r) = route.spec.rules.first() {
+                            wanted.extend(
+                                translate::rule_backend_refs(&rkey.namespace, r)
+                                    .take(1)
+                                    .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p)),
+                            );
+                        }
+                    }
+                } else {
+                    http_listeners.push(l);
+                }
+            }
+            if http_listeners.is_empty() || rules.is_empty() {
+                continue;
+            }
+            let listener_hosts: BTreeSet<Option<&str>> = http_listeners
+                .iter()
+                .map(|l| l.hostname.as_deref())
+                .collect();
+            let hostnames = if route.spec.hostnames.is_empty() {
+                match listener_hosts.iter().next() {
+                    Some(Some(h)) if listener_hosts.len() == 1 => vec![(*h).to_owned()],
+                    _ => Vec::new(),
+                }
+            } else {
+                route
+                    .spec
+                    .hostnames
+                    .iter()
+                    .map(|h| h.0.clone())
+                    .filter(|h| {
+                        listener_hosts
+                            .iter()
+                            .any(|lh| lh.is_none_or(|lh| translate::hostnames_intersect(lh, h)))
+                    })
+                    .collect()
+            };
+            let candidate = contract::Route {
+                name: rkey.to_string(),
+                listeners: http_listeners.iter().map(|l| l.name.clone()).collect(),
+                hostnames,
+                rules,
+            };
+            let refs: BTreeSet<(String, String, i32)> = route
+                .spec
+                .rules
+                .iter()
+                .flat_map(|r| translate::rule_backend_refs(&rkey.namespace, r))
+                .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
+                .collect();
+            // Each route is checked alone (with its listeners and empty backends), so one
+            // invalid Route is dropped without taking the others down; status reports it.
+            if route_problem(&candidate, &refs).is_some() {
+                continue;
+            }
+            wanted.extend(refs);
+            routes.push(candidate);
+        }
+        let backends = wanted
+            .iter()
+            .map(|(ns, svc, port)| self.backend(ns, svc, *port))
+            .collect();
+        (
+            RouteTable {
+                generation: 0,
+                listeners: listeners.into_iter().flatten().collect(),
+                routes,
+            },
+            BackendSet {
+                generation: 0,
+                backends,
+            },
+        )
+    }
+
+    /// The ServicePolicy in force for Service `key`: the oldest one targeting it (by creation
+    /// time, then name). Later ones are `Conflicted`.
+    fn policy_for(&self, key: &Key) -> Option<&Arc<ServicePolicy>> {
+        self.policies
+            .iter()
+            .filter(|(pk, p)| pk.namespace == key.namespace && p.spec.target_ref.name == key.name)
+            .min_by_key(|(pk, p)| (p.creation_timestamp().map(|t| t.0), (*pk).clone()))
+            .map(|(_, p)| p)
+    }
+
+    /// The contract backend for port `port` of Service `ns/svc`. A missing Service or port
+    /// gives a backend with no endpoints: its routes answer 503, and status says why.
+    fn backend(&self, ns: &str, svc: &str, port: i32) -> contract::Backend {
+        let key = Key::new(ns, svc);
+        let mut b = empty_backend(translate::backend_name(ns, svc, port));
+        let service_port = self
+            .services
+            .get(&key)
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ps| ps.iter().find(|p| p.port == port));
+        if let Some(sp) = service_port {
+            let slices = self.slices.get(&key);
+            b.endpoints = endpoints::endpoints(
+                sp,
+                slices.into_iter().flat_map(|m| m.values().map(|s| &**s)),
+            );
+        }
+        if let Some(p) = self.policy_for(&key) {
+            translate::apply_policy(&mut b, &p.spec);
+        }
+        b
+    }
+}
+
+/// Why the contract would refuse `route`, if it would. The route is checked alone, without
+/// listeners, with empty backends for its references: only its own content is judged.
+fn route_problem(
+    route: &contract::Route,
+    refs: &BTreeSet<(String, String, i32)>,
+) -> Option<String> {
+    let cfg = ProxyConfig {
+        routes: vec![contract::Route {
+            listeners: Vec::new(),
+            ..route.clone()
+        }],
+        backends: refs
+            .iter()
+            .map(|(ns, svc, port)| empty_backend(translate::backend_name(ns, svc, *port)))
+            .collect(),
+        ..ProxyConfig::default()
+    };
+    cfg.validate().err().map(|e| e.to_string())
+}
+
+fn empty_backend(name: String) -> contract::Backend {
+    contract::Backend {
+        name,
+        endpoints: Vec::new(),
+        protocol: contract::UpstreamProtocol::default(),
+        load_balancer: contract::LoadBalancer::default(),
+        outlier_detection: None,
+        limits: contract::Limits::default(),
+        connect_timeout: None,
+    }
+}
+
+/// The outcome of one parent ref against one Gateway.
+enum Attachment {
+    /// Attached to these listeners (indexes into the Gateway's listeners).
+    Attached(Vec<usize>),
+    /// Not attached: `(reason, message)` for the Route's `Accepted` condition.
+    Rejected(&'static str, String),
+}
+
+#[cfg(test)]
+mod tests;

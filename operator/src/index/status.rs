@@ -1,0 +1,302 @@
+//! The status every Gateway, Route and ServicePolicy should carry, as the index sees the world.
+//!
+//! Computed on each index change, published as one [`Statuses`] value; the status writer (leader
+//! only) turns it into server-side-apply patches. Each state also carries the status currently
+//! on the object, so the writer patches only what differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+use portico_api::gateway::{GatewayStatus, ListenerProtocol};
+use portico_api::policy::ServicePolicyStatus;
+use portico_api::route::{ParentKind, ParentReference, RouteStatus};
+use portico_proxy_api as contract;
+
+use super::{Attachment, Index, Key, proxy_name, route_problem, translate};
+
+/// One desired condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    /// `Accepted`, `Programmed`, `ResolvedRefs`.
+    pub type_: &'static str,
+    /// True or False.
+    pub status: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable message that names what is missing.
+    pub message: String,
+}
+
+impl Cond {
+    fn yes(type_: &'static str, reason: &str) -> Self {
+        Self {
+            type_,
+            status: true,
+            reason: reason.to_owned(),
+            message: String::new(),
+        }
+    }
+
+    fn no(type_: &'static str, reason: &str, message: String) -> Self {
+        Self {
+            type_,
+            status: false,
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+}
+
+/// Desired status of one Gateway.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayState {
+    /// `metadata.generation` the status is computed from.
+    pub generation: Option<i64>,
+    /// `Accepted`, `Programmed`.
+    pub conditions: Vec<Cond>,
+    /// The proxy Service's cluster IPs.
+    pub addresses: Vec<String>,
+    /// `(listener name, attached routes, conditions)`.
+    pub listeners: Vec<(String, i32, Vec<Cond>)>,
+    /// The status on the object now.
+    pub current: Option<GatewayStatus>,
+}
+
+/// Desired status of one Route for one parent ref.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParentState {
+    /// The parent ref, as written in the Route.
+    pub parent_ref: ParentReference,
+    /// `Accepted`, `ResolvedRefs`.
+    pub conditions: Vec<Cond>,
+}
+
+/// Desired status of one Route.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteState {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// One entry per parent ref.
+    pub parents: Vec<ParentState>,
+    /// The status on the object now.
+    pub current: Option<RouteStatus>,
+}
+
+/// Desired status of one ServicePolicy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyState {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `Accepted`.
+    pub conditions: Vec<Cond>,
+    /// The status on the object now.
+    pub current: Option<ServicePolicyStatus>,
+}
+
+/// Desired status of everything the index holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Statuses {
+    /// By Gateway.
+    pub gateways: BTreeMap<Key, GatewayState>,
+    /// By Route.
+    pub routes: BTreeMap<Key, RouteState>,
+    /// By ServicePolicy.
+    pub policies: BTreeMap<Key, PolicyState>,
+}
+
+impl Index {
+    /// Why a backend ref does not resolve, if it does not.
+    fn backend_problem(&self, ns: &str, svc: &str, port: i32) -> Option<String> {
+        let key = Key::new(ns, svc);
+        let Some(service) = self.services.get(&key) else {
+            return Some(format!("Service {key} not found"));
+        };
+        let has_port = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .is_some_and(|ps| ps.iter().any(|p| p.port == port));
+        (!has_port).then(|| format!("Service {key} has no port {port}"))
+    }
+
+    pub(super) fn compute_statuses(&self) -> Statuses {
+        let mut out = Statuses::default();
+        let mut attached: BTreeMap<(Key, usize), i32> = BTreeMap::new();
+        for (rkey, route) in &self.routes {
+            let mut problems = Vec::new();
+            let mut refs = BTreeSet::new();
+            for r in &route.spec.rules {
+                for (ns, svc, port) in translate::rule_backend_refs(&rkey.namespace, r) {
+                    refs.insert((ns.to_owned(), svc.to_owned(), port));
+                    if let Some(p) = self.backend_problem(ns, svc, port) {
+                        problems.push(p);
+                    }
+                }
+            }
+            problems.dedup();
+            let resolved = if problems.is_empty() {
+                Cond::yes("ResolvedRefs", "ResolvedRefs")
+            } else {
+                Cond::no("ResolvedRefs", "BackendNotFound", problems.join("; "))
+            };
+            let invalid = route_problem(
+                &contract::Route {
+                    name: rkey.to_string(),
+                    listeners: Vec::new(),
+                    hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
+                    rules: route
+                        .spec
+                        .rules
+                        .iter()
+                        .map(|r| translate::rule(&rkey.namespace, r))
+                        .collect(),
+                },
+                &refs,
+            );
+            let mut parents = Vec::new();
+            for parent in &route.spec.parent_refs {
+                let pkey = Key::new(
+                    parent.namespace.as_deref().unwrap_or(&rkey.namespace),
+                    &parent.name,
+                );
+                let accepted = match parent.kind {
+                    ParentKind::Service => {
+                        if self.services.contains_key(&pkey) {
+                            Cond::yes("Accepted", "Accepted")
+                        } else {
+                            Cond::no(
+                                "Accepted",
+                                "NoSuchParent",
+                                format!("Service {pkey} not found"),
+                            )
+                        }
+                    }
+                    ParentKind::Gateway => match self.gateways.get(&pkey) {
+                        None => Cond::no(
+                            "Accepted",
+                            "NoSuchParent",
+                            format!("Gateway {pkey} not found"),
+                        ),
+                        Some(gw) => match (self.attach(gw, route, parent), &invalid) {
+                            (Attachment::Rejected(reason, message), _) => {
+                                Cond::no("Accepted", reason, message)
+                            }
+                            (Attachment::Attached(_), Some(problem)) => {
+                                Cond::no("Accepted", "UnsupportedValue", problem.clone())
+                            }
+                            (Attachment::Attached(ls), None) => {
+                                for l in ls {
+                                    *attached.entry((pkey.clone(), l)).or_default() += 1;
+                                }
+                                Cond::yes("Accepted", "Accepted")
+                            }
+                        },
+                    },
+                };
+                parents.push(ParentState {
+                    parent_ref: parent.clone(),
+                    conditions: vec![accepted, resolved.clone()],
+                });
+            }
+            out.routes.insert(
+                rkey.clone(),
+                RouteState {
+                    generation: route.metadata.generation,
+                    parents,
+                    current: route.status.clone(),
+                },
+            );
+        }
+        for (gkey, gw) in &self.gateways {
+            let mut listeners = Vec::new();
+            for (i, l) in gw.spec.listeners.iter().enumerate() {
+                let mut conds = vec![Cond::yes("Accepted", "Accepted")];
+                let refs = match l.protocol {
+                    ListenerProtocol::HTTPS => match self.listener_tls(&gkey.namespace, l) {
+                        Ok(_) => Cond::yes("ResolvedRefs", "ResolvedRefs"),
+                        Err(e) => Cond::no("ResolvedRefs", "InvalidCertificateRef", e),
+                    },
+                    _ => Cond::yes("ResolvedRefs", "ResolvedRefs"),
+                };
+                let programmed = if refs.status {
+                    Cond::yes("Programmed", "Programmed")
+                } else {
+                    Cond::no("Programmed", "Invalid", refs.message.clone())
+                };
+                conds.push(refs);
+                conds.push(programmed);
+                let count = attached.get(&(gkey.clone(), i)).copied().unwrap_or(0);
+                listeners.push((l.name.clone(), count, conds));
+            }
+            let service = self
+                .services
+                .get(&Key::new(&gkey.namespace, proxy_name(&gkey.name)));
+            let addresses: Vec<String> = service
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| {
+                    s.cluster_ips
+                        .clone()
+                        .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|ip| !ip.is_empty() && ip != "None")
+                .collect();
+            let programmed = if addresses.is_empty() {
+                Cond::no(
+                    "Programmed",
+                    "AddressNotAssigned",
+                    format!(
+                        "Service {}/{} has no cluster IP yet",
+                        gkey.namespace,
+                        proxy_name(&gkey.name)
+                    ),
+                )
+            } else {
+                Cond::yes("Programmed", "Programmed")
+            };
+            out.gateways.insert(
+                gkey.clone(),
+                GatewayState {
+                    generation: gw.metadata.generation,
+                    conditions: vec![Cond::yes("Accepted", "Accepted"), programmed],
+                    addresses,
+                    listeners,
+                    current: gw.status.clone(),
+                },
+            );
+        }
+        for (pkey, policy) in &self.policies {
+            let target = Key::new(&pkey.namespace, &policy.spec.target_ref.name);
+            let accepted = if !self.services.contains_key(&target) {
+                Cond::no(
+                    "Accepted",
+                    "TargetNotFound",
+                    format!("Service {target} not found"),
+                )
+            } else {
+                match self.policy_for(&target) {
+                    Some(winner) if winner.name_any() != pkey.name => Cond::no(
+                        "Accepted",
+                        "Conflicted",
+                        format!(
+                            "ServicePolicy {}/{} already targets Service {target}",
+                            pkey.namespace,
+                            winner.name_any()
+                        ),
+                    ),
+                    _ => Cond::yes("Accepted", "Accepted"),
+                }
+            };
+            out.policies.insert(
+                pkey.clone(),
+                PolicyState {
+                    generation: policy.metadata.generation,
+                    conditions: vec![accepted],
+                    current: policy.status.clone(),
+                },
+            );
+        }
+        out
+    }
+}

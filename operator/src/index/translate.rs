@@ -1,0 +1,410 @@
+//! Translation of Portico's CRDs into the proxy contract: Gateway listeners → contract
+//! [`Listener`]s, Route rules → contract [`RouteRule`]s, ServicePolicy → backend policy.
+//!
+//! Pure functions: they read CRD values and return contract values, so they are tested without
+//! any index around them.
+
+use portico_api::common::HttpMethod;
+use portico_api::gateway::{Listener as GwListener, ListenerProtocol};
+use portico_api::policy::{LoadBalancerType, ServicePolicySpec, ServiceProtocol};
+use portico_api::route::{
+    self as api, PathMatchType, PathModifierType, RedirectScheme, RouteFilterType, ValueMatchType,
+};
+use portico_proxy_api as contract;
+
+/// The contract name of the backend that stands for port `port` of Service `namespace/name`:
+/// `namespace/name:port`. The same word is the `backend` label in proxy metrics.
+pub fn backend_name(namespace: &str, service: &str, port: i32) -> String {
+    format!("{namespace}/{service}:{port}")
+}
+
+/// The contract listener for a Gateway listener. Proxies bind every address (`0.0.0.0:port`);
+/// HTTPS listeners carry their certificate inline (`tls`), so proxies need no Secret access.
+pub fn listener(l: &GwListener, tls: Option<contract::Tls>) -> contract::Listener {
+    contract::Listener {
+        name: l.name.clone(),
+        address: format!("0.0.0.0:{}", l.port),
+        protocol: match l.protocol {
+            ListenerProtocol::HTTP => contract::Protocol::Http,
+            ListenerProtocol::HTTPS => contract::Protocol::Https,
+            ListenerProtocol::TCP => contract::Protocol::Tcp,
+        },
+        tls,
+        backend: None,
+    }
+}
+
+fn method(m: HttpMethod) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn value_match(kind: ValueMatchType, name: &str, value: &str) -> contract::ValueMatch {
+    contract::ValueMatch {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        kind: match kind {
+            ValueMatchType::Exact => contract::MatchKind::Exact,
+            ValueMatchType::RegularExpression => contract::MatchKind::RegularExpression,
+        },
+    }
+}
+
+fn route_match(m: &api::RouteMatch) -> contract::RouteMatch {
+    contract::RouteMatch {
+        path: m.path.as_ref().map(|p| match p.type_ {
+            PathMatchType::Exact => contract::PathMatch::Exact(p.value.clone()),
+            PathMatchType::PathPrefix => contract::PathMatch::PathPrefix(p.value.clone()),
+            PathMatchType::RegularExpression => {
+                contract::PathMatch::RegularExpression(p.value.clone())
+            }
+        }),
+        method: m.method.map(method),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| value_match(h.type_, &h.name, &h.value))
+            .collect(),
+        query: m
+            .query_params
+            .iter()
+            .map(|q| value_match(q.type_, &q.name, &q.value))
+            .collect(),
+    }
+}
+
+fn header_modifier(m: &api::HeaderModifier) -> contract::HeaderModifier {
+    let headers = |hs: &[api::HttpHeader]| {
+        hs.iter()
+            .map(|h| contract::Header {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    contract::HeaderModifier {
+        set: headers(&m.set),
+        add: headers(&m.add),
+        remove: m.remove.clone(),
+    }
+}
+
+fn path_rewrite(p: &api::PathModifier) -> Option<contract::PathRewrite> {
+    match p.type_ {
+        PathModifierType::ReplaceFullPath => p
+            .replace_full_path
+            .clone()
+            .map(contract::PathRewrite::ReplaceFullPath),
+        PathModifierType::ReplacePrefixMatch => p
+            .replace_prefix_match
+            .clone()
+            .map(contract::PathRewrite::ReplacePrefixMatch),
+    }
+}
+
+fn filter(route_ns: &str, f: &api::RouteFilter) -> Option<contract::Filter> {
+    Some(match f.type_ {
+        RouteFilterType::RequestHeaderModifier => contract::Filter::RequestHeaderModifier(
+            header_modifier(f.request_header_modifier.as_ref()?),
+        ),
+        RouteFilterType::ResponseHeaderModifier => contract::Filter::ResponseHeaderModifier(
+            header_modifier(f.response_header_modifier.as_ref()?),
+        ),
+        RouteFilterType::URLRewrite => {
+            let u = f.url_rewrite.as_ref()?;
+            contract::Filter::UrlRewrite(contract::UrlRewrite {
+                hostname: u.hostname.as_ref().map(|h| h.0.clone()),
+                path: u.path.as_ref().and_then(path_rewrite),
+            })
+        }
+        RouteFilterType::RequestRedirect => {
+            let r = f.request_redirect.as_ref()?;
+            contract::Filter::RequestRedirect(contract::Redirect {
+                scheme: r.scheme.map(|s| match s {
+                    RedirectScheme::Http => "http".to_owned(),
+                    RedirectScheme::Https => "https".to_owned(),
+                }),
+                hostname: r.hostname.as_ref().map(|h| h.0.clone()),
+                port: r.port.and_then(|p| u16::try_from(p).ok()),
+                path: r.path.as_ref().and_then(path_rewrite),
+                status_code: r.status_code.and_then(|c| u16::try_from(c).ok()),
+            })
+        }
+        RouteFilterType::RequestMirror => {
+            let m = f.request_mirror.as_ref()?;
+            let b = &m.backend_ref;
+            contract::Filter::RequestMirror(contract::Mirror {
+                backend: backend_name(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port),
+            })
+        }
+        RouteFilterType::DirectResponse => {
+            let d = f.direct_response.as_ref()?;
+            contract::Filter::DirectResponse(contract::DirectResponse {
+                status: u16::try_from(d.status_code).unwrap_or(500),
+                body: d.body.clone().unwrap_or_default(),
+                headers: d
+                    .content_type
+                    .iter()
+                    .map(|ct| contract::Header {
+                        name: "content-type".to_owned(),
+                        value: ct.clone(),
+                    })
+                    .collect(),
+            })
+        }
+    })
+}
+
+fn duration(d: &portico_api::Duration) -> Option<contract::Duration> {
+    d.to_std().map(contract::Duration)
+}
+
+fn retry(r: &api::Retry) -> contract::RetryPolicy {
+    let mut on: Vec<contract::RetryOn> = Vec::new();
+    let mut grpc = Vec::new();
+    for o in &r.on {
+        match o {
+            api::RetryOn::FiveXx => on.push(contract::RetryOn::FiveXx),
+            api::RetryOn::GatewayError => on.push(contract::RetryOn::GatewayError),
+            api::RetryOn::ConnectFailure => on.push(contract::RetryOn::ConnectFailure),
+            api::RetryOn::Reset => on.push(contract::RetryOn::Reset),
+            // The contract has no per-status list for HTTP codes; 5xx is the closest superset
+            // when all listed codes are 5xx, otherwise the condition is dropped.
+            api::RetryOn::RetriableStatusCodes => {
+                if !r.codes.is_empty() && r.codes.iter().all(|c| c.0 >= 500) {
+                    on.push(contract::RetryOn::FiveXx);
+                }
+            }
+            api::RetryOn::GrpcCancelled => grpc.push(1),
+            api::RetryOn::GrpcDeadlineExceeded => grpc.push(4),
+            api::RetryOn::GrpcResourceExhausted => grpc.push(8),
+            api::RetryOn::GrpcUnavailable => grpc.push(14),
+        }
+    }
+    if !grpc.is_empty() {
+        on.push(contract::RetryOn::RetriableGrpc);
+    }
+    if r.on.is_empty() {
+        on = vec![
+            contract::RetryOn::ConnectFailure,
+            contract::RetryOn::Reset,
+            contract::RetryOn::GatewayError,
+        ];
+    }
+    on.dedup();
+    let mut policy = contract::RetryPolicy {
+        attempts: r
+            .attempts
+            .map_or(2, |a| u32::try_from(a).unwrap_or_default()),
+        retry_on: on,
+        grpc_status_codes: grpc,
+        backoff: contract::Backoff::default(),
+        methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+            .map(str::to_owned)
+            .to_vec(),
+        budget: contract::RetryBudget::default(),
+    };
+    if let Some(b) = r.backoff.as_ref().and_then(duration) {
+        policy.backoff.base = b;
+    }
+    if let Some(b) = r.max_backoff.as_ref().and_then(duration) {
+        policy.backoff.max = b;
+    }
+    if policy.backoff.base > policy.backoff.max {
+        policy.backoff.max = policy.backoff.base;
+    }
+    if r.non_idempotent == Some(true) {
+        policy.methods.extend(["POST", "PATCH"].map(str::to_owned));
+    }
+    policy
+}
+
+/// The contract rule for a Route rule. Backend refs become `namespace/service:port` names.
+pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
+    contract::RouteRule {
+        matches: r.matches.iter().map(route_match).collect(),
+        filters: r
+            .filters
+            .iter()
+            .filter_map(|f| filter(route_ns, f))
+            .collect(),
+        backends: r
+            .backend_refs
+            .iter()
+            .map(|b| contract::BackendRef {
+                backend: backend_name(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port),
+                weight: b.weight.map_or(1, |w| u32::try_from(w).unwrap_or_default()),
+            })
+            .collect(),
+        timeouts: contract::Timeouts {
+            request: r
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.request.as_ref())
+                .and_then(duration),
+            per_try: r
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.backend_request.as_ref())
+                .and_then(duration),
+        },
+        retry: r
+            .retry
+            .as_ref()
+            .filter(|r| r.attempts != Some(0))
+            .map(retry),
+    }
+}
+
+/// Every Service a Route rule sends to (backend refs and mirrors), as
+/// `(namespace, name, port)`.
+pub fn rule_backend_refs<'a>(
+    route_ns: &'a str,
+    r: &'a api::RouteRule,
+) -> impl Iterator<Item = (&'a str, &'a str, i32)> + 'a {
+    let refs = r.backend_refs.iter().map(move |b| {
+        (
+            b.namespace.as_deref().unwrap_or(route_ns),
+            b.name.as_str(),
+            b.port,
+        )
+    });
+    let mirrors = r.filters.iter().filter_map(move |f| {
+        let b = &f.request_mirror.as_ref()?.backend_ref;
+        Some((
+            b.namespace.as_deref().unwrap_or(route_ns),
+            b.name.as_str(),
+            b.port,
+        ))
+    });
+    refs.chain(mirrors)
+}
+
+/// Applies a ServicePolicy to a contract backend: protocol, load balancer, outlier detection,
+/// connection limits and connect timeout.
+pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
+    if let Some(proto) = p.protocol {
+        b.protocol = match proto {
+            ServiceProtocol::HTTP1 | ServiceProtocol::Opaque => contract::UpstreamProtocol::Http1,
+            ServiceProtocol::HTTP2 | ServiceProtocol::GRPC => contract::UpstreamProtocol::Http2,
+        };
+    }
+    if let Some(lb) = &p.load_balancer {
+        b.load_balancer = match lb.type_ {
+            LoadBalancerType::PeakEWMA => contract::LoadBalancer::P2cEwma,
+            LoadBalancerType::RoundRobin => contract::LoadBalancer::RoundRobin,
+            LoadBalancerType::ConsistentHash => {
+                let ch = lb.consistent_hash.clone().unwrap_or_default();
+                let hash_on = if let Some(name) = ch.header {
+                    contract::HashOn::Header { name }
+                } else if let Some(name) = ch.cookie {
+                    contract::HashOn::Cookie { name }
+                } else {
+                    contract::HashOn::ClientIp
+                };
+                contract::LoadBalancer::ConsistentHash { hash_on }
+            }
+        };
+    }
+    if let Some(od) = &p.outlier_detection {
+        let base = od
+            .base_ejection_time
+            .as_ref()
+            .and_then(duration)
+            .unwrap_or(contract::Duration::from_secs(30));
+        let max = od
+            .max_ejection_time
+            .as_ref()
+            .and_then(duration)
+            .unwrap_or(contract::Duration::from_secs(300))
+            .max(base);
+        b.outlier_detection = Some(contract::OutlierDetection {
+            consecutive_failures: od
+                .consecutive_failures
+                .map_or(5, |n| u32::try_from(n).unwrap_or(1).max(1)),
+            base_ejection_time: base,
+            max_ejection_time: max,
+            max_ejected_percent: od
+                .max_ejection_percent
+                .map_or(50, |n| u32::try_from(n).unwrap_or_default().min(100)),
+        });
+    }
+    if let Some(c) = &p.connection {
+        b.limits.max_connections = c
+            .max_connections
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0);
+        b.limits.max_pending_requests = c.max_pending_requests.and_then(|n| u32::try_from(n).ok());
+        b.connect_timeout = c.connect_timeout.as_ref().and_then(duration);
+    }
+}
+
+/// Whether a listener hostname and a route hostname can both match some request host.
+/// `*.example.com` covers any name with at least one more label.
+pub fn hostnames_intersect(a: &str, b: &str) -> bool {
+    fn covers(wild: &str, name: &str) -> bool {
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+    }
+    a == b || covers(a, b) || covers(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_hostnames_cover_subdomains_only() {
+        assert!(hostnames_intersect("*.example.com", "api.example.com"));
+        assert!(hostnames_intersect("api.example.com", "*.example.com"));
+        assert!(hostnames_intersect("*.a.example.com", "*.example.com"));
+        assert!(!hostnames_intersect("*.example.com", "example.com"));
+        assert!(!hostnames_intersect("api.example.com", "web.example.com"));
+    }
+
+    #[test]
+    fn route_rules_translate_matches_filters_and_backends() {
+        let r: api::RouteRule = serde_json::from_value(serde_json::json!({
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET",
+                         "headers": [{"name": "x-env", "value": "prod"}]}],
+            "filters": [{"type": "RequestMirror",
+                         "requestMirror": {"backendRef": {"name": "shadow", "port": 80}}}],
+            "backendRefs": [{"name": "orders", "port": 8080, "weight": 3},
+                            {"name": "pay", "namespace": "billing", "port": 80}],
+            "timeouts": {"request": "10s"},
+            "retry": {"attempts": 3, "on": ["5xx", "GrpcUnavailable"]}
+        }))
+        .unwrap();
+        let c = rule("shop", &r);
+        assert_eq!(
+            c.matches[0].path,
+            Some(contract::PathMatch::PathPrefix("/api".into()))
+        );
+        assert_eq!(c.matches[0].method.as_deref(), Some("GET"));
+        assert_eq!(c.backends[0].backend, "shop/orders:8080");
+        assert_eq!(c.backends[0].weight, 3);
+        assert_eq!(c.backends[1].backend, "billing/pay:80");
+        assert_eq!(c.backends[1].weight, 1);
+        assert_eq!(
+            c.filters,
+            vec![contract::Filter::RequestMirror(contract::Mirror {
+                backend: "shop/shadow:80".into()
+            })]
+        );
+        assert_eq!(c.timeouts.request, Some(contract::Duration::from_secs(10)));
+        let retry = c.retry.unwrap();
+        assert_eq!(retry.attempts, 3);
+        assert_eq!(retry.grpc_status_codes, vec![14]);
+        let refs: Vec<_> = rule_backend_refs("shop", &r).collect();
+        assert_eq!(
+            refs,
+            vec![
+                ("shop", "orders", 8080),
+                ("billing", "pay", 80),
+                ("shop", "shadow", 80)
+            ]
+        );
+    }
+}
