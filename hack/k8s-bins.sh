@@ -107,9 +107,30 @@ build_plain() { # name version package
   link "$1" "$2"
 }
 
+# kwok's binary has no built-in stages: the node and pod lifecycles (node Ready, pod Running
+# with an IP, deletion) come from the Stage manifests shipped in its module.
+kwok_stages() {
+  local out="$BIN/kwok-stages-$KWOK_VERSION.yaml"
+  [[ -s $out ]] && return 0
+  local dir
+  dir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  local s="$dir/kustomize/stage"
+  local f first=1
+  : >"$out.tmp"
+  for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    ((first)) || echo "---" >>"$out.tmp"
+    first=0
+    cat "$s/$f" >>"$out.tmp"
+  done
+  mv "$out.tmp" "$out"
+  ln -sf "kwok-stages-$KWOK_VERSION.yaml" "$BIN/kwok-stages.yaml"
+}
+
 start=$(date +%s)
 build_etcd
 build_plain kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+kwok_stages
 build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 build_kubernetes
 log "all components ready in $BIN ($(($(date +%s) - start)) s)"

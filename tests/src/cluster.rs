@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::certs::{self, CertFiles};
@@ -206,7 +206,6 @@ impl ControlPlane {
                 format!("--service-account-private-key-file={}", c.sa_key.display()),
                 format!("--root-ca-file={}", c.ca_cert.display()),
                 "--use-service-account-credentials=false".into(),
-                "--concurrent-endpointslice-syncs=5".into(),
                 "--v=1".into(),
             ]);
         })?;
@@ -223,9 +222,11 @@ impl ControlPlane {
             ]);
         })?;
         let kwok_port = free_port()?;
+        let stages = component("kwok-stages.yaml")?;
         plane.spawn("kwok", &logs, |cmd| {
             cmd.args([
                 format!("--kubeconfig={kc}"),
+                format!("--config={}", stages.display()),
                 "--manage-all-nodes=false".into(),
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
                 format!("--cidr={POD_CIDR}"),
@@ -432,6 +433,13 @@ async fn wait_node_ready(client: &kube::Client, plane: &mut ControlPlane) -> any
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True");
         if ready {
+            // The apiserver taints new nodes `not-ready` at creation; the node-lifecycle
+            // controller would lift it, but it also evicts pods of nodes whose heartbeats lag, so
+            // it does not run here and the taint is lifted once, now that kwok reports Ready.
+            let patch = serde_json::json!({"spec": {"taints": null}});
+            nodes
+                .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -89,7 +89,12 @@ pub fn run(suite: &str, tests: Vec<Test>) -> ExitCode {
         Err(e) => {
             // Every test then fails with the reason, rather than the suite vanishing silently.
             eprintln!("control plane setup failed: {e:#}");
-            let msg = format!("control plane setup failed: {e:#}");
+            let first = format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let msg = format!("control plane setup failed (details above): {first}");
             let trials = tests
                 .into_iter()
                 .map(|t| {

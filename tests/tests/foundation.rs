@@ -431,7 +431,7 @@ fn cases() -> Vec<Case> {
             "/rules/0/backendRefs/0/weight",
             json!(2_000_000),
             "spec.rules[0].backendRefs[0].weight",
-            "less than or equal to 1e+06",
+            "less than or equal to 1000000",
         ),
         (
             "route_filter_type_without_its_field",
@@ -576,9 +576,23 @@ async fn expect_rejected(
     if pointer.is_empty() {
         spec = value;
     } else {
-        *spec
-            .pointer_mut(pointer)
-            .with_context(|| format!("no {pointer} in the base {kind}"))? = value;
+        // Replace or insert the last segment of the pointer under its (existing) parent.
+        let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+        let parent = spec
+            .pointer_mut(parent)
+            .with_context(|| format!("no {parent} in the base {kind}"))?;
+        match parent {
+            Value::Object(map) => {
+                map.insert(key.to_string(), value);
+            }
+            Value::Array(items) => {
+                let index: usize = key.parse()?;
+                *items
+                    .get_mut(index)
+                    .with_context(|| format!("no {pointer} in the base"))? = value;
+            }
+            _ => bail!("{parent} in the base {kind} is not an object or array"),
+        }
     }
     let doc = json!({
         "apiVersion": "portico.dev/v1alpha1", "kind": kind,
