@@ -1,8 +1,263 @@
 //! Portico's control plane.
 //!
 //! ```text
-//!  watch ──► index ──► server (config streams to proxies)       read path: every replica
-//!              └─────► status, gateway (behind lease)            write path: the Lease holder
+//!  watch ──► index ──► server (config streams to proxies)     read path: every replica
+//!              ├─────► status  ┐
+//!              └─────► gateway ┴─ only while lease says so     write path: the Lease holder
+//!  admin: /live /ready /metrics
 //! ```
 
+pub mod admin;
+pub mod auth;
+pub mod gateway;
 pub mod index;
+pub mod lease;
+pub mod metrics;
+pub mod server;
+pub mod status;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The operator's flags (each also readable from the environment variable shown in `--help`).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "portico-operator", version, about = "Portico's control plane")]
+pub struct Args {
+    /// Kubeconfig file; default: in-cluster config, then `~/.kube/config`.
+    #[arg(long, env = "PORTICO_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch (repeat or comma-separate); default: all.
+    #[arg(long = "namespace", env = "PORTICO_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Log filter, e.g. `info` or `portico_operator=debug`.
+    #[arg(long, env = "PORTICO_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, env = "PORTICO_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Admin server address: /live, /ready, /metrics.
+    #[arg(long, env = "PORTICO_ADMIN_ADDR", default_value = "0.0.0.0:9902")]
+    pub admin_addr: SocketAddr,
+    /// Config server address (HTTPS, HTTP/2).
+    #[arg(long, env = "PORTICO_CONFIG_ADDR", default_value = "0.0.0.0:8443")]
+    pub config_addr: SocketAddr,
+    /// Config server certificate chain (PEM).
+    #[arg(long, env = "PORTICO_CONFIG_TLS_CERT")]
+    pub config_tls_cert: PathBuf,
+    /// Config server private key (PEM).
+    #[arg(long, env = "PORTICO_CONFIG_TLS_KEY")]
+    pub config_tls_key: PathBuf,
+    /// Quiet time after each config message, in milliseconds, during which further changes are
+    /// coalesced. A lone change is never delayed.
+    #[arg(long, env = "PORTICO_CONFIG_DEBOUNCE_MS", default_value_t = 20)]
+    pub config_debounce_ms: u64,
+    /// Image of the gateway proxies.
+    #[arg(
+        long,
+        env = "PORTICO_PROXY_IMAGE",
+        default_value = "ghcr.io/portico-dev/portico-proxy:latest"
+    )]
+    pub proxy_image: String,
+    /// Config server URL given to gateway proxies.
+    #[arg(
+        long,
+        env = "PORTICO_CONTROL_PLANE_URL",
+        default_value = "https://portico-operator.portico-system.svc:8443"
+    )]
+    pub control_plane_url: String,
+    /// ConfigMap (in each Gateway's namespace) whose `ca.crt` verifies the config server.
+    #[arg(
+        long,
+        env = "PORTICO_PROXY_CA_CONFIGMAP",
+        default_value = "kube-root-ca.crt"
+    )]
+    pub proxy_ca_configmap: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portico-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "PORTICO_LEASE_NAME", default_value = "portico-operator")]
+    pub lease_name: String,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, env = "PORTICO_LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+    /// This replica's identity in the Lease; default: host name, pid and a random suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Installs the global tracing subscriber (once per process; later calls are ignored).
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match &kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "portico-operator".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Runs the operator until one of its parts fails (which is then the error). Logging must be
+/// set up by the caller ([`init_logging`]); dropping the future stops every task.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        kubeconfig,
+        namespaces,
+        log_level: _,
+        log_format: _,
+        admin_addr,
+        config_addr,
+        config_tls_cert,
+        config_tls_key,
+        config_debounce_ms,
+        proxy_image,
+        control_plane_url,
+        proxy_ca_configmap,
+        lease_namespace,
+        lease_name,
+        lease_duration_secs,
+        identity,
+    } = args;
+    let client = client(kubeconfig).await?;
+    watch::check_crds(&client).await?;
+    let tls = server::tls_acceptor(&config_tls_cert, &config_tls_key)?;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {admin_addr}"))?;
+    let config_listener = TcpListener::bind(config_addr)
+        .await
+        .with_context(|| format!("binding the config-server address {config_addr}"))?;
+    let identity = identity.unwrap_or_else(default_identity);
+    tracing::info!(%identity, %admin_addr, %config_addr, namespaces = ?namespaces, "starting");
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let index: watch::SharedIndex = Arc::new(Mutex::new(index::Index::new()));
+    let (statuses, gateway_specs) = {
+        let index = index.lock().unwrap_or_else(|p| p.into_inner());
+        (index.statuses(), index.gateway_specs())
+    };
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let readiness = watch::spawn(
+        &mut tasks,
+        &client,
+        &namespaces,
+        index.clone(),
+        metrics.clone(),
+    );
+    tasks.spawn(admin::serve(
+        admin_listener,
+        readiness.clone(),
+        metrics.clone(),
+    ));
+    let config_server = server::ConfigServer {
+        client: client.clone(),
+        index: index.clone(),
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        debounce: Duration::from_millis(config_debounce_ms),
+    };
+    tasks.spawn(config_server.serve(config_listener, tls));
+
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    tasks.spawn(lease::run(
+        client.clone(),
+        lease::LeaseConfig {
+            namespace: lease_namespace,
+            name: lease_name,
+            identity: identity.clone(),
+            duration: Duration::from_secs(lease_duration_secs.max(1)),
+        },
+        leader_tx,
+        metrics.clone(),
+    ));
+    // The write path starts only once the index is complete, so a new leader never "fixes"
+    // statuses from a half-listed world.
+    let write_path = {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        let readiness = readiness.clone();
+        async move {
+            readiness.wait().await;
+            tokio::try_join!(
+                status::run(
+                    client.clone(),
+                    identity,
+                    statuses,
+                    leader_rx.clone(),
+                    metrics
+                ),
+                gateway::run(
+                    client,
+                    gateway::ProxySettings {
+                        image: proxy_image,
+                        control_plane_url,
+                        ca_configmap: proxy_ca_configmap,
+                    },
+                    gateway_specs,
+                    leader_rx,
+                ),
+            )?;
+            anyhow::Ok(())
+        }
+    };
+    tasks.spawn(write_path);
+    match tasks.join_next().await {
+        Some(Ok(Ok(()))) | None => anyhow::bail!("an operator task ended unexpectedly"),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::Error::new(e).context("an operator task panicked")),
+    }
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run_until_signal(args: Args) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run(args) => r,
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+    }
+}

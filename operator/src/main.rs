@@ -1,3 +1,13 @@
-//! `portico-operator`: Portico's control plane.
+//! `portico-operator`: Portico's control plane. See the library for the parts.
 
-fn main() {}
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = portico_operator::Args::parse();
+    portico_operator::init_logging(&args.log_level, args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(portico_operator::run_until_signal(args))
+}

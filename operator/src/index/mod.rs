@@ -179,8 +179,12 @@ pub struct Index {
     proxies: BTreeMap<Key, ProxyChannels>,
     generation: u64,
     statuses: watch::Sender<Arc<Statuses>>,
+    gateway_specs: watch::Sender<Arc<GatewaySpecs>>,
     stats: IndexStats,
 }
+
+/// The Gateways the reconciler must run proxies for: `uid` (for owner references) and spec.
+pub type GatewaySpecs = BTreeMap<Key, (String, portico_api::GatewaySpec)>;
 
 impl Default for Index {
     fn default() -> Self {
@@ -203,6 +207,7 @@ impl Index {
             proxies: BTreeMap::new(),
             generation: 0,
             statuses: watch::Sender::new(Arc::new(Statuses::default())),
+            gateway_specs: watch::Sender::new(Arc::new(GatewaySpecs::new())),
             stats: IndexStats::default(),
         }
     }
@@ -216,7 +221,21 @@ impl Index {
 
     /// Removes an object and recomputes what changed.
     pub fn delete(&mut self, obj: &Object) {
-        self.remove(obj);
+        let key = match obj {
+            Object::Gateway(o) => Key::of(o),
+            Object::Route(o) => Key::of(o),
+            Object::ServicePolicy(o) => Key::of(o),
+            Object::Service(o) => Key::of(o),
+            Object::EndpointSlice(o) => Key::of(o),
+            Object::Secret(o) => Key::of(o),
+            Object::Namespace(o) => Key::of(o),
+        };
+        self.delete_key(obj.kind(), &key);
+    }
+
+    /// Removes the object of `kind` called `key` (namespace empty for Namespaces).
+    pub fn delete_key(&mut self, kind: Kind, key: &Key) {
+        self.remove(kind, key);
         self.stats.events += 1;
         self.refresh();
     }
@@ -280,27 +299,27 @@ impl Index {
         }
     }
 
-    fn remove(&mut self, obj: &Object) {
-        match obj {
-            Object::Gateway(o) => {
-                self.gateways.remove(&Key::of(o));
+    fn remove(&mut self, kind: Kind, key: &Key) {
+        match kind {
+            Kind::Gateway => {
+                self.gateways.remove(key);
             }
-            Object::Route(o) => {
-                self.routes.remove(&Key::of(o));
+            Kind::Route => {
+                self.routes.remove(key);
             }
-            Object::ServicePolicy(o) => {
-                self.policies.remove(&Key::of(o));
+            Kind::ServicePolicy => {
+                self.policies.remove(key);
             }
-            Object::Service(o) => {
-                self.services.remove(&Key::of(o));
+            Kind::Service => {
+                self.services.remove(key);
             }
-            Object::Secret(o) => {
-                self.secrets.remove(&Key::of(o));
+            Kind::Secret => {
+                self.secrets.remove(key);
             }
-            Object::Namespace(o) => {
-                self.namespaces.remove(&o.name_any());
+            Kind::Namespace => {
+                self.namespaces.remove(&key.name);
             }
-            Object::EndpointSlice(o) => self.remove_slice(&Key::of(o)),
+            Kind::EndpointSlice => self.remove_slice(key),
         }
     }
 
@@ -347,6 +366,12 @@ impl Index {
     /// The desired status of every Gateway, Route and ServicePolicy, recomputed on each change.
     pub fn statuses(&self) -> watch::Receiver<Arc<Statuses>> {
         self.statuses.subscribe()
+    }
+
+    /// Every Gateway's uid and spec; changes only when a Gateway is added, removed or its spec
+    /// changes (status writes do not wake the reconciler).
+    pub fn gateway_specs(&self) -> watch::Receiver<Arc<GatewaySpecs>> {
+        self.gateway_specs.subscribe()
     }
 
     /// Counters for the admin endpoint.
@@ -419,6 +444,18 @@ impl Index {
                 self.proxies.remove(&key);
             }
         }
+        let specs: GatewaySpecs = self
+            .gateways
+            .iter()
+            .map(|(k, g)| (k.clone(), (g.uid().unwrap_or_default(), g.spec.clone())))
+            .collect();
+        self.gateway_specs.send_if_modified(|cur| {
+            if **cur == specs {
+                return false;
+            }
+            *cur = Arc::new(specs);
+            true
+        });
         let statuses = self.compute_statuses();
         self.statuses.send_if_modified(|cur| {
             if **cur == statuses {

@@ -1,0 +1,254 @@
+//! The gateway reconciler (leader only): for each Gateway, a ServiceAccount, a Service exposing
+//! the listeners and a Deployment of `portico-proxy` in gateway mode, all named
+//! `portico-gateway-<name>`, owned by the Gateway (deleting it deletes them) and written with
+//! server-side apply.
+//!
+//! The proxy authenticates to the config server with a projected token of its ServiceAccount
+//! (audience `portico`, see [`crate::auth`]). The Deployment's pod template carries a hash of the
+//! Gateway spec, so a change to the Gateway rolls the proxies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams};
+use portico_api::GatewaySpec;
+use portico_api::gateway::GatewayServiceType;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::index::{GatewaySpecs, Key, proxy_name};
+use crate::status::FIELD_MANAGER;
+
+/// How the proxies of every Gateway are run.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// The `portico-proxy` image.
+    pub image: String,
+    /// The config server URL proxies connect to, e.g.
+    /// `https://portico-operator.portico-system.svc:8443`.
+    pub control_plane_url: String,
+    /// Name of a ConfigMap (in each Gateway's namespace) holding the config server's CA as
+    /// `ca.crt`; the default `kube-root-ca.crt` exists in every namespace.
+    pub ca_configmap: String,
+}
+
+/// Labels of every object the reconciler writes for Gateway `name`.
+pub fn labels(name: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "portico-gateway",
+        "app.kubernetes.io/managed-by": "portico-operator",
+        "portico.dev/gateway": name,
+    })
+}
+
+/// A stable hash of the Gateway spec (FNV-1a over its JSON), for the pod template annotation.
+fn spec_hash(spec: &GatewaySpec) -> String {
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The three objects for one Gateway, as server-side-apply bodies.
+pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySettings) -> [Value; 3] {
+    let name = proxy_name(&key.name);
+    let owner = json!([{
+        "apiVersion": format!("{}/{}", portico_api::GROUP, portico_api::VERSION),
+        "kind": "Gateway",
+        "name": key.name,
+        "uid": uid,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    let metadata = json!({
+        "name": name,
+        "namespace": key.namespace,
+        "labels": labels(&key.name),
+        "ownerReferences": owner,
+    });
+    let service_type = match spec.service_type.unwrap_or_default() {
+        GatewayServiceType::ClusterIP => "ClusterIP",
+        GatewayServiceType::NodePort => "NodePort",
+        GatewayServiceType::LoadBalancer => "LoadBalancer",
+    };
+    let ports: Vec<Value> = spec
+        .listeners
+        .iter()
+        .map(|l| json!({"name": l.name, "port": l.port, "targetPort": l.port, "protocol": "TCP"}))
+        .collect();
+    let container_ports: Vec<Value> = spec
+        .listeners
+        .iter()
+        .map(|l| json!({"name": l.name, "containerPort": l.port, "protocol": "TCP"}))
+        .collect();
+    let sa = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": metadata,
+        "spec": {
+            "type": service_type,
+            "selector": {"portico.dev/gateway": key.name},
+            "ports": ports,
+        }
+    });
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
+        "spec": {
+            "replicas": spec.replicas.unwrap_or(1),
+            "selector": {"matchLabels": {"portico.dev/gateway": key.name}},
+            "template": {
+                "metadata": {
+                    "labels": labels(&key.name),
+                    "annotations": {"portico.dev/gateway-spec-hash": spec_hash(spec)},
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": "proxy",
+                        "image": settings.image,
+                        "args": [
+                            "--control-plane", settings.control_plane_url,
+                            "--gateway", key.to_string(),
+                            "--token-file", "/var/run/secrets/portico/token",
+                            "--ca-file", "/var/run/secrets/portico/ca.crt",
+                            "--admin-addr", "0.0.0.0:9901",
+                        ],
+                        "ports": container_ports,
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}},
+                        "livenessProbe": {"httpGet": {"path": "/live", "port": 9901}},
+                        "volumeMounts": [{"name": "portico", "mountPath": "/var/run/secrets/portico", "readOnly": true}],
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                    "volumes": [{
+                        "name": "portico",
+                        "projected": {"sources": [
+                            {"serviceAccountToken": {"audience": crate::auth::AUDIENCE, "expirationSeconds": 3600, "path": "token"}},
+                            {"configMap": {"name": settings.ca_configmap, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        ]},
+                    }],
+                },
+            },
+        }
+    });
+    [sa, service, deployment]
+}
+
+async fn apply(client: &kube::Client, key: &Key, objects: [Value; 3]) -> Result<(), kube::Error> {
+    let name = proxy_name(&key.name);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let [sa, service, deployment] = objects;
+    Api::<ServiceAccount>::namespaced(client.clone(), &key.namespace)
+        .patch(&name, &params, &Patch::Apply(&sa))
+        .await?;
+    Api::<Service>::namespaced(client.clone(), &key.namespace)
+        .patch(&name, &params, &Patch::Apply(&service))
+        .await?;
+    Api::<Deployment>::namespaced(client.clone(), &key.namespace)
+        .patch(&name, &params, &Patch::Apply(&deployment))
+        .await?;
+    Ok(())
+}
+
+/// Applies the proxy objects of every Gateway while `leader` is true, whenever a Gateway is
+/// added or its spec changes. Removal is left to the garbage collector (owner references).
+pub async fn run(
+    client: kube::Client,
+    settings: ProxySettings,
+    mut specs: watch::Receiver<Arc<GatewaySpecs>>,
+    mut leader: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut applied: GatewaySpecs = GatewaySpecs::new();
+    let mut was_leader = false;
+    loop {
+        leader.wait_for(|l| *l).await?;
+        if !was_leader {
+            // A new term: another replica may have written in between; apply everything once.
+            applied.clear();
+            was_leader = true;
+        }
+        let snapshot = specs.borrow_and_update().clone();
+        let mut ok = true;
+        for (key, (uid, spec)) in snapshot.iter() {
+            if applied.get(key) == Some(&(uid.clone(), spec.clone())) {
+                continue;
+            }
+            match apply(&client, key, desired(key, uid, spec, &settings)).await {
+                Ok(()) => {
+                    tracing::info!(gateway = %key, "gateway proxy objects applied");
+                    applied.insert(key.clone(), (uid.clone(), spec.clone()));
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(gateway = %key, error = %e, "applying gateway proxy objects failed");
+                }
+            }
+        }
+        applied.retain(|k, _| snapshot.contains_key(k));
+        let retry = if ok {
+            Duration::from_secs(600)
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::select! {
+            r = specs.changed() => r?,
+            r = leader.changed() => {
+                r?;
+                if !*leader.borrow() {
+                    was_leader = false;
+                }
+            }
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(port: i32) -> GatewaySpec {
+        serde_json::from_value(
+            json!({"listeners": [{"name": "web", "port": port, "protocol": "HTTP"}]}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn proxy_objects_are_owned_by_the_gateway_and_expose_its_listeners() {
+        let settings = ProxySettings {
+            image: "portico-proxy:test".into(),
+            control_plane_url: "https://portico:8443".into(),
+            ca_configmap: "kube-root-ca.crt".into(),
+        };
+        let [sa, svc, deploy] = desired(&Key::new("shop", "edge"), "uid-1", &spec(8080), &settings);
+        for obj in [&sa, &svc, &deploy] {
+            assert_eq!(obj["metadata"]["name"], "portico-gateway-edge");
+            assert_eq!(obj["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        }
+        assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "portico-gateway-edge");
+        assert_eq!(pod["containers"][0]["image"], "portico-proxy:test");
+        // Typed decoding proves the bodies are well-formed Kubernetes objects.
+        let _: Deployment = serde_json::from_value(deploy.clone()).unwrap();
+        let _: Service = serde_json::from_value(svc).unwrap();
+    }
+
+    #[test]
+    fn a_spec_change_changes_the_pod_template() {
+        assert_ne!(spec_hash(&spec(8080)), spec_hash(&spec(8081)));
+        assert_eq!(spec_hash(&spec(8080)), spec_hash(&spec(8080)));
+    }
+}

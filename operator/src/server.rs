@@ -1,0 +1,303 @@
+//! The config server: streams each proxy its config over HTTPS (HTTP/2, or HTTP/1.1 chunked).
+//!
+//! ```text
+//!  GET /v1/gateways/{namespace}/{name}/config
+//!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
+//!
+//!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
+//!    {"routeTable":{"generation":7,"listeners":[…],"routes":[…]}}
+//!    {"backendSet":{"generation":7,"backends":[…]}}
+//!    {"backendSet":{"generation":9,"backends":[…]}}     ← only what changed, as it changes
+//! ```
+//!
+//! The first two lines are the full state; each later line replaces one half (the
+//! `sidecar/api` [`RouteTable`] or [`BackendSet`]) wholesale. A client joins them with
+//! `ProxyConfig::from_parts`. On reconnect the client gets the full state again, so it never
+//! needs to remember anything but the last good config.
+//!
+//! A change is sent as soon as it is seen; after each send the stream waits `debounce` before
+//! looking again, so a burst of endpoint changes becomes one message per window while a lone
+//! change is never delayed. Refusals: no token 401, bad token or wrong audience 401, a valid
+//! identity that is not the Gateway's proxy 403 (see [`crate::auth`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use portico_proxy_api::{BackendSet, RouteTable};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth;
+use crate::index::{Key, Subscription};
+use crate::metrics::Metrics;
+use crate::watch::{Readiness, SharedIndex};
+
+/// One line of the config stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConfigMessage {
+    /// Listeners and routes, replacing the previous ones.
+    RouteTable(RouteTable),
+    /// Backends and endpoints, replacing the previous ones.
+    BackendSet(BackendSet),
+}
+
+impl ConfigMessage {
+    /// The message as one NDJSON line.
+    pub fn to_line(&self) -> Bytes {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+/// Everything a connection handler needs.
+#[derive(Clone)]
+pub struct ConfigServer {
+    /// For TokenReviews.
+    pub client: kube::Client,
+    /// Where configs come from.
+    pub index: SharedIndex,
+    /// Streams are only served once the index is complete.
+    pub readiness: Readiness,
+    /// Figures.
+    pub metrics: Arc<Metrics>,
+    /// Quiet time after each send during which further changes are coalesced.
+    pub debounce: Duration,
+}
+
+/// A TLS acceptor for `cert`/`key` (PEM files), offering h2 and http/1.1.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the config-server certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl ConfigServer {
+    /// Accepts connections on `listener` forever.
+    pub async fn serve(self, listener: TcpListener, tls: TlsAcceptor) -> anyhow::Result<()> {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "config server accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let tls = tls.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                let stream = match tls.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http2()
+                    .keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_timeout(Duration::from_secs(20));
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "config connection ended");
+                }
+            });
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+        let gateway = match path.as_slice() {
+            ["v1", "gateways", ns, name, "config"] if req.method() == http::Method::GET => {
+                Key::new(*ns, *name)
+            }
+            _ => return text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+        };
+        let token = match auth::bearer(req.headers().get(header::AUTHORIZATION)) {
+            Ok(t) => t,
+            Err(e) => return self.refuse(&e, &gateway, peer),
+        };
+        if let Err(e) = auth::authorize_gateway(&self.client, token, &gateway).await {
+            return self.refuse(&e, &gateway, peer);
+        }
+        // A proxy that connects while the operator starts waits a little for a complete index
+        // rather than receiving a partial config.
+        let ready = tokio::time::timeout(Duration::from_secs(10), self.readiness.wait()).await;
+        if ready.is_err() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the operator is still listing\n",
+            );
+        }
+        let sub = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribe(&gateway);
+        tracing::info!(%peer, %gateway, "proxy connected");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(pump(sub, tx, self.debounce, self.metrics.clone(), gateway));
+        let mut resp = Response::new(ChannelBody { rx }.boxed());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        resp
+    }
+
+    fn refuse(
+        &self,
+        e: &auth::AuthError,
+        gateway: &Key,
+        peer: SocketAddr,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        tracing::info!(%peer, %gateway, error = %e, "config request refused");
+        self.metrics
+            .config_auth_failures
+            .get_or_create(&[("reason", e.reason())])
+            .inc();
+        let mut resp = text(e.status(), &format!("{e}\n"));
+        if e.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"portico\""),
+            );
+        }
+        resp
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Sends the full state, then each change, until the client goes away.
+async fn pump(
+    mut sub: Subscription,
+    tx: mpsc::Sender<Bytes>,
+    debounce: Duration,
+    metrics: Arc<Metrics>,
+    gateway: Key,
+) {
+    metrics.config_streams.inc();
+    let mut sent_routes = None;
+    let mut sent_backends = None;
+    loop {
+        let routes = sub.routes.borrow_and_update().clone();
+        if sent_routes != Some(routes.generation) {
+            sent_routes = Some(routes.generation);
+            let line = ConfigMessage::RouteTable((*routes).clone()).to_line();
+            if tx.send(line).await.is_err() {
+                break;
+            }
+            metrics
+                .config_messages
+                .get_or_create(&[("message", "routeTable")])
+                .inc();
+        }
+        let backends = sub.backends.borrow_and_update().clone();
+        if sent_backends != Some(backends.generation) {
+            sent_backends = Some(backends.generation);
+            let line = ConfigMessage::BackendSet((*backends).clone()).to_line();
+            if tx.send(line).await.is_err() {
+                break;
+            }
+            metrics
+                .config_messages
+                .get_or_create(&[("message", "backendSet")])
+                .inc();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(debounce) => {}
+            _ = tx.closed() => break,
+        }
+        tokio::select! {
+            r = sub.routes.changed() => if r.is_err() { break },
+            r = sub.backends.changed() => if r.is_err() { break },
+            _ = tx.closed() => break,
+        }
+    }
+    tracing::info!(%gateway, "proxy disconnected");
+    metrics.config_streams.dec();
+}
+
+/// A response body fed by a channel: each item is one data frame.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_json_line_each_and_read_back() {
+        let msg = ConfigMessage::BackendSet(BackendSet {
+            generation: 3,
+            backends: Vec::new(),
+        });
+        let line = msg.to_line();
+        assert_eq!(
+            &line[..],
+            b"{\"backendSet\":{\"generation\":3,\"backends\":[]}}\n"
+        );
+        let back: ConfigMessage = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, msg);
+    }
+}
