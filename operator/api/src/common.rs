@@ -228,7 +228,7 @@ pub struct Cors {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub expose_headers: Vec<String>,
-    /// How long browsers may cache a preflight answer.
+    /// How long browsers may cache a preflight answer. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
     /// Whether credentials (cookies, authorization headers) may be sent.

@@ -157,10 +157,10 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub consecutive_failures: Option<i32>,
-    /// First ejection time; it grows with each further ejection. Defaults to 30s.
+    /// First ejection time; it grows with each further ejection. Defaults to 30s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<Duration>,
-    /// Longest ejection time. Defaults to 300s.
+    /// Longest ejection time. Defaults to 300s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_time: Option<Duration>,
     /// Largest share of endpoints ejected at once, 0–100. Defaults to 50.
@@ -184,10 +184,10 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// Time between checks. Defaults to 10s.
+    /// Time between checks. Defaults to 10s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// Time a check may take. Defaults to 1s.
+    /// Time a check may take. Defaults to 1s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Successes that mark an endpoint healthy again. Defaults to 1.
@@ -212,7 +212,7 @@ pub struct RetryBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100_000))]
     pub min_retries_per_second: Option<i32>,
-    /// Window over which requests are counted. Defaults to 10s.
+    /// Window over which requests are counted. Defaults to 10s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
 }
@@ -229,10 +229,10 @@ pub struct ConnectionPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub max_pending_requests: Option<i32>,
-    /// Time to establish a connection. Defaults to 1s.
+    /// Time to establish a connection. Defaults to 1s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
-    /// Idle connections are closed after this. Defaults to 90s.
+    /// Idle connections are closed after this. Defaults to 90s. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
 }

@@ -508,10 +508,10 @@ pub struct BackendRef {
      "message": "backendRequest must not be longer than request", "fieldPath": ".backendRequest"}
 ]))]
 pub struct Timeouts {
-    /// Whole request, including retries. `0s` disables it.
+    /// Whole request, including retries. `0s` disables it. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
-    /// Each attempt to a backend.
+    /// Each attempt to a backend. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_request: Option<Duration>,
 }
@@ -536,10 +536,10 @@ pub struct Retry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub codes: Vec<RetryStatusCode>,
-    /// First backoff; later ones double, with jitter, up to `maxBackoff`. Defaults to 25ms.
+    /// First backoff; later ones double, with jitter, up to `maxBackoff`. Defaults to 25ms. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
-    /// Longest backoff. Defaults to 250ms.
+    /// Longest backoff. Defaults to 250ms. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_backoff: Option<Duration>,
     /// Also retry non-idempotent methods (POST, PATCH).
@@ -580,7 +580,7 @@ pub enum RetryOn {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cache {
-    /// How long a response stays fresh (unless its `Cache-Control` says less).
+    /// How long a response stays fresh (unless its `Cache-Control` says less). A duration such as `10s`, `1m30s` or `250ms`.
     pub ttl: Duration,
     /// Largest body cached. Defaults to 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -605,7 +605,7 @@ pub struct Fallback {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub on_status: Vec<FallbackStatusCode>,
-    /// Serve the last successful response for the same request for up to this long.
+    /// Serve the last successful response for the same request for up to this long. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_for: Option<Duration>,
     /// Answer when nothing cached is available.
