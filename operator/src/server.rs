@@ -35,7 +35,7 @@ use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portico_proxy_api::{BackendSet, RouteTable};
 use rustls::pki_types::pem::PemObject;
@@ -131,6 +131,7 @@ impl ConfigServer {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http2()
+                    .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_timeout(Duration::from_secs(20));
                 if let Err(e) = builder

@@ -1,0 +1,754 @@
+//! The operator against a real control plane: each test runs its own operator in-process
+//! (`portico_operator::run`, watching only the test's namespace, its Lease in that namespace),
+//! writes Gateways, Routes, Services and EndpointSlices, and reads what a gateway proxy would
+//! read from the config server, or the status the operator writes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use portico_api::{Gateway, Route};
+use portico_operator::server::ConfigMessage;
+use portico_proxy_api::{BackendSet, RouteTable};
+use portico_tests::cluster::free_port;
+use portico_tests::harness::{self, Ctx, test};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+fn main() -> ExitCode {
+    portico_operator::init_logging(
+        &std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "warn,portico_operator=info".into()),
+        portico_operator::LogFormat::Text,
+    );
+    harness::run(
+        "operator",
+        vec![
+            test(
+                "a_gateway_proxy_stream_carries_its_routes_and_endpoints",
+                stream_carries_routes_and_endpoints,
+            ),
+            test(
+                "an_endpoint_change_reaches_the_stream_fast_without_resending_routes",
+                endpoint_change_reaches_stream,
+            ),
+            test(
+                "a_proxy_without_a_valid_token_for_its_gateway_is_refused",
+                tokens_are_checked,
+            ),
+            test(
+                "a_route_to_a_missing_service_or_port_says_so_in_its_status",
+                missing_backend_status,
+            ),
+            test(
+                "the_leader_runs_the_gateway_proxy_and_marks_the_gateway_programmed",
+                gateway_objects_and_status,
+            ),
+            test(
+                "only_the_leader_writes_status_and_another_replica_takes_over",
+                leader_only_writes,
+            ),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// An operator in-process.
+
+/// A self-signed serving certificate for 127.0.0.1.
+struct ServingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn serving_cert(ctx: &Ctx) -> anyhow::Result<ServingCert> {
+    let dir = ctx.plane.dir().join(format!("operator-{}", ctx.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())?;
+    Ok(ServingCert {
+        cert,
+        key,
+        der: ck.cert.der().clone(),
+    })
+}
+
+/// A running operator; dropping it stops it (as a crash would: no goodbye, no Lease release).
+struct Operator {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    config_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ca: CertificateDer<'static>,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
+    let tls = serving_cert(ctx)?;
+    let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let args = portico_operator::Args {
+        kubeconfig: Some(ctx.plane.kubeconfig.clone()),
+        namespaces: vec![ctx.namespace.clone()],
+        log_level: String::new(),
+        log_format: portico_operator::LogFormat::Text,
+        admin_addr,
+        config_addr,
+        config_tls_cert: tls.cert,
+        config_tls_key: tls.key,
+        config_debounce_ms: 20,
+        proxy_image: "portico-proxy:e2e".into(),
+        control_plane_url: format!("https://{config_addr}"),
+        proxy_ca_configmap: "kube-root-ca.crt".into(),
+        lease_namespace: ctx.namespace.clone(),
+        lease_name: "portico-operator".into(),
+        lease_duration_secs: 2,
+        identity: Some(identity.into()),
+    };
+    let task = tokio::spawn(portico_operator::run(args));
+    let op = Operator {
+        task,
+        config_addr,
+        admin_addr,
+        ca: tls.der,
+    };
+    let started = Instant::now();
+    loop {
+        if op.task.is_finished() {
+            bail!("the operator stopped while starting");
+        }
+        if let Ok((200, _)) = admin_get(admin_addr, "/ready").await {
+            return Ok(op);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the operator was not ready within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok((status, body.to_owned()))
+}
+
+/// The sum of a metric's samples in the operator's `/metrics`.
+async fn metric(op: &Operator, name: &str) -> anyhow::Result<f64> {
+    let (_, text) = admin_get(op.admin_addr, "/metrics").await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A config-stream client, as a gateway proxy would be.
+
+/// An open config stream: messages with their arrival time.
+struct ConfigStream {
+    rx: mpsc::UnboundedReceiver<(Instant, ConfigMessage)>,
+}
+
+impl ConfigStream {
+    async fn next(&mut self, within: Duration) -> anyhow::Result<(Instant, ConfigMessage)> {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .context("no config message in time")?
+            .context("the config stream ended")
+    }
+
+    /// The initial full state: one RouteTable and one BackendSet.
+    async fn full_state(&mut self) -> anyhow::Result<(RouteTable, BackendSet)> {
+        let (_, first) = self.next(Duration::from_secs(10)).await?;
+        let (_, second) = self.next(Duration::from_secs(10)).await?;
+        match (first, second) {
+            (ConfigMessage::RouteTable(r), ConfigMessage::BackendSet(b)) => Ok((r, b)),
+            other => bail!("unexpected initial messages: {other:?}"),
+        }
+    }
+}
+
+/// Opens `GET /v1/gateways/{gateway}/config` over HTTP/2 + TLS. `Err((status, body))` when
+/// refused.
+async fn open_stream(
+    op: &Operator,
+    gateway: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Result<ConfigStream, (u16, String)>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(op.ca.clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(op.config_addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
+        .await?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("https://127.0.0.1/v1/gateways/{gateway}/config"));
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let text = body.collect().await?.to_bytes();
+        return Ok(Err((
+            status.as_u16(),
+            String::from_utf8_lossy(&text).into_owned(),
+        )));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep_connection = send;
+        let mut buf = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                match serde_json::from_slice::<ConfigMessage>(&line) {
+                    Ok(msg) => {
+                        if tx.send((Instant::now(), msg)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("undecodable config line: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Ok(ConfigStream { rx }))
+}
+
+async fn token(ctx: &Ctx, service_account: &str, audience: &str) -> anyhow::Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": service_account}
+    }))?;
+    match api.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 600}
+    }))?;
+    let response = api
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await?;
+    response
+        .status
+        .context("TokenRequest without status")?
+        .token
+        .context("TokenRequest without token")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects.
+
+async fn create<K>(ctx: &Ctx, value: Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+fn gateway(name: &str) -> Value {
+    json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": name},
+        "spec": {"listeners": [{"name": "web", "port": 8080, "protocol": "HTTP"}]}
+    })
+}
+
+fn route(name: &str, gateway: &str, service: &str, port: i32) -> Value {
+    json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"name": gateway}],
+            "hostnames": ["shop.example.com"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/orders"}}],
+                       "backendRefs": [{"name": service, "port": port}]}]
+        }
+    })
+}
+
+/// A Service without selector (its EndpointSlices are written by the test): port 80 named
+/// `http`, target port 8080.
+fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    })
+}
+
+fn slice(name: &str, service: &str, ips: &[&str]) -> Value {
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/service-name": service,
+            "endpointslice.kubernetes.io/managed-by": "portico-e2e"
+        }},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+/// Gateway `gw`, Route `orders` → Service `orders`:80, one endpoint 198.18.64.10:8080.
+async fn shop(ctx: &Ctx) -> anyhow::Result<()> {
+    create::<Gateway>(ctx, gateway("gw")).await?;
+    create::<Service>(ctx, service("orders")).await?;
+    create::<EndpointSlice>(ctx, slice("orders-1", "orders", &["198.18.64.10"])).await?;
+    create::<Route>(ctx, route("orders", "gw", "orders", 80)).await?;
+    Ok(())
+}
+
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if started.elapsed() > within {
+            bail!("{what}: not within {within:?} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `(status, reason, message)` of condition `type_` of the Route's first parent.
+async fn route_condition(
+    ctx: &Ctx,
+    name: &str,
+    type_: &str,
+) -> anyhow::Result<Option<(String, String, String)>> {
+    let route = Api::<Route>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get(name)
+        .await?;
+    Ok(route
+        .status
+        .and_then(|s| s.parents.into_iter().next())
+        .and_then(|p| p.conditions.into_iter().find(|c| c.type_ == type_))
+        .map(|c| (c.status, c.reason, c.message)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+async fn stream_carries_routes_and_endpoints(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let token = token(&ctx, "portico-gateway-gw", "portico").await?;
+    let gw = format!("{}/gw", ctx.namespace);
+    let mut stream = open_stream(&op, &gw, Some(&token))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    let (routes, backends) = stream.full_state().await?;
+    ensure!(
+        routes.listeners.len() == 1,
+        "listeners: {:?}",
+        routes.listeners
+    );
+    ensure!(routes.listeners[0].address == "0.0.0.0:8080");
+    ensure!(routes.routes.len() == 1, "routes: {:?}", routes.routes);
+    let ns = &ctx.namespace;
+    ensure!(routes.routes[0].name == format!("{ns}/orders"));
+    ensure!(routes.routes[0].hostnames == ["shop.example.com"]);
+    let backend = format!("{ns}/orders:80");
+    ensure!(routes.routes[0].rules[0].backends[0].backend == backend);
+    ensure!(
+        backends.backends.len() == 1,
+        "backends: {:?}",
+        backends.backends
+    );
+    ensure!(backends.backends[0].name == backend);
+    let addrs: Vec<&str> = backends.backends[0]
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    ensure!(addrs == ["198.18.64.10:8080"], "endpoints: {addrs:?}");
+    portico_proxy_api::ProxyConfig::from_parts(routes, backends)
+        .validate()
+        .context("the streamed config is valid")?;
+    Ok(())
+}
+
+async fn endpoint_change_reaches_stream(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let token = token(&ctx, "portico-gateway-gw", "portico").await?;
+    let gw = format!("{}/gw", ctx.namespace);
+    let mut stream = open_stream(&op, &gw, Some(&token))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    stream.full_state().await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let mut latencies = Vec::new();
+    for i in 0..30u8 {
+        let ip = format!("198.18.64.{}", 100 + i);
+        let body = slice("orders-1", "orders", &["198.18.64.10", &ip]);
+        let sent = Instant::now();
+        slices
+            .patch(
+                "orders-1",
+                &PatchParams::apply("portico-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        let wanted = format!("{ip}:8080");
+        loop {
+            let (at, msg) = stream.next(Duration::from_secs(5)).await?;
+            match msg {
+                ConfigMessage::BackendSet(b) => {
+                    if b.backends[0].endpoints.iter().any(|e| e.address == wanted) {
+                        latencies.push(at - sent);
+                        break;
+                    }
+                }
+                ConfigMessage::RouteTable(r) => {
+                    bail!("an endpoint change resent the route table: {r:?}")
+                }
+            }
+        }
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    eprintln!(
+        "EndpointSlice write → config stream, {} changes: p50 {p50:?}, max {max:?} (includes the apiserver write)",
+        latencies.len()
+    );
+    ensure!(max < Duration::from_secs(1), "slowest change took {max:?}");
+    Ok(())
+}
+
+async fn tokens_are_checked(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let gw = format!("{}/gw", ctx.namespace);
+    let refused = |r: Result<ConfigStream, (u16, String)>| match r {
+        Ok(_) => None,
+        Err((status, _)) => Some(status),
+    };
+    ensure!(
+        refused(open_stream(&op, &gw, None).await?) == Some(401),
+        "no token"
+    );
+    ensure!(
+        refused(open_stream(&op, &gw, Some("not-a-token")).await?) == Some(401),
+        "garbage token"
+    );
+    let wrong_audience = token(&ctx, "portico-gateway-gw", "someone-else").await?;
+    ensure!(
+        refused(open_stream(&op, &gw, Some(&wrong_audience)).await?) == Some(401),
+        "wrong audience"
+    );
+    let other_account = token(&ctx, "default-ish", "portico").await?;
+    ensure!(
+        refused(open_stream(&op, &gw, Some(&other_account)).await?) == Some(403),
+        "another service account"
+    );
+    // The right account for another Gateway is refused too.
+    let other_gateway = token(&ctx, "portico-gateway-other", "portico").await?;
+    ensure!(
+        refused(open_stream(&op, &gw, Some(&other_gateway)).await?) == Some(403),
+        "another gateway's account"
+    );
+    let good = token(&ctx, "portico-gateway-gw", "portico").await?;
+    ensure!(
+        refused(open_stream(&op, &gw, Some(&good)).await?).is_none(),
+        "the gateway's own account"
+    );
+    ensure!(
+        metric(&op, "portico_operator_config_auth_failures_total").await? >= 5.0,
+        "refusals are counted"
+    );
+    Ok(())
+}
+
+async fn missing_backend_status(ctx: Ctx) -> anyhow::Result<()> {
+    create::<Gateway>(&ctx, gateway("gw")).await?;
+    create::<Route>(&ctx, route("orders", "gw", "pay", 80)).await?;
+    let _op = start_operator(&ctx, "op-a").await?;
+    let ns = ctx.namespace.clone();
+    let wanted = format!("Service {ns}/pay not found");
+    let (status, reason, _) = eventually("ResolvedRefs=False", Duration::from_secs(20), || async {
+        Ok(route_condition(&ctx, "orders", "ResolvedRefs")
+            .await?
+            .filter(|c| c.2 == wanted))
+    })
+    .await?;
+    ensure!(status == "False" && reason == "BackendNotFound");
+    let (accepted, _, _) = route_condition(&ctx, "orders", "Accepted")
+        .await?
+        .context("no Accepted condition")?;
+    ensure!(accepted == "True");
+    // A Service without the port: the message names the port.
+    create::<Service>(
+        &ctx,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pay"},
+               "spec": {"ports": [{"port": 81}]}}),
+    )
+    .await?;
+    let wanted = format!("Service {ns}/pay has no port 80");
+    eventually("no port 80", Duration::from_secs(20), || async {
+        Ok(route_condition(&ctx, "orders", "ResolvedRefs")
+            .await?
+            .filter(|c| c.2 == wanted))
+    })
+    .await?;
+    // Fixed: ResolvedRefs turns True with the current generation observed.
+    Api::<Service>::namespaced(ctx.client.clone(), &ns)
+        .delete("pay", &DeleteParams::default())
+        .await?;
+    create::<Service>(&ctx, service("pay")).await?;
+    eventually("ResolvedRefs=True", Duration::from_secs(20), || async {
+        let route = Api::<Route>::namespaced(ctx.client.clone(), &ctx.namespace)
+            .get("orders")
+            .await?;
+        let generation = route.metadata.generation;
+        Ok(route
+            .status
+            .and_then(|s| s.parents.into_iter().next())
+            .and_then(|p| {
+                p.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "ResolvedRefs" && c.status == "True")
+            })
+            .filter(|c| c.observed_generation == generation))
+    })
+    .await?;
+    // The failure was also recorded as an Event on the Route.
+    let events = Api::<Event>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    ensure!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("BackendNotFound")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")),
+        "no BackendNotFound Event for the Route"
+    );
+    Ok(())
+}
+
+async fn gateway_objects_and_status(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    let _op = start_operator(&ctx, "op-a").await?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let deployment = eventually("proxy Deployment", Duration::from_secs(20), || async {
+        Ok(deployments.get_opt("portico-gateway-gw").await?)
+    })
+    .await?;
+    let gw = Api::<Gateway>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get("gw")
+        .await?;
+    let owner = deployment
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    ensure!(
+        owner.first().map(|o| o.uid.clone()) == gw.metadata.uid,
+        "Deployment not owned by the Gateway: {owner:?}"
+    );
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("no pod spec")?;
+    ensure!(pod.service_account_name.as_deref() == Some("portico-gateway-gw"));
+    ensure!(pod.containers[0].image.as_deref() == Some("portico-proxy:e2e"));
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get("portico-gateway-gw")
+        .await
+        .context("proxy ServiceAccount")?;
+    // The Service gets a cluster IP; the Gateway then reports it and turns Programmed.
+    let status = eventually("Gateway Programmed", Duration::from_secs(20), || async {
+        let gw = Api::<Gateway>::namespaced(ctx.client.clone(), &ctx.namespace)
+            .get("gw")
+            .await?;
+        Ok(gw.status.filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Programmed" && c.status == "True")
+        }))
+    })
+    .await?;
+    ensure!(
+        status
+            .addresses
+            .first()
+            .is_some_and(|a| a.value.starts_with("198.19.")),
+        "addresses: {:?}",
+        status.addresses
+    );
+    ensure!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True"),
+        "conditions: {:?}",
+        status.conditions
+    );
+    ensure!(
+        status.listeners.first().map(|l| l.attached_routes) == Some(1),
+        "listeners: {:?}",
+        status.listeners
+    );
+    // A spec change rolls the proxies: the pod template's hash changes.
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("portico.dev/gateway-spec-hash").cloned())
+    };
+    let before = hash(&deployments.get("portico-gateway-gw").await?);
+    Api::<Gateway>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .patch(
+            "gw",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await?;
+    eventually("Deployment rolled", Duration::from_secs(20), || async {
+        let d = deployments.get("portico-gateway-gw").await?;
+        Ok(
+            (hash(&d) != before && d.spec.as_ref().and_then(|s| s.replicas) == Some(2))
+                .then_some(()),
+        )
+    })
+    .await?;
+    Ok(())
+}
+
+async fn lease_holder(ctx: &Ctx) -> anyhow::Result<Option<String>> {
+    Ok(Api::<Lease>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get_opt("portico-operator")
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity))
+}
+
+async fn leader_only_writes(ctx: Ctx) -> anyhow::Result<()> {
+    let a = start_operator(&ctx, "op-a").await?;
+    let b = start_operator(&ctx, "op-b").await?;
+    let holder = eventually("a Lease holder", Duration::from_secs(10), || async {
+        lease_holder(&ctx).await
+    })
+    .await?;
+    let (leader, follower, follower_id) = match holder.as_str() {
+        "op-a" => (a, b, "op-b"),
+        "op-b" => (b, a, "op-a"),
+        other => bail!("unexpected holder {other}"),
+    };
+    // Give the follower's election loop a round to observe the holder.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ensure!(metric(&leader, "portico_operator_leader").await? == 1.0);
+    ensure!(metric(&follower, "portico_operator_leader").await? == 0.0);
+    create::<Gateway>(&ctx, gateway("gw")).await?;
+    create::<Route>(&ctx, route("first", "gw", "pay", 80)).await?;
+    eventually(
+        "status of the first Route",
+        Duration::from_secs(20),
+        || async { route_condition(&ctx, "first", "ResolvedRefs").await },
+    )
+    .await?;
+    ensure!(metric(&leader, "portico_operator_status_patches_total").await? >= 1.0);
+    ensure!(
+        metric(&follower, "portico_operator_status_patches_total").await? == 0.0,
+        "the follower wrote status"
+    );
+    // The leader dies without releasing the Lease; the follower takes over after it expires.
+    let killed = Instant::now();
+    drop(leader);
+    create::<Route>(&ctx, route("second", "gw", "pay", 80)).await?;
+    eventually(
+        "status of the second Route",
+        Duration::from_secs(20),
+        || async { route_condition(&ctx, "second", "ResolvedRefs").await },
+    )
+    .await?;
+    eprintln!(
+        "takeover: second Route's status written {:?} after the leader died (lease 2s)",
+        killed.elapsed()
+    );
+    ensure!(lease_holder(&ctx).await?.as_deref() == Some(follower_id));
+    ensure!(metric(&follower, "portico_operator_leader").await? == 1.0);
+    ensure!(metric(&follower, "portico_operator_status_patches_total").await? >= 1.0);
+    Ok(())
+}
