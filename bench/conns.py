@@ -23,15 +23,14 @@ def rss_kb(pid):
 
 
 def hold(port, n, pidfile):
+    """One request per connection, one connection after the other, so the upstream side stays
+    at one pooled connection and what remains is the cost of idle client connections."""
     pid = int(open(pidfile).read().strip())
     socks = []
     req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(req)
-        socks.append(s)
-    for s in socks:
-        # Read the whole response (headers + 1 KiB body) so the connection is idle again.
         got = b""
         while b"\r\n\r\n" not in got:
             got += s.recv(65536)
@@ -42,6 +41,7 @@ def hold(port, n, pidfile):
                 length = int(line.split(b":")[1])
         while len(body) < length:
             body += s.recv(65536)
+        socks.append(s)
     time.sleep(1)
     print(rss_kb(pid))
     for s in socks:

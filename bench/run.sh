@@ -201,6 +201,7 @@ for rate in 2000 10000; do
         for rep in $(seq 1 "$REPS"); do
             log "h2load --h1 ${rate}/s $t rep $rep"
             before=0; [[ $t != direct ]] && before=$(cpu_ticks "${PID[$t]}")
+            rm -f "$WORK/log" # h2load appends to an existing log file
             out=$(taskset -c $LOAD_CPU h2load --h1 -c $RATE_CONNS --rps=$per_conn -D "$RATE_DURATION" \
                 --log-file="$WORK/log" "http://127.0.0.1:${PORT[$t]}/" 2>&1)
             done_reqs=$(echo "$out" | awk '/^requests:/ {print $8}')

@@ -9,6 +9,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod body;
 pub mod cli;
 pub mod error;
 pub mod filters;

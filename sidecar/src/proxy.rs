@@ -8,35 +8,30 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portico_proxy_api::{BackendRef, Filter, HeaderModifier, RetryPolicy};
 use rand::Rng;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::Shared;
 use crate::backend::{BackendState, InFlight};
 use crate::balance::PickContext;
-use crate::error::{Body, BoxError, ProxyError, empty, full};
+use crate::body::{Guarded, RequestBody};
+use crate::error::{Body, ProxyError, empty, full};
 use crate::retry::{self, Failure, RetryBudget};
 use crate::snapshot::Snapshot;
 use crate::{accesslog, filters, http_rules};
 
-/// Request bodies up to this size are kept in memory so they can be retried or mirrored;
-/// bigger or unknown-length bodies stream straight through and are sent once.
-pub const MAX_REPLAY_BODY: usize = 64 * 1024;
+pub use crate::body::MAX_REPLAY_BODY;
 
 /// Facts about the client connection a request arrived on.
 #[derive(Clone, Debug)]
@@ -255,51 +250,6 @@ fn pick_backend(snap: &Snapshot, refs: &[BackendRef]) -> Result<Arc<BackendState
         .ok_or_else(|| ProxyError::NoHealthyEndpoint(chosen.backend.as_str().into()))
 }
 
-/// A request body that may be replayed.
-enum RequestBody {
-    /// Kept in memory (small, known length): can be sent any number of times.
-    Buffered(Bytes),
-    /// Streams through once; `None` after it was sent.
-    Streaming(Option<Incoming>),
-}
-
-impl RequestBody {
-    /// Buffers the body when it is empty or declared no bigger than `MAX_REPLAY_BODY`. Bodies of
-    /// unknown length are not awaited: a bidirectional stream (gRPC) would deadlock if the proxy
-    /// waited for the client to finish before forwarding anything.
-    async fn buffer(body: Incoming) -> Result<Self, ProxyError> {
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= MAX_REPLAY_BODY as u64);
-        if !small {
-            return Ok(Self::Streaming(Some(body)));
-        }
-        let bytes = Limited::new(body, MAX_REPLAY_BODY)
-            .collect()
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading request body: {e}")))?
-            .to_bytes();
-        Ok(Self::Buffered(bytes))
-    }
-
-    fn replayable(&self) -> Option<&Bytes> {
-        match self {
-            Self::Buffered(b) => Some(b),
-            Self::Streaming(_) => None,
-        }
-    }
-
-    fn take(&mut self) -> Option<Body> {
-        match self {
-            Self::Buffered(b) if b.is_empty() => Some(empty()),
-            Self::Buffered(b) => Some(full(b.clone())),
-            Self::Streaming(b) => b.take().map(|b| b.map_err(BoxError::from).boxed_unsync()),
-        }
-    }
-}
-
 /// Everything needed to make attempts for one request.
 struct Attempts<'a> {
     shared: &'a Arc<Shared>,
@@ -382,10 +332,7 @@ impl Attempts<'_> {
                 let ok = !resp.status().is_server_error();
                 self.record(ep, Some(start.elapsed()), ok);
                 let (p, b) = resp.into_parts();
-                let body = Guarded {
-                    inner: b,
-                    _guards: (permit, in_flight),
-                };
+                let body = Guarded::new(b, (permit, in_flight));
                 Ok(Response::from_parts(p, body.boxed_unsync()))
             }
             Err(e) => {
@@ -492,34 +439,4 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let mut c = TokioIo::new(client);
     let mut u = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream response body that holds the request's limiter slot and in-flight count
-    /// until it has been fully sent to the client.
-    struct Guarded {
-        #[pin]
-        inner: Incoming,
-        _guards: (Option<OwnedSemaphorePermit>, InFlight),
-    }
-}
-
-impl HttpBody for Guarded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().inner.poll_frame(cx).map_err(BoxError::from)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -218,7 +218,9 @@ where
     let mut shutdown = shared.shutdown.subscribe();
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| proxy::handle(shared.clone(), info.clone(), req))
+        // Boxed so an idle keep-alive connection does not carry room for a whole request's
+        // state machine; it is allocated per request instead.
+        service_fn(move |req| Box::pin(proxy::handle(shared.clone(), info.clone(), req)))
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());

@@ -1,0 +1,320 @@
+//! Routes: which requests go where, and what happens to them on the way.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, is_default, one};
+
+/// Routing rules for a set of hostnames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Unique among routes; the `route` label in metrics.
+    pub name: String,
+    /// Listener names this route attaches to; empty means every HTTP and HTTPS listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
+    /// Exact (`api.example.com`) or wildcard (`*.example.com`, one or more labels) host names;
+    /// empty matches any host. Exact beats wildcard; a longer wildcard beats a shorter one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// Rules; the most specific matching rule wins (see the proxy's `router` module).
+    pub rules: Vec<RouteRule>,
+}
+
+/// One rule of a route: when it matches, what happens to the request, and where it goes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    /// Any one match selects the rule; empty matches every request (like a `/` prefix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    /// Applied in order before the request is forwarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// Where the request goes, split by weight. May be empty only when a filter answers the
+    /// request itself (redirect or direct response).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendRef>,
+    /// Time limits.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub timeouts: Timeouts,
+    /// Retries; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Conditions a request must all meet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path condition; absent means any path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// HTTP method, e.g. `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Every listed header must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    /// Every listed query parameter must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<ValueMatch>,
+}
+
+/// A path condition. Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not
+/// `/apix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathMatch {
+    /// The path equals the value.
+    Exact(String),
+    /// The path starts with the value, on a segment boundary.
+    PathPrefix(String),
+    /// The whole path matches the regular expression.
+    RegularExpression(String),
+}
+
+/// A condition on a header or query parameter value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    /// Header name (case-insensitive) or query parameter name (case-sensitive).
+    pub name: String,
+    /// The expected value, or the regular expression the whole value must match.
+    pub value: String,
+    /// How `value` is compared.
+    #[serde(default, rename = "type", skip_serializing_if = "is_default")]
+    pub kind: MatchKind,
+}
+
+/// How a [`ValueMatch`] compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchKind {
+    /// Byte-for-byte equality.
+    #[default]
+    Exact,
+    /// The whole value matches the regular expression.
+    RegularExpression,
+}
+
+/// Something done to a request or its response, written with a `type` field:
+/// `{ type: RequestHeaderModifier, set: [{ name: x-env, value: prod }] }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Filter {
+    /// Edit request headers before forwarding.
+    RequestHeaderModifier(HeaderModifier),
+    /// Edit response headers before answering.
+    ResponseHeaderModifier(HeaderModifier),
+    /// Change host and/or path before forwarding.
+    UrlRewrite(UrlRewrite),
+    /// Answer with a redirect instead of forwarding.
+    RequestRedirect(Redirect),
+    /// Answer with a fixed response instead of forwarding.
+    DirectResponse(DirectResponse),
+    /// Send a copy of the request to another backend; its answer is ignored.
+    RequestMirror(Mirror),
+}
+
+/// Header edits: `set` replaces, `add` appends, `remove` deletes. Applied remove → set → add.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    /// Headers to replace (or create).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Header>,
+    /// Headers to append.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Header>,
+    /// Header names to delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+/// How a path is rewritten.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathRewrite {
+    /// Replace the whole path.
+    ReplaceFullPath(String),
+    /// Replace the part matched by the rule's `PathPrefix` match (the rule must have one).
+    ReplacePrefixMatch(String),
+}
+
+/// A URL rewrite applied before forwarding.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    /// New `Host` / `:authority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// New path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+}
+
+/// A redirect answer; each absent part keeps the request's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Host name of the new location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Port of the new location; omitted from the URL when it is the scheme's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Path of the new location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
+
+/// A fixed answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectResponse {
+    /// HTTP status, 200–599.
+    pub status: u16,
+    /// Response body.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+    /// Response headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Header>,
+}
+
+/// Where mirrored copies go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// A backend name.
+    pub backend: String,
+}
+
+/// A weighted reference from a rule to a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    /// A backend name.
+    pub backend: String,
+    /// Relative share of requests; 0 sends none.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// Time limits of a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// Whole request, all retries included, until response headers arrive (504 after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    /// Each attempt, until its response headers arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<Duration>,
+}
+
+/// When and how a failed attempt is tried again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Failures worth retrying.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// gRPC status codes (from `grpc-status`) worth retrying, e.g. 14 (UNAVAILABLE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_status_codes: Vec<u32>,
+    /// Delay between attempts.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Methods that may be retried; default: the idempotent ones (RFC 9110 §9.2.2).
+    #[serde(default = "default_retry_methods")]
+    pub methods: Vec<String>,
+    /// Cap on retries as a share of live traffic.
+    #[serde(default)]
+    pub budget: RetryBudget,
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure, RetryOn::GatewayError]
+}
+
+fn default_retry_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// A kind of failure that a [`RetryPolicy`] retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// Any 5xx response (and the failures below).
+    #[serde(rename = "5xx")]
+    FiveXx,
+    /// 502, 503, 504 responses, connect failures and resets.
+    GatewayError,
+    /// The connection to the endpoint could not be made.
+    ConnectFailure,
+    /// The connection broke before response headers arrived.
+    Reset,
+    /// A `grpc-status` listed in [`RetryPolicy::grpc_status_codes`].
+    RetriableGrpc,
+}
+
+/// Exponential backoff with full jitter: attempt `n` waits a random time in
+/// `[0, min(max, base·2ⁿ)]`, so retrying clients do not move in lockstep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    /// First delay bound.
+    pub base: Duration,
+    /// Largest delay bound.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(25),
+            max: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Retries may use `ratio` of the requests seen in the last 10 s, plus `minPerSecond`, so a
+/// struggling backend sees at most `(1 + ratio)` times its normal load, not `attempts` times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Share of live traffic, 0.0–1.0.
+    pub ratio: f64,
+    /// Retries always allowed per second, so low-traffic routes can still retry.
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
+}
