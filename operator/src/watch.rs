@@ -251,3 +251,47 @@ async fn run_watch(
     }
     anyhow::bail!("the {} watch ended", kind.plural())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_object_that_does_not_decode_is_an_error_for_the_watch_to_skip() {
+        let bad: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"namespace": "shop", "name": "gw"},
+            "spec": {"listeners": "not a list"}
+        }))
+        .unwrap();
+        let err = decode(Kind::Gateway, bad).unwrap_err();
+        assert!(
+            err.contains("listeners") || err.contains("sequence"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn list_items_without_api_version_and_kind_decode() {
+        let item: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "orders"},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert!(matches!(
+            decode(Kind::Service, item),
+            Ok(Object::Service(_))
+        ));
+        let item: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "gw"},
+            "spec": {"listeners": [{"name": "web", "port": 80, "protocol": "HTTP"}]}
+        }))
+        .unwrap();
+        assert!(matches!(
+            decode(Kind::Gateway, item),
+            Ok(Object::Gateway(_))
+        ));
+    }
+}

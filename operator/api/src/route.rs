@@ -520,8 +520,8 @@ pub struct Timeouts {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.codes) || (has(self.on) && 'RetriableStatusCodes' in self.on)",
-     "message": "codes needs RetriableStatusCodes in on", "fieldPath": ".codes"}
+    {"rule": "!has(self.codes) || (has(self.retryOn) && 'RetriableStatusCodes' in self.retryOn)",
+     "message": "codes needs RetriableStatusCodes in retryOn", "fieldPath": ".codes"}
 ]))]
 pub struct Retry {
     /// Extra attempts after the first, 0–10. Defaults to 2.
@@ -531,7 +531,7 @@ pub struct Retry {
     /// Conditions that trigger a retry. Defaults to `ConnectFailure`, `Reset`, `GatewayError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    pub on: Vec<RetryOn>,
+    pub retry_on: Vec<RetryOn>,
     /// Status codes retried with `RetriableStatusCodes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]

@@ -71,3 +71,26 @@ fn committed_manifests_match_the_types() {
         }
     }
 }
+
+#[test]
+fn no_property_name_reads_as_a_boolean_in_yaml_1_1() {
+    // kubectl and helm parse YAML 1.1, where a bare `on:` or `no:` key is a boolean: a field of
+    // that name would silently vanish from the installed schema.
+    let booleans = ["y", "n", "yes", "no", "on", "off", "true", "false"];
+    for crd in crds::all() {
+        let text = crds::render(&crd).expect("render");
+        for line in text.lines() {
+            let key = line
+                .trim_start()
+                .trim_start_matches("- ")
+                .split(':')
+                .next()
+                .unwrap_or("");
+            assert!(
+                !booleans.contains(&key.to_ascii_lowercase().as_str()) || !line.contains(':'),
+                "{}: property {key:?} reads as a boolean in YAML 1.1",
+                crd.metadata.name.clone().unwrap_or_default()
+            );
+        }
+    }
+}

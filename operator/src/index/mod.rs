@@ -140,7 +140,12 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 struct ProxyChannels {
     routes: watch::Sender<Arc<RouteTable>>,
     backends: watch::Sender<Arc<BackendSet>>,
+    /// The Service ports the last RouteTable refers to: what an endpoint change must touch.
+    wanted: Wanted,
 }
+
+/// Service ports a proxy needs, as `(namespace, service, port)`.
+type Wanted = BTreeSet<(String, String, i32)>;
 
 /// Receivers of one gateway proxy's config: the two halves travel apart.
 #[derive(Clone, Debug)]
@@ -167,7 +172,7 @@ pub struct IndexStats {
 /// The index. Wrap it in a mutex to share it; no method awaits.
 pub struct Index {
     gateways: BTreeMap<Key, Arc<Gateway>>,
-    routes: BTreeMap<Key, Arc<Route>>,
+    routes: BTreeMap<Key, Arc<RouteEntry>>,
     policies: BTreeMap<Key, Arc<ServicePolicy>>,
     services: BTreeMap<Key, Arc<Service>>,
     /// EndpointSlices by Service, then by slice name.
@@ -214,8 +219,19 @@ impl Index {
 
     /// Adds or replaces an object and recomputes what changed.
     pub fn apply(&mut self, obj: Object) {
-        self.insert(obj);
         self.stats.events += 1;
+        if let Object::EndpointSlice(slice) = &obj {
+            let key = Key::of(slice);
+            let mut touched: BTreeSet<Key> =
+                self.slice_service.get(&key).cloned().into_iter().collect();
+            if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
+                touched.insert(Key::new(key.namespace.clone(), svc.clone()));
+            }
+            self.insert(obj);
+            self.refresh_endpoints(&touched);
+            return;
+        }
+        self.insert(obj);
         self.refresh();
     }
 
@@ -235,8 +251,14 @@ impl Index {
 
     /// Removes the object of `kind` called `key` (namespace empty for Namespaces).
     pub fn delete_key(&mut self, kind: Kind, key: &Key) {
-        self.remove(kind, key);
         self.stats.events += 1;
+        if kind == Kind::EndpointSlice {
+            let touched: BTreeSet<Key> = self.slice_service.get(key).cloned().into_iter().collect();
+            self.remove(kind, key);
+            self.refresh_endpoints(&touched);
+            return;
+        }
+        self.remove(kind, key);
         self.refresh();
     }
 
@@ -269,7 +291,9 @@ impl Index {
                 self.gateways.insert(Key::of(&o), Arc::new(o));
             }
             Object::Route(o) => {
-                self.routes.insert(Key::of(&o), Arc::new(o));
+                let key = Key::of(&o);
+                self.routes
+                    .insert(key.clone(), Arc::new(RouteEntry::new(&key, o)));
             }
             Object::ServicePolicy(o) => {
                 self.policies.insert(Key::of(&o), Arc::new(o));
@@ -338,7 +362,8 @@ impl Index {
     /// (yet) has an empty config; it fills in when the Gateway appears.
     pub fn subscribe(&mut self, gateway: &Key) -> Subscription {
         if !self.proxies.contains_key(gateway) {
-            let (routes, backends) = self.gateway_config(gateway);
+            let (routes, wanted) = self.gateway_routes(gateway);
+            let backends = self.backend_set(&wanted);
             self.generation += 1;
             let routes = Arc::new(RouteTable {
                 generation: self.generation,
@@ -353,6 +378,7 @@ impl Index {
                 ProxyChannels {
                     routes: watch::Sender::new(routes),
                     backends: watch::Sender::new(backends),
+                    wanted,
                 },
             );
         }
@@ -394,6 +420,50 @@ impl Index {
         self.proxies.len()
     }
 
+    /// Publishes `backends` to `key`'s channel if it differs from what was sent.
+    fn publish_backends(&mut self, key: &Key, backends: BackendSet) {
+        let generation = self.generation + 1;
+        let Some(ch) = self.proxies.get(key) else {
+            return;
+        };
+        let sent = ch.backends.send_if_modified(|cur| {
+            if cur.backends == backends.backends {
+                return false;
+            }
+            *cur = Arc::new(BackendSet {
+                generation,
+                ..backends
+            });
+            true
+        });
+        if sent {
+            self.stats.backend_updates += 1;
+            self.generation = generation;
+        }
+    }
+
+    /// After an EndpointSlice change: only the BackendSets of proxies that use one of the
+    /// `services` are recomputed. Routes, statuses and other proxies are untouched.
+    fn refresh_endpoints(&mut self, services: &BTreeSet<Key>) {
+        let affected: Vec<(Key, Wanted)> = self
+            .proxies
+            .iter()
+            .filter(|(_, ch)| {
+                ch.wanted.iter().any(|(ns, svc, _)| {
+                    services
+                        .iter()
+                        .any(|s| s.namespace == *ns && s.name == *svc)
+                })
+            })
+            .map(|(k, ch)| (k.clone(), ch.wanted.clone()))
+            .collect();
+        for (key, wanted) in affected {
+            let backends = self.backend_set(&wanted);
+            self.publish_backends(&key, backends);
+        }
+    }
+
+    /// Recomputes everything: every proxy's config, the Gateway specs and the statuses.
     fn refresh(&mut self) {
         let keys: BTreeSet<Key> = self
             .gateways
@@ -402,7 +472,8 @@ impl Index {
             .cloned()
             .collect();
         for key in keys {
-            let (routes, backends) = self.gateway_config(&key);
+            let (routes, wanted) = self.gateway_routes(&key);
+            let backends = self.backend_set(&wanted);
             let generation = self.generation + 1;
             let ch = self
                 .proxies
@@ -410,9 +481,10 @@ impl Index {
                 .or_insert_with(|| ProxyChannels {
                     routes: watch::Sender::new(Arc::new(RouteTable::default())),
                     backends: watch::Sender::new(Arc::new(BackendSet::default())),
+                    wanted: Wanted::new(),
                 });
-            let mut changed = false;
-            ch.routes.send_if_modified(|cur| {
+            ch.wanted = wanted;
+            let sent = ch.routes.send_if_modified(|cur| {
                 if cur.listeners == routes.listeners && cur.routes == routes.routes {
                     return false;
                 }
@@ -420,25 +492,16 @@ impl Index {
                     generation,
                     ..routes
                 });
+                true
+            });
+            if sent {
                 self.stats.route_updates += 1;
-                changed = true;
-                true
-            });
-            ch.backends.send_if_modified(|cur| {
-                if cur.backends == backends.backends {
-                    return false;
-                }
-                *cur = Arc::new(BackendSet {
-                    generation,
-                    ..backends
-                });
-                self.stats.backend_updates += 1;
-                changed = true;
-                true
-            });
-            if changed {
                 self.generation = generation;
             }
+            self.publish_backends(&key, backends);
+            let Some(ch) = self.proxies.get(&key) else {
+                continue;
+            };
             let gone = !self.gateways.contains_key(&key);
             if gone && ch.routes.receiver_count() == 0 && ch.backends.receiver_count() == 0 {
                 self.proxies.remove(&key);
@@ -602,8 +665,9 @@ impl Index {
         }
     }
 
-    /// The config of Gateway `key`'s proxies (generation 0; the caller stamps it).
-    fn gateway_config(&self, key: &Key) -> (RouteTable, BackendSet) {
+    /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
+    /// Service ports it refers to.
+    fn gateway_routes(&self, key: &Key) -> (RouteTable, Wanted) {
         let Some(gw) = self.gateways.get(key) else {
             return Default::default();
         };
@@ -623,7 +687,7 @@ impl Index {
             };
             listeners.push(Some(translate::listener(l, tls)));
         }
-        let mut wanted: BTreeSet<(String, String, i32)> = BTreeSet::new();
+        let mut wanted = Wanted::new();
         let mut routes = Vec::new();
         for (rkey, route) in &self.routes {
             let attached = self.attached_listeners(key, gw, route);
@@ -634,12 +698,12 @@ impl Index {
             if attached.is_empty() {
                 continue;
             }
-            let rules: Vec<contract::RouteRule> = route
-                .spec
-                .rules
-                .iter()
-                .map(|r| translate::rule(&rkey.namespace, r))
-                .collect();
+            // Each route was checked alone when it arrived, so one invalid Route is dropped
+            // without taking the others down; status reports it.
+            if route.problem.is_some() {
+                continue;
+            }
+            let rules = route.rules.clone();
             let mut http_listeners = Vec::new();
             for i in &attached {
                 let l = &gw.spec.listeners[*i];
@@ -693,36 +757,28 @@ impl Index {
                 hostnames,
                 rules,
             };
-            let refs: BTreeSet<(String, String, i32)> = route
-                .spec
-                .rules
-                .iter()
-                .flat_map(|r| translate::rule_backend_refs(&rkey.namespace, r))
-                .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
-                .collect();
-            // Each route is checked alone (with its listeners and empty backends), so one
-            // invalid Route is dropped without taking the others down; status reports it.
-            if route_problem(&candidate, &refs).is_some() {
-                continue;
-            }
-            wanted.extend(refs);
+            wanted.extend(route.refs.iter().cloned());
             routes.push(candidate);
         }
-        let backends = wanted
-            .iter()
-            .map(|(ns, svc, port)| self.backend(ns, svc, *port))
-            .collect();
         (
             RouteTable {
                 generation: 0,
                 listeners: listeners.into_iter().flatten().collect(),
                 routes,
             },
-            BackendSet {
-                generation: 0,
-                backends,
-            },
+            wanted,
         )
+    }
+
+    /// The backends for `wanted` (generation 0; the caller stamps it).
+    fn backend_set(&self, wanted: &Wanted) -> BackendSet {
+        BackendSet {
+            generation: 0,
+            backends: wanted
+                .iter()
+                .map(|(ns, svc, port)| self.backend(ns, svc, *port))
+                .collect(),
+        }
     }
 
     /// The ServicePolicy in force for Service `key`: the oldest one targeting it (by creation
@@ -757,6 +813,58 @@ impl Index {
             translate::apply_policy(&mut b, &p.spec);
         }
         b
+    }
+}
+
+/// A Route with its translation, done once when it arrives rather than on every recompute.
+pub(crate) struct RouteEntry {
+    route: Route,
+    /// The contract rules.
+    rules: Vec<contract::RouteRule>,
+    /// Every Service port the rules send to (backends and mirrors).
+    refs: Wanted,
+    /// Why the contract refuses the Route, if it does.
+    problem: Option<String>,
+}
+
+impl RouteEntry {
+    fn new(key: &Key, route: Route) -> Self {
+        let rules: Vec<contract::RouteRule> = route
+            .spec
+            .rules
+            .iter()
+            .map(|r| translate::rule(&key.namespace, r))
+            .collect();
+        let refs: Wanted = route
+            .spec
+            .rules
+            .iter()
+            .flat_map(|r| translate::rule_backend_refs(&key.namespace, r))
+            .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p))
+            .collect();
+        let problem = route_problem(
+            &contract::Route {
+                name: key.to_string(),
+                listeners: Vec::new(),
+                hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
+                rules: rules.clone(),
+            },
+            &refs,
+        );
+        Self {
+            route,
+            rules,
+            refs,
+            problem,
+        }
+    }
+}
+
+impl std::ops::Deref for RouteEntry {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.route
     }
 }
 

@@ -4,15 +4,14 @@
 //! only) turns it into server-side-apply patches. Each state also carries the status currently
 //! on the object, so the writer patches only what differs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
-use portico_proxy_api as contract;
 
-use super::{Attachment, Index, Key, proxy_name, route_problem, translate};
+use super::{Attachment, Index, Key, proxy_name};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,36 +122,17 @@ impl Index {
         let mut out = Statuses::default();
         let mut attached: BTreeMap<(Key, usize), i32> = BTreeMap::new();
         for (rkey, route) in &self.routes {
-            let mut problems = Vec::new();
-            let mut refs = BTreeSet::new();
-            for r in &route.spec.rules {
-                for (ns, svc, port) in translate::rule_backend_refs(&rkey.namespace, r) {
-                    refs.insert((ns.to_owned(), svc.to_owned(), port));
-                    if let Some(p) = self.backend_problem(ns, svc, port) {
-                        problems.push(p);
-                    }
-                }
-            }
-            problems.dedup();
+            let problems: Vec<String> = route
+                .refs
+                .iter()
+                .filter_map(|(ns, svc, port)| self.backend_problem(ns, svc, *port))
+                .collect();
             let resolved = if problems.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
             } else {
                 Cond::no("ResolvedRefs", "BackendNotFound", problems.join("; "))
             };
-            let invalid = route_problem(
-                &contract::Route {
-                    name: rkey.to_string(),
-                    listeners: Vec::new(),
-                    hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
-                    rules: route
-                        .spec
-                        .rules
-                        .iter()
-                        .map(|r| translate::rule(&rkey.namespace, r))
-                        .collect(),
-                },
-                &refs,
-            );
+            let invalid = &route.problem;
             let mut parents = Vec::new();
             for parent in &route.spec.parent_refs {
                 let pkey = Key::new(
@@ -177,7 +157,7 @@ impl Index {
                             "NoSuchParent",
                             format!("Gateway {pkey} not found"),
                         ),
-                        Some(gw) => match (self.attach(gw, route, parent), &invalid) {
+                        Some(gw) => match (self.attach(gw, route, parent), invalid) {
                             (Attachment::Rejected(reason, message), _) => {
                                 Cond::no("Accepted", reason, message)
                             }

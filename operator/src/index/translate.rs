@@ -164,7 +164,7 @@ fn duration(d: &portico_api::Duration) -> Option<contract::Duration> {
 fn retry(r: &api::Retry) -> contract::RetryPolicy {
     let mut on: Vec<contract::RetryOn> = Vec::new();
     let mut grpc = Vec::new();
-    for o in &r.on {
+    for o in &r.retry_on {
         match o {
             api::RetryOn::FiveXx => on.push(contract::RetryOn::FiveXx),
             api::RetryOn::GatewayError => on.push(contract::RetryOn::GatewayError),
@@ -186,7 +186,7 @@ fn retry(r: &api::Retry) -> contract::RetryPolicy {
     if !grpc.is_empty() {
         on.push(contract::RetryOn::RetriableGrpc);
     }
-    if r.on.is_empty() {
+    if r.retry_on.is_empty() {
         on = vec![
             contract::RetryOn::ConnectFailure,
             contract::RetryOn::Reset,
