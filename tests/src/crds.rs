@@ -27,8 +27,45 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<CustomResourceDefinition>> {
         .collect()
 }
 
-/// Server-side applies every CRD in `dir` and waits until each is `Established`.
-pub async fn install(client: &kube::Client, dir: &Path) -> anyhow::Result<Vec<String>> {
+/// Installs the CRDs the way users do, `kubectl apply --server-side -f DIR` (kubectl parses YAML
+/// 1.1, which a Rust YAML parser does not), and waits until each is `Established`.
+pub async fn install(
+    client: &kube::Client,
+    kubeconfig: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let out = std::process::Command::new(crate::cluster::component("kubectl")?)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            FIELD_MANAGER,
+        ])
+        .arg("-f")
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply -f {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for crd in read_dir(dir)? {
+        let name = crd.metadata.name.context("CRD without a name")?;
+        wait_established(&api, &name).await?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Server-side applies every CRD in `dir` with the Rust client and waits until each is
+/// `Established`.
+pub async fn apply_with_client(client: &kube::Client, dir: &Path) -> anyhow::Result<Vec<String>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crds = read_dir(dir)?;
     if crds.is_empty() {

@@ -81,7 +81,7 @@ pub fn run(suite: &str, tests: Vec<Test>) -> ExitCode {
     let setup = runtime.block_on(async {
         let plane = ControlPlane::start(&dir).await?;
         let client = plane.client().await?;
-        crate::crds::install(&client, &repo_root().join("crds")).await?;
+        crate::crds::install(&client, &plane.kubeconfig, &repo_root().join("crds")).await?;
         anyhow::Ok((Arc::new(plane), client))
     });
     let (plane, client) = match setup {

@@ -90,7 +90,8 @@ async fn apply(ctx: &Ctx, doc: &Value) -> anyhow::Result<DynamicObject> {
 
 async fn crds_established(ctx: Ctx) -> anyhow::Result<()> {
     // The harness installed them already; applying again must be a clean no-op.
-    let names = portico_tests::crds::install(&ctx.client, &repo_root().join("crds")).await?;
+    let names =
+        portico_tests::crds::apply_with_client(&ctx.client, &repo_root().join("crds")).await?;
     ensure!(
         names
             == [
@@ -252,7 +253,15 @@ async fn kubectl_get_portico(ctx: Ctx) -> anyhow::Result<()> {
     for doc in load_examples()? {
         apply(&ctx, &doc).await?;
     }
-    let out = kubectl(&ctx, &["get", "portico", "-n", &ctx.namespace])?;
+    // Discovery lists new CRDs under their category a moment after they are Established.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        match kubectl(&ctx, &["get", "portico", "-n", &ctx.namespace]) {
+            Ok(out) => break out,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
     for needle in [
         "gateway.portico.dev/public",
         "route.portico.dev/shop",

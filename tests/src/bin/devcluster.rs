@@ -63,7 +63,7 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         let plane = ControlPlane::start(dir).await?;
         let client = plane.client().await?;
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        portico_tests::crds::install(&client, &root.join("crds")).await?;
+        portico_tests::crds::install(&client, &plane.kubeconfig, &root.join("crds")).await?;
         anyhow::Ok(plane)
     })?;
     std::fs::write(
