@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench
+.PHONY: all build test unit e2e lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench images
 
 all: build
 
@@ -61,3 +61,12 @@ demo-down:
 ## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy)
 bench:
 	bench/run.sh
+
+## images: container images of both binaries, where a container engine runs
+IMAGE_TAG ?= 0.1.0
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+images:
+	@if [ -z "$(CONTAINER_ENGINE)" ] || ! $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
+	  echo "no running container engine (docker or podman): cannot build images here" >&2; exit 1; fi
+	$(CONTAINER_ENGINE) build -f docker/operator.Dockerfile -t ghcr.io/portico-dev/portico-operator:$(IMAGE_TAG) .
+	$(CONTAINER_ENGINE) build -f docker/proxy.Dockerfile -t ghcr.io/portico-dev/portico-proxy:$(IMAGE_TAG) .
