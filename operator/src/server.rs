@@ -286,6 +286,98 @@ impl http_body::Body for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::{Index, Object};
+    use serde_json::json;
+
+    fn slice(ips: &[String]) -> Object {
+        let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        Object::EndpointSlice(
+            serde_json::from_value(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"namespace": "shop", "name": "orders-a",
+                             "labels": {"kubernetes.io/service-name": "orders"}},
+                "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn shop() -> Index {
+        let mut index = Index::new();
+        index.apply(Object::Gateway(
+            serde_json::from_value(json!({
+                "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+                "metadata": {"namespace": "shop", "name": "gw"},
+                "spec": {"listeners": [{"name": "web", "port": 8080, "protocol": "HTTP"}]}
+            }))
+            .unwrap(),
+        ));
+        index.apply(Object::Service(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "shop", "name": "orders"},
+                "spec": {"ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        ));
+        index.apply(Object::Route(
+            serde_json::from_value(json!({
+                "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+                "metadata": {"namespace": "shop", "name": "orders"},
+                "spec": {"parentRefs": [{"name": "gw"}],
+                         "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}
+            }))
+            .unwrap(),
+        ));
+        index
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Bytes>) -> ConfigMessage {
+        let line = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("a message in time")
+            .expect("stream open");
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    fn endpoints(msg: &ConfigMessage) -> usize {
+        match msg {
+            ConfigMessage::BackendSet(b) => b.backends[0].endpoints.len(),
+            other => panic!("expected a BackendSet, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_change_goes_out_at_once_and_a_burst_is_coalesced() {
+        let mut index = shop();
+        let key = Key::new("shop", "gw");
+        let sub = index.subscribe(&key);
+        let (tx, mut rx) = mpsc::channel(4);
+        let debounce = Duration::from_millis(100);
+        tokio::spawn(pump(sub, tx, debounce, Arc::new(Metrics::new()), key));
+        assert!(matches!(next(&mut rx).await, ConfigMessage::RouteTable(_)));
+        assert_eq!(endpoints(&next(&mut rx).await), 0);
+
+        // After a quiet period, one change is sent without waiting for the debounce.
+        tokio::time::sleep(debounce + Duration::from_millis(20)).await;
+        let sent = tokio::time::Instant::now();
+        index.apply(slice(&["198.18.64.1".to_owned()]));
+        assert_eq!(endpoints(&next(&mut rx).await), 1);
+        assert!(sent.elapsed() < debounce / 2, "took {:?}", sent.elapsed());
+
+        // A burst of 100 changes arrives as at most two messages, the last with the final state.
+        tokio::time::sleep(debounce + Duration::from_millis(20)).await;
+        for n in 1..=100 {
+            let ips: Vec<String> = (0..n).map(|i| format!("198.18.65.{i}")).collect();
+            index.apply(slice(&ips));
+        }
+        let mut messages = vec![next(&mut rx).await];
+        while let Ok(Some(line)) = tokio::time::timeout(3 * debounce, rx.recv()).await {
+            messages.push(serde_json::from_slice(&line).unwrap());
+        }
+        assert!(messages.len() <= 2, "{} messages", messages.len());
+        assert_eq!(endpoints(messages.last().unwrap()), 100);
+    }
 
     #[test]
     fn messages_are_one_json_line_each_and_read_back() {

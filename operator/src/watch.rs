@@ -294,4 +294,50 @@ mod tests {
             Ok(Object::Gateway(_))
         ));
     }
+
+    /// An API server that knows no Portico CRDs: every request gets a 404 Status.
+    async fn bare_apiserver() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                          "reason": "NotFound", "code": 404, "message": "404 page not found"});
+                        let mut resp = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body.to_string()),
+                        ));
+                        *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn missing_crds_are_named_in_the_startup_error() {
+        let addr = bare_apiserver().await;
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let err = check_crds(&client).await.unwrap_err().to_string();
+        assert!(
+            err.contains("gateways.portico.dev is not installed") && err.contains("crds/"),
+            "{err}"
+        );
+    }
 }
