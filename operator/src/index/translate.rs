@@ -374,7 +374,7 @@ mod tests {
             "backendRefs": [{"name": "orders", "port": 8080, "weight": 3},
                             {"name": "pay", "namespace": "billing", "port": 80}],
             "timeouts": {"request": "10s"},
-            "retry": {"attempts": 3, "on": ["5xx", "GrpcUnavailable"]}
+            "retry": {"attempts": 3, "retryOn": ["5xx", "GrpcUnavailable"]}
         }))
         .unwrap();
         let c = rule("shop", &r);
