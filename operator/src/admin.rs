@@ -20,7 +20,9 @@ pub async fn serve(
     readiness: Readiness,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -31,7 +33,7 @@ pub async fn serve(
         };
         let readiness = readiness.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
                 let (status, body, content_type) = match req.uri().path() {
                     "/live" => (StatusCode::OK, "live\n".to_owned(), "text/plain"),

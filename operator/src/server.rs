@@ -103,9 +103,12 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 }
 
 impl ConfigServer {
-    /// Accepts connections on `listener` forever.
+    /// Accepts connections on `listener` forever. Connections live in a `JoinSet` owned by this
+    /// future, so dropping it (the operator stopping) ends every stream too.
     pub async fn serve(self, listener: TcpListener, tls: TlsAcceptor) -> anyhow::Result<()> {
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -116,7 +119,7 @@ impl ConfigServer {
             };
             let tls = tls.clone();
             let this = self.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let stream = match tls.accept(tcp).await {
                     Ok(s) => s,
                     Err(e) => {
