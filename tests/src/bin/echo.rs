@@ -56,8 +56,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     eprintln!("portico-echo {name} serving");
-    for task in tasks {
-        task.await?;
-    }
+    // The accept loops run until the process is stopped.
+    futures_util::future::try_join_all(tasks).await?;
     Ok(())
 }
