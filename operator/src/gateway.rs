@@ -1,5 +1,6 @@
-//! The gateway reconciler (leader only): for each Gateway, a ServiceAccount, a Service exposing
-//! the listeners and a Deployment of `portico-proxy` in gateway mode, all named
+//! The gateway reconciler (leader only): for each Gateway, a ServiceAccount, a ConfigMap with the
+//! config server's CA, a Service exposing the listeners and a Deployment of `portico-proxy` in
+//! gateway mode, all named
 //! `portico-gateway-<name>`, owned by the Gateway (deleting it deletes them) and written with
 //! server-side apply.
 //!
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams};
 use portico_api::GatewaySpec;
 use portico_api::gateway::GatewayServiceType;
@@ -29,9 +30,9 @@ pub struct ProxySettings {
     /// The config server URL proxies connect to, e.g.
     /// `https://portico-operator.portico-system.svc:8443`.
     pub control_plane_url: String,
-    /// Name of a ConfigMap (in each Gateway's namespace) holding the config server's CA as
-    /// `ca.crt`; the default `kube-root-ca.crt` exists in every namespace.
-    pub ca_configmap: String,
+    /// The CA certificate(s) (PEM) that verify the config server. The reconciler publishes them
+    /// in a ConfigMap next to each Gateway's proxies, mounted as `ca.crt`.
+    pub ca_pem: String,
 }
 
 /// Labels of every object the reconciler writes for Gateway `name`.
@@ -54,8 +55,9 @@ fn spec_hash(spec: &GatewaySpec) -> String {
     format!("{h:016x}")
 }
 
-/// The three objects for one Gateway, as server-side-apply bodies.
-pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySettings) -> [Value; 3] {
+/// The objects for one Gateway (ServiceAccount, ConfigMap, Service, Deployment), as
+/// server-side-apply bodies.
+pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySettings) -> [Value; 4] {
     let name = proxy_name(&key.name);
     let owner = json!([{
         "apiVersion": format!("{}/{}", portico_api::GROUP, portico_api::VERSION),
@@ -88,6 +90,10 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
         .collect();
     let sa = json!({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
+    });
+    let ca = json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
+        "data": {"ca.crt": settings.ca_pem},
     });
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": metadata,
@@ -135,22 +141,25 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
                         "name": "portico",
                         "projected": {"sources": [
                             {"serviceAccountToken": {"audience": crate::auth::AUDIENCE, "expirationSeconds": 3600, "path": "token"}},
-                            {"configMap": {"name": settings.ca_configmap, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            {"configMap": {"name": name, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
                         ]},
                     }],
                 },
             },
         }
     });
-    [sa, service, deployment]
+    [sa, ca, service, deployment]
 }
 
-async fn apply(client: &kube::Client, key: &Key, objects: [Value; 3]) -> Result<(), kube::Error> {
+async fn apply(client: &kube::Client, key: &Key, objects: [Value; 4]) -> Result<(), kube::Error> {
     let name = proxy_name(&key.name);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let [sa, service, deployment] = objects;
+    let [sa, ca, service, deployment] = objects;
     Api::<ServiceAccount>::namespaced(client.clone(), &key.namespace)
         .patch(&name, &params, &Patch::Apply(&sa))
+        .await?;
+    Api::<ConfigMap>::namespaced(client.clone(), &key.namespace)
+        .patch(&name, &params, &Patch::Apply(&ca))
         .await?;
     Api::<Service>::namespaced(client.clone(), &key.namespace)
         .patch(&name, &params, &Patch::Apply(&service))
@@ -230,10 +239,12 @@ mod tests {
         let settings = ProxySettings {
             image: "portico-proxy:test".into(),
             control_plane_url: "https://portico:8443".into(),
-            ca_configmap: "kube-root-ca.crt".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----".into(),
         };
-        let [sa, svc, deploy] = desired(&Key::new("shop", "edge"), "uid-1", &spec(8080), &settings);
-        for obj in [&sa, &svc, &deploy] {
+        let [sa, ca, svc, deploy] =
+            desired(&Key::new("shop", "edge"), "uid-1", &spec(8080), &settings);
+        assert_eq!(ca["data"]["ca.crt"], "-----BEGIN CERTIFICATE-----");
+        for obj in [&sa, &ca, &svc, &deploy] {
             assert_eq!(obj["metadata"]["name"], "portico-gateway-edge");
             assert_eq!(obj["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         }

@@ -81,13 +81,10 @@ pub struct Args {
         default_value = "https://portico-operator.portico-system.svc:8443"
     )]
     pub control_plane_url: String,
-    /// ConfigMap (in each Gateway's namespace) whose `ca.crt` verifies the config server.
-    #[arg(
-        long,
-        env = "PORTICO_PROXY_CA_CONFIGMAP",
-        default_value = "kube-root-ca.crt"
-    )]
-    pub proxy_ca_configmap: String,
+    /// CA certificate(s) (PEM) that verify the config server, handed to gateway proxies;
+    /// default: the `--config-tls-cert` file itself (right for a self-signed certificate).
+    #[arg(long, env = "PORTICO_CONFIG_TLS_CA")]
+    pub config_tls_ca: Option<PathBuf>,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "portico-system")]
     pub lease_namespace: String,
@@ -156,7 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config_debounce_ms,
         proxy_image,
         control_plane_url,
-        proxy_ca_configmap,
+        config_tls_ca,
         lease_namespace,
         lease_name,
         lease_duration_secs,
@@ -165,6 +162,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = client(kubeconfig).await?;
     watch::check_crds(&client).await?;
     let tls = server::tls_acceptor(&config_tls_cert, &config_tls_key)?;
+    let ca_file = config_tls_ca.unwrap_or_else(|| config_tls_cert.clone());
+    let ca_pem = std::fs::read_to_string(&ca_file)
+        .with_context(|| format!("reading the config-server CA {}", ca_file.display()))?;
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("binding the admin address {admin_addr}"))?;
@@ -235,7 +235,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     gateway::ProxySettings {
                         image: proxy_image,
                         control_plane_url,
-                        ca_configmap: proxy_ca_configmap,
+                        ca_pem,
                     },
                     gateway_specs,
                     leader_rx,

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -71,6 +71,7 @@ fn main() -> ExitCode {
 // An operator in-process.
 
 /// A self-signed serving certificate for 127.0.0.1.
+#[derive(Clone)]
 struct ServingCert {
     cert: PathBuf,
     key: PathBuf,
@@ -98,6 +99,7 @@ struct Operator {
     config_addr: SocketAddr,
     admin_addr: SocketAddr,
     ca: CertificateDer<'static>,
+    tls: ServingCert,
 }
 
 impl Drop for Operator {
@@ -109,6 +111,16 @@ impl Drop for Operator {
 async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
     let tls = serving_cert(ctx)?;
     let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    start_operator_with(ctx, identity, tls, config_addr).await
+}
+
+/// Starts an operator with a given certificate and config-server address (a restart).
+async fn start_operator_with(
+    ctx: &Ctx,
+    identity: &str,
+    tls: ServingCert,
+    config_addr: SocketAddr,
+) -> anyhow::Result<Operator> {
     let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args = portico_operator::Args {
         kubeconfig: Some(ctx.plane.kubeconfig.clone()),
@@ -117,12 +129,12 @@ async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
         log_format: portico_operator::LogFormat::Text,
         admin_addr,
         config_addr,
-        config_tls_cert: tls.cert,
-        config_tls_key: tls.key,
+        config_tls_cert: tls.cert.clone(),
+        config_tls_key: tls.key.clone(),
         config_debounce_ms: 20,
         proxy_image: "portico-proxy:e2e".into(),
         control_plane_url: format!("https://{config_addr}"),
-        proxy_ca_configmap: "kube-root-ca.crt".into(),
+        config_tls_ca: None,
         lease_namespace: ctx.namespace.clone(),
         lease_name: "portico-operator".into(),
         lease_duration_secs: 2,
@@ -133,7 +145,8 @@ async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
         task,
         config_addr,
         admin_addr,
-        ca: tls.der,
+        ca: tls.der.clone(),
+        tls,
     };
     let started = Instant::now();
     loop {
@@ -608,7 +621,7 @@ async fn missing_backend_status(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn gateway_objects_and_status(ctx: Ctx) -> anyhow::Result<()> {
     shop(&ctx).await?;
-    let _op = start_operator(&ctx, "op-a").await?;
+    let op = start_operator(&ctx, "op-a").await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let deployment = eventually("proxy Deployment", Duration::from_secs(20), || async {
         Ok(deployments.get_opt("portico-gateway-gw").await?)
@@ -636,6 +649,20 @@ async fn gateway_objects_and_status(ctx: Ctx) -> anyhow::Result<()> {
         .get("portico-gateway-gw")
         .await
         .context("proxy ServiceAccount")?;
+    // The proxies get the config server's CA next to them.
+    let ca = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get("portico-gateway-gw")
+        .await
+        .context("proxy CA ConfigMap")?;
+    let ca = ca
+        .data
+        .unwrap_or_default()
+        .remove("ca.crt")
+        .unwrap_or_default();
+    ensure!(
+        ca == std::fs::read_to_string(&op.tls.cert)?,
+        "CA ConfigMap content"
+    );
     // The Service gets a cluster IP; the Gateway then reports it and turns Programmed.
     let status = eventually("Gateway Programmed", Duration::from_secs(20), || async {
         let gw = Api::<Gateway>::namespaced(ctx.client.clone(), &ctx.namespace)
