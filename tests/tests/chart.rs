@@ -5,6 +5,9 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -129,6 +132,25 @@ async fn install_upgrade_uninstall(ctx: Ctx) -> anyhow::Result<()> {
     let selector = "app.kubernetes.io/name=portico";
     wait_for_running_pods(&pods, selector, 2).await?;
     let tls_before = secrets.get("portico-operator-tls").await?.data;
+    // The webhooks trust exactly the CA in the generated Secret.
+    let ca = tls_before
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .context("no ca.crt")?
+        .0
+        .clone();
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(ctx.client.clone());
+    let hook = mutating.get(&format!("portico-{ns}-injector")).await?;
+    let bundle = hook.webhooks.unwrap_or_default()[0]
+        .client_config
+        .ca_bundle
+        .clone();
+    ensure!(
+        bundle.map(|b| b.0) == Some(ca),
+        "injector caBundle differs from the Secret's CA"
+    );
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
+    validating.get(&format!("portico-{ns}-validator")).await?;
 
     run(
         &ctx,
@@ -204,6 +226,17 @@ async fn install_upgrade_uninstall(ctx: Ctx) -> anyhow::Result<()> {
         .filter(|n| n.ends_with(ns))
         .collect();
     ensure!(left.is_empty(), "uninstall left cluster roles: {left:?}");
+    ensure!(
+        mutating
+            .get_opt(&format!("portico-{ns}-injector"))
+            .await?
+            .is_none()
+            && validating
+                .get_opt(&format!("portico-{ns}-validator"))
+                .await?
+                .is_none(),
+        "uninstall left webhook configurations"
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
     for crd in [
         "gateways.portico.dev",
