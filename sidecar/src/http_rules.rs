@@ -8,16 +8,20 @@ use http::header::{self, HeaderName, HeaderValue};
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): a proxy removes
 /// them, plus every header named in `Connection`, before forwarding. `TE: trailers` is the one
 /// exception we keep, because gRPC over HTTP/2 requires it end to end.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// (Pre-parsed names: this runs twice per request.)
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Is this an HTTP/1.1 protocol upgrade request (RFC 9110 §7.8), e.g. a WebSocket handshake?
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -34,7 +38,11 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// passed through), `Connection: upgrade` and `Upgrade` are kept, since the next hop must see
 /// them to agree to the switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let upgrade = headers.get(header::UPGRADE).cloned();
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -49,13 +57,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .get_all(header::TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if keep_upgrade && let Some(up) = upgrade {
+    if let Some(up) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, up);
     }
@@ -64,16 +72,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Adds `X-Forwarded-For` (appending the client address to any existing list) and
 /// `X-Forwarded-Proto` (only when absent: an outer proxy that terminated TLS knows better).
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {client}"),
         None => client.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers
-        .entry("x-forwarded-proto")
+        .entry(X_FORWARDED_PROTO)
         .or_insert(HeaderValue::from_static(scheme));
 }
 

@@ -1,6 +1,8 @@
 //! Config from a file, re-read when it changes. The file's modification time and size are
 //! polled; polling is portable, survives editors that replace files (and Kubernetes ConfigMap
-//! symlink swaps), and a one-second delay is fine for config.
+//! symlink swaps), and a one-second delay is fine for config. A change is applied only once the
+//! file has looked the same for one more poll: a writer that is not atomic could otherwise hand
+//! us half a file, and half a file can be a valid config (say, one without listeners).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -50,14 +52,17 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 /// Applies `path` to `proxy` whenever it changes; a bad file is logged and refused while the
 /// previous config keeps serving. Runs until the task is dropped.
 pub async fn watch(proxy: Proxy, path: PathBuf, every: Duration) {
-    let mut last = stamp(&path);
+    let mut applied = stamp(&path);
+    let mut seen = applied;
     loop {
         tokio::time::sleep(every).await;
         let now = stamp(&path);
-        if now == last {
+        let settled = now == seen;
+        seen = now;
+        if now == applied || !settled {
             continue;
         }
-        last = now;
+        applied = now;
         match load(&path) {
             Ok(cfg) => {
                 let generation = cfg.generation;

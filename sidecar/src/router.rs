@@ -125,7 +125,12 @@ impl Router {
 
     /// The best rule for a request arriving on `listener`, if any.
     pub fn route<'a>(&'a self, listener: &str, host: &str, req: &Parts) -> Option<RouteHit<'a>> {
-        let host = strip_port(host).to_ascii_lowercase();
+        let host = strip_port(host);
+        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
         let path = req.uri.path();
         let query: Vec<(&str, &str)> = req
             .uri

@@ -206,9 +206,13 @@ fn free_port() -> SocketAddr {
 
 fn write_config(path: &std::path::Path, listen: SocketAddr, name: &str, backend: SocketAddr) {
     let yaml = to(name, backend, 1).replace("127.0.0.1:0", &listen.to_string());
-    // Write then rename, as config management tools do, so the proxy never reads half a file.
+    write_atomically(path, &yaml);
+}
+
+/// Write then rename, as config management tools do, so the proxy never sees half a file.
+fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
@@ -271,11 +275,10 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
     })
     .await;
 
-    std::fs::write(
+    write_atomically(
         &path,
         "apiVersion: portico.dev/proxy/v1\nlisteners: [{ name: web }]\n",
-    )
-    .unwrap();
+    );
     eventually("bad config counted", async || {
         let req = request("GET", "admin", "/metrics")
             .body(portico_proxy::error::full(""))
