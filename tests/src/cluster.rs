@@ -188,15 +188,22 @@ impl ControlPlane {
         wait_ready(&client, &mut plane).await?;
 
         let kc = plane.kubeconfig.display().to_string();
-        let kcm_port = free_port()?;
-        plane.spawn("kube-controller-manager", &logs, |cmd| {
-            cmd.args([
+        // Both controllers: admin kubeconfig for everything, no leader election (one replica),
+        // their own serving port on loopback.
+        let common = |port: u16| {
+            [
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={kcm_port}"),
+                format!("--secure-port={port}"),
+                "--v=1".into(),
+            ]
+        };
+        let kcm_common = common(free_port()?);
+        plane.spawn("kube-controller-manager", &logs, |cmd| {
+            cmd.args(kcm_common).args([
                 "--controllers=endpointslice-controller,endpointslice-mirroring-controller,\
                  endpoints-controller,deployment-controller,replicaset-controller,\
                  garbage-collector-controller,namespace-controller,serviceaccount-controller,\
@@ -206,20 +213,11 @@ impl ControlPlane {
                 format!("--service-account-private-key-file={}", c.sa_key.display()),
                 format!("--root-ca-file={}", c.ca_cert.display()),
                 "--use-service-account-credentials=false".into(),
-                "--v=1".into(),
             ]);
         })?;
-        let sched_port = free_port()?;
+        let scheduler_common = common(free_port()?);
         plane.spawn("kube-scheduler", &logs, |cmd| {
-            cmd.args([
-                format!("--kubeconfig={kc}"),
-                format!("--authentication-kubeconfig={kc}"),
-                format!("--authorization-kubeconfig={kc}"),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={sched_port}"),
-                "--v=1".into(),
-            ]);
+            cmd.args(scheduler_common);
         })?;
         let kwok_port = free_port()?;
         let stages = component("kwok-stages.yaml")?;
