@@ -68,6 +68,17 @@ async fn h2c_client_reaches_http1_backend() {
 }
 
 #[tokio::test]
+async fn auto_upstream_protocol_follows_the_client() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr, "auto")).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    assert_eq!(get(addr, "/").await.json()["version"], "HTTP/1.1");
+    let req = Request::get("http://example.com/").body(full("")).unwrap();
+    let reply = read(send(addr, req, true).await).await;
+    assert_eq!(reply.json()["version"], "HTTP/2.0");
+}
+
+#[tokio::test]
 async fn http1_client_reaches_h2_backend() {
     let up = echo("a").await;
     let proxy = start(&one_backend(up.addr, "http2")).await;
@@ -205,17 +216,21 @@ backends: [{{ name: redis, endpoints: [{{ address: "{echo_addr}" }}] }}]
 async fn https_listener_negotiates_h2_and_http1_with_alpn() {
     let up = echo("a").await;
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    // The certificate from a file, the key inline: both ways of passing PEM.
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("tls.crt");
+    std::fs::write(&cert_file, ck.cert.pem()).unwrap();
     let yaml = format!(
         r#"
 listeners:
   - name: tls
     address: "127.0.0.1:0"
     protocol: HTTPS
-    tls: {{ cert: {{ inline: {cert:?} }}, key: {{ inline: {key:?} }} }}
+    tls: {{ cert: {{ file: {cert:?} }}, key: {{ inline: {key:?} }} }}
 routes: [{{ name: all, rules: [{{ backends: [{{ backend: app }}] }}] }}]
 backends: [{{ name: app, endpoints: [{{ address: "{addr}" }}] }}]
 "#,
-        cert = ck.cert.pem(),
+        cert = cert_file.display().to_string(),
         key = ck.signing_key.serialize_pem(),
         addr = up.addr,
     );
