@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, TypeMeta};
@@ -67,6 +68,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
         Kind::Secret => ApiResource::erase::<Secret>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
+        Kind::Deployment => ApiResource::erase::<Deployment>(&()),
     }
 }
 
@@ -93,6 +95,7 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::EndpointSlice => parse(obj, Object::EndpointSlice),
         Kind::Secret => parse(obj, Object::Secret),
         Kind::Namespace => parse(obj, Object::Namespace),
+        Kind::Deployment => parse(obj, Object::Deployment),
     }
 }
 
@@ -102,6 +105,8 @@ fn watcher_config(kind: Kind) -> watcher::Config {
         // Only TLS Secrets can be listener certificates; the operator never sees the others.
         Kind::Secret => config.fields("type=kubernetes.io/tls"),
         Kind::EndpointSlice => config.labels("kubernetes.io/service-name"),
+        // Only the gateway proxies the operator runs.
+        Kind::Deployment => config.labels("app.kubernetes.io/managed-by=portico-operator"),
         _ => config,
     }
 }

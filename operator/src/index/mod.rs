@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -77,6 +78,8 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Secret(Secret),
     Namespace(Namespace),
+    /// Only the gateway proxy Deployments the operator runs (for `Programmed`).
+    Deployment(Deployment),
 }
 
 /// The kinds of watched objects.
@@ -90,12 +93,14 @@ pub enum Kind {
     EndpointSlice,
     Secret,
     Namespace,
+    Deployment,
 }
 
 impl Kind {
     /// Every kind, in the order the watches start.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
+        Kind::Deployment,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Secret,
@@ -114,6 +119,7 @@ impl Kind {
             Kind::EndpointSlice => "endpointslices",
             Kind::Secret => "secrets",
             Kind::Namespace => "namespaces",
+            Kind::Deployment => "deployments",
         }
     }
 }
@@ -129,6 +135,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) => Kind::Secret,
             Object::Namespace(_) => Kind::Namespace,
+            Object::Deployment(_) => Kind::Deployment,
         }
     }
 }
@@ -181,6 +188,7 @@ pub struct Index {
     slice_service: BTreeMap<Key, Key>,
     secrets: BTreeMap<Key, Arc<Secret>>,
     namespaces: BTreeMap<String, Arc<Namespace>>,
+    deployments: BTreeMap<Key, Arc<Deployment>>,
     proxies: BTreeMap<Key, ProxyChannels>,
     generation: u64,
     statuses: watch::Sender<Arc<Statuses>>,
@@ -209,6 +217,7 @@ impl Index {
             slice_service: BTreeMap::new(),
             secrets: BTreeMap::new(),
             namespaces: BTreeMap::new(),
+            deployments: BTreeMap::new(),
             proxies: BTreeMap::new(),
             generation: 0,
             statuses: watch::Sender::new(Arc::new(Statuses::default())),
@@ -245,6 +254,7 @@ impl Index {
             Object::EndpointSlice(o) => Key::of(o),
             Object::Secret(o) => Key::of(o),
             Object::Namespace(o) => Key::of(o),
+            Object::Deployment(o) => Key::of(o),
         };
         self.delete_key(obj.kind(), &key);
     }
@@ -273,6 +283,7 @@ impl Index {
             Kind::Service => self.services.retain(|k, _| keep(k)),
             Kind::Secret => self.secrets.retain(|k, _| keep(k)),
             Kind::Namespace => self.namespaces.clear(),
+            Kind::Deployment => self.deployments.retain(|k, _| keep(k)),
             Kind::EndpointSlice => {
                 self.slices.retain(|k, _| keep(k));
                 self.slice_service.retain(|k, _| keep(k));
@@ -306,6 +317,9 @@ impl Index {
             }
             Object::Namespace(o) => {
                 self.namespaces.insert(o.name_any(), Arc::new(o));
+            }
+            Object::Deployment(o) => {
+                self.deployments.insert(Key::of(&o), Arc::new(o));
             }
             Object::EndpointSlice(o) => {
                 let key = Key::of(&o);
@@ -342,6 +356,9 @@ impl Index {
             }
             Kind::Namespace => {
                 self.namespaces.remove(&key.name);
+            }
+            Kind::Deployment => {
+                self.deployments.remove(key);
             }
             Kind::EndpointSlice => self.remove_slice(key),
         }
@@ -408,7 +425,8 @@ impl Index {
             + self.services.len()
             + self.slice_service.len()
             + self.secrets.len()
-            + self.namespaces.len();
+            + self.namespaces.len()
+            + self.deployments.len();
         IndexStats {
             objects: objects as u64,
             ..self.stats

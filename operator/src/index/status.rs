@@ -222,15 +222,24 @@ impl Index {
                 .into_iter()
                 .filter(|ip| !ip.is_empty() && ip != "None")
                 .collect();
+            let proxies = Key::new(&gkey.namespace, proxy_name(&gkey.name));
+            let available = self
+                .deployments
+                .get(&proxies)
+                .and_then(|d| d.status.as_ref())
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
             let programmed = if addresses.is_empty() {
                 Cond::no(
                     "Programmed",
                     "AddressNotAssigned",
-                    format!(
-                        "Service {}/{} has no cluster IP yet",
-                        gkey.namespace,
-                        proxy_name(&gkey.name)
-                    ),
+                    format!("Service {proxies} has no cluster IP yet"),
+                )
+            } else if available < 1 {
+                Cond::no(
+                    "Programmed",
+                    "Pending",
+                    format!("Deployment {proxies} has no available proxy yet"),
                 )
             } else {
                 Cond::yes("Programmed", "Programmed")

@@ -446,14 +446,30 @@ fn an_invalid_route_is_dropped_alone_and_reported() {
 }
 
 #[test]
-fn a_gateway_is_programmed_once_its_proxy_service_has_an_address() {
+fn a_gateway_is_programmed_once_its_proxy_service_has_an_address_and_a_proxy_is_available() {
     let (mut index, _sub) = shop();
     let gw = |index: &Index| index.statuses().borrow().gateways[&Key::new("shop", "gw")].clone();
     assert_eq!(gw(&index).conditions[1].reason, "AddressNotAssigned");
     index.apply(mk_svc("shop", "portico-gateway-gw"));
     let state = gw(&index);
-    assert!(state.conditions[1].status);
     assert_eq!(state.addresses, ["198.19.0.10"]);
+    assert_eq!(state.conditions[1].reason, "Pending");
+    assert_eq!(
+        state.conditions[1].message,
+        "Deployment shop/portico-gateway-gw has no available proxy yet"
+    );
+    let deployment = |available: i32| {
+        Object::Deployment(from(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"namespace": "shop", "name": "portico-gateway-gw"},
+            "status": {"availableReplicas": available}
+        })))
+    };
+    index.apply(deployment(0));
+    assert!(!gw(&index).conditions[1].status);
+    index.apply(deployment(1));
+    assert!(gw(&index).conditions[1].status);
+    assert_eq!(gw(&index).conditions[1].reason, "Programmed");
 }
 
 #[test]
