@@ -95,7 +95,7 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::EndpointSlice => parse(obj, Object::EndpointSlice),
         Kind::Secret => parse(obj, Object::Secret),
         Kind::Namespace => parse(obj, Object::Namespace),
-        Kind::Deployment => parse(obj, Object::Deployment),
+        Kind::Deployment => parse(obj, |d| Object::Deployment(Box::new(d))),
     }
 }
 

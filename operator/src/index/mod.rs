@@ -78,8 +78,9 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Secret(Secret),
     Namespace(Namespace),
-    /// Only the gateway proxy Deployments the operator runs (for `Programmed`).
-    Deployment(Deployment),
+    /// Only the gateway proxy Deployments the operator runs (for `Programmed`). Boxed: a
+    /// Deployment is several times larger than the other objects.
+    Deployment(Box<Deployment>),
 }
 
 /// The kinds of watched objects.
@@ -254,7 +255,7 @@ impl Index {
             Object::EndpointSlice(o) => Key::of(o),
             Object::Secret(o) => Key::of(o),
             Object::Namespace(o) => Key::of(o),
-            Object::Deployment(o) => Key::of(o),
+            Object::Deployment(o) => Key::of(&**o),
         };
         self.delete_key(obj.kind(), &key);
     }
@@ -319,7 +320,7 @@ impl Index {
                 self.namespaces.insert(o.name_any(), Arc::new(o));
             }
             Object::Deployment(o) => {
-                self.deployments.insert(Key::of(&o), Arc::new(o));
+                self.deployments.insert(Key::of(&*o), Arc::new(*o));
             }
             Object::EndpointSlice(o) => {
                 let key = Key::of(&o);

@@ -459,11 +459,11 @@ fn a_gateway_is_programmed_once_its_proxy_service_has_an_address_and_a_proxy_is_
         "Deployment shop/portico-gateway-gw has no available proxy yet"
     );
     let deployment = |available: i32| {
-        Object::Deployment(from(json!({
+        Object::Deployment(Box::new(from(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"namespace": "shop", "name": "portico-gateway-gw"},
             "status": {"availableReplicas": available}
-        })))
+        }))))
     };
     index.apply(deployment(0));
     assert!(!gw(&index).conditions[1].status);
