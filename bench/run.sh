@@ -293,6 +293,28 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo
     echo "portico-proxy accepted connections ${READY_MS} ms after exec (config parsed, listener bound)."
     echo
+    echo "Per idle connection, hyper's HTTP/1 server keeps an 8 KiB read buffer and pre-allocates an"
+    echo "8 KiB write buffer (neither can be configured below 8 KiB), so portico-proxy's floor is"
+    echo "about 16 KiB plus the connection task; nginx and haproxy release buffers of idle connections."
+    echo
+    echo "## Goals (issue 3) against this run"
+    echo
+    P_RPS=$(med portico.rps)
+    wins=$(paste -d' ' "$WORK/direct.2000.p99" "$WORK/portico.2000.p99" "$WORK/nginx.2000.p99" |
+        awk '{ if ($2 - $1 <= $3 - $1) n++ } END { print n + 0 }')
+    per_conn=$(awk -v a="${CONN_RSS[portico]}" -v b="${IDLE_RSS[portico]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+    verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
+    echo "| goal | measured | |"
+    echo "|---|---:|---|"
+    echo "| peak req/s ≥ 1.0× nginx | $(ratio "$P_RPS" "$RPS_NGINX")× | $(verdict "$(awk -v a="$P_RPS" -v b="$RPS_NGINX" 'BEGIN { print (a >= b) }')") |"
+    echo "| peak req/s ≥ 0.8× direct | $(ratio "$P_RPS" "$RPS_DIRECT")× | $(verdict "$(awk -v a="$P_RPS" -v b="$RPS_DIRECT" 'BEGIN { print (a >= 0.8 * b) }')") |"
+    echo "| added p99 at 2k req/s ≤ nginx's in ≥ 4 of 5 runs | $wins of $REPS | $(verdict "$((wins >= 4))") |"
+    echo "| ≤ 5 MB resident idle | $(mb "${IDLE_RSS[portico]}") MB | $(verdict "$((IDLE_RSS[portico] <= 5120))") |"
+    echo "| ≤ 20 MB under load | $(mb "${LOAD_RSS[portico]:-0}") MB | $(verdict "$((${LOAD_RSS[portico]:-0} <= 20480))") |"
+    echo "| ≤ 16 KB per idle client connection | $per_conn KB | $(verdict "$(awk -v k="$per_conn" 'BEGIN { print (k <= 16) }')") |"
+    echo "| ≤ 0.05 CPU-s per 1,000 requests at 2k req/s | $(med portico.cpu) | $(verdict "$(awk -v c="$(med portico.cpu)" 'BEGIN { print (c <= 0.05) }')") |"
+    echo "| ready within 50 ms of start | $READY_MS ms | $(verdict "$(awk -v m="$READY_MS" 'BEGIN { print (m <= 50) }')") |"
+    echo
     echo "## HTTP/2 through portico-proxy (h2load -c $CONNS -m 10, ${DURATION}s, medians)"
     echo
     echo "| path | req/s |"
