@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use portico_api::{Gateway, Route};
+use portico_api::{Gateway, Route, ServicePolicy};
 use portico_operator::server::ConfigMessage;
 use portico_proxy_api::{BackendSet, RouteTable};
 use portico_tests::cluster::free_port;
@@ -62,6 +62,10 @@ fn main() -> ExitCode {
             test(
                 "only_the_leader_writes_status_and_another_replica_takes_over",
                 leader_only_writes,
+            ),
+            test(
+                "a_service_policy_shapes_the_backend_and_conflicts_or_missing_targets_are_reported",
+                service_policies,
             ),
         ],
     )
@@ -139,6 +143,7 @@ async fn start_operator_with(
         lease_name: "portico-operator".into(),
         lease_duration_secs: 2,
         identity: Some(identity.into()),
+        admission: Default::default(),
     };
     let task = tokio::spawn(portico_operator::run(args));
     let op = Operator {
@@ -777,5 +782,75 @@ async fn leader_only_writes(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(lease_holder(&ctx).await?.as_deref() == Some(follower_id));
     ensure!(metric(&follower, "portico_operator_leader").await? == 1.0);
     ensure!(metric(&follower, "portico_operator_status_patches_total").await? >= 1.0);
+    Ok(())
+}
+
+fn policy(name: &str, target: &str, lb: &str) -> Value {
+    json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+        "metadata": {"name": name},
+        "spec": {"targetRef": {"name": target}, "loadBalancer": {"type": lb}}
+    })
+}
+
+async fn policy_condition(
+    ctx: &Ctx,
+    name: &str,
+) -> anyhow::Result<Option<(String, String, String)>> {
+    let p = Api::<ServicePolicy>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get(name)
+        .await?;
+    Ok(p.status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Accepted"))
+        .map(|c| (c.status, c.reason, c.message)))
+}
+
+async fn service_policies(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    create::<ServicePolicy>(&ctx, policy("first", "orders", "RoundRobin")).await?;
+    // Creation timestamps have one-second resolution: the second policy must be younger.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create::<ServicePolicy>(&ctx, policy("second", "orders", "PeakEWMA")).await?;
+    create::<ServicePolicy>(&ctx, policy("orphan", "nothing", "RoundRobin")).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let token = token(&ctx, "portico-gateway-gw", "portico").await?;
+    let gw = format!("{}/gw", ctx.namespace);
+    let mut stream = open_stream(&op, &gw, Some(&token))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    let (_, backends) = stream.full_state().await?;
+    ensure!(
+        backends.backends[0].load_balancer == portico_proxy_api::LoadBalancer::RoundRobin,
+        "the oldest policy applies: {:?}",
+        backends.backends[0].load_balancer
+    );
+    let ns = &ctx.namespace;
+    let expect = [
+        ("first", "True", "Accepted", String::new()),
+        (
+            "second",
+            "False",
+            "Conflicted",
+            format!("ServicePolicy {ns}/first already targets Service {ns}/orders"),
+        ),
+        (
+            "orphan",
+            "False",
+            "TargetNotFound",
+            format!("Service {ns}/nothing not found"),
+        ),
+    ];
+    for (name, status, reason, message) in expect {
+        eventually(
+            &format!("{name} status"),
+            Duration::from_secs(20),
+            || async {
+                Ok(policy_condition(&ctx, name)
+                    .await?
+                    .filter(|c| c.0 == status && c.1 == reason && c.2 == message))
+            },
+        )
+        .await?;
+    }
     Ok(())
 }
