@@ -71,6 +71,25 @@ pub fn require_any_ip_namespace() -> anyhow::Result<()> {
         })
 }
 
+/// Creates and returns a new directory `parent/prefix-<unique>`; the suffix comes from the clock
+/// and creation is exclusive, so concurrent runs (even with equal PIDs in separate PID
+/// namespaces) never share one.
+pub fn unique_dir(parent: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let dir = parent.join(format!("{prefix}-{nanos:x}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
@@ -111,18 +130,10 @@ impl ControlPlane {
         let dir = dir.canonicalize()?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
-        // etcd's data lives on tmpfs: the tests need speed, not durability.
-        let data_dir = std::env::temp_dir().join(format!(
-            "portico-etcd-{}-{}",
-            std::process::id(),
-            started.elapsed().as_nanos()
-        ));
-        let shm = Path::new("/dev/shm");
-        let data_dir = if shm.is_dir() {
-            shm.join(data_dir.file_name().unwrap_or_default())
-        } else {
-            data_dir
-        };
+        // etcd's data stays inside this plane's own directory: a name in a shared place such as
+        // /dev/shm could collide with another run's (PIDs repeat across PID namespaces).
+        // `--unsafe-no-fsync` keeps it as fast as tmpfs for tests.
+        let data_dir = dir.join("etcd");
         let sans = [
             "localhost",
             "127.0.0.1",

@@ -75,10 +75,8 @@ pub fn run(suite: &str, tests: Vec<Test>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let dir = repo_root()
-        .join("target/e2e")
-        .join(format!("{suite}-{}", std::process::id()));
     let setup = runtime.block_on(async {
+        let dir = crate::cluster::unique_dir(&repo_root().join("target/e2e"), suite)?;
         let plane = ControlPlane::start(&dir).await?;
         let client = plane.client().await?;
         crate::crds::install(&client, &plane.kubeconfig, &repo_root().join("crds")).await?;
