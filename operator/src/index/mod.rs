@@ -155,6 +155,9 @@ struct ProxyChannels {
 /// Service ports a proxy needs, as `(namespace, service, port)`.
 type Wanted = BTreeSet<(String, String, i32)>;
 
+/// Backends computed during one recompute, by Service port.
+type Memo = std::collections::HashMap<(String, String, i32), contract::Backend>;
+
 /// Receivers of one gateway proxy's config: the two halves travel apart.
 #[derive(Clone, Debug)]
 pub struct Subscription {
@@ -476,8 +479,9 @@ impl Index {
             })
             .map(|(k, ch)| (k.clone(), ch.wanted.clone()))
             .collect();
+        let mut memo = Memo::new();
         for (key, wanted) in affected {
-            let backends = self.backend_set(&wanted);
+            let backends = self.backend_set_memo(&wanted, &mut memo);
             self.publish_backends(&key, backends);
         }
     }
@@ -490,9 +494,10 @@ impl Index {
             .chain(self.proxies.keys())
             .cloned()
             .collect();
+        let mut memo = Memo::new();
         for key in keys {
             let (routes, wanted) = self.gateway_routes(&key);
-            let backends = self.backend_set(&wanted);
+            let backends = self.backend_set_memo(&wanted, &mut memo);
             let generation = self.generation + 1;
             let ch = self
                 .proxies
@@ -791,11 +796,21 @@ impl Index {
 
     /// The backends for `wanted` (generation 0; the caller stamps it).
     fn backend_set(&self, wanted: &Wanted) -> BackendSet {
+        self.backend_set_memo(wanted, &mut Memo::new())
+    }
+
+    /// Like [`Index::backend_set`], computing each Service port at most once per `memo`: one
+    /// event that touches a Service many proxies use computes its endpoints once.
+    fn backend_set_memo(&self, wanted: &Wanted, memo: &mut Memo) -> BackendSet {
         BackendSet {
             generation: 0,
             backends: wanted
                 .iter()
-                .map(|(ns, svc, port)| self.backend(ns, svc, *port))
+                .map(|w| {
+                    memo.entry(w.clone())
+                        .or_insert_with(|| self.backend(&w.0, &w.1, w.2))
+                        .clone()
+                })
                 .collect(),
         }
     }
