@@ -1,9 +1,10 @@
 //! Leader election on a `coordination.k8s.io` Lease: the write path (status, Events, gateway
 //! Deployments) runs only on the replica that holds it.
 //!
-//! The holder renews every `duration / 3`. Another replica takes over when the record has not
-//! changed for a whole `duration` *as measured on its own clock* since it last saw it change
-//! (as client-go does), so clock skew between nodes does not matter. Every write carries the
+//! The holder renews every `duration / 3`; the others look at most every 2 s. Another replica
+//! takes over when the Lease is released (a clean stop) or when the record has not changed for a
+//! whole `duration` *as measured on its own clock* since it last saw it change (as client-go
+//! does), so clock skew between nodes does not matter. Every write carries the
 //! resourceVersion it read, so two replicas racing for an expired Lease cannot both win. A
 //! holder that cannot renew for `duration` stops acting as leader on its own.
 
@@ -76,7 +77,14 @@ pub async fn run(
             true
         });
         metrics.leader.set(i64::from(held));
-        tokio::time::sleep(renew_every).await;
+        // Followers look more often (at most every 2 s, like client-go's retry period), so a
+        // released or expired Lease is taken over quickly even when the Lease is long.
+        let wait = if held {
+            renew_every
+        } else {
+            renew_every.min(Duration::from_secs(2))
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -154,5 +162,35 @@ async fn try_acquire(
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Gives the Lease up if this replica holds it, so another replica takes over at its next
+/// renewal round instead of after the Lease expires (an operator rollout then leaves no gap).
+pub async fn release(client: kube::Client, config: &LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let mut lease = match api.get_opt(&config.name).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(lease = %config.name, error = %e, "cannot read the lease to release it");
+            return;
+        }
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(identity = %config.identity, lease = %config.name, "released the lease")
+        }
+        Err(e) => tracing::warn!(lease = %config.name, error = %e, "cannot release the lease"),
     }
 }

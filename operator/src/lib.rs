@@ -139,8 +139,18 @@ fn default_identity() -> String {
 }
 
 /// Runs the operator until one of its parts fails (which is then the error). Logging must be
-/// set up by the caller ([`init_logging`]); dropping the future stops every task.
+/// set up by the caller ([`init_logging`]); dropping the future stops every task (as a crash
+/// would: the Lease is not released).
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    run_until(args, std::future::pending()).await
+}
+
+/// Like [`run`], but also stops cleanly when `shutdown` completes: every task ends, then the
+/// Lease is released if this replica holds it, so another replica takes over at once.
+pub async fn run_until(
+    args: Args,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let Args {
         kubeconfig,
         namespaces,
@@ -203,14 +213,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tasks.spawn(config_server.serve(config_listener, tls));
 
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let lease_config = lease::LeaseConfig {
+        namespace: lease_namespace,
+        name: lease_name,
+        identity: identity.clone(),
+        duration: Duration::from_secs(lease_duration_secs.max(1)),
+    };
+    let leading = leader_rx.clone();
     tasks.spawn(lease::run(
         client.clone(),
-        lease::LeaseConfig {
-            namespace: lease_namespace,
-            name: lease_name,
-            identity: identity.clone(),
-            duration: Duration::from_secs(lease_duration_secs.max(1)),
-        },
+        lease_config.clone(),
         leader_tx,
         metrics.clone(),
     ));
@@ -245,19 +257,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     tasks.spawn(write_path);
-    match tasks.join_next().await {
-        Some(Ok(Ok(()))) | None => anyhow::bail!("an operator task ended unexpectedly"),
-        Some(Ok(Err(e))) => Err(e),
-        Some(Err(e)) => Err(anyhow::Error::new(e).context("an operator task panicked")),
+    let result = tokio::select! {
+        ended = tasks.join_next() => match ended {
+            Some(Ok(Ok(()))) | None => Err(anyhow::anyhow!("an operator task ended unexpectedly")),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("an operator task panicked")),
+        },
+        () = shutdown => Ok(()),
+    };
+    tasks.shutdown().await;
+    if *leading.borrow() {
+        lease::release(client, &lease_config).await;
     }
+    result
 }
 
-/// Runs the operator until SIGTERM or SIGINT.
+/// Runs the operator until SIGTERM or SIGINT, then stops cleanly (see [`run_until`]).
 pub async fn run_until_signal(args: Args) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = run(args) => r,
-        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
-    }
+    let signal = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    run_until(args, signal).await
 }

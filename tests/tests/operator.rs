@@ -67,6 +67,10 @@ fn main() -> ExitCode {
                 "a_service_policy_shapes_the_backend_and_conflicts_or_missing_targets_are_reported",
                 service_policies,
             ),
+            test(
+                "a_leader_that_stops_cleanly_hands_the_lease_over_at_once",
+                clean_stop_hands_over,
+            ),
         ],
     )
 }
@@ -97,9 +101,11 @@ fn serving_cert(ctx: &Ctx) -> anyhow::Result<ServingCert> {
     })
 }
 
-/// A running operator; dropping it stops it (as a crash would: no goodbye, no Lease release).
+/// A running operator; dropping it stops it (as a crash would: no goodbye, no Lease release),
+/// [`Operator::stop`] stops it cleanly.
 struct Operator {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     config_addr: SocketAddr,
     admin_addr: SocketAddr,
     ca: CertificateDer<'static>,
@@ -112,10 +118,22 @@ impl Drop for Operator {
     }
 }
 
+impl Operator {
+    /// A clean stop (SIGTERM): the operator releases its Lease on the way out.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .context("the operator did not stop")??
+    }
+}
+
 async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
     let tls = serving_cert(ctx)?;
     let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    start_operator_with(ctx, identity, tls, config_addr).await
+    start_operator_with(ctx, identity, tls, config_addr, 2).await
 }
 
 /// Starts an operator with a given certificate and config-server address (a restart).
@@ -124,6 +142,7 @@ async fn start_operator_with(
     identity: &str,
     tls: ServingCert,
     config_addr: SocketAddr,
+    lease_duration_secs: u64,
 ) -> anyhow::Result<Operator> {
     let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args = portico_operator::Args {
@@ -141,13 +160,17 @@ async fn start_operator_with(
         config_tls_ca: None,
         lease_namespace: ctx.namespace.clone(),
         lease_name: "portico-operator".into(),
-        lease_duration_secs: 2,
+        lease_duration_secs,
         identity: Some(identity.into()),
         admission: Default::default(),
     };
-    let task = tokio::spawn(portico_operator::run(args));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(portico_operator::run_until(args, async move {
+        let _ = stopped.await;
+    }));
     let op = Operator {
         task,
+        stop: Some(stop),
         config_addr,
         admin_addr,
         ca: tls.der.clone(),
@@ -852,5 +875,46 @@ async fn service_policies(ctx: Ctx) -> anyhow::Result<()> {
         )
         .await?;
     }
+    Ok(())
+}
+
+async fn clean_stop_hands_over(ctx: Ctx) -> anyhow::Result<()> {
+    // A long Lease: without the release, the follower would wait 20s.
+    let a = start_operator_with(
+        &ctx,
+        "op-a",
+        serving_cert(&ctx)?,
+        format!("127.0.0.1:{}", free_port()?).parse()?,
+        20,
+    )
+    .await?;
+    eventually("op-a leads", Duration::from_secs(10), || async {
+        Ok((lease_holder(&ctx).await?.as_deref() == Some("op-a")).then_some(()))
+    })
+    .await?;
+    let b = start_operator_with(
+        &ctx,
+        "op-b",
+        serving_cert(&ctx)?,
+        format!("127.0.0.1:{}", free_port()?).parse()?,
+        20,
+    )
+    .await?;
+    let stopped = Instant::now();
+    a.stop().await?;
+    eventually("op-b leads", Duration::from_secs(12), || async {
+        Ok((lease_holder(&ctx).await?.as_deref() == Some("op-b")).then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "clean stop → new leader after {:?} (lease 20s)",
+        stopped.elapsed()
+    );
+    ensure!(
+        metric(&b, "portico_operator_leader").await? == 1.0 || {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            metric(&b, "portico_operator_leader").await? == 1.0
+        }
+    );
     Ok(())
 }
