@@ -122,6 +122,38 @@ async fn attempts_are_bounded_and_the_last_answer_is_returned() {
 }
 
 #[tokio::test]
+async fn grpc_unavailable_is_retried_when_listed() {
+    // The first call gets a trailers-only UNAVAILABLE (grpc-status 14 in the headers), the
+    // second succeeds.
+    let n = Arc::new(AtomicUsize::new(0));
+    let up = upstream(handler(move |_req: Request<Incoming>| {
+        let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            let mut r = status(200);
+            let code = if first { "14" } else { "0" };
+            r.headers_mut().insert("grpc-status", code.parse().unwrap());
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            r
+        }
+    }))
+    .await;
+    let proxy = start(&route_to(
+        &format!("  - {{ name: app, protocol: http2, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
+        "        retry: { attempts: 2, retryOn: [retriable-grpc], grpcStatusCodes: [14], methods: [POST], backoff: { base: 1ms, max: 1ms } }",
+    ))
+    .await;
+    let req = Request::post("http://example.com/pkg.Svc/Call")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(&b"\0\0\0\0\0"[..]))
+        .unwrap();
+    let reply = read(send(proxy.listener_addr("web").unwrap(), req, true).await).await;
+    assert_eq!(reply.headers["grpc-status"], "0");
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
 async fn post_is_not_retried_unless_allowed() {
     let up = failing_first(100, 503).await;
     let allowed = failing_first(1, 503).await;
