@@ -8,6 +8,7 @@
 //! ```
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod gateway;
 pub mod index;
@@ -97,6 +98,9 @@ pub struct Args {
     /// This replica's identity in the Lease; default: host name, pid and a random suffix.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The admission webhooks: server address and TLS, and how injected sidecars look.
+    #[command(flatten)]
+    pub admission: admission::AdmissionArgs,
 }
 
 /// Installs the global tracing subscriber (once per process; later calls are ignored).
@@ -168,6 +172,7 @@ pub async fn run_until(
         lease_name,
         lease_duration_secs,
         identity,
+        admission,
     } = args;
     let client = client(kubeconfig).await?;
     watch::check_crds(&client).await?;
@@ -181,6 +186,25 @@ pub async fn run_until(
     let config_listener = TcpListener::bind(config_addr)
         .await
         .with_context(|| format!("binding the config-server address {config_addr}"))?;
+    // Bound before anything runs, like the other listeners, so a taken port fails the start.
+    let webhook = match admission.webhook_addr {
+        Some(addr) => {
+            let cert = admission
+                .webhook_tls_cert
+                .as_ref()
+                .unwrap_or(&config_tls_cert);
+            let key = admission
+                .webhook_tls_key
+                .as_ref()
+                .unwrap_or(&config_tls_key);
+            let tls = admission::tls_acceptor(cert, key)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the webhook address {addr}"))?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let identity = identity.unwrap_or_else(default_identity);
     tracing::info!(%identity, %admin_addr, %config_addr, namespaces = ?namespaces, "starting");
 
@@ -211,6 +235,22 @@ pub async fn run_until(
         debounce: Duration::from_millis(config_debounce_ms),
     };
     tasks.spawn(config_server.serve(config_listener, tls));
+    if let Some((listener, tls)) = webhook {
+        let webhooks = admission::Webhooks {
+            client: client.clone(),
+            inject: admission::inject::InjectConfig {
+                image: proxy_image.clone(),
+                control_plane_url: control_plane_url.clone(),
+                ca_pem: ca_pem.clone(),
+                log_level: admission.proxy_log_level,
+                cpu_request: admission.proxy_cpu_request,
+                memory_request: admission.proxy_memory_request,
+                memory_limit: admission.proxy_memory_limit,
+            },
+            fail_closed: admission.inject_fail_closed,
+        };
+        tasks.spawn(async move { Ok(webhooks.serve(listener, tls).await?) });
+    }
 
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let lease_config = lease::LeaseConfig {
