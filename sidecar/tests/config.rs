@@ -196,6 +196,18 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Kills the proxy process if the test fails before it is stopped, so no process outlives it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A free port (bound, then released) for the binary's config file.
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -246,7 +258,7 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
     let path = dir.path().join("proxy.yaml");
     let (listen, admin) = (free_port(), free_port());
     write_config(&path, listen, "a", a.addr);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portico-proxy"))
+    let child = Command::new(env!("CARGO_BIN_EXE_portico-proxy"))
         .arg("--config")
         .arg(&path)
         .args(["--admin-addr", &admin.to_string()])
@@ -262,6 +274,7 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut guard = KillOnDrop(Some(child));
 
     eventually("ready", async || {
         try_get(admin).await.is_some() && try_get(listen).await.is_some()
@@ -293,6 +306,7 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
         "old config still serves"
     );
 
+    let mut child = guard.0.take().unwrap();
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
