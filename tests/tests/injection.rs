@@ -1,0 +1,622 @@
+//! The admission webhooks against a real kube-apiserver: the webhook server runs in this process
+//! (certificate signed by the test CA, `IP:127.0.0.1`), and each test registers a
+//! MutatingWebhookConfiguration and a ValidatingWebhookConfiguration that call it by URL, scoped
+//! to the test's namespace. What is checked is what the apiserver stores or refuses.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject};
+use portico_operator::admission::{Webhooks, inject::InjectConfig, tls_acceptor};
+use portico_tests::cluster::free_port;
+use portico_tests::harness::{self, Ctx, test};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use serde_json::{Value, json};
+
+fn main() -> ExitCode {
+    harness::run(
+        "injection",
+        vec![
+            test(
+                "labelled_namespace_pods_get_the_native_sidecar",
+                labelled_namespace_pods_get_the_native_sidecar,
+            ),
+            test(
+                "pods_annotated_disabled_are_admitted_unchanged",
+                pods_annotated_disabled_are_admitted_unchanged,
+            ),
+            test(
+                "pod_annotation_enabled_opts_in_without_the_namespace_label",
+                pod_annotation_enabled_opts_in_without_the_namespace_label,
+            ),
+            test(
+                "injection_never_doubles_the_sidecar",
+                injection_never_doubles_the_sidecar,
+            ),
+            test(
+                "route_with_an_invalid_regex_is_rejected_naming_the_field",
+                route_with_an_invalid_regex_is_rejected_naming_the_field,
+            ),
+            test(
+                "gateway_certificate_must_be_a_tls_secret",
+                gateway_certificate_must_be_a_tls_secret,
+            ),
+            test(
+                "webhook_down_with_failure_policy_ignore_admits_pods_unchanged",
+                webhook_down_with_failure_policy_ignore_admits_pods_unchanged,
+            ),
+        ],
+    )
+}
+
+/// The webhook server of one test, and its registrations; dropping it stops the server
+/// (registrations are removed by [`Webhook::cleanup`]).
+struct Webhook {
+    task: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+    ca_pem: String,
+    names: Vec<String>,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Webhook {
+    /// Starts a webhook server on a free loopback port, with a certificate signed by the
+    /// control plane's CA.
+    async fn start(ctx: &Ctx) -> anyhow::Result<Self> {
+        let dir = ctx.plane.dir().join(format!("webhook-{}", ctx.namespace));
+        std::fs::create_dir_all(&dir)?;
+        let ca_pem = std::fs::read_to_string(&ctx.plane.certs.ca_cert)?;
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ctx.plane.certs.ca_key)?)?;
+        // The CA's subject as `certs::generate` wrote it (rcgen reads PEM certificates only
+        // with its x509-parser feature): the issuer name and key are what chain verification
+        // compares.
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "portico-test-ca");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "portico-webhook");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+
+        let tls = tls_acceptor(&cert_file, &key_file)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let webhooks = Webhooks {
+            client: ctx.client.clone(),
+            inject: InjectConfig {
+                image: "portico-proxy:e2e".into(),
+                control_plane_url: "https://127.0.0.1:8443".into(),
+                ca_pem: ca_pem.clone(),
+                ..InjectConfig::default()
+            },
+            fail_closed: false,
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = webhooks.serve(listener, tls).await {
+                eprintln!("webhook server failed: {e}");
+            }
+        });
+        Ok(Self {
+            task,
+            addr,
+            ca_pem,
+            names: Vec::new(),
+        })
+    }
+
+    /// Registers both webhooks for the test's namespace, with `failure_policy`, and waits until
+    /// the apiserver calls them.
+    async fn register(&mut self, ctx: &Ctx, failure_policy: &str) -> anyhow::Result<()> {
+        let name = format!("portico-{}", ctx.namespace);
+        let ca_bundle = base64(self.ca_pem.as_bytes());
+        let selector = json!({"matchLabels": {"kubernetes.io/metadata.name": ctx.namespace}});
+        let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "inject.portico.dev",
+                "clientConfig": {"url": format!("https://{}/inject", self.addr), "caBundle": ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}],
+                "namespaceSelector": selector,
+                "failurePolicy": failure_policy,
+                "reinvocationPolicy": "IfNeeded",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }],
+        }))?;
+        let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "validate.portico.dev",
+                "clientConfig": {"url": format!("https://{}/validate", self.addr), "caBundle": ca_bundle},
+                "rules": [{
+                    "apiGroups": ["portico.dev"], "apiVersions": ["v1alpha1"],
+                    "resources": ["gateways", "routes", "servicepolicies"],
+                    "operations": ["CREATE", "UPDATE"],
+                }],
+                "namespaceSelector": selector,
+                "failurePolicy": failure_policy,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }],
+        }))?;
+        Api::<MutatingWebhookConfiguration>::all(ctx.client.clone())
+            .create(&PostParams::default(), &mutating)
+            .await?;
+        self.names.push(name.clone());
+        Api::<ValidatingWebhookConfiguration>::all(ctx.client.clone())
+            .create(&PostParams::default(), &validating)
+            .await?;
+        wait_for_default_service_account(ctx).await?;
+        // The apiserver picks up new webhook configurations from an informer: wait until a dry
+        // run shows each webhook being called.
+        let started = Instant::now();
+        loop {
+            let probe = pod("probe", &[("portico.dev/inject", "enabled")]);
+            let dry = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            let injected = match pods(ctx).create(&dry, &probe).await {
+                Ok(p) => init_names(&p).contains(&"portico-proxy".to_owned()),
+                Err(_) => false,
+            };
+            let rejected = routes(ctx)
+                .create(&dry, &route("probe", "(unclosed"))
+                .await
+                .is_err();
+            if injected && rejected {
+                return Ok(());
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "the apiserver did not start calling the webhooks (injected: {injected}, rejected: {rejected})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes the registrations (they are cluster-scoped and outlive the test namespace).
+    async fn cleanup(&self, ctx: &Ctx) {
+        for name in &self.names {
+            let _ = Api::<MutatingWebhookConfiguration>::all(ctx.client.clone())
+                .delete(name, &DeleteParams::default())
+                .await;
+            let _ = Api::<ValidatingWebhookConfiguration>::all(ctx.client.clone())
+                .delete(name, &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+/// Runs `body` with a registered webhook, removing the registration afterwards.
+async fn with_webhook<F, Fut>(ctx: &Ctx, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut webhook = Webhook::start(ctx).await?;
+    let result = match webhook.register(ctx, "Fail").await {
+        Ok(()) => body(ctx.clone()).await,
+        Err(e) => Err(e),
+    };
+    webhook.cleanup(ctx).await;
+    result
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn wait_for_default_service_account(ctx: &Ctx) -> anyhow::Result<()> {
+    let api = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace);
+    let started = Instant::now();
+    while api.get_opt("default").await?.is_none() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "no default ServiceAccount in {}",
+            ctx.namespace
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn label_namespace(ctx: &Ctx, value: &str) -> anyhow::Result<()> {
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"portico.dev/inject": value}}})),
+        )
+        .await?;
+    Ok(())
+}
+
+fn pods(ctx: &Ctx) -> Api<Pod> {
+    Api::namespaced(ctx.client.clone(), &ctx.namespace)
+}
+
+fn routes(ctx: &Ctx) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "portico.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "portico.dev/v1alpha1".into(),
+        kind: "Route".into(),
+        plural: "routes".into(),
+    };
+    Api::namespaced_with(ctx.client.clone(), &ctx.namespace, &resource)
+}
+
+fn gateways(ctx: &Ctx) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "portico.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "portico.dev/v1alpha1".into(),
+        kind: "Gateway".into(),
+        plural: "gateways".into(),
+    };
+    Api::namespaced_with(ctx.client.clone(), &ctx.namespace, &resource)
+}
+
+fn pod(name: &str, annotations: &[(&str, &str)]) -> Pod {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+            "containers": [{"name": "app", "image": "app:1"}],
+        },
+    }))
+    .expect("a valid pod")
+}
+
+fn route(name: &str, regex: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"kind": "Service", "name": "orders"}],
+            "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/ok"}}],
+                 "backendRefs": [{"name": "orders", "port": 80}]},
+                {"matches": [{"path": {"type": "RegularExpression", "value": regex}}],
+                 "backendRefs": [{"name": "orders", "port": 80}]},
+            ],
+        },
+    }))
+    .expect("a valid route")
+}
+
+fn init_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|c| c.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn annotation(pod: &Pod, key: &str) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
+}
+
+async fn labelled_namespace_pods_get_the_native_sidecar(ctx: Ctx) -> anyhow::Result<()> {
+    label_namespace(&ctx, "enabled").await?;
+    with_webhook(&ctx, |ctx| async move {
+        pods(&ctx)
+            .create(&PostParams::default(), &pod("web", &[]))
+            .await?;
+        // Read back what the apiserver stored, not what create returned.
+        let stored = pods(&ctx).get("web").await?;
+        ensure!(
+            init_names(&stored) == ["portico-init", "portico-proxy", "migrate"],
+            "init containers: {:?}",
+            init_names(&stored)
+        );
+        ensure!(annotation(&stored, "portico.dev/injected").as_deref() == Some("true"));
+        let spec = stored.spec.as_ref().context("spec")?;
+        let inits = spec.init_containers.as_ref().context("init containers")?;
+        let proxy = &inits[1];
+        ensure!(proxy.restart_policy.as_deref() == Some("Always"));
+        ensure!(proxy.image.as_deref() == Some("portico-proxy:e2e"));
+        let probe = proxy.startup_probe.as_ref().context("startupProbe")?;
+        let get = probe.http_get.as_ref().context("httpGet")?;
+        ensure!(get.path.as_deref() == Some("/ready"), "{get:?}");
+        let sc = proxy.security_context.as_ref().context("securityContext")?;
+        ensure!(
+            sc.run_as_non_root == Some(true)
+                && sc.run_as_user == Some(2102)
+                && sc.read_only_root_filesystem == Some(true)
+                && sc.allow_privilege_escalation == Some(false),
+            "{sc:?}"
+        );
+        let envs: Vec<&str> = proxy
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        for name in ["POD_NAME", "POD_NAMESPACE", "POD_IP", "SERVICE_ACCOUNT"] {
+            ensure!(envs.contains(&name), "{name} missing from {envs:?}");
+        }
+        let token = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "portico-token")
+            .and_then(|v| v.projected.as_ref())
+            .and_then(|p| p.sources.as_ref())
+            .and_then(|s| s.first())
+            .and_then(|s| s.service_account_token.as_ref())
+            .context("no projected token volume")?;
+        ensure!(token.audience.as_deref() == Some("portico"), "{token:?}");
+        ensure!(token.expiration_seconds == Some(3600), "{token:?}");
+        let mount = proxy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "portico-token")
+            .context("no token mount")?;
+        ensure!(mount.mount_path == "/var/run/secrets/portico" && mount.read_only == Some(true));
+        let caps = inits[0]
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .context("portico-init capabilities")?;
+        ensure!(
+            caps.add == Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+            "{caps:?}"
+        );
+        // The app container itself is untouched.
+        ensure!(spec.containers.len() == 1 && spec.containers[0].name == "app");
+        Ok(())
+    })
+    .await
+}
+
+async fn pods_annotated_disabled_are_admitted_unchanged(ctx: Ctx) -> anyhow::Result<()> {
+    label_namespace(&ctx, "enabled").await?;
+    with_webhook(&ctx, |ctx| async move {
+        pods(&ctx)
+            .create(
+                &PostParams::default(),
+                &pod("plain", &[("portico.dev/inject", "disabled")]),
+            )
+            .await?;
+        let stored = pods(&ctx).get("plain").await?;
+        ensure!(
+            init_names(&stored) == ["migrate"],
+            "{:?}",
+            init_names(&stored)
+        );
+        ensure!(annotation(&stored, "portico.dev/injected").is_none());
+        Ok(())
+    })
+    .await
+}
+
+async fn pod_annotation_enabled_opts_in_without_the_namespace_label(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    with_webhook(&ctx, |ctx| async move {
+        pods(&ctx)
+            .create(&PostParams::default(), &pod("unlabelled", &[]))
+            .await?;
+        let stored = pods(&ctx).get("unlabelled").await?;
+        ensure!(
+            init_names(&stored) == ["migrate"],
+            "{:?}",
+            init_names(&stored)
+        );
+        pods(&ctx)
+            .create(
+                &PostParams::default(),
+                &pod("opted-in", &[("portico.dev/inject", "enabled")]),
+            )
+            .await?;
+        let stored = pods(&ctx).get("opted-in").await?;
+        ensure!(
+            init_names(&stored) == ["portico-init", "portico-proxy", "migrate"],
+            "{:?}",
+            init_names(&stored)
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn injection_never_doubles_the_sidecar(ctx: Ctx) -> anyhow::Result<()> {
+    label_namespace(&ctx, "enabled").await?;
+    with_webhook(&ctx, |ctx| async move {
+        let api = pods(&ctx);
+        // The same spec twice: each pod gets exactly one sidecar.
+        for name in ["twin-a", "twin-b"] {
+            api.create(&PostParams::default(), &pod(name, &[])).await?;
+            let stored = api.get(name).await?;
+            ensure!(
+                init_names(&stored) == ["portico-init", "portico-proxy", "migrate"],
+                "{name}: {:?}",
+                init_names(&stored)
+            );
+        }
+        // A pod made from an injected pod's spec (as a controller copying a template would,
+        // annotation dropped) is not injected again.
+        let injected = api.get("twin-a").await?;
+        let mut copy = pod("copy", &[]);
+        let mut spec = injected.spec.clone().context("spec")?;
+        spec.node_name = None;
+        copy.spec = Some(spec);
+        api.create(&PostParams::default(), &copy).await?;
+        let stored = api.get("copy").await?;
+        let names = init_names(&stored);
+        ensure!(
+            names.iter().filter(|n| *n == "portico-proxy").count() == 1
+                && names.iter().filter(|n| *n == "portico-init").count() == 1,
+            "{names:?}"
+        );
+        let volumes = stored
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        ensure!(
+            volumes.iter().filter(|v| v.name == "portico-token").count() == 1,
+            "{volumes:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn route_with_an_invalid_regex_is_rejected_naming_the_field(ctx: Ctx) -> anyhow::Result<()> {
+    with_webhook(&ctx, |ctx| async move {
+        let api = routes(&ctx);
+        let err = match api
+            .create(&PostParams::default(), &route("bad", "/users/(\\d+"))
+            .await
+        {
+            Ok(_) => bail!("a Route with an invalid regex was admitted"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(
+            err.contains("spec.rules[1].matches[0].path.value: invalid regular expression"),
+            "{err}"
+        );
+        // A valid one passes, and an update that breaks it is refused too.
+        let created = api
+            .create(&PostParams::default(), &route("good", "/users/[0-9]+"))
+            .await?;
+        let mut broken = created.clone();
+        broken.data["spec"]["rules"][1]["matches"][0]["path"]["value"] = json!("[z-a]");
+        let err = match api.replace("good", &PostParams::default(), &broken).await {
+            Ok(_) => bail!("an update with an invalid regex was admitted"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(err.contains("spec.rules[1].matches[0].path.value"), "{err}");
+        Ok(())
+    })
+    .await
+}
+
+async fn gateway_certificate_must_be_a_tls_secret(ctx: Ctx) -> anyhow::Result<()> {
+    with_webhook(&ctx, |ctx| async move {
+        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace);
+        let opaque: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "not-a-cert"},
+            "type": "Opaque", "stringData": {"x": "y"},
+        }))?;
+        secrets.create(&PostParams::default(), &opaque).await?;
+        let gateway = |name: &str, secret: &str| -> anyhow::Result<DynamicObject> {
+            Ok(serde_json::from_value(json!({
+                "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+                "metadata": {"name": name},
+                "spec": {"listeners": [{
+                    "name": "https", "port": 443, "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": secret}]},
+                }]},
+            }))?)
+        };
+        let err = match gateways(&ctx)
+            .create(&PostParams::default(), &gateway("opaque", "not-a-cert")?)
+            .await
+        {
+            Ok(_) => bail!("a Gateway with an Opaque Secret as certificate was admitted"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(
+            err.contains("spec.listeners[0].tls.certificateRefs[0]")
+                && err.contains("kubernetes.io/tls"),
+            "{err}"
+        );
+        // A Secret that does not exist yet is not an admission error (it is a status condition).
+        gateways(&ctx)
+            .create(&PostParams::default(), &gateway("later", "created-later")?)
+            .await
+            .context("a Gateway referencing a missing Secret must be admitted")?;
+        Ok(())
+    })
+    .await
+}
+
+async fn webhook_down_with_failure_policy_ignore_admits_pods_unchanged(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    label_namespace(&ctx, "enabled").await?;
+    let mut webhook = Webhook::start(&ctx).await?;
+    let result = async {
+        webhook.register(&ctx, "Ignore").await?;
+        // Stop the server: connections to its port are now refused.
+        webhook.task.abort();
+        let _ = (&mut webhook.task).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pods(&ctx)
+            .create(&PostParams::default(), &pod("unmeshed", &[]))
+            .await
+            .context("with failurePolicy Ignore the pod must be admitted")?;
+        let stored = pods(&ctx).get("unmeshed").await?;
+        ensure!(
+            init_names(&stored) == ["migrate"],
+            "{:?}",
+            init_names(&stored)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    webhook.cleanup(&ctx).await;
+    result
+}
