@@ -109,6 +109,18 @@ pub enum InjectError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A container of the pod declares a port the proxy needs.
+    #[error(
+        "{field}: port {port} is reserved for the portico proxy (inbound {INBOUND_PORT}, \
+         outbound {OUTBOUND_PORT}, admin {ADMIN_PORT}); use another port or annotate the pod \
+         {INJECT}: disabled"
+    )]
+    PortConflict {
+        /// JSON path of the port, e.g. `spec.containers[0].ports[1].containerPort`.
+        field: String,
+        /// The port.
+        port: i32,
+    },
     /// The pod could not be (de)serialized; a bug or a field this build does not know.
     #[error("pod cannot be serialized: {0}")]
     Serialize(String),
@@ -178,6 +190,7 @@ pub fn inject(
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     let settings = Settings::read(annotations, config)?;
+    check_ports(pod)?;
 
     // Edit the JSON form: the containers are written as the JSON a user would, which keeps them
     // readable, and k8s-openapi checks the result when it is parsed back.
@@ -205,6 +218,34 @@ pub fn inject(
         .get_or_insert_with(BTreeMap::new)
         .insert(INJECTED.into(), "true".into());
     Ok(Some(injected))
+}
+
+/// Refuses pods whose containers declare one of the proxy's ports: the proxy would fail to bind
+/// (or the app would), and the pod would crash-loop far from the cause.
+fn check_ports(pod: &Pod) -> Result<(), InjectError> {
+    let Some(spec) = &pod.spec else {
+        return Ok(());
+    };
+    let lists = [
+        ("containers", Some(&spec.containers)),
+        ("initContainers", spec.init_containers.as_ref()),
+    ];
+    for (list, containers) in lists {
+        for (c, container) in containers.into_iter().flatten().enumerate() {
+            for (p, port) in container.ports.iter().flatten().enumerate() {
+                let taken = [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT]
+                    .iter()
+                    .any(|reserved| i32::from(*reserved) == port.container_port);
+                if taken {
+                    return Err(InjectError::PortConflict {
+                        field: format!("spec.{list}[{c}].ports[{p}].containerPort"),
+                        port: port.container_port,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The JSONPatch that turns `original` into `injected`.
@@ -725,6 +766,22 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_container_port_taken_by_the_proxy_is_refused() {
+        let mut pod = mk_pod(&[]);
+        pod.spec.as_mut().expect("spec").containers[0].ports = Some(vec![
+            serde_json::from_value(json!({"containerPort": 8080})).expect("port"),
+            serde_json::from_value(json!({"containerPort": 4191})).expect("port"),
+        ]);
+        let err = inject(&pod, &labels(Some("enabled")), &InjectConfig::default())
+            .expect_err("a conflict");
+        assert!(
+            err.to_string()
+                .starts_with("spec.containers[0].ports[1].containerPort: port 4191 is reserved"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -50,9 +50,9 @@ use validate::FieldError;
 /// carries the object (and on UPDATE the old object) once each.
 const MAX_REVIEW_BYTES: usize = 8 << 20;
 
-/// How long a lookup (Namespace, Secret) may take: the apiserver's webhook timeout is 10 s by
-/// default, and the answer must arrive before it.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a lookup (Namespace, Secret) may take: the chart gives the webhooks 5 s, and the
+/// answer (a warning rather than a timeout) must arrive before that.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The webhook flags of the operator (flattened into its `Args`).
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -275,7 +275,7 @@ impl Webhooks {
                     Err(e) => self.cannot_process(request, response, &e),
                 }
             }
-            Err(e @ InjectError::InvalidAnnotation { .. }) => {
+            Err(e @ (InjectError::InvalidAnnotation { .. } | InjectError::PortConflict { .. })) => {
                 tracing::info!(pod = %format!("{namespace}/{name}"), error = %e, "pod denied");
                 deny(response, &format!("portico sidecar injection: {e}"))
             }
@@ -547,7 +547,9 @@ mod tests {
         })))
         .expect("a request");
         assert_eq!(request.uid, "u1");
-        let reason = parse_review(b"{}").expect_err("no request");
+        let reason =
+            parse_review(br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#)
+                .expect_err("no request");
         assert!(reason.contains("no request"), "{reason}");
         assert!(parse_review(b"nonsense").is_err());
     }
