@@ -18,12 +18,15 @@
 //! a status condition, not an admission error.
 
 pub mod inject;
+mod tls;
 pub mod validate;
+
+pub use tls::{ReloadingCert, tls_acceptor};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +41,6 @@ use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::response::Status;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -102,27 +103,6 @@ pub enum AdmissionError {
     /// The listening socket failed.
     #[error("webhook server: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A TLS acceptor for `cert`/`key` (PEM files), offering h2 and http/1.1 (the apiserver speaks
-/// either).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, AdmissionError> {
-    let file_error = |path: &Path, e: &dyn std::fmt::Display| AdmissionError::TlsFile {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_error(cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(cert, &e))?;
-    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, private_key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// What the webhooks need to decide.
