@@ -461,22 +461,35 @@ fn proxy_container(config: &InjectConfig, settings: &Settings) -> Value {
 }
 
 fn init_container(config: &InjectConfig, settings: &Settings) -> Value {
-    // The admin port is never redirected: the kubelet's probes must reach the proxy itself.
-    let mut skip_inbound = vec![ADMIN_PORT];
-    skip_inbound.extend(&settings.skip_inbound_ports);
+    // `portico-proxy init` never redirects the admin port (the kubelet's probes must reach the
+    // proxy itself); the skip flags add the pod's own exceptions, and are left out when empty.
+    let mut args: Vec<String> = [
+        "init",
+        "--inbound-port",
+        &INBOUND_PORT.to_string(),
+        "--outbound-port",
+        &OUTBOUND_PORT.to_string(),
+        "--proxy-uid",
+        &PROXY_UID.to_string(),
+        "--admin-port",
+        &ADMIN_PORT.to_string(),
+    ]
+    .map(String::from)
+    .into();
+    let skips = [
+        ("--skip-inbound-ports", join(&settings.skip_inbound_ports)),
+        ("--skip-outbound-ports", join(&settings.skip_outbound_ports)),
+        ("--skip-outbound-cidrs", join(&settings.skip_outbound_cidrs)),
+    ];
+    for (flag, value) in skips {
+        if !value.is_empty() {
+            args.extend([flag.to_owned(), value]);
+        }
+    }
     json!({
         "name": INIT_CONTAINER,
         "image": config.image,
-        "args": [
-            "init",
-            "--inbound-port", INBOUND_PORT.to_string(),
-            "--outbound-port", OUTBOUND_PORT.to_string(),
-            "--proxy-uid", PROXY_UID.to_string(),
-            "--admin-port", ADMIN_PORT.to_string(),
-            "--skip-inbound-ports", join(&skip_inbound),
-            "--skip-outbound-ports", join(&settings.skip_outbound_ports),
-            "--skip-outbound-cidrs", join(&settings.skip_outbound_cidrs),
-        ],
+        "args": args,
         "resources": {
             "requests": {"cpu": "10m", "memory": "16Mi"},
             "limits": {"memory": "64Mi"},
@@ -733,14 +746,37 @@ mod tests {
             .clone()
             .expect("args")
             .join(" ");
-        assert!(
-            args.contains("--skip-inbound-ports 4191,9090,9091"),
-            "{args}"
-        );
+        assert!(args.contains("--admin-port 4191"), "{args}");
+        assert!(args.contains("--skip-inbound-ports 9090,9091"), "{args}");
         assert!(args.contains("--skip-outbound-ports 5432"), "{args}");
         assert!(
             args.contains("--skip-outbound-cidrs 10.0.0.0/8,fd00::/8"),
             "{args}"
+        );
+    }
+
+    #[test]
+    fn init_leaves_out_empty_skip_flags() {
+        let injected = inject(
+            &mk_pod(&[]),
+            &labels(Some("enabled")),
+            &InjectConfig::default(),
+        )
+        .expect("inject")
+        .expect("injected");
+        let args = injected
+            .spec
+            .as_ref()
+            .expect("spec")
+            .init_containers
+            .as_ref()
+            .expect("init")[0]
+            .args
+            .clone()
+            .expect("args");
+        assert_eq!(
+            args.join(" "),
+            "init --inbound-port 4143 --outbound-port 4140 --proxy-uid 2102 --admin-port 4191"
         );
     }
 
