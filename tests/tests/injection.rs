@@ -52,6 +52,14 @@ fn main() -> ExitCode {
                 gateway_certificate_must_be_a_tls_secret,
             ),
             test(
+                "route_with_duplicate_rules_is_rejected",
+                route_with_duplicate_rules_is_rejected,
+            ),
+            test(
+                "api_key_secret_must_be_opaque",
+                api_key_secret_must_be_opaque,
+            ),
+            test(
                 "webhook_down_with_failure_policy_ignore_admits_pods_unchanged",
                 webhook_down_with_failure_policy_ignore_admits_pods_unchanged,
             ),
@@ -619,4 +627,47 @@ async fn webhook_down_with_failure_policy_ignore_admits_pods_unchanged(
     .await;
     webhook.cleanup(&ctx).await;
     result
+}
+
+async fn route_with_duplicate_rules_is_rejected(ctx: Ctx) -> anyhow::Result<()> {
+    with_webhook(&ctx, |ctx| async move {
+        let mut twins = route("twins", "/x");
+        let rules = &mut twins.data["spec"]["rules"];
+        rules[1] = rules[0].clone();
+        let err = match routes(&ctx).create(&PostParams::default(), &twins).await {
+            Ok(_) => bail!("a Route with two identical rules was admitted"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(
+            err.contains("spec.rules[1].matches: same matches as spec.rules[0]"),
+            "{err}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn api_key_secret_must_be_opaque(ctx: Ctx) -> anyhow::Result<()> {
+    with_webhook(&ctx, |ctx| async move {
+        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace);
+        let tls: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a-cert"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": "x", "tls.key": "y"},
+        }))?;
+        secrets.create(&PostParams::default(), &tls).await?;
+        let mut guarded = route("guarded", "/x");
+        guarded.data["spec"]["rules"][0]["authentication"] =
+            json!({"apiKey": {"secretRef": {"name": "a-cert"}}});
+        let err = match routes(&ctx).create(&PostParams::default(), &guarded).await {
+            Ok(_) => bail!("a Route using a TLS Secret as API keys was admitted"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(
+            err.contains("spec.rules[0].authentication.apiKey.secretRef") && err.contains("Opaque"),
+            "{err}"
+        );
+        Ok(())
+    })
+    .await
 }
