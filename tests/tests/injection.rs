@@ -4,6 +4,7 @@
 //! to the test's namespace. What is checked is what the apiserver stores or refuses.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
-use portico_operator::admission::{Webhooks, inject::InjectConfig, tls_acceptor};
+use portico_operator::admission::{AdmissionArgs, Webhooks, inject::InjectConfig, tls_acceptor};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
 use rcgen::{
@@ -60,6 +61,10 @@ fn main() -> ExitCode {
                 api_key_secret_must_be_opaque,
             ),
             test(
+                "the_operator_serves_the_webhooks_configured_by_its_flags",
+                the_operator_serves_the_webhooks_configured_by_its_flags,
+            ),
+            test(
                 "webhook_down_with_failure_policy_ignore_admits_pods_unchanged",
                 webhook_down_with_failure_policy_ignore_admits_pods_unchanged,
             ),
@@ -86,31 +91,7 @@ impl Webhook {
     /// Starts a webhook server on a free loopback port, with a certificate signed by the
     /// control plane's CA.
     async fn start(ctx: &Ctx) -> anyhow::Result<Self> {
-        let dir = ctx.plane.dir().join(format!("webhook-{}", ctx.namespace));
-        std::fs::create_dir_all(&dir)?;
-        let ca_pem = std::fs::read_to_string(&ctx.plane.certs.ca_cert)?;
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ctx.plane.certs.ca_key)?)?;
-        // The CA's subject as `certs::generate` wrote it (rcgen reads PEM certificates only
-        // with its x509-parser feature): the issuer name and key are what chain verification
-        // compares.
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "portico-test-ca");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "portico-webhook");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
-        std::fs::write(&cert_file, cert.pem())?;
-        std::fs::write(&key_file, key.serialize_pem())?;
-
+        let (cert_file, key_file, ca_pem) = serving_cert(ctx)?;
         let tls = tls_acceptor(&cert_file, &key_file)?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -127,6 +108,51 @@ impl Webhook {
         let task = tokio::spawn(async move {
             if let Err(e) = webhooks.serve(listener, tls).await {
                 eprintln!("webhook server failed: {e}");
+            }
+        });
+        Ok(Self {
+            task,
+            addr,
+            ca_pem,
+            names: Vec::new(),
+        })
+    }
+
+    /// Starts the whole operator from its flags, webhook server included (the config server
+    /// and the webhooks share one certificate, as in the chart).
+    async fn operator(ctx: &Ctx) -> anyhow::Result<Self> {
+        let (cert_file, key_file, ca_pem) = serving_cert(ctx)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let args = portico_operator::Args {
+            kubeconfig: Some(ctx.plane.kubeconfig.clone()),
+            namespaces: vec![ctx.namespace.clone()],
+            log_level: String::new(),
+            log_format: portico_operator::LogFormat::Text,
+            admin_addr: format!("127.0.0.1:{}", free_port()?).parse()?,
+            config_addr,
+            config_tls_cert: cert_file,
+            config_tls_key: key_file,
+            config_debounce_ms: 20,
+            proxy_image: "portico-proxy:flags".into(),
+            control_plane_url: format!("https://{config_addr}"),
+            config_tls_ca: None,
+            lease_namespace: ctx.namespace.clone(),
+            lease_name: "portico-operator".into(),
+            lease_duration_secs: 2,
+            identity: Some("webhook-e2e".into()),
+            admission: AdmissionArgs {
+                webhook_addr: Some(addr),
+                proxy_log_level: "debug".into(),
+                proxy_cpu_request: "50m".into(),
+                proxy_memory_request: "32Mi".into(),
+                proxy_memory_limit: "128Mi".into(),
+                ..AdmissionArgs::default()
+            },
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = portico_operator::run(args).await {
+                eprintln!("the operator stopped: {e:#}");
             }
         });
         Ok(Self {
@@ -240,6 +266,36 @@ where
     };
     webhook.cleanup(ctx).await;
     result
+}
+
+/// A serving certificate for `IP:127.0.0.1` signed by the control plane's CA, so the apiserver
+/// trusts it with the CA as `caBundle`: (certificate file, key file, CA PEM).
+fn serving_cert(ctx: &Ctx) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+    let dir = ctx.plane.dir().join(format!("webhook-{}", ctx.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let ca_pem = std::fs::read_to_string(&ctx.plane.certs.ca_cert)?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ctx.plane.certs.ca_key)?)?;
+    // The CA's subject as `certs::generate` wrote it (rcgen reads PEM certificates only
+    // with its x509-parser feature): the issuer name and key are what chain verification
+    // compares.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "portico-test-ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "portico-webhook");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    Ok((cert_file, key_file, ca_pem))
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -670,4 +726,55 @@ async fn api_key_secret_must_be_opaque(ctx: Ctx) -> anyhow::Result<()> {
         Ok(())
     })
     .await
+}
+
+async fn the_operator_serves_the_webhooks_configured_by_its_flags(ctx: Ctx) -> anyhow::Result<()> {
+    label_namespace(&ctx, "enabled").await?;
+    let mut operator = Webhook::operator(&ctx).await?;
+    let result = async {
+        // register() waits until the webhooks answer: the server is up once the operator runs.
+        operator.register(&ctx, "Fail").await?;
+        pods(&ctx)
+            .create(&PostParams::default(), &pod("from-flags", &[]))
+            .await?;
+        let stored = pods(&ctx).get("from-flags").await?;
+        let inits = stored
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        let proxy = inits
+            .iter()
+            .find(|c| c.name == "portico-proxy")
+            .context("no proxy injected")?;
+        ensure!(proxy.image.as_deref() == Some("portico-proxy:flags"));
+        let env = |name: &str| {
+            proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        ensure!(env("PORTICO_LOG").as_deref() == Some("debug"));
+        // Without --config-tls-ca the serving certificate itself is the CA proxies trust.
+        let served = std::fs::read_to_string(
+            ctx.plane
+                .dir()
+                .join(format!("webhook-{}/tls.crt", ctx.namespace)),
+        )?;
+        ensure!(env("PORTICO_CONTROL_PLANE_CA").as_deref() == Some(served.as_str()));
+        let resources = serde_json::to_value(&proxy.resources)?;
+        ensure!(
+            resources
+                == json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}),
+            "{resources}"
+        );
+        let args = proxy.args.clone().unwrap_or_default().join(" ");
+        ensure!(args.contains("--control-plane https://127.0.0.1:"), "{args}");
+        anyhow::Ok(())
+    }
+    .await;
+    operator.cleanup(&ctx).await;
+    result
 }
