@@ -30,6 +30,8 @@ pub const PROXY_CONTAINER: &str = "portico-proxy";
 pub const INIT_CONTAINER: &str = "portico-init";
 /// Name of the projected volume that holds the proxy's ServiceAccount token.
 pub const TOKEN_VOLUME: &str = "portico-token";
+/// Name of the scratch volume mounted at `/run` in `portico-init`.
+pub const INIT_RUN_VOLUME: &str = "portico-init-run";
 /// Where the token volume is mounted in the proxy (the token is the file `token` in it).
 pub const TOKEN_DIR: &str = "/var/run/secrets/portico";
 /// Port the proxy accepts redirected inbound connections on.
@@ -209,6 +211,7 @@ pub fn inject(
     let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
     if let Value::Array(volumes) = volumes {
         volumes.push(token_volume());
+        volumes.push(init_run_volume());
     }
     let mut injected: Pod =
         serde_json::from_value(value).map_err(|e| InjectError::Serialize(e.to_string()))?;
@@ -503,18 +506,31 @@ fn init_container(config: &InjectConfig, settings: &Settings) -> Value {
             "allowPrivilegeEscalation": false,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
         },
+        "volumeMounts": [{"name": INIT_RUN_VOLUME, "mountPath": "/run"}],
     })
 }
 
 fn token_volume() -> Value {
     json!({
         "name": TOKEN_VOLUME,
-        "projected": {"sources": [{"serviceAccountToken": {
-            "audience": crate::auth::AUDIENCE,
-            "expirationSeconds": 3600,
-            "path": "token",
-        }}]},
+        "projected": {
+            // The pod's containers run as different users (root for portico-init, 2102 for the
+            // proxy, the app's own), so the kubelet cannot hand the token to one owner: make it
+            // readable. Only the proxy mounts the volume, so no other container sees it.
+            "defaultMode": 0o444,
+            "sources": [{"serviceAccountToken": {
+                "audience": crate::auth::AUDIENCE,
+                "expirationSeconds": 3600,
+                "path": "token",
+            }}],
+        },
     })
+}
+
+/// A scratch `/run` for `portico-init`: iptables takes its lock file there, and the container's
+/// root file system is read-only.
+fn init_run_volume() -> Value {
+    json!({"name": INIT_RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
 }
 
 #[cfg(test)]
@@ -663,7 +679,12 @@ mod tests {
         );
         let spec = injected.spec.as_ref().expect("spec");
         let volumes = spec.volumes.as_ref().expect("volumes");
-        assert_eq!(volumes.len(), 2, "the pod's own volume is kept");
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["data", TOKEN_VOLUME, INIT_RUN_VOLUME]);
+        assert_eq!(
+            volumes[1].projected.as_ref().and_then(|p| p.default_mode),
+            Some(0o444)
+        );
         let token = volumes[1]
             .projected
             .as_ref()
