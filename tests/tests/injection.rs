@@ -65,6 +65,10 @@ fn main() -> ExitCode {
                 the_operator_serves_the_webhooks_configured_by_its_flags,
             ),
             test(
+                "unprocessable_pods_are_admitted_unchanged_or_denied_when_failing_closed",
+                unprocessable_pods_are_admitted_unchanged_or_denied_when_failing_closed,
+            ),
+            test(
                 "webhook_down_with_failure_policy_ignore_admits_pods_unchanged",
                 webhook_down_with_failure_policy_ignore_admits_pods_unchanged,
             ),
@@ -91,19 +95,28 @@ impl Webhook {
     /// Starts a webhook server on a free loopback port, with a certificate signed by the
     /// control plane's CA.
     async fn start(ctx: &Ctx) -> anyhow::Result<Self> {
+        Self::start_with(ctx, ctx.client.clone(), false).await
+    }
+
+    /// [`Webhook::start`] with the webhook's own apiserver client and failure mode.
+    async fn start_with(
+        ctx: &Ctx,
+        client: kube::Client,
+        fail_closed: bool,
+    ) -> anyhow::Result<Self> {
         let (cert_file, key_file, ca_pem) = serving_cert(ctx)?;
         let tls = tls_acceptor(&cert_file, &key_file)?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let webhooks = Webhooks {
-            client: ctx.client.clone(),
+            client,
             inject: InjectConfig {
                 image: "portico-proxy:e2e".into(),
                 control_plane_url: "https://127.0.0.1:8443".into(),
                 ca_pem: ca_pem.clone(),
                 ..InjectConfig::default()
             },
-            fail_closed: false,
+            fail_closed,
         };
         let task = tokio::spawn(async move {
             if let Err(e) = webhooks.serve(listener, tls).await {
@@ -777,4 +790,64 @@ async fn the_operator_serves_the_webhooks_configured_by_its_flags(ctx: Ctx) -> a
     .await;
     operator.cleanup(&ctx).await;
     result
+}
+
+async fn unprocessable_pods_are_admitted_unchanged_or_denied_when_failing_closed(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    label_namespace(&ctx, "enabled").await?;
+    // A webhook whose own apiserver connection is refused cannot read the namespace's label,
+    // so it cannot decide about a pod without an inject annotation.
+    let unreachable = || {
+        kube::Client::try_from(kube::Config::new(
+            "https://127.0.0.1:1".parse().expect("a url"),
+        ))
+    };
+    for fail_closed in [false, true] {
+        let mut webhook = Webhook::start_with(&ctx, unreachable()?, fail_closed).await?;
+        let result = async {
+            webhook.register(&ctx, "Fail").await?;
+            let name = format!("undecided-{fail_closed}");
+            let created = pods(&ctx)
+                .create(&PostParams::default(), &pod(&name, &[]))
+                .await;
+            match (fail_closed, created) {
+                (false, Ok(_)) => {
+                    let stored = pods(&ctx).get(&name).await?;
+                    ensure!(
+                        init_names(&stored) == ["migrate"],
+                        "{:?}",
+                        init_names(&stored)
+                    );
+                }
+                (false, Err(e)) => bail!("failing open, the pod must be admitted: {e}"),
+                (true, Ok(_)) => bail!("failing closed, the pod must be denied"),
+                (true, Err(e)) => ensure!(
+                    e.to_string().contains("--inject-fail-closed")
+                        && e.to_string().contains("namespace"),
+                    "{e}"
+                ),
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        webhook.cleanup(&ctx).await;
+        result?;
+        // The next round registers the same names again.
+        wait_until_gone(&ctx, &format!("portico-{}", ctx.namespace)).await?;
+    }
+    Ok(())
+}
+
+async fn wait_until_gone(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let api = Api::<MutatingWebhookConfiguration>::all(ctx.client.clone());
+    let started = Instant::now();
+    while api.get_opt(name).await?.is_some() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
