@@ -41,6 +41,13 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterceptLabels {
+    listener: Arc<str>,
+    service: Arc<str>,
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -59,6 +66,7 @@ pub struct Metrics {
     retries: Family<RouteBackendLabels, Counter>,
     ejections: Family<BackendLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
+    intercepted: Family<InterceptLabels, Counter>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
     /// The label value for "none" (no route matched, no backend chosen).
@@ -74,6 +82,7 @@ impl Default for Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             open_connections: Family::default(),
+            intercepted: Family::default(),
             config_version: Gauge::default(),
             reloads: Family::default(),
             registry: Registry::default(),
@@ -99,6 +108,12 @@ impl Default for Metrics {
             "open_connections",
             "Client connections open, by listener",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "intercepted_connections",
+            "Redirected connections, by listener, service dialled (empty: none, passed through) \
+             and detected protocol",
+            m.intercepted.clone(),
         );
         registry.register(
             "config_version",
@@ -174,6 +189,22 @@ impl Metrics {
                 listener: listener.clone(),
             })
             .inc_by(delta);
+    }
+
+    /// Counts one connection accepted on an OUTBOUND or INBOUND listener.
+    pub fn intercepted(
+        &self,
+        listener: &Arc<str>,
+        service: Option<&Arc<str>>,
+        protocol: &'static str,
+    ) {
+        self.intercepted
+            .get_or_create(&InterceptLabels {
+                listener: listener.clone(),
+                service: service.unwrap_or(&self.none).clone(),
+                protocol,
+            })
+            .inc();
     }
 
     /// Records a config apply.

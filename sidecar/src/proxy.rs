@@ -42,6 +42,9 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// Sidecar mode: the service the client dialled, whose routes apply instead of the
+    /// listener's.
+    pub service: Option<Arc<str>>,
 }
 
 /// What the access log and metrics learn while a request is handled.
@@ -127,10 +130,11 @@ async fn route_and_forward(
     let (mut parts, body) = req.into_parts();
     let mut host = request_host(&parts.uri, &parts.headers).to_owned();
     let mut host_changed = parts.headers.get(HOST).is_none();
-    let hit = snap
-        .router
-        .route(&conn.listener, &host, &parts)
-        .ok_or(ProxyError::NoRoute)?;
+    let hit = match &conn.service {
+        Some(svc) => snap.services.route(svc, &host, &parts),
+        None => snap.router.route(&conn.listener, &host, &parts),
+    }
+    .ok_or(ProxyError::NoRoute)?;
     out.route = Some(hit.route.clone());
     let rule = &hit.rule.rule;
 

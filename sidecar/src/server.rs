@@ -176,6 +176,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
         listener: listener.clone(),
         client: peer,
         scheme,
+        service: None,
     };
     match l.protocol {
         Protocol::Tcp => {
@@ -194,6 +195,14 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
             drop(snap);
             serve_http(shared.clone(), info("http"), stream).await;
         }
+        Protocol::Outbound => {
+            drop(snap);
+            crate::intercept::outbound(shared.clone(), listener.clone(), stream, peer).await;
+        }
+        Protocol::Inbound => {
+            drop(snap);
+            crate::intercept::inbound(shared.clone(), listener.clone(), stream, peer).await;
+        }
         Protocol::Https => {
             let Some(cfg) = snap.tls.get(&*listener).cloned() else {
                 return;
@@ -211,7 +220,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
 
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2, detected from the first bytes, until the client
 /// closes or a shutdown asks the connection to finish gracefully.
-async fn serve_http<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
+pub(crate) async fn serve_http<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

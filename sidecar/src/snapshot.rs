@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub backends: HashMap<String, Arc<BackendState>>,
     /// TLS server configs by listener name.
     pub tls: HashMap<String, Arc<ServerConfig>>,
+    /// Sidecar mode: services by virtual address, for the OUTBOUND listener.
+    pub services: crate::intercept::ServiceTable,
 }
 
 impl Snapshot {
@@ -58,6 +60,11 @@ impl Snapshot {
             element: "routes".into(),
             message: e.to_string(),
         })?;
+        let services =
+            crate::intercept::ServiceTable::new(&config).map_err(|e| ValidationError {
+                element: "services".into(),
+                message: e.to_string(),
+            })?;
         let backends = config
             .backends
             .iter()
@@ -81,6 +88,7 @@ impl Snapshot {
             router,
             backends,
             tls,
+            services,
         })
     }
 }

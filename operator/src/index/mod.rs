@@ -789,6 +789,7 @@ impl Index {
                 generation: 0,
                 listeners: listeners.into_iter().flatten().collect(),
                 routes,
+                ..RouteTable::default()
             },
             wanted,
         )

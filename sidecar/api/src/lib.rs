@@ -7,7 +7,8 @@
 //! ```text
 //!  ProxyConfig ─┬─ listeners[]  where traffic comes in (HTTP | HTTPS | TCP)
 //!               ├─ routes[]     hostnames → rules (matches, filters, weighted backend refs)
-//!               └─ backends[]   named endpoint sets + how to talk to them (LB, outliers, limits)
+//!               ├─ backends[]   named endpoint sets + how to talk to them (LB, outliers, limits)
+//!               └─ services[]   sidecar mode: ClusterIP:port → routes / backend (see [`Service`])
 //! ```
 //!
 //! Routes change rarely; endpoints change on every pod restart. The two halves therefore also
@@ -16,6 +17,7 @@
 
 mod backend;
 mod duration;
+mod mesh;
 mod route;
 mod validate;
 
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::*;
 pub use duration::{Duration, ParseDurationError};
+pub use mesh::*;
 pub use route::*;
 pub use validate::ValidationError;
 
@@ -61,6 +64,12 @@ pub struct ProxyConfig {
     /// Named sets of endpoints that routes and TCP listeners send traffic to.
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// Sidecar mode: services the OUTBOUND listener recognises by their virtual addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// Sidecar mode: how the INBOUND and OUTBOUND listeners treat connections.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub interception: Interception,
 }
 
 impl Default for ProxyConfig {
@@ -71,6 +80,8 @@ impl Default for ProxyConfig {
             listeners: Vec::new(),
             routes: Vec::new(),
             backends: Vec::new(),
+            services: Vec::new(),
+            interception: Interception::default(),
         }
     }
 }
@@ -88,6 +99,12 @@ pub struct RouteTable {
     /// See [`ProxyConfig::routes`].
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// See [`ProxyConfig::services`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// See [`ProxyConfig::interception`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub interception: Interception,
 }
 
 /// The high-churn half of a config: backends and their endpoints.
@@ -112,6 +129,8 @@ impl ProxyConfig {
             listeners: routes.listeners,
             routes: routes.routes,
             backends: backends.backends,
+            services: routes.services,
+            interception: routes.interception,
         }
     }
 
@@ -122,6 +141,8 @@ impl ProxyConfig {
                 generation: self.generation,
                 listeners: self.listeners,
                 routes: self.routes,
+                services: self.services,
+                interception: self.interception,
             },
             BackendSet {
                 generation: self.generation,
@@ -164,6 +185,12 @@ pub enum Protocol {
     Https,
     /// Opaque bytes, forwarded unchanged to [`Listener::backend`].
     Tcp,
+    /// Sidecar mode: connections an application opened, redirected here by iptables; they go
+    /// where [`ProxyConfig::services`] says for their original destination, or there untouched.
+    Outbound,
+    /// Sidecar mode: connections to the pod, redirected here by iptables; they are forwarded
+    /// to the application on `127.0.0.1` at their original destination port.
+    Inbound,
 }
 
 /// A certificate chain and private key for a TLS listener.

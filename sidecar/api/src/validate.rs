@@ -65,8 +65,50 @@ impl ProxyConfig {
             }
             check_route(r, self, &backend_names)?;
         }
+        check_services(self, &backend_names, &route_names)?;
         Ok(())
     }
+}
+
+/// Services are how the OUTBOUND listener recognises a destination, so one virtual address must
+/// name one service, and everything a service refers to must exist.
+fn check_services(
+    cfg: &ProxyConfig,
+    backends: &HashSet<&str>,
+    routes: &HashSet<&str>,
+) -> Result<()> {
+    let mut names = HashSet::new();
+    let mut vips = HashSet::new();
+    for s in &cfg.services {
+        let el = format!("service {:?}", s.name);
+        check_name(&el, &s.name)?;
+        if !names.insert(s.name.as_str()) {
+            return fail(el, "name is used twice");
+        }
+        if s.addresses.is_empty() {
+            return fail(el, "has no addresses");
+        }
+        for a in &s.addresses {
+            let Ok(addr) = a.parse::<SocketAddr>() else {
+                return fail(el, format!("address {a:?} is not IP:PORT"));
+            };
+            if addr.port() == 0 {
+                return fail(el, format!("address {a:?} has port 0"));
+            }
+            if !vips.insert(addr) {
+                return fail(el, format!("address {addr} belongs to another service too"));
+            }
+        }
+        if !backends.contains(s.backend.as_str()) {
+            return fail(el, format!("backend {:?} is not defined", s.backend));
+        }
+        for r in &s.routes {
+            if !routes.contains(r.as_str()) {
+                return fail(el, format!("route {r:?} is not defined"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_name(element: &str, name: &str) -> Result<()> {
@@ -85,9 +127,13 @@ fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<SocketAddr> 
     };
     match (l.protocol, &l.tls, &l.backend) {
         (Protocol::Https, None, _) => fail(&el, "protocol HTTPS needs tls"),
-        (Protocol::Http | Protocol::Tcp, Some(_), _) => {
+        (Protocol::Http | Protocol::Tcp | Protocol::Outbound | Protocol::Inbound, Some(_), _) => {
             fail(&el, "tls is only allowed with protocol HTTPS")
         }
+        (Protocol::Outbound | Protocol::Inbound, _, Some(_)) => fail(
+            &el,
+            "backend is not allowed on OUTBOUND/INBOUND listeners; use services",
+        ),
         (Protocol::Tcp, _, None) => fail(&el, "protocol TCP needs a backend"),
         (Protocol::Tcp, _, Some(b)) if !backends.contains(b.as_str()) => {
             fail(&el, format!("backend {b:?} is not defined"))
@@ -152,6 +198,12 @@ fn check_route(r: &Route, cfg: &ProxyConfig, backends: &HashSet<&str>) -> Result
                 return fail(
                     &el,
                     format!("listener {l:?} is TCP and cannot carry routes"),
+                );
+            }
+            Some(x) if matches!(x.protocol, Protocol::Outbound | Protocol::Inbound) => {
+                return fail(
+                    &el,
+                    format!("listener {l:?} is a sidecar listener; attach the route to a service"),
                 );
             }
             Some(_) => {}
@@ -366,3 +418,6 @@ fn http_token(s: &str) -> std::result::Result<(), ()> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod mesh_tests;

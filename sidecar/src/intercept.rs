@@ -1,0 +1,212 @@
+//! Sidecar mode: serving connections that iptables (see [`crate::init`]) redirected to the
+//! proxy. Their original destination, read with `SO_ORIGINAL_DST`, says where they were going:
+//!
+//! ```text
+//!  OUTBOUND  original dst is a Service address ─► opaque service or port? ─► its backend (TCP)
+//!                                              └─► detect ─► HTTP: the service's routes
+//!                                                        └─► else: its backend (TCP)
+//!            anything else ───────────────────────► the original destination, bytes untouched
+//!  INBOUND   ─────────────────────────────────────► 127.0.0.1:<original port> (the app)
+//! ```
+//!
+//! The proxy's own connections leave with its user id, which the iptables rules exempt, so
+//! forwarding to the original destination does not loop back here.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use portico_proxy_api::{BackendRef, ProxyConfig, Route, RouteRule};
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::detect::{self, Detected};
+use crate::proxy::ConnInfo;
+use crate::router::{RouteHit, Router};
+
+/// Time allowed to connect to an original destination or to the application.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One service, compiled for routing.
+#[derive(Debug)]
+pub struct ServiceRoutes {
+    /// Service name.
+    pub name: Arc<str>,
+    /// Its attached routes.
+    router: Router,
+    /// A catch-all route to the service's backend, for requests no attached route matches.
+    fallback: Router,
+    /// The backend opaque traffic goes to.
+    pub backend: String,
+    /// Skip detection.
+    pub opaque: bool,
+}
+
+/// The services of a config, by virtual address and by name.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    by_addr: HashMap<SocketAddr, Arc<ServiceRoutes>>,
+    by_name: HashMap<Arc<str>, Arc<ServiceRoutes>>,
+}
+
+impl ServiceTable {
+    /// Compiles the services of `cfg` (already validated, so addresses parse and regexes
+    /// compile).
+    pub fn new(cfg: &ProxyConfig) -> Result<Self, regex::Error> {
+        let mut table = Self::default();
+        for s in &cfg.services {
+            // Attached routes apply to whatever listener the connection came in on: the service,
+            // not the listener, selected them.
+            let routes = cfg
+                .routes
+                .iter()
+                .filter(|r| s.routes.contains(&r.name))
+                .map(|r| Route {
+                    listeners: Vec::new(),
+                    ..r.clone()
+                })
+                .collect();
+            let fallback = Route {
+                name: s.name.clone(),
+                listeners: Vec::new(),
+                hostnames: Vec::new(),
+                rules: vec![RouteRule {
+                    backends: vec![BackendRef {
+                        backend: s.backend.clone(),
+                        weight: 1,
+                    }],
+                    ..RouteRule::default()
+                }],
+            };
+            let compiled = Arc::new(ServiceRoutes {
+                name: s.name.as_str().into(),
+                router: Router::new(&ProxyConfig {
+                    routes,
+                    ..ProxyConfig::default()
+                })?,
+                fallback: Router::new(&ProxyConfig {
+                    routes: vec![fallback],
+                    ..ProxyConfig::default()
+                })?,
+                backend: s.backend.clone(),
+                opaque: s.opaque,
+            });
+            for a in &s.addresses {
+                if let Ok(addr) = a.parse() {
+                    table.by_addr.insert(addr, compiled.clone());
+                }
+            }
+            table.by_name.insert(compiled.name.clone(), compiled);
+        }
+        Ok(table)
+    }
+
+    /// The service dialled at `addr`, if any.
+    pub fn lookup(&self, addr: SocketAddr) -> Option<&Arc<ServiceRoutes>> {
+        self.by_addr.get(&addr)
+    }
+
+    /// The best rule of service `name` for a request: its attached routes first, then the
+    /// service's own backend. `None` only when the service is gone from the config.
+    pub fn route<'a>(&'a self, name: &str, host: &str, req: &Parts) -> Option<RouteHit<'a>> {
+        let s = self.by_name.get(name)?;
+        s.router
+            .route("", host, req)
+            .or_else(|| s.fallback.route("", host, req))
+    }
+}
+
+/// The destination a redirected connection was opened to, from the NAT table
+/// (`SO_ORIGINAL_DST`; IPv4 only, like the rules [`crate::init`] installs). socket2 wraps the
+/// `getsockopt` call, so no `unsafe` is needed here.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let addr = socket2::SockRef::from(stream).original_dst_v4()?;
+    addr.as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}
+
+/// The original destination of a connection that really was redirected. A connection made
+/// straight to the listener has none (or, with conntrack loaded, the listener's own address);
+/// forwarding it there would loop, so it is refused.
+fn redirected_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let dst = original_dst(stream).ok()?;
+    let local = stream.local_addr().ok()?;
+    (dst != local).then_some(dst)
+}
+
+/// Serves one connection accepted on an OUTBOUND listener.
+pub async fn outbound(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(dst) = redirected_dst(&stream) else {
+        tracing::debug!(listener = %listener, client = %peer, "not a redirected connection; closed");
+        return;
+    };
+    let snap = shared.snapshot.load_full();
+    let Some(svc) = snap.services.lookup(dst).cloned() else {
+        drop(snap);
+        shared
+            .metrics
+            .intercepted(&listener, None, Detected::Opaque.label());
+        passthrough(stream, dst).await;
+        return;
+    };
+    let opaque = svc.opaque || snap.config.interception.opaque_ports.contains(&dst.port());
+    let detected = if opaque {
+        Detected::Opaque
+    } else {
+        let timeout = snap.config.interception.detect_timeout().get();
+        drop(snap);
+        detect::detect(&stream, timeout).await
+    };
+    shared
+        .metrics
+        .intercepted(&listener, Some(&svc.name), detected.label());
+    if detected == Detected::Opaque {
+        // Load again: detection may have waited across a config swap.
+        let backend = shared.snapshot.load().backends.get(&svc.backend).cloned();
+        match backend {
+            Some(b) => crate::tcp::forward(b, stream, peer).await,
+            None => tracing::debug!(service = %svc.name, "service backend is gone; closed"),
+        }
+        return;
+    }
+    let info = ConnInfo {
+        listener,
+        client: peer,
+        scheme: "http",
+        service: Some(svc.name.clone()),
+    };
+    crate::server::serve_http(shared, info, stream).await;
+}
+
+/// Serves one connection accepted on an INBOUND listener: the application listens on the
+/// original port on loopback.
+pub async fn inbound(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let Some(dst) = redirected_dst(&stream) else {
+        tracing::debug!(listener = %listener, client = %peer, "not a redirected connection; closed");
+        return;
+    };
+    shared
+        .metrics
+        .intercepted(&listener, None, Detected::Opaque.label());
+    passthrough(stream, SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port()))).await;
+}
+
+/// Copies bytes both ways between `client` and `dst` until either side closes.
+async fn passthrough(mut client: TcpStream, dst: SocketAddr) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+        Ok(Err(e)) => tracing::debug!(destination = %dst, error = %e, "connect failed"),
+        Err(_) => tracing::debug!(destination = %dst, "connect timed out"),
+    }
+}
