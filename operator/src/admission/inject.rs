@@ -83,6 +83,35 @@ pub struct InjectConfig {
     pub memory_limit: String,
 }
 
+impl InjectConfig {
+    /// Checks the operator-wide defaults. A bad one would make every injected pod invalid, so
+    /// the webhook server refuses to start with it rather than break all pod creation.
+    pub fn check(&self) -> Result<(), InjectError> {
+        let quantities = [
+            ("--proxy-cpu-request", &self.cpu_request),
+            ("--proxy-memory-request", &self.memory_request),
+            ("--proxy-memory-limit", &self.memory_limit),
+        ];
+        for (flag, value) in quantities {
+            if !is_quantity(value) {
+                return Err(InjectError::InvalidFlag {
+                    flag,
+                    value: value.clone(),
+                    reason: "is not a resource quantity (e.g. 100m, 64Mi)",
+                });
+            }
+        }
+        if self.log_level.trim().is_empty() || self.log_level.contains(char::is_whitespace) {
+            return Err(InjectError::InvalidFlag {
+                flag: "--proxy-log-level",
+                value: self.log_level.clone(),
+                reason: "is not a log filter (e.g. info, debug, portico_proxy=trace)",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for InjectConfig {
     fn default() -> Self {
         Self {
@@ -106,6 +135,16 @@ pub enum InjectError {
     InvalidAnnotation {
         /// The annotation key.
         annotation: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An operator flag that shapes injected proxies has an unusable value.
+    #[error("{flag}: {value:?} {reason}")]
+    InvalidFlag {
+        /// The flag.
+        flag: &'static str,
         /// Its value.
         value: String,
         /// What is wrong with it.

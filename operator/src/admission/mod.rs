@@ -58,8 +58,9 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// The webhook flags of the operator (flattened into its `Args`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct AdmissionArgs {
-    /// Webhook server address (HTTPS). `Default` (used when embedding the operator) leaves the
-    /// webhook server off; the command line always has an address.
+    /// Webhook server address (HTTPS): `/inject` and `/validate`.
+    // `Default` (embedding the operator, e.g. in tests) leaves the webhook server off; the
+    // command line always has an address.
     #[arg(long, env = "PORTICO_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
     pub webhook_addr: Option<SocketAddr>,
     /// Webhook server certificate chain (PEM); default: `--config-tls-cert`.
@@ -103,6 +104,9 @@ pub enum AdmissionError {
     /// The listening socket failed.
     #[error("webhook server: {0}")]
     Io(#[from] std::io::Error),
+    /// The injection settings are unusable.
+    #[error("sidecar injection: {0}")]
+    Inject(#[from] InjectError),
 }
 
 /// What the webhooks need to decide.
@@ -118,13 +122,14 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Accepts connections on `listener` until the future is dropped (which also ends every
-    /// connection: they live in a `JoinSet` owned by this future). Only fails if accepting does
-    /// so persistently; a bad connection is logged and dropped.
+    /// connection: they live in a `JoinSet` owned by this future). Fails at once when the
+    /// injection settings are unusable; afterwards a bad connection is logged and dropped.
     pub async fn serve(
         self,
         listener: TcpListener,
         tls: TlsAcceptor,
     ) -> Result<(), AdmissionError> {
+        self.inject.check()?;
         let this = Arc::new(self);
         let mut connections = tokio::task::JoinSet::new();
         loop {

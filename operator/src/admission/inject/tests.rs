@@ -307,6 +307,17 @@ fn a_container_port_taken_by_the_proxy_is_refused() {
 }
 
 #[test]
+fn bad_flags_are_refused_before_any_pod_sees_them() {
+    assert_eq!(InjectConfig::default().check(), Ok(()));
+    let bad = InjectConfig {
+        memory_limit: "256MB".into(),
+        ..InjectConfig::default()
+    };
+    let err = bad.check().expect_err("a bad quantity");
+    assert!(err.to_string().starts_with("--proxy-memory-limit"), "{err}");
+}
+
+#[test]
 fn quantities() {
     for ok in ["100m", "1", "0.5", "64Mi", "1Gi", "2k"] {
         assert!(is_quantity(ok), "{ok}");
