@@ -568,8 +568,10 @@ fn one_endpoint_change_at_scale_is_cheap() {
         "scale (1000 services, 10000 endpoints, 50 gateways, 1000 routes): load {load:?}, \
          one EndpointSlice change {per_change:?}, one Service/Route change (full recompute) {full:?}"
     );
+    // A full recompute takes hundreds of milliseconds here in a debug build; an endpoint change
+    // must not be one (the bound leaves room for a loaded 2-core machine).
     assert!(
-        per_change < std::time::Duration::from_millis(5),
+        per_change < std::time::Duration::from_millis(50),
         "{per_change:?} per change"
     );
 }
