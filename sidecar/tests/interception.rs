@@ -24,6 +24,7 @@ const HELPER_ENV: &str = "PORTICO_INTERCEPT_HELPER";
 const PROXY_UID: &str = "2102";
 const ORDERS_VIP: &str = "198.19.0.10:80";
 const SMTP_VIP: &str = "198.19.0.11:25";
+const SUBMISSION_VIP: &str = "198.19.0.12:587";
 const BACKEND: &str = "198.18.0.5:8080";
 const BYPASS: &str = "198.18.0.5:9090";
 const BANNER: &str = "198.18.0.6:2525";
@@ -221,7 +222,8 @@ routes:
 services:
   - {{ name: orders, addresses: ["{ORDERS_VIP}"], backend: orders, routes: [orders-teapot] }}
   - {{ name: smtp, addresses: ["{SMTP_VIP}"], backend: smtp, opaque: true }}
-interception: {{ detectTimeout: 3s }}
+  - {{ name: submission, addresses: ["{SUBMISSION_VIP}"], backend: smtp }}
+interception: {{ detectTimeout: 3s, opaquePorts: [587] }}
 backends:
   - {{ name: orders, endpoints: [{{ address: "{BACKEND}" }}] }}
   - {{ name: smtp, endpoints: [{{ address: "{BANNER}" }}] }}
@@ -245,6 +247,7 @@ fn start_proxy(ns: &mut Netns, config: &Path) {
     ]);
     proxy.env("PORTICO_LOG", "info");
     ns.spawn(proxy);
+    ns.wait_for("the proxy", || ns.get(ADMIN, "/ready").starts_with("200"));
 }
 
 #[test]
@@ -263,19 +266,9 @@ fn an_app_reaches_a_cluster_ip_through_the_proxy_and_skipped_ports_bypass_it() {
     }
     ns.wait_for(BANNER, || ns.ask("probe", BANNER) == "up");
 
-    ns.exec(&[
-        env!("CARGO_BIN_EXE_portico-proxy"),
-        "init",
-        "--skip-outbound-ports",
-        "9090",
-    ]);
     // Idempotent: a second run leaves one set of rules.
-    ns.exec(&[
-        env!("CARGO_BIN_EXE_portico-proxy"),
-        "init",
-        "--skip-outbound-ports",
-        "9090",
-    ]);
+    init(&ns);
+    init(&ns);
     let rules =
         String::from_utf8_lossy(&ns.exec(&["iptables-save", "-t", "nat"]).stdout).into_owned();
     assert_eq!(rules.matches("-j PORTICO_OUTPUT").count(), 1, "{rules}");
@@ -283,7 +276,6 @@ fn an_app_reaches_a_cluster_ip_through_the_proxy_and_skipped_ports_bypass_it() {
 
     let (_dir, config) = world_readable_config(&sidecar_config());
     start_proxy(&mut ns, &config);
-    ns.wait_for("the proxy", || ns.get(ADMIN, "/ready").starts_with("200"));
     let metrics = || ns.get(ADMIN, "/metrics");
 
     // The app dials the ClusterIP; the proxy routes it to the service's backend.
@@ -346,14 +338,83 @@ fn an_app_reaches_a_cluster_ip_through_the_proxy_and_skipped_ports_bypass_it() {
         ms < 1000,
         "the banner took {ms} ms through an opaque service"
     );
+    // The same for a port listed in `interception.opaquePorts`.
+    let greeting = ns.ask("banner-client", SUBMISSION_VIP);
+    let (ms, banner) = greeting.split_once(' ').expect("elapsed and banner");
+    assert_eq!(banner, "220 portico-test ESMTP");
+    let ms: u64 = ms.parse().expect("elapsed ms");
+    assert!(ms < 1000, "the banner took {ms} ms through an opaque port");
     let m = metrics();
+    for svc in ["smtp", "submission"] {
+        let series = format!(
+            r#"portico_intercepted_connections_total{{listener="outbound",service="{svc}",protocol="opaque"}}"#
+        );
+        assert_eq!(metric(&m, &series), 1, "{m}");
+    }
+}
+
+/// `portico-proxy init` as the injected init container runs it.
+fn init(ns: &Netns) {
+    ns.exec(&[
+        env!("CARGO_BIN_EXE_portico-proxy"),
+        "init",
+        "--skip-outbound-ports",
+        "9090",
+        "--skip-inbound-ports",
+        "9091",
+    ]);
+}
+
+#[test]
+fn connections_to_the_pod_reach_the_app_on_loopback_and_skipped_ports_bypass_the_proxy() {
+    if std::env::var_os(HELPER_ENV).is_some() {
+        return;
+    }
+    preflight();
+    // PREROUTING sees only packets that arrive on an interface, so the caller lives in a second
+    // namespace joined to the pod's by a veth pair (192.0.2.0/24 exists only between the two).
+    let mut pod = Netns::create();
+    let client = Netns::create();
+    pod.exec(&[
+        "ip",
+        "link",
+        "add",
+        "vpod",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vclient",
+        "netns",
+        &client.name,
+    ]);
+    pod.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "vpod"]);
+    pod.exec(&["ip", "link", "set", "vpod", "up"]);
+    client.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", "vclient"]);
+    client.exec(&["ip", "link", "set", "vclient", "up"]);
+    // The app listens on loopback only: the pod IP reaches it through the proxy or not at all.
+    pod.spawn(pod.helper("http-server", "127.0.0.1:8081"));
+    pod.spawn(pod.helper("http-server", "0.0.0.0:9091"));
+    pod.wait_for("the app", || pod.ask("probe", "127.0.0.1:8081") == "up");
+    pod.wait_for("the skipped app", || {
+        pod.ask("probe", "127.0.0.1:9091") == "up"
+    });
+    init(&pod);
+    let (_dir, config) = world_readable_config(&sidecar_config());
+    start_proxy(&mut pod, &config);
+    let inbound =
+        r#"portico_intercepted_connections_total{listener="inbound",service="",protocol="opaque"}"#;
+
+    let reply = client.get("192.0.2.1:8081", "/in");
+    assert_eq!(reply, "200 backend 127.0.0.1:8081 /in");
+    assert_eq!(metric(&pod.get(ADMIN, "/metrics"), inbound), 1);
+
+    let reply = client.get("192.0.2.1:9091", "/skipped");
+    assert_eq!(reply, "200 backend 0.0.0.0:9091 /skipped");
     assert_eq!(
-        metric(
-            &m,
-            r#"portico_intercepted_connections_total{listener="outbound",service="smtp",protocol="opaque"}"#
-        ),
+        metric(&pod.get(ADMIN, "/metrics"), inbound),
         1,
-        "{m}"
+        "9091 went through the proxy"
     );
 }
 
