@@ -132,7 +132,11 @@ pub fn plan(args: &InitArgs) -> anyhow::Result<Plan> {
 
     let mut skip_in = vec![args.admin_port.to_string()];
     for p in items(&args.skip_inbound_ports) {
-        skip_in.push(port_spec(p).context("--skip-inbound-ports")?);
+        let p = port_spec(p).context("--skip-inbound-ports")?;
+        // The webhook lists the admin port too; one rule per port is enough.
+        if !skip_in.contains(&p) {
+            skip_in.push(p);
+        }
     }
     for p in skip_in {
         r.push_str(&format!(
@@ -312,11 +316,7 @@ mod tests {
             "",
         ]))
         .expect("plan");
-        assert_eq!(
-            p.restore.matches("--dport 4191").count(),
-            2,
-            "admin + listed"
-        );
+        assert_eq!(p.restore.matches("--dport 4191").count(), 1, "listed once");
     }
 
     #[test]

@@ -210,3 +210,53 @@ async fn passthrough(mut client: TcpStream, dst: SocketAddr) {
         Err(_) => tracing::debug!(destination = %dst, "connect timed out"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> ServiceTable {
+        let cfg: ProxyConfig = serde_yaml::from_str(
+            r#"
+routes:
+  - name: orders-v2
+    rules: [{ matches: [{ path: { type: PathPrefix, value: /v2 } }], backends: [{ backend: v2 }] }]
+services:
+  - { name: orders, addresses: ["198.19.0.10:80", "198.19.0.10:8080"], backend: orders, routes: [orders-v2] }
+backends: [{ name: orders }, { name: v2 }]
+"#,
+        )
+        .expect("parses");
+        cfg.validate().expect("valid");
+        ServiceTable::new(&cfg).expect("compiles")
+    }
+
+    fn parts(path: &str) -> Parts {
+        http::Request::get(path)
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn every_address_of_a_service_finds_it() {
+        let t = table();
+        for a in ["198.19.0.10:80", "198.19.0.10:8080"] {
+            let s = t.lookup(a.parse().expect("addr")).expect("found");
+            assert_eq!(&*s.name, "orders");
+        }
+        assert!(t.lookup("198.19.0.10:81".parse().expect("addr")).is_none());
+    }
+
+    #[test]
+    fn attached_routes_win_and_the_rest_goes_to_the_service_backend() {
+        let t = table();
+        let hit = t.route("orders", "orders", &parts("/v2/x")).expect("hit");
+        assert_eq!(&**hit.route, "orders-v2");
+        let hit = t.route("orders", "orders", &parts("/other")).expect("hit");
+        assert_eq!(&**hit.route, "orders");
+        assert_eq!(hit.rule.rule.backends[0].backend, "orders");
+        assert!(t.route("gone", "orders", &parts("/")).is_none());
+    }
+}

@@ -305,6 +305,19 @@ fn an_app_reaches_a_cluster_ip_through_the_proxy_and_skipped_ports_bypass_it() {
         "{m}"
     );
 
+    // HTTP/2 with prior knowledge is detected too, and reaches the HTTP/1 backend.
+    let reply = ns.ask("get-h2", &format!("{ORDERS_VIP} /h2"));
+    assert_eq!(reply, format!("200 backend {BACKEND} /h2"));
+    let m = metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"portico_intercepted_connections_total{listener="outbound",service="orders",protocol="http2"}"#
+        ),
+        1,
+        "{m}"
+    );
+
     // An address that is no service passes through the proxy untouched.
     let reply = ns.get(BACKEND, "/direct");
     assert!(
@@ -438,6 +451,10 @@ fn helper() {
             let (addr, path) = arg.split_once(' ').expect("addr path");
             get(addr, path)
         }
+        "get-h2" => {
+            let (addr, path) = arg.split_once(' ').expect("addr path");
+            get_h2(addr, path)
+        }
         "banner-client" => {
             let start = Instant::now();
             let s = TcpStream::connect(&arg).expect("connect");
@@ -469,6 +486,31 @@ fn get(addr: &str, path: &str) -> String {
     let status = resp.split(' ').nth(1).unwrap_or("none").to_owned();
     let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     format!("{status} {body}")
+}
+
+/// Like [`get`] over HTTP/2 with prior knowledge (h2c), as gRPC clients speak.
+fn get_h2(addr: &str, path: &str) -> String {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 request");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        format!("{status} {}", String::from_utf8_lossy(&body))
+    })
 }
 
 /// A one-thread HTTP/1.1 server answering `backend <addr> <path>` and closing.
