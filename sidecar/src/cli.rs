@@ -11,7 +11,12 @@ use crate::{Options, Proxy, reload};
 
 /// Portico's data plane proxy, configured from a file that is re-read when it changes.
 #[derive(Debug, Parser)]
-#[command(name = "portico-proxy", version)]
+#[command(
+    name = "portico-proxy",
+    version,
+    after_help = "In a meshed pod's init container: `portico-proxy init` installs the iptables \
+                  redirection (see `portico-proxy init --help`)."
+)]
 pub struct Args {
     /// Config file (YAML or JSON, `apiVersion: portico.dev/proxy/v1`).
     #[arg(long, env = "PORTICO_CONFIG")]

@@ -29,7 +29,7 @@ pub const OUTPUT_CHAIN: &str = "PORTICO_OUTPUT";
 
 /// Installs the traffic redirection for a meshed pod (run once, as root, with NET_ADMIN).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "portico-proxy init")]
+#[command(name = "portico-proxy init", bin_name = "portico-proxy init")]
 pub struct InitArgs {
     /// Port of the proxy's INBOUND listener.
     #[arg(long, default_value_t = 4143)]
