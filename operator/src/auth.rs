@@ -5,6 +5,10 @@
 //! The rule for gateway proxies: the config of Gateway `ns/name` is served only to the
 //! ServiceAccount `portico-gateway-<name>` in namespace `ns` — the account the operator creates
 //! for that Gateway's proxy Deployment. Any other valid identity gets 403.
+//!
+//! The rule for sidecars: the mesh-wide config (Services, their Routes and endpoints — what
+//! kube-proxy gives every node) is served to any ServiceAccount; users that are not
+//! ServiceAccounts get 403.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
@@ -83,6 +87,31 @@ pub async fn authorize_gateway(
     token: &str,
     gateway: &Key,
 ) -> Result<String, AuthError> {
+    let user = review(client, token).await?;
+    if user != gateway_proxy_user(gateway) {
+        return Err(AuthError::Forbidden {
+            user,
+            gateway: gateway.to_string(),
+        });
+    }
+    Ok(user)
+}
+
+/// Checks `token` with a TokenReview (audience `portico`) and that it belongs to a
+/// ServiceAccount (a sidecar). Returns the user name.
+pub async fn authorize_mesh(client: &kube::Client, token: &str) -> Result<String, AuthError> {
+    let user = review(client, token).await?;
+    if !user.starts_with("system:serviceaccount:") {
+        return Err(AuthError::Forbidden {
+            user,
+            gateway: "(mesh)".to_owned(),
+        });
+    }
+    Ok(user)
+}
+
+/// A TokenReview with audience `portico`; the authenticated user name.
+async fn review(client: &kube::Client, token: &str) -> Result<String, AuthError> {
     let review = TokenReview {
         spec: TokenReviewSpec {
             audiences: Some(vec![AUDIENCE.to_owned()]),
@@ -110,14 +139,7 @@ pub async fn authorize_gateway(
             "token is not for audience {AUDIENCE:?}"
         )));
     }
-    let user = status.user.and_then(|u| u.username).unwrap_or_default();
-    if user != gateway_proxy_user(gateway) {
-        return Err(AuthError::Forbidden {
-            user,
-            gateway: gateway.to_string(),
-        });
-    }
-    Ok(user)
+    Ok(status.user.and_then(|u| u.username).unwrap_or_default())
 }
 
 #[cfg(test)]

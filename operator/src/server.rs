@@ -1,7 +1,8 @@
 //! The config server: streams each proxy its config over HTTPS (HTTP/2, or HTTP/1.1 chunked).
 //!
 //! ```text
-//!  GET /v1/gateways/{namespace}/{name}/config
+//!  GET /v1/gateways/{namespace}/{name}/config      a gateway proxy: its Gateway's config
+//!  GET /v1/mesh/config                            a sidecar: the mesh-wide config
 //!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
 //!
 //!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
@@ -46,7 +47,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth;
-use crate::index::{Key, Subscription};
+use crate::index::{Key, Subscription, mesh_key};
 use crate::metrics::Metrics;
 use crate::watch::{Readiness, SharedIndex};
 
@@ -153,18 +154,24 @@ impl ConfigServer {
         peer: SocketAddr,
     ) -> Response<BoxBody<Bytes, Infallible>> {
         let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
-        let gateway = match path.as_slice() {
+        let target = match path.as_slice() {
             ["v1", "gateways", ns, name, "config"] if req.method() == http::Method::GET => {
                 Key::new(*ns, *name)
             }
+            ["v1", "mesh", "config"] if req.method() == http::Method::GET => mesh_key(),
             _ => return text(StatusCode::NOT_FOUND, "no such endpoint\n"),
         };
         let token = match auth::bearer(req.headers().get(header::AUTHORIZATION)) {
             Ok(t) => t,
-            Err(e) => return self.refuse(&e, &gateway, peer),
+            Err(e) => return self.refuse(&e, &target, peer),
         };
-        if let Err(e) = auth::authorize_gateway(&self.client, token, &gateway).await {
-            return self.refuse(&e, &gateway, peer);
+        let authorized = if target == mesh_key() {
+            auth::authorize_mesh(&self.client, token).await
+        } else {
+            auth::authorize_gateway(&self.client, token, &target).await
+        };
+        if let Err(e) = authorized {
+            return self.refuse(&e, &target, peer);
         }
         // A proxy that connects while the operator starts waits a little for a complete index
         // rather than receiving a partial config.
@@ -179,7 +186,8 @@ impl ConfigServer {
             .index
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .subscribe(&gateway);
+            .subscribe(&target);
+        let gateway = target;
         tracing::info!(%peer, %gateway, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(pump(sub, tx, self.debounce, self.metrics.clone(), gateway));

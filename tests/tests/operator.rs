@@ -71,6 +71,10 @@ fn main() -> ExitCode {
                 "a_leader_that_stops_cleanly_hands_the_lease_over_at_once",
                 clean_stop_hands_over,
             ),
+            test(
+                "a_sidecar_gets_every_service_by_cluster_ip_with_its_endpoints",
+                mesh_stream,
+            ),
         ],
     )
 }
@@ -254,6 +258,15 @@ async fn open_stream(
     gateway: &str,
     token: Option<&str>,
 ) -> anyhow::Result<Result<ConfigStream, (u16, String)>> {
+    open_path(op, &format!("/v1/gateways/{gateway}/config"), token).await
+}
+
+/// Opens a config stream at `path`.
+async fn open_path(
+    op: &Operator,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Result<ConfigStream, (u16, String)>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(op.ca.clone())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -269,7 +282,7 @@ async fn open_stream(
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
     tokio::spawn(conn);
-    let mut req = http::Request::get(format!("https://127.0.0.1/v1/gateways/{gateway}/config"));
+    let mut req = http::Request::get(format!("https://127.0.0.1{path}"));
     if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
     }
@@ -916,5 +929,47 @@ async fn clean_stop_hands_over(ctx: Ctx) -> anyhow::Result<()> {
             metric(&b, "portico_operator_leader").await? == 1.0
         }
     );
+    Ok(())
+}
+
+async fn mesh_stream(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let token = token(&ctx, "some-app", "portico").await?;
+    let mut stream = open_path(&op, "/v1/mesh/config", Some(&token))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    let (routes, backends) = stream.full_state().await?;
+    let service = Api::<Service>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .get("orders")
+        .await?;
+    let cluster_ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("no cluster IP")?;
+    let ns = &ctx.namespace;
+    let orders = routes
+        .services
+        .iter()
+        .find(|s| s.name == format!("{ns}/orders:80"))
+        .with_context(|| format!("no orders service in {:?}", routes.services))?;
+    ensure!(
+        orders.addresses == [format!("{cluster_ip}:80")],
+        "{orders:?}"
+    );
+    let backend = backends
+        .backends
+        .iter()
+        .find(|b| b.name == orders.backend)
+        .context("no backend for orders")?;
+    ensure!(backend.endpoints.len() == 1 && backend.endpoints[0].address == "198.18.64.10:8080");
+    portico_proxy_api::ProxyConfig::from_parts(routes, backends)
+        .validate()
+        .context("the mesh config is valid")?;
+    // Without a token: 401.
+    ensure!(matches!(
+        open_path(&op, "/v1/mesh/config", None).await?,
+        Err((401, _))
+    ));
     Ok(())
 }

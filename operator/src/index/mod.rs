@@ -13,6 +13,7 @@
 //! tasks: tests apply objects and read receivers directly.
 
 mod endpoints;
+mod mesh;
 mod status;
 pub mod translate;
 
@@ -30,6 +31,7 @@ use portico_api::{Gateway, Route, ServicePolicy};
 use portico_proxy_api::{self as contract, BackendSet, ProxyConfig, RouteTable};
 use tokio::sync::watch;
 
+pub use mesh::mesh_key;
 pub use status::{Cond, GatewayState, ParentState, PolicyState, RouteState, Statuses};
 
 /// Name of the ServiceAccount, Service and Deployment of a Gateway's proxies:
@@ -153,7 +155,7 @@ struct ProxyChannels {
 }
 
 /// Service ports a proxy needs, as `(namespace, service, port)`.
-type Wanted = BTreeSet<(String, String, i32)>;
+pub(crate) type Wanted = BTreeSet<(String, String, i32)>;
 
 /// Backends computed during one recompute, by Service port.
 type Memo = std::collections::HashMap<(String, String, i32), contract::Backend>;
@@ -410,6 +412,11 @@ impl Index {
         }
     }
 
+    /// The config receivers of sidecar proxies: the mesh-wide config (see the `mesh` module).
+    pub fn subscribe_mesh(&mut self) -> Subscription {
+        self.subscribe(&mesh_key())
+    }
+
     /// The desired status of every Gateway, Route and ServicePolicy, recomputed on each change.
     pub fn statuses(&self) -> watch::Receiver<Arc<Statuses>> {
         self.statuses.subscribe()
@@ -509,7 +516,10 @@ impl Index {
                 });
             ch.wanted = wanted;
             let sent = ch.routes.send_if_modified(|cur| {
-                if cur.listeners == routes.listeners && cur.routes == routes.routes {
+                if cur.listeners == routes.listeners
+                    && cur.routes == routes.routes
+                    && cur.services == routes.services
+                {
                     return false;
                 }
                 *cur = Arc::new(RouteTable {
@@ -692,6 +702,9 @@ impl Index {
     /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
     /// Service ports it refers to.
     fn gateway_routes(&self, key: &Key) -> (RouteTable, Wanted) {
+        if *key == mesh_key() {
+            return self.mesh_routes();
+        }
         let Some(gw) = self.gateways.get(key) else {
             return Default::default();
         };

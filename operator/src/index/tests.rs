@@ -575,3 +575,53 @@ fn one_endpoint_change_at_scale_is_cheap() {
         "{per_change:?} per change"
     );
 }
+
+#[test]
+fn sidecars_get_every_service_by_cluster_ip_with_its_mesh_routes() {
+    let (mut index, _gw) = shop();
+    index.apply(mk_service(
+        "shop",
+        "pay",
+        json!([{"port": 80}, {"port": 9000}, {"port": 53, "protocol": "UDP"}]),
+    ));
+    index.apply(Object::Route(from(json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+        "metadata": {"namespace": "shop", "name": "canary"},
+        "spec": {"parentRefs": [{"kind": "Service", "name": "orders", "port": 80}],
+                 "rules": [{"matches": [{"headers": [{"name": "x-canary", "value": "1"}]}],
+                            "backendRefs": [{"name": "pay", "port": 80}]}]}
+    }))));
+    let mut sub = index.subscribe_mesh();
+    let routes = sub.routes.borrow_and_update().clone();
+    let names: Vec<&str> = routes.services.iter().map(|s| s.name.as_str()).collect();
+    // `pay` has the same cluster IP in these builders; its ports differ, so addresses do too.
+    assert_eq!(
+        names,
+        ["shop/orders:80", "shop/pay:9000"],
+        "{:?}",
+        routes.services
+    );
+    let orders = &routes.services[0];
+    assert_eq!(orders.addresses, ["198.19.0.10:80"]);
+    assert_eq!(orders.backend, "shop/orders:80");
+    assert_eq!(orders.routes, ["shop/canary"]);
+    assert_eq!(routes.routes.len(), 1);
+    assert!(routes.listeners.is_empty());
+    let backends = sub.backends.borrow_and_update().clone();
+    let config = ProxyConfig::from_parts((*routes).clone(), (*backends).clone());
+    config.validate().expect("the mesh config is valid");
+    assert_eq!(
+        addresses(config.backend("shop/orders:80").unwrap()),
+        ["198.18.64.1:8080"]
+    );
+    // Endpoints keep flowing to sidecars.
+    index.apply(mk_slice(
+        "shop",
+        "orders-a",
+        "orders",
+        8080,
+        &[ep("198.18.64.5", READY)],
+    ));
+    assert!(sub.backends.has_changed().unwrap());
+    assert!(!sub.routes.has_changed().unwrap());
+}

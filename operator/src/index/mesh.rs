@@ -1,0 +1,131 @@
+//! The mesh-wide config of sidecar proxies: every Service with a cluster IP, recognised by its
+//! virtual addresses (ClusterIP:port), the Routes attached to Services, and every backend.
+//!
+//! ```text
+//!  Service shop/orders 198.19.0.10:80 ──► contract Service "shop/orders:80"
+//!                                            addresses ["198.19.0.10:80"]
+//!                                            backend "shop/orders:80", routes [Routes with a
+//!                                            Service parent shop/orders (port 80 or any)]
+//! ```
+//!
+//! Every sidecar gets the same config (as kube-proxy gives every node every Service); the
+//! listeners (INBOUND / OUTBOUND) are the proxy's own, from its flags.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use portico_api::policy::ServiceProtocol;
+use portico_api::route::ParentKind;
+use portico_proxy_api::{self as contract, RouteTable};
+
+use super::{Index, Key, Wanted, translate};
+
+/// Routes attached to Services: (namespace, service) → (port the Route applies to, Route name).
+type Attached = BTreeMap<(String, String), Vec<(Option<i32>, String)>>;
+
+/// The key the mesh config is published under. No Gateway has an empty name.
+pub fn mesh_key() -> Key {
+    Key::default()
+}
+
+impl Index {
+    pub(super) fn mesh_routes(&self) -> (RouteTable, Wanted) {
+        let mut wanted = Wanted::new();
+        let mut routes = Vec::new();
+        let mut attached: Attached = BTreeMap::new();
+        for (rkey, route) in &self.routes {
+            let parents: Vec<_> = route
+                .spec
+                .parent_refs
+                .iter()
+                .filter(|p| p.kind == ParentKind::Service)
+                .collect();
+            if parents.is_empty() || route.problem.is_some() || route.rules.is_empty() {
+                continue;
+            }
+            let name = rkey.to_string();
+            routes.push(contract::Route {
+                name: name.clone(),
+                listeners: Vec::new(),
+                hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
+                rules: route.rules.clone(),
+            });
+            wanted.extend(route.refs.iter().cloned());
+            for p in parents {
+                let ns = p
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| rkey.namespace.clone());
+                attached
+                    .entry((ns, p.name.clone()))
+                    .or_default()
+                    .push((p.port, name.clone()));
+            }
+        }
+        let mut services = Vec::new();
+        let mut vips = BTreeSet::new();
+        for (skey, svc) in &self.services {
+            let Some(spec) = &svc.spec else {
+                continue;
+            };
+            let ips: Vec<IpAddr> = spec
+                .cluster_ips
+                .clone()
+                .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            if ips.is_empty() {
+                continue;
+            }
+            let opaque = self
+                .policy_for(skey)
+                .is_some_and(|p| p.spec.protocol == Some(ServiceProtocol::Opaque));
+            for port in spec.ports.iter().flatten() {
+                if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                    continue;
+                }
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
+                let addresses: Vec<String> = ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, number).to_string())
+                    .filter(|a| vips.insert(a.clone()))
+                    .collect();
+                if addresses.is_empty() {
+                    continue;
+                }
+                let backend = translate::backend_name(&skey.namespace, &skey.name, port.port);
+                wanted.insert((skey.namespace.clone(), skey.name.clone(), port.port));
+                let routes = attached
+                    .get(&(skey.namespace.clone(), skey.name.clone()))
+                    .map(|rs| {
+                        rs.iter()
+                            .filter(|(p, _)| p.is_none_or(|p| p == port.port))
+                            .map(|(_, n)| n.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                services.push(contract::Service {
+                    name: backend.clone(),
+                    addresses,
+                    backend,
+                    routes,
+                    opaque,
+                });
+            }
+        }
+        (
+            RouteTable {
+                generation: 0,
+                listeners: Vec::new(),
+                routes,
+                services,
+                ..RouteTable::default()
+            },
+            wanted,
+        )
+    }
+}
