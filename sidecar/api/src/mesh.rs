@@ -39,7 +39,9 @@ pub struct Service {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Interception {
-    /// Destination ports never sniffed, in both directions (server-speaks-first protocols).
+    /// Service ports never sniffed: connections to them go to the service's backend as opaque
+    /// TCP at once (server-speaks-first protocols). Inbound and passed-through connections are
+    /// never sniffed anyway.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub opaque_ports: Vec<u16>,
     /// How long to wait for a client's first bytes before treating the connection as opaque
