@@ -553,3 +553,28 @@ fn banner_server(addr: &str) -> ! {
     }
     unreachable!("incoming() never ends")
 }
+
+/// Without a NAT entry there is no original destination; forwarding to the listener's own
+/// address would loop, so the proxy closes the connection. Needs no root.
+#[tokio::test]
+async fn a_connection_made_straight_to_the_outbound_listener_is_closed_not_looped() {
+    use tokio::io::AsyncReadExt as _;
+    if std::env::var_os(HELPER_ENV).is_some() {
+        return;
+    }
+    let cfg: portico_proxy_api::ProxyConfig = serde_yaml::from_str(
+        r#"listeners: [{ name: outbound, address: "127.0.0.1:0", protocol: OUTBOUND }]"#,
+    )
+    .expect("config");
+    let proxy = portico_proxy::Proxy::start(cfg, portico_proxy::Options::default())
+        .await
+        .expect("start");
+    let addr = proxy.listener_addr("outbound").expect("bound");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
