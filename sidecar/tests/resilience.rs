@@ -307,7 +307,8 @@ async fn round_robin_spreads_evenly() {
 #[tokio::test]
 async fn p2c_steers_away_from_a_slow_endpoint() {
     let slow = upstream(handler(|_req: Request<Incoming>| async {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Far slower than the fast endpoint can ever be, even on a loaded machine.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         status(200)
     }))
     .await;
@@ -324,9 +325,10 @@ async fn p2c_steers_away_from_a_slow_endpoint() {
     for _ in 0..30 {
         assert_eq!(get(addr, "/").await.status, 200);
     }
-    // Once the slow endpoint has answered once, its peak latency loses every comparison.
+    // Once the slow endpoint has answered, its peak latency loses the comparisons; a loaded
+    // machine may give it a second or third chance as estimates age, never a real share.
     assert!(
-        slow.hits() <= 1,
+        slow.hits() <= 3,
         "slow={} fast={}",
         slow.hits(),
         fast.hits()
