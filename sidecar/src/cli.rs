@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use portico_proxy_api::Duration;
 
-use crate::{Options, Proxy, reload};
+use crate::{Options, Proxy, control, reload};
 
 /// Portico's data plane proxy, configured from a file that is re-read when it changes.
 #[derive(Debug, Parser)]
@@ -19,8 +19,34 @@ use crate::{Options, Proxy, reload};
 )]
 pub struct Args {
     /// Config file (YAML or JSON, `apiVersion: portico.dev/proxy/v1`).
-    #[arg(long, env = "PORTICO_CONFIG")]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        env = "PORTICO_CONFIG",
+        required_unless_present = "control_plane"
+    )]
+    pub config: Option<PathBuf>,
+    /// Take the config from the operator's config server instead of a file, e.g.
+    /// `https://portico-operator.portico-system.svc:8443` (see the `control` module).
+    #[arg(
+        long,
+        env = "PORTICO_CONTROL_PLANE",
+        conflicts_with = "config",
+        requires = "token_file"
+    )]
+    pub control_plane: Option<http::Uri>,
+    /// With `--control-plane`: the Gateway this proxy serves (`namespace/name`); without it the
+    /// proxy asks for the mesh config (sidecar mode).
+    #[arg(long, env = "PORTICO_GATEWAY")]
+    pub gateway: Option<String>,
+    /// With `--control-plane`: the ServiceAccount token file (audience `portico`).
+    #[arg(long, env = "PORTICO_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// With `--control-plane`: the config server's CA certificate file (PEM).
+    #[arg(long, env = "PORTICO_CA_FILE", conflicts_with = "control_plane_ca")]
+    pub ca_file: Option<PathBuf>,
+    /// With `--control-plane`: the config server's CA certificate itself (PEM text).
+    #[arg(long, env = "PORTICO_CONTROL_PLANE_CA", hide_env_values = true)]
+    pub control_plane_ca: Option<String>,
     /// Address of the admin server (/live, /ready, /metrics, /config).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
@@ -57,6 +83,11 @@ pub enum LogFormat {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Args {
         config,
+        control_plane,
+        gateway,
+        token_file,
+        ca_file,
+        control_plane_ca,
         admin_addr,
         log_format,
         log_level,
@@ -91,21 +122,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .context("starting the runtime")?;
 
     runtime.block_on(async move {
-        let cfg = reload::load(&config)?;
         let options = Options {
             admin_addr: Some(admin_addr),
             access_log,
         };
-        let proxy = Proxy::start(cfg, options)
-            .await
-            .context("the initial config was refused")?;
+        let (proxy, watcher) = match (config, control_plane, token_file) {
+            (Some(config), _, _) => {
+                let cfg = reload::load(&config)?;
+                let proxy = Proxy::start(cfg, options)
+                    .await
+                    .context("the initial config was refused")?;
+                let every = reload_interval.get();
+                let watcher = tokio::spawn(reload::watch(proxy.clone(), config, every));
+                (proxy, watcher)
+            }
+            (None, Some(url), Some(token_file)) => {
+                let ca_pem = match (ca_file, control_plane_ca) {
+                    (Some(file), _) => control::read(&file)?,
+                    (None, Some(pem)) => pem.into_bytes(),
+                    (None, None) => anyhow::bail!(
+                        "--control-plane needs the config server's CA: --ca-file or PORTICO_CONTROL_PLANE_CA"
+                    ),
+                };
+                let cp = control::ControlPlane {
+                    url,
+                    gateway,
+                    token_file,
+                    ca_pem,
+                    extra_listeners: Vec::new(),
+                };
+                tracing::info!(control_plane = %cp.url, gateway = ?cp.gateway, "waiting for the first config");
+                let (cfg, session) = control::first_config(&cp).await;
+                let proxy = Proxy::start(cfg, options)
+                    .await
+                    .context("the first config from the control plane was refused")?;
+                let watcher = tokio::spawn(control::follow(proxy.clone(), cp, session));
+                (proxy, watcher)
+            }
+            _ => anyhow::bail!("give --config, or --control-plane with --token-file"),
+        };
         tracing::info!(
             listeners = ?proxy.listener_addresses(),
             admin = %admin_addr,
             workers,
             "portico-proxy ready"
         );
-        let watcher = tokio::spawn(reload::watch(proxy.clone(), config, reload_interval.get()));
         wait_for_signal().await?;
         watcher.abort();
         tracing::info!(deadline = %drain_timeout, "draining");

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod cli;
+pub mod control;
 pub mod detect;
 pub mod error;
 pub mod filters;

@@ -75,6 +75,30 @@ fn main() -> ExitCode {
                 "a_sidecar_gets_every_service_by_cluster_ip_with_its_endpoints",
                 mesh_stream,
             ),
+            test(
+                "a_gateway_proxy_routes_by_the_operator_s_config_and_rides_out_an_operator_restart",
+                proxy_end_to_end,
+            ),
+            test(
+                "weighted_backends_split_close_to_their_weights",
+                weighted_split,
+            ),
+            test(
+                "a_pod_going_not_ready_moves_traffic_without_failed_requests",
+                not_ready_moves_traffic,
+            ),
+            test(
+                "deleting_the_service_gives_503_and_the_route_status_says_why",
+                deleted_service_503,
+            ),
+            test(
+                "endpointslice_changes_reach_proxy_routing_p50_p99_over_200_changes",
+                propagation_to_proxy,
+            ),
+            test(
+                "an_https_listener_serves_the_certificate_from_its_secret",
+                https_listener,
+            ),
         ],
     )
 }
@@ -971,5 +995,490 @@ async fn mesh_stream(ctx: Ctx) -> anyhow::Result<()> {
         open_path(&op, "/v1/mesh/config", None).await?,
         Err((401, _))
     ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through a real portico-proxy.
+
+/// An HTTP backend on `addr` that answers every request with `name`.
+async fn backend(
+    addr: SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding backend {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from(name)),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+/// `GET path` with `Host: host` over a fresh HTTP/1.1 connection; returns status and body.
+async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
+        .await
+        .context("no answer in 5s")??;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok((status, body.to_owned()))
+}
+
+/// A portico-proxy in gateway mode for Gateway `gw`, as its Deployment would run it (token and
+/// CA from files), following `op`'s config server.
+struct GatewayProxy {
+    proxy: portico_proxy::Proxy,
+    follower: tokio::task::JoinHandle<()>,
+    /// The `web` listener, reached on 127.0.0.1.
+    addr: SocketAddr,
+}
+
+impl Drop for GatewayProxy {
+    fn drop(&mut self) {
+        self.follower.abort();
+        let proxy = self.proxy.clone();
+        tokio::spawn(async move { proxy.shutdown(Duration::from_millis(100)).await });
+    }
+}
+
+async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
+    let dir = ctx.plane.dir().join(format!("proxy-{}", ctx.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("token");
+    std::fs::write(
+        &token_file,
+        token(ctx, "portico-gateway-gw", "portico").await?,
+    )?;
+    let cp = portico_proxy::control::ControlPlane {
+        url: format!("https://{}", op.config_addr).parse()?,
+        gateway: Some(format!("{}/gw", ctx.namespace)),
+        token_file,
+        ca_pem: std::fs::read(&op.tls.cert)?,
+        extra_listeners: Vec::new(),
+    };
+    let (config, session) = tokio::time::timeout(
+        Duration::from_secs(20),
+        portico_proxy::control::first_config(&cp),
+    )
+    .await
+    .context("no first config")?;
+    let proxy = portico_proxy::Proxy::start(config, portico_proxy::Options::default()).await?;
+    let follower = tokio::spawn(portico_proxy::control::follow(proxy.clone(), cp, session));
+    let listener = proxy.listener_addr("web").context("no listener web")?;
+    Ok(GatewayProxy {
+        proxy,
+        follower,
+        addr: format!("127.0.0.1:{}", listener.port()).parse()?,
+    })
+}
+
+/// Gateway `gw` with one HTTP listener on a free port.
+async fn gateway_on_free_port(ctx: &Ctx) -> anyhow::Result<()> {
+    let port = free_port()?;
+    create::<Gateway>(
+        ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {"listeners": [{"name": "web", "port": port, "protocol": "HTTP"}]}
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
+    let a: SocketAddr = "198.18.64.21:8080".parse()?;
+    let b: SocketAddr = "198.18.64.22:8080".parse()?;
+    let _a = backend(a, "a").await?;
+    let _b = backend(b, "b").await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("orders")).await?;
+    create::<EndpointSlice>(&ctx, slice("orders-1", "orders", &["198.18.64.21"])).await?;
+    create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let gateway = proxy.addr;
+
+    ensure!(get(gateway, "shop.example.com", "/orders/1").await? == (200, "a".into()));
+    ensure!(get(gateway, "shop.example.com", "/other").await?.0 == 404);
+    ensure!(get(gateway, "other.example.com", "/orders").await?.0 == 404);
+
+    // An endpoint change reaches the proxy's routing.
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let apply = PatchParams::apply("portico-e2e").force();
+    let changed = Instant::now();
+    slices
+        .patch(
+            "orders-1",
+            &apply,
+            &Patch::Apply(&slice("orders-1", "orders", &["198.18.64.22"])),
+        )
+        .await?;
+    eventually("traffic moves to b", Duration::from_secs(10), || async {
+        Ok((get(gateway, "shop.example.com", "/orders").await? == (200, "b".into())).then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "EndpointSlice write → proxy routing by it: {:?}",
+        changed.elapsed()
+    );
+
+    // The operator dies: the proxy keeps serving its last good config.
+    let config_addr = op.config_addr;
+    let tls = op.tls.clone();
+    drop(op);
+    for _ in 0..20 {
+        ensure!(get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()));
+    }
+    // A change made while it is away is picked up when it is back.
+    slices
+        .patch(
+            "orders-1",
+            &apply,
+            &Patch::Apply(&slice("orders-1", "orders", &["198.18.64.21"])),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()));
+    let restarted = Instant::now();
+    let _op = start_operator_with(&ctx, "op-a", tls, config_addr, 2).await?;
+    eventually(
+        "resync after the restart",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                (get(gateway, "shop.example.com", "/orders").await? == (200, "a".into()))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    eprintln!(
+        "operator restart → proxy resynced: {:?}",
+        restarted.elapsed()
+    );
+
+    // Deleting the Route gives 404.
+    Api::<Route>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .delete("orders", &DeleteParams::default())
+        .await?;
+    eventually(
+        "404 after the Route is deleted",
+        Duration::from_secs(10),
+        || async {
+            Ok((get(gateway, "shop.example.com", "/orders").await?.0 == 404).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A Route `split` sending `/` to Service `a` (weight 1) and `b` (weight 3).
+async fn weighted_split(ctx: Ctx) -> anyhow::Result<()> {
+    let _a = backend("198.18.64.31:8080".parse()?, "a").await?;
+    let _b = backend("198.18.64.32:8080".parse()?, "b").await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("a")).await?;
+    create::<Service>(&ctx, service("b")).await?;
+    create::<EndpointSlice>(&ctx, slice("a-1", "a", &["198.18.64.31"])).await?;
+    create::<EndpointSlice>(&ctx, slice("b-1", "b", &["198.18.64.32"])).await?;
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "split"},
+            "spec": {"parentRefs": [{"name": "gw"}],
+                     "rules": [{"backendRefs": [{"name": "a", "port": 80, "weight": 1},
+                                                {"name": "b", "port": 80, "weight": 3}]}]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let mut b = 0;
+    for _ in 0..1000 {
+        let (status, body) = get(proxy.addr, "any.example.com", "/").await?;
+        ensure!(status == 200, "status {status}");
+        if body == "b" {
+            b += 1;
+        }
+    }
+    eprintln!("weights 1:3 over 1000 requests: b got {b}");
+    ensure!(
+        (700..=800).contains(&b),
+        "b got {b} of 1000, expected about 750"
+    );
+    Ok(())
+}
+
+/// Traffic flows to two endpoints; one is marked terminating (then stopped) and the other
+/// keeps every request answered.
+async fn not_ready_moves_traffic(ctx: Ctx) -> anyhow::Result<()> {
+    let a = backend("198.18.64.41:8080".parse()?, "a").await?;
+    let _b = backend("198.18.64.42:8080".parse()?, "b").await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("orders")).await?;
+    create::<EndpointSlice>(
+        &ctx,
+        slice("orders-1", "orders", &["198.18.64.41", "198.18.64.42"]),
+    )
+    .await?;
+    create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let addr = proxy.addr;
+    let load = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            answers.push(get(addr, "shop.example.com", "/orders").await);
+        }
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut terminating = slice("orders-1", "orders", &["198.18.64.42"]);
+    terminating["endpoints"]
+        .as_array_mut()
+        .context("endpoints")?
+        .push(json!({"addresses": ["198.18.64.41"],
+                     "conditions": {"ready": false, "serving": true, "terminating": true}}));
+    Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .patch(
+            "orders-1",
+            &PatchParams::apply("portico-e2e").force(),
+            &Patch::Apply(&terminating),
+        )
+        .await?;
+    // The pod exits a grace period later.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    a.abort();
+    let answers = load.await?;
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, _))))
+        .collect();
+    let late_a = answers
+        .iter()
+        .rev()
+        .take(answers.len() / 4)
+        .filter(|r| matches!(r, Ok((_, body)) if body == "a"))
+        .count();
+    eprintln!(
+        "{} requests during the change, {} failed",
+        answers.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    ensure!(
+        late_a == 0,
+        "the terminating endpoint still got requests at the end"
+    );
+    Ok(())
+}
+
+async fn deleted_service_503(ctx: Ctx) -> anyhow::Result<()> {
+    let _a = backend("198.18.64.51:8080".parse()?, "a").await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("orders")).await?;
+    create::<EndpointSlice>(&ctx, slice("orders-1", "orders", &["198.18.64.51"])).await?;
+    create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    ensure!(get(proxy.addr, "shop.example.com", "/orders").await? == (200, "a".into()));
+    Api::<Service>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .delete("orders", &DeleteParams::default())
+        .await?;
+    // Its EndpointSlices would be garbage-collected with it; these are the test's own.
+    Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .delete("orders-1", &DeleteParams::default())
+        .await?;
+    eventually(
+        "503 after the Service is deleted",
+        Duration::from_secs(10),
+        || async {
+            Ok((get(proxy.addr, "shop.example.com", "/orders").await?.0 == 503).then_some(()))
+        },
+    )
+    .await?;
+    let wanted = format!("Service {}/orders not found", ctx.namespace);
+    eventually(
+        "status names the missing Service",
+        Duration::from_secs(10),
+        || async {
+            Ok(route_condition(&ctx, "orders", "ResolvedRefs")
+                .await?
+                .filter(|c| c.0 == "False" && c.1 == "BackendNotFound" && c.2 == wanted))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The measurement the issue asks for: EndpointSlice write → the proxy answering from the new
+/// endpoint, 200 times, alternating between two backends.
+async fn propagation_to_proxy(ctx: Ctx) -> anyhow::Result<()> {
+    let _a = backend("198.18.64.61:8080".parse()?, "a").await?;
+    let _b = backend("198.18.64.62:8080".parse()?, "b").await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("orders")).await?;
+    create::<EndpointSlice>(&ctx, slice("orders-1", "orders", &["198.18.64.61"])).await?;
+    create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    ensure!(get(proxy.addr, "shop.example.com", "/orders").await? == (200, "a".into()));
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let apply = PatchParams::apply("portico-e2e").force();
+    let mut latencies = Vec::new();
+    let mut after_write = Vec::new();
+    for i in 0..200 {
+        let (ip, name) = if i % 2 == 0 {
+            ("198.18.64.62", "b")
+        } else {
+            ("198.18.64.61", "a")
+        };
+        let started = Instant::now();
+        slices
+            .patch(
+                "orders-1",
+                &apply,
+                &Patch::Apply(&slice("orders-1", "orders", &[ip])),
+            )
+            .await?;
+        let written = Instant::now();
+        loop {
+            let (status, body) = get(proxy.addr, "shop.example.com", "/orders").await?;
+            ensure!(status == 200, "status {status} during change {i}");
+            if body == name {
+                break;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "change {i} not routed within 5s"
+            );
+        }
+        latencies.push(started.elapsed());
+        after_write.push(written.elapsed());
+    }
+    latencies.sort();
+    after_write.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "EndpointSlice write → proxy routing by it, 200 changes: p50 {p50:?}, p99 {p99:?}, max {:?} \
+         (includes the apiserver write; debug build)",
+        latencies[latencies.len() - 1]
+    );
+    eprintln!(
+        "  of which after the apiserver acknowledged the write: p50 {:?}, p99 {:?}",
+        after_write[after_write.len() / 2],
+        after_write[after_write.len() * 99 / 100]
+    );
+    ensure!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+    Ok(())
+}
+
+/// `GET path` over TLS (SNI `host`, trusting `ca`) with a fresh HTTP/1.1 connection.
+async fn get_tls(
+    addr: SocketAddr,
+    host: &str,
+    ca: &CertificateDer<'static>,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(host.to_owned())?, tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok((status, body.to_owned()))
+}
+
+async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
+    let _a = backend("198.18.64.71:8080".parse()?, "a").await?;
+    let ck = rcgen::generate_simple_self_signed(vec!["shop.example.com".into()])?;
+    create::<k8s_openapi::api::core::v1::Secret>(
+        &ctx,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "shop-cert"},
+            "stringData": {"tls.crt": ck.cert.pem(), "tls.key": ck.signing_key.serialize_pem()}
+        }),
+    )
+    .await?;
+    let (http_port, https_port) = (free_port()?, free_port()?);
+    create::<Gateway>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {"listeners": [
+                {"name": "web", "port": http_port, "protocol": "HTTP"},
+                {"name": "tls", "port": https_port, "protocol": "HTTPS",
+                 "hostname": "shop.example.com",
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}]}}
+            ]}
+        }),
+    )
+    .await?;
+    create::<Service>(&ctx, service("orders")).await?;
+    create::<EndpointSlice>(&ctx, slice("orders-1", "orders", &["198.18.64.71"])).await?;
+    create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let tls_addr: SocketAddr = format!(
+        "127.0.0.1:{}",
+        proxy
+            .proxy
+            .listener_addr("tls")
+            .context("no tls listener")?
+            .port()
+    )
+    .parse()?;
+    let answer = get_tls(tls_addr, "shop.example.com", ck.cert.der(), "/orders").await?;
+    ensure!(answer == (200, "a".into()), "over TLS: {answer:?}");
     Ok(())
 }
