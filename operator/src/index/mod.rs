@@ -502,8 +502,10 @@ impl Index {
             .cloned()
             .collect();
         let mut memo = Memo::new();
+        let mut by_gateway = self.routes_by_gateway();
         for key in keys {
-            let (routes, wanted) = self.gateway_routes(&key);
+            let candidates = by_gateway.remove(&key).unwrap_or_default();
+            let (routes, wanted) = self.gateway_routes_of(&key, &candidates);
             let backends = self.backend_set_memo(&wanted, &mut memo);
             let generation = self.generation + 1;
             let ch = self
@@ -699,9 +701,34 @@ impl Index {
         }
     }
 
+    /// The Routes that name each Gateway as a parent, in Route order: a full recompute then
+    /// looks at each Gateway's own Routes only, not at every Route for every Gateway.
+    fn routes_by_gateway(&self) -> BTreeMap<Key, Vec<Key>> {
+        let mut map: BTreeMap<Key, Vec<Key>> = BTreeMap::new();
+        for (rkey, route) in &self.routes {
+            let parents: BTreeSet<Key> = route
+                .spec
+                .parent_refs
+                .iter()
+                .filter(|p| p.kind == ParentKind::Gateway)
+                .map(|p| Key::new(p.namespace.as_deref().unwrap_or(&rkey.namespace), &p.name))
+                .collect();
+            for parent in parents {
+                map.entry(parent).or_default().push(rkey.clone());
+            }
+        }
+        map
+    }
+
     /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
     /// Service ports it refers to.
     fn gateway_routes(&self, key: &Key) -> (RouteTable, Wanted) {
+        let candidates = self.routes_by_gateway().remove(key).unwrap_or_default();
+        self.gateway_routes_of(key, &candidates)
+    }
+
+    /// [`Index::gateway_routes`] with the Routes that name the Gateway (`candidates`) known.
+    fn gateway_routes_of(&self, key: &Key, candidates: &[Key]) -> (RouteTable, Wanted) {
         if *key == mesh_key() {
             return self.mesh_routes();
         }
@@ -726,7 +753,10 @@ impl Index {
         }
         let mut wanted = Wanted::new();
         let mut routes = Vec::new();
-        for (rkey, route) in &self.routes {
+        for (rkey, route) in candidates
+            .iter()
+            .filter_map(|k| self.routes.get_key_value(k))
+        {
             let attached = self.attached_listeners(key, gw, route);
             let attached: Vec<usize> = attached
                 .into_iter()
