@@ -53,9 +53,15 @@ up() {
   mkdir -p "$DEMO/logs" "$DEMO/tls"
 
   step "certificates for the operator's config server"
+  # A CA and a serving certificate signed by it (TLS verifiers refuse a CA as the server's cert).
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -subj "/CN=portico-operator" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    -keyout "$DEMO/tls/tls.key" -out "$DEMO/tls/tls.crt" 2>/dev/null
+    -subj "/CN=portico-demo-ca" -keyout "$DEMO/tls/ca.key" -out "$DEMO/tls/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=portico-operator" \
+    -keyout "$DEMO/tls/tls.key" -out "$DEMO/tls/tls.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$DEMO/tls/ext.cnf"
+  openssl x509 -req -in "$DEMO/tls/tls.csr" -CA "$DEMO/tls/ca.crt" -CAkey "$DEMO/tls/ca.key" \
+    -CAcreateserial -days 30 -extfile "$DEMO/tls/ext.cnf" -out "$DEMO/tls/tls.crt" 2>/dev/null
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -subj "/CN=shop.example.com" -addext "subjectAltName=DNS:shop.example.com" \
     -keyout "$DEMO/tls/shop.key" -out "$DEMO/tls/shop.crt" 2>/dev/null
@@ -64,30 +70,32 @@ up() {
   k create namespace portico-system --dry-run=client -o yaml | k apply -f - >/dev/null
   start operator "$TARGET/debug/portico-operator" --kubeconfig "$KC" \
     --config-tls-cert "$DEMO/tls/tls.crt" --config-tls-key "$DEMO/tls/tls.key" \
-    --admin-addr 127.0.0.1:9902 --config-addr 127.0.0.1:8443 \
-    --control-plane-url https://127.0.0.1:8443 --lease-namespace portico-system \
+    --config-tls-ca "$DEMO/tls/ca.crt" \
+    --admin-addr 127.0.0.1:9902 --config-addr 127.0.0.1:18443 \
+    --control-plane-url https://127.0.0.1:18443 --lease-namespace portico-system \
     --proxy-image portico-proxy:dev
   wait_for "the operator to be ready" 60 in_ns curl -sf http://127.0.0.1:9902/ready
-  echo "operator ready (admin http://127.0.0.1:9902, config server https://127.0.0.1:8443)"
+  echo "operator ready (admin http://127.0.0.1:9902, config server https://127.0.0.1:18443)"
 
+  # Backends listen on 9080: in this one network namespace the gateway binds 0.0.0.0:8080.
   step "demo backends: Deployments whose kwok pods are served by portico-echo processes"
   k create namespace demo --dry-run=client -o yaml | k apply -f - >/dev/null
   k -n demo create secret tls shop-tls --cert "$DEMO/tls/shop.crt" --key "$DEMO/tls/shop.key" \
     --dry-run=client -o yaml | k apply -f - >/dev/null
   local svc replicas
-  for svc in orders-v1:2 orders-v2:1 admin:1 orders-shadow:1; do
+  for svc in orders:1 orders-v1:2 orders-v2:1 admin:1 orders-shadow:1; do
     replicas=${svc#*:}
     svc=${svc%:*}
     k -n demo create deployment "$svc" --image=portico.dev/echo:demo --replicas="$replicas" \
-      --port=8080 --dry-run=client -o yaml | k apply -f - >/dev/null
-    k -n demo create service clusterip "$svc" --tcp=80:8080 --dry-run=client -o yaml \
+      --port=9080 --dry-run=client -o yaml | k apply -f - >/dev/null
+    k -n demo create service clusterip "$svc" --tcp=80:9080 --dry-run=client -o yaml \
       | k apply -f - >/dev/null
   done
-  wait_for "backend pods" 60 bash -c "[[ \$(ip netns exec $NETNS $BIN/kubectl --kubeconfig $KC -n demo get pods --field-selector=status.phase=Running -o name | wc -l) -ge 5 ]]"
+  wait_for "backend pods" 60 bash -c "[[ \$(ip netns exec $NETNS $BIN/kubectl --kubeconfig $KC -n demo get pods --field-selector=status.phase=Running -o name | wc -l) -ge 6 ]]"
   k -n demo get pods -o jsonpath='{range .items[*]}{.metadata.labels.app} {.status.podIP}{"\n"}{end}' |
     while read -r app ip; do
-      start "echo-$app-$ip" "$TARGET/debug/portico-echo" "$app" "$ip:8080"
-      echo "  $app on $ip:8080"
+      start "echo-$app-$ip" "$TARGET/debug/portico-echo" "$app" "$ip:9080"
+      echo "  $app on $ip:9080"
     done
 
   step "applying examples/ (Gateway, Routes, ServicePolicy)"
@@ -96,8 +104,8 @@ up() {
 
   step "a gateway proxy for Gateway demo/public, fed by the operator's stream"
   k -n demo create token portico-gateway-public --audience portico --duration 24h >"$DEMO/tls/gateway.token"
-  start gateway "$TARGET/debug/portico-proxy" --control-plane https://127.0.0.1:8443 \
-    --gateway demo/public --token-file "$DEMO/tls/gateway.token" --ca-file "$DEMO/tls/tls.crt" \
+  start gateway "$TARGET/debug/portico-proxy" --control-plane https://127.0.0.1:18443 \
+    --gateway demo/public --token-file "$DEMO/tls/gateway.token" --ca-file "$DEMO/tls/ca.crt" \
     --admin-addr 127.0.0.1:9901
   wait_for "the gateway proxy to be ready" 60 in_ns curl -sf http://127.0.0.1:9901/ready
   wait_for "routes on the gateway" 30 in_ns curl -sf -o /dev/null -H 'host: shop.example.com' http://127.0.0.1:8080/robots.txt

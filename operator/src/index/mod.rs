@@ -830,7 +830,14 @@ impl Index {
         (
             RouteTable {
                 generation: 0,
-                listeners: listeners.into_iter().flatten().collect(),
+                // A TCP listener no Route feeds has nowhere to send bytes: it is left out (as an
+                // HTTPS listener without its certificate is), rather than making the whole
+                // config invalid for the proxy.
+                listeners: listeners
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| l.protocol != contract::Protocol::Tcp || l.backend.is_some())
+                    .collect(),
                 routes,
                 ..RouteTable::default()
             },
