@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench images
+.PHONY: all build test unit e2e lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench bench-control-plane images
 
 all: build
 
@@ -61,6 +61,13 @@ demo-down:
 ## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy)
 bench:
 	bench/run.sh
+
+## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
+## 50 proxies) and EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control plane
+bench-control-plane: k8s-bins
+	$(CARGO) test --release -p portico-operator scale -- --nocapture --test-threads=1
+	$(CARGO) test -p portico-tests --test operator --no-run
+	hack/in-netns.sh $(CARGO) test --offline -p portico-tests --test operator -- --nocapture endpointslice_changes_reach_proxy_routing
 
 ## images: container images of both binaries, where a container engine runs
 IMAGE_TAG ?= 0.1.0
