@@ -24,7 +24,6 @@ pub mod validate;
 pub use tls::{ReloadingCert, tls_acceptor};
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +33,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::Api;
@@ -131,39 +130,12 @@ impl Webhooks {
     ) -> Result<(), AdmissionError> {
         self.inject.check()?;
         let this = Arc::new(self);
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let tls = tls.clone();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        match crate::server::serve_tls(listener, tls, "webhook", builder, move |req, _peer| {
             let this = this.clone();
-            connections.spawn(async move {
-                let stream = match tls.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                        return;
-                    }
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
-                });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "webhook connection ended");
-                }
-            });
-        }
+            async move { this.handle(req).await }
+        })
+        .await {}
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
