@@ -5,14 +5,10 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::Request;
-use hyper::body::Incoming;
 use portico_proxy::ApplyError;
-use tokio::sync::{Notify, mpsc};
 
 fn to(name: &str, addr: SocketAddr, generation: u64) -> String {
     format!(
@@ -76,19 +72,11 @@ listeners:
 
 #[tokio::test]
 async fn config_swap_keeps_in_flight_requests() {
-    let (entered_tx, mut entered) = mpsc::channel::<()>(1);
-    let release = Arc::new(Notify::new());
-    let gate = release.clone();
-    let old = upstream(handler(move |_req: Request<Incoming>| {
-        let entered_tx = entered_tx.clone();
-        let gate = gate.clone();
-        async move {
-            entered_tx.send(()).await.unwrap();
-            gate.notified().await;
-            status(200)
-        }
-    }))
-    .await;
+    let Gated {
+        upstream: old,
+        mut entered,
+        release,
+    } = gated_upstream().await;
     let new = echo("new").await;
     let proxy = start(&to("old", old.addr, 1)).await;
     let addr = proxy.listener_addr("web").unwrap();
@@ -162,19 +150,11 @@ async fn admin_serves_live_ready_metrics_and_config() {
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
-    let (entered_tx, mut entered) = mpsc::channel::<()>(1);
-    let release = Arc::new(Notify::new());
-    let gate = release.clone();
-    let up = upstream(handler(move |_req: Request<Incoming>| {
-        let entered_tx = entered_tx.clone();
-        let gate = gate.clone();
-        async move {
-            entered_tx.send(()).await.unwrap();
-            gate.notified().await;
-            status(200)
-        }
-    }))
-    .await;
+    let Gated {
+        upstream: up,
+        mut entered,
+        release,
+    } = gated_upstream().await;
     let proxy = start(&to("a", up.addr, 1)).await;
     let addr = proxy.listener_addr("web").unwrap();
     let in_flight = tokio::spawn(async move { get(addr, "/").await });

@@ -11,7 +11,6 @@ use http::Request;
 use hyper::body::Incoming;
 use portico_proxy::balance::HashRing;
 use portico_proxy::error::full;
-use tokio::sync::{Notify, mpsc};
 
 fn route_to(backends: &str, rule_extra: &str) -> String {
     format!(
@@ -251,19 +250,11 @@ async fn failing_endpoint_is_ejected_and_traffic_moves_away() {
 
 #[tokio::test]
 async fn connection_limit_answers_503_at_once_instead_of_queueing() {
-    let (entered_tx, mut entered) = mpsc::channel::<()>(1);
-    let release = Arc::new(Notify::new());
-    let gate = release.clone();
-    let up = upstream(handler(move |_req: Request<Incoming>| {
-        let entered_tx = entered_tx.clone();
-        let gate = gate.clone();
-        async move {
-            entered_tx.send(()).await.unwrap();
-            gate.notified().await;
-            status(200)
-        }
-    }))
-    .await;
+    let Gated {
+        upstream: up,
+        mut entered,
+        release,
+    } = gated_upstream().await;
     let proxy = start(&route_to(
         &format!(
             "  - {{ name: app, limits: {{ maxConnections: 1, maxPendingRequests: 0 }}, endpoints: [{{ address: \"{}\" }}] }}",

@@ -71,6 +71,36 @@ where
     Arc::new(move |req| Box::pin(f(req)))
 }
 
+/// An upstream that holds every request until released: `entered` gets a message as each
+/// request arrives, and each `release.notify_one()` lets one of them answer 200. Tests use it
+/// to have a request provably in flight.
+pub struct Gated {
+    pub upstream: Upstream,
+    pub entered: tokio::sync::mpsc::Receiver<()>,
+    pub release: Arc<tokio::sync::Notify>,
+}
+
+pub async fn gated_upstream() -> Gated {
+    let (entered_tx, entered) = tokio::sync::mpsc::channel::<()>(1);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let upstream = upstream(handler(move |_req: Request<Incoming>| {
+        let entered_tx = entered_tx.clone();
+        let gate = gate.clone();
+        async move {
+            entered_tx.send(()).await.unwrap();
+            gate.notified().await;
+            status(200)
+        }
+    }))
+    .await;
+    Gated {
+        upstream,
+        entered,
+        release,
+    }
+}
+
 /// Answers with a JSON description of the request it received.
 pub async fn echo(name: &'static str) -> Upstream {
     upstream(handler(move |req: Request<Incoming>| async move {
