@@ -38,10 +38,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portico_proxy_api::{BackendSet, RouteTable};
+pub use portico_proxy_api::ConfigMessage;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -50,25 +49,6 @@ use crate::auth;
 use crate::index::{Key, Subscription, mesh_key};
 use crate::metrics::Metrics;
 use crate::watch::{Readiness, SharedIndex};
-
-/// One line of the config stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ConfigMessage {
-    /// Listeners and routes, replacing the previous ones.
-    RouteTable(RouteTable),
-    /// Backends and endpoints, replacing the previous ones.
-    BackendSet(BackendSet),
-}
-
-impl ConfigMessage {
-    /// The message as one NDJSON line.
-    pub fn to_line(&self) -> Bytes {
-        let mut line = serde_json::to_vec(self).unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
-    }
-}
 
 /// Everything a connection handler needs.
 #[derive(Clone)]
@@ -268,7 +248,7 @@ async fn pump(
         let routes = sub.routes.borrow_and_update().clone();
         if sent_routes != Some(routes.generation) {
             sent_routes = Some(routes.generation);
-            let line = ConfigMessage::RouteTable((*routes).clone()).to_line();
+            let line = Bytes::from(ConfigMessage::RouteTable((*routes).clone()).to_line());
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -280,7 +260,7 @@ async fn pump(
         let backends = sub.backends.borrow_and_update().clone();
         if sent_backends != Some(backends.generation) {
             sent_backends = Some(backends.generation);
-            let line = ConfigMessage::BackendSet((*backends).clone()).to_line();
+            let line = Bytes::from(ConfigMessage::BackendSet((*backends).clone()).to_line());
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -324,6 +304,7 @@ impl http_body::Body for ChannelBody {
 mod tests {
     use super::*;
     use crate::index::{Index, Object};
+    use portico_proxy_api::BackendSet;
     use serde_json::json;
 
     fn slice(ips: &[String]) -> Object {

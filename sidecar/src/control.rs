@@ -25,10 +25,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portico_proxy_api::{BackendSet, ProxyConfig, RouteTable};
+use portico_proxy_api::{BackendSet, ConfigMessage, InboundPolicy, ProxyConfig, RouteTable};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use serde::Deserialize;
 
 use crate::Proxy;
 
@@ -55,14 +54,6 @@ impl ControlPlane {
             None => "/v1/mesh/config".to_owned(),
         }
     }
-}
-
-/// One line of the stream (the operator's `ConfigMessage`).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum Message {
-    RouteTable(RouteTable),
-    BackendSet(BackendSet),
 }
 
 /// Why a connection to the config server failed or ended.
@@ -110,6 +101,8 @@ pub struct Session {
     buf: Vec<u8>,
     routes: Option<RouteTable>,
     backends: Option<BackendSet>,
+    /// Sidecars only; empty until the operator sends one.
+    inbound: InboundPolicy,
     // Keeps the HTTP/2 connection open while the body is read.
     _send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
 }
@@ -201,6 +194,7 @@ impl Session {
             buf: Vec::new(),
             routes: None,
             backends: None,
+            inbound: InboundPolicy::default(),
             _send: send,
         })
     }
@@ -214,12 +208,15 @@ impl Session {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                match serde_json::from_slice::<Message>(&line)? {
-                    Message::RouteTable(r) => self.routes = Some(r),
-                    Message::BackendSet(b) => self.backends = Some(b),
+                match ConfigMessage::from_line(&line)? {
+                    ConfigMessage::RouteTable(r) => self.routes = Some(r),
+                    ConfigMessage::BackendSet(b) => self.backends = Some(b),
+                    ConfigMessage::InboundPolicy(p) => self.inbound = p,
                 }
                 if let (Some(r), Some(b)) = (&self.routes, &self.backends) {
-                    return Ok(ProxyConfig::from_parts(r.clone(), b.clone()));
+                    let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
+                    config.inbound = self.inbound.clone();
+                    return Ok(config);
                 }
             }
             match self.body.frame().await {

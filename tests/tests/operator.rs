@@ -22,7 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use portico_api::{Gateway, Route, ServicePolicy};
-use portico_operator::server::ConfigMessage;
+use portico_proxy_api::ConfigMessage;
 use portico_proxy_api::{BackendSet, RouteTable};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
@@ -558,6 +558,9 @@ async fn endpoint_change_reaches_stream(ctx: Ctx) -> anyhow::Result<()> {
                 }
                 ConfigMessage::RouteTable(r) => {
                     bail!("an endpoint change resent the route table: {r:?}")
+                }
+                ConfigMessage::InboundPolicy(p) => {
+                    bail!("a gateway stream carried an inbound policy: {p:?}")
                 }
             }
         }

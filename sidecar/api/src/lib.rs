@@ -8,7 +8,8 @@
 //!  ProxyConfig ─┬─ listeners[]  where traffic comes in (HTTP | HTTPS | TCP)
 //!               ├─ routes[]     hostnames → rules (matches, filters, weighted backend refs)
 //!               ├─ backends[]   named endpoint sets + how to talk to them (LB, outliers, limits)
-//!               └─ services[]   sidecar mode: ClusterIP:port → routes / backend (see [`Service`])
+//!               ├─ services[]   sidecar mode: ClusterIP:port → routes / backend (see [`Service`])
+//!               └─ inbound      sidecar mode: who may call the pod's ports (see [`InboundPolicy`])
 //! ```
 //!
 //! Routes change rarely; endpoints change on every pod restart. The two halves therefore also
@@ -19,6 +20,7 @@ mod backend;
 mod duration;
 mod mesh;
 mod route;
+mod stream;
 mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,7 @@ pub use backend::*;
 pub use duration::{Duration, ParseDurationError};
 pub use mesh::*;
 pub use route::*;
+pub use stream::ConfigMessage;
 pub use validate::ValidationError;
 
 /// The contract version this crate reads and writes. A config with another `apiVersion` is
@@ -70,6 +73,9 @@ pub struct ProxyConfig {
     /// Sidecar mode: how the INBOUND and OUTBOUND listeners treat connections.
     #[serde(default, skip_serializing_if = "is_default")]
     pub interception: Interception,
+    /// Sidecar mode: who may call this pod's ports, and how often.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub inbound: InboundPolicy,
 }
 
 impl Default for ProxyConfig {
@@ -82,6 +88,7 @@ impl Default for ProxyConfig {
             backends: Vec::new(),
             services: Vec::new(),
             interception: Interception::default(),
+            inbound: InboundPolicy::default(),
         }
     }
 }
@@ -120,8 +127,9 @@ pub struct BackendSet {
 }
 
 impl ProxyConfig {
-    /// Joins the two halves. The generation is the larger of the two, so a change to either half
-    /// moves the reported config version forward.
+    /// Joins the two halves (with no inbound policy: set [`Self::inbound`] apart). The
+    /// generation is the larger of the two, so a change to either half moves the reported
+    /// config version forward.
     pub fn from_parts(routes: RouteTable, backends: BackendSet) -> Self {
         Self {
             api_version: api_version(),
@@ -131,10 +139,12 @@ impl ProxyConfig {
             backends: backends.backends,
             services: routes.services,
             interception: routes.interception,
+            inbound: InboundPolicy::default(),
         }
     }
 
-    /// Splits into the halves that travel separately.
+    /// Splits into the halves that travel separately (dropping [`Self::inbound`], which
+    /// travels on its own).
     pub fn into_parts(self) -> (RouteTable, BackendSet) {
         (
             RouteTable {

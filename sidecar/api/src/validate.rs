@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use crate::{
-    API_VERSION, Backend, Filter, HashOn, Header, HeaderModifier, Listener, MatchKind, PathMatch,
-    PathRewrite, Protocol, ProxyConfig, Route, RouteRule, ValueMatch,
+    API_VERSION, Backend, Filter, HashOn, Header, HeaderModifier, InboundPolicy, Listener,
+    MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimitKey, Route, RouteRule,
+    ValueMatch,
 };
 
 /// Why a config was refused: the element at fault and what is wrong with it.
@@ -66,8 +67,44 @@ impl ProxyConfig {
             check_route(r, self, &backend_names)?;
         }
         check_services(self, &backend_names, &route_names)?;
+        check_inbound(&self.inbound)?;
         Ok(())
     }
+}
+
+/// Inbound policy: one entry per port, and rate limits that can let a request through.
+fn check_inbound(policy: &InboundPolicy) -> Result<()> {
+    let mut ports = HashSet::new();
+    for p in &policy.ports {
+        let el = format!("inbound port {}", p.port);
+        if p.port == 0 {
+            return fail(el, "port 0 is not a valid pod port");
+        }
+        if !ports.insert(p.port) {
+            return fail(el, "has two policies");
+        }
+        if let Some(a) = &p.authorization
+            && let Some(ip) = a.allow.iter().find(|ip| a.deny.contains(ip))
+        {
+            return fail(el, format!("{ip} is both allowed and denied"));
+        }
+        if let Some(rl) = &p.rate_limit {
+            let el = format!("{el} rateLimit");
+            if rl.requests == 0 {
+                return fail(el, "requests must be at least 1");
+            }
+            if rl.period.get().is_zero() {
+                return fail(el, "period must be longer than 0");
+            }
+            if rl.burst < rl.requests {
+                return fail(el, "burst must be at least requests");
+            }
+            if let RateLimitKey::Header { name } = &rl.key {
+                check_header_name(&el, name)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Services are how the OUTBOUND listener recognises a destination, so one virtual address must

@@ -96,3 +96,76 @@ fn sidecar_listeners_take_no_backend_and_no_routes() {
     cfg.routes[0].listeners = vec!["outbound".into()];
     assert!(err(&cfg).contains("attach the route to a service"));
 }
+
+fn with_inbound(yaml: &str) -> ProxyConfig {
+    ProxyConfig {
+        inbound: serde_yaml::from_str(yaml).expect("the inbound policy parses"),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_inbound_policy_parses_and_validates() {
+    let cfg = with_inbound(
+        r#"
+ports:
+  - port: 8080
+    policy: shop/orders
+    authorization: { allow: ["198.18.64.3", "fd00::3"], deny: ["198.18.64.4"], default: Allow }
+    rateLimit: { requests: 10, period: 1s, burst: 20, key: { type: Header, name: x-user } }
+  - port: 9090
+    policy: shop/metrics
+    rateLimit: { requests: 5, period: 1m, burst: 5 }
+"#,
+    );
+    cfg.validate().expect("valid");
+    assert_eq!(
+        cfg.inbound.ports[1].rate_limit.as_ref().unwrap().key,
+        RateLimitKey::ClientIp
+    );
+    // An authorization that names nobody refuses everybody.
+    let deny_all = with_inbound("ports: [{ port: 1, policy: p, authorization: {} }]");
+    assert_eq!(
+        deny_all.inbound.ports[0]
+            .authorization
+            .as_ref()
+            .unwrap()
+            .default,
+        InboundAction::Deny
+    );
+}
+
+#[test]
+fn a_bad_inbound_policy_is_refused_naming_the_port() {
+    let cases = [
+        ("ports: [{ port: 0, policy: p }]", "inbound port 0: port 0"),
+        (
+            "ports: [{ port: 80, policy: a }, { port: 80, policy: b }]",
+            "inbound port 80: has two policies",
+        ),
+        (
+            "ports: [{ port: 80, policy: p, authorization: { allow: [10.0.0.1], deny: [10.0.0.1] } }]",
+            "10.0.0.1 is both allowed and denied",
+        ),
+        (
+            "ports: [{ port: 80, policy: p, rateLimit: { requests: 0, period: 1s, burst: 1 } }]",
+            "inbound port 80 rateLimit: requests must be at least 1",
+        ),
+        (
+            "ports: [{ port: 80, policy: p, rateLimit: { requests: 5, period: 1s, burst: 4 } }]",
+            "burst must be at least requests",
+        ),
+        (
+            "ports: [{ port: 80, policy: p, rateLimit: { requests: 5, period: 0s, burst: 5 } }]",
+            "period must be longer than 0",
+        ),
+        (
+            "ports: [{ port: 80, policy: p, rateLimit: { requests: 5, period: 1s, burst: 5, key: { type: Header, name: 'a b' } } }]",
+            "header name \"a b\" is not a valid token",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let e = with_inbound(yaml).validate().expect_err(yaml).to_string();
+        assert!(e.contains(want), "{yaml}: {e}");
+    }
+}
