@@ -1,16 +1,19 @@
 //! Config from the operator: the proxy's side of the config stream.
 //!
 //! ```text
-//!  GET https://<operator>/v1/gateways/<ns>/<name>/config   gateway mode (--gateway ns/name)
-//!  GET https://<operator>/v1/mesh/config                   sidecar mode (no --gateway)
+//!  GET https://<operator>/v1/gateways/<ns>/<name>/config    `portico-proxy gateway` (or --gateway)
+//!  GET https://<operator>/v1/mesh/pods/<ns>/<pod>/config    `portico-proxy sidecar`, for its own pod
+//!  GET https://<operator>/v1/mesh/config                    the older mesh-wide stream
 //!  (HTTP/2, the server verified with the CA from --ca-file or PORTICO_CONTROL_PLANE_CA)
 //!  Authorization: Bearer <--token-file, re-read on every connect (projected tokens rotate)>
 //!
 //!  ← {"routeTable":{…}}\n {"backendSet":{…}}\n      full state first
-//!  ← {"backendSet":{…}}\n …                          then each changed half, replacing the old one
+//!  ← {"inboundPolicy":{…}}\n                        (pod streams only: part of the full state)
+//!  ← {"backendSet":{…}}\n …                          then each changed part, replacing the old one
 //! ```
 //!
-//! The two halves are joined with `ProxyConfig::from_parts` and applied through
+//! The parts are joined with `ProxyConfig::from_parts` (plus the inbound policy) and applied
+//! through
 //! [`Proxy::apply`], which refuses a bad config and keeps serving the last good one. When the
 //! stream breaks (operator restarted, network gone, HTTP/2 keep-alive timeout) the proxy keeps
 //! serving and reconnects with exponential backoff and full jitter (a random wait in
@@ -36,8 +39,8 @@ use crate::Proxy;
 pub struct ControlPlane {
     /// The config server, `https://host:port`.
     pub url: http::Uri,
-    /// The Gateway whose proxy this is, `namespace/name`; `None` for a sidecar (mesh config).
-    pub gateway: Option<String>,
+    /// Which config to follow.
+    pub stream: Stream,
     /// File holding the ServiceAccount token (audience `portico`).
     pub token_file: PathBuf,
     /// CA certificate(s) that sign the config server's certificate (PEM text).
@@ -47,12 +50,38 @@ pub struct ControlPlane {
     pub extra_listeners: Vec<portico_proxy_api::Listener>,
 }
 
-impl ControlPlane {
-    fn path(&self) -> String {
-        match &self.gateway {
-            Some(gateway) => format!("/v1/gateways/{gateway}/config"),
-            None => "/v1/mesh/config".to_owned(),
+/// Which of the config server's streams a proxy follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// A gateway proxy: the config of one Gateway, `namespace/name`.
+    Gateway(String),
+    /// A sidecar: the config of its own pod (mesh routes and endpoints plus the pod's inbound
+    /// policy). The operator checks that the token is bound to this very pod.
+    Pod {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
+    },
+    /// The mesh-wide config without an inbound policy (what sidecars followed before the
+    /// per-pod stream existed).
+    Mesh,
+}
+
+impl Stream {
+    /// The request path on the config server.
+    pub fn path(&self) -> String {
+        match self {
+            Self::Gateway(gateway) => format!("/v1/gateways/{gateway}/config"),
+            Self::Pod { namespace, name } => format!("/v1/mesh/pods/{namespace}/{name}/config"),
+            Self::Mesh => "/v1/mesh/config".to_owned(),
         }
+    }
+
+    /// Whether the full state includes an inbound policy. A sidecar must not serve before it
+    /// has one: until then every caller would be let in.
+    fn has_inbound(&self) -> bool {
+        matches!(self, Self::Pod { .. })
     }
 }
 
@@ -101,8 +130,9 @@ pub struct Session {
     buf: Vec<u8>,
     routes: Option<RouteTable>,
     backends: Option<BackendSet>,
-    /// Sidecars only; empty until the operator sends one.
-    inbound: InboundPolicy,
+    /// Pod streams only; `None` until the operator sends one (other streams start with an empty
+    /// policy).
+    inbound: Option<InboundPolicy>,
     // Keeps the HTTP/2 connection open while the body is read.
     _send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
 }
@@ -175,7 +205,7 @@ impl Session {
                 tracing::debug!(error = %e, "config connection closed");
             }
         });
-        let path = cp.path();
+        let path = cp.stream.path();
         let req = http::Request::get(format!("https://{host}:{port}{path}"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Empty::new())
@@ -194,13 +224,13 @@ impl Session {
             buf: Vec::new(),
             routes: None,
             backends: None,
-            inbound: InboundPolicy::default(),
+            inbound: (!cp.stream.has_inbound()).then(InboundPolicy::default),
             _send: send,
         })
     }
 
-    /// The next config to apply: the first once both halves have arrived, then one per
-    /// message.
+    /// The next config to apply: the first once the full state has arrived (both halves, and
+    /// for a pod its inbound policy), then one per message.
     async fn next(&mut self) -> Result<ProxyConfig, ControlError> {
         loop {
             while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
@@ -211,11 +241,11 @@ impl Session {
                 match ConfigMessage::from_line(&line)? {
                     ConfigMessage::RouteTable(r) => self.routes = Some(r),
                     ConfigMessage::BackendSet(b) => self.backends = Some(b),
-                    ConfigMessage::InboundPolicy(p) => self.inbound = p,
+                    ConfigMessage::InboundPolicy(p) => self.inbound = Some(p),
                 }
-                if let (Some(r), Some(b)) = (&self.routes, &self.backends) {
+                if let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) {
                     let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
-                    config.inbound = self.inbound.clone();
+                    config.inbound = i.clone();
                     return Ok(config);
                 }
             }
