@@ -55,6 +55,18 @@ pub enum ProxyError {
     /// The request itself is unusable (bad body, bad header...).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Sidecar inbound: the pod's policy does not let this caller in (the message names the
+    /// policy).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Sidecar inbound: the pod's rate limit is spent for this caller.
+    #[error("{message}")]
+    RateLimited {
+        /// Names the policy.
+        message: String,
+        /// Sent as `retry-after` (whole seconds, rounded up).
+        retry_after: Duration,
+    },
 }
 
 impl ProxyError {
@@ -66,6 +78,8 @@ impl ProxyError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect(_) | Self::Reset(_) => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -79,11 +93,21 @@ impl ProxyError {
             Self::Connect(_) => "connect_failure",
             Self::Reset(_) => "upstream_reset",
             Self::BadRequest(_) => "bad_request",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
     /// The response a client sees.
     pub fn into_response(self) -> Response<Body> {
+        let retry_after = match &self {
+            // RFC 9110 §10.2.3: delay-seconds, a whole number; rounding down would invite a
+            // retry that is refused again.
+            Self::RateLimited { retry_after, .. } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let mut resp = Response::new(full(format!("{self}\n")));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -92,6 +116,9 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Some(secs) = retry_after {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

@@ -6,7 +6,7 @@
 //!                                              └─► detect ─► HTTP: the service's routes
 //!                                                        └─► else: its backend (TCP)
 //!            anything else ───────────────────────► the original destination, bytes untouched
-//!  INBOUND   ─────────────────────────────────────► 127.0.0.1:<original port> (the app)
+//!  INBOUND   ─► the port's inbound policy (see [`crate::inbound`]) ─► 127.0.0.1:<original port>
 //! ```
 //!
 //! The proxy's own connections leave with its user id, which the iptables rules exempt, so
@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,14 +193,11 @@ pub async fn inbound(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream,
         tracing::debug!(listener = %listener, client = %peer, "not a redirected connection; closed");
         return;
     };
-    shared
-        .metrics
-        .intercepted(&listener, None, Detected::Opaque.label());
-    passthrough(stream, SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port()))).await;
+    crate::inbound::serve(shared, listener, stream, peer, dst).await;
 }
 
 /// Copies bytes both ways between `client` and `dst` until either side closes.
-async fn passthrough(mut client: TcpStream, dst: SocketAddr) {
+pub(crate) async fn passthrough(mut client: TcpStream, dst: SocketAddr) {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);

@@ -16,12 +16,15 @@ pub mod detect;
 pub mod error;
 pub mod filters;
 pub mod http_rules;
+pub mod inbound;
+pub mod inbound_policy;
 pub mod init;
 pub mod intercept;
 pub mod limits;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod retry;
 pub mod router;
@@ -180,6 +183,22 @@ impl Proxy {
     /// Metrics in Prometheus text format (what `/metrics` serves).
     pub fn metrics_text(&self) -> String {
         self.inner.shared.metrics.encode()
+    }
+
+    /// Serves `stream` as if the INBOUND listener `listener` had accepted it with original
+    /// destination `original_dst`: for embedders that learn the destination another way than
+    /// `SO_ORIGINAL_DST` (TPROXY), and for tests, which have no iptables to redirect with.
+    pub async fn serve_inbound(
+        &self,
+        listener: &str,
+        stream: tokio::net::TcpStream,
+        original_dst: SocketAddr,
+    ) {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let shared = self.inner.shared.clone();
+        inbound::serve(shared, listener.into(), stream, peer, original_dst).await;
     }
 
     /// Stops accepting, asks open connections to finish their requests and close, and waits up

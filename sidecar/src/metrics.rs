@@ -48,6 +48,13 @@ struct InterceptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InboundRefusedLabels {
+    port: Arc<str>,
+    policy: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -67,6 +74,7 @@ pub struct Metrics {
     ejections: Family<BackendLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     intercepted: Family<InterceptLabels, Counter>,
+    inbound_refused: Family<InboundRefusedLabels, Counter>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
     /// The label value for "none" (no route matched, no backend chosen).
@@ -83,6 +91,7 @@ impl Default for Metrics {
             ejections: Family::default(),
             open_connections: Family::default(),
             intercepted: Family::default(),
+            inbound_refused: Family::default(),
             config_version: Gauge::default(),
             reloads: Family::default(),
             registry: Registry::default(),
@@ -114,6 +123,12 @@ impl Default for Metrics {
             "Redirected connections, by listener, service dialled (empty: none, passed through) \
              and detected protocol",
             m.intercepted.clone(),
+        );
+        registry.register(
+            "inbound_refused",
+            "Requests and connections the inbound policy refused, by port, policy and reason \
+             (authorization, rate_limit)",
+            m.inbound_refused.clone(),
         );
         registry.register(
             "config_version",
@@ -203,6 +218,17 @@ impl Metrics {
                 listener: listener.clone(),
                 service: service.unwrap_or(&self.none).clone(),
                 protocol,
+            })
+            .inc();
+    }
+
+    /// Counts one request or connection refused by an inbound policy.
+    pub fn inbound_refused(&self, port: &Arc<str>, policy: &Arc<str>, reason: &'static str) {
+        self.inbound_refused
+            .get_or_create(&InboundRefusedLabels {
+                port: port.clone(),
+                policy: policy.clone(),
+                reason,
             })
             .inc();
     }

@@ -432,7 +432,7 @@ fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: Socket
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+pub(crate) async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

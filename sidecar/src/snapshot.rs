@@ -50,6 +50,11 @@ pub struct Snapshot {
     pub tls: HashMap<String, Arc<ServerConfig>>,
     /// Sidecar mode: services by virtual address, for the OUTBOUND listener.
     pub services: crate::intercept::ServiceTable,
+    /// Sidecar mode: the policies of the pod's ports, for the INBOUND listener.
+    pub inbound: crate::inbound_policy::InboundPolicies,
+    /// Sidecar mode: connection pools to the application, shared by every snapshot (created
+    /// on first use).
+    pub app_clients: Arc<std::sync::OnceLock<crate::upstream::Clients>>,
 }
 
 impl Snapshot {
@@ -83,7 +88,10 @@ impl Snapshot {
                 tls.insert(l.name.clone(), sc);
             }
         }
+        let inbound = crate::inbound_policy::InboundPolicies::new(&config.inbound, &old.inbound);
         Ok(Self {
+            inbound,
+            app_clients: old.app_clients.clone(),
             config: Arc::new(config),
             router,
             backends,

@@ -1,0 +1,209 @@
+//! Sidecar mode, INBOUND: connections to the pod, redirected here by iptables, go to the
+//! application on `127.0.0.1:<original port>` under the port's [inbound policy](crate::inbound_policy).
+//!
+//! ```text
+//!  port without a policy ──────────────────────────────► app, bytes untouched (no sniffing)
+//!  port with a policy ─► detect ─► HTTP/1 or HTTP/2 ─► each request checked ─► app (same version)
+//!                                │                     └─ refused: 403 / 429 from the proxy
+//!                                └► opaque ─► connection checked once ─► app
+//!                                                                   └─ refused: closed
+//! ```
+//!
+//! A refused opaque connection is closed before the proxy connects to the application, so not
+//! a byte reaches it. Ports in `interception.opaquePorts` are never sniffed here either.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portico_proxy_api::UpstreamProtocol;
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::detect::{self, Detected};
+use crate::error::{Body, BoxError, ProxyError};
+use crate::http_rules;
+use crate::inbound_policy::{PortPolicy, Refusal};
+use crate::upstream::Clients;
+
+/// Time allowed to connect to the application.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One inbound connection, as its requests see it.
+#[derive(Debug)]
+struct Conn {
+    client: SocketAddr,
+    port: u16,
+    app: SocketAddr,
+}
+
+/// Serves one INBOUND connection whose original destination was `dst`.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+) {
+    let app = SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port()));
+    let snap = shared.snapshot.load_full();
+    if snap.inbound.port(dst.port()).is_none() {
+        drop(snap);
+        shared
+            .metrics
+            .intercepted(&listener, None, Detected::Opaque.label());
+        crate::intercept::passthrough(stream, app).await;
+        return;
+    }
+    let detected = if snap.config.interception.opaque_ports.contains(&dst.port()) {
+        Detected::Opaque
+    } else {
+        let timeout = snap.config.interception.detect_timeout().get();
+        drop(snap);
+        detect::detect(&stream, timeout).await
+    };
+    shared
+        .metrics
+        .intercepted(&listener, None, detected.label());
+    if detected == Detected::Opaque {
+        // Load again: detection may have waited across a config swap.
+        let policy = shared.snapshot.load().inbound.port(dst.port()).cloned();
+        if let Some(p) = policy
+            && let Err(refusal) = p.check(client.ip(), None)
+        {
+            refused(&shared, &p, &refusal);
+            return;
+        }
+        crate::intercept::passthrough(stream, app).await;
+        return;
+    }
+    let conn = Arc::new(Conn {
+        client,
+        port: dst.port(),
+        app,
+    });
+    serve_http(shared, conn, stream).await;
+}
+
+fn refused(shared: &Shared, p: &PortPolicy, refusal: &Refusal) {
+    tracing::debug!(port = %p.port, policy = %p.policy, reason = refusal.reason(), "{refusal}");
+    shared
+        .metrics
+        .inbound_refused(&p.port, &p.policy, refusal.reason());
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 until the client closes or a shutdown asks the
+/// connection to finish gracefully.
+async fn serve_http(shared: Arc<Shared>, conn: Arc<Conn>, stream: TcpStream) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| Box::pin(handle(shared.clone(), conn.clone(), req)))
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(served);
+    tokio::select! {
+        r = served.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "inbound connection ended with an error");
+            }
+        }
+        () = async { drop(shutdown.wait_for(|s| *s).await) } => {
+            served.as_mut().graceful_shutdown();
+            let _ = served.await;
+        }
+    }
+}
+
+/// Checks one request against the policy in force now and forwards it to the application.
+async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (policy, clients) = {
+        let snap = shared.snapshot.load();
+        let clients = snap
+            .app_clients
+            .get_or_init(|| Clients::new(UpstreamProtocol::Auto, APP_CONNECT_TIMEOUT))
+            .clone();
+        (snap.inbound.port(conn.port).cloned(), clients)
+    };
+    if let Some(p) = policy
+        && let Err(refusal) = p.check(conn.client.ip(), Some(req.headers()))
+    {
+        refused(&shared, &p, &refusal);
+        return Ok(ProxyError::from(refusal).into_response());
+    }
+    Ok(match forward(&clients, &conn, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(error = %e, app = %conn.app, "inbound request failed");
+            e.into_response()
+        }
+    })
+}
+
+/// Sends a request to the application in the version it arrived in (an upgrade over
+/// HTTP/1.1), with the hop-by-hop rules of [`http_rules`].
+async fn forward(
+    clients: &Clients,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
+    http_rules::add_forwarded(&mut parts.headers, conn.client.ip(), "http");
+    // An HTTP/2 caller sent `:authority` instead of Host; the app may route on it.
+    if !parts.headers.contains_key(HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(h) = a.as_str().parse()
+    {
+        parts.headers.insert(HOST, h);
+    }
+    let (client, version) = clients.select(parts.version, upgrade);
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(conn.app.to_string())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut up = Request::new(body.map_err(BoxError::from).boxed_unsync());
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.version_mut() = version;
+    *up.headers_mut() = parts.headers;
+    let mut resp = client.request(up).await.map_err(|e| {
+        tracing::debug!(app = %conn.app, error = %e, "request to the app failed");
+        if e.is_connect() {
+            ProxyError::Connect(conn.app)
+        } else {
+            ProxyError::Reset(conn.app)
+        }
+    })?;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_side) = client_upgrade {
+        let app_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(crate::proxy::tunnel(client_side, app_side));
+    }
+    let (mut parts, body) = resp.into_parts();
+    http_rules::strip_hop_by_hop(&mut parts.headers, switching);
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed_unsync(),
+    ))
+}

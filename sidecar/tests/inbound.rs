@@ -1,0 +1,358 @@
+//! Inbound policy on the INBOUND path, with real sockets: the application is a real HTTP or
+//! TCP server on 127.0.0.1, callers connect from distinct loopback addresses (127.0.0.2,
+//! 127.0.0.3, ...) so each has its own source IP, and the proxy serves each connection as a
+//! redirected one whose original destination is the application's port
+//! ([`Proxy::serve_inbound`]; iptables redirection itself is covered by `interception.rs`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_proxy::Proxy;
+use portico_proxy::error::Body;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The pod: a proxy and the socket its INBOUND traffic arrives on. Every connection accepted
+/// there is served as if redirected from `app`.
+struct Pod {
+    proxy: Proxy,
+    addr: SocketAddr,
+}
+
+async fn pod(yaml: &str, app: SocketAddr) -> Pod {
+    let proxy = start(yaml).await;
+    let addr = door(&proxy, app).await;
+    Pod { proxy, addr }
+}
+
+/// A socket into `proxy` whose connections are served as redirected to `app`.
+async fn door(proxy: &Proxy, app: SocketAddr) -> SocketAddr {
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = sock.accept().await else {
+                continue;
+            };
+            let p = p.clone();
+            tokio::spawn(async move { p.serve_inbound("inbound", stream, app).await });
+        }
+    });
+    addr
+}
+
+/// Connects to `to` from source address `from` (any 127.0.0.0/8 address is local).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// A keep-alive HTTP connection from one source address.
+enum Client {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Client {
+    async fn open(from: &str, to: SocketAddr, h2: bool) -> Self {
+        let io = TokioIo::new(connect_from(from, to).await);
+        if h2 {
+            let (tx, conn) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(conn);
+            Self::H2(tx)
+        } else {
+            let (tx, conn) = http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Self::H1(tx)
+        }
+    }
+
+    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = request("GET", "orders.shop", path);
+        if matches!(self, Self::H2(_)) {
+            b = b.uri(format!("http://orders.shop{path}"));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(portico_proxy::error::full("")).unwrap();
+        let resp = match self {
+            Self::H1(tx) => {
+                tx.ready().await.expect("connection still open");
+                tx.send_request(req).await.expect("answered")
+            }
+            Self::H2(tx) => {
+                tx.ready().await.expect("connection still open");
+                tx.send_request(req).await.expect("answered")
+            }
+        };
+        read(resp).await
+    }
+}
+
+async fn get_from(from: &str, to: SocketAddr, h2: bool) -> Reply {
+    Client::open(from, to, h2).await.get("/orders", &[]).await
+}
+
+/// A TCP echo server that counts the connections it accepted.
+async fn tcp_app() -> (SocketAddr, Arc<AtomicUsize>) {
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = sock.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Not HTTP: a TLS record header, so detection decides "opaque" from the first bytes.
+const OPAQUE: &[u8] = b"\x16\x03\x01 opaque bytes";
+
+/// Sends [`OPAQUE`] and reads it back, or returns None when the proxy closes the connection.
+async fn echo_roundtrip(s: &mut TcpStream) -> Option<Vec<u8>> {
+    s.write_all(OPAQUE).await.ok()?;
+    let mut buf = vec![0; OPAQUE.len()];
+    match s.read_exact(&mut buf).await {
+        Ok(_) => Some(buf),
+        Err(_) => None,
+    }
+}
+
+fn metric(proxy: &Proxy, series: &str) -> u64 {
+    let text = proxy.metrics_text();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn policy(port: u16, rest: &str) -> String {
+    format!("inbound:\n  ports:\n    - {{ port: {port}, policy: shop/orders, {rest} }}\n")
+}
+
+#[tokio::test]
+async fn http_callers_outside_the_allow_list_get_403_naming_the_policy() {
+    let app = echo("app").await;
+    let port = app.addr.port();
+    let pod = pod(
+        &policy(port, "authorization: { allow: [127.0.0.2] }"),
+        app.addr,
+    )
+    .await;
+    for h2 in [false, true] {
+        let ok = get_from("127.0.0.2", pod.addr, h2).await;
+        assert_eq!(ok.status, 200, "h2={h2}: {}", ok.body);
+        assert_eq!(ok.server(), "app");
+        assert_eq!(
+            ok.json()["version"],
+            if h2 { "HTTP/2.0" } else { "HTTP/1.1" }
+        );
+        assert_eq!(ok.json()["headers"]["x-forwarded-for"], "127.0.0.2");
+        let no = get_from("127.0.0.3", pod.addr, h2).await;
+        assert_eq!(no.status, 403, "h2={h2}: {}", no.body);
+        assert_eq!(no.error(), "forbidden");
+        assert!(no.body.contains("shop/orders"), "{}", no.body);
+        assert!(no.body.contains("127.0.0.3"), "{}", no.body);
+    }
+    assert_eq!(app.hits(), 2, "refused requests never reach the app");
+    let refused = format!(
+        r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="authorization"}}"#
+    );
+    assert_eq!(metric(&pod.proxy, &refused), 2);
+}
+
+#[tokio::test]
+async fn the_deny_list_refuses_and_the_default_decides_for_everyone_else() {
+    let app = echo("app").await;
+    let pod = pod(
+        &policy(
+            app.addr.port(),
+            "authorization: { deny: [127.0.0.4], default: Allow }",
+        ),
+        app.addr,
+    )
+    .await;
+    assert_eq!(get_from("127.0.0.4", pod.addr, false).await.status, 403);
+    assert_eq!(get_from("127.0.0.5", pod.addr, false).await.status, 200);
+    assert_eq!(get_from("127.0.0.5", pod.addr, true).await.status, 200);
+}
+
+#[tokio::test]
+async fn opaque_tcp_from_a_refused_source_is_closed_before_reaching_the_app() {
+    let (app, accepted) = tcp_app().await;
+    let port = app.port();
+    let pod = pod(&policy(port, "authorization: { allow: [127.0.0.2] }"), app).await;
+    let mut allowed = connect_from("127.0.0.2", pod.addr).await;
+    assert_eq!(echo_roundtrip(&mut allowed).await.as_deref(), Some(OPAQUE));
+    let mut refused = connect_from("127.0.0.3", pod.addr).await;
+    assert_eq!(echo_roundtrip(&mut refused).await, None, "closed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the app never saw it");
+    let series = format!(
+        r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="authorization"}}"#
+    );
+    assert_eq!(metric(&pod.proxy, &series), 1);
+    let intercepted =
+        r#"portico_intercepted_connections_total{listener="inbound",service="",protocol="opaque"}"#;
+    assert_eq!(metric(&pod.proxy, intercepted), 2);
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_http_gets_429_with_retry_after_per_client_address() {
+    let app = echo("app").await;
+    let port = app.addr.port();
+    let pod = pod(
+        &policy(
+            port,
+            "rateLimit: { requests: 2, period: 1h, burst: 2, key: { type: ClientIP } }",
+        ),
+        app.addr,
+    )
+    .await;
+    for (from, h2) in [("127.0.0.2", false), ("127.0.0.6", true)] {
+        let mut c = Client::open(from, pod.addr, h2).await;
+        assert_eq!(c.get("/", &[]).await.status, 200);
+        assert_eq!(c.get("/", &[]).await.status, 200);
+        let limited = c.get("/", &[]).await;
+        assert_eq!(limited.status, 429, "{from}: {}", limited.body);
+        assert_eq!(limited.error(), "rate_limited");
+        assert!(limited.body.contains("shop/orders"), "{}", limited.body);
+        let retry: u64 = limited.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=1800).contains(&retry), "one token per 30 min: {retry}");
+    }
+    assert_eq!(
+        get_from("127.0.0.3", pod.addr, false).await.status,
+        200,
+        "another address has its own bucket"
+    );
+    let series = format!(
+        r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="rate_limit"}}"#
+    );
+    assert_eq!(metric(&pod.proxy, &series), 2);
+    assert_eq!(app.hits(), 5);
+}
+
+#[tokio::test]
+async fn a_header_keyed_limit_counts_each_value_apart() {
+    let app = echo("app").await;
+    let pod = pod(
+        &policy(
+            app.addr.port(),
+            "rateLimit: { requests: 1, period: 1h, burst: 1, key: { type: Header, name: x-user } }",
+        ),
+        app.addr,
+    )
+    .await;
+    let mut c = Client::open("127.0.0.2", pod.addr, false).await;
+    assert_eq!(c.get("/", &[("x-user", "alice")]).await.status, 200);
+    assert_eq!(c.get("/", &[("x-user", "alice")]).await.status, 429);
+    assert_eq!(c.get("/", &[("x-user", "bob")]).await.status, 200);
+}
+
+#[tokio::test]
+async fn each_new_opaque_connection_counts_as_one_request() {
+    let (app, accepted) = tcp_app().await;
+    let port = app.port();
+    let pod = pod(
+        &policy(
+            port,
+            "rateLimit: { requests: 1, period: 1h, burst: 1, key: { type: Global } }",
+        ),
+        app,
+    )
+    .await;
+    let mut first = connect_from("127.0.0.2", pod.addr).await;
+    assert_eq!(echo_roundtrip(&mut first).await.as_deref(), Some(OPAQUE));
+    assert_eq!(
+        echo_roundtrip(&mut first).await.as_deref(),
+        Some(OPAQUE),
+        "an open connection is not limited byte by byte"
+    );
+    let mut second = connect_from("127.0.0.3", pod.addr).await;
+    assert_eq!(
+        echo_roundtrip(&mut second).await,
+        None,
+        "over the global limit"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let series = format!(
+        r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="rate_limit"}}"#
+    );
+    assert_eq!(metric(&pod.proxy, &series), 1);
+}
+
+#[tokio::test]
+async fn a_policy_update_applies_to_the_next_request_without_closing_open_connections() {
+    let http_app = echo("app").await;
+    let (tcp_app, accepted) = tcp_app().await;
+    let cfg = |allowed: &str| {
+        format!(
+            "generation: {}\ninbound:\n  ports:\n    - {{ port: {}, policy: shop/web, authorization: {{ allow: [{allowed}] }} }}\n    - {{ port: {}, policy: shop/tcp, authorization: {{ allow: [{allowed}] }} }}\n",
+            if allowed == "127.0.0.2" { 1 } else { 2 },
+            http_app.addr.port(),
+            tcp_app.port()
+        )
+    };
+    let pod = pod(&cfg("127.0.0.2"), http_app.addr).await;
+    let tcp_door = door(&pod.proxy, tcp_app).await;
+
+    let mut newcomer = Client::open("127.0.0.3", pod.addr, false).await;
+    assert_eq!(newcomer.get("/", &[]).await.status, 403);
+    let mut old_h2 = Client::open("127.0.0.2", pod.addr, true).await;
+    assert_eq!(old_h2.get("/", &[]).await.status, 200);
+    let mut old_tcp = connect_from("127.0.0.2", tcp_door).await;
+    assert_eq!(echo_roundtrip(&mut old_tcp).await.as_deref(), Some(OPAQUE));
+
+    pod.proxy
+        .apply(config(&cfg("127.0.0.3")))
+        .await
+        .expect("the new policy applies");
+
+    // The same keep-alive connection that was refused is let in now.
+    assert_eq!(newcomer.get("/", &[]).await.status, 200);
+    // The HTTP/2 connection stays open; its next request meets the new policy.
+    assert_eq!(old_h2.get("/", &[]).await.status, 403);
+    // The opaque connection was checked when it opened and keeps flowing.
+    assert_eq!(echo_roundtrip(&mut old_tcp).await.as_deref(), Some(OPAQUE));
+    // A new one from the address no longer allowed is refused.
+    let mut again = connect_from("127.0.0.2", tcp_door).await;
+    assert_eq!(echo_roundtrip(&mut again).await, None);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_port_without_a_policy_is_open_to_everyone() {
+    let guarded = echo("guarded").await;
+    let open = echo("open").await;
+    let pod = pod(
+        &policy(guarded.addr.port(), "authorization: { allow: [127.0.0.2] }"),
+        guarded.addr,
+    )
+    .await;
+    let open_door = door(&pod.proxy, open.addr).await;
+    let r = get_from("127.0.0.9", open_door, false).await;
+    assert_eq!((r.status, r.server().as_str()), (200, "open"));
+    assert_eq!(get_from("127.0.0.9", pod.addr, false).await.status, 403);
+}
