@@ -68,6 +68,10 @@ pub struct Args {
     /// coalesced. A lone change is never delayed.
     #[arg(long, env = "PORTICO_CONFIG_DEBOUNCE_MS", default_value_t = 20)]
     pub config_debounce_ms: u64,
+    /// How often the token of an open config stream is checked again with a TokenReview
+    /// (also when the token expires, if sooner); a stream whose token no longer passes ends.
+    #[arg(long, env = "PORTICO_TOKEN_RECHECK_INTERVAL", default_value = "5m")]
+    pub token_recheck_interval: portico_proxy_api::Duration,
     /// Image of the gateway proxies.
     #[arg(
         long,
@@ -165,6 +169,7 @@ pub async fn run_until(
         config_tls_cert,
         config_tls_key,
         config_debounce_ms,
+        token_recheck_interval,
         proxy_image,
         control_plane_url,
         config_tls_ca,
@@ -174,6 +179,11 @@ pub async fn run_until(
         identity,
         admission,
     } = args;
+    let token_recheck = token_recheck_interval.get();
+    anyhow::ensure!(
+        !token_recheck.is_zero(),
+        "--token-recheck-interval must be above zero (e.g. 5m)"
+    );
     let client = client(kubeconfig).await?;
     watch::check_crds(&client).await?;
     let tls = server::tls_acceptor(&config_tls_cert, &config_tls_key)?;
@@ -233,6 +243,7 @@ pub async fn run_until(
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         debounce: Duration::from_millis(config_debounce_ms),
+        token_recheck,
     };
     tasks.spawn(config_server.serve(config_listener, tls));
     if let Some((listener, tls)) = webhook {

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub config_messages: Family<KindLabel, Counter>,
     /// `portico_operator_config_auth_failures_total{reason}`: refused connections.
     pub config_auth_failures: Family<KindLabel, Counter>,
+    /// `portico_operator_config_streams_revoked_total{reason}`: open streams ended because
+    /// their token no longer passed a re-check.
+    pub config_streams_revoked: Family<KindLabel, Counter>,
     /// `portico_operator_status_patches_total{kind}`: status writes.
     pub status_patches: Family<KindLabel, Counter>,
     /// `portico_operator_leader`: 1 while this replica holds the Lease.
@@ -63,6 +66,7 @@ impl Metrics {
             config_streams: Gauge::default(),
             config_messages: Family::default(),
             config_auth_failures: Family::default(),
+            config_streams_revoked: Family::default(),
             status_patches: Family::default(),
             leader: Gauge::default(),
         };
@@ -115,6 +119,11 @@ impl Metrics {
             "config_auth_failures",
             "Config-server requests refused by authentication or authorization",
             m.config_auth_failures.clone(),
+        );
+        registry.register(
+            "config_streams_revoked",
+            "Open config streams ended because their token no longer passed a re-check",
+            m.config_streams_revoked.clone(),
         );
         registry.register(
             "status_patches",

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, TypeMeta};
 use kube::core::ApiResource;
@@ -22,7 +22,7 @@ use portico_api::{Gateway, Route, ServicePolicy};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::index::{Index, Key, Kind, Object};
+use crate::index::{Index, Key, Kind, Object, PodInfo};
 use crate::metrics::Metrics;
 
 /// The index, shared between the watches (writers) and the servers (readers). Never held across
@@ -69,6 +69,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::Secret => ApiResource::erase::<Secret>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+        Kind::Pod => ApiResource::erase::<Pod>(&()),
     }
 }
 
@@ -96,6 +97,8 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::Secret => parse(obj, Object::Secret),
         Kind::Namespace => parse(obj, Object::Namespace),
         Kind::Deployment => parse(obj, |d| Object::Deployment(Box::new(d))),
+        // Decoded, reduced to its compact record at once, and the Pod dropped.
+        Kind::Pod => parse(obj, |p: Pod| Object::Pod(PodInfo::of(&p))),
     }
 }
 

@@ -147,6 +147,7 @@ impl Webhook {
             config_tls_cert: cert_file,
             config_tls_key: key_file,
             config_debounce_ms: 20,
+            token_recheck_interval: portico_proxy_api::Duration::from_secs(300),
             proxy_image: "portico-proxy:flags".into(),
             control_plane_url: format!("https://{config_addr}"),
             config_tls_ca: None,

@@ -31,6 +31,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
+#[path = "operator/sidecar.rs"]
+mod sidecar;
+
 fn main() -> ExitCode {
     portico_operator::init_logging(
         &std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "warn,portico_operator=info".into()),
@@ -98,6 +102,18 @@ fn main() -> ExitCode {
             test(
                 "an_https_listener_serves_the_certificate_from_its_secret",
                 https_listener,
+            ),
+            test(
+                "a_sidecar_s_pod_stream_is_served_only_to_a_token_of_that_pod",
+                sidecar::only_the_pod_s_own_token_reads_its_stream,
+            ),
+            test(
+                "a_service_policy_becomes_the_inbound_policy_of_its_pods_and_follows_caller_pods",
+                sidecar::a_service_policy_becomes_the_inbound_policy_of_its_pods,
+            ),
+            test(
+                "an_open_stream_ends_soon_after_its_service_account_is_deleted",
+                sidecar::a_stream_ends_soon_after_its_service_account_is_deleted,
             ),
         ],
     )
@@ -172,6 +188,26 @@ async fn start_operator_with(
     config_addr: SocketAddr,
     lease_duration_secs: u64,
 ) -> anyhow::Result<Operator> {
+    start_operator_rechecking(
+        ctx,
+        identity,
+        tls,
+        config_addr,
+        lease_duration_secs,
+        Duration::from_secs(300),
+    )
+    .await
+}
+
+/// Starts an operator that checks open streams' tokens every `token_recheck`.
+async fn start_operator_rechecking(
+    ctx: &Ctx,
+    identity: &str,
+    tls: ServingCert,
+    config_addr: SocketAddr,
+    lease_duration_secs: u64,
+    token_recheck: Duration,
+) -> anyhow::Result<Operator> {
     let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args = portico_operator::Args {
         kubeconfig: Some(ctx.plane.kubeconfig.clone()),
@@ -183,6 +219,7 @@ async fn start_operator_with(
         config_tls_cert: tls.cert.clone(),
         config_tls_key: tls.key.clone(),
         config_debounce_ms: 20,
+        token_recheck_interval: portico_proxy_api::Duration(token_recheck),
         proxy_image: "portico-proxy:e2e".into(),
         control_plane_url: format!("https://{config_addr}"),
         config_tls_ca: None,

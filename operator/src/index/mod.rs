@@ -3,9 +3,13 @@
 //! ```text
 //!  watch events ──apply/delete/reset──► Index ──refresh──► per Gateway: watch::Sender<RouteTable>
 //!  (Gateway, Route, ServicePolicy,        │                             watch::Sender<BackendSet>
-//!   Service, EndpointSlice, Secret,       └──────────────► watch::Sender<Statuses> (status writer)
-//!   Namespace)
+//!   Service, EndpointSlice, Secret,       ├──────────────► watch::Sender<Statuses> (status writer)
+//!   Namespace, Pod)                       └──────────────► per connected sidecar's pod:
+//!                                                          watch::Sender<InboundPolicy>
 //! ```
+//!
+//! Pods are kept as compact records (`pods`) and only feed the per-pod inbound policies
+//! (`inbound`): a pod event never recomputes routes, backends or statuses.
 //!
 //! Each event updates the stored objects and recomputes the outputs; a channel is only written
 //! when its content really changed, so an EndpointSlice change never touches a RouteTable
@@ -13,7 +17,9 @@
 //! tasks: tests apply objects and read receivers directly.
 
 mod endpoints;
+mod inbound;
 mod mesh;
+mod pods;
 mod status;
 pub mod translate;
 
@@ -31,7 +37,9 @@ use portico_api::{Gateway, Route, ServicePolicy};
 use portico_proxy_api::{self as contract, BackendSet, ProxyConfig, RouteTable};
 use tokio::sync::watch;
 
+pub use inbound::rate_limit;
 pub use mesh::mesh_key;
+pub use pods::PodInfo;
 pub use status::{Cond, GatewayState, ParentState, PolicyState, RouteState, Statuses};
 
 /// Name of the ServiceAccount, Service and Deployment of a Gateway's proxies:
@@ -83,6 +91,8 @@ pub enum Object {
     /// Only the gateway proxy Deployments the operator runs (for `Programmed`). Boxed: a
     /// Deployment is several times larger than the other objects.
     Deployment(Box<Deployment>),
+    /// The compact record of a Pod (see the `pods` module).
+    Pod(PodInfo),
 }
 
 /// The kinds of watched objects.
@@ -97,11 +107,12 @@ pub enum Kind {
     Secret,
     Namespace,
     Deployment,
+    Pod,
 }
 
 impl Kind {
     /// Every kind, in the order the watches start.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Deployment,
         Kind::Service,
@@ -110,6 +121,7 @@ impl Kind {
         Kind::ServicePolicy,
         Kind::Route,
         Kind::Gateway,
+        Kind::Pod,
     ];
 
     /// Lowercase plural, the `kind` label in metrics.
@@ -123,6 +135,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::Namespace => "namespaces",
             Kind::Deployment => "deployments",
+            Kind::Pod => "pods",
         }
     }
 }
@@ -139,6 +152,7 @@ impl Object {
             Object::Secret(_) => Kind::Secret,
             Object::Namespace(_) => Kind::Namespace,
             Object::Deployment(_) => Kind::Deployment,
+            Object::Pod(_) => Kind::Pod,
         }
     }
 }
@@ -195,6 +209,11 @@ pub struct Index {
     secrets: BTreeMap<Key, Arc<Secret>>,
     namespaces: BTreeMap<String, Arc<Namespace>>,
     deployments: BTreeMap<Key, Arc<Deployment>>,
+    pods: pods::Pods,
+    /// The guarding ServicePolicy (with authorization or rate limit) in force per Service.
+    guards: BTreeMap<Key, Key>,
+    /// Inbound policies of the pods whose sidecar subscribed.
+    inbound: BTreeMap<Key, watch::Sender<Arc<contract::InboundPolicy>>>,
     proxies: BTreeMap<Key, ProxyChannels>,
     generation: u64,
     statuses: watch::Sender<Arc<Statuses>>,
@@ -224,6 +243,9 @@ impl Index {
             secrets: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             deployments: BTreeMap::new(),
+            pods: pods::Pods::default(),
+            guards: BTreeMap::new(),
+            inbound: BTreeMap::new(),
             proxies: BTreeMap::new(),
             generation: 0,
             statuses: watch::Sender::new(Arc::new(Statuses::default())),
@@ -235,19 +257,61 @@ impl Index {
     /// Adds or replaces an object and recomputes what changed.
     pub fn apply(&mut self, obj: Object) {
         self.stats.events += 1;
-        if let Object::EndpointSlice(slice) = &obj {
-            let key = Key::of(slice);
-            let mut touched: BTreeSet<Key> =
-                self.slice_service.get(&key).cloned().into_iter().collect();
-            if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
-                touched.insert(Key::new(key.namespace.clone(), svc.clone()));
+        match obj {
+            Object::EndpointSlice(slice) => {
+                let key = Key::of(&slice);
+                let mut touched: BTreeSet<Key> =
+                    self.slice_service.get(&key).cloned().into_iter().collect();
+                if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
+                    touched.insert(Key::new(key.namespace.clone(), svc.clone()));
+                }
+                let mut pods = self.slice_pods(&key);
+                self.insert(Object::EndpointSlice(slice));
+                self.refresh_endpoints(&touched);
+                pods.extend(self.slice_pods(&key));
+                self.refresh_inbound(pods);
             }
-            self.insert(obj);
-            self.refresh_endpoints(&touched);
-            return;
+            Object::Pod(pod) => {
+                let key = pod.key.clone();
+                let new = pod
+                    .identity()
+                    .map(|(sa, ips)| (sa.to_owned(), ips.to_vec()));
+                let old = self.pods.insert(pod);
+                self.refresh_pod(key, old, new);
+            }
+            Object::ServicePolicy(policy) => {
+                let ns = policy.namespace().unwrap_or_default();
+                self.insert(Object::ServicePolicy(policy));
+                self.refresh_guards();
+                self.refresh();
+                let pods = self.subscribed_in(Some(&ns));
+                self.refresh_inbound(pods);
+            }
+            obj => {
+                self.insert(obj);
+                self.refresh();
+            }
         }
-        self.insert(obj);
-        self.refresh();
+    }
+
+    /// After pod `key` changed from `old` to (identity) `new`: its own policy, and when its
+    /// identity changed, the policies that depend on its ServiceAccount.
+    fn refresh_pod(
+        &mut self,
+        key: Key,
+        old: Option<Arc<PodInfo>>,
+        new: Option<(String, Vec<std::net::IpAddr>)>,
+    ) {
+        let old = old
+            .as_ref()
+            .and_then(|o| o.identity().map(|(sa, ips)| (sa.to_owned(), ips.to_vec())));
+        let mut pods = BTreeSet::from([key.clone()]);
+        if old != new {
+            for (sa, _) in old.iter().chain(new.iter()) {
+                pods.extend(self.pods_depending_on(&key.namespace, sa));
+            }
+        }
+        self.refresh_inbound(pods);
     }
 
     /// Removes an object and recomputes what changed.
@@ -261,6 +325,7 @@ impl Index {
             Object::Secret(o) => Key::of(o),
             Object::Namespace(o) => Key::of(o),
             Object::Deployment(o) => Key::of(&**o),
+            Object::Pod(o) => o.key.clone(),
         };
         self.delete_key(obj.kind(), &key);
     }
@@ -268,14 +333,31 @@ impl Index {
     /// Removes the object of `kind` called `key` (namespace empty for Namespaces).
     pub fn delete_key(&mut self, kind: Kind, key: &Key) {
         self.stats.events += 1;
-        if kind == Kind::EndpointSlice {
-            let touched: BTreeSet<Key> = self.slice_service.get(key).cloned().into_iter().collect();
-            self.remove(kind, key);
-            self.refresh_endpoints(&touched);
-            return;
+        match kind {
+            Kind::EndpointSlice => {
+                let touched: BTreeSet<Key> =
+                    self.slice_service.get(key).cloned().into_iter().collect();
+                let pods = self.slice_pods(key);
+                self.remove(kind, key);
+                self.refresh_endpoints(&touched);
+                self.refresh_inbound(pods);
+            }
+            Kind::Pod => {
+                let old = self.pods.remove(key);
+                self.refresh_pod(key.clone(), old, None);
+            }
+            Kind::ServicePolicy => {
+                self.remove(kind, key);
+                self.refresh_guards();
+                self.refresh();
+                let pods = self.subscribed_in(Some(&key.namespace));
+                self.refresh_inbound(pods);
+            }
+            _ => {
+                self.remove(kind, key);
+                self.refresh();
+            }
         }
-        self.remove(kind, key);
-        self.refresh();
     }
 
     /// Replaces every object of `kind` (in `namespace`, or everywhere when `None`) with
@@ -294,12 +376,20 @@ impl Index {
                 self.slices.retain(|k, _| keep(k));
                 self.slice_service.retain(|k, _| keep(k));
             }
+            Kind::Pod => self.pods.remove_where(|k| !keep(k)),
         }
         for obj in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(obj);
         }
         self.stats.events += 1;
-        self.refresh();
+        // Pods feed nothing but inbound policies; a relist of 10,000 pods must not recompute
+        // every route and status.
+        if kind != Kind::Pod {
+            self.refresh_guards();
+            self.refresh();
+        }
+        let pods = self.subscribed_in(namespace);
+        self.refresh_inbound(pods);
     }
 
     fn insert(&mut self, obj: Object) {
@@ -326,6 +416,9 @@ impl Index {
             }
             Object::Deployment(o) => {
                 self.deployments.insert(Key::of(&*o), Arc::new(*o));
+            }
+            Object::Pod(o) => {
+                self.pods.insert(o);
             }
             Object::EndpointSlice(o) => {
                 let key = Key::of(&o);
@@ -367,6 +460,9 @@ impl Index {
                 self.deployments.remove(key);
             }
             Kind::EndpointSlice => self.remove_slice(key),
+            Kind::Pod => {
+                self.pods.remove(key);
+            }
         }
     }
 
@@ -437,7 +533,8 @@ impl Index {
             + self.slice_service.len()
             + self.secrets.len()
             + self.namespaces.len()
-            + self.deployments.len();
+            + self.deployments.len()
+            + self.pods.len();
         IndexStats {
             objects: objects as u64,
             ..self.stats
@@ -995,3 +1092,5 @@ enum Attachment {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_inbound;

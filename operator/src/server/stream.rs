@@ -1,291 +1,117 @@
-//! The config server: streams each proxy its config over HTTPS (HTTP/2, or HTTP/1.1 chunked).
-//!
-//! ```text
-//!  GET /v1/gateways/{namespace}/{name}/config      a gateway proxy: its Gateway's config
-//!  GET /v1/mesh/config                            a sidecar: the mesh-wide config
-//!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
-//!
-//!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
-//!    {"routeTable":{"generation":7,"listeners":[…],"routes":[…]}}
-//!    {"backendSet":{"generation":7,"backends":[…]}}
-//!    {"backendSet":{"generation":9,"backends":[…]}}     ← only what changed, as it changes
-//! ```
-//!
-//! The first two lines are the full state; each later line replaces one half (the
-//! `sidecar/api` [`RouteTable`] or [`BackendSet`]) wholesale. A client joins them with
-//! `ProxyConfig::from_parts`. On reconnect the client gets the full state again, so it never
-//! needs to remember anything but the last good config.
-//!
-//! A change is sent as soon as it is seen; after each send the stream waits `debounce` before
-//! looking again, so a burst of endpoint changes becomes one message per window while a lone
-//! change is never delayed. Refusals: no token 401, bad token or wrong audience 401, a valid
-//! identity that is not the Gateway's proxy 403 (see [`crate::auth`]).
+//! One config stream: the full state, then each change, one JSON line per message.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
 use http_body::Frame;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-pub use portico_proxy_api::ConfigMessage;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use portico_proxy_api::{ConfigMessage, InboundPolicy};
+use tokio::sync::{mpsc, watch};
 
-use crate::auth;
-use crate::index::{Key, Subscription, mesh_key};
+use crate::index::Subscription;
 use crate::metrics::Metrics;
-use crate::watch::{Readiness, SharedIndex};
 
-/// Everything a connection handler needs.
-#[derive(Clone)]
-pub struct ConfigServer {
-    /// For TokenReviews.
-    pub client: kube::Client,
-    /// Where configs come from.
-    pub index: SharedIndex,
-    /// Streams are only served once the index is complete.
-    pub readiness: Readiness,
-    /// Figures.
-    pub metrics: Arc<Metrics>,
-    /// Quiet time after each send during which further changes are coalesced.
-    pub debounce: Duration,
+/// Counts an open stream in `portico_operator_config_streams` and logs its end, however the
+/// stream ends (client gone, or the stream dropped because its token no longer passes).
+struct StreamGuard {
+    metrics: Arc<Metrics>,
+    target: String,
 }
 
-/// A TLS acceptor for `cert`/`key` (PEM files), offering h2 and http/1.1.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading a private key from {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the config-server certificate and key do not match")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Accepts TLS connections on `listener` and serves each with `builder`, calling `handle` for
-/// every request, until the future is dropped. Connections live in a `JoinSet` owned by this
-/// future, so dropping it (the operator stopping) ends every connection too. The config server
-/// and the admission webhooks share it; `what` names the server in logs.
-pub(crate) async fn serve_tls<H, Fut, B>(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    what: &'static str,
-    builder: auto::Builder<TokioExecutor>,
-    handle: H,
-) -> Infallible
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let tls = tls.clone();
-        let handle = handle.clone();
-        let builder = builder.clone();
-        connections.spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "{what} TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let response = handle(req, peer);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "{what} connection ended");
-            }
-        });
+impl StreamGuard {
+    fn new(metrics: Arc<Metrics>, target: String) -> Self {
+        metrics.config_streams.inc();
+        Self { metrics, target }
     }
 }
 
-impl ConfigServer {
-    /// Accepts connections on `listener` forever. Connections live in a `JoinSet` owned by this
-    /// future, so dropping it (the operator stopping) ends every stream too.
-    pub async fn serve(self, listener: TcpListener, tls: TlsAcceptor) -> anyhow::Result<()> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let this = Arc::new(self);
-        match serve_tls(listener, tls, "config", builder, move |req, peer| {
-            let this = this.clone();
-            async move { this.handle(req, peer).await }
-        })
-        .await {}
-    }
-
-    async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<BoxBody<Bytes, Infallible>> {
-        let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
-        let target = match path.as_slice() {
-            ["v1", "gateways", ns, name, "config"] if req.method() == http::Method::GET => {
-                Key::new(*ns, *name)
-            }
-            ["v1", "mesh", "config"] if req.method() == http::Method::GET => mesh_key(),
-            _ => return text(StatusCode::NOT_FOUND, "no such endpoint\n"),
-        };
-        let token = match auth::bearer(req.headers().get(header::AUTHORIZATION)) {
-            Ok(t) => t,
-            Err(e) => return self.refuse(&e, &target, peer),
-        };
-        let authorized = if target == mesh_key() {
-            auth::authorize_mesh(&self.client, token).await
-        } else {
-            auth::authorize_gateway(&self.client, token, &target).await
-        };
-        if let Err(e) = authorized {
-            return self.refuse(&e, &target, peer);
-        }
-        // A proxy that connects while the operator starts waits a little for a complete index
-        // rather than receiving a partial config.
-        let ready = tokio::time::timeout(Duration::from_secs(10), self.readiness.wait()).await;
-        if ready.is_err() {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the operator is still listing\n",
-            );
-        }
-        let sub = self
-            .index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .subscribe(&target);
-        let gateway = target;
-        tracing::info!(%peer, %gateway, "proxy connected");
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(pump(sub, tx, self.debounce, self.metrics.clone(), gateway));
-        let mut resp = Response::new(ChannelBody { rx }.boxed());
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/x-ndjson"),
-        );
-        resp
-    }
-
-    fn refuse(
-        &self,
-        e: &auth::AuthError,
-        gateway: &Key,
-        peer: SocketAddr,
-    ) -> Response<BoxBody<Bytes, Infallible>> {
-        tracing::info!(%peer, %gateway, error = %e, "config request refused");
-        self.metrics
-            .config_auth_failures
-            .get_or_create(&[("reason", e.reason())])
-            .inc();
-        let mut resp = text(e.status(), &format!("{e}\n"));
-        if e.status() == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"portico\""),
-            );
-        }
-        resp
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        tracing::info!(target = %self.target, "proxy disconnected");
+        self.metrics.config_streams.dec();
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, Infallible>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
-    *resp.status_mut() = status;
-    resp
-}
-
-/// Sends the full state, then each change, until the client goes away.
-async fn pump(
+/// Sends the full state, then each change, until the client goes away. `inbound` is the pod's
+/// inbound policy for a sidecar's own stream: always sent once on connect (empty or not), so
+/// the proxy knows it has it.
+pub(crate) async fn pump(
     mut sub: Subscription,
+    mut inbound: Option<watch::Receiver<Arc<InboundPolicy>>>,
     tx: mpsc::Sender<Bytes>,
     debounce: Duration,
     metrics: Arc<Metrics>,
-    gateway: Key,
+    target: String,
 ) {
-    metrics.config_streams.inc();
+    let _guard = StreamGuard::new(metrics.clone(), target);
     let mut sent_routes = None;
     let mut sent_backends = None;
+    let mut sent_inbound = false;
+    let mut inbound_changed_seen = false;
+    let send = |msg: ConfigMessage, label: &'static str| {
+        metrics
+            .config_messages
+            .get_or_create(&[("message", label)])
+            .inc();
+        Bytes::from(msg.to_line())
+    };
     loop {
         let routes = sub.routes.borrow_and_update().clone();
         if sent_routes != Some(routes.generation) {
             sent_routes = Some(routes.generation);
-            let line = Bytes::from(ConfigMessage::RouteTable((*routes).clone()).to_line());
+            let line = send(ConfigMessage::RouteTable((*routes).clone()), "routeTable");
             if tx.send(line).await.is_err() {
                 break;
             }
-            metrics
-                .config_messages
-                .get_or_create(&[("message", "routeTable")])
-                .inc();
         }
         let backends = sub.backends.borrow_and_update().clone();
         if sent_backends != Some(backends.generation) {
             sent_backends = Some(backends.generation);
-            let line = Bytes::from(ConfigMessage::BackendSet((*backends).clone()).to_line());
+            let line = send(ConfigMessage::BackendSet((*backends).clone()), "backendSet");
             if tx.send(line).await.is_err() {
                 break;
             }
-            metrics
-                .config_messages
-                .get_or_create(&[("message", "backendSet")])
-                .inc();
+        }
+        if let Some(rx) = &mut inbound
+            && (!sent_inbound || inbound_changed_seen || rx.has_changed().unwrap_or(false))
+        {
+            sent_inbound = true;
+            inbound_changed_seen = false;
+            let policy = rx.borrow_and_update().clone();
+            let line = send(
+                ConfigMessage::InboundPolicy((*policy).clone()),
+                "inboundPolicy",
+            );
+            if tx.send(line).await.is_err() {
+                break;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(debounce) => {}
             _ = tx.closed() => break,
         }
+        let inbound_changed = async {
+            match inbound.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = sub.routes.changed() => if r.is_err() { break },
             r = sub.backends.changed() => if r.is_err() { break },
+            // `changed` marks the value seen: remember that it is still to be sent.
+            r = inbound_changed => if r.is_err() { break } else { inbound_changed_seen = true },
             _ = tx.closed() => break,
         }
     }
-    tracing::info!(%gateway, "proxy disconnected");
-    metrics.config_streams.dec();
 }
 
 /// A response body fed by a channel: each item is one data frame.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+pub(crate) struct ChannelBody {
+    pub(crate) rx: mpsc::Receiver<Bytes>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -303,7 +129,7 @@ impl http_body::Body for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Index, Object};
+    use crate::index::{Index, Key, Object};
     use portico_proxy_api::BackendSet;
     use serde_json::json;
 
@@ -372,7 +198,14 @@ mod tests {
         let sub = index.subscribe(&key);
         let (tx, mut rx) = mpsc::channel(4);
         let debounce = Duration::from_millis(100);
-        tokio::spawn(pump(sub, tx, debounce, Arc::new(Metrics::new()), key));
+        tokio::spawn(pump(
+            sub,
+            None,
+            tx,
+            debounce,
+            Arc::new(Metrics::new()),
+            key.to_string(),
+        ));
         assert!(matches!(next(&mut rx).await, ConfigMessage::RouteTable(_)));
         assert_eq!(endpoints(&next(&mut rx).await), 0);
 
@@ -395,6 +228,59 @@ mod tests {
         }
         assert!(messages.len() <= 2, "{} messages", messages.len());
         assert_eq!(endpoints(messages.last().unwrap()), 100);
+    }
+
+    #[tokio::test]
+    async fn a_pod_stream_sends_its_inbound_policy_even_empty_then_each_change() {
+        let mut index = shop();
+        let pod = |name: &str, sa: &str, ip: &str| {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"namespace": "shop", "name": name},
+                "spec": {"serviceAccountName": sa, "containers": [{"name": "app"}]},
+                "status": {"phase": "Running", "podIP": ip}
+            }))
+            .unwrap();
+            Object::Pod(crate::index::PodInfo::of(&pod))
+        };
+        index.apply(pod("orders-0", "orders", "198.18.64.1"));
+        let key = Key::new("shop", "orders-0");
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(pump(
+            index.subscribe_mesh(),
+            Some(index.subscribe_pod(&key)),
+            tx,
+            Duration::from_millis(10),
+            Arc::new(Metrics::new()),
+            key.to_string(),
+        ));
+        assert!(matches!(next(&mut rx).await, ConfigMessage::RouteTable(_)));
+        assert!(matches!(next(&mut rx).await, ConfigMessage::BackendSet(_)));
+        assert_eq!(
+            next(&mut rx).await,
+            ConfigMessage::InboundPolicy(InboundPolicy::default())
+        );
+        index.apply(slice(&["198.18.64.1".to_owned()]));
+        index.apply(Object::ServicePolicy(
+            serde_json::from_value(json!({
+                "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+                "metadata": {"namespace": "shop", "name": "limit"},
+                "spec": {"targetRef": {"name": "orders"},
+                         "rateLimit": {"requests": 10, "unit": "Second"}}
+            }))
+            .unwrap(),
+        ));
+        loop {
+            match next(&mut rx).await {
+                ConfigMessage::InboundPolicy(p) => {
+                    assert_eq!(p.ports.len(), 1);
+                    assert_eq!(p.ports[0].port, 8080);
+                    assert_eq!(p.ports[0].policy, "shop/limit");
+                    break;
+                }
+                ConfigMessage::BackendSet(_) | ConfigMessage::RouteTable(_) => {}
+            }
+        }
     }
 
     #[test]
@@ -494,10 +380,11 @@ mod tests {
             let (tx, mut rx) = mpsc::channel(4);
             tokio::spawn(pump(
                 sub,
+                None,
                 tx,
                 Duration::from_millis(20),
                 metrics.clone(),
-                key,
+                key.to_string(),
             ));
             next(&mut rx).await;
             let full = next(&mut rx).await;

@@ -1,0 +1,356 @@
+//! The config server: streams each proxy its config over HTTPS (HTTP/2, or HTTP/1.1 chunked).
+//!
+//! ```text
+//!  GET /v1/gateways/{namespace}/{name}/config      a gateway proxy: its Gateway's config
+//!  GET /v1/mesh/config                            a sidecar: the mesh-wide config
+//!  GET /v1/mesh/pods/{namespace}/{name}/config    a sidecar, for its own pod: the mesh-wide
+//!                                                 config plus the pod's inbound policy
+//!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
+//!
+//!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
+//!    {"routeTable":{"generation":7,"listeners":[…],"routes":[…]}}
+//!    {"backendSet":{"generation":7,"backends":[…]}}
+//!    {"inboundPolicy":{"ports":[…]}}                   ← pod streams only, even when empty
+//!    {"backendSet":{"generation":9,"backends":[…]}}     ← only what changed, as it changes
+//! ```
+//!
+//! The first lines are the full state; each later line replaces one part (the `sidecar/api`
+//! [`RouteTable`](portico_proxy_api::RouteTable), [`BackendSet`](portico_proxy_api::BackendSet)
+//! or [`InboundPolicy`](portico_proxy_api::InboundPolicy)) wholesale. A client joins them with
+//! `ProxyConfig::from_parts`. On reconnect the client gets the full state again, so it never
+//! needs to remember anything but the last good config.
+//!
+//! A change is sent as soon as it is seen; after each send the stream waits `debounce` before
+//! looking again, so a burst of endpoint changes becomes one message per window while a lone
+//! change is never delayed.
+//!
+//! Refusals (see [`crate::auth`]): no token 401, bad token or wrong audience 401, a valid
+//! identity that may not read the config 403, a pod the operator has not seen within a few
+//! seconds 404. An open stream's token is checked again every `--token-recheck-interval` and
+//! when it expires; the stream ends (the proxy reconnects with its fresh token) once it no
+//! longer passes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+pub use portico_proxy_api::ConfigMessage;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+mod stream;
+
+use stream::ChannelBody;
+
+use crate::auth;
+use crate::index::{Key, PodInfo};
+use crate::metrics::Metrics;
+use crate::watch::{Readiness, SharedIndex};
+
+/// Everything a connection handler needs.
+#[derive(Clone)]
+pub struct ConfigServer {
+    /// For TokenReviews.
+    pub client: kube::Client,
+    /// Where configs come from.
+    pub index: SharedIndex,
+    /// Streams are only served once the index is complete.
+    pub readiness: Readiness,
+    /// Figures.
+    pub metrics: Arc<Metrics>,
+    /// Quiet time after each send during which further changes are coalesced.
+    pub debounce: Duration,
+    /// How often an open stream's token is checked again.
+    pub token_recheck: Duration,
+}
+
+/// How long a sidecar's request waits for its pod to appear in the index before a 404.
+const POD_WAIT: Duration = Duration::from_secs(5);
+
+/// The config a request asks for.
+#[derive(Clone, Debug)]
+enum Target {
+    /// A Gateway's proxies.
+    Gateway(Key),
+    /// The mesh-wide config, for any sidecar.
+    Mesh,
+    /// A sidecar's own stream: the mesh-wide config and its pod's inbound policy.
+    Pod(Key),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Gateway(k) => write!(f, "gateway {k}"),
+            Target::Mesh => f.write_str("mesh"),
+            Target::Pod(k) => write!(f, "pod {k}"),
+        }
+    }
+}
+
+/// A TLS acceptor for `cert`/`key` (PEM files), offering h2 and http/1.1.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the config-server certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts TLS connections on `listener` and serves each with `builder`, calling `handle` for
+/// every request, until the future is dropped. Connections live in a `JoinSet` owned by this
+/// future, so dropping it (the operator stopping) ends every connection too. The config server
+/// and the admission webhooks share it; `what` names the server in logs.
+pub(crate) async fn serve_tls<H, Fut, B>(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    what: &'static str,
+    builder: auto::Builder<TokioExecutor>,
+    handle: H,
+) -> Infallible
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let tls = tls.clone();
+        let handle = handle.clone();
+        let builder = builder.clone();
+        connections.spawn(async move {
+            let stream = match tls.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "{what} TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let response = handle(req, peer);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "{what} connection ended");
+            }
+        });
+    }
+}
+
+impl ConfigServer {
+    /// Accepts connections on `listener` forever. Connections live in a `JoinSet` owned by this
+    /// future, so dropping it (the operator stopping) ends every stream too.
+    pub async fn serve(self, listener: TcpListener, tls: TlsAcceptor) -> anyhow::Result<()> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let this = Arc::new(self);
+        match serve_tls(listener, tls, "config", builder, move |req, peer| {
+            let this = this.clone();
+            async move { this.handle(req, peer).await }
+        })
+        .await {}
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+        let target = match path.as_slice() {
+            ["v1", "gateways", ns, name, "config"] if req.method() == http::Method::GET => {
+                Target::Gateway(Key::new(*ns, *name))
+            }
+            ["v1", "mesh", "config"] if req.method() == http::Method::GET => Target::Mesh,
+            ["v1", "mesh", "pods", ns, name, "config"] if req.method() == http::Method::GET => {
+                Target::Pod(Key::new(*ns, *name))
+            }
+            _ => return text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+        };
+        let token = match auth::bearer(req.headers().get(header::AUTHORIZATION)) {
+            Ok(t) => t.to_owned(),
+            Err(e) => return self.refuse(&e, &target, peer),
+        };
+        if let Err(e) = self.authorize(&target, &token, POD_WAIT).await {
+            return self.refuse(&e, &target, peer);
+        }
+        // A proxy that connects while the operator starts waits a little for a complete index
+        // rather than receiving a partial config.
+        let ready = tokio::time::timeout(Duration::from_secs(10), self.readiness.wait()).await;
+        if ready.is_err() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the operator is still listing\n",
+            );
+        }
+        let (sub, inbound) = {
+            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            match &target {
+                Target::Gateway(key) => (index.subscribe(key), None),
+                Target::Mesh => (index.subscribe_mesh(), None),
+                Target::Pod(key) => (index.subscribe_mesh(), Some(index.subscribe_pod(key))),
+            }
+        };
+        tracing::info!(%peer, %target, "proxy connected");
+        let (tx, rx) = mpsc::channel(4);
+        let pump = stream::pump(
+            sub,
+            inbound,
+            tx,
+            self.debounce,
+            self.metrics.clone(),
+            target.to_string(),
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = pump => {}
+                e = this.recheck(&target, &token) => {
+                    tracing::info!(%peer, %target, error = %e, "ending a config stream: its token no longer passes");
+                    this.metrics
+                        .config_streams_revoked
+                        .get_or_create(&[("reason", e.reason())])
+                        .inc();
+                }
+            }
+        });
+        let mut resp = Response::new(ChannelBody { rx }.boxed());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        resp
+    }
+
+    /// Whether `token` may read `target`. For a pod, waits up to `pod_wait` for the Pod watch to
+    /// see the pod: a sidecar starts right after its pod is created, possibly before the event.
+    async fn authorize(
+        &self,
+        target: &Target,
+        token: &str,
+        pod_wait: Duration,
+    ) -> Result<(), auth::AuthError> {
+        match target {
+            Target::Gateway(key) => auth::authorize_gateway(&self.client, token, key)
+                .await
+                .map(drop),
+            Target::Mesh => auth::authorize_mesh(&self.client, token).await.map(drop),
+            Target::Pod(key) => {
+                let identity = auth::authenticate(&self.client, token).await?;
+                let pod = self
+                    .wait_for_pod(key, pod_wait)
+                    .await
+                    .ok_or_else(|| auth::AuthError::PodNotFound(key.to_string()))?;
+                auth::check_pod(&identity, &pod)
+            }
+        }
+    }
+
+    /// Pod `key`'s record, once the index is complete and has it, waiting up to `within`.
+    async fn wait_for_pod(&self, key: &Key, within: Duration) -> Option<Arc<PodInfo>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.readiness.is_ready() {
+                let pod = self
+                    .index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pod(key);
+                if pod.is_some() {
+                    return pod;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Checks `token` again every `token_recheck` (and once it expires, when it says when);
+    /// returns why it no longer passes. A TokenReview that fails (API server unreachable) keeps
+    /// the stream: proxies ride out a control-plane outage on their last good config.
+    async fn recheck(&self, target: &Target, token: &str) -> auth::AuthError {
+        loop {
+            let mut wait = self.token_recheck;
+            if let Some(left) = auth::token_expiry(token) {
+                // Just past `exp`, and never a busy loop on an expired token.
+                wait = wait.min(left + Duration::from_secs(1));
+            }
+            tokio::time::sleep(wait).await;
+            match self.authorize(target, token, Duration::ZERO).await {
+                Ok(()) => {}
+                Err(auth::AuthError::Review(e)) => {
+                    tracing::warn!(%target, error = %e, "cannot re-check a stream's token now; trying again later");
+                }
+                Err(e) => return e,
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        e: &auth::AuthError,
+        target: &Target,
+        peer: SocketAddr,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        tracing::info!(%peer, %target, error = %e, "config request refused");
+        self.metrics
+            .config_auth_failures
+            .get_or_create(&[("reason", e.reason())])
+            .inc();
+        let mut resp = text(e.status(), &format!("{e}\n"));
+        if e.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"portico\""),
+            );
+        }
+        resp
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
+    *resp.status_mut() = status;
+    resp
+}
