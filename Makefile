@@ -20,6 +20,7 @@ unit:
 
 ## e2e: end-to-end tests against etcd + kube-apiserver + controller-manager + scheduler + kwok
 e2e: k8s-bins
+	$(CARGO) build -p portico-proxy
 	$(CARGO) test -p portico-tests --no-run
 	hack/in-netns.sh $(CARGO) test --offline -p portico-tests -- --test-threads=2
 

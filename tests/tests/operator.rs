@@ -1115,7 +1115,7 @@ async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
     )?;
     let cp = portico_proxy::control::ControlPlane {
         url: format!("https://{}", op.config_addr).parse()?,
-        gateway: Some(format!("{}/gw", ctx.namespace)),
+        stream: portico_proxy::control::Stream::Gateway(format!("{}/gw", ctx.namespace)),
         token_file,
         ca_pem: std::fs::read(&op.tls.cert)?,
         extra_listeners: Vec::new(),

@@ -1,0 +1,781 @@
+//! The mesh end to end: a real operator (config server and injection webhook, started from its
+//! flags), pods created through the apiserver and injected by the real webhook, and the real
+//! `portico-proxy` binary started with the injected proxy container's own arguments and
+//! environment. Only the token file is substituted: a token bound to the pod, minted with the
+//! TokenRequest API, stands in for the kubelet's projected token.
+//!
+//! ```text
+//!  in-netns (198.18.0.0/15 local)
+//!   test "app" ──GET ClusterIP:80──► iptables nat OUTPUT REDIRECT (ClusterIP:80 only) ─► :4140
+//!                                     sidecar of pod "client" (OUTBOUND, SO_ORIGINAL_DST)
+//!                                       └─► orders endpoint 198.18.64.x:8080 (test HTTP server)
+//!   test, bound to a caller pod's IP ──GET 198.18.64.y:8080──► REDIRECT ─► :4143 sidecar of the
+//!                                     backend pod (INBOUND, ServicePolicy) ─► 127.0.0.1:8080
+//! ```
+//!
+//! Redirection is one nat rule per test for exactly the address under test, not the full rule
+//! set of `portico-proxy init` (covered by `sidecar/tests/interception.rs`): the test shares
+//! its network namespace with the apiserver and the operator, whose traffic must not be
+//! captured. The injected listen addresses (0.0.0.0:4143, 127.0.0.1:4140, 0.0.0.0:4191) are
+//! fixed, so the tests of this binary take turns.
+//!
+//! Needs the `portico-proxy` binary next to this test's directory (`cargo build -p
+//! portico-proxy`, or `PORTICO_PROXY_BIN`) and `iptables`; fails saying so without them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use portico_api::ServicePolicy;
+use portico_operator::admission::AdmissionArgs;
+use portico_tests::cluster::free_port;
+use portico_tests::harness::{self, Ctx, test};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn main() -> ExitCode {
+    portico_operator::init_logging(
+        &std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "warn,portico_operator=info".into()),
+        portico_operator::LogFormat::Text,
+    );
+    harness::run(
+        "mesh",
+        vec![
+            test(
+                "an_injected_sidecar_takes_an_app_request_to_a_service_by_its_pod_stream",
+                outbound_by_the_pod_stream,
+            ),
+            test(
+                "an_injected_backend_sidecar_lets_in_only_the_callers_its_service_policy_allows",
+                inbound_by_the_service_policy,
+            ),
+        ],
+    )
+}
+
+/// The injected addresses are fixed: one sidecar at a time in this namespace.
+static ONE_SIDECAR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const INJECTED_ADMIN: &str = "127.0.0.1:4191";
+const INJECTED_OUTBOUND_PORT: u16 = 4140;
+const INJECTED_INBOUND_PORT: u16 = 4143;
+
+// ---------------------------------------------------------------------------------------------
+// The operator, from its flags, with the injection webhook registered for the test namespace.
+
+struct Operator {
+    task: tokio::task::JoinHandle<()>,
+    webhook: String,
+    client: kube::Client,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+        let (client, name) = (self.client.clone(), self.webhook.clone());
+        tokio::spawn(async move {
+            let _ = Api::<MutatingWebhookConfiguration>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await;
+        });
+    }
+}
+
+/// A serving certificate for `IP:127.0.0.1` signed by the control plane's CA, which the
+/// apiserver (webhook `caBundle`) and the sidecars (`--config-tls-ca`) both trust.
+fn serving_cert(ctx: &Ctx) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = ctx.plane.dir().join(format!("mesh-{}", ctx.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ctx.plane.certs.ca_key)?)?;
+    // The CA's subject as `certs::generate` wrote it: the issuer name and key are what chain
+    // verification compares.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "portico-test-ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "portico-operator");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    Ok((cert_file, key_file))
+}
+
+async fn start_operator(ctx: &Ctx) -> anyhow::Result<Operator> {
+    let (cert, key) = serving_cert(ctx)?;
+    let webhook_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let args = portico_operator::Args {
+        kubeconfig: Some(ctx.plane.kubeconfig.clone()),
+        namespaces: vec![ctx.namespace.clone()],
+        log_level: String::new(),
+        log_format: portico_operator::LogFormat::Text,
+        admin_addr,
+        config_addr,
+        config_tls_cert: cert,
+        config_tls_key: key,
+        config_debounce_ms: 20,
+        token_recheck_interval: portico_proxy_api::Duration(Duration::from_secs(300)),
+        proxy_image: "portico-proxy:e2e".into(),
+        control_plane_url: format!("https://{config_addr}"),
+        config_tls_ca: Some(ctx.plane.certs.ca_cert.clone()),
+        lease_namespace: ctx.namespace.clone(),
+        lease_name: "portico-operator".into(),
+        lease_duration_secs: 2,
+        identity: Some("mesh-e2e".into()),
+        admission: AdmissionArgs {
+            webhook_addr: Some(webhook_addr),
+            proxy_log_level: "info".into(),
+            proxy_cpu_request: "50m".into(),
+            proxy_memory_request: "32Mi".into(),
+            proxy_memory_limit: "128Mi".into(),
+            ..AdmissionArgs::default()
+        },
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = portico_operator::run(args).await {
+            eprintln!("the operator stopped: {e:#}");
+        }
+    });
+    let op = Operator {
+        task,
+        webhook: format!("portico-{}", ctx.namespace),
+        client: ctx.client.clone(),
+    };
+    eventually("the operator is ready", Duration::from_secs(30), || async {
+        ensure!(
+            !op.task.is_finished(),
+            "the operator stopped (see its error above)"
+        );
+        Ok((http_get(admin_addr, "admin", "/ready").await?.0 == 200).then_some(()))
+    })
+    .await?;
+    register_webhook(ctx, &op.webhook, webhook_addr).await?;
+    Ok(op)
+}
+
+/// Registers the injection webhook for the test namespace and waits until a dry run shows the
+/// apiserver calling it.
+async fn register_webhook(ctx: &Ctx, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"portico.dev/inject": "enabled"}}})),
+        )
+        .await?;
+    let ca = std::fs::read(&ctx.plane.certs.ca_cert)?;
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.portico.dev",
+            "clientConfig": {"url": format!("https://{addr}/inject"), "caBundle": base64(&ca)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.namespace}},
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(ctx.client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await?;
+    let sa = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace);
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || async { Ok(sa.get_opt("default").await?.map(|_| ())) },
+    )
+    .await?;
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let probe: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    }))?;
+    eventually(
+        "the apiserver calls the webhook",
+        Duration::from_secs(30),
+        || async {
+            let injected = match pods(ctx).create(&dry, &probe).await {
+                Ok(p) => proxy_container(&p).is_ok(),
+                Err(_) => false,
+            };
+            Ok(injected.then_some(()))
+        },
+    )
+    .await
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods, tokens and the sidecar process.
+
+fn pods(ctx: &Ctx) -> Api<Pod> {
+    Api::namespaced(ctx.client.clone(), &ctx.namespace)
+}
+
+async fn create<K>(ctx: &Ctx, value: Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// Creates pod `name` (ServiceAccount `sa`, label `app: <app>`, container port 8080) on the
+/// kwok node through the apiserver (so the webhook injects it) and waits until it runs;
+/// returns the stored pod and its address.
+async fn running_pod(ctx: &Ctx, name: &str, sa: &str, app: &str) -> anyhow::Result<(Pod, IpAddr)> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    if accounts.get_opt(sa).await?.is_none() {
+        create::<ServiceAccount>(
+            ctx,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
+        )
+        .await?;
+    }
+    create::<Pod>(
+        ctx,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {
+                "nodeName": portico_tests::cluster::NODE_NAME,
+                "serviceAccountName": sa,
+                "containers": [{"name": "app", "image": "app:1",
+                                "ports": [{"containerPort": 8080}]}]
+            }
+        }),
+    )
+    .await?;
+    eventually(
+        &format!("pod {name} running with an address"),
+        Duration::from_secs(30),
+        || async {
+            let pod = pods(ctx).get(name).await?;
+            let status = pod.status.clone().unwrap_or_default();
+            let ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+            Ok((status.phase.as_deref() == Some("Running"))
+                .then_some(ip)
+                .flatten()
+                .map(|ip| (pod, ip)))
+        },
+    )
+    .await
+}
+
+/// The injected proxy container (a native sidecar: an init container).
+fn proxy_container(pod: &Pod) -> anyhow::Result<&k8s_openapi::api::core::v1::Container> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "portico-proxy"))
+        .context("no portico-proxy container injected")
+}
+
+/// A token of the pod's ServiceAccount, audience `portico`, bound to the pod, as the kubelet
+/// projects it.
+async fn pod_token(ctx: &Ctx, pod: &Pod) -> anyhow::Result<String> {
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .context("pod without ServiceAccount")?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["portico"], "expirationSeconds": 600,
+                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid}}
+    }))?;
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest without status")?
+        .token
+        .context("TokenRequest without token")
+}
+
+fn proxy_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("PORTICO_PROXY_BIN") {
+        return Ok(bin.into());
+    }
+    // target/<profile>/deps/mesh-<hash> → target/<profile>/portico-proxy
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test binary without a target directory")?
+        .join("portico-proxy");
+    ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p portico-proxy` first (or set PORTICO_PROXY_BIN)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// The sidecar of one pod: the `portico-proxy` binary run with the injected container's
+/// arguments and environment (downward-API fields resolved from the pod), the token file being
+/// the only substitution.
+struct Sidecar {
+    child: Child,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_sidecar(ctx: &Ctx, pod: &Pod) -> anyhow::Result<Sidecar> {
+    let container = proxy_container(pod)?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let dir = ctx
+        .plane
+        .dir()
+        .join(format!("sidecar-{}-{name}", ctx.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, pod_token(ctx, pod).await?)?;
+
+    let mut args = container.args.clone().unwrap_or_default();
+    let at = args
+        .iter()
+        .position(|a| a == "--token-file")
+        .context("the injected command line has no --token-file")?;
+    args[at + 1] = token_file.display().to_string();
+
+    let pod_json = serde_json::to_value(pod)?;
+    let mut cmd = Command::new(proxy_binary()?);
+    cmd.args(&args).env_clear();
+    for e in container.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => {
+                let path = &from
+                    .field_ref
+                    .as_ref()
+                    .context("only fieldRef env is injected")?
+                    .field_path;
+                let pointer = format!("/{}", path.replace('.', "/"));
+                pod_json
+                    .pointer(&pointer)
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("pod has no {path}"))?
+                    .to_owned()
+            }
+            (None, None) => String::new(),
+        };
+        cmd.env(&e.name, value);
+    }
+    eprintln!(
+        "starting sidecar of {name}: portico-proxy {}",
+        args.join(" ")
+    );
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting portico-proxy")?;
+    let sidecar = Sidecar { child };
+    let admin: SocketAddr = INJECTED_ADMIN.parse()?;
+    eventually("the sidecar is ready", Duration::from_secs(30), || async {
+        Ok(matches!(http_get(admin, "admin", "/ready").await, Ok((200, _))).then_some(()))
+    })
+    .await?;
+    Ok(sidecar)
+}
+
+impl Sidecar {
+    /// SIGTERM: the sidecar drains and exits 0.
+    fn terminate(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        ensure!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()?
+                .success()
+        );
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "the sidecar exited with {status}");
+                return Ok(());
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "the sidecar did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn sidecar_admin(path: &str) -> anyhow::Result<String> {
+    let (status, body) = http_get(INJECTED_ADMIN.parse()?, "admin", path).await?;
+    ensure!(status == 200, "{path}: {status} {body}");
+    Ok(body)
+}
+
+/// A nat OUTPUT rule sending TCP to `dst` to a local port (the kernel keeps `dst` for
+/// `SO_ORIGINAL_DST`); removed on drop.
+struct Redirect {
+    rule: Vec<String>,
+}
+
+impl Redirect {
+    fn new(dst: SocketAddr, to_port: u16) -> anyhow::Result<Self> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &format!("{}/32", dst.ip()),
+            "--dport",
+            &dst.port().to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &to_port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = Command::new("iptables")
+            .args(["-w", "-t", "nat", "-A"])
+            .args(&rule)
+            .output()
+            .context("running iptables (install the iptables package)")?;
+        ensure!(
+            out.status.success(),
+            "iptables -A {}: {}",
+            rule.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self { rule })
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "-t", "nat", "-D"])
+            .args(&self.rule)
+            .output();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP.
+
+/// An HTTP server on `addr` answering every request with `name`.
+async fn backend(
+    addr: SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding backend {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from(name)),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+/// `GET path` with `Host: host` over a fresh HTTP/1.1 connection, optionally from a given
+/// source address; returns status, the `x-portico-error` header and the body.
+async fn http_get_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String, String)> {
+    let mut tcp = match from {
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.connect(addr).await?
+        }
+        None => tokio::net::TcpStream::connect(addr).await?,
+    };
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
+        .await
+        .context("no answer in 5s")??;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let error = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-portico-error: "))
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, error, body.to_owned()))
+}
+
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = http_get_from(None, addr, host, path).await?;
+    Ok((status, body))
+}
+
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if started.elapsed() > within {
+            bail!("{what}: not within {within:?} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of the first series of `name` whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+/// Service `orders` (selector `app: orders`, port 80 → 8080); returns its ClusterIP:80.
+async fn orders_service(ctx: &Ctx) -> anyhow::Result<SocketAddr> {
+    let svc = create::<Service>(
+        ctx,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "orders"},
+            "spec": {"selector": {"app": "orders"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }),
+    )
+    .await?;
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service without ClusterIP")?;
+    Ok(SocketAddr::new(ip.parse()?, 80))
+}
+
+async fn outbound_by_the_pod_stream(ctx: Ctx) -> anyhow::Result<()> {
+    let _turn = ONE_SIDECAR_AT_A_TIME.lock().await;
+    let _op = start_operator(&ctx).await?;
+    let cluster_ip = orders_service(&ctx).await?;
+    let (_, orders_ip) = running_pod(&ctx, "orders-0", "orders", "orders").await?;
+    let _orders = backend(SocketAddr::new(orders_ip, 8080), "orders-0").await?;
+    let (client, _) = running_pod(&ctx, "client", "client", "client").await?;
+    let args = proxy_container(&client)?.args.clone().unwrap_or_default();
+    ensure!(
+        args.first().map(String::as_str) == Some("sidecar"),
+        "{args:?}"
+    );
+
+    let sidecar = start_sidecar(&ctx, &client).await?;
+    let config: Value = serde_json::from_str(&sidecar_admin("/config").await?)?;
+    let listeners = config["listeners"].to_string();
+    ensure!(
+        listeners.contains("\"OUTBOUND\"") && listeners.contains("\"INBOUND\""),
+        "{listeners}"
+    );
+
+    // The app dials the ClusterIP; the kernel sends the connection to the OUTBOUND listener.
+    let _redirect = Redirect::new(cluster_ip, INJECTED_OUTBOUND_PORT)?;
+    eventually(
+        "the app reaches orders-0 through its sidecar",
+        Duration::from_secs(30),
+        || async {
+            let (status, _, body) = http_get_from(None, cluster_ip, "orders", "/orders/1").await?;
+            Ok((status == 200 && body == "orders-0").then_some(()))
+        },
+    )
+    .await?;
+
+    // The route and the endpoint came from the operator's stream for this pod.
+    let config: Value = serde_json::from_str(&sidecar_admin("/config").await?)?;
+    let service = config["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["addresses"].to_string().contains(&cluster_ip.to_string()))
+        .with_context(|| format!("no service for {cluster_ip} in {config}"))?;
+    let service_name = service["name"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        config["backends"]
+            .to_string()
+            .contains(&format!("{orders_ip}:8080")),
+        "the endpoint of orders-0 is in the config: {config}"
+    );
+    let metrics = sidecar_admin("/metrics").await?;
+    let intercepted = metric(
+        &metrics,
+        "portico_intercepted_connections_total",
+        &[
+            "listener=\"outbound\"",
+            &format!("service=\"{service_name}\""),
+            "protocol=\"http1\"",
+        ],
+    );
+    ensure!(
+        intercepted.is_some_and(|n| n >= 1.0),
+        "the request went through the OUTBOUND listener: {metrics}"
+    );
+    let answered = metric(
+        &metrics,
+        "portico_requests_total",
+        &["status_class=\"2xx\""],
+    );
+    ensure!(answered.is_some_and(|n| n >= 1.0), "{metrics}");
+    sidecar.terminate()
+}
+
+async fn inbound_by_the_service_policy(ctx: Ctx) -> anyhow::Result<()> {
+    let _turn = ONE_SIDECAR_AT_A_TIME.lock().await;
+    let _op = start_operator(&ctx).await?;
+    orders_service(&ctx).await?;
+    create::<ServicePolicy>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+            "metadata": {"name": "orders-callers"},
+            "spec": {"targetRef": {"name": "orders"},
+                     "authorization": {"defaultAction": "Deny",
+                                       "allowedServiceAccounts": [{"name": "web"}]}}
+        }),
+    )
+    .await?;
+    let (_, web_ip) = running_pod(&ctx, "web-0", "web", "web").await?;
+    let (_, other_ip) = running_pod(&ctx, "other-0", "other", "other").await?;
+    let (orders, orders_ip) = running_pod(&ctx, "orders-0", "orders", "orders").await?;
+    // The app of orders-0 listens on loopback; its sidecar forwards there.
+    let _app = backend("127.0.0.1:8080".parse()?, "orders-0").await?;
+    let sidecar = start_sidecar(&ctx, &orders).await?;
+    eventually(
+        "the sidecar has the inbound policy for web-0",
+        Duration::from_secs(30),
+        || async {
+            let config: Value = serde_json::from_str(&sidecar_admin("/config").await?)?;
+            let allow = config["inbound"]["ports"][0]["authorization"]["allow"].to_string();
+            Ok(allow.contains(&web_ip.to_string()).then_some(()))
+        },
+    )
+    .await?;
+
+    // Callers dial the pod's address; the kernel sends them to the INBOUND listener.
+    let pod_addr = SocketAddr::new(orders_ip, 8080);
+    let _redirect = Redirect::new(pod_addr, INJECTED_INBOUND_PORT)?;
+    let (status, _, body) = http_get_from(Some(web_ip), pod_addr, "orders", "/").await?;
+    ensure!(
+        (status, body.as_str()) == (200, "orders-0"),
+        "web-0: {status} {body}"
+    );
+    let (status, error, body) = http_get_from(Some(other_ip), pod_addr, "orders", "/").await?;
+    ensure!(
+        status == 403 && error == "forbidden",
+        "other-0: {status} {error} {body}"
+    );
+    let policy = format!("{}/orders-callers", ctx.namespace);
+    ensure!(
+        body.contains(&policy),
+        "the refusal names the policy: {body}"
+    );
+    let metrics = sidecar_admin("/metrics").await?;
+    let refused = metric(
+        &metrics,
+        "portico_inbound_refused_total",
+        &[
+            "port=\"8080\"",
+            &format!("policy=\"{policy}\""),
+            "reason=\"authorization\"",
+        ],
+    );
+    ensure!(refused == Some(1.0), "{metrics}");
+    sidecar.terminate()
+}
