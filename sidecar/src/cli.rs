@@ -61,7 +61,7 @@ pub struct Args {
     )]
     pub control_plane: Option<http::Uri>,
     /// With `--control-plane`: the Gateway this proxy serves (`namespace/name`); without it the
-    /// proxy asks for the mesh config (sidecar mode).
+    /// proxy follows the older mesh-wide stream (sidecars use `portico-proxy sidecar`).
     #[arg(long, env = "PORTICO_GATEWAY")]
     pub gateway: Option<String>,
     /// With `--control-plane`: the ServiceAccount token file (audience `portico`).

@@ -333,3 +333,24 @@ fn readme_example_config_is_valid() {
     cfg.validate().unwrap();
     assert_eq!(cfg.listeners.len(), 3);
 }
+
+/// The sidecar example is a fragment (its services' backends are not shown), so it is parsed
+/// (unknown fields are refused) and its listeners and inbound policy are validated on their own.
+#[test]
+fn readme_sidecar_example_parses_and_its_inbound_policy_is_valid() {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .find(|b| b.contains("protocol: OUTBOUND"))
+        .expect("a sidecar example");
+    let cfg = config(block);
+    assert_eq!(cfg.inbound.ports.len(), 2);
+    let checked = portico_proxy_api::ProxyConfig {
+        listeners: cfg.listeners.clone(),
+        inbound: cfg.inbound.clone(),
+        ..Default::default()
+    };
+    checked.validate().unwrap();
+}
