@@ -100,7 +100,7 @@ impl Proxy {
             Some(addr) => {
                 let sock = tokio::net::TcpListener::bind(addr)
                     .await
-                    .map_err(|source| StartError::Admin { addr, source })?;
+                    .map_err(|error| StartError::Admin { addr, error })?;
                 let local = sock.local_addr().ok();
                 tokio::spawn(admin::serve(shared.clone(), sock, admin_stopped));
                 local
@@ -202,12 +202,13 @@ impl Proxy {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The admin address could not be bound.
-    #[error("admin server: cannot bind {addr}: {source}")]
+    #[error("admin server: cannot bind {addr}: {error}")]
     Admin {
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not also a `source()`: anyhow's "Caused by"
+        /// would list it twice).
+        error: std::io::Error,
     },
     /// The initial config was refused.
     #[error(transparent)]

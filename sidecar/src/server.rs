@@ -57,10 +57,10 @@ impl Listeners {
             }
             let sock = TcpListener::bind(&l.address)
                 .await
-                .map_err(|source| ApplyError::Bind {
+                .map_err(|error| ApplyError::Bind {
                     listener: l.name.clone(),
                     address: l.address.clone(),
-                    source,
+                    error,
                 })?;
             new.push((l.name.clone(), l.address.clone(), sock));
         }

@@ -325,6 +325,39 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
 }
 
 #[test]
+fn binary_shows_why_the_listen_port_could_not_be_bound() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    write_config(&path, listen, "a", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_portico-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--admin-addr", &free_port().to_string(), "--workers", "1"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let causes: Vec<&str> = stderr
+        .split_once("Caused by:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(causes.len(), 1, "one cause, shown once: {stderr}");
+    let cause = causes[0];
+    assert!(
+        cause.contains(&format!(r#"listener "web": cannot bind {listen}"#)),
+        "{stderr}"
+    );
+    assert!(cause.contains("in use"), "the OS reason is shown: {stderr}");
+}
+
+#[test]
 fn readme_example_config_is_valid() {
     let readme = include_str!("../README.md");
     let start = readme.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
