@@ -21,6 +21,7 @@ pub mod intercept;
 pub mod limits;
 pub mod metrics;
 pub mod outlier;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod retry;

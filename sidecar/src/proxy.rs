@@ -316,11 +316,11 @@ impl Attempts<'_> {
             client_ip: self.client.ip(),
         };
         let ep = backend.pick(&ctx)?;
-        let (client, version) = backend.clients.select(self.parts.version, self.upgrade);
-        let req = upstream_request(self.parts, &ep.authority, version, body)?;
+        let upstream = backend.clients.select(self.parts.version, self.upgrade);
+        let req = upstream_request(self.parts, &ep.authority, upstream.version(), body)?;
         let in_flight = InFlight::new(ep);
         let start = Instant::now();
-        let sent = client.request(req);
+        let sent = upstream.send(ep.addr, req);
         let result = match self.per_try {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
@@ -332,11 +332,11 @@ impl Attempts<'_> {
             None => sent.await,
         };
         match result {
-            Ok(resp) => {
+            Ok((resp, lease)) => {
                 let ok = !resp.status().is_server_error();
                 self.record(ep, Some(start.elapsed()), ok);
                 let (p, b) = resp.into_parts();
-                let body = Guarded::new(b, (permit, in_flight));
+                let body = Guarded::new(b, (permit, in_flight, lease));
                 Ok(Response::from_parts(p, body.boxed_unsync()))
             }
             Err(e) => {
@@ -375,19 +375,27 @@ fn response_failure(resp: &Response<Body>) -> Option<Failure> {
     (code != 0).then_some(Failure::Grpc(code))
 }
 
+/// The request sent upstream: HTTP/1.1 gets the origin-form URI the client sent (no new URI is
+/// built), HTTP/2 an absolute URI naming the endpoint (hyper-util's pool key; `:authority` comes
+/// from it).
 fn upstream_request(
     parts: &Parts,
     authority: &http::uri::Authority,
     version: Version,
     body: Body,
 ) -> Result<Request<Body>, ProxyError> {
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    if version == Version::HTTP_2 {
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+    }
+    uri.path_and_query = Some(pq);
+    let uri = http::Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -418,12 +426,13 @@ fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: Socket
         let Ok(ep) = backend.pick(&ctx) else {
             return;
         };
-        let (client, version) = backend.clients.select(parts_copy.version, false);
-        let Ok(req) = upstream_request(&parts_copy, &ep.authority, version, full(body)) else {
+        let upstream = backend.clients.select(parts_copy.version, false);
+        let Ok(req) = upstream_request(&parts_copy, &ep.authority, upstream.version(), full(body))
+        else {
             return;
         };
-        match client.request(req).await {
-            Ok(resp) => {
+        match upstream.send(ep.addr, req).await {
+            Ok((resp, _lease)) => {
                 let _ = resp.into_body().collect().await;
             }
             Err(e) => tracing::debug!(backend = %backend.name, error = %e, "mirror failed"),
