@@ -165,6 +165,9 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Serves one accepted connection by its listener's protocol. Each protocol's future is boxed:
+/// a task is as big as its future, and unboxed every plain HTTP connection would carry room for
+/// the largest branch (a TLS session, a sidecar's protocol detection).
 async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
     let _guard = ConnGuard::new(&shared, &listener);
     let _ = stream.set_nodelay(true);
@@ -172,12 +175,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
     let Some(l) = snap.config.listeners.iter().find(|l| *l.name == *listener) else {
         return;
     };
-    let info = |scheme| ConnInfo {
-        listener: listener.clone(),
-        client: peer,
-        scheme,
-        service: None,
-    };
+    let info = |scheme| ConnInfo::new(listener.clone(), peer, scheme, None);
     match l.protocol {
         Protocol::Tcp => {
             let Some(backend) = l
@@ -189,32 +187,54 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
                 return;
             };
             drop(snap);
-            crate::tcp::forward(backend, stream, peer).await;
+            Box::pin(crate::tcp::forward(backend, stream, peer)).await;
         }
         Protocol::Http => {
             drop(snap);
-            serve_http(shared.clone(), info("http"), stream).await;
+            Box::pin(serve_http(shared.clone(), info("http"), stream)).await;
         }
         Protocol::Outbound => {
             drop(snap);
-            crate::intercept::outbound(shared.clone(), listener.clone(), stream, peer).await;
+            Box::pin(crate::intercept::outbound(
+                shared.clone(),
+                listener.clone(),
+                stream,
+                peer,
+            ))
+            .await;
         }
         Protocol::Inbound => {
             drop(snap);
-            crate::intercept::inbound(shared.clone(), listener.clone(), stream, peer).await;
+            Box::pin(crate::intercept::inbound(
+                shared.clone(),
+                listener.clone(),
+                stream,
+                peer,
+            ))
+            .await;
         }
         Protocol::Https => {
             let Some(cfg) = snap.tls.get(&*listener).cloned() else {
                 return;
             };
             drop(snap);
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(shared.clone(), info("https"), tls).await,
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-            }
+            Box::pin(serve_https(shared.clone(), info("https"), cfg, stream)).await;
         }
+    }
+}
+
+async fn serve_https(
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+) {
+    let peer = info.client;
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_http(shared, info, tls).await,
+        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
     }
 }
 
