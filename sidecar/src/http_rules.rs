@@ -123,6 +123,18 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_the_client_alone_without_a_list() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        add_forwarded(&mut h, &HeaderValue::from_static("10.0.0.1"), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "an outer proxy's value is kept"
+        );
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
