@@ -6,8 +6,10 @@
 #   REPS=5 DURATION=10 RATE_DURATION=5 bench/run.sh
 #   PROXY_BIN=path/to/portico-proxy bench/run.sh   # skip the build
 #
-# A default run takes about 12 minutes after the build (and a few more the first time, to build
-# oha): 4 × (2 + 5 × 10) s of wrk, 2 rates × 4 targets × 5 × 5 s of oha, 5 × 4 × 10 s of h2load.
+# A default run takes about 10 minutes after the build: 4 × (2 + 5 × 10) s of wrk,
+# 2 rates × 4 targets × (1 + 5 × 5) s of oha, 5 × 3 × 10 s of h2load. The release build (fat LTO)
+# takes 4–6 minutes on two cores, and the first run also builds oha (about 5 minutes on a quiet
+# machine).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
