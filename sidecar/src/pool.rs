@@ -17,8 +17,9 @@
 //! the end, hyper closes that connection, and the next checkout discards it (`is_closed`).
 //! A connection that is not yet ready (the upstream connection task has not caught up) is
 //! skipped, not waited for. Idle connections past the idle timeout are closed when a checkout or
-//! give-back on that endpoint meets them, and at most `max_idle` are kept per endpoint (the
-//! oldest go).
+//! give-back meets them (a give-back sweeps every endpoint's list at most once a second), and at
+//! most `max_idle` are kept per endpoint (the oldest go). Without any traffic nothing is swept;
+//! the upstream's own keep-alive timeout closes those connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,8 +75,21 @@ pub struct H1Pool {
     inner: Arc<Inner>,
 }
 
+/// How often a give-back also sweeps the other endpoints' idle lists for expired and closed
+/// connections (endpoints that get no requests, e.g. removed from the config, are otherwise
+/// never looked at).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Lists {
+    /// Idle connections per endpoint, oldest first.
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    /// When all lists were last swept.
+    swept: Option<Instant>,
+}
+
 struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<Lists>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -119,7 +133,7 @@ impl Inner {
     /// The newest ready idle connection to `addr`, dropping closed and expired ones it meets.
     fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = lock(&self.idle);
-        let list = idle.get_mut(&addr)?;
+        let list = idle.by_addr.get_mut(&addr)?;
         let now = Instant::now();
         // Newest first: it is the most likely to be alive and warm. Usually the first one taken
         // is ready; one that is still finishing its previous response is put back.
@@ -144,10 +158,10 @@ impl Inner {
             return;
         }
         let mut idle = lock(&self.idle);
-        let list = idle.entry(addr).or_default();
+        let now = Instant::now();
+        let list = idle.by_addr.entry(addr).or_default();
         // The oldest are at the front: drop expired ones and any beyond `max_idle` (the oldest
         // is the most likely to be closed by the upstream soon).
-        let now = Instant::now();
         let expired = list
             .iter()
             .take_while(|c| now.duration_since(c.since) >= self.idle_timeout)
@@ -155,6 +169,18 @@ impl Inner {
         let excess = (list.len() + 1).saturating_sub(self.max_idle);
         list.drain(..expired.max(excess).min(list.len()));
         list.push(Idle { tx, since: now });
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            idle.swept = Some(now);
+            idle.by_addr.retain(|_, list| {
+                list.retain(|c| {
+                    !c.tx.is_closed() && now.duration_since(c.since) < self.idle_timeout
+                });
+                !list.is_empty()
+            });
+        }
     }
 }
 
@@ -301,6 +327,20 @@ mod tests {
             assert_eq!(get(&pool, addr).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_past_the_timeout_are_dropped_even_without_requests_to_them() {
+        let (a, a_accepted) = upstream(false).await;
+        let (b, _) = upstream(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(10), 8);
+        get(&pool, a).await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // Traffic to another endpoint sweeps `a`'s expired connection away.
+        get(&pool, b).await;
+        assert!(!lock(&pool.inner.idle).by_addr.contains_key(&a));
+        get(&pool, a).await;
+        assert_eq!(a_accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
