@@ -3,11 +3,15 @@
 //! a shutdown can wait for them to finish.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portico_proxy_api::{Protocol, ProxyConfig};
@@ -16,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::error::Body;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::ApplyError;
 
@@ -191,7 +196,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
         }
         Protocol::Http => {
             drop(snap);
-            Box::pin(serve_http(shared.clone(), info("http"), stream)).await;
+            Box::pin(serve_plain_http(shared.clone(), info("http"), stream)).await;
         }
         Protocol::Outbound => {
             drop(snap);
@@ -238,23 +243,73 @@ async fn serve_https(
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2, detected from the first bytes, until the client
-/// closes or a shutdown asks the connection to finish gracefully.
-pub(crate) async fn serve_http<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a client that starts with it speaks h2c.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a plain-TCP HTTP connection. Waits for the client's first bytes before setting up any
+/// HTTP state (a connection that never sends costs only its task), then serves HTTP/1.1 or h2c
+/// directly by the preface, without hyper-util's detection layer on every read. First bytes
+/// that are only the start of the preface fall back to that layer ([`serve_http`]).
+async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = tokio::select! {
+        r = stream.peek(&mut first) => match r {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        },
+        () = async { drop(shutdown.wait_for(|s| *s).await) } => return,
+    };
+    let svc = service(&shared, info.clone());
+    let io = TokioIo::new(stream);
+    if first[..n] != H2_PREFACE[..n] {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        until_shutdown(&shared, conn, |c| c.graceful_shutdown()).await;
+    } else if n == H2_PREFACE.len() {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, svc);
+        until_shutdown(&shared, conn, |c| c.graceful_shutdown()).await;
+    } else {
+        serve_http(shared, info, io.into_inner()).await;
+    }
+}
+
+/// Answers a connection's requests.
+#[derive(Clone)]
+struct ProxyService {
+    shared: Arc<Shared>,
+    info: ConnInfo,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    // Boxed so an idle keep-alive connection does not carry room for a whole request's state
+    // machine; it is allocated per request instead.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(proxy::handle(self.shared.clone(), self.info.clone(), req))
+    }
+}
+
+fn service(shared: &Arc<Shared>, info: ConnInfo) -> ProxyService {
+    ProxyService {
+        shared: shared.clone(),
+        info,
+    }
+}
+
+/// Drives `conn` until it ends, or until a shutdown asks it to finish its requests and close.
+async fn until_shutdown<C, E>(shared: &Shared, conn: C, graceful: impl FnOnce(Pin<&mut C>))
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut shutdown = shared.shutdown.subscribe();
-    let svc = {
-        let shared = shared.clone();
-        // Boxed so an idle keep-alive connection does not carry room for a whole request's
-        // state machine; it is allocated per request instead.
-        service_fn(move |req| Box::pin(proxy::handle(shared.clone(), info.clone(), req)))
-    };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -263,8 +318,22 @@ where
             }
         }
         () = async { drop(shutdown.wait_for(|s| *s).await) } => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             let _ = conn.await;
         }
     }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2, detected from the first bytes, until the client
+/// closes or a shutdown asks the connection to finish gracefully.
+pub(crate) async fn serve_http<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service(&shared, info);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    until_shutdown(&shared, conn, |c| c.graceful_shutdown()).await;
 }

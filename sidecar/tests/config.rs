@@ -176,6 +176,24 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+#[tokio::test]
+async fn shutdown_closes_connections_that_never_sent_a_request() {
+    let a = echo("a").await;
+    let proxy = start(&to("a", a.addr, 1)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    while !proxy
+        .metrics_text()
+        .contains(r#"portico_open_connections{listener="web"} 1"#)
+    {
+        tokio::task::yield_now().await;
+    }
+    assert!(proxy.shutdown(Duration::from_secs(5)).await, "drained");
+    let mut buf = [0u8; 1];
+    let n = tokio::io::AsyncReadExt::read(&mut silent, &mut buf).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "the connection was closed");
+}
+
 /// Kills the proxy process if the test fails before it is stopped, so no process outlives it.
 struct KillOnDrop(Option<std::process::Child>);
 
