@@ -266,13 +266,14 @@ async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, svc).with_upgrades();
-        until_shutdown(&shared, conn, |c| c.graceful_shutdown()).await;
+        until_shutdown(shutdown, conn, |c| c.graceful_shutdown()).await;
     } else if n == H2_PREFACE.len() {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, svc);
-        until_shutdown(&shared, conn, |c| c.graceful_shutdown()).await;
+        until_shutdown(shutdown, conn, |c| c.graceful_shutdown()).await;
     } else {
+        drop(shutdown);
         serve_http(shared, info, io.into_inner()).await;
     }
 }
@@ -303,13 +304,16 @@ fn service(shared: &Arc<Shared>, info: ConnInfo) -> ProxyService {
     }
 }
 
-/// Drives `conn` until it ends, or until a shutdown asks it to finish its requests and close.
-async fn until_shutdown<C, E>(shared: &Shared, conn: C, graceful: impl FnOnce(Pin<&mut C>))
-where
+/// Drives `conn` until it ends, or until `shutdown` turns true: then it is asked to finish its
+/// requests and close.
+async fn until_shutdown<C, E>(
+    mut shutdown: watch::Receiver<bool>,
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut shutdown = shared.shutdown.subscribe();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -335,5 +339,5 @@ where
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    until_shutdown(&shared, conn, |c| c.graceful_shutdown()).await;
+    until_shutdown(shared.shutdown.subscribe(), conn, |c| c.graceful_shutdown()).await;
 }
