@@ -2,11 +2,14 @@
 """Helpers for bench/run.sh that need more than shell.
 
   conns.py hold PORT N PIDFILE   open N keep-alive connections, one request each, then print the
-                                 RSS (kB) of the process in PIDFILE and exit
+                                 RssAnon and RssFile+RssShmem (kB) of the process in PIDFILE
+                                 and exit
   conns.py ready CMD...          start CMD, print ms until its port 18081 accepts, leave it running
                                  (prints "PID MS")
-  conns.py pct FILE P...         percentiles (ms) of h2load --log-file durations (µs, 3rd column)
+  conns.py oha FILE              from oha's JSON output: requests answered, p50, p99 and p99.9
+                                 latency (ms)
 """
+import json
 import os
 import socket
 import subprocess
@@ -15,11 +18,14 @@ import time
 
 
 def rss_kb(pid):
+    """(anonymous, file-backed + shared) resident kB."""
+    fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                fields[key] = int(rest.split()[0])
+    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
 
 
 def hold(port, n, pidfile):
@@ -43,7 +49,7 @@ def hold(port, n, pidfile):
             body += s.recv(65536)
         socks.append(s)
     time.sleep(1)
-    print(rss_kb(pid))
+    print(*rss_kb(pid))
     for s in socks:
         s.close()
 
@@ -62,22 +68,23 @@ def ready(cmd):
     print(p.pid, round((time.monotonic() - start) * 1000, 1))
 
 
-def pct(path, ps):
-    durs = []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[1] == "200":
-                durs.append(int(parts[2]) / 1000.0)
-    durs.sort()
-    if not durs:
-        print(" ".join("nan" for _ in ps))
+def oha(path):
+    """Requests answered (any status) and latency percentiles in ms; "0 nan nan nan" when oha
+    failed or wrote nothing."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        print("0 nan nan nan")
         return
-    out = []
-    for p in ps:
-        i = min(len(durs) - 1, int(len(durs) * float(p) / 100.0))
-        out.append(f"{durs[i]:.3f}")
-    print(" ".join(out))
+    n = sum(data.get("statusCodeDistribution", {}).values())
+    pct = data.get("latencyPercentiles", {})
+
+    def ms(key):
+        v = pct.get(key)
+        return "nan" if v is None else f"{v * 1000:.3f}"
+
+    print(n, ms("p50"), ms("p99"), ms("p99.9"))
 
 
 if __name__ == "__main__":
@@ -86,5 +93,5 @@ if __name__ == "__main__":
         hold(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif cmd == "ready":
         ready(sys.argv[2:])
-    elif cmd == "pct":
-        pct(sys.argv[2], sys.argv[3:])
+    elif cmd == "oha":
+        oha(sys.argv[2])

@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::backend::InFlight;
 use crate::error::{Body, BoxError, ProxyError, empty, full};
+use crate::pool::Lease;
 
 /// Request bodies up to this size are kept in memory so they can be retried or mirrored;
 /// bigger or unknown-length bodies stream straight through and are sent once.
@@ -63,19 +64,23 @@ impl RequestBody {
     }
 }
 
+/// What a response body holds until it is dropped: the backend's limiter slot, the endpoint's
+/// in-flight count, and the pooled HTTP/1.1 connection it is read from.
+pub type Guards = (Option<OwnedSemaphorePermit>, InFlight, Option<Lease>);
+
 pin_project_lite::pin_project! {
     /// An upstream response body that holds the request's limiter slot and in-flight count
     /// until it has been fully sent to the client (the guards are released on drop).
     pub struct Guarded {
         #[pin]
         inner: Incoming,
-        guards: (Option<OwnedSemaphorePermit>, InFlight),
+        guards: Guards,
     }
 }
 
 impl Guarded {
     /// Wraps `inner`, holding `guards` until it is dropped.
-    pub fn new(inner: Incoming, guards: (Option<OwnedSemaphorePermit>, InFlight)) -> Self {
+    pub fn new(inner: Incoming, guards: Guards) -> Self {
         Self { inner, guards }
     }
 }

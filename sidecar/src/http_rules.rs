@@ -1,7 +1,5 @@
 //! HTTP rules a proxy must apply on every hop, in one place.
 
-use std::net::IpAddr;
-
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -69,14 +67,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds `X-Forwarded-For` (appending the client address to any existing list) and
-/// `X-Forwarded-Proto` (only when absent: an outer proxy that terminated TLS knows better).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
+/// Adds `X-Forwarded-For` (appending the client address, `client_ip`, to any existing list)
+/// and `X-Forwarded-Proto` (only when absent: an outer proxy that terminated TLS knows better).
+/// Without a previous list nothing is allocated: the value is shared with the connection.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, scheme: &'static str) {
     let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.to_string(),
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers
@@ -118,10 +123,22 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_the_client_alone_without_a_list() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        add_forwarded(&mut h, &HeaderValue::from_static("10.0.0.1"), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "an outer proxy's value is kept"
+        );
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http");
+        add_forwarded(&mut h, &HeaderValue::from_static("10.0.0.1"), "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

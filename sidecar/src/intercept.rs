@@ -177,12 +177,7 @@ pub async fn outbound(
         }
         return;
     }
-    let info = ConnInfo {
-        listener,
-        client: peer,
-        scheme: "http",
-        service: Some(svc.name.clone()),
-    };
+    let info = ConnInfo::new(listener, peer, "http", Some(svc.name.clone()));
     crate::server::serve_http(shared, info, stream).await;
 }
 

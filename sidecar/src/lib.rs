@@ -23,6 +23,7 @@ pub mod intercept;
 pub mod limits;
 pub mod metrics;
 pub mod outlier;
+pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
@@ -103,7 +104,7 @@ impl Proxy {
             Some(addr) => {
                 let sock = tokio::net::TcpListener::bind(addr)
                     .await
-                    .map_err(|source| StartError::Admin { addr, source })?;
+                    .map_err(|error| StartError::Admin { addr, error })?;
                 let local = sock.local_addr().ok();
                 tokio::spawn(admin::serve(shared.clone(), sock, admin_stopped));
                 local
@@ -221,12 +222,13 @@ impl Proxy {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The admin address could not be bound.
-    #[error("admin server: cannot bind {addr}: {source}")]
+    #[error("admin server: cannot bind {addr}: {error}")]
     Admin {
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not also a `source()`: anyhow's "Caused by"
+        /// would list it twice).
+        error: std::io::Error,
     },
     /// The initial config was refused.
     #[error(transparent)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -45,6 +45,29 @@ pub struct ConnInfo {
     /// Sidecar mode: the service the client dialled, whose routes apply instead of the
     /// listener's.
     pub service: Option<Arc<str>>,
+    /// The client IP as a header value, formatted once per connection rather than for every
+    /// request's `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Facts about a connection from `client`.
+    pub fn new(
+        listener: Arc<str>,
+        client: SocketAddr,
+        scheme: &'static str,
+        service: Option<Arc<str>>,
+    ) -> Self {
+        let ip = client.ip().to_string();
+        Self {
+            listener,
+            client,
+            scheme,
+            service,
+            // An IP address is always a valid header value.
+            client_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
 }
 
 /// What the access log and metrics learn while a request is handled.
@@ -165,7 +188,7 @@ async fn route_and_forward(
     }
 
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
-    http_rules::add_forwarded(&mut parts.headers, conn.client.ip(), conn.scheme);
+    http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, conn.scheme);
     // HTTP/1 upstreams need `Host`; an HTTP/2 client sent `:authority` instead.
     if host_changed && let Ok(h) = HeaderValue::from_str(&host) {
         parts.headers.insert(HOST, h);
@@ -194,6 +217,9 @@ async fn route_and_forward(
         }
     }
 
+    // A request that cannot be retried is sent once: its headers move into that attempt
+    // instead of being copied.
+    let headers = retry.is_none().then(|| std::mem::take(&mut parts.headers));
     let attempts = Attempts {
         shared,
         route: hit.route,
@@ -205,7 +231,7 @@ async fn route_and_forward(
         retry,
         budget: hit.rule.budget.as_ref(),
     };
-    let forwarded = attempts.run(&mut body, out);
+    let forwarded = attempts.run(&mut body, headers, out);
     let mut resp = match rule.timeouts.request {
         Some(t) => tokio::time::timeout(t.get(), forwarded)
             .await
@@ -268,16 +294,19 @@ struct Attempts<'a> {
 }
 
 impl Attempts<'_> {
+    /// Makes attempts until one succeeds or the policy says stop. `headers`, when given, are
+    /// the request's headers to move into the first attempt (then there is no retry).
     async fn run(
         &self,
         body: &mut RequestBody,
+        mut headers: Option<HeaderMap>,
         out: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         let mut retries_done = 0u32;
         loop {
             let req_body = body.take().unwrap_or_else(empty);
             out.attempts = retries_done + 1;
-            let result = self.once(req_body).await;
+            let result = self.once(req_body, headers.take()).await;
             let failure = match &result {
                 Ok(resp) => response_failure(resp),
                 Err(ProxyError::Connect(_)) => Some(Failure::Connect),
@@ -303,8 +332,12 @@ impl Attempts<'_> {
         }
     }
 
-    /// One attempt on one endpoint.
-    async fn once(&self, body: Body) -> Result<Response<Body>, ProxyError> {
+    /// One attempt on one endpoint, with the request's headers if given, else a copy of them.
+    async fn once(
+        &self,
+        body: Body,
+        headers: Option<HeaderMap>,
+    ) -> Result<Response<Body>, ProxyError> {
         let backend = self.backend;
         let permit = backend
             .limiter
@@ -312,15 +345,16 @@ impl Attempts<'_> {
             .await
             .map_err(|_| ProxyError::Overloaded(backend.name.clone()))?;
         let ctx = PickContext {
-            headers: &self.parts.headers,
+            headers: headers.as_ref().unwrap_or(&self.parts.headers),
             client_ip: self.client.ip(),
         };
         let ep = backend.pick(&ctx)?;
-        let (client, version) = backend.clients.select(self.parts.version, self.upgrade);
-        let req = upstream_request(self.parts, &ep.authority, version, body)?;
+        let upstream = backend.clients.select(self.parts.version, self.upgrade);
+        let headers = headers.unwrap_or_else(|| self.parts.headers.clone());
+        let req = upstream_request(self.parts, headers, &ep.authority, upstream.version(), body)?;
         let in_flight = InFlight::new(ep);
         let start = Instant::now();
-        let sent = client.request(req);
+        let sent = upstream.send(ep.addr, req);
         let result = match self.per_try {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
@@ -332,11 +366,11 @@ impl Attempts<'_> {
             None => sent.await,
         };
         match result {
-            Ok(resp) => {
+            Ok((resp, lease)) => {
                 let ok = !resp.status().is_server_error();
                 self.record(ep, Some(start.elapsed()), ok);
                 let (p, b) = resp.into_parts();
-                let body = Guarded::new(b, (permit, in_flight));
+                let body = Guarded::new(b, (permit, in_flight, lease));
                 Ok(Response::from_parts(p, body.boxed_unsync()))
             }
             Err(e) => {
@@ -375,31 +409,40 @@ fn response_failure(resp: &Response<Body>) -> Option<Failure> {
     (code != 0).then_some(Failure::Grpc(code))
 }
 
+/// The request sent upstream: HTTP/1.1 gets the origin-form URI the client sent (no new URI is
+/// built), HTTP/2 an absolute URI naming the endpoint (hyper-util's pool key; `:authority` comes
+/// from it).
 fn upstream_request(
     parts: &Parts,
+    headers: HeaderMap,
     authority: &http::uri::Authority,
     version: Version,
     body: Body,
 ) -> Result<Request<Body>, ProxyError> {
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    if version == Version::HTTP_2 {
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+    }
+    uri.path_and_query = Some(pq);
+    let uri = http::Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     Ok(req)
 }
 
 /// Sends a copy of a request to another backend and forgets it: never awaited by the main
 /// request, errors only logged.
 fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: SocketAddr) {
-    let parts_copy = {
+    let mut parts_copy = {
         let mut r = Request::new(());
         *r.method_mut() = parts.method.clone();
         *r.uri_mut() = parts.uri.clone();
@@ -418,12 +461,15 @@ fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: Socket
         let Ok(ep) = backend.pick(&ctx) else {
             return;
         };
-        let (client, version) = backend.clients.select(parts_copy.version, false);
-        let Ok(req) = upstream_request(&parts_copy, &ep.authority, version, full(body)) else {
+        let upstream = backend.clients.select(parts_copy.version, false);
+        let headers = std::mem::take(&mut parts_copy.headers);
+        let version = upstream.version();
+        let Ok(req) = upstream_request(&parts_copy, headers, &ep.authority, version, full(body))
+        else {
             return;
         };
-        match client.request(req).await {
-            Ok(resp) => {
+        match upstream.send(ep.addr, req).await {
+            Ok((resp, _lease)) => {
                 let _ = resp.into_body().collect().await;
             }
             Err(e) => tracing::debug!(backend = %backend.name, error = %e, "mirror failed"),

@@ -15,32 +15,32 @@ use crate::Proxy;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source()`, so anyhow reports it once).
+        error: std::io::Error,
     },
     /// The file is not a config (YAML or JSON).
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {path}: {error}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parse error, with line and column.
-        source: serde_yaml::Error,
+        /// The parse error, with line and column (in the message, not a `source()`).
+        error: serde_yaml::Error,
     },
 }
 
 /// Reads and parses a config file (YAML, or JSON which is YAML too). Not validated yet.
 pub fn load(path: &Path) -> Result<ProxyConfig, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
-    serde_yaml::from_str(&text).map_err(|source| LoadError::Parse {
+    serde_yaml::from_str(&text).map_err(|error| LoadError::Parse {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

@@ -3,11 +3,15 @@
 //! a shutdown can wait for them to finish.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portico_proxy_api::{Protocol, ProxyConfig};
@@ -16,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::error::Body;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::ApplyError;
 
@@ -57,10 +62,10 @@ impl Listeners {
             }
             let sock = TcpListener::bind(&l.address)
                 .await
-                .map_err(|source| ApplyError::Bind {
+                .map_err(|error| ApplyError::Bind {
                     listener: l.name.clone(),
                     address: l.address.clone(),
-                    source,
+                    error,
                 })?;
             new.push((l.name.clone(), l.address.clone(), sock));
         }
@@ -165,6 +170,9 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Serves one accepted connection by its listener's protocol. Each protocol's future is boxed:
+/// a task is as big as its future, and unboxed every plain HTTP connection would carry room for
+/// the largest branch (a TLS session, a sidecar's protocol detection).
 async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
     let _guard = ConnGuard::new(&shared, &listener);
     let _ = stream.set_nodelay(true);
@@ -172,12 +180,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
     let Some(l) = snap.config.listeners.iter().find(|l| *l.name == *listener) else {
         return;
     };
-    let info = |scheme| ConnInfo {
-        listener: listener.clone(),
-        client: peer,
-        scheme,
-        service: None,
-    };
+    let info = |scheme| ConnInfo::new(listener.clone(), peer, scheme, None);
     match l.protocol {
         Protocol::Tcp => {
             let Some(backend) = l
@@ -189,31 +192,138 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
                 return;
             };
             drop(snap);
-            crate::tcp::forward(backend, stream, peer).await;
+            Box::pin(crate::tcp::forward(backend, stream, peer)).await;
         }
         Protocol::Http => {
             drop(snap);
-            serve_http(shared.clone(), info("http"), stream).await;
+            Box::pin(serve_plain_http(shared.clone(), info("http"), stream)).await;
         }
         Protocol::Outbound => {
             drop(snap);
-            crate::intercept::outbound(shared.clone(), listener.clone(), stream, peer).await;
+            Box::pin(crate::intercept::outbound(
+                shared.clone(),
+                listener.clone(),
+                stream,
+                peer,
+            ))
+            .await;
         }
         Protocol::Inbound => {
             drop(snap);
-            crate::intercept::inbound(shared.clone(), listener.clone(), stream, peer).await;
+            Box::pin(crate::intercept::inbound(
+                shared.clone(),
+                listener.clone(),
+                stream,
+                peer,
+            ))
+            .await;
         }
         Protocol::Https => {
             let Some(cfg) = snap.tls.get(&*listener).cloned() else {
                 return;
             };
             drop(snap);
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(shared.clone(), info("https"), tls).await,
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            Box::pin(serve_https(shared.clone(), info("https"), cfg, stream)).await;
+        }
+    }
+}
+
+async fn serve_https(
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+) {
+    let peer = info.client;
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_http(shared, info, tls).await,
+        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a client that starts with it speaks h2c.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a plain-TCP HTTP connection. Waits for the client's first bytes before setting up any
+/// HTTP state (a connection that never sends costs only its task), then serves HTTP/1.1 or h2c
+/// directly by the preface, without hyper-util's detection layer on every read. First bytes
+/// that are only the start of the preface fall back to that layer ([`serve_http`]).
+async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = tokio::select! {
+        r = stream.peek(&mut first) => match r {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        },
+        () = async { drop(shutdown.wait_for(|s| *s).await) } => return,
+    };
+    let svc = service(&shared, info.clone());
+    let io = TokioIo::new(stream);
+    if first[..n] != H2_PREFACE[..n] {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        until_shutdown(shutdown, conn, |c| c.graceful_shutdown()).await;
+    } else if n == H2_PREFACE.len() {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, svc);
+        until_shutdown(shutdown, conn, |c| c.graceful_shutdown()).await;
+    } else {
+        drop(shutdown);
+        serve_http(shared, info, io.into_inner()).await;
+    }
+}
+
+/// Answers a connection's requests.
+#[derive(Clone)]
+struct ProxyService {
+    shared: Arc<Shared>,
+    info: ConnInfo,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    // Boxed so an idle keep-alive connection does not carry room for a whole request's state
+    // machine; it is allocated per request instead.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(proxy::handle(self.shared.clone(), self.info.clone(), req))
+    }
+}
+
+fn service(shared: &Arc<Shared>, info: ConnInfo) -> ProxyService {
+    ProxyService {
+        shared: shared.clone(),
+        info,
+    }
+}
+
+/// Drives `conn` until it ends, or until `shutdown` turns true: then it is asked to finish its
+/// requests and close.
+async fn until_shutdown<C, E>(
+    mut shutdown: watch::Receiver<bool>,
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
+        }
+        () = async { drop(shutdown.wait_for(|s| *s).await) } => {
+            graceful(conn.as_mut());
+            let _ = conn.await;
         }
     }
 }
@@ -224,27 +334,10 @@ pub(crate) async fn serve_http<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut shutdown = shared.shutdown.subscribe();
-    let svc = {
-        let shared = shared.clone();
-        // Boxed so an idle keep-alive connection does not carry room for a whole request's
-        // state machine; it is allocated per request instead.
-        service_fn(move |req| Box::pin(proxy::handle(shared.clone(), info.clone(), req)))
-    };
+    let svc = service(&shared, info);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        () = async { drop(shutdown.wait_for(|s| *s).await) } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    until_shutdown(shared.shutdown.subscribe(), conn, |c| c.graceful_shutdown()).await;
 }

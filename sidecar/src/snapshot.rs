@@ -16,25 +16,34 @@ use crate::tls::{self, TlsError};
 pub enum ApplyError {
     /// The config is invalid.
     #[error("invalid config: {0}")]
-    Invalid(#[from] ValidationError),
+    Invalid(ValidationError),
     /// A listener's certificate or key is unusable.
-    #[error("listener {listener:?}: tls: {source}")]
+    #[error("listener {listener:?}: tls: {error}")]
     Tls {
         /// Listener name.
         listener: String,
         /// What failed.
-        source: TlsError,
+        error: TlsError,
     },
     /// A listener's address could not be bound.
-    #[error("listener {listener:?}: cannot bind {address}: {source}")]
+    #[error("listener {listener:?}: cannot bind {address}: {error}")]
     Bind {
         /// Listener name.
         listener: String,
         /// The address.
         address: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not also a `source()`: anyhow's "Caused by"
+        /// would list it twice).
+        error: std::io::Error,
     },
+}
+
+// Errors in this module show their cause in the message and do not also return it from
+// `source()`: anyhow (the binary's error report) would otherwise print every cause twice.
+impl From<ValidationError> for ApplyError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid(e)
+    }
 }
 
 /// Everything a request needs, compiled from one config.
@@ -81,9 +90,9 @@ impl Snapshot {
         let mut tls = HashMap::new();
         for l in &config.listeners {
             if let (Protocol::Https, Some(t)) = (l.protocol, &l.tls) {
-                let sc = tls::server_config(t).map_err(|source| ApplyError::Tls {
+                let sc = tls::server_config(t).map_err(|error| ApplyError::Tls {
                     listener: l.name.clone(),
-                    source,
+                    error,
                 })?;
                 tls.insert(l.name.clone(), sc);
             }

@@ -11,27 +11,35 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source()`, so it is not reported twice).
+        error: std::io::Error,
     },
     /// The PEM text holds no usable certificate or key.
     #[error("{0}")]
     Pem(String),
     /// rustls refused the certificate/key pair.
     #[error("{0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+// By hand rather than `#[from]`, which would also make it the `source()` while the message
+// already shows it.
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Rustls(e)
+    }
 }
 
 fn read(pem: &Pem) -> Result<Vec<u8>, TlsError> {
     match pem {
         Pem::Inline { inline } => Ok(inline.clone().into_bytes()),
-        Pem::File { file } => std::fs::read(file).map_err(|source| TlsError::Read {
+        Pem::File { file } => std::fs::read(file).map_err(|error| TlsError::Read {
             path: file.clone(),
-            source,
+            error,
         }),
     }
 }

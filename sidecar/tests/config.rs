@@ -176,6 +176,24 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+#[tokio::test]
+async fn shutdown_closes_connections_that_never_sent_a_request() {
+    let a = echo("a").await;
+    let proxy = start(&to("a", a.addr, 1)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    while !proxy
+        .metrics_text()
+        .contains(r#"portico_open_connections{listener="web"} 1"#)
+    {
+        tokio::task::yield_now().await;
+    }
+    assert!(proxy.shutdown(Duration::from_secs(5)).await, "drained");
+    let mut buf = [0u8; 1];
+    let n = tokio::io::AsyncReadExt::read(&mut silent, &mut buf).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "the connection was closed");
+}
+
 /// Kills the proxy process if the test fails before it is stopped, so no process outlives it.
 struct KillOnDrop(Option<std::process::Child>);
 
@@ -322,6 +340,39 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
             .any(|e| e["status"] == 200 && e["route"] == "r" && e["backend"] == "b"),
         "{access:?}"
     );
+}
+
+#[test]
+fn binary_shows_why_the_listen_port_could_not_be_bound() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    write_config(&path, listen, "a", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_portico-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--admin-addr", &free_port().to_string(), "--workers", "1"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let causes: Vec<&str> = stderr
+        .split_once("Caused by:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(causes.len(), 1, "one cause, shown once: {stderr}");
+    let cause = causes[0];
+    assert!(
+        cause.contains(&format!(r#"listener "web": cannot bind {listen}"#)),
+        "{stderr}"
+    );
+    assert!(cause.contains("in use"), "the OS reason is shown: {stderr}");
 }
 
 #[test]

@@ -1,0 +1,357 @@
+//! The HTTP/1.1 upstream connection pool: idle keep-alive connections per endpoint, lent to one
+//! request at a time.
+//!
+//! ```text
+//! checkout(addr) ─► newest idle connection that is ready ─┬─► send ─► response ─► Lease
+//!                   (closed ones dropped, expired closed) └─► none: connect, handshake    │
+//!       ▲                                                                                  │
+//!       └──────────── Lease dropped (response body sent or abandoned) ◄───────────────────┘
+//! ```
+//!
+//! Why not hyper-util's pooling client for HTTP/1.1: on the hot path it builds a pool key and an
+//! absolute URI per request, races the checkout against a lazy connect, and spawns a task per
+//! request to wait for the connection to become idle again. Here a request costs one short lock
+//! to take a connection and one to give it back; a task is spawned per *connection* only.
+//!
+//! A connection is given back when its response body is dropped. If the body was not read to
+//! the end, hyper closes that connection, and the next checkout discards it (`is_closed`).
+//! A connection that is not yet ready (the upstream connection task has not caught up) is
+//! skipped, not waited for. Idle connections past the idle timeout are closed when a checkout or
+//! give-back meets them (a give-back sweeps every endpoint's list at most once a second), and at
+//! most `max_idle` are kept per endpoint (the oldest go). Without any traffic nothing is swept;
+//! the upstream's own keep-alive timeout closes those connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::error::{Body, BoxError};
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, timed out, handshake failed).
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        source: BoxError,
+    },
+    /// The connection broke before the response headers arrived.
+    #[error("request to {addr}: {source}")]
+    Request {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        source: BoxError,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the failure happened while connecting (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+struct Idle {
+    tx: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Pooled HTTP/1.1 connections to the endpoints of one backend. Cheap to clone; clones share
+/// the pool.
+#[derive(Clone)]
+pub struct H1Pool {
+    inner: Arc<Inner>,
+}
+
+/// How often a give-back also sweeps the other endpoints' idle lists for expired and closed
+/// connections (endpoints that get no requests, e.g. removed from the config, are otherwise
+/// never looked at).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Lists {
+    /// Idle connections per endpoint, oldest first.
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    /// When all lists were last swept.
+    swept: Option<Instant>,
+}
+
+struct Inner {
+    idle: Mutex<Lists>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for H1Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Pool")
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pooled connection lent to one request; goes back to the pool when dropped.
+pub struct Lease {
+    tx: Option<SendRequest<Body>>,
+    addr: SocketAddr,
+    pool: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("addr", &self.addr).finish()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.pool.give_back(self.addr, tx);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves at worst a stale idle list.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    /// The newest ready idle connection to `addr`, dropping closed and expired ones it meets.
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+        let mut idle = lock(&self.idle);
+        let list = idle.by_addr.get_mut(&addr)?;
+        let now = Instant::now();
+        // Newest first: it is the most likely to be alive and warm. Usually the first one taken
+        // is ready; one that is still finishing its previous response is put back.
+        let mut busy = Vec::new();
+        let mut found = None;
+        while let Some(c) = list.pop() {
+            if c.tx.is_closed() || now.duration_since(c.since) >= self.idle_timeout {
+                continue;
+            }
+            if c.tx.is_ready() {
+                found = Some(c.tx);
+                break;
+            }
+            busy.push(c);
+        }
+        list.extend(busy.into_iter().rev());
+        found
+    }
+
+    fn give_back(&self, addr: SocketAddr, tx: SendRequest<Body>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let now = Instant::now();
+        let list = idle.by_addr.entry(addr).or_default();
+        // The oldest are at the front: drop expired ones and any beyond `max_idle` (the oldest
+        // is the most likely to be closed by the upstream soon).
+        let expired = list
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= self.idle_timeout)
+            .count();
+        let excess = (list.len() + 1).saturating_sub(self.max_idle);
+        list.drain(..expired.max(excess).min(list.len()));
+        list.push(Idle { tx, since: now });
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            idle.swept = Some(now);
+            idle.by_addr.retain(|_, list| {
+                list.retain(|c| {
+                    !c.tx.is_closed() && now.duration_since(c.since) < self.idle_timeout
+                });
+                !list.is_empty()
+            });
+        }
+    }
+}
+
+impl H1Pool {
+    /// An empty pool.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                idle: Mutex::default(),
+                connect_timeout,
+                idle_timeout,
+                max_idle,
+            }),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` already set) to `addr` on an idle connection, or a
+    /// new one. A request that an idle connection refused before writing anything (it was
+    /// closing) is sent again on another connection, as hyper-util's client does.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        while let Some(mut tx) = self.inner.checkout(addr) {
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(addr, tx))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(request_error(addr, e.into_error())),
+                },
+            }
+        }
+        let mut tx = self.connect(addr).await?;
+        match tx.send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(addr, tx))),
+            Err(e) => Err(request_error(addr, e)),
+        }
+    }
+
+    fn lease(&self, addr: SocketAddr, tx: SendRequest<Body>) -> Lease {
+        Lease {
+            tx: Some(tx),
+            addr,
+            pool: self.inner.clone(),
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, UpstreamError> {
+        let connect_error = |source: BoxError| UpstreamError::Connect { addr, source };
+        let stream = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_error("connect timed out".into()))?
+            .map_err(|e| connect_error(e.into()))?;
+        // Small requests and responses must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_error(e.into()))?;
+        tokio::spawn(async move {
+            // Upgrades (WebSocket) take the connection over after a 101.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+fn request_error(addr: SocketAddr, e: hyper::Error) -> UpstreamError {
+    UpstreamError::Request {
+        addr,
+        source: e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::error::full;
+
+    /// An HTTP/1.1 upstream answering "ok"; counts the connections it accepted. With `close`,
+    /// it closes each connection after one response.
+    async fn upstream(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = sock.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(!close)
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &H1Pool, addr: SocketAddr) -> String {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "up")
+            .body(full(""))
+            .unwrap();
+        let (resp, lease) = pool.send(addr, req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        drop(lease);
+        // Let the connection task see the end of the exchange, as the next request would.
+        tokio::task::yield_now().await;
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    fn pool() -> H1Pool {
+        H1Pool::new(Duration::from_secs(1), Duration::from_secs(90), 8)
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (addr, accepted) = upstream(false).await;
+        let pool = pool();
+        for _ in 0..3 {
+            assert_eq!(get(&pool, addr).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced() {
+        let (addr, accepted) = upstream(true).await;
+        let pool = pool();
+        for _ in 0..3 {
+            assert_eq!(get(&pool, addr).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_past_the_timeout_are_dropped_even_without_requests_to_them() {
+        let (a, a_accepted) = upstream(false).await;
+        let (b, _) = upstream(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(10), 8);
+        get(&pool, a).await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // Traffic to another endpoint sweeps `a`'s expired connection away.
+        get(&pool, b).await;
+        assert!(!lock(&pool.inner.idle).by_addr.contains_key(&a));
+        get(&pool, a).await;
+        assert_eq!(a_accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_connect_errors() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let req = Request::builder().uri("/").body(full("")).unwrap();
+        let err = pool().send(addr, req).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+    }
+}
