@@ -41,6 +41,8 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Conn {
     client: SocketAddr,
+    /// `client`'s IP as a header value, formatted once for `X-Forwarded-For`.
+    client_ip: http::HeaderValue,
     port: u16,
     app: SocketAddr,
 }
@@ -87,6 +89,9 @@ pub async fn serve(
     }
     let conn = Arc::new(Conn {
         client,
+        // An IP address is always a valid header value.
+        client_ip: http::HeaderValue::from_str(&client.ip().to_string())
+            .unwrap_or(http::HeaderValue::from_static("unknown")),
         port: dst.port(),
         app,
     });
@@ -166,7 +171,7 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
-    http_rules::add_forwarded(&mut parts.headers, conn.client.ip(), "http");
+    http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
     // An HTTP/2 caller sent `:authority` instead of Host; the app may route on it.
     if !parts.headers.contains_key(HOST)
         && let Some(a) = parts.uri.authority()
@@ -174,20 +179,14 @@ async fn forward(
     {
         parts.headers.insert(HOST, h);
     }
-    let (client, version) = clients.select(parts.version, upgrade);
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(conn.app.to_string())
-        .path_and_query(pq)
-        .build()
+    let upstream = clients.select(parts.version, upgrade);
+    let headers = std::mem::take(&mut parts.headers);
+    let authority = http::uri::Authority::try_from(conn.app.to_string())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let mut up = Request::new(body.map_err(BoxError::from).boxed_unsync());
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = uri;
-    *up.version_mut() = version;
-    *up.headers_mut() = parts.headers;
-    let mut resp = client.request(up).await.map_err(|e| {
+    let up = crate::proxy::upstream_request(&parts, headers, &authority, upstream.version(), {
+        body.map_err(BoxError::from).boxed_unsync()
+    })?;
+    let (mut resp, lease) = upstream.send(conn.app, up).await.map_err(|e| {
         tracing::debug!(app = %conn.app, error = %e, "request to the app failed");
         if e.is_connect() {
             ProxyError::Connect(conn.app)
@@ -202,8 +201,14 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     http_rules::strip_hop_by_hop(&mut parts.headers, switching);
+    // The pooled connection goes back to the pool only once the body has been read: the
+    // closure owns the lease, and the body owns the closure.
     Ok(Response::from_parts(
         parts,
-        body.map_err(BoxError::from).boxed_unsync(),
+        body.map_err(move |e| {
+            let _lease = &lease;
+            BoxError::from(e)
+        })
+        .boxed_unsync(),
     ))
 }

@@ -412,7 +412,7 @@ fn response_failure(resp: &Response<Body>) -> Option<Failure> {
 /// The request sent upstream: HTTP/1.1 gets the origin-form URI the client sent (no new URI is
 /// built), HTTP/2 an absolute URI naming the endpoint (hyper-util's pool key; `:authority` comes
 /// from it).
-fn upstream_request(
+pub(crate) fn upstream_request(
     parts: &Parts,
     headers: HeaderMap,
     authority: &http::uri::Authority,
