@@ -388,7 +388,9 @@ impl Index {
             self.refresh_guards();
             self.refresh();
         }
-        let pods = self.subscribed_in(namespace);
+        // Pods of one namespace can be callers of any namespace's Services.
+        let scope = if kind == Kind::Pod { None } else { namespace };
+        let pods = self.subscribed_in(scope);
         self.refresh_inbound(pods);
     }
 
