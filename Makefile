@@ -64,11 +64,16 @@ bench:
 	bench/run.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
-## 50 proxies) and EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control plane
+## 50 proxies), EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control
+## plane, and the release operator binary at that scale against the real apiserver (RSS, CPU per
+## change, one and all 50 streams p50/p99; scale with PORTICO_BENCH_SERVICES, _ENDPOINTS,
+## _CLIENTS, _CHANGES)
 bench-control-plane: k8s-bins
 	$(CARGO) test --release -p portico-operator scale -- --nocapture --test-threads=1
 	$(CARGO) test -p portico-tests --test operator --no-run
 	hack/in-netns.sh $(CARGO) test --offline -p portico-tests --test operator -- --nocapture endpointslice_changes_reach_proxy_routing
+	$(CARGO) build --release -p portico-operator -p portico-tests --bin portico-operator --bin portico-bench-control-plane
+	hack/in-netns.sh "$${CARGO_TARGET_DIR:-target}/release/portico-bench-control-plane"
 
 ## images: container images of both binaries, where a container engine runs
 IMAGE_TAG ?= 0.1.0

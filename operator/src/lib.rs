@@ -237,14 +237,14 @@ pub async fn run_until(
         readiness.clone(),
         metrics.clone(),
     ));
-    let config_server = server::ConfigServer {
-        client: client.clone(),
-        index: index.clone(),
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
-        debounce: Duration::from_millis(config_debounce_ms),
+    let config_server = server::ConfigServer::new(
+        client.clone(),
+        index.clone(),
+        readiness.clone(),
+        metrics.clone(),
+        Duration::from_millis(config_debounce_ms),
         token_recheck,
-    };
+    );
     tasks.spawn(config_server.serve(config_listener, tls));
     if let Some((listener, tls)) = webhook {
         let webhooks = admission::Webhooks {

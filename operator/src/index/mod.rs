@@ -388,7 +388,9 @@ impl Index {
             self.refresh_guards();
             self.refresh();
         }
-        let pods = self.subscribed_in(namespace);
+        // Pods of one namespace can be callers of any namespace's Services.
+        let scope = if kind == Kind::Pod { None } else { namespace };
+        let pods = self.subscribed_in(scope);
         self.refresh_inbound(pods);
     }
 
@@ -585,8 +587,39 @@ impl Index {
             .collect();
         let mut memo = Memo::new();
         for (key, wanted) in affected {
-            let backends = self.backend_set_memo(&wanted, &mut memo);
-            self.publish_backends(&key, backends);
+            // The published set was computed from the same `wanted`, in the same order: only
+            // the touched Services' backends are recomputed, the others are taken as they are
+            // (the mesh-wide set holds every Service; recomputing all of them per endpoint
+            // change cost most of the operator's CPU at 1,000 Services).
+            let current = self
+                .proxies
+                .get(&key)
+                .map(|ch| ch.backends.borrow().clone());
+            let backends = wanted
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let touched = services.iter().any(|s| s.namespace == w.0 && s.name == w.1);
+                    let kept = current
+                        .as_ref()
+                        .and_then(|c| c.backends.get(i))
+                        .filter(|b| !touched && b.name == translate::backend_name(&w.0, &w.1, w.2));
+                    match kept {
+                        Some(b) => b.clone(),
+                        None => memo
+                            .entry(w.clone())
+                            .or_insert_with(|| self.backend(&w.0, &w.1, w.2))
+                            .clone(),
+                    }
+                })
+                .collect();
+            self.publish_backends(
+                &key,
+                BackendSet {
+                    generation: 0,
+                    backends,
+                },
+            );
         }
     }
 

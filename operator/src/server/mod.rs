@@ -75,6 +75,30 @@ pub struct ConfigServer {
     pub debounce: Duration,
     /// How often an open stream's token is checked again.
     pub token_recheck: Duration,
+    /// Lines shared by the streams that send the same value.
+    lines: Arc<stream::LineCache>,
+}
+
+impl ConfigServer {
+    /// A config server over `index`.
+    pub fn new(
+        client: kube::Client,
+        index: SharedIndex,
+        readiness: Readiness,
+        metrics: Arc<Metrics>,
+        debounce: Duration,
+        token_recheck: Duration,
+    ) -> Self {
+        Self {
+            client,
+            index,
+            readiness,
+            metrics,
+            debounce,
+            token_recheck,
+            lines: Arc::default(),
+        }
+    }
 }
 
 /// How long a sidecar's request waits for its pod to appear in the index before a 404.
@@ -238,6 +262,7 @@ impl ConfigServer {
             tx,
             self.debounce,
             self.metrics.clone(),
+            self.lines.clone(),
             target.to_string(),
         );
         let this = self.clone();
@@ -287,6 +312,10 @@ impl ConfigServer {
 
     /// Pod `key`'s record, once the index is complete and has it, waiting up to `within`.
     async fn wait_for_pod(&self, key: &Key, within: Duration) -> Option<Arc<PodInfo>> {
+        if !within.is_zero() {
+            // An operator that is still listing has not seen the pod yet either.
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.readiness.wait()).await;
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if self.readiness.is_ready() {

@@ -1,18 +1,79 @@
 //! One config stream: the full state, then each change, one JSON line per message.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
-use portico_proxy_api::{ConfigMessage, InboundPolicy};
+use portico_proxy_api::{BackendSet, InboundPolicy, RouteTable};
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Subscription;
 use crate::metrics::Metrics;
+
+/// Stream lines by the published value they encode, so that a value every sidecar receives (the
+/// mesh-wide BackendSet: about 1 MB at 10,000 endpoints) is serialized once per change, not
+/// once per stream. Entries hold a `Weak` to their value: the allocation (and so the address
+/// used as key) cannot be reused while the entry exists, and entries whose value is gone are
+/// dropped on the next insert.
+#[derive(Default)]
+pub(crate) struct LineCache {
+    lines: Mutex<HashMap<usize, CachedLine>>,
+}
+
+/// A cached line and the value it encodes.
+type CachedLine = (Weak<dyn Any + Send + Sync>, Bytes);
+
+impl LineCache {
+    /// The line for `value`, made by `make` unless another stream already made it.
+    fn line<T: Send + Sync + 'static>(
+        &self,
+        value: &Arc<T>,
+        make: impl FnOnce(&T) -> Line<'_>,
+    ) -> Bytes {
+        let key = Arc::as_ptr(value) as *const () as usize;
+        {
+            let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((weak, line)) = lines.get(&key)
+                && weak.strong_count() > 0
+            {
+                return line.clone();
+            }
+        }
+        // Serialized outside the lock: two streams may both make it once, never block on it.
+        let line = make(value).to_bytes();
+        let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(value) as Weak<_>;
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.retain(|_, (w, _)| w.strong_count() > 0);
+        lines.insert(key, (weak, line.clone()));
+        line
+    }
+}
+
+/// One line of the stream, borrowing what it encodes: the same JSON as
+/// [`ConfigMessage`](portico_proxy_api::ConfigMessage) without cloning the config first.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum Line<'a> {
+    RouteTable(&'a RouteTable),
+    BackendSet(&'a BackendSet),
+    InboundPolicy(&'a InboundPolicy),
+}
+
+impl Line<'_> {
+    /// The JSON line, newline included.
+    fn to_bytes(&self) -> Bytes {
+        // Serializing these types cannot fail: every map key is a string.
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
 
 /// Counts an open stream in `portico_operator_config_streams` and logs its end, however the
 /// stream ends (client gone, or the stream dropped because its token no longer passes).
@@ -44,6 +105,7 @@ pub(crate) async fn pump(
     tx: mpsc::Sender<Bytes>,
     debounce: Duration,
     metrics: Arc<Metrics>,
+    lines: Arc<LineCache>,
     target: String,
 ) {
     let _guard = StreamGuard::new(metrics.clone(), target);
@@ -51,18 +113,18 @@ pub(crate) async fn pump(
     let mut sent_backends = None;
     let mut sent_inbound = false;
     let mut inbound_changed_seen = false;
-    let send = |msg: ConfigMessage, label: &'static str| {
+    let count = |label: &'static str| {
         metrics
             .config_messages
             .get_or_create(&[("message", label)])
             .inc();
-        Bytes::from(msg.to_line())
     };
     loop {
         let routes = sub.routes.borrow_and_update().clone();
         if sent_routes != Some(routes.generation) {
             sent_routes = Some(routes.generation);
-            let line = send(ConfigMessage::RouteTable((*routes).clone()), "routeTable");
+            count("routeTable");
+            let line = lines.line(&routes, |r| Line::RouteTable(r));
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -70,7 +132,8 @@ pub(crate) async fn pump(
         let backends = sub.backends.borrow_and_update().clone();
         if sent_backends != Some(backends.generation) {
             sent_backends = Some(backends.generation);
-            let line = send(ConfigMessage::BackendSet((*backends).clone()), "backendSet");
+            count("backendSet");
+            let line = lines.line(&backends, |b| Line::BackendSet(b));
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -81,10 +144,8 @@ pub(crate) async fn pump(
             sent_inbound = true;
             inbound_changed_seen = false;
             let policy = rx.borrow_and_update().clone();
-            let line = send(
-                ConfigMessage::InboundPolicy((*policy).clone()),
-                "inboundPolicy",
-            );
+            count("inboundPolicy");
+            let line = Line::InboundPolicy(&policy).to_bytes();
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -131,6 +192,7 @@ mod tests {
     use super::*;
     use crate::index::{Index, Key, Object};
     use portico_proxy_api::BackendSet;
+    use portico_proxy_api::ConfigMessage;
     use serde_json::json;
 
     fn slice(ips: &[String]) -> Object {
@@ -204,6 +266,7 @@ mod tests {
             tx,
             debounce,
             Arc::new(Metrics::new()),
+            Arc::default(),
             key.to_string(),
         ));
         assert!(matches!(next(&mut rx).await, ConfigMessage::RouteTable(_)));
@@ -252,6 +315,7 @@ mod tests {
             tx,
             Duration::from_millis(10),
             Arc::new(Metrics::new()),
+            Arc::default(),
             key.to_string(),
         ));
         assert!(matches!(next(&mut rx).await, ConfigMessage::RouteTable(_)));
@@ -290,6 +354,14 @@ mod tests {
             backends: Vec::new(),
         });
         let line = msg.to_line();
+        let ConfigMessage::BackendSet(set) = &msg else {
+            unreachable!()
+        };
+        assert_eq!(
+            Line::BackendSet(set).to_bytes(),
+            line,
+            "Line encodes as ConfigMessage"
+        );
         assert_eq!(
             &line[..],
             b"{\"backendSet\":{\"generation\":3,\"backends\":[]}}\n"
@@ -373,6 +445,7 @@ mod tests {
         index.reset(Kind::Gateway, None, gateways);
         index.reset(Kind::Route, None, routes);
         let metrics = Arc::new(Metrics::new());
+        let lines: Arc<LineCache> = Arc::default();
         let mut streams = Vec::new();
         for g in 0..50 {
             let key = Key::new("scale", format!("gw-{g}"));
@@ -384,6 +457,7 @@ mod tests {
                 tx,
                 Duration::from_millis(20),
                 metrics.clone(),
+                lines.clone(),
                 key.to_string(),
             ));
             next(&mut rx).await;
