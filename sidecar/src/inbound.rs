@@ -45,6 +45,10 @@ struct Conn {
     client_ip: http::HeaderValue,
     port: u16,
     app: SocketAddr,
+    /// Labels of `portico_requests_total`: the listener as the route, the app port as the
+    /// backend (bounded by the pod's ports).
+    route: Arc<str>,
+    backend: Arc<str>,
 }
 
 /// Serves one INBOUND connection whose original destination was `dst`.
@@ -94,6 +98,8 @@ pub async fn serve(
             .unwrap_or(http::HeaderValue::from_static("unknown")),
         port: dst.port(),
         app,
+        route: listener,
+        backend: Arc::from(app.to_string()),
     });
     serve_http(shared, conn, stream).await;
 }
@@ -145,19 +151,28 @@ async fn handle(
             .clone();
         (snap.inbound.port(conn.port).cloned(), clients)
     };
-    if let Some(p) = policy
+    let start = std::time::Instant::now();
+    let resp = if let Some(p) = policy
         && let Err(refusal) = p.check(conn.client.ip(), Some(req.headers()))
     {
         refused(&shared, &p, &refusal);
-        return Ok(ProxyError::from(refusal).into_response());
-    }
-    Ok(match forward(&clients, &conn, req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, app = %conn.app, "inbound request failed");
-            e.into_response()
+        ProxyError::from(refusal).into_response()
+    } else {
+        match forward(&clients, &conn, req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, app = %conn.app, "inbound request failed");
+                e.into_response()
+            }
         }
-    })
+    };
+    shared.metrics.request(
+        Some(&conn.route),
+        Some(&conn.backend),
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
+    Ok(resp)
 }
 
 /// Sends a request to the application in the version it arrived in (an upgrade over

@@ -178,6 +178,14 @@ async fn http_callers_outside_the_allow_list_get_403_naming_the_policy() {
         r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="authorization"}}"#
     );
     assert_eq!(metric(&pod.proxy, &refused), 2);
+    // Inbound requests are counted like every other request, refused ones included.
+    let app_addr = app.addr;
+    for (class, n) in [("2xx", 2), ("4xx", 2)] {
+        let series = format!(
+            r#"portico_requests_total{{route="inbound",backend="{app_addr}",status_class="{class}"}}"#
+        );
+        assert_eq!(metric(&pod.proxy, &series), n, "{series}");
+    }
 }
 
 #[tokio::test]
