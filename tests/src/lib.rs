@@ -4,8 +4,10 @@
 //!   local processes, with fresh certificates ([`certs`]).
 //! - [`harness`]: one control plane per test binary, one namespace per test.
 //! - [`crds`]: installing the generated CRDs.
+//! - [`support`]: helpers the test binaries share (objects, waiting, HTTP, base64).
 
 pub mod certs;
 pub mod cluster;
 pub mod crds;
 pub mod harness;
+pub mod support;

@@ -18,6 +18,7 @@ use kube::core::{ApiResource, DynamicObject};
 use portico_operator::admission::{AdmissionArgs, Webhooks, inject::InjectConfig, tls_acceptor};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
+use portico_tests::support::base64;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -310,27 +311,6 @@ fn serving_cert(ctx: &Ctx) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     std::fs::write(&cert_file, cert.pem())?;
     std::fs::write(&key_file, key.serialize_pem())?;
     Ok((cert_file, key_file, ca_pem))
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 async fn wait_for_default_service_account(ctx: &Ctx) -> anyhow::Result<()> {

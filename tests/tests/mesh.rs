@@ -22,28 +22,27 @@
 //! Needs the `portico-proxy` binary next to this test's directory (`cargo build -p
 //! portico-proxy`, or `PORTICO_PROXY_BIN`) and `iptables`; fails saying so without them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use anyhow::{Context, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use portico_api::ServicePolicy;
 use portico_operator::admission::AdmissionArgs;
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
+use portico_tests::support::{
+    backend, base64, create, eventually, http_get, http_get_from, pod_token, running_pod,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> ExitCode {
     portico_operator::init_logging(
@@ -234,87 +233,11 @@ async fn register_webhook(ctx: &Ctx, name: &str, addr: SocketAddr) -> anyhow::Re
     .await
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pods, tokens and the sidecar process.
 
 fn pods(ctx: &Ctx) -> Api<Pod> {
     Api::namespaced(ctx.client.clone(), &ctx.namespace)
-}
-
-async fn create<K>(ctx: &Ctx, value: Value) -> anyhow::Result<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(value)?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    Ok(api.create(&PostParams::default(), &obj).await?)
-}
-
-/// Creates pod `name` (ServiceAccount `sa`, label `app: <app>`, container port 8080) on the
-/// kwok node through the apiserver (so the webhook injects it) and waits until it runs;
-/// returns the stored pod and its address.
-async fn running_pod(ctx: &Ctx, name: &str, sa: &str, app: &str) -> anyhow::Result<(Pod, IpAddr)> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    if accounts.get_opt(sa).await?.is_none() {
-        create::<ServiceAccount>(
-            ctx,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
-        )
-        .await?;
-    }
-    create::<Pod>(
-        ctx,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {
-                "nodeName": portico_tests::cluster::NODE_NAME,
-                "serviceAccountName": sa,
-                "containers": [{"name": "app", "image": "app:1",
-                                "ports": [{"containerPort": 8080}]}]
-            }
-        }),
-    )
-    .await?;
-    eventually(
-        &format!("pod {name} running with an address"),
-        Duration::from_secs(30),
-        || async {
-            let pod = pods(ctx).get(name).await?;
-            let status = pod.status.clone().unwrap_or_default();
-            let ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
-            Ok((status.phase.as_deref() == Some("Running"))
-                .then_some(ip)
-                .flatten()
-                .map(|ip| (pod, ip)))
-        },
-    )
-    .await
 }
 
 /// The injected proxy container (a native sidecar: an init container).
@@ -324,30 +247,6 @@ fn proxy_container(pod: &Pod) -> anyhow::Result<&k8s_openapi::api::core::v1::Con
         .and_then(|s| s.init_containers.as_ref())
         .and_then(|c| c.iter().find(|c| c.name == "portico-proxy"))
         .context("no portico-proxy container injected")
-}
-
-/// A token of the pod's ServiceAccount, audience `portico`, bound to the pod, as the kubelet
-/// projects it.
-async fn pod_token(ctx: &Ctx, pod: &Pod) -> anyhow::Result<String> {
-    let sa = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .context("pod without ServiceAccount")?;
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let request: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["portico"], "expirationSeconds": 600,
-                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid}}
-    }))?;
-    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace)
-        .create_token_request(&sa, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest without status")?
-        .token
-        .context("TokenRequest without token")
 }
 
 fn proxy_binary() -> anyhow::Result<PathBuf> {
@@ -523,96 +422,6 @@ impl Drop for Redirect {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP.
-
-/// An HTTP server on `addr` answering every request with `name`.
-async fn backend(
-    addr: SocketAddr,
-    name: &'static str,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding backend {addr}"))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(Bytes::from(name)),
-                    ))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    }))
-}
-
-/// `GET path` with `Host: host` over a fresh HTTP/1.1 connection, optionally from a given
-/// source address; returns status, the `x-portico-error` header and the body.
-async fn http_get_from(
-    from: Option<IpAddr>,
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-) -> anyhow::Result<(u16, String, String)> {
-    let mut tcp = match from {
-        Some(ip) => {
-            let sock = tokio::net::TcpSocket::new_v4()?;
-            sock.bind(SocketAddr::new(ip, 0))?;
-            sock.connect(addr).await?
-        }
-        None => tokio::net::TcpStream::connect(addr).await?,
-    };
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
-        .await
-        .context("no answer in 5s")??;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no HTTP status in {text:?}"))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let error = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-portico-error: "))
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, error, body.to_owned()))
-}
-
-async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let (status, _, body) = http_get_from(None, addr, host, path).await?;
-    Ok((status, body))
-}
-
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let started = Instant::now();
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if started.elapsed() > within {
-            bail!("{what}: not within {within:?} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The value of the first series of `name` whose labels contain every one of `labels`.
 fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {

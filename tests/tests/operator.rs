@@ -3,7 +3,6 @@
 //! writes Gateways, Routes, Services and EndpointSlices, and reads what a gateway proxy would
 //! read from the config server, or the status the operator writes.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +25,7 @@ use portico_proxy_api::ConfigMessage;
 use portico_proxy_api::{BackendSet, RouteTable};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
+use portico_tests::support::{backend, create, eventually, http_get};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -413,19 +413,6 @@ async fn token(ctx: &Ctx, service_account: &str, audience: &str) -> anyhow::Resu
 // ---------------------------------------------------------------------------------------------
 // Objects.
 
-async fn create<K>(ctx: &Ctx, value: Value) -> anyhow::Result<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(value)?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    Ok(api.create(&PostParams::default(), &obj).await?)
-}
-
 fn gateway(name: &str) -> Value {
     json!({
         "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
@@ -481,26 +468,6 @@ async fn shop(ctx: &Ctx) -> anyhow::Result<()> {
     create::<EndpointSlice>(ctx, slice("orders-1", "orders", &["198.18.64.10"])).await?;
     create::<Route>(ctx, route("orders", "gw", "orders", 80)).await?;
     Ok(())
-}
-
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let started = Instant::now();
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if started.elapsed() > within {
-            bail!("{what}: not within {within:?} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The `(status, reason, message)` of condition `type_` of the Route's first parent.
@@ -1041,53 +1008,6 @@ async fn mesh_stream(ctx: Ctx) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Through a real portico-proxy.
 
-/// An HTTP backend on `addr` that answers every request with `name`.
-async fn backend(
-    addr: SocketAddr,
-    name: &'static str,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding backend {addr}"))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(Bytes::from(name)),
-                    ))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    }))
-}
-
-/// `GET path` with `Host: host` over a fresh HTTP/1.1 connection; returns status and body.
-async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
-        .await
-        .context("no answer in 5s")??;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Ok((status, body.to_owned()))
-}
-
 /// A portico-proxy in gateway mode for Gateway `gw`, as its Deployment would run it (token and
 /// CA from files), following `op`'s config server.
 struct GatewayProxy {
@@ -1164,9 +1084,9 @@ async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
     let proxy = start_proxy(&ctx, &op).await?;
     let gateway = proxy.addr;
 
-    ensure!(get(gateway, "shop.example.com", "/orders/1").await? == (200, "a".into()));
-    ensure!(get(gateway, "shop.example.com", "/other").await?.0 == 404);
-    ensure!(get(gateway, "other.example.com", "/orders").await?.0 == 404);
+    ensure!(http_get(gateway, "shop.example.com", "/orders/1").await? == (200, "a".into()));
+    ensure!(http_get(gateway, "shop.example.com", "/other").await?.0 == 404);
+    ensure!(http_get(gateway, "other.example.com", "/orders").await?.0 == 404);
 
     // An endpoint change reaches the proxy's routing.
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
@@ -1180,7 +1100,10 @@ async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
         )
         .await?;
     eventually("traffic moves to b", Duration::from_secs(10), || async {
-        Ok((get(gateway, "shop.example.com", "/orders").await? == (200, "b".into())).then_some(()))
+        Ok(
+            (http_get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()))
+                .then_some(()),
+        )
     })
     .await?;
     eprintln!(
@@ -1193,7 +1116,7 @@ async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
     let tls = op.tls.clone();
     drop(op);
     for _ in 0..20 {
-        ensure!(get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()));
+        ensure!(http_get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()));
     }
     // A change made while it is away is picked up when it is back.
     slices
@@ -1204,7 +1127,7 @@ async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
         )
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ensure!(get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()));
+    ensure!(http_get(gateway, "shop.example.com", "/orders").await? == (200, "b".into()));
     let restarted = Instant::now();
     let _op = start_operator_with(&ctx, "op-a", tls, config_addr, 2).await?;
     eventually(
@@ -1212,7 +1135,7 @@ async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
         Duration::from_secs(30),
         || async {
             Ok(
-                (get(gateway, "shop.example.com", "/orders").await? == (200, "a".into()))
+                (http_get(gateway, "shop.example.com", "/orders").await? == (200, "a".into()))
                     .then_some(()),
             )
         },
@@ -1231,7 +1154,7 @@ async fn proxy_end_to_end(ctx: Ctx) -> anyhow::Result<()> {
         "404 after the Route is deleted",
         Duration::from_secs(10),
         || async {
-            Ok((get(gateway, "shop.example.com", "/orders").await?.0 == 404).then_some(()))
+            Ok((http_get(gateway, "shop.example.com", "/orders").await?.0 == 404).then_some(()))
         },
     )
     .await?;
@@ -1262,7 +1185,7 @@ async fn weighted_split(ctx: Ctx) -> anyhow::Result<()> {
     let proxy = start_proxy(&ctx, &op).await?;
     let mut b = 0;
     for _ in 0..1000 {
-        let (status, body) = get(proxy.addr, "any.example.com", "/").await?;
+        let (status, body) = http_get(proxy.addr, "any.example.com", "/").await?;
         ensure!(status == 200, "status {status}");
         if body == "b" {
             b += 1;
@@ -1296,7 +1219,7 @@ async fn not_ready_moves_traffic(ctx: Ctx) -> anyhow::Result<()> {
         let mut answers = Vec::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(4) {
-            answers.push(get(addr, "shop.example.com", "/orders").await);
+            answers.push(http_get(addr, "shop.example.com", "/orders").await);
         }
         answers
     });
@@ -1349,7 +1272,7 @@ async fn deleted_service_503(ctx: Ctx) -> anyhow::Result<()> {
     create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
-    ensure!(get(proxy.addr, "shop.example.com", "/orders").await? == (200, "a".into()));
+    ensure!(http_get(proxy.addr, "shop.example.com", "/orders").await? == (200, "a".into()));
     Api::<Service>::namespaced(ctx.client.clone(), &ctx.namespace)
         .delete("orders", &DeleteParams::default())
         .await?;
@@ -1361,7 +1284,7 @@ async fn deleted_service_503(ctx: Ctx) -> anyhow::Result<()> {
         "503 after the Service is deleted",
         Duration::from_secs(10),
         || async {
-            Ok((get(proxy.addr, "shop.example.com", "/orders").await?.0 == 503).then_some(()))
+            Ok((http_get(proxy.addr, "shop.example.com", "/orders").await?.0 == 503).then_some(()))
         },
     )
     .await?;
@@ -1390,7 +1313,7 @@ async fn propagation_to_proxy(ctx: Ctx) -> anyhow::Result<()> {
     create::<Route>(&ctx, route("orders", "gw", "orders", 80)).await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
-    ensure!(get(proxy.addr, "shop.example.com", "/orders").await? == (200, "a".into()));
+    ensure!(http_get(proxy.addr, "shop.example.com", "/orders").await? == (200, "a".into()));
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let apply = PatchParams::apply("portico-e2e").force();
     let mut latencies = Vec::new();
@@ -1411,7 +1334,7 @@ async fn propagation_to_proxy(ctx: Ctx) -> anyhow::Result<()> {
             .await?;
         let written = Instant::now();
         loop {
-            let (status, body) = get(proxy.addr, "shop.example.com", "/orders").await?;
+            let (status, body) = http_get(proxy.addr, "shop.example.com", "/orders").await?;
             ensure!(status == 200, "status {status} during change {i}");
             if body == name {
                 break;

@@ -8,78 +8,9 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Pod;
 use portico_proxy_api::{InboundAction, InboundPolicy};
 
+use portico_tests::support::{pod_token, running_pod};
+
 use super::*;
-
-/// Creates ServiceAccount `name` (no error if it exists).
-async fn service_account(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let sa: ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}
-    }))?;
-    match api.create(&PostParams::default(), &sa).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Creates pod `name` (ServiceAccount `sa`, label `app: <app>`, container port 8080) on the
-/// kwok node and waits until it runs; returns its uid and address.
-async fn running_pod(
-    ctx: &Ctx,
-    name: &str,
-    sa: &str,
-    app: &str,
-) -> anyhow::Result<(String, IpAddr)> {
-    service_account(ctx, sa).await?;
-    create::<Pod>(
-        ctx,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {
-                "nodeName": portico_tests::cluster::NODE_NAME,
-                "serviceAccountName": sa,
-                "containers": [{"name": "app", "image": "app:1",
-                                "ports": [{"containerPort": 8080}]}]
-            }
-        }),
-    )
-    .await?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    eventually(
-        &format!("pod {name} running with an address"),
-        Duration::from_secs(30),
-        || async {
-            let pod = pods.get(name).await?;
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let status = pod.status.unwrap_or_default();
-            let ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
-            Ok((status.phase.as_deref() == Some("Running"))
-                .then_some(ip)
-                .flatten()
-                .map(|ip| (uid, ip)))
-        },
-    )
-    .await
-}
-
-/// A token of ServiceAccount `sa` for audience `portico`, bound to pod `pod` (as kubelet's
-/// projected tokens are).
-async fn pod_token(ctx: &Ctx, sa: &str, pod: &str, uid: &str) -> anyhow::Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let request: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["portico"], "expirationSeconds": 600,
-                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid}}
-    }))?;
-    api.create_token_request(sa, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest without status")?
-        .token
-        .context("TokenRequest without token")
-}
 
 fn pod_path(ctx: &Ctx, pod: &str) -> String {
     format!("/v1/mesh/pods/{}/{pod}/config", ctx.namespace)
@@ -124,11 +55,11 @@ async fn inbound_until(
 }
 
 pub(super) async fn only_the_pod_s_own_token_reads_its_stream(ctx: Ctx) -> anyhow::Result<()> {
-    let (uid0, _) = running_pod(&ctx, "app-0", "app", "app").await?;
-    let (uid1, _) = running_pod(&ctx, "app-1", "app", "app").await?;
+    let (pod0, _) = running_pod(&ctx, "app-0", "app", "app").await?;
+    let (pod1, _) = running_pod(&ctx, "app-1", "app", "app").await?;
     let op = start_operator(&ctx, "op-a").await?;
     let path = pod_path(&ctx, "app-0");
-    let own = pod_token(&ctx, "app", "app-0", &uid0).await?;
+    let own = pod_token(&ctx, &pod0).await?;
     let mut stream = open_path(&op, &path, Some(&own))
         .await?
         .map_err(|e| anyhow::anyhow!("the pod's own token was refused: {e:?}"))?;
@@ -138,7 +69,7 @@ pub(super) async fn only_the_pod_s_own_token_reads_its_stream(ctx: Ctx) -> anyho
         "no ServicePolicy guards app-0, yet: {policy:?}"
     );
 
-    let sibling = pod_token(&ctx, "app", "app-1", &uid1).await?;
+    let sibling = pod_token(&ctx, &pod1).await?;
     ensure!(
         status_of(open_path(&op, &path, Some(&sibling)).await?) == 403,
         "a token bound to another pod of the same ServiceAccount"
@@ -175,7 +106,7 @@ pub(super) async fn only_the_pod_s_own_token_reads_its_stream(ctx: Ctx) -> anyho
 pub(super) async fn a_service_policy_becomes_the_inbound_policy_of_its_pods(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
-    let (uid, _) = running_pod(&ctx, "orders-0", "orders", "orders").await?;
+    let (orders0, _) = running_pod(&ctx, "orders-0", "orders", "orders").await?;
     let (_, web0) = running_pod(&ctx, "web-0", "web", "web").await?;
     running_pod(&ctx, "other-0", "other", "other").await?;
     create::<Service>(
@@ -201,7 +132,7 @@ pub(super) async fn a_service_policy_becomes_the_inbound_policy_of_its_pods(
     )
     .await?;
     let op = start_operator(&ctx, "op-a").await?;
-    let token = pod_token(&ctx, "orders", "orders-0", &uid).await?;
+    let token = pod_token(&ctx, &orders0).await?;
     let mut stream = open_path(&op, &pod_path(&ctx, "orders-0"), Some(&token))
         .await?
         .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
@@ -252,12 +183,12 @@ pub(super) async fn a_service_policy_becomes_the_inbound_policy_of_its_pods(
 pub(super) async fn a_stream_ends_soon_after_its_service_account_is_deleted(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
-    let (uid, _) = running_pod(&ctx, "app-0", "app", "app").await?;
+    let (app0, _) = running_pod(&ctx, "app-0", "app", "app").await?;
     let tls = serving_cert(&ctx)?;
     let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let op = start_operator_rechecking(&ctx, "op-a", tls, config_addr, 2, Duration::from_secs(1))
         .await?;
-    let token = pod_token(&ctx, "app", "app-0", &uid).await?;
+    let token = pod_token(&ctx, &app0).await?;
     let mut stream = open_path(&op, &pod_path(&ctx, "app-0"), Some(&token))
         .await?
         .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;

@@ -1,0 +1,241 @@
+//! Small helpers the end-to-end test binaries share: creating objects, running pods and their
+//! tokens in a test's namespace, waiting for a condition, plain HTTP servers and clients, base64.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::Ctx;
+
+/// Creates `value` (a whole object as JSON) in the test's namespace and returns what the
+/// apiserver stored.
+pub async fn create<K>(ctx: &Ctx, value: Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// Creates ServiceAccount `name` in the test's namespace (no error if it exists).
+pub async fn service_account(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}
+    }))?;
+    match api.create(&PostParams::default(), &sa).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates pod `name` (ServiceAccount `sa`, created if missing; label `app: <app>`; container
+/// port 8080) on the kwok node through the apiserver (so admission webhooks see it) and waits
+/// until it runs; returns the stored pod and its address.
+pub async fn running_pod(
+    ctx: &Ctx,
+    name: &str,
+    sa: &str,
+    app: &str,
+) -> anyhow::Result<(Pod, IpAddr)> {
+    service_account(ctx, sa).await?;
+    create::<Pod>(
+        ctx,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {
+                "nodeName": crate::cluster::NODE_NAME,
+                "serviceAccountName": sa,
+                "containers": [{"name": "app", "image": "app:1",
+                                "ports": [{"containerPort": 8080}]}]
+            }
+        }),
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    eventually(
+        &format!("pod {name} running with an address"),
+        Duration::from_secs(30),
+        || async {
+            let pod = pods.get(name).await?;
+            let status = pod.status.clone().unwrap_or_default();
+            let ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+            Ok((status.phase.as_deref() == Some("Running"))
+                .then_some(ip)
+                .flatten()
+                .map(|ip| (pod, ip)))
+        },
+    )
+    .await
+}
+
+/// A token of `pod`'s ServiceAccount for audience `portico`, bound to the pod (as kubelet's
+/// projected tokens are), from the TokenRequest API.
+pub async fn pod_token(ctx: &Ctx, pod: &Pod) -> anyhow::Result<String> {
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .context("pod without ServiceAccount")?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["portico"], "expirationSeconds": 600,
+                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid}}
+    }))?;
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest without status")?
+        .token
+        .context("TokenRequest without token")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `within` naming `what`
+/// and the last error seen.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if started.elapsed() > within {
+            bail!("{what}: not within {within:?} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An HTTP/1.1 and HTTP/2 server on `addr` answering every request with `name`; stops when the
+/// returned task is aborted.
+pub async fn backend(
+    addr: SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding backend {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from(name)),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+/// `GET path` with `Host: host` over a fresh HTTP/1.1 connection, optionally from a given
+/// source address; returns status, the `x-portico-error` header (empty when absent) and the
+/// body.
+pub async fn http_get_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String, String)> {
+    let mut tcp = match from {
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.connect(addr).await?
+        }
+        None => tokio::net::TcpStream::connect(addr).await?,
+    };
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
+        .await
+        .context("no answer in 5s")??;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let error = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-portico-error: "))
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, error, body.to_owned()))
+}
+
+/// [`http_get_from`] any source address, without the error header: status and body.
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = http_get_from(None, addr, host, path).await?;
+    Ok((status, body))
+}
+
+/// Standard base64 with padding (for `caBundle` fields); no crate needed for a few bytes.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_pads_like_rfc_4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
