@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Paths of the PEM files written by [`generate`].
@@ -46,19 +46,9 @@ pub fn generate(dir: &Path, apiserver_sans: &[&str]) -> anyhow::Result<CertFiles
         sa_pub: dir.join("sa.pub"),
     };
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "portico-test-ca");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let ca = CertifiedIssuer::self_signed(ca_params()?, ca_key)?;
     write(&files.ca_cert, &ca.pem())?;
     write(&files.ca_key, &ca_key_pem)?;
 
@@ -91,6 +81,50 @@ pub fn generate(dir: &Path, apiserver_sans: &[&str]) -> anyhow::Result<CertFiles
     write(&files.sa_key, &sa.serialize_pem())?;
     write(&files.sa_pub, &sa.public_key_pem())?;
     Ok(files)
+}
+
+/// The CA's parameters: the issuer name and key are what chain verification compares, so the
+/// CA can be rebuilt from them and its key file (rcgen reads PEM certificates only with its
+/// x509-parser feature).
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "portico-test-ca");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(ca_params)
+}
+
+impl CertFiles {
+    /// Writes a serving certificate for `127.0.0.1` named `common_name`, signed by the control
+    /// plane's CA (so the apiserver trusts it, e.g. for webhooks), as `tls.crt` and `tls.key`
+    /// in `dir`; returns their paths.
+    pub fn loopback_serving_cert(
+        &self,
+        dir: &Path,
+        common_name: &str,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&self.ca_key)?)?;
+        let issuer = Issuer::new(ca_params()?, ca_key);
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+        write(&cert_file, &cert.pem())?;
+        write(&key_file, &key.serialize_pem())?;
+        Ok((cert_file, key_file))
+    }
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -19,10 +19,6 @@ use portico_operator::admission::{AdmissionArgs, Webhooks, inject::InjectConfig,
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
 use portico_tests::support::base64;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
 use serde_json::{Value, json};
 
 fn main() -> ExitCode {
@@ -287,29 +283,11 @@ where
 /// trusts it with the CA as `caBundle`: (certificate file, key file, CA PEM).
 fn serving_cert(ctx: &Ctx) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     let dir = ctx.plane.dir().join(format!("webhook-{}", ctx.namespace));
-    std::fs::create_dir_all(&dir)?;
     let ca_pem = std::fs::read_to_string(&ctx.plane.certs.ca_cert)?;
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ctx.plane.certs.ca_key)?)?;
-    // The CA's subject as `certs::generate` wrote it (rcgen reads PEM certificates only
-    // with its x509-parser feature): the issuer name and key are what chain verification
-    // compares.
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "portico-test-ca");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "portico-webhook");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert_file, cert.pem())?;
-    std::fs::write(&key_file, key.serialize_pem())?;
+    let (cert_file, key_file) = ctx
+        .plane
+        .certs
+        .loopback_serving_cert(&dir, "portico-webhook")?;
     Ok((cert_file, key_file, ca_pem))
 }
 
