@@ -3,14 +3,17 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -202,6 +205,41 @@ pub async fn http_get_from(
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let (status, _, body) = http_get_from(None, addr, host, path).await?;
     Ok((status, body))
+}
+
+/// `GET path` on the operator's config server at `addr` over HTTP/2 + TLS (server name
+/// 127.0.0.1, trusting `ca`), with a bearer `token` if given, as a proxy asks for its stream.
+/// The returned sender keeps the connection open: hold it while the body is read.
+pub async fn config_server_get(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(
+    http::Response<hyper::body::Incoming>,
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
+        .await?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("https://127.0.0.1{path}"));
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
+    Ok((resp, send))
 }
 
 /// Standard base64 with padding (for `caBundle` fields); no crate needed for a few bytes.

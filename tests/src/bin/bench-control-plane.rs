@@ -22,20 +22,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::BodyExt;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use portico_tests::cluster::{self, ControlPlane, free_port};
-use rustls::pki_types::{CertificateDer, ServerName};
+use portico_tests::support::config_server_get;
+use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -392,25 +390,7 @@ async fn open_stream(
     ca: &CertificateDer<'static>,
     token: &str,
 ) -> anyhow::Result<hyper::body::Incoming> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-        .await?;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get("https://127.0.0.1/v1/mesh/config")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())?;
-    let resp = send.send_request(req).await?;
+    let (resp, send) = config_server_get(addr, ca, "/v1/mesh/config", Some(token)).await?;
     if !resp.status().is_success() {
         bail!("the mesh stream was refused: {}", resp.status());
     }
