@@ -76,24 +76,12 @@ pub struct Args {
     /// Address of the admin server (/live, /ready, /metrics, /config).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Log filter, e.g. `info` or `portico_proxy=debug`.
-    #[arg(long, env = "PORTICO_LOG", default_value = "info")]
-    pub log_level: String,
-    /// Write a JSON access log line per request to stdout.
-    #[arg(long)]
-    pub access_log: bool,
-    /// Runtime threads; 1 runs everything on one thread. Default: the number of CPUs.
-    #[arg(long)]
-    pub workers: Option<usize>,
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s")]
     pub reload_interval: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM.
-    #[arg(long, default_value = "15s")]
-    pub drain_timeout: Duration,
+    /// Logs, workers, drain.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Log output formats.
@@ -280,20 +268,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ca_file,
         control_plane_ca,
         admin_addr,
-        log_format,
-        log_level,
-        access_log,
-        workers,
         reload_interval,
-        drain_timeout,
+        run,
     } = args;
-    let run = RunArgs {
-        log_format,
-        log_level,
-        access_log,
-        workers,
-        drain_timeout,
-    };
     match (config, control_plane, token_file) {
         (Some(config), _, _) => run.serve(admin_addr, move |options| async move {
             let cfg = reload::load(&config)?;
