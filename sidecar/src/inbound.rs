@@ -45,6 +45,8 @@ struct Conn {
     client_ip: http::HeaderValue,
     port: u16,
     app: SocketAddr,
+    /// `app` as the upstream authority, formatted once per connection.
+    authority: http::uri::Authority,
     /// Labels of `portico_requests_total`: the listener as the route, the app port as the
     /// backend (bounded by the pod's ports).
     route: Arc<str>,
@@ -91,6 +93,12 @@ pub async fn serve(
         crate::intercept::passthrough(stream, app).await;
         return;
     }
+    let backend: Arc<str> = Arc::from(app.to_string());
+    let Ok(authority) = http::uri::Authority::try_from(&*backend) else {
+        // `IP:PORT` is always a valid authority; nothing to serve if it somehow is not.
+        tracing::debug!(%app, "the app's address is not an authority");
+        return;
+    };
     let conn = Arc::new(Conn {
         client,
         // An IP address is always a valid header value.
@@ -98,8 +106,9 @@ pub async fn serve(
             .unwrap_or(http::HeaderValue::from_static("unknown")),
         port: dst.port(),
         app,
+        authority,
         route: listener,
-        backend: Arc::from(app.to_string()),
+        backend,
     });
     serve_http(shared, conn, stream).await;
 }
@@ -196,11 +205,10 @@ async fn forward(
     }
     let upstream = clients.select(parts.version, upgrade);
     let headers = std::mem::take(&mut parts.headers);
-    let authority = http::uri::Authority::try_from(conn.app.to_string())
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let up = crate::proxy::upstream_request(&parts, headers, &authority, upstream.version(), {
-        body.map_err(BoxError::from).boxed_unsync()
-    })?;
+    let up =
+        crate::proxy::upstream_request(&parts, headers, &conn.authority, upstream.version(), {
+            body.map_err(BoxError::from).boxed_unsync()
+        })?;
     let (mut resp, lease) = upstream.send(conn.app, up).await.map_err(|e| {
         tracing::debug!(app = %conn.app, error = %e, "request to the app failed");
         if e.is_connect() {
