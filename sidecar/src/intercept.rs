@@ -178,7 +178,11 @@ pub async fn outbound(
         return;
     }
     let info = ConnInfo::new(listener, peer, "http", Some(svc.name.clone()));
-    crate::server::serve_http(shared, info, stream).await;
+    if detected == Detected::Http1 {
+        crate::h1::serve(shared, info, stream).await;
+    } else {
+        crate::server::serve_http(shared, info, stream).await;
+    }
 }
 
 /// Serves one connection accepted on an INBOUND listener: the application listens on the

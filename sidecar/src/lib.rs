@@ -15,6 +15,7 @@ pub mod control;
 pub mod detect;
 pub mod error;
 pub mod filters;
+pub mod h1;
 pub mod http_rules;
 pub mod inbound;
 pub mod inbound_policy;

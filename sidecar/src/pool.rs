@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -63,9 +64,126 @@ impl UpstreamError {
     }
 }
 
-struct Idle {
-    tx: SendRequest<Body>,
+/// A connection a pool can keep idle.
+pub(crate) trait Reusable {
+    /// `None` if the connection is closed (or otherwise unusable), `Some(false)` if it is still
+    /// finishing its previous exchange, `Some(true)` if it can take a request now.
+    fn ready(&self) -> Option<bool>;
+}
+
+impl Reusable for SendRequest<Body> {
+    fn ready(&self) -> Option<bool> {
+        (!self.is_closed()).then(|| self.is_ready())
+    }
+}
+
+impl Reusable for TcpStream {
+    /// An idle connection has nothing to read: if the runtime saw it become readable (the
+    /// upstream closed it, or sent bytes nobody asked for) it is not reused. This looks at the
+    /// readiness the runtime already has, so it costs no system call.
+    fn ready(&self) -> Option<bool> {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_read_ready(&mut cx).is_pending().then_some(true)
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// How often a give-back also sweeps the other endpoints' idle lists for expired and closed
+/// connections (endpoints that get no requests, e.g. removed from the config, are otherwise
+/// never looked at).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Lists<C> {
+    /// Idle connections per endpoint, oldest first.
+    by_addr: HashMap<SocketAddr, Vec<Idle<C>>>,
+    /// When all lists were last swept.
+    swept: Option<Instant>,
+}
+
+/// Idle connections per endpoint, newest reused first, with an idle timeout and a cap per
+/// endpoint.
+pub(crate) struct IdleLists<C> {
+    lists: Mutex<Lists<C>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves at worst a stale idle list.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<C: Reusable> IdleLists<C> {
+    fn new(idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            lists: Mutex::new(Lists {
+                by_addr: HashMap::new(),
+                swept: None,
+            }),
+            idle_timeout,
+            max_idle,
+        }
+    }
+
+    /// The newest ready idle connection to `addr`, dropping closed and expired ones it meets.
+    fn checkout(&self, addr: SocketAddr) -> Option<C> {
+        let mut idle = lock(&self.lists);
+        let list = idle.by_addr.get_mut(&addr)?;
+        let now = Instant::now();
+        // Newest first: it is the most likely to be alive and warm. Usually the first one taken
+        // is ready; one that is still finishing its previous response is put back.
+        let mut busy = Vec::new();
+        let mut found = None;
+        while let Some(c) = list.pop() {
+            if now.duration_since(c.since) >= self.idle_timeout {
+                continue;
+            }
+            match c.conn.ready() {
+                None => continue,
+                Some(true) => {
+                    found = Some(c.conn);
+                    break;
+                }
+                Some(false) => busy.push(c),
+            }
+        }
+        list.extend(busy.into_iter().rev());
+        found
+    }
+
+    fn give_back(&self, addr: SocketAddr, conn: C) {
+        if conn.ready().is_none() {
+            return;
+        }
+        let mut idle = lock(&self.lists);
+        let now = Instant::now();
+        let list = idle.by_addr.entry(addr).or_default();
+        // The oldest are at the front: drop expired ones and any beyond `max_idle` (the oldest
+        // is the most likely to be closed by the upstream soon).
+        let expired = list
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= self.idle_timeout)
+            .count();
+        let excess = (list.len() + 1).saturating_sub(self.max_idle);
+        list.drain(..expired.max(excess).min(list.len()));
+        list.push(Idle { conn, since: now });
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            idle.swept = Some(now);
+            idle.by_addr.retain(|_, list| {
+                list.retain(|c| {
+                    c.conn.ready().is_some() && now.duration_since(c.since) < self.idle_timeout
+                });
+                !list.is_empty()
+            });
+        }
+    }
 }
 
 /// Pooled HTTP/1.1 connections to the endpoints of one backend. Cheap to clone; clones share
@@ -75,24 +193,9 @@ pub struct H1Pool {
     inner: Arc<Inner>,
 }
 
-/// How often a give-back also sweeps the other endpoints' idle lists for expired and closed
-/// connections (endpoints that get no requests, e.g. removed from the config, are otherwise
-/// never looked at).
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-#[derive(Default)]
-struct Lists {
-    /// Idle connections per endpoint, oldest first.
-    by_addr: HashMap<SocketAddr, Vec<Idle>>,
-    /// When all lists were last swept.
-    swept: Option<Instant>,
-}
-
 struct Inner {
-    idle: Mutex<Lists>,
+    idle: IdleLists<SendRequest<Body>>,
     connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
 }
 
 impl std::fmt::Debug for H1Pool {
@@ -119,67 +222,7 @@ impl std::fmt::Debug for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            self.pool.give_back(self.addr, tx);
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves at worst a stale idle list.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Inner {
-    /// The newest ready idle connection to `addr`, dropping closed and expired ones it meets.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut idle = lock(&self.idle);
-        let list = idle.by_addr.get_mut(&addr)?;
-        let now = Instant::now();
-        // Newest first: it is the most likely to be alive and warm. Usually the first one taken
-        // is ready; one that is still finishing its previous response is put back.
-        let mut busy = Vec::new();
-        let mut found = None;
-        while let Some(c) = list.pop() {
-            if c.tx.is_closed() || now.duration_since(c.since) >= self.idle_timeout {
-                continue;
-            }
-            if c.tx.is_ready() {
-                found = Some(c.tx);
-                break;
-            }
-            busy.push(c);
-        }
-        list.extend(busy.into_iter().rev());
-        found
-    }
-
-    fn give_back(&self, addr: SocketAddr, tx: SendRequest<Body>) {
-        if tx.is_closed() {
-            return;
-        }
-        let mut idle = lock(&self.idle);
-        let now = Instant::now();
-        let list = idle.by_addr.entry(addr).or_default();
-        // The oldest are at the front: drop expired ones and any beyond `max_idle` (the oldest
-        // is the most likely to be closed by the upstream soon).
-        let expired = list
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= self.idle_timeout)
-            .count();
-        let excess = (list.len() + 1).saturating_sub(self.max_idle);
-        list.drain(..expired.max(excess).min(list.len()));
-        list.push(Idle { tx, since: now });
-        if idle
-            .swept
-            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
-        {
-            idle.swept = Some(now);
-            idle.by_addr.retain(|_, list| {
-                list.retain(|c| {
-                    !c.tx.is_closed() && now.duration_since(c.since) < self.idle_timeout
-                });
-                !list.is_empty()
-            });
+            self.pool.idle.give_back(self.addr, tx);
         }
     }
 }
@@ -189,10 +232,8 @@ impl H1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                idle: Mutex::default(),
+                idle: IdleLists::new(idle_timeout, max_idle),
                 connect_timeout,
-                idle_timeout,
-                max_idle,
             }),
         }
     }
@@ -205,7 +246,7 @@ impl H1Pool {
         addr: SocketAddr,
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        while let Some(mut tx) = self.inner.checkout(addr) {
+        while let Some(mut tx) = self.inner.idle.checkout(addr) {
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.lease(addr, tx))),
                 Err(mut e) => match e.take_message() {
@@ -230,13 +271,8 @@ impl H1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, UpstreamError> {
+        let stream = connect(addr, self.inner.connect_timeout).await?;
         let connect_error = |source: BoxError| UpstreamError::Connect { addr, source };
-        let stream = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| connect_error("connect timed out".into()))?
-            .map_err(|e| connect_error(e.into()))?;
-        // Small requests and responses must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_error(e.into()))?;
@@ -247,6 +283,66 @@ impl H1Pool {
             }
         });
         Ok(tx)
+    }
+}
+
+/// Opens a TCP connection to `addr` with TCP_NODELAY within `timeout`.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let connect_error = |source: BoxError| UpstreamError::Connect { addr, source };
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_error("connect timed out".into()))?
+        .map_err(|e| connect_error(e.into()))?;
+    // Small requests and responses must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Idle keep-alive TCP connections to the endpoints of one backend, for the HTTP/1.1 fast path
+/// ([`crate::h1`]), which speaks HTTP on them itself: no task per connection, and an idle
+/// connection costs only its socket. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct TcpPool {
+    inner: Arc<TcpInner>,
+}
+
+struct TcpInner {
+    idle: IdleLists<TcpStream>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for TcpPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpPool")
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpPool {
+    /// An empty pool.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            inner: Arc::new(TcpInner {
+                idle: IdleLists::new(idle_timeout, max_idle),
+                connect_timeout,
+            }),
+        }
+    }
+
+    /// An idle connection to `addr` that looks alive, if there is one.
+    pub fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
+        self.inner.idle.checkout(addr)
+    }
+
+    /// Keeps `stream`, which has just finished a whole exchange, for the next request.
+    pub fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+        self.inner.idle.give_back(addr, stream);
+    }
+
+    /// A new connection to `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        connect(addr, self.inner.connect_timeout).await
     }
 }
 
@@ -338,7 +434,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         // Traffic to another endpoint sweeps `a`'s expired connection away.
         get(&pool, b).await;
-        assert!(!lock(&pool.inner.idle).by_addr.contains_key(&a));
+        assert!(!lock(&pool.inner.idle.lists).by_addr.contains_key(&a));
         get(&pool, a).await;
         assert_eq!(a_accepted.load(Ordering::SeqCst), 2);
     }

@@ -27,9 +27,10 @@ use crate::backend::{BackendState, InFlight};
 use crate::balance::PickContext;
 use crate::body::{Guarded, RequestBody};
 use crate::error::{Body, ProxyError, empty, full};
-use crate::retry::{self, Failure, RetryBudget};
+use crate::retry::{Failure, RetryBudget};
+use crate::router::RouteHit;
 use crate::snapshot::Snapshot;
-use crate::{accesslog, filters, http_rules};
+use crate::{accesslog, filters, http_rules, retry};
 
 pub use crate::body::MAX_REPLAY_BODY;
 
@@ -72,11 +73,71 @@ impl ConnInfo {
 
 /// What the access log and metrics learn while a request is handled.
 #[derive(Default)]
-struct Outcome {
-    route: Option<Arc<str>>,
-    backend: Option<Arc<str>>,
-    attempts: u32,
-    error: Option<&'static str>,
+pub(crate) struct Outcome {
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) backend: Option<Arc<str>>,
+    pub(crate) attempts: u32,
+    pub(crate) error: Option<&'static str>,
+}
+
+/// A request's facts for the access log and metrics, taken before the request is consumed.
+pub(crate) struct RequestLog {
+    start: Instant,
+    method: http::Method,
+    version: Version,
+    host: String,
+    path: String,
+}
+
+impl RequestLog {
+    /// Starts timing a request. Host and path are copied only when access logs are on.
+    pub(crate) fn new(
+        shared: &Shared,
+        parts_method: &http::Method,
+        version: Version,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Self {
+        let (host, path) = if shared.access_log {
+            (request_host(uri, headers).to_owned(), uri.path().to_owned())
+        } else {
+            Default::default()
+        };
+        Self {
+            start: Instant::now(),
+            method: parts_method.clone(),
+            version,
+            host,
+            path,
+        }
+    }
+
+    /// Counts the answered request in the metrics and writes its access log line.
+    pub(crate) fn finish(self, shared: &Shared, conn: &ConnInfo, status: u16, out: &Outcome) {
+        let elapsed = self.start.elapsed();
+        shared
+            .metrics
+            .request(out.route.as_ref(), out.backend.as_ref(), status, elapsed);
+        if shared.access_log {
+            accesslog::write(&accesslog::Entry {
+                ts_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+                listener: &conn.listener,
+                client: conn.client,
+                method: self.method.as_str(),
+                host: &self.host,
+                path: &self.path,
+                version: format!("{:?}", self.version),
+                status,
+                route: out.route.as_deref(),
+                backend: out.backend.as_deref(),
+                attempts: out.attempts,
+                error: out.error,
+                duration_ms: accesslog::millis(elapsed),
+            });
+        }
+    }
 }
 
 /// Handles one request; never fails (errors become responses).
@@ -85,17 +146,13 @@ pub async fn handle(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let version = req.version();
-    let (host, path) = if shared.access_log {
-        (
-            request_host(req.uri(), req.headers()).to_owned(),
-            req.uri().path().to_owned(),
-        )
-    } else {
-        Default::default()
-    };
+    let log = RequestLog::new(
+        &shared,
+        req.method(),
+        req.version(),
+        req.uri(),
+        req.headers(),
+    );
     let mut out = Outcome::default();
     let resp = match route_and_forward(&shared, &conn, req, &mut out).await {
         Ok(r) => r,
@@ -105,32 +162,7 @@ pub async fn handle(
             e.into_response()
         }
     };
-    let elapsed = start.elapsed();
-    shared.metrics.request(
-        out.route.as_ref(),
-        out.backend.as_ref(),
-        resp.status().as_u16(),
-        elapsed,
-    );
-    if shared.access_log {
-        accesslog::write(&accesslog::Entry {
-            ts_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            listener: &conn.listener,
-            client: conn.client,
-            method: method.as_str(),
-            host: &host,
-            path: &path,
-            version: format!("{version:?}"),
-            status: resp.status().as_u16(),
-            route: out.route.as_deref(),
-            backend: out.backend.as_deref(),
-            attempts: out.attempts,
-            error: out.error,
-            duration_ms: accesslog::millis(elapsed),
-        });
-    }
+    log.finish(&shared, &conn, resp.status().as_u16(), &out);
     Ok(resp)
 }
 
@@ -141,21 +173,60 @@ fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> &'a str
         .unwrap_or("")
 }
 
-async fn route_and_forward(
-    shared: &Arc<Shared>,
+/// What routing and a rule's request filters decided for a request.
+pub(crate) enum Plan<'a> {
+    /// The proxy answers itself (redirect, direct response).
+    Answer(Response<Body>),
+    /// The request goes upstream.
+    Forward(Forward<'a>),
+}
+
+/// A request to forward: its rule, backend, and what to do with the response.
+pub(crate) struct Forward<'a> {
+    /// The route and rule that matched.
+    pub(crate) hit: RouteHit<'a>,
+    /// The backend chosen by weight.
+    pub(crate) backend: Arc<BackendState>,
+    /// Response header filters, applied in order.
+    pub(crate) response_mods: Vec<&'a HeaderModifier>,
+    /// Backends that get a copy of the request.
+    pub(crate) mirrors: Vec<&'a str>,
+}
+
+impl Forward<'_> {
+    /// The retry policy that applies to this request, if any.
+    pub(crate) fn retry(&self, method: &http::Method, upgrade: bool) -> Option<&RetryPolicy> {
+        self.hit
+            .rule
+            .rule
+            .retry
+            .as_ref()
+            .filter(|p| p.attempts > 0 && !upgrade && retry::method_allowed(p, method))
+    }
+
+    /// Applies the hop-by-hop rules and the rule's response filters to response headers.
+    pub(crate) fn response_headers(&self, headers: &mut HeaderMap, upgrade: bool) {
+        http_rules::strip_hop_by_hop(headers, upgrade);
+        for m in &self.response_mods {
+            filters::modify_headers(m, headers);
+        }
+    }
+}
+
+/// Routes a request and applies its rule's request filters to `parts`: the headers and URI are
+/// then those to send upstream (hop-by-hop headers gone, `X-Forwarded-*` and `Host` set).
+pub(crate) fn plan<'a>(
+    snap: &'a Snapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    parts: &mut Parts,
+    upgrade: bool,
     out: &mut Outcome,
-) -> Result<Response<Body>, ProxyError> {
-    let snap: Arc<Snapshot> = shared.snapshot.load_full();
-    let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+) -> Result<Plan<'a>, ProxyError> {
     let mut host = request_host(&parts.uri, &parts.headers).to_owned();
     let mut host_changed = parts.headers.get(HOST).is_none();
     let hit = match &conn.service {
-        Some(svc) => snap.services.route(svc, &host, &parts),
-        None => snap.router.route(&conn.listener, &host, &parts),
+        Some(svc) => snap.services.route(svc, &host, parts),
+        None => snap.router.route(&conn.listener, &host, parts),
     }
     .ok_or(ProxyError::NoRoute)?;
     out.route = Some(hit.route.clone());
@@ -166,15 +237,15 @@ async fn route_and_forward(
     for f in &rule.filters {
         match f {
             Filter::RequestRedirect(r) => {
-                return Ok(filters::redirect(
+                return Ok(Plan::Answer(filters::redirect(
                     r,
                     conn.scheme,
                     &host,
                     &parts.uri,
                     hit.matched_prefix,
-                ));
+                )));
             }
-            Filter::DirectResponse(d) => return Ok(filters::direct(d)),
+            Filter::DirectResponse(d) => return Ok(Plan::Answer(filters::direct(d))),
             Filter::RequestHeaderModifier(m) => filters::modify_headers(m, &mut parts.headers),
             Filter::ResponseHeaderModifier(m) => response_mods.push(m),
             Filter::UrlRewrite(u) => {
@@ -194,24 +265,44 @@ async fn route_and_forward(
         parts.headers.insert(HOST, h);
     }
 
-    let backend = pick_backend(&snap, &rule.backends)?;
+    let backend = pick_backend(snap, &rule.backends)?;
     out.backend = Some(backend.name.clone());
+    Ok(Plan::Forward(Forward {
+        hit,
+        backend,
+        response_mods,
+        mirrors,
+    }))
+}
 
-    let retry = rule
-        .retry
-        .as_ref()
-        .filter(|p| p.attempts > 0 && !upgrade && retry::method_allowed(p, &parts.method));
+async fn route_and_forward(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let snap: Arc<Snapshot> = shared.snapshot.load_full();
+    let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let fwd = match plan(&snap, conn, &mut parts, upgrade, out)? {
+        Plan::Answer(resp) => return Ok(resp),
+        Plan::Forward(f) => f,
+    };
+    let hit = fwd.hit;
+    let rule = &hit.rule.rule;
+    let retry = fwd.retry(&parts.method, upgrade);
     if let Some(budget) = &hit.rule.budget {
         budget.deposit();
     }
-    let mut body = if retry.is_some() || !mirrors.is_empty() {
+    let mut body = if retry.is_some() || !fwd.mirrors.is_empty() {
         RequestBody::buffer(body).await?
     } else {
         RequestBody::Streaming(Some(body))
     };
     if let Some(bytes) = body.replayable() {
-        for name in mirrors {
-            if let Some(b) = snap.backends.get(name) {
+        for name in &fwd.mirrors {
+            if let Some(b) = snap.backends.get(*name) {
                 mirror(b.clone(), &parts, bytes.clone(), conn.client);
             }
         }
@@ -223,7 +314,7 @@ async fn route_and_forward(
     let attempts = Attempts {
         shared,
         route: hit.route,
-        backend: &backend,
+        backend: &fwd.backend,
         parts: &parts,
         client: conn.client,
         upgrade,
@@ -239,18 +330,12 @@ async fn route_and_forward(
         None => forwarded.await?,
     };
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        http_rules::strip_hop_by_hop(resp.headers_mut(), true);
-        if let Some(client_side) = client_upgrade {
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, upstream_side));
-        }
-    } else {
-        http_rules::strip_hop_by_hop(resp.headers_mut(), false);
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_side) = client_upgrade {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_side, upstream_side));
     }
-    for m in response_mods {
-        filters::modify_headers(m, resp.headers_mut());
-    }
+    fwd.response_headers(resp.headers_mut(), switching);
     Ok(resp)
 }
 

@@ -260,22 +260,35 @@ async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream
         },
         () = async { drop(shutdown.wait_for(|s| *s).await) } => return,
     };
-    let svc = service(&shared, info.clone());
-    let io = TokioIo::new(stream);
     if first[..n] != H2_PREFACE[..n] {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new());
-        let conn = builder.serve_connection(io, svc).with_upgrades();
-        until_shutdown(shutdown, conn, |c| c.graceful_shutdown()).await;
+        drop(shutdown);
+        crate::h1::serve(shared, info, stream).await;
     } else if n == H2_PREFACE.len() {
+        let svc = service(&shared, info);
+        let io = TokioIo::new(stream);
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, svc);
         until_shutdown(shutdown, conn, |c| c.graceful_shutdown()).await;
     } else {
         drop(shutdown);
-        serve_http(shared, info, io.into_inner()).await;
+        serve_http(shared, info, stream).await;
     }
+}
+
+/// Serves HTTP/1.1 with hyper (upgrades included) until the client closes or a shutdown asks the
+/// connection to finish: for what the fast path ([`crate::h1`]) hands over.
+pub(crate) async fn serve_http1<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service(&shared, info);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    until_shutdown(shared.shutdown.subscribe(), conn, |c| c.graceful_shutdown()).await;
 }
 
 /// Answers a connection's requests.

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_proxy_api::UpstreamProtocol;
 
 use crate::error::Body;
-use crate::pool::{H1Pool, Lease, UpstreamError};
+use crate::pool::{H1Pool, Lease, TcpPool, UpstreamError};
 
 /// A pooled HTTP/2 client.
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -32,6 +32,9 @@ pub struct Clients {
     connect_timeout: Duration,
     h1: Option<H1Pool>,
     h2: Option<HttpClient>,
+    /// Raw connections for the HTTP/1.1 fast path; present whenever an HTTP/1.1 request to
+    /// this backend goes upstream as HTTP/1.1.
+    tcp: Option<TcpPool>,
 }
 
 /// The pool chosen for one request.
@@ -86,6 +89,8 @@ impl Clients {
             connect_timeout,
             h1: wants_h1.then(|| H1Pool::new(connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT)),
             h2: wants_h2.then(|| build_h2(connect_timeout)),
+            tcp: wants_h1
+                .then(|| TcpPool::new(connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT)),
         }
     }
 
@@ -98,6 +103,12 @@ impl Clients {
     /// Time allowed to connect to an endpoint.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// The raw connection pool the HTTP/1.1 fast path uses for an HTTP/1.1 request without
+    /// upgrade; `None` when such a request goes upstream as HTTP/2.
+    pub fn fast_h1(&self) -> Option<&TcpPool> {
+        self.tcp.as_ref()
     }
 
     /// The pool to use for a request that arrived as `downstream`.

@@ -1,0 +1,653 @@
+//! The HTTP/1.1 fast path: Portico's own HTTP/1.1 server and client for the common request,
+//! handled on the client connection's task from the first byte of the request to the last byte
+//! of the response.
+//!
+//! ```text
+//! client ─► read head+body ─► plan (routing, filters) ─► pooled upstream socket ─► write request
+//!                                    │                                              │
+//!            hyper serves the rest ◄─┘ (upgrade, Expect,        read head ◄─────────┘
+//!            of the connection         chunked or big body,      │
+//!                                      HTTP/1.0, retry, mirror,  └► response filters ─► write head
+//!                                      HTTP/2 upstream)             + body bytes as they come
+//! ```
+//!
+//! Why: with hyper on both sides, every request crosses from the client connection's task to
+//! the upstream connection's task and back, through channels and wake-ups, and each connection
+//! keeps an 8 KiB read and an 8 KiB write buffer for as long as it is open. Here a request
+//! costs two reads and two writes on one task, the read buffer exists only while a request is
+//! in progress (an idle client connection holds no buffer), and idle upstream connections are
+//! bare sockets in [`TcpPool`] with no task of their own.
+//!
+//! Routing, filters, load balancing, limits, outlier detection, timeouts, metrics and the
+//! access log are the same code as on the hyper path ([`crate::proxy::plan`]); the fast path only
+//! replaces the wire handling. Anything it does not handle is handed to hyper with the bytes
+//! read so far ([`Rewind`]), and hyper serves that connection from then on, so every feature
+//! keeps working on every connection. Response bodies pass through as they are (chunks are not
+//! re-encoded; the scanner only finds their end), interim 1xx responses are dropped, and a
+//! stale pooled connection (closed by the upstream while idle) is replaced once, for requests
+//! that are safe to send again.
+
+mod codec;
+mod rewind;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::backend::InFlight;
+use crate::balance::PickContext;
+use crate::error::{Body, ProxyError};
+use crate::pool::TcpPool;
+use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
+use codec::{BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
+use rewind::Rewind;
+
+/// First size of a request's read buffer; it grows for bigger heads and bodies.
+const REQUEST_BUF: usize = 4 * 1024;
+/// Size of the buffer a response is read into (and copied from, chunk by chunk).
+const RESPONSE_BUF: usize = 8 * 1024;
+/// A request head must arrive within this time of its first byte (hyper's default too).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request bodies up to this size are read whole before the request goes upstream (so a stale
+/// pooled connection can be replaced); bigger and chunked bodies stream through hyper.
+const MAX_BODY: u64 = proxy::MAX_REPLAY_BODY as u64;
+
+/// Serves an HTTP/1 client connection whose first bytes have arrived.
+pub async fn serve(shared: Arc<Shared>, info: ConnInfo, mut stream: TcpStream) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.is_empty() {
+            // Between requests the connection holds no buffer, only its socket.
+            buf = BytesMut::new();
+            tokio::select! {
+                r = stream.readable() => if r.is_err() { return },
+                () = shut(&mut shutdown) => return,
+            }
+        }
+        let next = match read_request(&mut stream, &mut buf).await {
+            Ok(next) => next,
+            Err(refusal) => {
+                // The request cannot be read to its end, so the connection cannot go on.
+                let status = refusal.status();
+                tracing::debug!(client = %info.client, error = %refusal, "bad request");
+                let resp = ProxyError::BadRequest(refusal.to_string()).into_response();
+                let resp = with_status(resp, status);
+                let _ = answer(&mut stream, resp, false, true).await;
+                return;
+            }
+        };
+        let (head, data) = match next {
+            Next::Closed => return,
+            Next::HandOff(data) => return hand_off(shared, info, stream, data).await,
+            Next::Request { head, data } => (head, data),
+        };
+        // Boxed: an idle connection's task must not carry room for a whole request.
+        let flow = Box::pin(request(&shared, &info, &mut stream, head, data)).await;
+        match flow {
+            Flow::Next(rest) => buf = rest,
+            Flow::Close => return,
+            Flow::HandOff(data) => return hand_off(shared, info, stream, data).await,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn shut(shutdown: &mut watch::Receiver<bool>) {
+    drop(shutdown.wait_for(|s| *s).await);
+}
+
+/// hyper serves the rest of the connection, starting with `data`, the bytes read so far.
+async fn hand_off(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream, data: Bytes) {
+    crate::server::serve_http1(shared, info, Rewind::new(data, stream)).await;
+}
+
+/// What reading the next request produced.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing would cost an allocation"
+)]
+enum Next {
+    /// A whole request: its head, and `data` holding the head, the body, and any bytes after.
+    Request { head: RequestHead, data: Bytes },
+    /// A request the fast path leaves to hyper; these are the bytes read so far.
+    HandOff(Bytes),
+    /// The client closed the connection (between requests, or in the middle of one).
+    Closed,
+}
+
+/// A request that could not be read.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error("request head not received within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Unreadable {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Head(HeadError::TooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Head(_) => StatusCode::BAD_REQUEST,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Whether the fast path leaves this request to hyper: protocol switches and `Expect` need
+/// interim responses, HTTP/1.0 its own keep-alive rules, and chunked or big bodies streaming.
+fn for_hyper(head: &RequestHead) -> bool {
+    let h = &head.parts.headers;
+    head.parts.version != Version::HTTP_11
+        || head.parts.method == Method::CONNECT
+        || h.contains_key(header::UPGRADE)
+        || h.contains_key(header::EXPECT)
+        || match head.framing {
+            Framing::Empty => false,
+            Framing::Length(n) => n > MAX_BODY,
+            Framing::Chunked | Framing::Close => true,
+        }
+}
+
+/// Reads until `buf` holds a whole request (head and body), or the request goes to hyper.
+async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Next, Unreadable> {
+    let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            let data = std::mem::take(buf).freeze();
+            if let Some(head) = codec::parse_request(&data)? {
+                if for_hyper(&head) {
+                    return Ok(Next::HandOff(data));
+                }
+                let body = match head.framing {
+                    Framing::Length(n) => n as usize,
+                    _ => 0,
+                };
+                if data.len() >= head.len + body {
+                    return Ok(Next::Request { head, data });
+                }
+            }
+            // Not all there yet: take the bytes back (no copy: nothing else holds them) and
+            // read more. The head is parsed again when they arrive; this is the rare case.
+            *buf = data
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(REQUEST_BUF.max(buf.len()));
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(buf))
+            .await
+            .map_err(|_| Unreadable::Timeout(HEADER_READ_TIMEOUT))?;
+        match read {
+            Ok(0) | Err(_) => return Ok(Next::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How the connection goes on after a request.
+enum Flow {
+    /// Read the next request; these bytes of it already arrived.
+    Next(BytesMut),
+    /// Close the connection.
+    Close,
+    /// hyper serves the rest, starting with these bytes.
+    HandOff(Bytes),
+}
+
+/// What answering a request needs to know about it and its connection.
+struct Ctx<'a> {
+    shared: &'a Arc<Shared>,
+    info: &'a ConnInfo,
+    head_request: bool,
+    /// Close the connection after the response.
+    close: bool,
+}
+
+/// Handles one whole request read by [`read_request`].
+async fn request(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    client: &mut TcpStream,
+    head: RequestHead,
+    data: Bytes,
+) -> Flow {
+    let RequestHead {
+        mut parts,
+        len,
+        framing,
+        close,
+    } = head;
+    let end = len
+        + match framing {
+            Framing::Length(n) => n as usize,
+            _ => 0,
+        };
+    let mut ctx = Ctx {
+        shared,
+        info,
+        head_request: parts.method == Method::HEAD,
+        close,
+    };
+    let log = RequestLog::new(
+        shared,
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        &parts.headers,
+    );
+    let mut out = Outcome::default();
+    let snap = shared.snapshot.load_full();
+    let result = match proxy::plan(&snap, info, &mut parts, false, &mut out) {
+        Ok(Plan::Forward(fwd)) => match fwd.backend.clients.fast_h1() {
+            Some(pool) if fwd.mirrors.is_empty() && fwd.retry(&parts.method, false).is_none() => {
+                let pool = pool.clone();
+                forward(
+                    &mut ctx,
+                    client,
+                    &fwd,
+                    pool,
+                    &parts,
+                    data.slice(len..end),
+                    log,
+                    out,
+                )
+                .await
+            }
+            // Retries and mirrors keep their own machinery; an HTTP/2 upstream is hyper's.
+            _ => return Flow::HandOff(data),
+        },
+        Ok(Plan::Answer(resp)) => {
+            log.finish(shared, info, resp.status().as_u16(), &out);
+            answer(client, resp, ctx.head_request, close).await
+        }
+        Err(e) => fail(&ctx, client, e, log, out).await,
+    };
+    match result {
+        Ok(()) if !ctx.close => Flow::Next(BytesMut::from(&data[end..])),
+        _ => Flow::Close,
+    }
+}
+
+/// Sends the request upstream and relays the response.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request in its parts, as the caller holds them"
+)]
+async fn forward(
+    ctx: &mut Ctx<'_>,
+    client: &mut TcpStream,
+    fwd: &Forward<'_>,
+    pool: TcpPool,
+    parts: &Parts,
+    body: Bytes,
+    log: RequestLog,
+    mut out: Outcome,
+) -> io::Result<()> {
+    if let Some(budget) = &fwd.hit.rule.budget {
+        budget.deposit();
+    }
+    out.attempts = 1;
+    let exchange = Exchange {
+        shared: ctx.shared,
+        fwd,
+        pool,
+        parts,
+        body,
+        client: ctx.info.client,
+        head_request: ctx.head_request,
+    };
+    let upstream = match exchange.timeout() {
+        Some(t) => tokio::time::timeout(t, exchange.head())
+            .await
+            .unwrap_or(Err(ProxyError::Timeout(t))),
+        None => exchange.head().await,
+    };
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => return fail(ctx, client, e, log, out).await,
+    };
+    log.finish(ctx.shared, ctx.info, upstream.head.status.as_u16(), &out);
+    ctx.close |= *ctx.shared.shutdown.borrow() || upstream.framing == Framing::Close;
+    relay(client, upstream, fwd, ctx.close).await
+}
+
+/// Answers with the error's response, logged and counted. The request was read whole, so the
+/// connection can carry the next one.
+async fn fail(
+    ctx: &Ctx<'_>,
+    client: &mut TcpStream,
+    e: ProxyError,
+    log: RequestLog,
+    mut out: Outcome,
+) -> io::Result<()> {
+    out.error = Some(e.reason());
+    tracing::debug!(error = %e, listener = %ctx.info.listener, "request failed");
+    let resp = e.into_response();
+    log.finish(ctx.shared, ctx.info, resp.status().as_u16(), &out);
+    answer(client, resp, ctx.head_request, ctx.close).await
+}
+
+fn with_status(mut resp: Response<Body>, status: StatusCode) -> Response<Body> {
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Writes a response the proxy made itself (error, redirect, direct response): its body is in
+/// memory, so it goes out with a `content-length` in one write.
+async fn answer(
+    client: &mut TcpStream,
+    resp: Response<Body>,
+    head_request: bool,
+    close: bool,
+) -> io::Result<()> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut headers = parts.headers;
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    add_date(&mut headers);
+    let mut wire = Vec::with_capacity(256 + body.len());
+    codec::write_response(&mut wire, parts.status, &headers, false, close);
+    if !head_request {
+        wire.extend_from_slice(&body);
+    }
+    client.write_all(&wire).await
+}
+
+/// Adds `Date` when the response has none (RFC 9110 §6.6.1: a proxy forwarding a response
+/// without one adds it). Formatted once a second.
+fn add_date(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date::now());
+    }
+}
+
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use http::HeaderValue;
+
+    thread_local! {
+        static CACHED: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+
+    /// The current time as an HTTP date.
+    pub fn now() -> HeaderValue {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with_borrow_mut(|(at, value)| {
+            if *at != secs {
+                *at = secs;
+                *value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .unwrap_or(HeaderValue::from_static(""));
+            }
+            value.clone()
+        })
+    }
+}
+
+/// One request's trip upstream.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    fwd: &'a Forward<'a>,
+    pool: TcpPool,
+    parts: &'a Parts,
+    body: Bytes,
+    client: SocketAddr,
+    head_request: bool,
+}
+
+/// An upstream response whose head has arrived.
+struct Upstream {
+    conn: TcpStream,
+    addr: SocketAddr,
+    pool: TcpPool,
+    head: ResponseHead,
+    framing: Framing,
+    /// Bytes read after the head.
+    buf: BytesMut,
+    /// Held until the body is relayed: the backend's limiter slot, the endpoint's load.
+    _guards: (Option<tokio::sync::OwnedSemaphorePermit>, InFlight),
+}
+
+/// Why one try on one connection failed.
+enum TryError {
+    /// The connection broke before any byte of the response: on a pooled connection, the
+    /// upstream probably closed it while idle.
+    Broken { written: bool },
+    /// Anything else (a bad response head, a break in the middle of it).
+    Failed(String),
+}
+
+impl Exchange<'_> {
+    /// The time allowed for the response head: the shorter of the request and per-try timeouts
+    /// (the fast path makes one try).
+    fn timeout(&self) -> Option<Duration> {
+        let t = &self.fwd.hit.rule.rule.timeouts;
+        match (t.request, t.per_try) {
+            (Some(r), Some(p)) => Some(r.get().min(p.get())),
+            (r, p) => r.or(p).map(|d| d.get()),
+        }
+    }
+
+    /// Sends the request and reads the response head.
+    async fn head(&self) -> Result<Upstream, ProxyError> {
+        let backend = &self.fwd.backend;
+        let permit = backend
+            .limiter
+            .acquire()
+            .await
+            .map_err(|_| ProxyError::Overloaded(backend.name.clone()))?;
+        let ctx = PickContext {
+            headers: &self.parts.headers,
+            client_ip: self.client.ip(),
+        };
+        let ep = backend.pick(&ctx)?;
+        let in_flight = InFlight::new(ep);
+        let mut wire = Vec::with_capacity(512 + self.body.len());
+        let framing = match self.body.len() {
+            0 => Framing::Empty,
+            n => Framing::Length(n as u64),
+        };
+        codec::write_request(&mut wire, self.parts, framing);
+        wire.extend_from_slice(&self.body);
+
+        let start = Instant::now();
+        let fail = |e: ProxyError| {
+            if backend.record(ep, None, false) {
+                tracing::warn!(backend = %backend.name, endpoint = %ep.addr, "endpoint ejected");
+                self.shared.metrics.ejection(&backend.name);
+            }
+            e
+        };
+        let mut pooled = self.pool.checkout(ep.addr);
+        let (conn, head, framing, buf) = loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(c) => c,
+                None => self.pool.connect(ep.addr).await.map_err(|e| {
+                    tracing::debug!(endpoint = %ep.addr, error = %e, "upstream connect failed");
+                    fail(ProxyError::Connect(ep.addr))
+                })?,
+            };
+            match self.try_once(&mut conn, &wire).await {
+                Ok((head, framing, buf)) => break (conn, head, framing, buf),
+                // A request that never reached the upstream, or that is safe to repeat, gets
+                // one fresh connection instead of the stale one.
+                Err(TryError::Broken { written })
+                    if reused && (!written || idempotent(&self.parts.method)) => {}
+                Err(TryError::Broken { .. }) => {
+                    tracing::debug!(endpoint = %ep.addr, "upstream closed the connection");
+                    return Err(fail(ProxyError::Reset(ep.addr)));
+                }
+                Err(TryError::Failed(why)) => {
+                    tracing::debug!(endpoint = %ep.addr, error = %why, "upstream request failed");
+                    return Err(fail(ProxyError::Reset(ep.addr)));
+                }
+            }
+        };
+        if backend.record(ep, Some(start.elapsed()), !head.status.is_server_error()) {
+            tracing::warn!(backend = %backend.name, endpoint = %ep.addr, "endpoint ejected");
+            self.shared.metrics.ejection(&backend.name);
+        }
+        Ok(Upstream {
+            conn,
+            addr: ep.addr,
+            pool: self.pool.clone(),
+            head,
+            framing,
+            buf,
+            _guards: (permit, in_flight),
+        })
+    }
+
+    /// Writes the request on `conn` and reads the final response head (interim 1xx responses
+    /// are dropped: the fast path never sends `Expect`, and hints are optional).
+    async fn try_once(
+        &self,
+        conn: &mut TcpStream,
+        wire: &[u8],
+    ) -> Result<(ResponseHead, Framing, BytesMut), TryError> {
+        if conn.write_all(wire).await.is_err() {
+            return Err(TryError::Broken { written: false });
+        }
+        let mut buf = BytesMut::with_capacity(RESPONSE_BUF);
+        let mut seen = false;
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(RESPONSE_BUF.max(buf.len()));
+            }
+            match conn.read_buf(&mut buf).await {
+                Ok(0) | Err(_) if !seen => return Err(TryError::Broken { written: true }),
+                Ok(0) => return Err(TryError::Failed("closed in the response head".into())),
+                Err(e) => return Err(TryError::Failed(e.to_string())),
+                Ok(_) => seen = true,
+            }
+            loop {
+                let data = std::mem::take(&mut buf).freeze();
+                match codec::parse_response(&data, self.head_request) {
+                    Err(e) => return Err(TryError::Failed(e.to_string())),
+                    Ok(None) => {
+                        buf = data
+                            .try_into_mut()
+                            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                        break;
+                    }
+                    Ok(Some((head, _))) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                        return Err(TryError::Failed("101 without an upgrade request".into()));
+                    }
+                    Ok(Some((head, _))) if head.status.is_informational() => {
+                        buf = BytesMut::from(&data[head.len..]);
+                        if buf.is_empty() {
+                            break;
+                        }
+                    }
+                    Ok(Some((head, framing))) => {
+                        let rest = BytesMut::from(&data[head.len..]);
+                        return Ok((head, framing, rest));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Methods a proxy may send again when it cannot know whether the first copy was processed
+/// (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Writes the response head and copies the body from upstream to the client as it arrives.
+/// The upstream connection goes back to the pool only after a whole, well-delimited response.
+async fn relay(
+    client: &mut TcpStream,
+    upstream: Upstream,
+    fwd: &Forward<'_>,
+    close: bool,
+) -> io::Result<()> {
+    let Upstream {
+        mut conn,
+        addr,
+        pool,
+        head,
+        framing,
+        mut buf,
+        _guards,
+    } = upstream;
+    let mut headers = head.headers;
+    fwd.response_headers(&mut headers, false);
+    if let Framing::Length(n) = framing {
+        // A response filter must not make the framing disagree with the body.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    add_date(&mut headers);
+    let mut wire = Vec::with_capacity(512 + buf.len());
+    codec::write_response(
+        &mut wire,
+        head.status,
+        &headers,
+        framing == Framing::Chunked,
+        close,
+    );
+    drop(headers);
+    let Some(mut left) = BodyLeft::new(framing) else {
+        client.write_all(&wire).await?;
+        if buf.is_empty() && !head.close && head.version == Version::HTTP_11 {
+            pool.give_back(addr, conn);
+        }
+        return Ok(());
+    };
+    let bad = |e: HeadError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let (n, mut done) = left.feed(&buf).map_err(bad)?;
+    let mut extra = n < buf.len();
+    wire.extend_from_slice(&buf[..n]);
+    client.write_all(&wire).await?;
+    drop(wire);
+    while !done {
+        buf.clear();
+        if buf.capacity() < RESPONSE_BUF {
+            buf.reserve(RESPONSE_BUF);
+        }
+        if conn.read_buf(&mut buf).await? == 0 {
+            if framing == Framing::Close {
+                return Ok(());
+            }
+            // Truncated: the client must see the connection end, not a short body that looks whole.
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let (n, end) = left.feed(&buf).map_err(bad)?;
+        done = end;
+        extra = n < buf.len();
+        client.write_all(&buf[..n]).await?;
+    }
+    if !extra && !head.close && head.version == Version::HTTP_11 {
+        pool.give_back(addr, conn);
+    }
+    Ok(())
+}
