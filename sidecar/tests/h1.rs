@@ -1,0 +1,434 @@
+//! The HTTP/1.1 fast path on the wire: raw bytes from real TCP clients, raw bytes from real TCP
+//! upstreams (to send exactly the framing under test), the proxy in-process.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn one_backend(addr: SocketAddr) -> String {
+    format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes: [{{ name: all, rules: [{{ backends: [{{ backend: app }}] }}] }}]
+backends: [{{ name: app, protocol: http1, endpoints: [{{ address: "{addr}" }}] }}]
+"#
+    )
+}
+
+/// An upstream speaking raw bytes: for each request head (and its `content-length` body) it
+/// calls `reply` with the head and the number of requests seen before on that connection, and
+/// writes what it returns; `None` closes the connection without answering. A reply that ends
+/// with [`THEN_CLOSE`] is written without it and the connection closed.
+struct Raw {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+async fn raw_upstream<F>(reply: F) -> Raw
+where
+    F: Fn(&str, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+{
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let reply = Arc::new(reply);
+    let (count, seen) = (accepted.clone(), heads.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = sock.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (reply, seen) = (reply.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut n = 0;
+                loop {
+                    let Some(end) = find(&buf, b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                    let body_len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + body_len {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.drain(..end + 4 + body_len);
+                    seen.lock().unwrap().push(head.clone());
+                    match reply(&head, n) {
+                        Some(bytes) => {
+                            let (bytes, close) = match bytes.strip_suffix(THEN_CLOSE) {
+                                Some(b) => (b, true),
+                                None => (&bytes[..], false),
+                            };
+                            if conn.write_all(bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        None => return,
+                    }
+                    n += 1;
+                }
+            });
+        }
+    });
+    Raw {
+        addr,
+        accepted,
+        heads,
+    }
+}
+
+/// Appended to a raw reply: close the connection after writing it.
+const THEN_CLOSE: &[u8] = b"<close>";
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes `bytes` on a new connection and reads until the proxy closes it.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    read_to_close(&mut conn).await
+}
+
+async fn read_to_close(conn: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads from `conn` until `out` contains `marker`.
+async fn read_until(conn: &mut TcpStream, marker: &str) -> String {
+    let mut out = Vec::new();
+    while find(&out, marker.as_bytes()).is_none() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {marker:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The request target of a raw head.
+fn target(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or("")
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = raw_upstream(|head, _| Some(ok(target(head)))).await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let reply = exchange(
+        proxy.listener_addr("web").unwrap(),
+        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\nGET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (a, b, c) = (reply.find("/a"), reply.find("/b"), reply.find("/c"));
+    assert!(a < b && b < c && a.is_some(), "{reply}");
+    assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 3, "{reply}");
+    assert!(reply.ends_with("/c"), "the last one closes: {reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+}
+
+#[tokio::test]
+async fn chunked_responses_pass_through_unchanged_and_the_connection_is_reused() {
+    let chunks = "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+    let up = raw_upstream(move |_, _| {
+        Some(format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{chunks}").into_bytes())
+    })
+    .await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut conn, "x-trailer: t\r\n\r\n").await;
+    assert!(first.contains("transfer-encoding: chunked\r\n"), "{first}");
+    assert!(first.ends_with(chunks), "{first}");
+    conn.write_all(b"GET /2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_to_close(&mut conn).await;
+    assert!(second.ends_with(chunks), "{second}");
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for both"
+    );
+    // A plain client reads the body as one.
+    let reply = get(addr, "/3").await;
+    assert_eq!(reply.body, "hello world");
+}
+
+#[tokio::test]
+async fn a_response_delimited_by_close_closes_the_client_connection() {
+    let up = raw_upstream(|_, _| {
+        Some(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nuntil the end<close>".to_vec())
+    })
+    .await;
+    let proxy = start(&one_backend(up.addr)).await;
+    // No `connection: close` from the client: the proxy closes because the body ended so.
+    let reply = exchange(
+        proxy.listener_addr("web").unwrap(),
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nuntil the end"), "{reply}");
+}
+
+#[tokio::test]
+async fn head_204_and_304_responses_have_no_body_and_the_connection_goes_on() {
+    let up = raw_upstream(|head, _| {
+        Some(match target(head) {
+            "/204" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/304" => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 50\r\n\r\n".to_vec(),
+            // A HEAD answer announces the length of the body it does not send.
+            _ if head.starts_with("HEAD") => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec()
+            }
+            _ => ok("after"),
+        })
+    })
+    .await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let reply = exchange(
+        proxy.listener_addr("web").unwrap(),
+        b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\nGET /204 HTTP/1.1\r\nhost: x\r\n\r\nGET /304 HTTP/1.1\r\nhost: x\r\n\r\nGET /last HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.contains("content-length: 100\r\n"), "{reply}");
+    assert!(reply.contains("HTTP/1.1 204 No Content\r\n"), "{reply}");
+    assert!(reply.contains("HTTP/1.1 304 Not Modified\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nafter"), "{reply}");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "{reply}");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_drops_is_replaced_for_safe_methods_only() {
+    // Each upstream connection answers one request, then closes when the next one arrives on
+    // it, without answering: the race of a keep-alive connection closed as it is reused.
+    let up = raw_upstream(|head, n| (n == 0).then(|| ok(target(head)))).await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    assert_eq!(get(addr, "/first").await.body, "/first");
+    let reply = get(addr, "/again").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "/again"),
+        "GET is sent again"
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    let post = exchange(
+        addr,
+        b"POST /order HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(
+        post.starts_with("HTTP/1.1 502"),
+        "POST may have been processed: {post}"
+    );
+    assert!(post.contains("x-portico-error: upstream_reset"), "{post}");
+}
+
+#[tokio::test]
+async fn interim_responses_are_dropped_and_the_final_one_relayed() {
+    let up = raw_upstream(|_, _| {
+        let mut r = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n".to_vec();
+        r.extend(ok("final"));
+        Some(r)
+    })
+    .await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let reply = get(proxy.listener_addr("web").unwrap(), "/").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "final"));
+}
+
+#[tokio::test]
+async fn a_request_split_across_packets_is_put_back_together() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let mut conn = TcpStream::connect(proxy.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    for part in [
+        &b"POST /split HT"[..],
+        b"TP/1.1\r\nhost: x\r\ncontent-",
+        b"length: 11\r\nconnection: close\r\n\r\nhello",
+        b" world",
+    ] {
+        conn.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = read_to_close(&mut conn).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    assert!(reply.contains(r#""body":"hello world""#), "{reply}");
+    assert!(reply.contains(r#""path":"/split""#), "{reply}");
+}
+
+#[tokio::test]
+async fn what_the_fast_path_leaves_to_hyper_still_works_on_the_same_connection() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    // A fast request, then a chunked body (streamed by hyper), then a plain request again.
+    let reply = exchange(
+        addr,
+        b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\nPOST /chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 3, "{reply}");
+    assert!(reply.contains(r#""body":"abc""#), "{reply}");
+    assert!(reply.contains(r#""path":"/after""#), "{reply}");
+    // Expect: 100-continue gets its interim answer from hyper.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"PUT /e HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut conn, "100 Continue").await;
+    conn.write_all(b"ok").await.unwrap();
+    let reply = read_to_close(&mut conn).await;
+    assert!(reply.contains(r#""body":"ok""#), "{reply}");
+    // HTTP/1.0 closes after its response.
+    let reply = exchange(addr, b"GET /old HTTP/1.0\r\nhost: x\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.0 200 OK") || reply.starts_with("HTTP/1.1 200 OK"),
+        "{reply}"
+    );
+    assert!(reply.contains(r#""path":"/old""#), "{reply}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_naming_the_problem_and_the_proxy_stays_up() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", "HTTP/1.1 400"),
+        (
+            format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(70_000))
+                .into_bytes()
+                .leak(),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (bytes, status) in cases {
+        let reply = exchange(addr, bytes).await;
+        assert!(reply.starts_with(status), "{status}: {reply}");
+        assert!(reply.contains("x-portico-error: bad_request"), "{reply}");
+    }
+    assert_eq!(get(addr, "/still-up").await.status, 200);
+    assert_eq!(up.hits(), 1, "no bad request reached the upstream");
+}
+
+#[tokio::test]
+async fn a_broken_upstream_response_is_502_and_a_truncated_body_ends_the_connection() {
+    let up = raw_upstream(|head, _| {
+        Some(match target(head) {
+            "/garbage" => b"NOT HTTP AT ALL\r\n\r\n".to_vec(),
+            // Promises 10 bytes, sends 4, and closes.
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshor<close>".to_vec(),
+        })
+    })
+    .await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let reply = get(addr, "/garbage").await;
+    assert_eq!((reply.status, reply.error()), (502, "upstream_reset"));
+    // The client must see its connection end instead of a short body that looks whole (without
+    // `connection: close` from the client, only the truncation closes it).
+    let seen = exchange(addr, b"GET /short HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(seen.contains("content-length: 10\r\n"), "{seen}");
+    assert!(seen.ends_with("\r\n\r\nshor"), "{seen}");
+}
+
+#[tokio::test]
+async fn forwarded_requests_carry_the_filtered_head() {
+    let up = raw_upstream(|_, _| Some(ok("x"))).await;
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: all
+    rules:
+      - filters:
+          - {{ type: RequestHeaderModifier, set: [{{ name: x-set, value: "1" }}], remove: [x-drop] }}
+          - {{ type: UrlRewrite, hostname: internal, path: {{ type: ReplaceFullPath, value: /new }} }}
+          - {{ type: ResponseHeaderModifier, add: [{{ name: x-resp, value: "r" }}] }}
+        backends: [{{ backend: app }}]
+backends: [{{ name: app, endpoints: [{{ address: "{}" }}] }}]
+"#,
+        up.addr
+    ))
+    .await;
+    let reply = exchange(
+        proxy.listener_addr("web").unwrap(),
+        b"GET /old?q=1 HTTP/1.1\r\nhost: public\r\nx-drop: 1\r\nconnection: close, x-hop\r\nx-hop: 1\r\n\r\n",
+    )
+    .await;
+    assert!(reply.contains("x-resp: r\r\n"), "{reply}");
+    assert!(
+        reply.contains("date: "),
+        "a Date is added when the upstream sent none: {reply}"
+    );
+    let head = up.heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /new?q=1 HTTP/1.1\r\n"), "{head}");
+    for want in [
+        "host: internal\r\n",
+        "x-set: 1\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
+        "x-forwarded-proto: http\r\n",
+    ] {
+        assert!(head.contains(want), "{want:?} in {head}");
+    }
+    for gone in ["x-drop", "x-hop", "connection"] {
+        assert!(!head.contains(gone), "{gone:?} in {head}");
+    }
+}
