@@ -27,6 +27,7 @@
 //! stale pooled connection (closed by the upstream while idle) is replaced once, for requests
 //! that are safe to send again.
 
+mod buffers;
 mod codec;
 mod rewind;
 
@@ -54,10 +55,6 @@ use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use codec::{BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
 use rewind::Rewind;
 
-/// First size of a request's read buffer; it grows for bigger heads and bodies.
-const REQUEST_BUF: usize = 4 * 1024;
-/// Size of the buffer a response is read into (and copied from, chunk by chunk).
-const RESPONSE_BUF: usize = 8 * 1024;
 /// A request head must arrive within this time of its first byte (hyper's default too).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies up to this size are read whole before the request goes upstream (so a stale
@@ -71,11 +68,12 @@ pub async fn serve(shared: Arc<Shared>, info: ConnInfo, mut stream: TcpStream) {
     loop {
         if buf.is_empty() {
             // Between requests the connection holds no buffer, only its socket.
-            buf = BytesMut::new();
+            buffers::put(std::mem::take(&mut buf));
             tokio::select! {
                 r = stream.readable() => if r.is_err() { return },
                 () = shut(&mut shutdown) => return,
             }
+            buf = buffers::take();
         }
         let next = match read_request(&mut stream, &mut buf).await {
             Ok(next) => next,
@@ -94,9 +92,9 @@ pub async fn serve(shared: Arc<Shared>, info: ConnInfo, mut stream: TcpStream) {
             Next::HandOff(data) => return hand_off(shared, info, stream, data).await,
             Next::Request { head, data } => (head, data),
         };
-        // Boxed: an idle connection's task must not carry room for a whole request.
-        let flow = Box::pin(request(&shared, &info, &mut stream, head, data)).await;
-        match flow {
+        // Not boxed: that would cost an allocation per request, and the request's state adds
+        // only a few hundred bytes to an idle connection's task.
+        match request(&shared, &info, &mut stream, head, data).await {
             Flow::Next(rest) => buf = rest,
             Flow::Close => return,
             Flow::HandOff(data) => return hand_off(shared, info, stream, data).await,
@@ -112,8 +110,14 @@ async fn shut(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// hyper serves the rest of the connection, starting with `data`, the bytes read so far.
+/// Boxed: hyper's connection state is big, and most connections never get here.
 async fn hand_off(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream, data: Bytes) {
-    crate::server::serve_http1(shared, info, Rewind::new(data, stream)).await;
+    Box::pin(crate::server::serve_http1(
+        shared,
+        info,
+        Rewind::new(data, stream),
+    ))
+    .await;
 }
 
 /// What reading the next request produced.
@@ -189,7 +193,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Next
                 .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(REQUEST_BUF.max(buf.len()));
+            buf.reserve(buffers::SIZE.max(buf.len()));
         }
         let read = tokio::time::timeout_at(deadline, stream.read_buf(buf))
             .await
@@ -279,8 +283,18 @@ async fn request(
         }
         Err(e) => fail(&ctx, client, e, log, out).await,
     };
+    drop(parts);
     match result {
-        Ok(()) if !ctx.close => Flow::Next(BytesMut::from(&data[end..])),
+        Ok(()) if !ctx.close => {
+            // The next request's first bytes, if the client pipelined them.
+            let mut next = BytesMut::new();
+            if data.len() > end {
+                next = buffers::take();
+                next.extend_from_slice(&data[end..]);
+            }
+            buffers::recycle(data);
+            Flow::Next(next)
+        }
         _ => Flow::Close,
     }
 }
@@ -312,6 +326,8 @@ async fn forward(
         body,
         client: ctx.info.client,
         head_request: ctx.head_request,
+        // A proxy shutting down finishes this exchange and closes.
+        close: ctx.close || *ctx.shared.shutdown.borrow(),
     };
     let upstream = match exchange.timeout() {
         Some(t) => tokio::time::timeout(t, exchange.head())
@@ -324,8 +340,8 @@ async fn forward(
         Err(e) => return fail(ctx, client, e, log, out).await,
     };
     log.finish(ctx.shared, ctx.info, upstream.head.status.as_u16(), &out);
-    ctx.close |= *ctx.shared.shutdown.borrow() || upstream.framing == Framing::Close;
-    relay(client, upstream, fwd, ctx.close).await
+    ctx.close = upstream.head.close;
+    relay(client, upstream).await
 }
 
 /// Answers with the error's response, logged and counted. The request was read whole, so the
@@ -375,37 +391,27 @@ async fn answer(
 }
 
 /// Adds `Date` when the response has none (RFC 9110 §6.6.1: a proxy forwarding a response
-/// without one adds it). Formatted once a second.
+/// without one adds it).
 fn add_date(headers: &mut HeaderMap) {
     if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, date::now());
+        headers.insert(header::DATE, codec::date::now());
     }
 }
 
-mod date {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use http::HeaderValue;
-
-    thread_local! {
-        static CACHED: RefCell<(u64, HeaderValue)> =
-            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+/// Writes `head` then `body` (one system call when the socket takes both at once).
+async fn write_both(stream: &mut TcpStream, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+    while !head.is_empty() {
+        let n = stream
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
     }
-
-    /// The current time as an HTTP date.
-    pub fn now() -> HeaderValue {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        CACHED.with_borrow_mut(|(at, value)| {
-            if *at != secs {
-                *at = secs;
-                *value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-                    .unwrap_or(HeaderValue::from_static(""));
-            }
-            value.clone()
-        })
-    }
+    stream.write_all(body).await
 }
 
 /// One request's trip upstream.
@@ -417,6 +423,8 @@ struct Exchange<'a> {
     body: Bytes,
     client: SocketAddr,
     head_request: bool,
+    /// The client connection closes after this exchange.
+    close: bool,
 }
 
 /// An upstream response whose head has arrived.
@@ -425,9 +433,10 @@ struct Upstream {
     addr: SocketAddr,
     pool: TcpPool,
     head: ResponseHead,
-    framing: Framing,
-    /// Bytes read after the head.
+    /// The response bytes read so far: the head, then the first body bytes.
     buf: BytesMut,
+    /// The head the client gets.
+    wire: Vec<u8>,
     /// Held until the body is relayed: the backend's limiter slot, the endpoint's load.
     _guards: (Option<tokio::sync::OwnedSemaphorePermit>, InFlight),
 }
@@ -466,13 +475,12 @@ impl Exchange<'_> {
         };
         let ep = backend.pick(&ctx)?;
         let in_flight = InFlight::new(ep);
-        let mut wire = Vec::with_capacity(512 + self.body.len());
+        let mut request = Vec::with_capacity(512);
         let framing = match self.body.len() {
             0 => Framing::Empty,
             n => Framing::Length(n as u64),
         };
-        codec::write_request(&mut wire, self.parts, framing);
-        wire.extend_from_slice(&self.body);
+        codec::write_request(&mut request, self.parts, framing);
 
         let start = Instant::now();
         let fail = |e: ProxyError| {
@@ -483,7 +491,7 @@ impl Exchange<'_> {
             e
         };
         let mut pooled = self.pool.checkout(ep.addr);
-        let (conn, head, framing, buf) = loop {
+        let (conn, (head, buf, wire)) = loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(c) => c,
@@ -492,8 +500,8 @@ impl Exchange<'_> {
                     fail(ProxyError::Connect(ep.addr))
                 })?,
             };
-            match self.try_once(&mut conn, &wire).await {
-                Ok((head, framing, buf)) => break (conn, head, framing, buf),
+            match self.try_once(&mut conn, &request).await {
+                Ok(got) => break (conn, got),
                 // A request that never reached the upstream, or that is safe to repeat, gets
                 // one fresh connection instead of the stale one.
                 Err(TryError::Broken { written })
@@ -517,27 +525,33 @@ impl Exchange<'_> {
             addr: ep.addr,
             pool: self.pool.clone(),
             head,
-            framing,
             buf,
+            wire,
             _guards: (permit, in_flight),
         })
     }
 
     /// Writes the request on `conn` and reads the final response head (interim 1xx responses
-    /// are dropped: the fast path never sends `Expect`, and hints are optional).
+    /// are dropped: the fast path never sends `Expect`, and hints are optional). Returns the
+    /// head, the bytes read (head and first body bytes), and the head for the client.
     async fn try_once(
         &self,
         conn: &mut TcpStream,
-        wire: &[u8],
-    ) -> Result<(ResponseHead, Framing, BytesMut), TryError> {
-        if conn.write_all(wire).await.is_err() {
+        request: &[u8],
+    ) -> Result<(ResponseHead, BytesMut, Vec<u8>), TryError> {
+        if write_both(conn, request, &self.body).await.is_err() {
             return Err(TryError::Broken { written: false });
         }
-        let mut buf = BytesMut::with_capacity(RESPONSE_BUF);
+        let mods = &self.fwd.response_mods;
+        let edit = |h: &mut HeaderMap| self.fwd.response_headers(h, false);
+        let edit: Option<&(dyn Fn(&mut HeaderMap) + Sync)> =
+            if mods.is_empty() { None } else { Some(&edit) };
+        let mut buf = buffers::take();
+        let mut wire = Vec::with_capacity(512);
         let mut seen = false;
         loop {
             if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(RESPONSE_BUF.max(buf.len()));
+                buf.reserve(buffers::SIZE.max(buf.len()));
             }
             match conn.read_buf(&mut buf).await {
                 Ok(0) | Err(_) if !seen => return Err(TryError::Broken { written: true }),
@@ -546,28 +560,21 @@ impl Exchange<'_> {
                 Ok(_) => seen = true,
             }
             loop {
-                let data = std::mem::take(&mut buf).freeze();
-                match codec::parse_response(&data, self.head_request) {
+                let parsed =
+                    codec::parse_response(&buf, self.head_request, edit, self.close, &mut wire);
+                match parsed {
                     Err(e) => return Err(TryError::Failed(e.to_string())),
-                    Ok(None) => {
-                        buf = data
-                            .try_into_mut()
-                            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-                        break;
-                    }
-                    Ok(Some((head, _))) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    Ok(None) => break,
+                    Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                         return Err(TryError::Failed("101 without an upgrade request".into()));
                     }
-                    Ok(Some((head, _))) if head.status.is_informational() => {
-                        buf = BytesMut::from(&data[head.len..]);
+                    Ok(Some(head)) if head.status.is_informational() => {
+                        let _ = buf.split_to(head.len);
                         if buf.is_empty() {
                             break;
                         }
                     }
-                    Ok(Some((head, framing))) => {
-                        let rest = BytesMut::from(&data[head.len..]);
-                        return Ok((head, framing, rest));
-                    }
+                    Ok(Some(head)) => return Ok((head, buf, wire)),
                 }
             }
         }
@@ -585,60 +592,38 @@ fn idempotent(m: &Method) -> bool {
 
 /// Writes the response head and copies the body from upstream to the client as it arrives.
 /// The upstream connection goes back to the pool only after a whole, well-delimited response.
-async fn relay(
-    client: &mut TcpStream,
-    upstream: Upstream,
-    fwd: &Forward<'_>,
-    close: bool,
-) -> io::Result<()> {
+async fn relay(client: &mut TcpStream, upstream: Upstream) -> io::Result<()> {
     let Upstream {
         mut conn,
         addr,
         pool,
         head,
-        framing,
         mut buf,
+        wire,
         _guards,
     } = upstream;
-    let mut headers = head.headers;
-    fwd.response_headers(&mut headers, false);
-    if let Framing::Length(n) = framing {
-        // A response filter must not make the framing disagree with the body.
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    add_date(&mut headers);
-    let mut wire = Vec::with_capacity(512 + buf.len());
-    codec::write_response(
-        &mut wire,
-        head.status,
-        &headers,
-        framing == Framing::Chunked,
-        close,
-    );
-    drop(headers);
-    let Some(mut left) = BodyLeft::new(framing) else {
+    let body = &buf[head.len..];
+    let Some(mut left) = BodyLeft::new(head.framing) else {
         client.write_all(&wire).await?;
-        if buf.is_empty() && !head.close && head.version == Version::HTTP_11 {
+        if body.is_empty() && head.reusable {
             pool.give_back(addr, conn);
         }
+        buffers::put(buf);
         return Ok(());
     };
     let bad = |e: HeadError| io::Error::new(io::ErrorKind::InvalidData, e);
-    let (n, mut done) = left.feed(&buf).map_err(bad)?;
-    let mut extra = n < buf.len();
-    wire.extend_from_slice(&buf[..n]);
-    client.write_all(&wire).await?;
+    let (n, mut done) = left.feed(body).map_err(bad)?;
+    let mut extra = n < body.len();
+    write_both(client, &wire, &body[..n]).await?;
     drop(wire);
     while !done {
         buf.clear();
-        if buf.capacity() < RESPONSE_BUF {
-            buf.reserve(RESPONSE_BUF);
-        }
         if conn.read_buf(&mut buf).await? == 0 {
-            if framing == Framing::Close {
+            if head.framing == Framing::Close {
                 return Ok(());
             }
-            // Truncated: the client must see the connection end, not a short body that looks whole.
+            // Truncated: the client must see the connection end, not a short body that looks
+            // whole.
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let (n, end) = left.feed(&buf).map_err(bad)?;
@@ -646,8 +631,9 @@ async fn relay(
         extra = n < buf.len();
         client.write_all(&buf[..n]).await?;
     }
-    if !extra && !head.close && head.version == Version::HTTP_11 {
+    if !extra && head.reusable {
         pool.give_back(addr, conn);
     }
+    buffers::put(buf);
     Ok(())
 }

@@ -58,18 +58,19 @@ pub struct RequestHead {
     pub close: bool,
 }
 
-/// A parsed response head.
+/// A parsed response head; the head the client gets was written by [`parse_response`].
 #[derive(Debug)]
 pub struct ResponseHead {
     /// Status code.
     pub status: StatusCode,
-    /// HTTP/1.0 or HTTP/1.1.
-    pub version: Version,
-    /// Header fields (values share the read buffer).
-    pub headers: HeaderMap,
     /// Bytes the head took.
     pub len: usize,
-    /// The upstream will close the connection after this response.
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The upstream keeps the connection open after this response (HTTP/1.1, no `close`).
+    pub reusable: bool,
+    /// The client connection must close after this response (asked for, or the body ends
+    /// with the upstream connection).
     pub close: bool,
 }
 
@@ -117,27 +118,31 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// `Transfer-Encoding` and `Content-Length`, several different lengths, or a transfer coding
 /// that does not end in `chunked` is refused: proxies that disagree on where a message ends are
 /// how requests get smuggled.
-fn framing(headers: &HeaderMap, request: bool) -> Result<Framing, HeadError> {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if te.peek().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+fn framing_of<'a>(
+    fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    request: bool,
+) -> Result<Framing, HeadError> {
+    let named = |n: &'static str| {
+        fields
+            .clone()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(n))
+    };
+    if let Some((_, last)) = named("transfer-encoding").last() {
+        if named("content-length").next().is_some() {
             return Err(HeadError::Framing(
                 "both transfer-encoding and content-length",
             ));
         }
-        let last = te
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        return match last {
+        let coding = last.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+        return match coding {
             Some(t) if t.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
             _ if request => Err(HeadError::Framing("transfer coding is not chunked")),
             _ => Ok(Framing::Close),
         };
     }
     let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
+    for (_, v) in named("content-length") {
+        for part in v.split(|&b| b == b',') {
             let n = parse_length(part.trim_ascii())
                 .ok_or(HeadError::Framing("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
@@ -182,8 +187,8 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let framing = framing_of(req.headers.iter().map(|f| (f.name, f.value)), true)?;
     let headers = header_map(buf, req.headers)?;
-    let framing = framing(&headers, true)?;
     let close = if version == Version::HTTP_10 {
         !has_token(&headers, &header::CONNECTION, "keep-alive")
     } else {
@@ -202,12 +207,34 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
     }))
 }
 
-/// Parses a response head at the start of `buf`; `Ok(None)` means more bytes are needed.
-/// `head_request` says the response answers a HEAD request (then it has no body).
+/// Headers that describe one connection (RFC 9110 §7.6.1), dropped when relaying a response
+/// head as it is. `transfer-encoding` is written again for chunked bodies, which pass through.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Parses a response head at the start of `buf` (`Ok(None)`: more bytes are needed) and, unless
+/// it is an interim (1xx) response, appends to `out` the head the client gets: hop-by-hop
+/// headers removed, `edit` applied, `Date` added when missing, `connection: close` when `close`
+/// or when the body is delimited by the connection's end. `head_request` says the response
+/// answers a HEAD request (then it has no body).
+///
+/// Without `edit` the fields are copied as they are, without building a header map: the
+/// common case costs one pass over the head.
 pub fn parse_response(
-    buf: &Bytes,
+    buf: &[u8],
     head_request: bool,
-) -> Result<Option<(ResponseHead, Framing)>, HeadError> {
+    edit: Option<&(dyn Fn(&mut HeaderMap) + Sync)>,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf).map_err(syntax)? {
@@ -219,15 +246,17 @@ pub fn parse_response(
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Syntax("invalid status"))?;
-    let version = match resp.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
+    let fields = &*resp.headers;
+    let token = |name: &str, token: &str| {
+        fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case(name))
+            .flat_map(|f| f.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     };
-    let headers = header_map(buf, resp.headers)?;
-    let close = if version == Version::HTTP_10 {
-        !has_token(&headers, &header::CONNECTION, "keep-alive")
-    } else {
-        has_token(&headers, &header::CONNECTION, "close")
+    let reusable = match resp.version {
+        Some(0) => token("connection", "keep-alive"),
+        _ => !token("connection", "close"),
     };
     // RFC 9112 §6.3: these never have a body, whatever the headers say.
     let framing = if head_request
@@ -237,18 +266,78 @@ pub fn parse_response(
     {
         Framing::Empty
     } else {
-        framing(&headers, false)?
+        framing_of(fields.iter().map(|f| (f.name, f.value)), false)?
     };
-    Ok(Some((
-        ResponseHead {
-            status,
-            version,
-            headers,
-            len,
-            close,
-        },
+    let close = close || framing == Framing::Close;
+    let head = ResponseHead {
+        status,
+        len,
         framing,
-    )))
+        reusable,
+        close,
+    };
+    if status.is_informational() {
+        return Ok(Some(head));
+    }
+    match edit {
+        None => write_fields_as_they_are(out, status, fields, framing, close),
+        Some(edit) => {
+            let mut headers = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| HeadError::Syntax("invalid header name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| HeadError::Syntax("invalid header value"))?;
+                headers.append(name, value);
+            }
+            edit(&mut headers);
+            if let Framing::Length(n) = framing {
+                // A response filter must not make the framing disagree with the body.
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            if !headers.contains_key(header::DATE) {
+                headers.insert(header::DATE, date::now());
+            }
+            write_response(out, status, &headers, framing == Framing::Chunked, close);
+        }
+    }
+    Ok(Some(head))
+}
+
+/// The client-facing head from parsed fields, copied except for hop-by-hop ones and those the
+/// `Connection` header names.
+fn write_fields_as_they_are(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    fields: &[httparse::Header<'_>],
+    framing: Framing,
+    close: bool,
+) {
+    write_status_line(out, status);
+    let listed = |name: &str| {
+        fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|f| f.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let mut date = false;
+    for f in fields {
+        if HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) || listed(f.name) {
+            continue;
+        }
+        date |= f.name.eq_ignore_ascii_case("date");
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date::now().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    end_head(out, framing == Framing::Chunked, close);
 }
 
 /// Appends `name: value\r\n` for every field.
@@ -281,6 +370,24 @@ pub fn write_request(out: &mut Vec<u8>, parts: &Parts, framing: Framing) {
     out.extend_from_slice(b"\r\n");
 }
 
+fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn end_head(out: &mut Vec<u8>, chunked: bool, close: bool) {
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Serializes an HTTP/1.1 response head with the canonical reason phrase. `chunked` adds
 /// `transfer-encoding: chunked`, `close` adds `connection: close`.
 pub fn write_response(
@@ -290,19 +397,36 @@ pub fn write_response(
     chunked: bool,
     close: bool,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    write_status_line(out, status);
     write_fields(out, headers);
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    end_head(out, chunked, close);
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+pub mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use http::HeaderValue;
+
+    thread_local! {
+        static CACHED: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+
+    /// The current time as an HTTP date.
+    pub fn now() -> HeaderValue {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with_borrow_mut(|(at, value)| {
+            if *at != secs {
+                *at = secs;
+                *value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .unwrap_or(HeaderValue::from_static(""));
+            }
+            value.clone()
+        })
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Where a chunked body's scanner is (RFC 9112 §7.1).
@@ -580,14 +704,17 @@ mod tests {
         );
     }
 
+    fn resp(s: &str, head: bool, close: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let h = parse_response(s.as_bytes(), head, None, close, &mut out)
+            .unwrap()
+            .unwrap();
+        (h, String::from_utf8(out).unwrap())
+    }
+
     #[test]
     fn response_framing_by_status_and_method() {
-        let r = |s: &str, head: bool| {
-            parse_response(&Bytes::copy_from_slice(s.as_bytes()), head)
-                .unwrap()
-                .unwrap()
-                .1
-        };
+        let r = |s: &str, head: bool| resp(s, head, false).0.framing;
         assert_eq!(
             r("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", false),
             Framing::Length(3)
@@ -611,6 +738,49 @@ mod tests {
                 false
             ),
             Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn a_relayed_response_head_loses_its_hop_by_hop_fields() {
+        let (h, out) = resp(
+            "HTTP/1.1 200 OK\r\nDate: d\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTransfer-Encoding: chunked\r\nX-End: 2\r\n\r\n",
+            false,
+            true,
+        );
+        assert!(h.reusable && h.close);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nDate: d\r\nX-End: 2\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let (h, out) = resp("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false, false);
+        assert!(!h.reusable, "HTTP/1.0 without keep-alive closes");
+        assert!(out.contains("date: "), "a Date is added: {out}");
+        let (h, out) = resp("HTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\n", false, false);
+        assert!(h.status.is_informational() && out.is_empty());
+    }
+
+    #[test]
+    fn an_edited_response_head_keeps_its_framing() {
+        let mut out = Vec::new();
+        let edit = |h: &mut HeaderMap| {
+            h.remove(header::CONTENT_LENGTH);
+            h.insert("x-added", HeaderValue::from_static("1"));
+        };
+        let h = parse_response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc",
+            false,
+            Some(&edit),
+            false,
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(
+            out.contains("content-length: 3\r\n") && out.contains("x-added: 1\r\n"),
+            "{out}"
         );
     }
 
