@@ -343,12 +343,11 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo
     echo "Reading the memory columns: most of an idle proxy's resident memory is file-backed code"
     echo "(the binary and libc, paged in as touched, shared with the page cache and with other"
-    echo "processes running the same binary); anon is what the process itself allocated. Per idle"
-    echo "HTTP/1.1 connection, hyper's server holds an 8 KiB read buffer and an 8 KiB write buffer"
-    echo "(neither configurable below 8 KiB nor released while the connection is idle; only their"
-    echo "touched pages are resident), which is most of portico-proxy's cost per connection; nginx"
-    echo "and haproxy release the buffers of idle connections. A connection that has not sent"
-    echo "anything yet holds no HTTP state in portico-proxy."
+    echo "processes running the same binary); anon is what the process itself allocated. An idle"
+    echo "HTTP/1.1 client connection in portico-proxy holds no buffer: its own HTTP/1.1 path takes"
+    echo "a read buffer when a request arrives and gives it back when the response is sent (up to"
+    echo "128 buffers of 8 KiB are kept per thread for reuse); what stays is the connection's task"
+    echo "and its socket registration. Idle upstream connections are bare sockets in a pool."
     echo
     echo "## Goals (issue 3) against this run"
     echo

@@ -1,5 +1,7 @@
-//! The HTTP/1.1 upstream connection pool: idle keep-alive connections per endpoint, lent to one
-//! request at a time.
+//! The HTTP/1.1 upstream connection pools: idle keep-alive connections per endpoint, lent to one
+//! request at a time. [`H1Pool`] keeps hyper client connections (for the requests hyper serves);
+//! [`TcpPool`] keeps bare sockets for the fast path ([`crate::h1`]), which speaks HTTP/1.1 on
+//! them itself. Both share the idle lists ([`IdleLists`]).
 //!
 //! ```text
 //! checkout(addr) ─► newest idle connection that is ready ─┬─► send ─► response ─► Lease

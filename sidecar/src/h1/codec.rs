@@ -94,7 +94,8 @@ fn range_of(whole: &[u8], part: &[u8]) -> Range<usize> {
 
 /// Builds a header map from parsed fields; values are slices of `buf`.
 fn header_map(buf: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
-    let mut map = HeaderMap::with_capacity(fields.len());
+    // Room for what the proxy adds (`x-forwarded-*`, `host`) without growing.
+    let mut map = HeaderMap::with_capacity(fields.len() + 3);
     for f in fields {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| HeadError::Syntax("invalid header name"))?;
@@ -314,12 +315,33 @@ fn write_fields_as_they_are(
     close: bool,
 ) {
     write_status_line(out, status);
+    // The `Connection` values, found once (usually one: `keep-alive` or `close`); a head with
+    // more than a few falls back to scanning the fields for each name.
+    let mut connection: [&[u8]; 4] = [&[]; 4];
+    let mut found = 0;
+    for f in fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+    {
+        if let Some(slot) = connection.get_mut(found) {
+            *slot = f.value;
+        }
+        found += 1;
+    }
     let listed = |name: &str| {
-        fields
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|f| f.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        let is = |t: &[u8]| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes());
+        if found <= connection.len() {
+            connection[..found]
+                .iter()
+                .flat_map(|v| v.split(|&b| b == b','))
+                .any(is)
+        } else {
+            fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|f| f.value.split(|&b| b == b','))
+                .any(is)
+        }
     };
     let mut date = false;
     for f in fields {
