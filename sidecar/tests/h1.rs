@@ -116,7 +116,8 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 
 async fn read_to_close(conn: &mut TcpStream) -> String {
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+    // Longer than the proxy's header read timeout, which a test runs into on paused time.
+    tokio::time::timeout(Duration::from_secs(60), conn.read_to_end(&mut out))
         .await
         .expect("the proxy closes the connection")
         .ok();
@@ -431,4 +432,19 @@ backends: [{{ name: app, endpoints: [{{ address: "{}" }}] }}]
     for gone in ["x-drop", "x-hop", "connection"] {
         assert!(!head.contains(gone), "{gone:?} in {head}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_head_that_never_ends_gets_408() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr)).await;
+    // Paused time: while the proxy waits for the rest of the head, the clock jumps to the
+    // header read timeout.
+    let reply = exchange(
+        proxy.listener_addr("web").unwrap(),
+        b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert_eq!(up.hits(), 0);
 }
