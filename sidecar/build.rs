@@ -9,7 +9,10 @@ fn main() {
     println!("cargo::rerun-if-changed=startup.order");
     // The flags below are for lld, Rust's default linker on this target since 1.90; elsewhere
     // the binary links as before.
-    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") || rustc_minor() < 90 {
+    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
+        || rustc_minor() < 90
+        || own_linker()
+    {
         return;
     }
     let arg = |a: &str| println!("cargo::rustc-link-arg-bin=portico-proxy={a}");
@@ -25,6 +28,17 @@ fn main() {
     let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("startup.order");
     arg(&format!("-Wl,--symbol-ordering-file={}", order.display()));
     arg("-Wl,--no-warn-symbol-ordering");
+}
+
+/// Whether the build names its own linker (GNU ld, for one, refuses `--symbol-ordering-file`):
+/// then these flags are left out rather than guessed at.
+fn own_linker() -> bool {
+    println!("cargo::rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
+        || flags.split('\x1f').any(|f| {
+            f.contains("linker") || f.contains("link-self-contained") || f.contains("fuse-ld")
+        })
 }
 
 /// The minor version of the Rust compiler (`rustc 1.95.0 (...)` is 95); 0 if unknown.
