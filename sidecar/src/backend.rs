@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use http::uri::Authority;
 use portico_proxy_api::{Backend, OutlierDetection};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::balance::{Balancer, PeakEwma, PickContext};
 use crate::error::ProxyError;
 use crate::limits::Limiter;
+use crate::metrics::Metrics;
 use crate::upstream::Clients;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -137,6 +139,29 @@ impl BackendState {
             )
             .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.clone()))?;
         Ok(&self.endpoints[i])
+    }
+
+    /// Admits one attempt: takes a slot of the backend's concurrency limit (held until the
+    /// returned permit drops; the attempt is refused when the waiting room is full too) and
+    /// picks the endpoint.
+    pub async fn admit(
+        &self,
+        ctx: &PickContext<'_>,
+    ) -> Result<(Option<OwnedSemaphorePermit>, &Endpoint), ProxyError> {
+        let permit = self
+            .limiter
+            .acquire()
+            .await
+            .map_err(|_| ProxyError::Overloaded(self.name.clone()))?;
+        Ok((permit, self.pick(ctx)?))
+    }
+
+    /// [`record`](Self::record)s an attempt's result, and logs and counts an ejection it causes.
+    pub fn report(&self, metrics: &Metrics, ep: &Endpoint, rtt: Option<Duration>, success: bool) {
+        if self.record(ep, rtt, success) {
+            tracing::warn!(backend = %self.name, endpoint = %ep.addr, "endpoint ejected");
+            metrics.ejection(&self.name);
+        }
     }
 
     /// Records the result of one attempt on `ep`: `rtt` when response headers arrived, and

@@ -464,16 +464,11 @@ impl Exchange<'_> {
     /// Sends the request and reads the response head.
     async fn head(&self) -> Result<Upstream, ProxyError> {
         let backend = &self.fwd.backend;
-        let permit = backend
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| ProxyError::Overloaded(backend.name.clone()))?;
         let ctx = PickContext {
             headers: &self.parts.headers,
             client_ip: self.client.ip(),
         };
-        let ep = backend.pick(&ctx)?;
+        let (permit, ep) = backend.admit(&ctx).await?;
         let in_flight = InFlight::new(ep);
         let mut request = Vec::with_capacity(512);
         let framing = match self.body.len() {
@@ -483,11 +478,9 @@ impl Exchange<'_> {
         codec::write_request(&mut request, self.parts, framing);
 
         let start = Instant::now();
+        let metrics = &self.shared.metrics;
         let fail = |e: ProxyError| {
-            if backend.record(ep, None, false) {
-                tracing::warn!(backend = %backend.name, endpoint = %ep.addr, "endpoint ejected");
-                self.shared.metrics.ejection(&backend.name);
-            }
+            backend.report(metrics, ep, None, false);
             e
         };
         let mut pooled = self.pool.checkout(ep.addr);
@@ -516,10 +509,8 @@ impl Exchange<'_> {
                 }
             }
         };
-        if backend.record(ep, Some(start.elapsed()), !head.status.is_server_error()) {
-            tracing::warn!(backend = %backend.name, endpoint = %ep.addr, "endpoint ejected");
-            self.shared.metrics.ejection(&backend.name);
-        }
+        let ok = !head.status.is_server_error();
+        backend.report(metrics, ep, Some(start.elapsed()), ok);
         Ok(Upstream {
             conn,
             addr: ep.addr,

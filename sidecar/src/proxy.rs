@@ -424,16 +424,11 @@ impl Attempts<'_> {
         headers: Option<HeaderMap>,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = self.backend;
-        let permit = backend
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| ProxyError::Overloaded(backend.name.clone()))?;
         let ctx = PickContext {
             headers: headers.as_ref().unwrap_or(&self.parts.headers),
             client_ip: self.client.ip(),
         };
-        let ep = backend.pick(&ctx)?;
+        let (permit, ep) = backend.admit(&ctx).await?;
         let upstream = backend.clients.select(self.parts.version, self.upgrade);
         let headers = headers.unwrap_or_else(|| self.parts.headers.clone());
         let req = upstream_request(self.parts, headers, &ep.authority, upstream.version(), body)?;
@@ -471,10 +466,7 @@ impl Attempts<'_> {
     }
 
     fn record(&self, ep: &crate::backend::Endpoint, rtt: Option<Duration>, ok: bool) {
-        if self.backend.record(ep, rtt, ok) {
-            tracing::warn!(backend = %self.backend.name, endpoint = %ep.addr, "endpoint ejected");
-            self.shared.metrics.ejection(&self.backend.name);
-        }
+        self.backend.report(&self.shared.metrics, ep, rtt, ok);
     }
 }
 

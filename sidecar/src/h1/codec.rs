@@ -169,14 +169,21 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The length of a complete head, `None` if more bytes are needed, or why it is refused.
+fn complete(parsed: httparse::Result<usize>, buffered: usize) -> Result<Option<usize>, HeadError> {
+    match parsed.map_err(syntax)? {
+        httparse::Status::Complete(n) => Ok(Some(n)),
+        httparse::Status::Partial if buffered >= MAX_HEAD => Err(HeadError::TooLarge),
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
 /// Parses a request head at the start of `buf`; `Ok(None)` means more bytes are needed.
 pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf).map_err(syntax)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        httparse::Status::Partial => return Ok(None),
+    let Some(len) = complete(req.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let method = req.method.ok_or(HeadError::Syntax("no method"))?;
     let method =
@@ -238,10 +245,8 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf).map_err(syntax)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        httparse::Status::Partial => return Ok(None),
+    let Some(len) = complete(resp.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let status = resp
         .code
