@@ -222,9 +222,14 @@ stop_proxies
 start_proxies
 
 # --- (1) peak throughput, closed loop (wrk) -----------------------------------------------
+# Repetitions are interleaved (rep 1 of every target, then rep 2...), so a slow drift of the
+# machine (another job starting, the host's other guests) weighs on every target alike instead
+# of on whichever target's block it falls into.
 for t in "${TARGETS[@]}"; do
     taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d2s "http://127.0.0.1:${PORT[$t]}/" >/dev/null # warm-up
-    for rep in $(seq 1 "$REPS"); do
+done
+for rep in $(seq 1 "$REPS"); do
+    for t in "${TARGETS[@]}"; do
         log "wrk $t rep $rep"
         taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d${DURATION}s --latency "http://127.0.0.1:${PORT[$t]}/" > "$WORK/wrk.out" &
         wrk_pid=$!
@@ -252,7 +257,9 @@ for rate in 2000 10000; do
     for t in "${TARGETS[@]}"; do
         taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z 1s -c $CONNS -q "$rate" \
             "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 || true # warm-up
-        for rep in $(seq 1 "$REPS"); do
+    done
+    for rep in $(seq 1 "$REPS"); do
+        for t in "${TARGETS[@]}"; do
             log "oha -q $rate $t rep $rep"
             before=0; [[ $t != direct ]] && before=$(cpu_ns "${PID[$t]}")
             taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z "${RATE_DURATION}s" -c $CONNS \
@@ -299,7 +306,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "- Load average when the run started: $LOADAVG_START (when other work runs on the machine, absolute figures move a lot between runs; compare rows of one run)."
     echo "- Upstream: nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker, 1 KiB body, keep-alive, TCP_NODELAY, on CPU $LOAD_CPU."
     echo "- Proxies, each with one worker pinned to CPU $PROXY_CPU: portico-proxy (release, \`--workers 1\`: one current-thread runtime), nginx \`worker_processes 1\` (upstream keepalive, \`keepalive_requests\` raised), haproxy $(haproxy -v | awk 'NR==1 {print $3}') \`nbthread 1\` (\`http-reuse always\`)."
-    echo "- Load generators on CPU $LOAD_CPU with the upstream. HTTP/1.1 keep-alive, $CONNS connections. $REPS repetitions of every measurement; medians reported."
+    echo "- Load generators on CPU $LOAD_CPU with the upstream. HTTP/1.1 keep-alive, $CONNS connections. $REPS repetitions of every measurement, interleaved across targets (repetition 1 of each, then 2…); medians reported."
     echo "- (1) closed loop: \`wrk -t1 -c$CONNS -d${DURATION}s\`, after a 2 s warm-up."
     echo "- (2) fixed rate, open loop: \`$(basename "$OHA") -c $CONNS -q RATE -z ${RATE_DURATION}s --latency-correction\` ($("$OHA" --version 2>/dev/null | head -1)), after a 1 s warm-up: requests leave on schedule whether or not earlier ones were answered, and latency counts from when a request was due, so stalls are not hidden (coordinated omission)."
     echo "- (3) resident memory of the worker process, split into **anon** (heap, stacks: RssAnon) and **file** (mapped binary and libraries: RssFile + RssShmem; shared with the page cache, and grows with the code paths touched). Idle: 1 s after start. With 1,000 connections: 1,000 idle keep-alive client connections, each has made one request, opened one after the other on the freshly started proxy; per connection: the growth of anon over idle divided by 1,000 (the growth of file, the code the first requests page in, is a one-time cost, shown as the RSS figure). Under load: the highest sample (every 0.25 s) during the wrk runs, on proxies started again after the connection test."
