@@ -714,8 +714,11 @@ async fn gateway_objects_and_status(ctx: Ctx) -> anyhow::Result<()> {
         ca == std::fs::read_to_string(&op.tls.cert)?,
         "CA ConfigMap content"
     );
-    // The Service gets a cluster IP; the Gateway then reports it and turns Programmed.
-    let status = eventually("Gateway Programmed", Duration::from_secs(20), || async {
+    // The Service gets a cluster IP; the Gateway then reports it and turns Programmed once the
+    // Deployment has an available proxy. That takes the controller-manager, the scheduler and
+    // kwok in turn, which on a busy CI machine (right after the control plane started) took
+    // more than 20 s once: the wait is generous, it is not a timing claim.
+    let status = eventually("Gateway Programmed", Duration::from_secs(60), || async {
         let gw = Api::<Gateway>::namespaced(ctx.client.clone(), &ctx.namespace)
             .get("gw")
             .await?;
@@ -763,7 +766,7 @@ async fn gateway_objects_and_status(ctx: Ctx) -> anyhow::Result<()> {
             &Patch::Merge(json!({"spec": {"replicas": 2}})),
         )
         .await?;
-    eventually("Deployment rolled", Duration::from_secs(20), || async {
+    eventually("Deployment rolled", Duration::from_secs(60), || async {
         let d = deployments.get("portico-gateway-gw").await?;
         Ok(
             (hash(&d) != before && d.spec.as_ref().and_then(|s| s.replicas) == Some(2))
