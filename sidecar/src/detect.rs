@@ -5,10 +5,13 @@
 //! A client that sends nothing may be waiting for the server to speak first (MySQL, SMTP), so
 //! detection gives up after a short timeout; ports declared opaque skip it altogether.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::snapshot::Snapshot;
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -86,6 +89,24 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     } else {
         Some(Detected::Opaque)
     }
+}
+
+/// The protocol of an intercepted connection to `port`: opaque without looking when the port
+/// is in `interception.opaquePorts` or the caller knows it is (`opaque`: a Service declared
+/// so), else what [`detect`] sees within the configured timeout. The snapshot is taken by value
+/// and let go before waiting, so a config swap is not held up by a silent client.
+pub async fn protocol(
+    stream: &TcpStream,
+    snap: Arc<Snapshot>,
+    port: u16,
+    opaque: bool,
+) -> Detected {
+    if opaque || snap.config.interception.opaque_ports.contains(&port) {
+        return Detected::Opaque;
+    }
+    let timeout = snap.config.interception.detect_timeout().get();
+    drop(snap);
+    detect(stream, timeout).await
 }
 
 /// Peeks at `stream` until its protocol is known or `timeout` passes. Nothing is consumed:

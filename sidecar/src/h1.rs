@@ -381,21 +381,13 @@ async fn answer(
         .unwrap_or_default();
     let mut headers = parts.headers;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    add_date(&mut headers);
+    codec::add_date(&mut headers);
     let mut wire = Vec::with_capacity(256 + body.len());
     codec::write_response(&mut wire, parts.status, &headers, false, close);
     if !head_request {
         wire.extend_from_slice(&body);
     }
     client.write_all(&wire).await
-}
-
-/// Adds `Date` when the response has none (RFC 9110 §6.6.1: a proxy forwarding a response
-/// without one adds it).
-fn add_date(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, codec::date::now());
-    }
 }
 
 /// Writes `head` then `body` (one system call when the socket takes both at once).

@@ -71,13 +71,7 @@ pub async fn serve(
         crate::intercept::passthrough(stream, app).await;
         return;
     }
-    let detected = if snap.config.interception.opaque_ports.contains(&dst.port()) {
-        Detected::Opaque
-    } else {
-        let timeout = snap.config.interception.detect_timeout().get();
-        drop(snap);
-        detect::detect(&stream, timeout).await
-    };
+    let detected = detect::protocol(&stream, snap, dst.port(), false).await;
     shared
         .metrics
         .intercepted(&listener, None, detected.label());

@@ -157,14 +157,7 @@ pub async fn outbound(
         passthrough(stream, dst).await;
         return;
     };
-    let opaque = svc.opaque || snap.config.interception.opaque_ports.contains(&dst.port());
-    let detected = if opaque {
-        Detected::Opaque
-    } else {
-        let timeout = snap.config.interception.detect_timeout().get();
-        drop(snap);
-        detect::detect(&stream, timeout).await
-    };
+    let detected = detect::protocol(&stream, snap, dst.port(), svc.opaque).await;
     shared
         .metrics
         .intercepted(&listener, Some(&svc.name), detected.label());

@@ -301,9 +301,7 @@ pub fn parse_response(
                 // A response filter must not make the framing disagree with the body.
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
-            if !headers.contains_key(header::DATE) {
-                headers.insert(header::DATE, date::now());
-            }
+            add_date(&mut headers);
             write_response(out, status, &headers, framing == Framing::Chunked, close);
         }
     }
@@ -427,6 +425,14 @@ pub fn write_response(
     write_status_line(out, status);
     write_fields(out, headers);
     end_head(out, chunked, close);
+}
+
+/// Adds `Date` when the response has none (RFC 9110 §6.6.1: a proxy forwarding a response
+/// without one adds it).
+pub fn add_date(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date::now());
+    }
 }
 
 /// The current time as an HTTP date, formatted once a second per thread.
