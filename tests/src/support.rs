@@ -207,6 +207,22 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Resul
     Ok((status, body))
 }
 
+/// A TLS client config (ring) that trusts only `ca` and offers the ALPN protocol `alpn`.
+pub fn tls_client_config(
+    ca: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// `GET path` on the operator's config server at `addr` over HTTP/2 + TLS (server name
 /// 127.0.0.1, trusting `ca`), with a bearer `token` if given, as a proxy asks for its stream.
 /// The returned sender keeps the connection open: hold it while the body is read.
@@ -219,16 +235,9 @@ pub async fn config_server_get(
     http::Response<hyper::body::Incoming>,
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
 )> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = tls_client_config(ca, b"h2")?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
         .await?;
     let (mut send, conn) =

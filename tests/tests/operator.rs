@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -23,7 +22,7 @@ use portico_proxy_api::ConfigMessage;
 use portico_proxy_api::{BackendSet, RouteTable};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
-use portico_tests::support::{backend, config_server_get, create, eventually, http_get};
+use portico_tests::support::{self, backend, config_server_get, create, eventually, http_get};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1360,16 +1359,9 @@ async fn get_tls(
     ca: &CertificateDer<'static>,
     path: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = support::tls_client_config(ca, b"http/1.1")?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from(host.to_owned())?, tcp)
         .await?;
     tls.write_all(
