@@ -585,6 +585,14 @@ async fn relay(client: &mut TcpStream, upstream: Upstream) -> io::Result<()> {
         wire,
         _guards,
     } = upstream;
+    // Let the other connections whose responses arrived in this turn of the event loop read
+    // them first, so the responses go out together: a client woken by the first one finds the
+    // rest ready instead of going back to sleep between them. On a busy machine this is what
+    // limits throughput (in `make bench` the generator and the upstream share a core, and every
+    // wake-up is a context switch there: in an A/B of 8 repetitions, 0.35 switches per request
+    // instead of 0.48 and a median of 21.0k req/s instead of 18.5k). When idle it costs one
+    // extra non-blocking poll of the event loop.
+    tokio::task::yield_now().await;
     let body = &buf[head.len..];
     let Some(mut left) = BodyLeft::new(head.framing) else {
         client.write_all(&wire).await?;
