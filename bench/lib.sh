@@ -1,0 +1,111 @@
+# Shared by bench/run.sh (`make bench`) and bench/compare.sh: the upstream and proxy configs of
+# the benchmark setup, and the measurements both take. Sourced, not run.
+
+# The upstream: nginx with one worker serving a 1 KiB body, keep-alive, TCP_NODELAY.
+# upstream_conf DIR PORT [H2_PORT]
+upstream_conf() {
+    local dir=$1 port=$2 h2=${3:-}
+    chmod 755 "$(dirname "$dir")" # nginx workers run as nobody when started by root
+    mkdir -p "$dir/logs" "$dir/html"
+    head -c 1024 /dev/zero | tr '\0' 'x' > "$dir/html/index.html"
+    cat > "$dir/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    tcp_nodelay on;
+    server {
+        listen 127.0.0.1:$port;
+        ${h2:+listen 127.0.0.1:$h2 http2;}
+        root $dir/html;
+        location / { try_files /index.html =404; }
+        error_page 405 =200 /index.html;
+    }
+}
+CONF
+}
+
+# nginx as the reference proxy: one worker, upstream keep-alive, `keepalive_requests` raised.
+# nginx_proxy_conf DIR LISTEN_PORT UPSTREAM_PORT
+nginx_proxy_conf() {
+    local dir=$1 port=$2 up=$3
+    mkdir -p "$dir/logs"
+    cat > "$dir/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream up { server 127.0.0.1:$up; keepalive 128; keepalive_requests 10000000; }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+}
+
+# portico-proxy's config: one HTTP listener routing everything to the upstream, and /grpc to the
+# upstream's HTTP/2 port when there is one.
+# portico_conf FILE LISTEN_PORT UPSTREAM_PORT [UPSTREAM_H2_PORT]
+portico_conf() {
+    local file=$1 port=$2 up=$3 h2=${4:-}
+    {
+        echo "apiVersion: portico.dev/proxy/v1"
+        echo "listeners: [{ name: web, address: \"127.0.0.1:$port\", protocol: HTTP }]"
+        echo "routes:"
+        echo "  - name: bench"
+        echo "    rules:"
+        if [[ -n $h2 ]]; then
+            echo "      - matches: [{ path: { type: PathPrefix, value: /grpc } }]"
+            echo "        backends: [{ backend: up-h2 }]"
+        fi
+        echo "      - backends: [{ backend: up }]"
+        echo "backends:"
+        echo "  - { name: up, endpoints: [{ address: \"127.0.0.1:$up\" }] }"
+        if [[ -n $h2 ]]; then
+            echo "  - { name: up-h2, protocol: http2, endpoints: [{ address: \"127.0.0.1:$h2\" }] }"
+        fi
+    } > "$file"
+}
+
+# Waits (up to 5 s) until something accepts connections on 127.0.0.1:PORT.
+wait_port() {
+    for _ in $(seq 1 500); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.01
+    done
+    echo "port $1 never opened" >&2
+    return 1
+}
+
+# CPU time on all threads of a process, in ns (schedstat is exact; /proc/PID/stat counts ticks).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
+
+# User and system CPU ticks of a process ("user system"): coarse (a tick is 10 ms and short runs
+# between ticks go uncounted), used only for the kernel's share of a proxy's CPU time.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+
+# Resident memory as "anon file" kB: anonymous pages (heap, stacks: what the proxy allocates)
+# and file-backed pages (the mapped binary and libraries, shared with the page cache).
+mem() { awk '/^RssAnon:/ {a = $2} /^RssFile:/ {f = $2} /^RssShmem:/ {f += $2} END {print a + 0, f + 0}' "/proc/$1/status"; }
+
+# The oha binary: on PATH, or built by `make bench` into ~/.cache/portico; empty if neither.
+find_oha() {
+    local root=${OHA_ROOT:-$HOME/.cache/portico}
+    if command -v oha; then return; fi
+    if [[ -x $root/bin/oha ]]; then echo "$root/bin/oha"; fi
+}
