@@ -129,5 +129,5 @@ print("| target | runs | " + " | ".join(f"{c} (median)" for c in cols) + " |")
 print("|---|---:|" + "---:|" * len(cols))
 for name, rs in runs.items():
     meds = [statistics.median(r[c] for r in rs) for c in cols]
-    print(f"| {name} | {len(rs)} | " + " | ".join(f"{m:.4g}" for m in meds) + " |")
+    print(f"| {name} | {len(rs)} | " + " | ".join(f"{m:.0f}" if m >= 1000 else f"{m:.4g}" for m in meds) + " |")
 PY
