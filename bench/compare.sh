@@ -33,13 +33,7 @@ UP_PORT=18180
 PROXY_PORT=18181
 ADMIN_PORT=19981
 WORK=$(mktemp -d /tmp/portico-compare.XXXXXX)
-source "$ROOT/bench/lib.sh"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
+source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
 
 for tool in wrk nginx python3 taskset; do
     command -v $tool >/dev/null || { echo "compare.sh needs $tool (make bench installs it)" >&2; exit 1; }

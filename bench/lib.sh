@@ -1,6 +1,30 @@
 # Shared by bench/run.sh (`make bench`) and bench/compare.sh: the upstream and proxy configs of
 # the benchmark setup, and the measurements both take. Sourced, not run.
 
+# Processes to stop when the script exits.
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# The top of an nginx.conf in DIR: one worker, keep-alive to clients raised, no access log.
+# The caller closes the `http` block.
+nginx_head() {
+    cat <<CONF
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+CONF
+}
+
 # The upstream: nginx with one worker serving a 1 KiB body, keep-alive, TCP_NODELAY.
 # upstream_conf DIR PORT [H2_PORT]
 upstream_conf() {
@@ -8,16 +32,9 @@ upstream_conf() {
     chmod 755 "$(dirname "$dir")" # nginx workers run as nobody when started by root
     mkdir -p "$dir/logs" "$dir/html"
     head -c 1024 /dev/zero | tr '\0' 'x' > "$dir/html/index.html"
-    cat > "$dir/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+    {
+        nginx_head "$dir"
+        cat <<CONF
     tcp_nodelay on;
     server {
         listen 127.0.0.1:$port;
@@ -28,6 +45,7 @@ http {
     }
 }
 CONF
+    } > "$dir/nginx.conf"
 }
 
 # nginx as the reference proxy: one worker, upstream keep-alive, `keepalive_requests` raised.
@@ -35,16 +53,9 @@ CONF
 nginx_proxy_conf() {
     local dir=$1 port=$2 up=$3
     mkdir -p "$dir/logs"
-    cat > "$dir/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+    {
+        nginx_head "$dir"
+        cat <<CONF
     upstream up { server 127.0.0.1:$up; keepalive 128; keepalive_requests 10000000; }
     server {
         listen 127.0.0.1:$port;
@@ -56,6 +67,7 @@ http {
     }
 }
 CONF
+    } > "$dir/nginx.conf"
 }
 
 # portico-proxy's config: one HTTP listener routing everything to the upstream, and /grpc to the

@@ -26,14 +26,7 @@ UP_H2_PORT=18084
 ADMIN_PORT=19901
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy}
 WORK=$(mktemp -d /tmp/portico-bench.XXXXXX)
-source "$ROOT/bench/lib.sh"
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
+source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
 
 log() { echo "[bench] $*" >&2; }
 
