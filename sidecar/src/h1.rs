@@ -20,9 +20,14 @@
 //!
 //! Routing, filters, load balancing, limits, outlier detection, timeouts, metrics and the
 //! access log are the same code as on the hyper path ([`crate::proxy::plan`]); the fast path only
-//! replaces the wire handling. Anything it does not handle is handed to hyper with the bytes
-//! read so far ([`Rewind`]), and hyper serves that connection from then on, so every feature
-//! keeps working on every connection. Response bodies pass through as they are (chunks are not
+//! replaces the wire handling. It serves plain-TCP listeners and the sidecar's OUTBOUND
+//! ([`Site::Routed`]), and the sidecar's INBOUND ([`Site::Inbound`]: the port's inbound policy
+//! instead of routing, the pod's application as the one upstream; the policy check is
+//! [`crate::inbound::admit`], shared with hyper's INBOUND path).
+//!
+//! Anything the fast path does not handle is handed to hyper with the bytes read so far
+//! ([`Rewind`]), and hyper serves that connection from then on, so every feature keeps working
+//! on every connection. Response bodies pass through as they are (chunks are not
 //! re-encoded; the scanner only finds their end), interim 1xx responses are dropped, and a
 //! stale pooled connection (closed by the upstream while idle) is replaced once, for requests
 //! that are safe to send again.
@@ -52,6 +57,7 @@ use crate::balance::PickContext;
 use crate::error::{Body, ProxyError};
 use crate::pool::TcpPool;
 use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
+use crate::{http_rules, inbound};
 use codec::{BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
 use rewind::Rewind;
 
@@ -61,8 +67,25 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// pooled connection can be replaced); bigger and chunked bodies stream through hyper.
 const MAX_BODY: u64 = proxy::MAX_REPLAY_BODY as u64;
 
+/// Whose requests an HTTP/1 client connection carries.
+pub enum Site {
+    /// A listener's routes (gateway listeners; the sidecar's OUTBOUND, by the service dialled).
+    Routed(ConnInfo),
+    /// The pod's own application, under the port's inbound policy (the sidecar's INBOUND).
+    Inbound(Arc<inbound::Conn>),
+}
+
+impl Site {
+    fn client(&self) -> SocketAddr {
+        match self {
+            Self::Routed(info) => info.client,
+            Self::Inbound(conn) => conn.client,
+        }
+    }
+}
+
 /// Serves an HTTP/1 client connection whose first bytes have arrived.
-pub async fn serve(shared: Arc<Shared>, info: ConnInfo, mut stream: TcpStream) {
+pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: TcpStream) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut buf = BytesMut::new();
     loop {
@@ -80,7 +103,7 @@ pub async fn serve(shared: Arc<Shared>, info: ConnInfo, mut stream: TcpStream) {
             Err(refusal) => {
                 // The request cannot be read to its end, so the connection cannot go on.
                 let status = refusal.status();
-                tracing::debug!(client = %info.client, error = %refusal, "bad request");
+                tracing::debug!(client = %site.client(), error = %refusal, "bad request");
                 let resp = ProxyError::BadRequest(refusal.to_string()).into_response();
                 let resp = with_status(resp, status);
                 let _ = answer(&mut stream, resp, false, true).await;
@@ -89,15 +112,19 @@ pub async fn serve(shared: Arc<Shared>, info: ConnInfo, mut stream: TcpStream) {
         };
         let (head, data) = match next {
             Next::Closed => return,
-            Next::HandOff(data) => return hand_off(shared, info, stream, data).await,
+            Next::HandOff(data) => return hand_off(shared, site, stream, data).await,
             Next::Request { head, data } => (head, data),
         };
         // Not boxed: that would cost an allocation per request, and the request's state adds
         // only a few hundred bytes to an idle connection's task.
-        match request(&shared, &info, &mut stream, head, data).await {
+        let flow = match &site {
+            Site::Routed(info) => request(&shared, info, &mut stream, head, data).await,
+            Site::Inbound(conn) => to_app(&shared, conn, &mut stream, head, data).await,
+        };
+        match flow {
             Flow::Next(rest) => buf = rest,
             Flow::Close => return,
-            Flow::HandOff(data) => return hand_off(shared, info, stream, data).await,
+            Flow::HandOff(data) => return hand_off(shared, site, stream, data).await,
         }
         if *shutdown.borrow() {
             return;
@@ -111,13 +138,12 @@ async fn shut(shutdown: &mut watch::Receiver<bool>) {
 
 /// hyper serves the rest of the connection, starting with `data`, the bytes read so far.
 /// Boxed: hyper's connection state is big, and most connections never get here.
-async fn hand_off(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream, data: Bytes) {
-    Box::pin(crate::server::serve_http1(
-        shared,
-        info,
-        Rewind::new(data, stream),
-    ))
-    .await;
+async fn hand_off(shared: Arc<Shared>, site: Site, stream: TcpStream, data: Bytes) {
+    let io = Rewind::new(data, stream);
+    match site {
+        Site::Routed(info) => Box::pin(crate::server::serve_http1(shared, info, io)).await,
+        Site::Inbound(conn) => Box::pin(inbound::serve_http(shared, conn, io)).await,
+    }
 }
 
 /// What reading the next request produced.
@@ -178,11 +204,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Next
                 if for_hyper(&head) {
                     return Ok(Next::HandOff(data));
                 }
-                let body = match head.framing {
-                    Framing::Length(n) => n as usize,
-                    _ => 0,
-                };
-                if data.len() >= head.len + body {
+                if data.len() >= head.len + head.framing.body_len() {
                     return Ok(Next::Request { head, data });
                 }
             }
@@ -238,11 +260,7 @@ async fn request(
         framing,
         close,
     } = head;
-    let end = len
-        + match framing {
-            Framing::Length(n) => n as usize,
-            _ => 0,
-        };
+    let end = len + framing.body_len();
     let mut ctx = Ctx {
         shared,
         info,
@@ -284,19 +302,82 @@ async fn request(
         Err(e) => fail(&ctx, client, e, log, out).await,
     };
     drop(parts);
-    match result {
-        Ok(()) if !ctx.close => {
-            // The next request's first bytes, if the client pipelined them.
-            let mut next = BytesMut::new();
-            if data.len() > end {
-                next = buffers::take();
-                next.extend_from_slice(&data[end..]);
-            }
-            buffers::recycle(data);
-            Flow::Next(next)
-        }
-        _ => Flow::Close,
+    next_request(result.is_ok() && !ctx.close, data, end)
+}
+
+/// How the connection goes on once the request in `data[..end]` has been answered.
+fn next_request(keep_alive: bool, data: Bytes, end: usize) -> Flow {
+    if !keep_alive {
+        return Flow::Close;
     }
+    // The next request's first bytes, if the client pipelined them.
+    let mut next = BytesMut::new();
+    if data.len() > end {
+        next = buffers::take();
+        next.extend_from_slice(&data[end..]);
+    }
+    buffers::recycle(data);
+    Flow::Next(next)
+}
+
+/// Handles one whole request for the pod's application (sidecar INBOUND): the port's inbound
+/// policy decides, then the request goes to the application as it came, with the hop-by-hop
+/// rules of [`http_rules`] and `X-Forwarded-For` (as on hyper's INBOUND path).
+async fn to_app(
+    shared: &Arc<Shared>,
+    conn: &inbound::Conn,
+    client: &mut TcpStream,
+    head: RequestHead,
+    data: Bytes,
+) -> Flow {
+    let RequestHead {
+        mut parts,
+        len,
+        framing,
+        mut close,
+    } = head;
+    let end = len + framing.body_len();
+    let head_request = parts.method == Method::HEAD;
+    let start = Instant::now();
+    let pool = match inbound::admit(shared, conn, &parts.headers) {
+        Ok(clients) => match clients.fast_h1() {
+            Some(pool) => pool.clone(),
+            None => return Flow::HandOff(data),
+        },
+        Err(refused) => {
+            let refused = refused.into_response();
+            conn.record(shared, refused.status().as_u16(), start.elapsed());
+            let result = answer(client, refused, head_request, close).await;
+            return next_request(result.is_ok() && !close, data, end);
+        }
+    };
+    http_rules::strip_hop_by_hop(&mut parts.headers, false);
+    http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
+    let exchange = Exchange {
+        shared,
+        target: Target::App(conn.app),
+        pool,
+        parts: &parts,
+        body: data.slice(len..end),
+        client: conn.client,
+        head_request,
+        close: close || *shared.shutdown.borrow(),
+    };
+    let result = match exchange.head().await {
+        Ok(upstream) => {
+            conn.record(shared, upstream.head.status.as_u16(), start.elapsed());
+            close = upstream.head.close;
+            relay(client, upstream).await
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, app = %conn.app, "inbound request failed");
+            let resp = e.into_response();
+            conn.record(shared, resp.status().as_u16(), start.elapsed());
+            answer(client, resp, head_request, close).await
+        }
+    };
+    drop(parts);
+    next_request(result.is_ok() && !close, data, end)
 }
 
 /// Sends the request upstream and relays the response.
@@ -320,7 +401,7 @@ async fn forward(
     out.attempts = 1;
     let exchange = Exchange {
         shared: ctx.shared,
-        fwd,
+        target: Target::Backend(fwd),
         pool,
         parts,
         body,
@@ -406,10 +487,20 @@ async fn write_both(stream: &mut TcpStream, mut head: &[u8], mut body: &[u8]) ->
     stream.write_all(body).await
 }
 
+/// Where a request goes.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// A routed request: its backend picks the endpoint, and its rule's timeouts and response
+    /// filters apply.
+    Backend(&'a Forward<'a>),
+    /// The pod's own application (sidecar INBOUND): one address, nothing to pick or filter.
+    App(SocketAddr),
+}
+
 /// One request's trip upstream.
 struct Exchange<'a> {
     shared: &'a Shared,
-    fwd: &'a Forward<'a>,
+    target: Target<'a>,
     pool: TcpPool,
     parts: &'a Parts,
     body: Bytes,
@@ -430,7 +521,7 @@ struct Upstream {
     /// The head the client gets.
     wire: Vec<u8>,
     /// Held until the body is relayed: the backend's limiter slot, the endpoint's load.
-    _guards: (Option<tokio::sync::OwnedSemaphorePermit>, InFlight),
+    _guards: Option<(Option<tokio::sync::OwnedSemaphorePermit>, InFlight)>,
 }
 
 /// Why one try on one connection failed.
@@ -446,7 +537,10 @@ impl Exchange<'_> {
     /// The time allowed for the response head: the shorter of the request and per-try timeouts
     /// (the fast path makes one try).
     fn timeout(&self) -> Option<Duration> {
-        let t = &self.fwd.hit.rule.rule.timeouts;
+        let Target::Backend(fwd) = self.target else {
+            return None;
+        };
+        let t = &fwd.hit.rule.rule.timeouts;
         match (t.request, t.per_try) {
             (Some(r), Some(p)) => Some(r.get().min(p.get())),
             (r, p) => r.or(p).map(|d| d.get()),
@@ -455,13 +549,17 @@ impl Exchange<'_> {
 
     /// Sends the request and reads the response head.
     async fn head(&self) -> Result<Upstream, ProxyError> {
-        let backend = &self.fwd.backend;
-        let ctx = PickContext {
-            headers: &self.parts.headers,
-            client_ip: self.client.ip(),
+        let (addr, picked) = match self.target {
+            Target::Backend(fwd) => {
+                let ctx = PickContext {
+                    headers: &self.parts.headers,
+                    client_ip: self.client.ip(),
+                };
+                let (permit, ep) = fwd.backend.admit(&ctx).await?;
+                (ep.addr, Some((&fwd.backend, ep, permit)))
+            }
+            Target::App(addr) => (addr, None),
         };
-        let (permit, ep) = backend.admit(&ctx).await?;
-        let in_flight = InFlight::new(ep);
         let mut request = Vec::with_capacity(512);
         let framing = match self.body.len() {
             0 => Framing::Empty,
@@ -471,18 +569,23 @@ impl Exchange<'_> {
 
         let start = Instant::now();
         let metrics = &self.shared.metrics;
+        let report = |rtt: Option<Duration>, ok: bool| {
+            if let Some((backend, ep, _)) = &picked {
+                backend.report(metrics, ep, rtt, ok);
+            }
+        };
         let fail = |e: ProxyError| {
-            backend.report(metrics, ep, None, false);
+            report(None, false);
             e
         };
-        let mut pooled = self.pool.checkout(ep.addr);
+        let mut pooled = self.pool.checkout(addr);
         let (conn, (head, buf, wire)) = loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(c) => c,
-                None => self.pool.connect(ep.addr).await.map_err(|e| {
-                    tracing::debug!(endpoint = %ep.addr, error = %e, "upstream connect failed");
-                    fail(ProxyError::Connect(ep.addr))
+                None => self.pool.connect(addr).await.map_err(|e| {
+                    tracing::debug!(endpoint = %addr, error = %e, "upstream connect failed");
+                    fail(ProxyError::Connect(addr))
                 })?,
             };
             match self.try_once(&mut conn, &request).await {
@@ -492,25 +595,24 @@ impl Exchange<'_> {
                 Err(TryError::Broken { written })
                     if reused && (!written || idempotent(&self.parts.method)) => {}
                 Err(TryError::Broken { .. }) => {
-                    tracing::debug!(endpoint = %ep.addr, "upstream closed the connection");
-                    return Err(fail(ProxyError::Reset(ep.addr)));
+                    tracing::debug!(endpoint = %addr, "upstream closed the connection");
+                    return Err(fail(ProxyError::Reset(addr)));
                 }
                 Err(TryError::Failed(why)) => {
-                    tracing::debug!(endpoint = %ep.addr, error = %why, "upstream request failed");
-                    return Err(fail(ProxyError::Reset(ep.addr)));
+                    tracing::debug!(endpoint = %addr, error = %why, "upstream request failed");
+                    return Err(fail(ProxyError::Reset(addr)));
                 }
             }
         };
-        let ok = !head.status.is_server_error();
-        backend.report(metrics, ep, Some(start.elapsed()), ok);
+        report(Some(start.elapsed()), !head.status.is_server_error());
         Ok(Upstream {
             conn,
-            addr: ep.addr,
+            addr,
             pool: self.pool.clone(),
             head,
             buf,
             wire,
-            _guards: (permit, in_flight),
+            _guards: picked.map(|(_, ep, permit)| (permit, InFlight::new(ep))),
         })
     }
 
@@ -525,10 +627,15 @@ impl Exchange<'_> {
         if write_both(conn, request, &self.body).await.is_err() {
             return Err(TryError::Broken { written: false });
         }
-        let mods = &self.fwd.response_mods;
-        let edit = |h: &mut HeaderMap| self.fwd.response_headers(h, false);
-        let edit: Option<&(dyn Fn(&mut HeaderMap) + Sync)> =
-            if mods.is_empty() { None } else { Some(&edit) };
+        let edit = |h: &mut HeaderMap| {
+            if let Target::Backend(fwd) = self.target {
+                fwd.response_headers(h, false);
+            }
+        };
+        let edit: Option<&(dyn Fn(&mut HeaderMap) + Sync)> = match self.target {
+            Target::Backend(fwd) if !fwd.response_mods.is_empty() => Some(&edit),
+            _ => None,
+        };
         let mut buf = buffers::take();
         let mut wire = Vec::with_capacity(512);
         let mut seen = false;

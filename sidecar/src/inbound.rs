@@ -39,18 +39,49 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One inbound connection, as its requests see it.
 #[derive(Debug)]
-struct Conn {
-    client: SocketAddr,
+pub struct Conn {
+    pub(crate) client: SocketAddr,
     /// `client`'s IP as a header value, formatted once for `X-Forwarded-For`.
-    client_ip: http::HeaderValue,
+    pub(crate) client_ip: http::HeaderValue,
     port: u16,
-    app: SocketAddr,
+    pub(crate) app: SocketAddr,
     /// `app` as the upstream authority, formatted once per connection.
     authority: http::uri::Authority,
     /// Labels of `portico_requests_total`: the listener as the route, the app port as the
     /// backend (bounded by the pod's ports).
     route: Arc<str>,
     backend: Arc<str>,
+}
+
+impl Conn {
+    /// Counts one answered request in `portico_requests_total` and the latency histogram.
+    pub(crate) fn record(&self, shared: &Shared, status: u16, elapsed: Duration) {
+        shared
+            .metrics
+            .request(Some(&self.route), Some(&self.backend), status, elapsed);
+    }
+}
+
+/// The port's inbound policy in force now decides on a request: if it may pass, the pools to
+/// the application; if not, the refusal (its response is a 403 or 429), already logged and
+/// counted.
+pub(crate) fn admit(
+    shared: &Shared,
+    conn: &Conn,
+    headers: &http::HeaderMap,
+) -> Result<Clients, ProxyError> {
+    let snap = shared.snapshot.load();
+    let clients = snap
+        .app_clients
+        .get_or_init(|| Clients::new(UpstreamProtocol::Auto, APP_CONNECT_TIMEOUT))
+        .clone();
+    if let Some(p) = snap.inbound.port(conn.port)
+        && let Err(refusal) = p.check(conn.client.ip(), Some(headers))
+    {
+        refused(shared, p, &refusal);
+        return Err(ProxyError::from(refusal));
+    }
+    Ok(clients)
 }
 
 /// Serves one INBOUND connection whose original destination was `dst`.
@@ -104,7 +135,11 @@ pub async fn serve(
         route: listener,
         backend,
     });
-    serve_http(shared, conn, stream).await;
+    if detected == Detected::Http1 {
+        crate::h1::serve(shared, crate::h1::Site::Inbound(conn), stream).await;
+    } else {
+        serve_http(shared, conn, stream).await;
+    }
 }
 
 fn refused(shared: &Shared, p: &PortPolicy, refusal: &Refusal) {
@@ -114,9 +149,13 @@ fn refused(shared: &Shared, p: &PortPolicy, refusal: &Refusal) {
         .inbound_refused(&p.port, &p.policy, refusal.reason());
 }
 
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 until the client closes or a shutdown asks the
-/// connection to finish gracefully.
-async fn serve_http(shared: Arc<Shared>, conn: Arc<Conn>, stream: TcpStream) {
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 with hyper until the client closes or a shutdown
+/// asks the connection to finish gracefully: HTTP/2 connections, and HTTP/1 ones from their
+/// first request that the fast path ([`crate::h1`]) leaves to hyper.
+pub(crate) async fn serve_http<I>(shared: Arc<Shared>, conn: Arc<Conn>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut shutdown = shared.shutdown.subscribe();
     let svc = {
         let shared = shared.clone();
@@ -125,7 +164,7 @@ async fn serve_http(shared: Arc<Shared>, conn: Arc<Conn>, stream: TcpStream) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
     tokio::select! {
         r = served.as_mut() => {
@@ -146,35 +185,18 @@ async fn handle(
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (policy, clients) = {
-        let snap = shared.snapshot.load();
-        let clients = snap
-            .app_clients
-            .get_or_init(|| Clients::new(UpstreamProtocol::Auto, APP_CONNECT_TIMEOUT))
-            .clone();
-        (snap.inbound.port(conn.port).cloned(), clients)
-    };
     let start = std::time::Instant::now();
-    let resp = if let Some(p) = policy
-        && let Err(refusal) = p.check(conn.client.ip(), Some(req.headers()))
-    {
-        refused(&shared, &p, &refusal);
-        ProxyError::from(refusal).into_response()
-    } else {
-        match forward(&clients, &conn, req).await {
+    let resp = match admit(&shared, &conn, req.headers()) {
+        Err(refused) => refused.into_response(),
+        Ok(clients) => match forward(&clients, &conn, req).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, app = %conn.app, "inbound request failed");
                 e.into_response()
             }
-        }
+        },
     };
-    shared.metrics.request(
-        Some(&conn.route),
-        Some(&conn.backend),
-        resp.status().as_u16(),
-        start.elapsed(),
-    );
+    conn.record(&shared, resp.status().as_u16(), start.elapsed());
     Ok(resp)
 }
 

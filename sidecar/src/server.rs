@@ -262,7 +262,7 @@ async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream
     };
     if first[..n] != H2_PREFACE[..n] {
         drop(shutdown);
-        crate::h1::serve(shared, info, stream).await;
+        crate::h1::serve(shared, crate::h1::Site::Routed(info), stream).await;
     } else if n == H2_PREFACE.len() {
         let svc = service(&shared, info);
         let io = TokioIo::new(stream);

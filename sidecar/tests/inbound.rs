@@ -364,3 +364,64 @@ async fn a_port_without_a_policy_is_open_to_everyone() {
     assert_eq!((r.status, r.server().as_str()), (200, "open"));
     assert_eq!(get_from("127.0.0.9", pod.addr, false).await.status, 403);
 }
+
+/// HTTP/1.1 on INBOUND: the fast path serves keep-alive and pipelined requests and hands the
+/// connection to hyper at the first request it leaves to hyper (a chunked body here); every
+/// request on the connection reaches the app in order, hop-by-hop fields dropped, and a refused
+/// request is answered without ending the connection.
+#[tokio::test]
+async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_hyper() {
+    let app = echo("app").await;
+    let pod = pod(
+        &policy(
+            app.addr.port(),
+            "authorization: { deny: [127.0.0.2], default: Allow }",
+        ),
+        app.addr,
+    )
+    .await;
+    let pipelined = concat!(
+        "GET /one HTTP/1.1\r\nhost: app\r\nconnection: x-drop\r\nx-drop: 1\r\n\r\n",
+        "POST /two HTTP/1.1\r\nhost: app\r\ncontent-length: 3\r\n\r\nabc",
+        "POST /three HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n3\r\ndef\r\n0\r\n\r\n",
+        "GET /four HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+    );
+    let mut s = connect_from("127.0.0.4", pod.addr).await;
+    s.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{text}");
+    let at = |p: &str| {
+        text.find(&format!(r#""path":"{p}""#))
+            .unwrap_or_else(|| panic!("{p} missing: {text}"))
+    };
+    assert!(at("/one") < at("/two") && at("/two") < at("/three") && at("/three") < at("/four"));
+    assert!(
+        !text.contains("x-drop"),
+        "hop-by-hop field reached the app: {text}"
+    );
+    assert!(
+        text.contains(r#""body":"abc""#) && text.contains(r#""body":"def""#),
+        "{text}"
+    );
+    assert!(text.contains(r#""x-forwarded-for":"127.0.0.4""#), "{text}");
+    assert_eq!(app.hits(), 4);
+
+    // A refused caller's request is answered by the proxy; the connection carries the next.
+    let mut s = connect_from("127.0.0.2", pod.addr).await;
+    let two = concat!(
+        "GET /a HTTP/1.1\r\nhost: app\r\n\r\n",
+        "GET /b HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+    );
+    s.write_all(two.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(
+        text.matches("HTTP/1.1 403 Forbidden\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(app.hits(), 4, "refused requests never reach the app");
+}

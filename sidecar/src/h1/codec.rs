@@ -45,6 +45,17 @@ pub enum Framing {
     Close,
 }
 
+impl Framing {
+    /// The bytes of a request body the fast path reads whole before forwarding: a
+    /// content-length body; nothing for the others (chunked requests go to hyper).
+    pub fn body_len(self) -> usize {
+        match self {
+            Self::Length(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => 0,
+        }
+    }
+}
+
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
