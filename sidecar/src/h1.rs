@@ -330,13 +330,9 @@ async fn to_app(
     head: RequestHead,
     data: Bytes,
 ) -> Flow {
-    let RequestHead {
-        mut parts,
-        len,
-        framing,
-        mut close,
-    } = head;
-    let end = len + framing.body_len();
+    let (len, end) = (head.len, head.len + head.framing.body_len());
+    let mut close = head.close;
+    let mut parts = head.parts;
     let head_request = parts.method == Method::HEAD;
     let start = Instant::now();
     let pool = match inbound::admit(shared, conn, &parts.headers) {
