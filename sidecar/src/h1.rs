@@ -33,6 +33,7 @@
 //! that are safe to send again.
 
 mod buffers;
+mod client;
 mod codec;
 mod rewind;
 
@@ -46,7 +47,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -58,6 +59,7 @@ use crate::error::{Body, ProxyError};
 use crate::pool::TcpPool;
 use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::{http_rules, inbound};
+pub use client::ClientStream;
 use codec::{BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
 use rewind::Rewind;
 
@@ -85,18 +87,19 @@ impl Site {
 }
 
 /// Serves an HTTP/1 client connection whose first bytes have arrived.
-pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: TcpStream) {
+pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut buf = BytesMut::new();
     loop {
         if buf.is_empty() {
-            // Between requests the connection holds no buffer, only its socket.
             buffers::put(std::mem::take(&mut buf));
             tokio::select! {
-                r = stream.readable() => if r.is_err() { return },
+                r = first_bytes(&mut stream) => match r {
+                    Ok(b) => buf = b,
+                    Err(_) => return,
+                },
                 () = shut(&mut shutdown) => return,
             }
-            buf = buffers::take();
         }
         let next = match read_request(&mut stream, &mut buf).await {
             Ok(next) => next,
@@ -123,7 +126,12 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: TcpStream) {
         };
         match flow {
             Flow::Next(rest) => buf = rest,
-            Flow::Close => return,
+            Flow::Close => {
+                // TLS: a close_notify after what is still buffered, so a close-delimited body
+                // reads as complete; plain TCP: the FIN a drop would send anyway.
+                let _ = stream.shutdown().await;
+                return;
+            }
             Flow::HandOff(data) => return hand_off(shared, site, stream, data).await,
         }
         if *shutdown.borrow() {
@@ -132,13 +140,28 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: TcpStream) {
     }
 }
 
+/// Waits for the first bytes of the next request and returns a buffer to read it into. A plain
+/// connection holds no buffer while it waits, only its socket. A TLS connection reads them
+/// (decrypted bytes may already be waiting in the TLS state, which the socket would not show),
+/// so an idle TLS connection holds a buffer. The head's timeout starts after this.
+async fn first_bytes(stream: &mut ClientStream) -> io::Result<BytesMut> {
+    stream.readable().await?;
+    let mut buf = buffers::take();
+    if let ClientStream::Tls(_) = stream
+        && stream.read_buf(&mut buf).await? == 0
+    {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
+}
+
 async fn shut(shutdown: &mut watch::Receiver<bool>) {
     drop(shutdown.wait_for(|s| *s).await);
 }
 
 /// hyper serves the rest of the connection, starting with `data`, the bytes read so far.
 /// Boxed: hyper's connection state is big, and most connections never get here.
-async fn hand_off(shared: Arc<Shared>, site: Site, stream: TcpStream, data: Bytes) {
+async fn hand_off(shared: Arc<Shared>, site: Site, stream: ClientStream, data: Bytes) {
     let io = Rewind::new(data, stream);
     match site {
         Site::Routed(info) => Box::pin(crate::server::serve_http1(shared, info, io)).await,
@@ -195,7 +218,7 @@ fn for_hyper(head: &RequestHead) -> bool {
 }
 
 /// Reads until `buf` holds a whole request (head and body), or the request goes to hyper.
-async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Next, Unreadable> {
+async fn read_request(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<Next, Unreadable> {
     let deadline = Instant::now() + HEADER_READ_TIMEOUT;
     loop {
         if !buf.is_empty() {
@@ -250,7 +273,7 @@ struct Ctx<'a> {
 async fn request(
     shared: &Arc<Shared>,
     info: &ConnInfo,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     head: RequestHead,
     data: Bytes,
 ) -> Flow {
@@ -326,7 +349,7 @@ fn next_request(keep_alive: bool, data: Bytes, end: usize) -> Flow {
 async fn to_app(
     shared: &Arc<Shared>,
     conn: &inbound::Conn,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     head: RequestHead,
     data: Bytes,
 ) -> Flow {
@@ -383,7 +406,7 @@ async fn to_app(
 )]
 async fn forward(
     ctx: &mut Ctx<'_>,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     fwd: &Forward<'_>,
     pool: TcpPool,
     parts: &Parts,
@@ -425,7 +448,7 @@ async fn forward(
 /// connection can carry the next one.
 async fn fail(
     ctx: &Ctx<'_>,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     e: ProxyError,
     log: RequestLog,
     mut out: Outcome,
@@ -445,7 +468,7 @@ fn with_status(mut resp: Response<Body>, status: StatusCode) -> Response<Body> {
 /// Writes a response the proxy made itself (error, redirect, direct response): its body is in
 /// memory, so it goes out with a `content-length` in one write.
 async fn answer(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     resp: Response<Body>,
     head_request: bool,
     close: bool,
@@ -464,11 +487,15 @@ async fn answer(
     if !head_request {
         wire.extend_from_slice(&body);
     }
-    client.write_all(&wire).await
+    client.write_all(&wire).await?;
+    client.flush().await
 }
 
 /// Writes `head` then `body` (one system call when the socket takes both at once).
-async fn write_both(stream: &mut TcpStream, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+async fn write_both<S>(stream: &mut S, mut head: &[u8], mut body: &[u8]) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     while !head.is_empty() {
         let n = stream
             .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
@@ -678,7 +705,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// Writes the response head and copies the body from upstream to the client as it arrives.
 /// The upstream connection goes back to the pool only after a whole, well-delimited response.
-async fn relay(client: &mut TcpStream, upstream: Upstream) -> io::Result<()> {
+async fn relay(client: &mut ClientStream, upstream: Upstream) -> io::Result<()> {
     let Upstream {
         mut conn,
         addr,
@@ -699,6 +726,7 @@ async fn relay(client: &mut TcpStream, upstream: Upstream) -> io::Result<()> {
     let body = &buf[head.len..];
     let Some(mut left) = BodyLeft::new(head.framing) else {
         client.write_all(&wire).await?;
+        client.flush().await?;
         if body.is_empty() && head.reusable {
             pool.give_back(addr, conn);
         }
@@ -725,6 +753,8 @@ async fn relay(client: &mut TcpStream, upstream: Upstream) -> io::Result<()> {
         extra = n < buf.len();
         client.write_all(&buf[..n]).await?;
     }
+    // TLS holds what it could not send yet; a plain socket has nothing to flush.
+    client.flush().await?;
     if !extra && head.reusable {
         pool.give_back(addr, conn);
     }

@@ -136,7 +136,7 @@ pub async fn serve(
         backend,
     });
     if detected == Detected::Http1 {
-        crate::h1::serve(shared, crate::h1::Site::Inbound(conn), stream).await;
+        crate::h1::serve(shared, crate::h1::Site::Inbound(conn), stream.into()).await;
     } else {
         serve_http(shared, conn, stream).await;
     }

@@ -172,7 +172,7 @@ pub async fn outbound(
     }
     let info = ConnInfo::new(listener, peer, "http", Some(svc.name.clone()));
     if detected == Detected::Http1 {
-        crate::h1::serve(shared, crate::h1::Site::Routed(info), stream).await;
+        crate::h1::serve(shared, crate::h1::Site::Routed(info), stream.into()).await;
     } else {
         crate::server::serve_http(shared, info, stream).await;
     }

@@ -237,7 +237,14 @@ async fn serve_https(
     let peer = info.client;
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_http(shared, info, tls).await,
+        // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2); anything else is HTTP/1.x.
+        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            serve_http(shared, info, tls).await;
+        }
+        Ok(Ok(tls)) => {
+            let site = crate::h1::Site::Routed(info);
+            crate::h1::serve(shared, site, crate::h1::ClientStream::Tls(Box::new(tls))).await;
+        }
         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
     }
@@ -262,7 +269,7 @@ async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream
     };
     if first[..n] != H2_PREFACE[..n] {
         drop(shutdown);
-        crate::h1::serve(shared, crate::h1::Site::Routed(info), stream).await;
+        crate::h1::serve(shared, crate::h1::Site::Routed(info), stream.into()).await;
     } else if n == H2_PREFACE.len() {
         let svc = service(&shared, info);
         let io = TokioIo::new(stream);

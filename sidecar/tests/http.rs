@@ -2,17 +2,19 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_proxy::Proxy;
 use portico_proxy::error::{BoxError, full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -212,63 +214,160 @@ backends: [{{ name: redis, endpoints: [{{ address: "{echo_addr}" }}] }}]
     assert_eq!(buf, msg);
 }
 
-#[tokio::test]
-async fn https_listener_negotiates_h2_and_http1_with_alpn() {
-    let up = echo("a").await;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    // The certificate from a file, the key inline: both ways of passing PEM.
-    let dir = tempfile::tempdir().unwrap();
-    let cert_file = dir.path().join("tls.crt");
-    std::fs::write(&cert_file, ck.cert.pem()).unwrap();
-    let yaml = format!(
-        r#"
+/// A proxy with one HTTPS listener (self-signed for `localhost`) in front of an echo server,
+/// and a TLS connector trusting it.
+struct Https {
+    proxy: Proxy,
+    addr: SocketAddr,
+    roots: rustls::RootCertStore,
+    _dir: tempfile::TempDir,
+}
+
+impl Https {
+    async fn start(upstream: SocketAddr) -> Self {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        // The certificate from a file, the key inline: both ways of passing PEM.
+        let dir = tempfile::tempdir().unwrap();
+        let cert_file = dir.path().join("tls.crt");
+        std::fs::write(&cert_file, ck.cert.pem()).unwrap();
+        let yaml = format!(
+            r#"
 listeners:
   - name: tls
     address: "127.0.0.1:0"
     protocol: HTTPS
     tls: {{ cert: {{ file: {cert:?} }}, key: {{ inline: {key:?} }} }}
 routes: [{{ name: all, rules: [{{ backends: [{{ backend: app }}] }}] }}]
-backends: [{{ name: app, endpoints: [{{ address: "{addr}" }}] }}]
+backends: [{{ name: app, endpoints: [{{ address: "{upstream}" }}] }}]
 "#,
-        cert = cert_file.display().to_string(),
-        key = ck.signing_key.serialize_pem(),
-        addr = up.addr,
-    );
-    let proxy = start(&yaml).await;
-    let addr = proxy.listener_addr("tls").unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    for (alpn, h2) in [(&b"h2"[..], true), (&b"http/1.1"[..], false)] {
+            cert = cert_file.display().to_string(),
+            key = ck.signing_key.serialize_pem(),
+        );
+        let proxy = start(&yaml).await;
+        let addr = proxy.listener_addr("tls").unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        Self {
+            proxy,
+            addr,
+            roots,
+            _dir: dir,
+        }
+    }
+
+    /// A TLS connection offering `alpn` (nothing when empty).
+    async fn connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots.clone())
+            .with_root_certificates(self.roots.clone())
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![alpn.to_vec()];
+        if !alpn.is_empty() {
+            cfg.alpn_protocols = vec![alpn.to_vec()];
+        }
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = connector.connect(name, tcp).await.unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-        let io = TokioIo::new(tls);
-        let resp = if h2 {
+        let agreed = tls.get_ref().1.alpn_protocol();
+        assert_eq!(agreed, (!alpn.is_empty()).then_some(alpn));
+        tls
+    }
+}
+
+#[tokio::test]
+async fn https_listener_negotiates_h2_and_http1_with_alpn() {
+    let up = echo("a").await;
+    let https = Https::start(up.addr).await;
+    for (alpn, h2) in [
+        (&b"h2"[..], true),
+        (&b"http/1.1"[..], false),
+        (&b""[..], false),
+    ] {
+        let io = TokioIo::new(https.connect(alpn).await);
+        // Two requests on one connection: the second after the connection was idle.
+        let replies = if h2 {
             let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
                 .unwrap();
             tokio::spawn(conn);
-            let req = Request::get("https://localhost/s").body(full("")).unwrap();
-            tx.send_request(req).await.unwrap()
+            let mut replies = Vec::new();
+            for path in ["/s", "/t"] {
+                let req = Request::get(format!("https://localhost{path}"))
+                    .body(full(""))
+                    .unwrap();
+                replies.push(read(tx.send_request(req).await.unwrap()).await);
+            }
+            replies
         } else {
             let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
             tokio::spawn(conn);
-            let req = request("GET", "localhost", "/s").body(full("")).unwrap();
-            tx.send_request(req).await.unwrap()
+            let mut replies = Vec::new();
+            for path in ["/s", "/t"] {
+                let req = request("GET", "localhost", path).body(full("")).unwrap();
+                replies.push(read(tx.send_request(req).await.unwrap()).await);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            replies
         };
-        let reply = read(resp).await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "https");
+        for (reply, path) in replies.iter().zip(["/s", "/t"]) {
+            assert_eq!(reply.status, 200, "alpn {alpn:?}");
+            assert_eq!(reply.json()["path"], path);
+            assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "https");
+            let version = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            assert_eq!(reply.version, version, "alpn {alpn:?}");
+        }
     }
+    assert_eq!(up.hits(), 6);
+    drop(https.proxy);
+}
+
+/// HTTP/1.1 over TLS (ALPN `http/1.1` or none) is served by the fast path: pipelined requests
+/// are answered in order, a chunked request hands the connection to hyper with what was read,
+/// and the connection ends with a TLS close_notify (the client reads a clean end of stream).
+#[tokio::test]
+async fn https_http1_pipelines_across_the_hand_off_and_closes_with_close_notify() {
+    let up = echo("a").await;
+    let https = Https::start(up.addr).await;
+    for alpn in [&b"http/1.1"[..], &b""[..]] {
+        let mut tls = https.connect(alpn).await;
+        let pipelined = concat!(
+            "GET /one HTTP/1.1\r\nhost: localhost\r\n\r\n",
+            "POST /two HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n",
+            "3\r\nabc\r\n0\r\n\r\n",
+            "GET /three HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        );
+        tls.write_all(pipelined.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        // An error here (UnexpectedEof) would mean the proxy closed without close_notify.
+        tls.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+        let at = |p: &str| {
+            text.find(&format!(r#""path":"{p}""#))
+                .unwrap_or_else(|| panic!("{p} missing: {text}"))
+        };
+        assert!(
+            at("/one") < at("/two") && at("/two") < at("/three"),
+            "{text}"
+        );
+        assert!(text.contains(r#""body":"abc""#), "{text}");
+
+        // Closed by the proxy after a plain `connection: close` request too (no hand-off).
+        let mut tls = https.connect(alpn).await;
+        tls.write_all(b"GET /four HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+    assert_eq!(up.hits(), 8);
 }
 
 #[tokio::test]

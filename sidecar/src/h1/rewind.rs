@@ -7,18 +7,19 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-/// A TCP stream that first reads `prefix`, then from the socket.
+use super::ClientStream;
+
+/// A client connection that first reads `prefix`, then from the connection.
 #[derive(Debug)]
 pub struct Rewind {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: ClientStream,
 }
 
 impl Rewind {
     /// `inner`, with `prefix` read first.
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, inner: ClientStream) -> Self {
         Self { prefix, inner }
     }
 }
@@ -72,7 +73,7 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -84,7 +85,7 @@ mod tests {
         let (accepted, _) = sock.accept().await.unwrap();
         peer.write_all(b" world").await.unwrap();
         drop(peer);
-        let mut r = Rewind::new(Bytes::from_static(b"hello"), accepted);
+        let mut r = Rewind::new(Bytes::from_static(b"hello"), accepted.into());
         let mut all = String::new();
         r.read_to_string(&mut all).await.unwrap();
         assert_eq!(all, "hello world");
