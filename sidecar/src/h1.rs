@@ -20,10 +20,11 @@
 //!
 //! Routing, filters, load balancing, limits, outlier detection, timeouts, metrics and the
 //! access log are the same code as on the hyper path ([`crate::proxy::plan`]); the fast path only
-//! replaces the wire handling. It serves plain-TCP listeners and the sidecar's OUTBOUND
-//! ([`Site::Routed`]), and the sidecar's INBOUND ([`Site::Inbound`]: the port's inbound policy
-//! instead of routing, the pod's application as the one upstream; the policy check is
-//! [`crate::inbound::admit`], shared with hyper's INBOUND path).
+//! replaces the wire handling. It serves HTTP listeners, HTTPS listeners when TLS did not agree
+//! on HTTP/2 ([`ClientStream::Tls`]) and the sidecar's OUTBOUND ([`Site::Routed`]), and the
+//! sidecar's INBOUND ([`Site::Inbound`]: the port's inbound policy instead of routing, the pod's
+//! application as the one upstream; the policy check is [`crate::inbound::admit`], shared with
+//! hyper's INBOUND path).
 //!
 //! Anything the fast path does not handle is handed to hyper with the bytes read so far
 //! ([`Rewind`]), and hyper serves that connection from then on, so every feature keeps working
