@@ -573,16 +573,18 @@ impl Exchange<'_> {
 
     /// Sends the request and reads the response head.
     async fn head(&self) -> Result<Upstream, ProxyError> {
-        let (addr, picked) = match self.target {
+        let (addr, picked, guards) = match self.target {
             Target::Backend(fwd) => {
                 let ctx = PickContext {
                     headers: &self.parts.headers,
                     client_ip: self.client.ip(),
                 };
                 let (permit, ep) = fwd.backend.admit(&ctx).await?;
-                (ep.addr, Some((&fwd.backend, ep, permit)))
+                // The endpoint's load counts from now: balancing sees requests in flight.
+                let guards = (permit, InFlight::new(ep));
+                (ep.addr, Some((&fwd.backend, ep)), Some(guards))
             }
-            Target::App(addr) => (addr, None),
+            Target::App(addr) => (addr, None, None),
         };
         let mut request = Vec::with_capacity(512);
         let framing = match self.body.len() {
@@ -594,7 +596,7 @@ impl Exchange<'_> {
         let start = Instant::now();
         let metrics = &self.shared.metrics;
         let report = |rtt: Option<Duration>, ok: bool| {
-            if let Some((backend, ep, _)) = &picked {
+            if let Some((backend, ep)) = picked {
                 backend.report(metrics, ep, rtt, ok);
             }
         };
@@ -636,7 +638,7 @@ impl Exchange<'_> {
             head,
             buf,
             wire,
-            _guards: picked.map(|(_, ep, permit)| (permit, InFlight::new(ep))),
+            _guards: guards,
         })
     }
 
