@@ -381,3 +381,50 @@ fn consistent_hash_moves_about_one_nth_of_keys() {
         "moved {share}"
     );
 }
+
+/// Power of two choices over peak-EWMA weighs an endpoint's latency by its requests in flight:
+/// with two endpoints not yet measured, a second request goes to the one the first is not
+/// waiting on. (Their estimates are equal but for a few nanoseconds of decay, so without the
+/// in-flight count both requests would go to the same endpoint.)
+#[tokio::test]
+async fn the_endpoint_busy_with_a_request_is_avoided_by_the_next() {
+    let Gated {
+        upstream: a,
+        entered: mut a_entered,
+        release: a_release,
+    } = gated_upstream().await;
+    let Gated {
+        upstream: b,
+        entered: mut b_entered,
+        release: b_release,
+    } = gated_upstream().await;
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes: [{{ name: r, rules: [{{ backends: [{{ backend: app }}] }}] }}]
+backends: [{{ name: app, endpoints: [{{ address: "{}" }}, {{ address: "{}" }}] }}]
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let first = tokio::spawn(async move { get(addr, "/").await });
+    let first_on_a = tokio::select! {
+        _ = a_entered.recv() => true,
+        _ = b_entered.recv() => false,
+    };
+    let second = tokio::spawn(async move { get(addr, "/").await });
+    let second_on_a = tokio::select! {
+        _ = a_entered.recv() => true,
+        _ = b_entered.recv() => false,
+    };
+    assert_ne!(
+        first_on_a, second_on_a,
+        "both requests went to the same endpoint although one was busy"
+    );
+    a_release.notify_one();
+    b_release.notify_one();
+    for r in [first.await.unwrap(), second.await.unwrap()] {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
