@@ -146,11 +146,12 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
 /// (decrypted bytes may already be waiting in the TLS state, which the socket would not show),
 /// so an idle TLS connection holds a buffer. The head's timeout starts after this.
 async fn first_bytes(stream: &mut ClientStream) -> io::Result<BytesMut> {
-    stream.readable().await?;
+    if let ClientStream::Plain(s) = stream {
+        s.readable().await?;
+        return Ok(buffers::take());
+    }
     let mut buf = buffers::take();
-    if let ClientStream::Tls(_) = stream
-        && stream.read_buf(&mut buf).await? == 0
-    {
+    if stream.read_buf(&mut buf).await? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(buf)

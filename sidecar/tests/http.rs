@@ -342,30 +342,17 @@ async fn https_http1_pipelines_across_the_hand_off_and_closes_with_close_notify(
             "3\r\nabc\r\n0\r\n\r\n",
             "GET /three HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
         );
-        tls.write_all(pipelined.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        // An error here (UnexpectedEof) would mean the proxy closed without close_notify.
-        tls.read_to_end(&mut out).await.unwrap();
-        let text = String::from_utf8_lossy(&out);
+        // Reading to the end fails (UnexpectedEof) if the proxy closes without close_notify.
+        let text = exchange_raw(&mut tls, pipelined).await;
         assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
-        let at = |p: &str| {
-            text.find(&format!(r#""path":"{p}""#))
-                .unwrap_or_else(|| panic!("{p} missing: {text}"))
-        };
-        assert!(
-            at("/one") < at("/two") && at("/two") < at("/three"),
-            "{text}"
-        );
+        assert_paths_in_order(&text, &["/one", "/two", "/three"]);
         assert!(text.contains(r#""body":"abc""#), "{text}");
 
         // Closed by the proxy after a plain `connection: close` request too (no hand-off).
         let mut tls = https.connect(alpn).await;
-        tls.write_all(b"GET /four HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        tls.read_to_end(&mut out).await.unwrap();
-        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200 OK\r\n"));
+        let close = "GET /four HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+        let text = exchange_raw(&mut tls, close).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     }
     assert_eq!(up.hits(), 8);
 }

@@ -387,16 +387,9 @@ async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_
         "GET /four HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
     );
     let mut s = connect_from("127.0.0.4", pod.addr).await;
-    s.write_all(pipelined.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = exchange_raw(&mut s, pipelined).await;
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{text}");
-    let at = |p: &str| {
-        text.find(&format!(r#""path":"{p}""#))
-            .unwrap_or_else(|| panic!("{p} missing: {text}"))
-    };
-    assert!(at("/one") < at("/two") && at("/two") < at("/three") && at("/three") < at("/four"));
+    assert_paths_in_order(&text, &["/one", "/two", "/three", "/four"]);
     assert!(
         !text.contains("x-drop"),
         "hop-by-hop field reached the app: {text}"
@@ -414,10 +407,7 @@ async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_
         "GET /a HTTP/1.1\r\nhost: app\r\n\r\n",
         "GET /b HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
     );
-    s.write_all(two.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = exchange_raw(&mut s, two).await;
     assert_eq!(
         text.matches("HTTP/1.1 403 Forbidden\r\n").count(),
         2,

@@ -27,18 +27,6 @@ impl From<TcpStream> for ClientStream {
     }
 }
 
-impl ClientStream {
-    /// Waits until the client has sent something, without a buffer to read it into. A TLS
-    /// connection may already hold decrypted bytes that the socket's readiness would not show,
-    /// so it answers at once: the caller has to read to know.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.readable().await,
-            Self::Tls(_) => Ok(()),
-        }
-    }
-}
-
 impl AsyncRead for ClientStream {
     fn poll_read(
         self: Pin<&mut Self>,

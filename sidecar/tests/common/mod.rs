@@ -228,3 +228,31 @@ pub fn bytes_body(b: &'static [u8]) -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
+
+/// Writes `raw` (requests, pipelined) on `stream` and reads until the peer closes: the answers
+/// as text.
+pub async fn exchange_raw<S>(stream: &mut S, raw: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Asserts that `text` holds [`echo`]'s answers for `paths`, each one, in that order.
+pub fn assert_paths_in_order(text: &str, paths: &[&str]) {
+    let at: Vec<usize> = paths
+        .iter()
+        .map(|p| {
+            text.find(&format!(r#""path":"{p}""#))
+                .unwrap_or_else(|| panic!("{p} missing: {text}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "not in order {paths:?}: {text}"
+    );
+}
