@@ -7,7 +7,7 @@
 #   PROXY_BIN=path/to/portico-proxy bench/run.sh   # skip the build
 #
 # A default run takes about 10 minutes after the build: 4 × (2 + 5 × 10) s of wrk,
-# 2 rates × 4 targets × (1 + 5 × 5) s of oha, 5 × 3 × 10 s of h2load. The release build (fat LTO)
+# 2 rates × 5 targets × (1 + 5 × 5) s of oha, 5 × 3 × 10 s of h2load. The release build (fat LTO)
 # takes 4–6 minutes on two cores, and the first run also builds oha (about 5 minutes on a quiet
 # machine).
 set -euo pipefail
@@ -23,6 +23,7 @@ PROXY_CPU=0
 LOAD_CPU=1
 UP_PORT=18080
 UP_H2_PORT=18084
+SERVER_PORT=18085
 ADMIN_PORT=19901
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy}
 WORK=$(mktemp -d /tmp/portico-bench.XXXXXX)
@@ -70,6 +71,13 @@ upstream_conf "$WORK/up" $UP_PORT $UP_H2_PORT
 taskset -c $LOAD_CPU nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" &
 PIDS+=($!)
 
+# --- the floor: the same server answering clients itself, on the proxies' core ------------
+# Not a proxy: one read and one write per request, half of a proxy's socket work. Measured at
+# the fixed rates only, it shows what the machine charges for a request on that core at all.
+upstream_conf "$WORK/srv" $SERVER_PORT
+taskset -c $PROXY_CPU nginx -p "$WORK/srv" -c "$WORK/srv/nginx.conf" &
+SERVER_MASTER=$!; PIDS+=("$SERVER_MASTER")
+
 # --- proxies -----------------------------------------------------------------------------
 portico_conf "$WORK/portico.yaml" 18081 $UP_PORT $UP_H2_PORT
 nginx_proxy_conf "$WORK/ngx" 18082 $UP_PORT
@@ -93,8 +101,10 @@ backend be
 CONF
 
 wait_port $UP_PORT
-declare -A PORT=([direct]=$UP_PORT [portico]=18081 [nginx]=18082 [haproxy]=18083)
+wait_port $SERVER_PORT
+declare -A PORT=([direct]=$UP_PORT [portico]=18081 [nginx]=18082 [haproxy]=18083 [server]=$SERVER_PORT)
 declare -A PID
+PID[server]=$(pgrep -P "$SERVER_MASTER" | head -1)
 # Starts the three proxies pinned to one core. Sets PID (per proxy, the process doing the work)
 # and READY_MS (portico-proxy's time from exec to accepting connections).
 start_proxies() {
@@ -122,6 +132,7 @@ stop_proxies() {
     for _ in $(seq 1 500); do kill -0 "$PORTICO_PID" 2>/dev/null || break; sleep 0.01; done
 }
 TARGETS=(direct portico nginx haproxy)
+RATE_TARGETS=("${TARGETS[@]}" server)
 
 to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
@@ -178,12 +189,12 @@ done
 # --latency-correction measures each request from the moment it was due, so a stall shows up in
 # the tail instead of silently lowering the rate (coordinated omission).
 for rate in 2000 10000; do
-    for t in "${TARGETS[@]}"; do
+    for t in "${RATE_TARGETS[@]}"; do
         taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z 1s -c $CONNS -q "$rate" \
             "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 || true # warm-up
     done
     for rep in $(seq 1 "$REPS"); do
-        for t in "${TARGETS[@]}"; do
+        for t in "${RATE_TARGETS[@]}"; do
             log "oha -q $rate $t rep $rep"
             before=0; [[ $t != direct ]] && before=$(cpu_ns "${PID[$t]}") && read -r u0 s0 < <(ticks "${PID[$t]}")
             taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z "${RATE_DURATION}s" -c $CONNS \
@@ -252,9 +263,13 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo
     echo "| target | 2k p50 | 2k p99 | 2k p99.9 | 10k p50 | 10k p99 | 10k p99.9 |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
-    for t in "${TARGETS[@]}"; do
+    for t in "${RATE_TARGETS[@]}"; do
         echo "| $t | $(med $t.2000.p50) | $(med $t.2000.p99) | $(med $t.2000.p999) | $(med $t.10000.p50) | $(med $t.10000.p99) | $(med $t.10000.p999) |"
     done
+    echo
+    echo "**server** is not a proxy: the upstream's nginx config answering the clients itself, one"
+    echo "worker on CPU $PROXY_CPU where the proxies run (direct is the upstream on CPU $LOAD_CPU, sharing the"
+    echo "generator's core). It is the floor for one hop across the two cores."
     echo
     echo "Added p99 at 2,000 req/s over direct, per run (portico vs nginx):"
     echo
@@ -287,7 +302,12 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "a proxy two sleeps and wake-ups of its own and two wake-ups of processes on the other core"
     echo "(in this VM, waking an idle core is an exit to the hypervisor). That time is the kernel's;"
     echo "portico-proxy and nginx make the same system calls per request at this rate (strace -c,"
-    echo "2026-11-27: 2 recvfrom, 2 writev and about 1.4 epoll_wait per request for both)."
+    echo "2026-11-27: 2 recvfrom, 2 writev and 1.4–1.8 epoll_wait per request for both)."
+    echo
+    echo "For scale, the floor: nginx answering the 1 KiB page itself on CPU $PROXY_CPU (no upstream: one"
+    echo "read and one write per request, half of a proxy's socket work) took $(med server.2000.cpu)"
+    echo "CPU-s per 1,000 requests at 2,000 req/s and $(med server.10000.cpu) at 10,000 req/s in this run"
+    echo "(kernel share at 2k: $(kernel_share server.2000.ticks))."
     echo
     echo "## Goals (issue 3) against this run"
     echo
@@ -307,7 +327,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "| ≤ 5 MB resident idle | $(mb "$idle") MB ($(mb "${IDLE_ANON[portico]}") anon) | $(verdict "$((idle <= 5120))") |"
     echo "| ≤ 20 MB under load | $(mb "$load") MB | $(verdict "$((load <= 20480))") |"
     echo "| ≤ 16 KB per idle client connection | $per_conn KB anon ($per_conn_rss KB RSS) | $(verdict "$(awk -v k="$per_conn" 'BEGIN { print (k <= 16) }')") |"
-    echo "| ≤ 0.05 CPU-s per 1,000 requests at 2k req/s | $(med portico.2000.cpu) (nginx $(med nginx.2000.cpu)) | $(verdict "$(awk -v c="$(med portico.2000.cpu)" 'BEGIN { print (c <= 0.05) }')") |"
+    echo "| ≤ 0.05 CPU-s per 1,000 requests at 2k req/s | $(med portico.2000.cpu) (nginx $(med nginx.2000.cpu); a server alone, no proxy: $(med server.2000.cpu)) | $(verdict "$(awk -v c="$(med portico.2000.cpu)" 'BEGIN { print (c <= 0.05) }')") |"
     echo "| ready within 50 ms of start | $READY_MS ms | $(verdict "$(awk -v m="$READY_MS" 'BEGIN { print (m <= 50) }')") |"
     echo
     echo "## HTTP/2 through portico-proxy (h2load -c $CONNS -m 10, ${DURATION}s, medians)"
