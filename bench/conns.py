@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Helpers for bench/run.sh that need more than shell.
 
-  conns.py hold PORT N PIDFILE   open N keep-alive connections, one request each, then print the
-                                 RssAnon and RssFile+RssShmem (kB) of the process in PIDFILE
-                                 and exit
+  conns.py hold PORT N PIDFILE [tls]
+                                 open N keep-alive connections (TLS: without verifying the
+                                 certificate), one request each, then print the RssAnon and
+                                 RssFile+RssShmem (kB) of the process in PIDFILE and exit
   conns.py ready CMD...          start CMD, print ms until its port 18081 accepts, leave it running
                                  (prints "PID MS")
   conns.py oha FILE              from oha's JSON output: requests answered, p50, p99 and p99.9
@@ -12,6 +13,7 @@
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,14 +30,20 @@ def rss_kb(pid):
     return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
 
 
-def hold(port, n, pidfile):
+def hold(port, n, pidfile, tls=False):
     """One request per connection, one connection after the other, so the upstream side stays
     at one pooled connection and what remains is the cost of idle client connections."""
     pid = int(open(pidfile).read().strip())
     socks = []
     req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
+        if tls:
+            s = ctx.wrap_socket(s)
         s.sendall(req)
         got = b""
         while b"\r\n\r\n" not in got:
@@ -90,7 +98,7 @@ def oha(path):
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "hold":
-        hold(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+        hold(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:6] == ["tls"])
     elif cmd == "ready":
         ready(sys.argv[2:])
     elif cmd == "oha":

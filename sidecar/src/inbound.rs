@@ -99,7 +99,7 @@ pub async fn serve(
         shared
             .metrics
             .intercepted(&listener, None, Detected::Opaque.label());
-        crate::intercept::passthrough(stream, app).await;
+        Box::pin(crate::intercept::passthrough(stream, app)).await;
         return;
     }
     let detected = detect::protocol(&stream, snap, dst.port(), false).await;
@@ -115,7 +115,7 @@ pub async fn serve(
             refused(&shared, &p, &refusal);
             return;
         }
-        crate::intercept::passthrough(stream, app).await;
+        Box::pin(crate::intercept::passthrough(stream, app)).await;
         return;
     }
     let backend: Arc<str> = Arc::from(app.to_string());
@@ -138,7 +138,8 @@ pub async fn serve(
     if detected == Detected::Http1 {
         crate::h1::serve(shared, crate::h1::Site::Inbound(conn), stream.into()).await;
     } else {
-        serve_http(shared, conn, stream).await;
+        // Boxed: hyper's state would otherwise size every HTTP/1.1 connection's task.
+        Box::pin(serve_http(shared, conn, stream)).await;
     }
 }
 

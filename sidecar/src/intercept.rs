@@ -154,7 +154,7 @@ pub async fn outbound(
         shared
             .metrics
             .intercepted(&listener, None, Detected::Opaque.label());
-        passthrough(stream, dst).await;
+        Box::pin(passthrough(stream, dst)).await;
         return;
     };
     let detected = detect::protocol(&stream, snap, dst.port(), svc.opaque).await;
@@ -165,16 +165,18 @@ pub async fn outbound(
         // Load again: detection may have waited across a config swap.
         let backend = shared.snapshot.load().backends.get(&svc.backend).cloned();
         match backend {
-            Some(b) => crate::tcp::forward(b, stream, peer).await,
+            Some(b) => Box::pin(crate::tcp::forward(b, stream, peer)).await,
             None => tracing::debug!(service = %svc.name, "service backend is gone; closed"),
         }
         return;
     }
     let info = ConnInfo::new(listener, peer, "http", Some(svc.name.clone()));
+    // Everything but the HTTP/1.1 fast path is boxed, so its state does not size the task of
+    // every HTTP/1.1 connection, idle ones included.
     if detected == Detected::Http1 {
         crate::h1::serve(shared, crate::h1::Site::Routed(info), stream.into()).await;
     } else {
-        crate::server::serve_http(shared, info, stream).await;
+        Box::pin(crate::server::serve_http(shared, info, stream)).await;
     }
 }
 

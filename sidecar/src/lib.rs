@@ -65,6 +65,20 @@ pub struct Shared {
     pub active: watch::Sender<usize>,
 }
 
+impl Shared {
+    /// The state of a proxy that has no config yet.
+    pub(crate) fn new(access_log: bool) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
+            metrics: metrics::Metrics::default(),
+            access_log,
+            ready: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+            active: watch::channel(0).0,
+        }
+    }
+}
+
 /// How to run a proxy besides its config.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -92,14 +106,7 @@ struct Inner {
 impl Proxy {
     /// Validates `config`, binds its listeners (and the admin server) and starts serving.
     pub async fn start(config: ProxyConfig, options: Options) -> Result<Self, StartError> {
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-            metrics: metrics::Metrics::default(),
-            access_log: options.access_log,
-            ready: AtomicBool::new(false),
-            shutdown: watch::channel(false).0,
-            active: watch::channel(0).0,
-        });
+        let shared = Arc::new(Shared::new(options.access_log));
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin_addr = match options.admin_addr {
             Some(addr) => {

@@ -357,6 +357,84 @@ async fn https_http1_pipelines_across_the_hand_off_and_closes_with_close_notify(
     assert_eq!(up.hits(), 8);
 }
 
+/// An idle HTTP/1.1 connection over TLS waits for its next request without a buffer, moving
+/// records from the socket into the TLS state itself: a request whose TLS record arrives in
+/// pieces (a partial record decrypts to nothing) is still read whole, before and after an idle
+/// pause on a kept-alive connection.
+#[tokio::test]
+async fn an_https_request_whose_tls_record_arrives_in_pieces_is_served() {
+    use std::io::{Read as _, Write as _};
+    let up = echo("a").await;
+    let https = Https::start(up.addr).await;
+    let (mut tcp, mut tls) = https.connect(b"http/1.1").await.into_inner();
+    // Sends `raw` as TLS records cut into three TCP writes with pauses between them.
+    async fn send_in_pieces(tcp: &mut TcpStream, tls: &mut rustls::ClientConnection, raw: &str) {
+        tls.writer().write_all(raw.as_bytes()).unwrap();
+        let mut wire = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut wire).unwrap();
+        }
+        for piece in [
+            &wire[..3],
+            &wire[3..wire.len() / 2],
+            &wire[wire.len() / 2..],
+        ] {
+            tcp.write_all(piece).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // Reads plaintext until `done` says the response is whole.
+    async fn receive(
+        tcp: &mut TcpStream,
+        tls: &mut rustls::ClientConnection,
+        done: impl Fn(&str, bool) -> bool,
+    ) -> String {
+        let mut text = Vec::new();
+        loop {
+            let mut raw = [0u8; 4096];
+            let n = tcp.read(&mut raw).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&text));
+            tls.read_tls(&mut &raw[..n]).unwrap();
+            let state = tls.process_new_packets().unwrap();
+            let mut chunk = vec![0u8; state.plaintext_bytes_to_read()];
+            tls.reader().read_exact(&mut chunk).unwrap();
+            text.extend_from_slice(&chunk);
+            let s = String::from_utf8_lossy(&text).into_owned();
+            if done(&s, state.peer_has_closed()) {
+                return s;
+            }
+        }
+    }
+    send_in_pieces(
+        &mut tcp,
+        &mut tls,
+        "GET /one HTTP/1.1\r\nhost: localhost\r\n\r\n",
+    )
+    .await;
+    // Whole when the body has the head's content-length.
+    let whole = |s: &str, _| {
+        let Some((head, body)) = s.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|v| v.parse::<usize>().unwrap());
+        length.is_some_and(|n| body.len() >= n)
+    };
+    let one = receive(&mut tcp, &mut tls, whole).await;
+    assert_paths_in_order(&one, &["/one"]);
+    assert!(one.starts_with("HTTP/1.1 200 OK\r\n"), "{one}");
+    // Idle on the kept connection, then the next request, also in pieces.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let close = "GET /two HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    send_in_pieces(&mut tcp, &mut tls, close).await;
+    let two = receive(&mut tcp, &mut tls, |_, closed| closed).await;
+    assert!(two.starts_with("HTTP/1.1 200 OK\r\n"), "{two}");
+    assert_paths_in_order(&two, &["/two"]);
+    assert_eq!(up.hits(), 2);
+}
+
 #[tokio::test]
 async fn routes_by_host_path_method_header_and_query() {
     let (a, b, c, d) = (
