@@ -39,6 +39,7 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v python3 >/dev/null || need+=(python3)
 command -v taskset >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
@@ -82,6 +83,17 @@ SERVER_MASTER=$!; PIDS+=("$SERVER_MASTER")
 portico_conf "$WORK/portico.yaml" 18081 $UP_PORT $UP_H2_PORT
 nginx_proxy_conf "$WORK/ngx" 18082 $UP_PORT
 
+# HTTPS listeners too (ports 18086-18088), for the memory of idle TLS client connections: a
+# self-signed ECDSA P-256 certificate.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+chmod 644 "$WORK/tls.key" # nginx's workers run as nobody
+cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
+sed -i "s|protocol: HTTP }]|protocol: HTTP }, { name: tls, address: \"127.0.0.1:18086\", protocol: HTTPS, tls: { cert: { file: $WORK/tls.crt }, key: { file: $WORK/tls.key } } }]|" \
+    "$WORK/portico.yaml"
+sed -i "s|listen 127.0.0.1:18082;|&\n        listen 127.0.0.1:18087 ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;|" \
+    "$WORK/ngx/nginx.conf"
+
 cat > "$WORK/haproxy.cfg" <<CONF
 global
     nbthread 1
@@ -95,6 +107,7 @@ defaults
     http-reuse always
 frontend fe
     bind 127.0.0.1:18083
+    bind 127.0.0.1:18088 ssl crt $WORK/tls.pem
     default_backend be
 backend be
     server up 127.0.0.1:$UP_PORT
@@ -103,6 +116,7 @@ CONF
 wait_port $UP_PORT
 wait_port $SERVER_PORT
 declare -A PORT=([direct]=$UP_PORT [portico]=18081 [nginx]=18082 [haproxy]=18083 [server]=$SERVER_PORT)
+declare -A TLS_PORT=([portico]=18086 [nginx]=18087 [haproxy]=18088)
 declare -A PID
 PID[server]=$(pgrep -P "$SERVER_MASTER" | head -1)
 # Starts the three proxies pinned to one core. Sets PID (per proxy, the process doing the work)
@@ -139,7 +153,7 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
 }
 median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-declare -A IDLE_ANON IDLE_FILE LOAD_ANON LOAD_FILE CONN_ANON CONN_FILE
+declare -A IDLE_ANON IDLE_FILE LOAD_ANON LOAD_FILE CONN_ANON CONN_FILE TLS_IDLE_ANON TLS_CONN_ANON
 start_proxies
 for t in portico nginx haproxy; do read -r IDLE_ANON[$t] IDLE_FILE[$t] < <(mem "${PID[$t]}"); done
 
@@ -153,6 +167,15 @@ for t in portico nginx haproxy; do
     read -r CONN_ANON[$t] CONN_FILE[$t] < <($HELPER hold "${PORT[$t]}" 1000 "$WORK/pid")
 done
 
+stop_proxies
+start_proxies
+# The same over TLS (HTTPS listeners, TLS 1.3), again on freshly started proxies.
+for t in portico nginx haproxy; do
+    read -r TLS_IDLE_ANON[$t] _ < <(mem "${PID[$t]}")
+    log "1,000 idle keep-alive TLS connections to $t"
+    echo "${PID[$t]}" > "$WORK/pid"
+    read -r TLS_CONN_ANON[$t] _ < <($HELPER hold "${TLS_PORT[$t]}" 1000 "$WORK/pid" tls)
+done
 stop_proxies
 start_proxies
 
@@ -280,12 +303,13 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo
     echo "## (3) Memory (MB, anon + file = resident) and (4) CPU"
     echo
-    echo "| proxy | idle anon | idle file | idle RSS | under load anon | under load RSS | 1,000 conns anon | 1,000 conns RSS | KB per idle conn (anon) | (RSS) | CPU-s per 1,000 req at 2k/s | at 10k/s | kernel share of CPU at 2k/s |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | idle anon | idle file | idle RSS | under load anon | under load RSS | 1,000 conns anon | 1,000 conns RSS | KB per idle conn (anon) | (RSS) | KB per idle HTTPS conn (anon) | CPU-s per 1,000 req at 2k/s | at 10k/s | kernel share of CPU at 2k/s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in portico nginx haproxy; do
         per=$(awk -v a="${CONN_ANON[$t]}" -v b="${IDLE_ANON[$t]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
         per_rss=$(awk -v a="$((CONN_ANON[$t] + CONN_FILE[$t]))" -v b="$((IDLE_ANON[$t] + IDLE_FILE[$t]))" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
-        echo "| $t | $(mb "${IDLE_ANON[$t]}") | $(mb "${IDLE_FILE[$t]}") | $(mb "$((IDLE_ANON[$t] + IDLE_FILE[$t]))") | $(mb "${LOAD_ANON[$t]:-0}") | $(mb "$((${LOAD_ANON[$t]:-0} + ${LOAD_FILE[$t]:-0}))") | $(mb "${CONN_ANON[$t]}") | $(mb "$((CONN_ANON[$t] + CONN_FILE[$t]))") | $per | $per_rss | $(med $t.2000.cpu) | $(med $t.10000.cpu) | $(kernel_share $t.2000.ticks) |"
+        per_tls=$(awk -v a="${TLS_CONN_ANON[$t]}" -v b="${TLS_IDLE_ANON[$t]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+        echo "| $t | $(mb "${IDLE_ANON[$t]}") | $(mb "${IDLE_FILE[$t]}") | $(mb "$((IDLE_ANON[$t] + IDLE_FILE[$t]))") | $(mb "${LOAD_ANON[$t]:-0}") | $(mb "$((${LOAD_ANON[$t]:-0} + ${LOAD_FILE[$t]:-0}))") | $(mb "${CONN_ANON[$t]}") | $(mb "$((CONN_ANON[$t] + CONN_FILE[$t]))") | $per | $per_rss | $per_tls | $(med $t.2000.cpu) | $(med $t.10000.cpu) | $(kernel_share $t.2000.ticks) |"
     done
     echo
     echo "portico-proxy accepted connections ${READY_MS} ms after exec (config parsed, listener bound)."
@@ -296,7 +320,9 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "HTTP/1.1 client connection in portico-proxy holds no buffer: its own HTTP/1.1 path takes"
     echo "a read buffer when a request arrives and gives it back when the response is sent (up to"
     echo "128 buffers of 8 KiB are kept per thread for reuse); what stays is the connection's task"
-    echo "and its socket registration. Idle upstream connections are bare sockets in a pool."
+    echo "(the state of a request in progress is allocated per request) and its socket"
+    echo "registration. Over TLS the connection's TLS state stays too (rustls), but no read buffer"
+    echo "of the proxy's. Idle upstream connections are bare sockets in a pool."
     echo
     echo "Reading the CPU columns: at 2,000 req/s requests arrive one at a time, so each one costs"
     echo "a proxy two sleeps and wake-ups of its own and two wake-ups of processes on the other core"
@@ -318,6 +344,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     load=$((${LOAD_ANON[portico]:-0} + ${LOAD_FILE[portico]:-0}))
     per_conn=$(awk -v a="${CONN_ANON[portico]}" -v b="${IDLE_ANON[portico]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
     per_conn_rss=$(awk -v a="$((CONN_ANON[portico] + CONN_FILE[portico]))" -v b="$idle" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+    per_tls=$(awk -v a="${TLS_CONN_ANON[portico]}" -v b="${TLS_IDLE_ANON[portico]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
     verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
     echo "| goal | measured | |"
     echo "|---|---:|---|"
@@ -326,7 +353,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "| added p99 at 2k req/s ≤ nginx's in ≥ 4 of 5 runs | $wins of $REPS (medians $(med portico.2000.p99) and $(med nginx.2000.p99) ms) | $(verdict "$((wins >= 4))") |"
     echo "| ≤ 5 MB resident idle | $(mb "$idle") MB ($(mb "${IDLE_ANON[portico]}") anon) | $(verdict "$((idle <= 5120))") |"
     echo "| ≤ 20 MB under load | $(mb "$load") MB | $(verdict "$((load <= 20480))") |"
-    echo "| ≤ 16 KB per idle client connection | $per_conn KB anon ($per_conn_rss KB RSS) | $(verdict "$(awk -v k="$per_conn" 'BEGIN { print (k <= 16) }')") |"
+    echo "| ≤ 16 KB per idle client connection | $per_conn KB anon ($per_conn_rss KB RSS); HTTPS $per_tls KB anon | $(verdict "$(awk -v k="$per_conn" -v t="$per_tls" 'BEGIN { print (k <= 16 && t <= 16) }')") |"
     echo "| ≤ 0.05 CPU-s per 1,000 requests at 2k req/s | $(med portico.2000.cpu) (nginx $(med nginx.2000.cpu); a server alone, no proxy: $(med server.2000.cpu)) | $(verdict "$(awk -v c="$(med portico.2000.cpu)" 'BEGIN { print (c <= 0.05) }')") |"
     echo "| ready within 50 ms of start | $READY_MS ms | $(verdict "$(awk -v m="$READY_MS" 'BEGIN { print (m <= 50) }')") |"
     echo
