@@ -83,16 +83,18 @@ SERVER_MASTER=$!; PIDS+=("$SERVER_MASTER")
 portico_conf "$WORK/portico.yaml" 18081 $UP_PORT $UP_H2_PORT
 nginx_proxy_conf "$WORK/ngx" 18082 $UP_PORT
 
-# HTTPS listeners too (ports 18086-18088), for the memory of idle TLS client connections: a
-# self-signed ECDSA P-256 certificate.
+# The same with an HTTPS listener added (ports 18086-18088; a self-signed ECDSA P-256
+# certificate), for the memory of idle TLS client connections only: the other measurements run
+# the plain configs, so they compare with earlier runs (loading a certificate pages in TLS code).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 chmod 644 "$WORK/tls.key" # nginx's workers run as nobody
 cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
-sed -i "s|protocol: HTTP }]|protocol: HTTP }, { name: tls, address: \"127.0.0.1:18086\", protocol: HTTPS, tls: { cert: { file: $WORK/tls.crt }, key: { file: $WORK/tls.key } } }]|" \
-    "$WORK/portico.yaml"
+sed "s|protocol: HTTP }]|protocol: HTTP }, { name: tls, address: \"127.0.0.1:18086\", protocol: HTTPS, tls: { cert: { file: $WORK/tls.crt }, key: { file: $WORK/tls.key } } }]|" \
+    "$WORK/portico.yaml" > "$WORK/portico-tls.yaml"
+nginx_proxy_conf "$WORK/ngx-tls" 18082 $UP_PORT
 sed -i "s|listen 127.0.0.1:18082;|&\n        listen 127.0.0.1:18087 ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;|" \
-    "$WORK/ngx/nginx.conf"
+    "$WORK/ngx-tls/nginx.conf"
 
 cat > "$WORK/haproxy.cfg" <<CONF
 global
@@ -107,11 +109,11 @@ defaults
     http-reuse always
 frontend fe
     bind 127.0.0.1:18083
-    bind 127.0.0.1:18088 ssl crt $WORK/tls.pem
     default_backend be
 backend be
     server up 127.0.0.1:$UP_PORT
 CONF
+sed "s|bind 127.0.0.1:18083|&\n    bind 127.0.0.1:18088 ssl crt $WORK/tls.pem|" "$WORK/haproxy.cfg" > "$WORK/haproxy-tls.cfg"
 
 wait_port $UP_PORT
 wait_port $SERVER_PORT
@@ -119,15 +121,17 @@ declare -A PORT=([direct]=$UP_PORT [portico]=18081 [nginx]=18082 [haproxy]=18083
 declare -A TLS_PORT=([portico]=18086 [nginx]=18087 [haproxy]=18088)
 declare -A PID
 PID[server]=$(pgrep -P "$SERVER_MASTER" | head -1)
-# Starts the three proxies pinned to one core. Sets PID (per proxy, the process doing the work)
-# and READY_MS (portico-proxy's time from exec to accepting connections).
+# Starts the three proxies pinned to one core (`start_proxies tls`: the configs with an HTTPS
+# listener). Sets PID (per proxy, the process doing the work) and READY_MS (portico-proxy's time
+# from exec to accepting connections).
 start_proxies() {
+    local v=${1:+-tls}
     read -r PORTICO_PID READY_MS < <($HELPER ready taskset -c $PROXY_CPU "$PROXY_BIN" \
-        --config "$WORK/portico.yaml" --workers 1 --admin-addr 127.0.0.1:$ADMIN_PORT --log-level warn)
+        --config "$WORK/portico$v.yaml" --workers 1 --admin-addr 127.0.0.1:$ADMIN_PORT --log-level warn)
     PIDS+=("$PORTICO_PID")
-    taskset -c $PROXY_CPU nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" &
+    taskset -c $PROXY_CPU nginx -p "$WORK/ngx$v" -c "$WORK/ngx$v/nginx.conf" &
     NGINX_PID=$!; PIDS+=("$NGINX_PID")
-    taskset -c $PROXY_CPU haproxy -f "$WORK/haproxy.cfg" -db &
+    taskset -c $PROXY_CPU haproxy -f "$WORK/haproxy$v.cfg" -db &
     HAPROXY_PID=$!; PIDS+=("$HAPROXY_PID")
     for p in 18081 18082 18083; do wait_port $p; done
     sleep 1
@@ -153,7 +157,7 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
 }
 median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-declare -A IDLE_ANON IDLE_FILE LOAD_ANON LOAD_FILE CONN_ANON CONN_FILE TLS_IDLE_ANON TLS_CONN_ANON
+declare -A IDLE_ANON IDLE_FILE LOAD_ANON LOAD_FILE CONN_ANON CONN_FILE TLS_IDLE_ANON TLS_IDLE_FILE TLS_CONN_ANON
 start_proxies
 for t in portico nginx haproxy; do read -r IDLE_ANON[$t] IDLE_FILE[$t] < <(mem "${PID[$t]}"); done
 
@@ -168,10 +172,10 @@ for t in portico nginx haproxy; do
 done
 
 stop_proxies
-start_proxies
+start_proxies tls
 # The same over TLS (HTTPS listeners, TLS 1.3), again on freshly started proxies.
 for t in portico nginx haproxy; do
-    read -r TLS_IDLE_ANON[$t] _ < <(mem "${PID[$t]}")
+    read -r TLS_IDLE_ANON[$t] TLS_IDLE_FILE[$t] < <(mem "${PID[$t]}")
     log "1,000 idle keep-alive TLS connections to $t"
     echo "${PID[$t]}" > "$WORK/pid"
     read -r TLS_CONN_ANON[$t] _ < <($HELPER hold "${TLS_PORT[$t]}" 1000 "$WORK/pid" tls)
@@ -322,7 +326,9 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "128 buffers of 8 KiB are kept per thread for reuse); what stays is the connection's task"
     echo "(the state of a request in progress is allocated per request) and its socket"
     echo "registration. Over TLS the connection's TLS state stays too (rustls), but no read buffer"
-    echo "of the proxy's. Idle upstream connections are bare sockets in a pool."
+    echo "of the proxy's. Idle upstream connections are bare sockets in a pool. With the HTTPS"
+    echo "listener configured (its certificate loaded, TLS code paged in), portico-proxy's idle RSS"
+    echo "is $(mb "$((TLS_IDLE_ANON[portico] + TLS_IDLE_FILE[portico]))") MB ($(mb "${TLS_IDLE_ANON[portico]}") anon); nginx's $(mb "$((TLS_IDLE_ANON[nginx] + TLS_IDLE_FILE[nginx]))") MB, haproxy's $(mb "$((TLS_IDLE_ANON[haproxy] + TLS_IDLE_FILE[haproxy]))") MB."
     echo
     echo "Reading the CPU columns: at 2,000 req/s requests arrive one at a time, so each one costs"
     echo "a proxy two sleeps and wake-ups of its own and two wake-ups of processes on the other core"
