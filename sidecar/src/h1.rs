@@ -89,17 +89,22 @@ impl Site {
 
 /// Serves an HTTP/1 client connection whose first bytes have arrived.
 pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
-    let mut shutdown = shared.shutdown.subscribe();
+    // One wait for the shutdown for the connection's life: a new one per request would take
+    // the lock of the channel's waiter list, shared by every connection, to register and again
+    // to leave. Polled second, so a request that arrives does not touch it.
+    let closing = shut(shared.shutdown.subscribe());
+    tokio::pin!(closing);
     let mut buf = BytesMut::new();
     loop {
         if buf.is_empty() {
             buffers::put(std::mem::take(&mut buf));
             tokio::select! {
+                biased;
                 r = first_bytes(&mut stream) => match r {
                     Ok(b) => buf = b,
                     Err(_) => return,
                 },
-                () = shut(&mut shutdown) => return,
+                () = &mut closing => return,
             }
         }
         let next = match read_request(&mut stream, &mut buf).await {
@@ -137,7 +142,7 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
             }
             Flow::HandOff(data) => return hand_off(shared, site, stream, data).await,
         }
-        if *shutdown.borrow() {
+        if *shared.shutdown.borrow() {
             return;
         }
     }
@@ -192,7 +197,8 @@ impl io::Read for TryRead<'_> {
     }
 }
 
-async fn shut(shutdown: &mut watch::Receiver<bool>) {
+/// Completes when the proxy shuts down.
+async fn shut(mut shutdown: watch::Receiver<bool>) {
     drop(shutdown.wait_for(|s| *s).await);
 }
 

@@ -176,22 +176,52 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Idle connections do not hold a shutdown up: one that never sent a request, and a kept-alive
+/// one waiting for its next request after one answered (the HTTP/1.1 fast path's idle wait).
 #[tokio::test]
-async fn shutdown_closes_connections_that_never_sent_a_request() {
+async fn shutdown_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let a = echo("a").await;
     let proxy = start(&to("a", a.addr, 1)).await;
     let addr = proxy.listener_addr("web").unwrap();
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Read until the body has the head's content-length.
+    let whole = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .is_some_and(|n| body.len() >= n.parse::<usize>().unwrap())
+    };
+    while !whole(&got) {
+        let mut chunk = [0u8; 4096];
+        let n = kept.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     while !proxy
         .metrics_text()
-        .contains(r#"portico_open_connections{listener="web"} 1"#)
+        .contains(r#"portico_open_connections{listener="web"} 2"#)
     {
         tokio::task::yield_now().await;
     }
     assert!(proxy.shutdown(Duration::from_secs(5)).await, "drained");
-    let mut buf = [0u8; 1];
-    let n = tokio::io::AsyncReadExt::read(&mut silent, &mut buf).await;
-    assert!(matches!(n, Ok(0) | Err(_)), "the connection was closed");
+    for (name, conn) in [("silent", &mut silent), ("kept-alive", &mut kept)] {
+        let mut buf = [0u8; 1];
+        let n = conn.read(&mut buf).await;
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "the {name} connection was closed"
+        );
+    }
 }
 
 /// Kills the proxy process if the test fails before it is stopped, so no process outlives it.
