@@ -163,7 +163,8 @@ where
         service_fn(move |req| Box::pin(handle(shared.clone(), conn.clone(), req)))
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    // Answers a client that shut its sending side after the request.
+    builder.http1().timer(TokioTimer::new()).half_close(true);
     builder.http2().timer(TokioTimer::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
@@ -228,7 +229,9 @@ async fn forward(
         })?;
     let (mut resp, lease) = upstream.send(conn.app, up).await.map_err(|e| {
         tracing::debug!(app = %conn.app, error = %e, "request to the app failed");
-        if e.is_connect() {
+        if let Some(why) = e.request_body_failure() {
+            ProxyError::BadRequest(format!("request body: {why}"))
+        } else if e.is_connect() {
             ProxyError::Connect(conn.app)
         } else {
             ProxyError::Reset(conn.app)

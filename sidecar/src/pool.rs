@@ -64,6 +64,31 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect { .. })
     }
+
+    /// What was wrong with the request's own body, when that is why the request failed (a
+    /// client that sent a malformed or cut-off chunked body): the client's fault, not the
+    /// upstream's, so it is answered 400 and not held against the endpoint.
+    pub fn request_body_failure(&self) -> Option<String> {
+        let Self::Request { source, .. } = self else {
+            return None;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        while let Some(e) = cause {
+            // hyper's "error from user's Body stream" carries the body's own error; the
+            // innermost cause says what was wrong.
+            if let Some(h) = e.downcast_ref::<hyper::Error>()
+                && h.is_user()
+                && let Some(mut inner) = std::error::Error::source(h)
+            {
+                while let Some(next) = inner.source() {
+                    inner = next;
+                }
+                return Some(inner.to_string());
+            }
+            cause = e.source();
+        }
+        None
+    }
 }
 
 /// A connection a pool can keep idle.

@@ -454,8 +454,12 @@ impl Attempts<'_> {
                 Ok(Response::from_parts(p, body.boxed_unsync()))
             }
             Err(e) => {
-                self.record(ep, None, false);
                 tracing::debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
+                if let Some(why) = e.request_body_failure() {
+                    // The client's body broke, not the endpoint: nothing held against it.
+                    return Err(ProxyError::BadRequest(format!("request body: {why}")));
+                }
+                self.record(ep, None, false);
                 Err(if e.is_connect() {
                     ProxyError::Connect(ep.addr)
                 } else {

@@ -296,7 +296,9 @@ where
 {
     let svc = service(&shared, info);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
+    // A client may shut its sending side once the request is out (RFC 9112 §9.6); it still
+    // gets its answer, as on the fast path.
+    builder.timer(TokioTimer::new()).half_close(true);
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -361,7 +363,8 @@ where
 {
     let svc = service(&shared, info);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    // Answers a client that shut its sending side after the request (see `serve_http1`).
+    builder.http1().timer(TokioTimer::new()).half_close(true);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     until_shutdown(shared.shutdown.subscribe(), conn, |c| c.graceful_shutdown()).await;
