@@ -451,9 +451,10 @@ async fn a_request_head_that_never_ends_gets_408() {
 
 /// Mutated requests (bytes flipped to the characters HTTP framing hinges on, deleted, inserted,
 /// lines doubled, cut short) from valid ones with every kind of framing: each gets answers or a
-/// close and never a hang; every upstream answer reaches the client whose request it was (an
-/// upstream connection that a mutated request desynchronised would hand a later client a stale
-/// answer); and the proxy still serves afterwards. The seed is fixed, so a failure repeats.
+/// close and never a hang, a 200 from the upstream or a 400 from the proxy; every upstream
+/// answer reaches the client whose request it was (an upstream connection that a mutated
+/// request desynchronised would hand a later client a stale answer); and the proxy still
+/// serves afterwards. The seed is fixed, so a failure repeats.
 #[tokio::test]
 async fn mutated_requests_never_hang_the_proxy_or_desynchronise_an_upstream() {
     use rand::{Rng, SeedableRng};
@@ -545,13 +546,18 @@ async fn mutated_requests_never_hang_the_proxy_or_desynchronise_an_upstream() {
     }
     eprintln!("statuses: {statuses:?}; upstream answers relayed: {answers}");
     // Every request the upstream answered was answered to its client, but for those whose body
-    // turned out malformed (400). No 5xx: nothing here is the upstream's fault.
+    // turned out malformed (400). Only 200 (the upstream) or 400: nothing here is the
+    // upstream's fault (no 5xx), and the route takes every path, so a 404 would be a malformed
+    // target (or Host) routed as if valid.
     let hits = up.hits();
     assert!(
         answers <= hits && hits <= answers + bad_bodies,
         "upstream saw {hits}, clients got {answers} answers and {bad_bodies} bad-body 400s; {statuses:?}"
     );
-    assert!(statuses.keys().all(|s| !s.starts_with('5')), "{statuses:?}");
+    assert!(
+        statuses.keys().all(|s| s == "200" || s == "400"),
+        "{statuses:?}"
+    );
     let reply = exchange(
         addr,
         b"GET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",

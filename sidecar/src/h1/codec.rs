@@ -206,8 +206,29 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    // The target's form (RFC 9112 §3.2): origin-form ("/path"), absolute-form
+    // ("http://host/path"), "*" for OPTIONS, authority-form for CONNECT. Anything else would
+    // reach routing as a path that cannot match.
+    let target_ok = path.starts_with('/')
+        || (uri.scheme().is_some() && uri.authority().is_some())
+        || (path == "*" && method == Method::OPTIONS)
+        || method == Method::CONNECT;
+    if !target_ok {
+        return Err(HeadError::Syntax("invalid request target"));
+    }
     let framing = framing_of(req.headers.iter().map(|f| (f.name, f.value)), true)?;
     let headers = header_map(buf, req.headers)?;
+    // Host (RFC 9112 §3.2): one in every HTTP/1.1 request, with a valid value; proxies that
+    // pick different ones of several would route one request two ways.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => return Err(HeadError::Syntax("no host")),
+        (Some(_), Some(_)) => return Err(HeadError::Syntax("more than one host")),
+        (Some(h), None) if !valid_host(h.as_bytes()) => {
+            return Err(HeadError::Syntax("invalid host"));
+        }
+        _ => {}
+    }
     let close = if version == Version::HTTP_10 {
         !has_token(&headers, &header::CONNECTION, "keep-alive")
     } else {
@@ -224,6 +245,11 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
         framing,
         close,
     }))
+}
+
+/// A `Host` value: `host[:port]` (RFC 9110 §7.2), or empty when the target has no authority.
+fn valid_host(v: &[u8]) -> bool {
+    v.is_empty() || (!v.contains(&b'@') && http::uri::Authority::try_from(v).is_ok())
 }
 
 /// Headers that describe one connection (RFC 9110 §7.6.1), dropped when relaying a response
@@ -707,14 +733,36 @@ mod tests {
             "GET / HTTP/1.1\r\nbad header\r\n\r\n",
             "G\0T / HTTP/1.1\r\n\r\n",
             "GET / HTTP/9.9\r\n\r\n",
+            // The target's form, and Host (RFC 9112 §3.2).
+            "GET t01 HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET * HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: user@a\r\n\r\n",
         ] {
             assert!(matches!(req(bad), Err(HeadError::Syntax(_))), "{bad:?}");
+        }
+        for good in [
+            "OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET http://x/a HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost:\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(req(good), Ok(Some(_))),
+                "{good:?}: {:?}",
+                req(good).err()
+            );
         }
     }
 
     #[test]
     fn framing_follows_rfc_9112_and_refuses_ambiguity() {
-        let f = |h: &str| req(&format!("POST / HTTP/1.1\r\n{h}\r\n")).map(|r| r.unwrap().framing);
+        let f = |h: &str| {
+            req(&format!("POST / HTTP/1.1\r\nhost: x\r\n{h}\r\n")).map(|r| r.unwrap().framing)
+        };
         assert_eq!(f("content-length: 5\r\n"), Ok(Framing::Length(5)));
         assert_eq!(f("content-length: 5, 5\r\n"), Ok(Framing::Length(5)));
         assert_eq!(
@@ -734,7 +782,7 @@ mod tests {
     #[test]
     fn connection_close_and_http_1_0_keep_alive() {
         assert!(
-            req("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n")
+            req("GET / HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n")
                 .unwrap()
                 .unwrap()
                 .close
