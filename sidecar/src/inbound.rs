@@ -229,13 +229,7 @@ async fn forward(
         })?;
     let (mut resp, lease) = upstream.send(conn.app, up).await.map_err(|e| {
         tracing::debug!(app = %conn.app, error = %e, "request to the app failed");
-        if let Some(why) = e.request_body_failure() {
-            ProxyError::BadRequest(format!("request body: {why}"))
-        } else if e.is_connect() {
-            ProxyError::Connect(conn.app)
-        } else {
-            ProxyError::Reset(conn.app)
-        }
+        e.to_proxy_error()
     })?;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_side) = client_upgrade {

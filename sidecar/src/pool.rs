@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::error::{Body, BoxError};
+use crate::error::{Body, BoxError, ProxyError};
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +65,21 @@ impl UpstreamError {
         matches!(self, Self::Connect { .. })
     }
 
-    /// What was wrong with the request's own body, when that is why the request failed (a
-    /// client that sent a malformed or cut-off chunked body): the client's fault, not the
-    /// upstream's, so it is answered 400 and not held against the endpoint.
-    pub fn request_body_failure(&self) -> Option<String> {
+    /// What the client is told: 502 for a connect failure or a broken exchange, but 400 when
+    /// the request's own body failed (a malformed or cut-off chunked body), which is the
+    /// client's fault and not to be held against the endpoint.
+    pub fn to_proxy_error(&self) -> ProxyError {
+        match self {
+            Self::Connect { addr, .. } => ProxyError::Connect(*addr),
+            Self::Request { addr, .. } => match self.request_body_failure() {
+                Some(why) => ProxyError::BadRequest(format!("request body: {why}")),
+                None => ProxyError::Reset(*addr),
+            },
+        }
+    }
+
+    /// What was wrong with the request's own body, when that is why the request failed.
+    fn request_body_failure(&self) -> Option<String> {
         let Self::Request { source, .. } = self else {
             return None;
         };

@@ -455,16 +455,12 @@ impl Attempts<'_> {
             }
             Err(e) => {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
-                if let Some(why) = e.request_body_failure() {
-                    // The client's body broke, not the endpoint: nothing held against it.
-                    return Err(ProxyError::BadRequest(format!("request body: {why}")));
+                let err = e.to_proxy_error();
+                // A client's broken body (400) is nothing to hold against the endpoint.
+                if !matches!(err, ProxyError::BadRequest(_)) {
+                    self.record(ep, None, false);
                 }
-                self.record(ep, None, false);
-                Err(if e.is_connect() {
-                    ProxyError::Connect(ep.addr)
-                } else {
-                    ProxyError::Reset(ep.addr)
-                })
+                Err(err)
             }
         }
     }
