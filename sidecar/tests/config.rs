@@ -190,17 +190,7 @@ async fn shutdown_closes_idle_connections() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    // Read until the body has the head's content-length.
-    let whole = |got: &[u8]| {
-        let text = String::from_utf8_lossy(got);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        head.lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .is_some_and(|n| body.len() >= n.parse::<usize>().unwrap())
-    };
-    while !whole(&got) {
+    while !has_whole_response(&String::from_utf8_lossy(&got)) {
         let mut chunk = [0u8; 4096];
         let n = kept.read(&mut chunk).await.unwrap();
         assert!(n > 0, "closed before the answer");

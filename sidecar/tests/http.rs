@@ -411,18 +411,7 @@ async fn an_https_request_whose_tls_record_arrives_in_pieces_is_served() {
         "GET /one HTTP/1.1\r\nhost: localhost\r\n\r\n",
     )
     .await;
-    // Whole when the body has the head's content-length.
-    let whole = |s: &str, _| {
-        let Some((head, body)) = s.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map(|v| v.parse::<usize>().unwrap());
-        length.is_some_and(|n| body.len() >= n)
-    };
-    let one = receive(&mut tcp, &mut tls, whole).await;
+    let one = receive(&mut tcp, &mut tls, |s, _| has_whole_response(s)).await;
     assert_paths_in_order(&one, &["/one"]);
     assert!(one.starts_with("HTTP/1.1 200 OK\r\n"), "{one}");
     // Idle on the kept connection, then the next request, also in pieces.

@@ -242,6 +242,17 @@ where
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `text` holds a whole response head and as much body as its `content-length` says
+/// (for reading a kept-alive connection's answer off the wire).
+pub fn has_whole_response(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .is_some_and(|n| body.len() >= n.parse::<usize>().unwrap())
+}
+
 /// Asserts that `text` holds [`echo`]'s answers for `paths`, each one, in that order.
 pub fn assert_paths_in_order(text: &str, paths: &[&str]) {
     let at: Vec<usize> = paths
