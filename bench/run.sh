@@ -253,6 +253,8 @@ done
 # --- report --------------------------------------------------------------------------------
 med() { if [[ -s "$WORK/$1" ]]; then median < "$WORK/$1"; else echo nan; fi; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "—" }'; }
+# KB per connection: growth from IDLE_KB to WITH_KB over 1,000 connections.
+per_conn_kb() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a - b) / 1000 }'; }
 # System ticks as a share of all ticks over the runs in FILE ("user system" per line).
 kernel_share() { awk '{u += $1; s += $2} END { if (u + s > 0) printf "%.0f%%", 100 * s / (u + s); else print "—" }' "$WORK/$1"; }
 mb() { awk -v k="$1" 'BEGIN { if (k > 0) printf "%.1f", k / 1024; else print "—" }'; }
@@ -310,9 +312,9 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "| proxy | idle anon | idle file | idle RSS | under load anon | under load RSS | 1,000 conns anon | 1,000 conns RSS | KB per idle conn (anon) | (RSS) | KB per idle HTTPS conn (anon) | CPU-s per 1,000 req at 2k/s | at 10k/s | kernel share of CPU at 2k/s |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in portico nginx haproxy; do
-        per=$(awk -v a="${CONN_ANON[$t]}" -v b="${IDLE_ANON[$t]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
-        per_rss=$(awk -v a="$((CONN_ANON[$t] + CONN_FILE[$t]))" -v b="$((IDLE_ANON[$t] + IDLE_FILE[$t]))" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
-        per_tls=$(awk -v a="${TLS_CONN_ANON[$t]}" -v b="${TLS_IDLE_ANON[$t]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+        per=$(per_conn_kb "${CONN_ANON[$t]}" "${IDLE_ANON[$t]}")
+        per_rss=$(per_conn_kb "$((CONN_ANON[$t] + CONN_FILE[$t]))" "$((IDLE_ANON[$t] + IDLE_FILE[$t]))")
+        per_tls=$(per_conn_kb "${TLS_CONN_ANON[$t]}" "${TLS_IDLE_ANON[$t]}")
         echo "| $t | $(mb "${IDLE_ANON[$t]}") | $(mb "${IDLE_FILE[$t]}") | $(mb "$((IDLE_ANON[$t] + IDLE_FILE[$t]))") | $(mb "${LOAD_ANON[$t]:-0}") | $(mb "$((${LOAD_ANON[$t]:-0} + ${LOAD_FILE[$t]:-0}))") | $(mb "${CONN_ANON[$t]}") | $(mb "$((CONN_ANON[$t] + CONN_FILE[$t]))") | $per | $per_rss | $per_tls | $(med $t.2000.cpu) | $(med $t.10000.cpu) | $(kernel_share $t.2000.ticks) |"
     done
     echo
@@ -348,9 +350,9 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
         awk '{ if ($2 - $1 <= $3 - $1) n++ } END { print n + 0 }')
     idle=$((IDLE_ANON[portico] + IDLE_FILE[portico]))
     load=$((${LOAD_ANON[portico]:-0} + ${LOAD_FILE[portico]:-0}))
-    per_conn=$(awk -v a="${CONN_ANON[portico]}" -v b="${IDLE_ANON[portico]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
-    per_conn_rss=$(awk -v a="$((CONN_ANON[portico] + CONN_FILE[portico]))" -v b="$idle" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
-    per_tls=$(awk -v a="${TLS_CONN_ANON[portico]}" -v b="${TLS_IDLE_ANON[portico]}" 'BEGIN { printf "%.1f", (a - b) / 1000 }')
+    per_conn=$(per_conn_kb "${CONN_ANON[portico]}" "${IDLE_ANON[portico]}")
+    per_conn_rss=$(per_conn_kb "$((CONN_ANON[portico] + CONN_FILE[portico]))" "$idle")
+    per_tls=$(per_conn_kb "${TLS_CONN_ANON[portico]}" "${TLS_IDLE_ANON[portico]}")
     verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
     echo "| goal | measured | |"
     echo "|---|---:|---|"
