@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench bench-control-plane images
+.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench bench-control-plane images
 
 all: build
 
@@ -18,11 +18,20 @@ test: lint crds-check unit e2e
 unit:
 	$(CARGO) test --workspace --exclude portico-tests
 
-## e2e: end-to-end tests against etcd + kube-apiserver + controller-manager + scheduler + kwok
-e2e: k8s-bins
-	$(CARGO) build -p portico-proxy
+## e2e: end-to-end tests against etcd + kube-apiserver + controller-manager + scheduler, with
+## kwok (Portico's processes run locally) and with a real kubelet node (Portico installed by its
+## chart runs in containers: tests/tests/realnode.rs), images built by hack/images.sh
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+e2e: k8s-bins test-images
 	$(CARGO) test -p portico-tests --no-run
-	hack/in-netns.sh $(CARGO) test --offline -p portico-tests -- --test-threads=2
+	PORTICO_IMAGES_DIR=$(abspath $(TARGET_DIR))/images-debug \
+	  hack/in-netns.sh $(CARGO) test --offline -p portico-tests -- --test-threads=2
+
+## test-images: the images of the real node (debug builds, like the rest of the tests)
+test-images:
+	$(CARGO) build -p portico-proxy -p portico-operator
+	$(CARGO) build -p portico-tests --bin portico-echo
+	hack/images.sh $(TARGET_DIR)/images-debug debug
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -79,11 +88,10 @@ bench-control-plane: k8s-bins
 	$(BENCH_RELEASE) $(CARGO) build --release -p portico-operator -p portico-tests --bin portico-operator --bin portico-bench-control-plane
 	hack/in-netns.sh "$${CARGO_TARGET_DIR:-target}/release/portico-bench-control-plane"
 
-## images: container images of both binaries, where a container engine runs
-IMAGE_TAG ?= 0.1.0
-CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+## images: OCI image tarballs (operator, proxy with iptables, and the test images pause, echo,
+## nginx) written by hack/images.sh, no container engine; import with hack/images-import.sh
 images:
-	@if [ -z "$(CONTAINER_ENGINE)" ] || ! $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
-	  echo "no running container engine (docker or podman): cannot build images here" >&2; exit 1; fi
-	$(CONTAINER_ENGINE) build -f docker/operator.Dockerfile -t ghcr.io/portico-dev/portico-operator:$(IMAGE_TAG) .
-	$(CONTAINER_ENGINE) build -f docker/proxy.Dockerfile -t ghcr.io/portico-dev/portico-proxy:$(IMAGE_TAG) .
+	$(CARGO) build --release -p portico-operator -p portico-proxy
+	$(CARGO) build --release -p portico-tests --bin portico-echo
+	hack/images.sh "$${CARGO_TARGET_DIR:-target}/images" release
+	@echo "images: $${CARGO_TARGET_DIR:-target}/images/*.tar (listed in images.txt; import: hack/images-import.sh SOCKET $${CARGO_TARGET_DIR:-target}/images)"

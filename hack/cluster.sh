@@ -1,35 +1,40 @@
 #!/usr/bin/env bash
-# make cluster-up / cluster-down: a development control plane in the named network namespace
-# "portico-dev", state and kubeconfig in target/dev-cluster/.
+# make cluster-up / cluster-down: a development control plane with one real kubelet node
+# (containerd, runc, CNI bridge, kube-proxy, CoreDNS) in the named network namespace
+# "portico-dev"; state and kubeconfig in target/dev-cluster/. Safe to run twice.
+#
+# The namespace is entered with `nsenter --net`, never `ip netns exec`: the latter remounts /sys,
+# which hides the cgroup hierarchies kubelet, containerd and runc need (shared/REALNODE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NETNS=portico-dev
-DIR=target/dev-cluster
+DIR="$(pwd)/target/dev-cluster"
 TARGET="${CARGO_TARGET_DIR:-target}"
+[[ $TARGET = /* ]] || TARGET="$(pwd)/$TARGET"
+BIN="${PORTICO_BIN_DIR:-$HOME/.cache/portico/bin}"
 
 case "${1:-}" in
 up)
   hack/k8s-bins.sh >/dev/null
+  make -s test-images >/dev/null
   cargo build -q -p portico-tests --bin portico-devcluster
   if ! ip netns list | grep -qw "$NETNS"; then
     ip netns add "$NETNS"
   fi
-  ip netns exec "$NETNS" ip link set lo up
-  ip netns exec "$NETNS" ip route replace local 198.18.0.0/15 dev lo
-  ip netns exec "$NETNS" "$TARGET/debug/portico-devcluster" up "$DIR"
-  KC="$(pwd)/$DIR/kubeconfig"
+  PORTICO_IMAGES_DIR="$TARGET/images-debug" \
+    nsenter --net="/run/netns/$NETNS" "$TARGET/debug/portico-devcluster" up "$DIR"
   cat <<MSG
 
-The control plane runs inside the network namespace "$NETNS". Use it with:
+The cluster runs inside the network namespace "$NETNS" (pods 198.18.128.0/24, Services
+198.19.0.0/16, node 198.18.255.1). Use it with:
 
-  ip netns exec $NETNS $HOME/.cache/portico/bin/kubectl --kubeconfig $KC get nodes
-  ip netns exec $NETNS $HOME/.cache/portico/bin/kubectl --kubeconfig $KC get portico -A
+  nsenter --net=/run/netns/$NETNS $BIN/kubectl --kubeconfig $DIR/kubeconfig get nodes,pods -A
 
-Logs: $DIR/logs/. Stop it with: make cluster-down
+Logs: $DIR/logs/ and $DIR/node/logs/. Stop it with: make cluster-down
 MSG
   ;;
 down)
-  if [[ -f "$DIR/pids" ]]; then
+  if [[ -f "$DIR/pids" || -f "$DIR/node/node.json" ]]; then
     cargo build -q -p portico-tests --bin portico-devcluster
     "$TARGET/debug/portico-devcluster" down "$DIR"
   fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the real Kubernetes components Portico's tests run against:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm.
-# Everything comes from Go modules; nothing is downloaded from release pages.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, and for
+# the real node kubelet, kube-proxy, containerd (+ ctr, shim), runc and CoreDNS.
+# Everything comes from Go modules; nothing is downloaded from release pages. The node's CNI
+# plugins, iptables and libseccomp (runc's cgo) come from Debian packages.
 #
 # Usage: hack/k8s-bins.sh            build what is missing, print the bin directory
 # Cache: ${PORTICO_CACHE:-~/.cache/portico}/bin/<component>-<version>
@@ -11,6 +13,10 @@ K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
+RUNC_VERSION="${RUNC_VERSION:-v1.5.3}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+K8S_COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 CACHE="${PORTICO_CACHE:-$HOME/.cache/portico}"
 BIN="$CACHE/bin"
@@ -26,7 +32,7 @@ link() { ln -sf "$1-$2" "$BIN/$1"; touch "$BIN/.$1-$2.ok"; }
 
 build_kubernetes() {
   local missing=0 c
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in "${K8S_COMPONENTS[@]}"; do
     have "$c" "$K8S_VERSION" || missing=1
   done
   ((missing)) || return 0
@@ -51,8 +57,7 @@ build_kubernetes() {
       | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
   } >"$work/go.mod"
   log "wrapper module lists $(grep -c '^replace' "$work/go.mod") staging replacements"
-  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  local pkgs=("${K8S_COMPONENTS[@]/#/k8s.io/kubernetes/cmd/}")
   (cd "$work" && go get "${pkgs[@]/%/@$K8S_VERSION}")
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local ld="-s -w"
@@ -61,7 +66,7 @@ build_kubernetes() {
   done
   mkdir -p "$work/out"
   (cd "$work" && go build -trimpath -ldflags "$ld" -o out/ "${pkgs[@]}")
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in "${K8S_COMPONENTS[@]}"; do
     mv "$work/out/$c" "$BIN/$c-$K8S_VERSION"
     link "$c" "$K8S_VERSION"
   done
@@ -127,11 +132,108 @@ kwok_stages() {
   ln -sf "kwok-stages-$KWOK_VERSION.yaml" "$BIN/kwok-stages.yaml"
 }
 
+# containerd, ctr and the runc shim: pure Go (no btrfs, no docs generator; the shim without grpc).
+build_containerd() {
+  local c missing=0
+  for c in containerd ctr containerd-shim-runc-v2; do have "$c" "$CONTAINERD_VERSION" || missing=1; done
+  ((missing)) || return 0
+  log "building containerd $CONTAINERD_VERSION"
+  local gobin="$CACHE/build/containerd-$CONTAINERD_VERSION" m=github.com/containerd/containerd/v2
+  mkdir -p "$gobin"
+  GOBIN="$gobin" go install -trimpath -ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION" \
+    -tags "urfave_cli_no_docs no_btrfs" "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/ctr@$CONTAINERD_VERSION"
+  GOBIN="$gobin" go install -trimpath -ldflags "-s -w" -tags "urfave_cli_no_docs no_btrfs no_grpc" \
+    "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+  for c in containerd ctr containerd-shim-runc-v2; do
+    mv "$gobin/$c" "$BIN/$c-$CONTAINERD_VERSION"
+    link "$c" "$CONTAINERD_VERSION"
+  done
+}
+
+# runc needs cgo (its nsexec C code) and libseccomp; upstream's libpathrs tag is left out (that
+# library is not packaged here).
+build_runc() {
+  have runc "$RUNC_VERSION" && return 0
+  log "building runc $RUNC_VERSION"
+  local gobin="$CACHE/build/runc-$RUNC_VERSION"
+  mkdir -p "$gobin"
+  CGO_ENABLED=1 GOBIN="$gobin" go install -trimpath -ldflags "-s -w" -tags "seccomp urfave_cli_no_docs" \
+    "github.com/opencontainers/runc@$RUNC_VERSION"
+  mv "$gobin/runc" "$BIN/runc-$RUNC_VERSION"
+  link runc "$RUNC_VERSION"
+}
+
+# CoreDNS (the cluster DNS of the real node) with only the plugins it needs: the full build
+# pulls in every cloud provider's SDK. The main package is CoreDNS's documented way to choose
+# plugins at compile time.
+build_coredns() {
+  have coredns "$COREDNS_VERSION" && return 0
+  log "building CoreDNS $COREDNS_VERSION"
+  local work="$CACHE/build/coredns-$COREDNS_VERSION"
+  mkdir -p "$work"
+  cat >"$work/main.go" <<'EOF'
+// CoreDNS with the plugins a test cluster's DNS needs.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	// The order a query passes the plugins in (CoreDNS's plugin.cfg order, these only).
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "log", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+EOF
+  local gomod
+  gomod="$(go mod download -json "github.com/coredns/coredns@$COREDNS_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  {
+    echo "module portico.dev/coredns-build"
+    echo
+    grep -E '^go [0-9]' "$gomod"
+    echo
+    echo "require github.com/coredns/coredns $COREDNS_VERSION"
+  } >"$work/go.mod"
+  (cd "$work" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$BIN/coredns-$COREDNS_VERSION" .)
+  link coredns "$COREDNS_VERSION"
+}
+
+# Debian packages the node needs: CNI plugins (bridge, host-local, portmap in /usr/lib/cni),
+# iptables (kube-proxy, the sidecar's init container), libseccomp (runc), busybox-static
+# (a shell for test images), gcc (the pause image), nginx (a real backend image).
+node_packages() {
+  local need=()
+  [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+  command -v iptables >/dev/null || need+=(iptables)
+  [[ -e /usr/include/seccomp.h ]] || need+=(libseccomp-dev)
+  [[ -x /bin/busybox ]] || need+=(busybox-static)
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  command -v nsenter >/dev/null || need+=(util-linux)
+  [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+  ((${#need[@]})) || return 0
+  log "installing Debian packages: ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
 start=$(date +%s)
+node_packages
 build_etcd
 build_plain kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 kwok_stages
 build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 build_kubernetes
+build_containerd
+build_runc
+build_coredns
 log "all components ready in $BIN ($(($(date +%s) - start)) s)"
 echo "$BIN"

@@ -116,6 +116,8 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
                 "spec": {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": false,
+                    // The preStop pause below plus the proxy's own drain of in-flight requests.
+                    "terminationGracePeriodSeconds": 40,
                     "containers": [{
                         "name": "proxy",
                         "image": settings.image,
@@ -128,6 +130,11 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
                         ],
                         "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}},
+                        // A terminating pod leaves the Service's endpoints at once, but
+                        // kube-proxies and load balancers take a moment to stop sending it new
+                        // connections: keep serving for that moment before SIGTERM starts the
+                        // drain (no shell needed: the kubelet sleeps).
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                         "livenessProbe": {"httpGet": {"path": "/live", "port": 9901}},
                         "volumeMounts": [{"name": "portico", "mountPath": "/var/run/secrets/portico", "readOnly": true}],
                         "securityContext": {

@@ -1,9 +1,12 @@
 //! A real Kubernetes control plane made of local processes: etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler and kwok, with fresh certificates.
+//! kube-controller-manager, kube-scheduler, with fresh certificates, and either kwok (a fake
+//! node for many pods that run nothing) or a real kubelet node ([`crate::node`]).
 //!
-//! It must run inside a network namespace where 198.18.0.0/15 is routed to `lo`
+//! With kwok it must run inside a network namespace where 198.18.0.0/15 is routed to `lo`
 //! (`hack/in-netns.sh` makes one): Kubernetes rejects loopback addresses for pod IPs,
 //! EndpointSlices and the advertise address, while test traffic may only stay on this machine.
+//! With a real node it must run in a private network namespace of its own
+//! ([`crate::node::enter_private_network`]), which the node lays out.
 //!
 //! ```text
 //!  etcd ◄── kube-apiserver ◄── controller-manager (endpointslice, deployment, …)
@@ -22,6 +25,17 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::certs::{self, CertFiles};
+use crate::node::{self, RealNode};
+
+/// Which node the control plane gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nodes {
+    /// kwok's fake node: pods are Running with an address and run nothing (scale tests, and
+    /// tests that run Portico's processes locally).
+    Kwok,
+    /// A real kubelet node (containerd, runc, CNI bridge, kube-proxy): pods run.
+    Real,
+}
 
 /// The network every pod, node and Service address comes from; routed to `lo` in the namespace.
 pub const ANY_IP_RANGE: &str = "198.18.0.0/15";
@@ -118,13 +132,31 @@ pub struct ControlPlane {
     /// Certificate files, including the CA key for signing webhook certificates.
     pub certs: CertFiles,
     keep_files: bool,
+    /// The real node, when there is one.
+    node: Option<RealNode>,
 }
 
 impl ControlPlane {
     /// Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with state
     /// under `dir`, creates the fake node and waits until it is Ready.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        require_any_ip_namespace()?;
+        Self::start_with(dir, Nodes::Kwok).await
+    }
+
+    /// Starts the control plane with the given kind of node and waits until the node is Ready.
+    pub async fn start_with(dir: &Path, nodes: Nodes) -> anyhow::Result<Self> {
+        let advertise = match nodes {
+            Nodes::Kwok => {
+                require_any_ip_namespace()?;
+                ADVERTISE_ADDRESS
+            }
+            Nodes::Real => {
+                node::prepare_network()?;
+                // Pods reach the apiserver at the `kubernetes` Service, whose endpoint is the
+                // advertise address: the node's own, as on a one-node kubeadm cluster.
+                node::NODE_IP
+            }
+        };
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
@@ -142,7 +174,7 @@ impl ControlPlane {
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
             KUBERNETES_SERVICE_IP,
-            ADVERTISE_ADDRESS,
+            advertise,
         ];
         let certs = certs::generate(&dir.join("pki"), &sans)?;
         let mut plane = ControlPlane {
@@ -153,6 +185,7 @@ impl ControlPlane {
             apiserver: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
             certs,
             keep_files: false,
+            node: None,
         };
         write_kubeconfig(&plane.kubeconfig, plane.apiserver, &plane.certs)?;
 
@@ -175,11 +208,27 @@ impl ControlPlane {
         let c = plane.certs.clone();
         let apiserver_port = plane.apiserver.port();
         plane.spawn("kube-apiserver", &logs, |cmd| {
+            match nodes {
+                // No endpoints for the `kubernetes` Service: nothing runs in pods.
+                Nodes::Kwok => cmd.args([
+                    "--bind-address=127.0.0.1".to_string(),
+                    "--endpoint-reconciler-type=none".into(),
+                    "--authorization-mode=RBAC".into(),
+                ]),
+                // Pods call the apiserver through its Service (kube-proxy → the node IP); it
+                // calls kubelets (logs, exec) at their InternalIP with the admin certificate.
+                Nodes::Real => cmd.args([
+                    "--bind-address=0.0.0.0".to_string(),
+                    "--authorization-mode=Node,RBAC".into(),
+                    "--kubelet-preferred-address-types=InternalIP".into(),
+                    format!("--kubelet-client-certificate={}", c.admin_cert.display()),
+                    format!("--kubelet-client-key={}", c.admin_key.display()),
+                ]),
+            };
             cmd.args([
                 format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={apiserver_port}"),
-                format!("--advertise-address={ADVERTISE_ADDRESS}"),
+                format!("--advertise-address={advertise}"),
                 format!("--tls-cert-file={}", c.apiserver_cert.display()),
                 format!("--tls-private-key-file={}", c.apiserver_key.display()),
                 format!("--client-ca-file={}", c.ca_cert.display()),
@@ -187,9 +236,7 @@ impl ControlPlane {
                 format!("--service-account-key-file={}", c.sa_pub.display()),
                 format!("--service-account-signing-key-file={}", c.sa_key.display()),
                 format!("--service-cluster-ip-range={SERVICE_RANGE}"),
-                "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
-                "--endpoint-reconciler-type=none".into(),
                 "--enable-aggregator-routing=true".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
@@ -219,7 +266,8 @@ impl ControlPlane {
                  endpoints-controller,deployment-controller,replicaset-controller,\
                  garbage-collector-controller,namespace-controller,serviceaccount-controller,\
                  serviceaccount-token-controller,job-controller,statefulset-controller,\
-                 daemonset-controller,disruption-controller"
+                 daemonset-controller,disruption-controller,\
+                 root-ca-certificate-publisher-controller,ttl-after-finished-controller"
                     .into(),
                 format!("--service-account-private-key-file={}", c.sa_key.display()),
                 format!("--root-ca-file={}", c.ca_cert.display()),
@@ -230,6 +278,23 @@ impl ControlPlane {
         plane.spawn("kube-scheduler", &logs, |cmd| {
             cmd.args(scheduler_common);
         })?;
+        if nodes == Nodes::Real {
+            let node = RealNode::start(
+                &dir.join("node"),
+                &client,
+                &plane.kubeconfig,
+                &plane.certs.ca_cert,
+            )
+            .await?;
+            plane.node = Some(node);
+            eprintln!(
+                "control plane and node ready in {:.1}s (apiserver https://{}, state in {})",
+                started.elapsed().as_secs_f64(),
+                plane.apiserver,
+                plane.dir.display()
+            );
+            return Ok(plane);
+        }
         let stages = component("kwok-stages.yaml")?;
         // kwok v0.8.0 has been seen to crash once while starting (a panic in its node
         // controller's CEL stage setup, pkg/utils/cel/environment.go; the next start was fine).
@@ -297,6 +362,9 @@ impl ControlPlane {
     /// later `down` can stop them.
     pub fn detach(mut self) -> Vec<(&'static str, u32)> {
         self.keep_files = true;
+        if let Some(node) = self.node.take() {
+            node.detach();
+        }
         let pids = self.procs.iter().map(|p| (p.name, p.child.id())).collect();
         self.procs.clear();
         pids
@@ -304,6 +372,9 @@ impl ControlPlane {
 
     /// Stops every process (SIGTERM, then SIGKILL after a grace period) and removes the state.
     pub fn stop(&mut self) {
+        if let Some(mut node) = self.node.take() {
+            node.stop();
+        }
         for proc in self.procs.iter().rev() {
             terminate(proc.child.id());
         }
@@ -318,6 +389,10 @@ impl ControlPlane {
             let _ = proc.child.wait();
         }
         self.procs.clear();
+        // A detached plane keeps running: its etcd data stays until `down` removes it.
+        if self.keep_files {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.data_dir);
         if !self.keep_files && std::env::var_os("PORTICO_KEEP_CLUSTER_FILES").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

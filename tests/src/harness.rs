@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::cluster::ControlPlane;
+use crate::cluster::{ControlPlane, Nodes};
 
 /// What a test gets: an admin client, a namespace of its own, and the control plane.
 #[derive(Clone)]
@@ -57,7 +57,17 @@ pub fn repo_root() -> PathBuf {
 
 /// Starts a control plane, installs the CRDs, runs `tests` and stops the control plane.
 pub fn run(suite: &str, tests: Vec<Test>) -> ExitCode {
-    let args = Arguments::from_args();
+    run_on(suite, Nodes::Kwok, tests)
+}
+
+/// Like [`run`], on the given kind of node. With a real node the tests run one at a time in the
+/// order given (they share what the cluster runs, such as one Helm release of Portico), and
+/// the CRDs are left for the tests to install (the chart does, as for a user).
+pub fn run_on(suite: &str, nodes: Nodes, tests: Vec<Test>) -> ExitCode {
+    let mut args = Arguments::from_args();
+    if nodes == Nodes::Real {
+        args.test_threads = Some(1);
+    }
     if args.list {
         let trials = tests
             .into_iter()
@@ -77,9 +87,11 @@ pub fn run(suite: &str, tests: Vec<Test>) -> ExitCode {
     };
     let setup = runtime.block_on(async {
         let dir = crate::cluster::unique_dir(&repo_root().join("target/e2e"), suite)?;
-        let plane = ControlPlane::start(&dir).await?;
+        let plane = ControlPlane::start_with(&dir, nodes).await?;
         let client = plane.client().await?;
-        crate::crds::install(&client, &plane.kubeconfig, &repo_root().join("crds")).await?;
+        if nodes == Nodes::Kwok {
+            crate::crds::install(&client, &plane.kubeconfig, &repo_root().join("crds")).await?;
+        }
         anyhow::Ok((Arc::new(plane), client))
     });
     let (plane, client) = match setup {

@@ -10,4 +10,5 @@ pub mod certs;
 pub mod cluster;
 pub mod crds;
 pub mod harness;
+pub mod node;
 pub mod support;

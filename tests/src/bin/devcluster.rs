@@ -1,13 +1,16 @@
-//! `portico-devcluster up|down DIR`: a development control plane that outlives the command.
+//! `portico-devcluster up|down DIR`: a development control plane with a real kubelet node that
+//! outlives the command.
 //!
-//! `make cluster-up` runs `up` inside the named network namespace `portico-dev`; the processes
-//! keep running there, their PIDs in `DIR/pids`. `down` stops them by those PIDs.
+//! `make cluster-up` runs `up` inside the named network namespace `portico-dev` (entered with
+//! `nsenter --net`, which keeps the host's `/sys`); the processes keep running there, the
+//! control plane's PIDs in `DIR/pids`, the node's state in `DIR/node/`. `down` stops the node
+//! (pods, processes, mounts, cgroups, host leftovers) and then the control plane by those PIDs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use portico_tests::cluster::{self, ControlPlane};
+use portico_tests::cluster::{self, ControlPlane, Nodes};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -60,11 +63,8 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let plane = runtime.block_on(async {
-        let plane = ControlPlane::start(dir).await?;
-        let client = plane.client().await?;
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        portico_tests::crds::install(&client, &plane.kubeconfig, &root.join("crds")).await?;
-        anyhow::Ok(plane)
+        // No CRDs here: `helm install` brings them, as for a user.
+        ControlPlane::start_with(dir, Nodes::Real).await
     })?;
     std::fs::write(
         dir.join("etcd-data-dir"),
@@ -73,11 +73,15 @@ fn up(dir: &Path) -> anyhow::Result<()> {
     let pids = plane.detach();
     let text: String = pids.iter().map(|(n, p)| format!("{n} {p}\n")).collect();
     std::fs::write(pids_file(dir), text).context("writing the PID file")?;
-    println!("development control plane running; Portico CRDs installed");
+    println!(
+        "development control plane and node {} running",
+        portico_tests::node::NODE_NAME
+    );
     Ok(())
 }
 
 fn down(dir: &Path) -> anyhow::Result<()> {
+    portico_tests::node::teardown(&dir.join("node"));
     let pids = read_pids(dir);
     for (_, pid) in pids.iter().rev() {
         if alive(*pid) {

@@ -1,0 +1,881 @@
+//! Portico on a real node: installed by its Helm chart, the operator, the gateway proxies and
+//! the injected sidecars run as pods in real containers (containerd, runc, CNI bridge,
+//! kube-proxy), and the backends are real servers in pods (portico-echo, Debian's nginx).
+//!
+//! The tests run in order and share one Helm release (installed by the first test that needs
+//! it); the last one upgrades it under load and uninstalls it.
+
+use std::net::SocketAddr;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use portico_tests::cluster::{self, Nodes};
+use portico_tests::harness::{self, Ctx, repo_root, test};
+use portico_tests::node;
+use portico_tests::support::{eventually, http_get};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+/// The release and its namespace, as the README installs it.
+const RELEASE: &str = "portico";
+const SYSTEM_NS: &str = "portico-system";
+const ECHO_IMAGE: &str = "localhost/portico/echo:v1";
+const NGINX_IMAGE: &str = "localhost/portico/nginx:v1";
+
+fn main() -> ExitCode {
+    if let Err(e) = node::enter_private_network() {
+        eprintln!("{e:#}");
+        return ExitCode::FAILURE;
+    }
+    harness::run_on(
+        "realnode",
+        Nodes::Real,
+        vec![
+            test(
+                "chart_installs_the_operator_as_ready_pods_with_a_leader_and_webhooks",
+                chart_install,
+            ),
+            test(
+                "gateway_pods_serve_routes_through_scaling_and_pod_loss",
+                gateway_pods,
+            ),
+            test(
+                "injected_pods_call_meshed_services_through_their_sidecars",
+                injection,
+            ),
+            test(
+                "rolling_updates_of_a_backend_under_load_lose_no_request",
+                rolling_update,
+            ),
+            test(
+                "chart_upgrade_under_load_then_uninstall_leaves_nothing",
+                upgrade_and_uninstall,
+            ),
+        ],
+    )
+}
+
+/// Runs a Go-built tool (`kubectl`, `helm`) against the cluster; its stdout, or an error with
+/// both outputs.
+fn tool(ctx: &Ctx, program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut cmd = Command::new(cluster::component(program)?);
+    cmd.arg(format!("--kubeconfig={}", ctx.plane.kubeconfig.display()))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `kubectl apply` of a YAML or JSON document in `namespace`.
+fn apply(ctx: &Ctx, namespace: &str, doc: &str) -> anyhow::Result<String> {
+    tool(
+        ctx,
+        "kubectl",
+        &["apply", "-n", namespace, "-f", "-"],
+        Some(doc),
+    )
+}
+
+fn apply_json(ctx: &Ctx, objects: &[Value]) -> anyhow::Result<String> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    apply(ctx, &ctx.namespace, &list.to_string())
+}
+
+fn chart() -> String {
+    repo_root().join("charts/portico").display().to_string()
+}
+
+/// The Helm release every test uses, installed once (as the README does) and waited for.
+static INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+async fn ensure_portico(ctx: &Ctx) -> anyhow::Result<()> {
+    INSTALLED
+        .get_or_try_init(|| async {
+            let started = Instant::now();
+            tool(
+                ctx,
+                "helm",
+                &[
+                    "install",
+                    RELEASE,
+                    &chart(),
+                    "-n",
+                    SYSTEM_NS,
+                    "--create-namespace",
+                    "--wait",
+                    "--timeout",
+                    "180s",
+                ],
+                None,
+            )?;
+            eprintln!(
+                "helm install --wait: {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            anyhow::Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// A Deployment of `replicas` pods of `image` with label `app: name` and a ClusterIP Service
+/// `name` on port 80 → 8080.
+fn deployment(
+    name: &str,
+    image: &str,
+    args: &[&str],
+    replicas: u32,
+    sa: Option<&str>,
+) -> [Value; 2] {
+    let mut pod = json!({
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{
+            "name": "app",
+            "image": image,
+            "imagePullPolicy": "Never",
+            "args": args,
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+        }],
+    });
+    if let Some(sa) = sa {
+        pod["serviceAccountName"] = json!(sa);
+    }
+    [
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": pod},
+            }
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }),
+    ]
+}
+
+fn echo(name: &str, replicas: u32, sa: Option<&str>) -> [Value; 2] {
+    deployment(name, ECHO_IMAGE, &[name, "0.0.0.0:8080"], replicas, sa)
+}
+
+fn rollout(ctx: &Ctx, namespace: &str, name: &str) -> anyhow::Result<()> {
+    tool(
+        ctx,
+        "kubectl",
+        &[
+            "rollout",
+            "status",
+            "-n",
+            namespace,
+            &format!("deployment/{name}"),
+            "--timeout=120s",
+        ],
+        None,
+    )
+    .map(drop)
+}
+
+async fn cluster_ip(ctx: &Ctx, namespace: &str, name: &str) -> anyhow::Result<String> {
+    let svc = Api::<Service>::namespaced(ctx.client.clone(), namespace)
+        .get(name)
+        .await?;
+    svc.spec
+        .and_then(|s| s.cluster_ip)
+        .with_context(|| format!("Service {namespace}/{name} has no ClusterIP"))
+}
+
+async fn pods(ctx: &Ctx, namespace: &str, selector: &str) -> anyhow::Result<Vec<Pod>> {
+    Ok(Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+fn pod_ip(pod: &Pod) -> anyhow::Result<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .context("pod without an IP")
+}
+
+/// Resident memory (KiB) of every process whose command is `name`, summed (the node's
+/// containers are processes of this machine).
+fn rss_kib(name: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        if status.lines().next() == Some(&format!("Name:\t{name}")[..]) {
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Requests sent in a loop from this process (a new connection each, no retries) until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, host: &'static str, path: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failures) = (0u32, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                match http_get(addr, host, path).await {
+                    Ok((200, _)) => ok += 1,
+                    Ok((status, body)) => failures.push(format!("{status}: {}", body.trim())),
+                    Err(e) => failures.push(format!("{e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failures)
+        });
+        Load { stop, task }
+    }
+
+    /// Stops the loop; fails when any request failed, or when too few were sent to mean much.
+    async fn finish(self, what: &str) -> anyhow::Result<u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failures) = self.task.await?;
+        eprintln!(
+            "{what}: {ok} requests answered 200, {} failed",
+            failures.len()
+        );
+        ensure!(
+            failures.is_empty(),
+            "{what}: {} of {} requests failed; first: {:?}",
+            failures.len(),
+            ok as usize + failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        ensure!(ok >= 50, "{what}: only {ok} requests were sent");
+        Ok(ok)
+    }
+}
+
+async fn chart_install(ctx: Ctx) -> anyhow::Result<()> {
+    ensure_portico(&ctx).await?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), SYSTEM_NS);
+    let operator = deployments.get("portico-operator").await?;
+    let status = operator
+        .status
+        .context("operator Deployment without status")?;
+    ensure!(
+        status.ready_replicas == Some(2),
+        "operator Deployment: {:?} of 2 replicas Ready",
+        status.ready_replicas
+    );
+    // Each operator replica runs as a real process in a container.
+    let operator_pods = pods(
+        &ctx,
+        SYSTEM_NS,
+        "app.kubernetes.io/name=portico,app.kubernetes.io/component=operator",
+    )
+    .await?;
+    ensure!(
+        operator_pods.len() == 2,
+        "{} operator pods",
+        operator_pods.len()
+    );
+    let names: Vec<String> = operator_pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    // One replica holds the Lease: the leader writes status.
+    let holder = eventually(
+        "a Lease held by an operator pod",
+        Duration::from_secs(60),
+        || async {
+            let leases = Api::<Lease>::namespaced(ctx.client.clone(), SYSTEM_NS)
+                .list(&ListParams::default())
+                .await?;
+            Ok(leases.items.into_iter().find_map(|l| {
+                let h = l.spec?.holder_identity?;
+                names.contains(&h).then_some(h)
+            }))
+        },
+    )
+    .await?;
+    eprintln!(
+        "leader: {holder}; operator RSS {} KiB over 2 replicas",
+        rss_kib("portico-operato")
+    );
+    // The validating webhook answers through its Service: a regex that does not compile is
+    // refused with the field named (CEL cannot check that; only the webhook can).
+    let bad = json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+        "metadata": {"name": "bad-regex"},
+        "spec": {
+            "parentRefs": [{"kind": "Gateway", "name": "nowhere"}],
+            "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/a/(unclosed"}}],
+                       "backendRefs": [{"kind": "Service", "name": "x", "port": 80}]}]
+        }
+    });
+    let refused = apply(&ctx, &ctx.namespace, &bad.to_string());
+    let err = format!(
+        "{:#}",
+        refused
+            .err()
+            .context("a Route with a broken regex was accepted")?
+    );
+    ensure!(
+        err.contains("validate.portico.dev")
+            || err.contains("regular expression")
+            || err.contains("regex"),
+        "refused, but not by the webhook: {err}"
+    );
+    Ok(())
+}
+
+fn gateway_and_route(backend: &str) -> [Value; 2] {
+    [
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "public"},
+            "spec": {
+                "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}],
+                "replicas": 1,
+            }
+        }),
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "shop"},
+            "spec": {
+                "parentRefs": [{"kind": "Gateway", "name": "public", "sectionName": "http"}],
+                "hostnames": ["shop.example.com"],
+                "rules": [{
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": [{"kind": "Service", "name": backend, "port": 80}]
+                }]
+            }
+        }),
+    ]
+}
+
+/// The gateway's Service address once its proxies route `shop.example.com` to `backend`.
+async fn gateway_ready(ctx: &Ctx, backend: &str) -> anyhow::Result<SocketAddr> {
+    let proxy = "portico-gateway-public";
+    eventually(
+        "the operator's gateway Deployment",
+        Duration::from_secs(60),
+        || async {
+            Ok(
+                Api::<Deployment>::namespaced(ctx.client.clone(), &ctx.namespace)
+                    .get_opt(proxy)
+                    .await?,
+            )
+        },
+    )
+    .await?;
+    rollout(ctx, &ctx.namespace, proxy)?;
+    let addr: SocketAddr =
+        format!("{}:8080", cluster_ip(ctx, &ctx.namespace, proxy).await?).parse()?;
+    eventually(
+        "the gateway routing to the backend",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = http_get(addr, "shop.example.com", "/hello").await?;
+            Ok(
+                (status == 200 && body.contains(&format!("\"backend\":\"{backend}\"")))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    Ok(addr)
+}
+
+async fn gateway_pods(ctx: Ctx) -> anyhow::Result<()> {
+    ensure_portico(&ctx).await?;
+    let mut objects = echo("shop", 2, None).to_vec();
+    objects.extend(gateway_and_route("shop"));
+    let created = Instant::now();
+    apply_json(&ctx, &objects)?;
+    rollout(&ctx, &ctx.namespace, "shop")?;
+    eprintln!(
+        "2 backend pods Ready {:.1}s after apply",
+        created.elapsed().as_secs_f64()
+    );
+    let addr = gateway_ready(&ctx, "shop").await?;
+    eprintln!(
+        "gateway serving {:.1}s after apply; gateway proxy RSS {} KiB",
+        created.elapsed().as_secs_f64(),
+        rss_kib("portico-proxy")
+    );
+
+    // Scale the Gateway to 2 replicas, then delete one gateway pod, all under load.
+    let load = Load::start(addr, "shop.example.com", "/load");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tool(
+        &ctx,
+        "kubectl",
+        &[
+            "patch",
+            "-n",
+            &ctx.namespace,
+            "gateway.portico.dev/public",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ],
+        None,
+    )?;
+    eventually("2 gateway pods Ready", Duration::from_secs(60), || async {
+        let d = Api::<Deployment>::namespaced(ctx.client.clone(), &ctx.namespace)
+            .get("portico-gateway-public")
+            .await?;
+        Ok((d.status.and_then(|s| s.ready_replicas) == Some(2)).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = pods(&ctx, &ctx.namespace, "portico.dev/gateway=public")
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|p| p.metadata.name)
+        .context("no gateway pod")?;
+    Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .delete(&victim, &DeleteParams::default())
+        .await?;
+    eventually(
+        "the deleted gateway pod replaced",
+        Duration::from_secs(60),
+        || async {
+            let now = pods(&ctx, &ctx.namespace, "portico.dev/gateway=public").await?;
+            let ready = now
+                .iter()
+                .filter(|p| p.metadata.name.as_deref() != Some(&victim))
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            Ok((ready == 2 && now.len() == 2).then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.finish("gateway scaled 1→2 and a gateway pod deleted")
+        .await?;
+    Ok(())
+}
+
+/// Labels the test's namespace for injection.
+async fn mesh_namespace(ctx: &Ctx) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {"labels": {"portico.dev/inject": "enabled"}}});
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `GET /call?url=...` on a client pod's app: the app makes the call, through its sidecar.
+async fn call_from(pod_ip: &str, url: &str) -> anyhow::Result<Value> {
+    let addr: SocketAddr = format!("{pod_ip}:8080").parse()?;
+    let (status, body) = http_get(addr, "client", &format!("/call?url={url}")).await?;
+    ensure!(status == 200, "the client app answered {status}: {body}");
+    Ok(serde_json::from_str(body.trim())?)
+}
+
+async fn injection(ctx: Ctx) -> anyhow::Result<()> {
+    ensure_portico(&ctx).await?;
+    mesh_namespace(&ctx).await?;
+    let mut objects = Vec::new();
+    for sa in ["frontend", "intruder"] {
+        objects
+            .push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}));
+    }
+    objects.extend(echo("orders", 1, None));
+    objects.extend(echo("frontend", 1, Some("frontend")));
+    objects.extend(echo("intruder", 1, Some("intruder")));
+    objects.extend(deployment("web", NGINX_IMAGE, &[], 1, None));
+    apply_json(&ctx, &objects)?;
+    for d in ["orders", "frontend", "intruder", "web"] {
+        rollout(&ctx, &ctx.namespace, d)?;
+    }
+    // Every pod got the init container and the native sidecar.
+    let frontend = pods(&ctx, &ctx.namespace, "app=frontend").await?;
+    let pod = frontend.first().context("no frontend pod")?;
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let inits: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    ensure!(
+        inits.contains(&"portico-init") && inits.contains(&"portico-proxy"),
+        "init containers of an injected pod: {inits:?}"
+    );
+    let init_done = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .is_some_and(|st| {
+            st.iter().any(|c| {
+                c.name == "portico-init"
+                    && c.state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code == 0)
+            })
+        });
+    ensure!(init_done, "portico-init did not exit 0: {:?}", pod.status);
+    let frontend_ip = pod_ip(pod)?;
+
+    // East–west by Service name, through the client's sidecar (the ClusterIP is intercepted
+    // and the sidecar picks an endpoint).
+    let answer = eventually(
+        "frontend → orders through the sidecars",
+        Duration::from_secs(60),
+        || async {
+            let v = call_from(&frontend_ip, "http://orders/east-west").await?;
+            Ok((v["status"] == 200).then_some(v))
+        },
+    )
+    .await?;
+    ensure!(
+        answer["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"backend\":\"orders\""),
+        "unexpected answer: {answer}"
+    );
+    // A real third-party server as a meshed backend.
+    let nginx = eventually(
+        "frontend → nginx through the sidecars",
+        Duration::from_secs(60),
+        || async {
+            let v = call_from(&frontend_ip, "http://web/").await?;
+            Ok((v["status"] == 200).then_some(v))
+        },
+    )
+    .await?;
+    ensure!(
+        nginx["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("portico nginx backend"),
+        "nginx answered: {nginx}"
+    );
+
+    // Inbound authorization from a ServicePolicy: only the frontend ServiceAccount may call.
+    apply_json(
+        &ctx,
+        &[json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+            "metadata": {"name": "orders"},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "orders"},
+                     "authorization": {"defaultAction": "Deny",
+                                       "allowedServiceAccounts": [{"name": "frontend"}]}}
+        })],
+    )?;
+    let intruder_ip = pod_ip(
+        pods(&ctx, &ctx.namespace, "app=intruder")
+            .await?
+            .first()
+            .context("no intruder pod")?,
+    )?;
+    eventually(
+        "the intruder refused with 403",
+        Duration::from_secs(60),
+        || async {
+            let v = call_from(&intruder_ip, "http://orders/").await?;
+            Ok((v["status"] == 403).then_some(()))
+        },
+    )
+    .await?;
+    let v = call_from(&frontend_ip, "http://orders/").await?;
+    ensure!(v["status"] == 200, "the allowed caller got {v}");
+
+    // A Job in a meshed namespace completes: the native sidecar does not keep it running.
+    apply_json(
+        &ctx,
+        &[json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "once"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "job", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
+                                "command": ["/bin/busybox", "true"]}]
+            }}}
+        })],
+    )?;
+    let job_pods = eventually("the Job's pod", Duration::from_secs(30), || async {
+        let p = pods(&ctx, &ctx.namespace, "job-name=once").await?;
+        Ok((!p.is_empty()).then_some(p))
+    })
+    .await?;
+    let injected = job_pods[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == "portico-proxy"));
+    ensure!(injected, "the Job's pod got no sidecar");
+    eventually("the Job complete", Duration::from_secs(90), || async {
+        let job = Api::<Job>::namespaced(ctx.client.clone(), &ctx.namespace)
+            .get("once")
+            .await?;
+        let s = job.status.unwrap_or_default();
+        if s.failed.unwrap_or(0) > 0 {
+            bail!("the Job failed: {s:?}");
+        }
+        Ok((s.succeeded == Some(1)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
+    ensure_portico(&ctx).await?;
+    mesh_namespace(&ctx).await?;
+    let mut objects = echo("shop", 2, None).to_vec();
+    objects.extend(echo("client", 1, None));
+    objects.extend(gateway_and_route("shop"));
+    apply_json(&ctx, &objects)?;
+    rollout(&ctx, &ctx.namespace, "shop")?;
+    rollout(&ctx, &ctx.namespace, "client")?;
+    let addr = gateway_ready(&ctx, "shop").await?;
+    let client_ip = pod_ip(
+        pods(&ctx, &ctx.namespace, "app=client")
+            .await?
+            .first()
+            .context("no client pod")?,
+    )?;
+    eventually(
+        "client → shop through the sidecar",
+        Duration::from_secs(60),
+        || async {
+            let v = call_from(&client_ip, "http://shop/").await?;
+            Ok((v["status"] == 200).then_some(()))
+        },
+    )
+    .await?;
+
+    // North–south from here, east–west from the meshed client app (its own loop), while the
+    // backend Deployment rolls twice.
+    let gateway_load = Load::start(addr, "shop.example.com", "/rolling");
+    let mesh_load = {
+        let url = format!("{client_ip}:8080");
+        tokio::spawn(async move {
+            let addr: SocketAddr = url.parse()?;
+            let (status, body) = tokio::time::timeout(
+                Duration::from_secs(120),
+                http_get_long(addr, "/load?url=http://shop/rolling&n=1500&interval_ms=20"),
+            )
+            .await
+            .context("the client's load loop did not finish in 120s")??;
+            ensure!(status == 200, "client /load answered {status}");
+            anyhow::Ok(serde_json::from_str::<Value>(body.trim())?)
+        })
+    };
+    for round in 0..2 {
+        tool(
+            &ctx,
+            "kubectl",
+            &[
+                "set",
+                "env",
+                "-n",
+                &ctx.namespace,
+                "deployment/shop",
+                &format!("ROUND={round}"),
+            ],
+            None,
+        )?;
+        rollout(&ctx, &ctx.namespace, "shop")?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gateway_load
+        .finish("through the gateway during 2 rolling updates")
+        .await?;
+    let mesh = mesh_load.await??;
+    eprintln!("through a sidecar during 2 rolling updates: {mesh}");
+    ensure!(
+        mesh["failed"] == 0,
+        "requests through the sidecar failed: {mesh}"
+    );
+    Ok(())
+}
+
+/// Like `http_get`, without its 5-second limit (for the client's `/load`, which takes a while).
+async fn http_get_long(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: client\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn upgrade_and_uninstall(ctx: Ctx) -> anyhow::Result<()> {
+    ensure_portico(&ctx).await?;
+    let mut objects = echo("shop", 1, None).to_vec();
+    objects.extend(gateway_and_route("shop"));
+    apply_json(&ctx, &objects)?;
+    rollout(&ctx, &ctx.namespace, "shop")?;
+    let addr = gateway_ready(&ctx, "shop").await?;
+    // A changed value rolls the operator pods; the gateway keeps serving from its last config
+    // and its config stream moves to the new operator pods.
+    let load = Load::start(addr, "shop.example.com", "/upgrade");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tool(
+        &ctx,
+        "helm",
+        &[
+            "upgrade",
+            RELEASE,
+            &chart(),
+            "-n",
+            SYSTEM_NS,
+            "--reuse-values",
+            "--set",
+            "operator.logLevel=debug",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        None,
+    )?;
+    rollout(&ctx, SYSTEM_NS, "portico-operator")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.finish("through the gateway during helm upgrade")
+        .await?;
+    // The gateway still follows changes after the upgrade (its config stream reconnected to
+    // one of the new operator pods): a second route appears.
+    apply_json(
+        &ctx,
+        &[json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "after-upgrade"},
+            "spec": {
+                "parentRefs": [{"kind": "Gateway", "name": "public", "sectionName": "http"}],
+                "hostnames": ["new.example.com"],
+                "rules": [{"backendRefs": [{"kind": "Service", "name": "shop", "port": 80}]}]
+            }
+        })],
+    )?;
+    eventually(
+        "a Route added after the upgrade served",
+        Duration::from_secs(60),
+        || async {
+            let (status, _) = http_get(addr, "new.example.com", "/").await?;
+            Ok((status == 200).then_some(()))
+        },
+    )
+    .await?;
+
+    tool(
+        &ctx,
+        "helm",
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            SYSTEM_NS,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    )?;
+    // Nothing of the release is left but the CRDs (Helm never deletes those: they hold users'
+    // objects).
+    let leftovers = tool(
+        &ctx,
+        "kubectl",
+        &[
+            "get",
+            "deployments,services,serviceaccounts,secrets,configmaps,poddisruptionbudgets,\
+                    clusterroles,clusterrolebindings,roles,rolebindings,\
+                    mutatingwebhookconfigurations,validatingwebhookconfigurations",
+            "-A",
+            "-l",
+            "app.kubernetes.io/instance=portico",
+            "-o",
+            "name",
+        ],
+        None,
+    )?;
+    ensure!(
+        leftovers.trim().is_empty(),
+        "left behind by helm uninstall:\n{leftovers}"
+    );
+    eventually(
+        "the operator pods gone",
+        Duration::from_secs(60),
+        || async {
+            Ok(pods(
+                &ctx,
+                SYSTEM_NS,
+                "app.kubernetes.io/name=portico,app.kubernetes.io/component=operator",
+            )
+            .await?
+            .is_empty()
+            .then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
