@@ -194,6 +194,7 @@ impl RealNode {
                 format!("--config={}", files.kubelet.display()),
                 format!("--kubeconfig={}", kubeconfig.display()),
                 format!("--root-dir={}", dir.join("kubelet").display()),
+                format!("--cert-dir={}", dir.join("kubelet/pki").display()),
                 format!(
                     "--volume-plugin-dir={}",
                     dir.join("volume-plugins").display()
@@ -700,24 +701,42 @@ pub fn teardown(dir: &Path) {
     // exit when their container is gone. Ours are the ones whose address is under `dir`.
     kill_shims(dir);
     unmount_under(dir);
-    // Host paths the components hard-code (REALNODE.md, gotcha 5): only this node's entries.
-    remove_if_owned("/run/containerd/runc/k8s.io", dir);
+    // Host paths the components hard-code (REALNODE.md, gotcha 5): only this node's entries
+    // (named by its containers' ids), stale sockets, and the folders left empty.
+    let ids = container_ids(dir);
+    for id in &ids {
+        let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/k8s.io/{id}"));
+    }
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
         for e in entries.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{}-", state.cni_network))
-            {
+            // Each cached result names the pod's network namespace, under `dir`.
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if text.contains(&dir.display().to_string()) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
+    remove_stale_sockets("/run/containerd/s");
+    remove_stale_sockets("/var/lib/kubelet/device-plugins");
     if let Ok(entries) = std::fs::read_dir("/var/log/containers") {
         for e in entries.flatten() {
             if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir)) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+    for empty in [
+        "/run/containerd/runc/k8s.io",
+        "/run/containerd/runc",
+        "/run/containerd/s",
+        "/run/containerd",
+        "/var/lib/cni/results",
+        "/var/lib/cni",
+        "/var/lib/kubelet/device-plugins",
+        "/var/lib/kubelet",
+        "/var/log/containers",
+    ] {
+        let _ = std::fs::remove_dir(empty);
     }
     for (path, value) in &state.sysctls {
         let _ = write_sysctl(path, value);
@@ -727,17 +746,30 @@ pub fn teardown(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("node.json"));
 }
 
-/// runc's state directories of containers that no longer run (their `state.json` names a
-/// bundle under `dir`).
-fn remove_if_owned(runc_root: &str, dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(runc_root) else {
+/// The ids of the containers and pod sandboxes containerd ran for this node (their task
+/// bundles stay in its state directory until that is removed).
+fn container_ids(dir: &Path) -> Vec<String> {
+    let bundles = dir.join("containerd/state/io.containerd.runtime.v2.task/k8s.io");
+    std::fs::read_dir(bundles)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the Unix sockets in `dir` that nothing listens on any more (another node's live
+/// sockets stay).
+fn remove_stale_sockets(dir: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let needle = dir.display().to_string();
     for e in entries.flatten() {
-        let state = std::fs::read_to_string(e.path().join("state.json")).unwrap_or_default();
-        if state.contains(&needle) {
-            let _ = std::fs::remove_dir_all(e.path());
+        let is_socket = e.file_type().is_ok_and(|t| t.is_socket());
+        if is_socket && std::os::unix::net::UnixStream::connect(e.path()).is_err() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

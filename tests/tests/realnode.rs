@@ -115,6 +115,34 @@ fn chart() -> String {
     repo_root().join("charts/portico").display().to_string()
 }
 
+/// What the cluster runs, for a failure message: pods, recent events, the operator's logs.
+fn diagnose(ctx: &Ctx) -> String {
+    let mut out = String::from("cluster state:\n");
+    let runs: [&[&str]; 3] = [
+        &["get", "pods", "-A", "-o", "wide"],
+        &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        &[
+            "logs",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--tail=30",
+        ],
+    ];
+    for args in runs {
+        match tool(ctx, "kubectl", args, None) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+            }
+            Err(e) => out.push_str(&format!("{e:#}")),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The Helm release every test uses, installed once (as the README does) and waited for.
 static INSTALLED: OnceCell<()> = OnceCell::const_new();
 
@@ -137,7 +165,8 @@ async fn ensure_portico(ctx: &Ctx) -> anyhow::Result<()> {
                     "180s",
                 ],
                 None,
-            )?;
+            )
+            .map_err(|e| e.context(diagnose(ctx)))?;
             eprintln!(
                 "helm install --wait: {:.1}s",
                 started.elapsed().as_secs_f64()
