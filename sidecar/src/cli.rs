@@ -341,7 +341,9 @@ impl RunArgs {
             .with_context(|| format!("--log-level {log_level:?}"))?;
         let logs = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            // Colours only on a terminal: container logs are files (`kubectl logs`).
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         match log_format {
             LogFormat::Text => logs.init(),
             LogFormat::Json => logs.json().init(),
