@@ -220,6 +220,7 @@ node_packages() {
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
   command -v nsenter >/dev/null || need+=(util-linux)
   [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+  command -v curl >/dev/null || need+=(curl)
   ((${#need[@]})) || return 0
   log "installing Debian packages: ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -33,6 +33,8 @@ pub struct ProxySettings {
     /// The CA certificate(s) (PEM) that verify the config server. The reconciler publishes them
     /// in a ConfigMap next to each Gateway's proxies, mounted as `ca.crt`.
     pub ca_pem: String,
+    /// The mesh's trust domain: the identity the proxies ask for.
+    pub trust_domain: String,
 }
 
 /// Labels of every object the reconciler writes for Gateway `name`.
@@ -127,6 +129,7 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
                             "--token-file", "/var/run/secrets/portico/token",
                             "--ca-file", "/var/run/secrets/portico/ca.crt",
                             "--admin-addr", "0.0.0.0:9901",
+                            "--trust-domain", settings.trust_domain,
                         ],
                         "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}},
@@ -247,6 +250,7 @@ mod tests {
             image: "portico-proxy:test".into(),
             control_plane_url: "https://portico:8443".into(),
             ca_pem: "-----BEGIN CERTIFICATE-----".into(),
+            trust_domain: "cluster.local".into(),
         };
         let [sa, ca, svc, deploy] =
             desired(&Key::new("shop", "edge"), "uid-1", &spec(8080), &settings);

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod gateway;
+pub mod identity;
 pub mod index;
 pub mod lease;
 pub mod metrics;
@@ -105,6 +106,9 @@ pub struct Args {
     /// The admission webhooks: server address and TLS, and how injected sidecars look.
     #[command(flatten)]
     pub admission: admission::AdmissionArgs,
+    /// Workload identities: the issuer of proxies' certificates.
+    #[command(flatten)]
+    pub identity_issuer: identity::IdentityArgs,
 }
 
 /// Installs the global tracing subscriber (once per process; later calls are ignored).
@@ -180,6 +184,7 @@ pub async fn run_until(
         lease_duration_secs,
         identity,
         admission,
+        identity_issuer,
     } = args;
     let token_recheck = token_recheck_interval.get();
     anyhow::ensure!(
@@ -189,6 +194,7 @@ pub async fn run_until(
     let client = client(kubeconfig).await?;
     watch::check_crds(&client).await?;
     let tls = server::tls_acceptor(&config_tls_cert, &config_tls_key)?;
+    let issuer = identity_issuer.issuer()?;
     let ca_file = config_tls_ca.unwrap_or_else(|| config_tls_cert.clone());
     let ca_pem = std::fs::read_to_string(&ca_file)
         .with_context(|| format!("reading the config-server CA {}", ca_file.display()))?;
@@ -246,7 +252,8 @@ pub async fn run_until(
         metrics.clone(),
         Duration::from_millis(config_debounce_ms),
         token_recheck,
-    );
+    )
+    .with_issuer(issuer);
     tasks.spawn(config_server.serve(config_listener, tls));
     if let Some((listener, tls)) = webhook {
         let webhooks = admission::Webhooks {
@@ -259,6 +266,7 @@ pub async fn run_until(
                 cpu_request: admission.proxy_cpu_request,
                 memory_request: admission.proxy_memory_request,
                 memory_limit: admission.proxy_memory_limit,
+                trust_domain: identity_issuer.trust_domain.clone(),
             },
             fail_closed: admission.inject_fail_closed,
         };
@@ -301,6 +309,7 @@ pub async fn run_until(
                         image: proxy_image,
                         control_plane_url,
                         ca_pem,
+                        trust_domain: identity_issuer.trust_domain.clone(),
                     },
                     gateway_specs,
                     leader_rx,

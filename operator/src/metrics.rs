@@ -36,6 +36,9 @@ pub struct Metrics {
     /// `portico_operator_config_streams_revoked_total{reason}`: open streams ended because
     /// their token no longer passed a re-check.
     pub config_streams_revoked: Family<KindLabel, Counter>,
+    /// `portico_operator_identity_certificates_total{result}`: workload certificate requests
+    /// (`issued`, `refused`, `unauthenticated`, `forbidden`, `bad_request`, `error`).
+    pub identity_certificates: Family<KindLabel, Counter>,
     /// `portico_operator_status_patches_total{kind}`: status writes.
     pub status_patches: Family<KindLabel, Counter>,
     /// `portico_operator_leader`: 1 while this replica holds the Lease.
@@ -67,6 +70,7 @@ impl Metrics {
             config_messages: Family::default(),
             config_auth_failures: Family::default(),
             config_streams_revoked: Family::default(),
+            identity_certificates: Family::default(),
             status_patches: Family::default(),
             leader: Gauge::default(),
         };
@@ -124,6 +128,11 @@ impl Metrics {
             "config_streams_revoked",
             "Open config streams ended because their token no longer passed a re-check",
             m.config_streams_revoked.clone(),
+        );
+        registry.register(
+            "identity_certificates",
+            "Workload certificate requests, by result",
+            m.identity_certificates.clone(),
         );
         registry.register(
             "status_patches",

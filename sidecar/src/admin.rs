@@ -1,5 +1,6 @@
 //! The admin server, on its own port so it is never exposed with the data plane:
-//! `/live`, `/ready`, `/metrics` (Prometheus text) and `/config` (the config in force, JSON).
+//! `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (the config in force, JSON) and
+//! `/identity` (the workload identity, its certificate's expiry and the trust anchors, JSON).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,6 +47,13 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/ready" if shared.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
+            if let Some(left) = shared
+                .identity
+                .as_ref()
+                .and_then(|s| s.seconds_left(std::time::SystemTime::now()))
+            {
+                shared.metrics.set_identity_expiry(left);
+            }
             let mut r = text(StatusCode::OK, shared.metrics.encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -59,6 +67,24 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             let cfg = shared.snapshot.load().config.clone();
             let json = serde_json::to_string_pretty(&*cfg).unwrap_or_default();
             let mut r = text(StatusCode::OK, json);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        "/identity" => {
+            let now = std::time::SystemTime::now();
+            let body = match shared.identity.as_ref().and_then(|s| s.current()) {
+                Some(c) => serde_json::json!({
+                    "identity": c.identity,
+                    "notAfter": c.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    "secondsLeft": shared.identity.as_ref().and_then(|s| s.seconds_left(now)),
+                    "trustAnchors": c.trust_anchors_pem,
+                }),
+                None => serde_json::json!({"identity": null}),
+            };
+            let mut r = text(StatusCode::OK, format!("{body:#}\n"));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),

@@ -12,13 +12,14 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use portico_proxy_api::{Duration, Listener, Protocol};
+use portico_proxy_api::{Duration, Listener, Protocol, spiffe_id};
 
 use crate::control::{self, ControlPlane, Stream};
-use crate::{Options, Proxy, reload};
+use crate::{Options, Proxy, identity, reload};
 
 /// Runs `portico-proxy` with this command line (program name first).
 pub fn main(argv: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
@@ -79,6 +80,10 @@ pub struct Args {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s")]
     pub reload_interval: Duration,
+    /// The mesh's trust domain (with `--gateway`: the proxy asks for the identity
+    /// `spiffe://<trust-domain>/ns/<ns>/sa/portico-gateway-<name>`).
+    #[arg(long, env = "PORTICO_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
     /// Logs, workers, drain.
     #[command(flatten)]
     pub run: RunArgs,
@@ -128,6 +133,9 @@ pub struct ControlPlaneArgs {
     /// The config server's CA certificate itself (PEM text).
     #[arg(long, env = "PORTICO_CONTROL_PLANE_CA", hide_env_values = true)]
     pub control_plane_ca: Option<String>,
+    /// The mesh's trust domain: the proxy asks for `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    #[arg(long, env = "PORTICO_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 }
 
 impl ControlPlaneArgs {
@@ -137,6 +145,7 @@ impl ControlPlaneArgs {
             token_file,
             ca_file,
             control_plane_ca,
+            trust_domain: _,
         } = self;
         let ca_pem = ca_pem(ca_file, control_plane_ca)?;
         Ok(ControlPlane {
@@ -144,9 +153,20 @@ impl ControlPlaneArgs {
             stream,
             token_file,
             ca_pem,
+            identity: None,
             extra_listeners: Vec::new(),
         })
     }
+}
+
+/// The identity of Gateway `ns/name`'s proxies: the ServiceAccount the operator makes for them.
+fn gateway_identity(trust_domain: &str, gateway: &str) -> Option<String> {
+    let (ns, name) = gateway.split_once('/')?;
+    Some(spiffe_id(
+        trust_domain,
+        ns,
+        &format!("portico-gateway-{name}"),
+    ))
 }
 
 /// `portico-proxy sidecar`: the proxy of one meshed pod. It owns its INBOUND and OUTBOUND
@@ -230,10 +250,14 @@ pub fn run_sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         admin_addr,
         run,
     } = args;
+    let trust_domain = control_plane.trust_domain.clone();
     let mut cp = control_plane.into_control_plane(Stream::Pod {
         namespace: pod_namespace.clone(),
         name: pod_name.clone(),
     })?;
+    cp.identity = service_account
+        .as_deref()
+        .map(|sa| spiffe_id(&trust_domain, &pod_namespace, sa));
     cp.extra_listeners = sidecar_listeners(inbound_addr, outbound_addr);
     run.serve(admin_addr, move |options| async move {
         tracing::info!(
@@ -254,7 +278,9 @@ pub fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         admin_addr,
         run,
     } = args;
-    let cp = control_plane.into_control_plane(Stream::Gateway(gateway))?;
+    let identity = gateway_identity(&control_plane.trust_domain, &gateway);
+    let mut cp = control_plane.into_control_plane(Stream::Gateway(gateway))?;
+    cp.identity = identity;
     run.serve(admin_addr, move |options| follow_control_plane(cp, options))
 }
 
@@ -269,6 +295,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         control_plane_ca,
         admin_addr,
         reload_interval,
+        trust_domain,
         run,
     } = args;
     match (config, control_plane, token_file) {
@@ -282,12 +309,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(Some((proxy, watcher)))
         }),
         (None, Some(url), Some(token_file)) => {
+            let identity = gateway
+                .as_deref()
+                .and_then(|g| gateway_identity(&trust_domain, g));
             let stream = gateway.map_or(Stream::Mesh, Stream::Gateway);
             let cp = ControlPlane {
                 url,
                 stream,
                 token_file,
                 ca_pem: ca_pem(ca_file, control_plane_ca)?,
+                identity,
                 extra_listeners: Vec::new(),
             };
             run.serve(admin_addr, move |options| follow_control_plane(cp, options))
@@ -312,14 +343,53 @@ type Started = Option<(Proxy, tokio::task::JoinHandle<()>)>;
 /// Waits for the first config from the control plane, starts the proxy with it and follows
 /// the stream. The proxy (and its admin server) only starts with a config, so `/ready` cannot
 /// answer yes before one arrived.
-async fn follow_control_plane(cp: ControlPlane, options: Options) -> anyhow::Result<Started> {
+async fn follow_control_plane(cp: ControlPlane, mut options: Options) -> anyhow::Result<Started> {
+    // The identity first: a proxy is not ready before it has its certificate.
+    let mut renewal = None;
+    if let Some(name) = cp.identity.clone() {
+        tracing::info!(identity = %name, "asking the operator for a workload certificate");
+        let requester = identity::Requester::new(name)?;
+        match identity::obtain(&cp, &requester).await {
+            Some(first) => {
+                tracing::info!(identity = %first.identity, "workload certificate received");
+                let store = Arc::new(identity::Store::default());
+                store.set(first);
+                options.identity = Some(store.clone());
+                renewal = Some(tokio::spawn(identity::renew(cp.clone(), requester, store)));
+            }
+            None => {
+                tracing::info!("the operator issues no workload identities; running without one")
+            }
+        }
+    }
     tracing::info!(control_plane = %cp.url, path = %cp.stream.path(), "waiting for the first config");
     let (cfg, session) = control::first_config(&cp).await;
     let proxy = Proxy::start(cfg, options)
         .await
         .context("the first config from the control plane was refused")?;
+    // Renewal ends with the stream's task (aborted at shutdown).
+    let renewal = renewal.map(AbortOnDrop);
     let watcher = tokio::spawn(control::follow(proxy.clone(), cp, session));
+    let watcher = tokio::spawn(async move {
+        let _renewal = renewal;
+        let _ = AbortOnDrop(watcher).wait().await;
+    });
     Ok(Some((proxy, watcher)))
+}
+
+/// A task aborted when this handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(&mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl RunArgs {
@@ -368,6 +438,7 @@ impl RunArgs {
             let options = Options {
                 admin_addr: Some(admin_addr),
                 access_log,
+                identity: None,
             };
             let mut signals = Signals::new()?;
             let started = tokio::select! {

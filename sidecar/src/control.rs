@@ -45,6 +45,8 @@ pub struct ControlPlane {
     pub token_file: PathBuf,
     /// CA certificate(s) that sign the config server's certificate (PEM text).
     pub ca_pem: Vec<u8>,
+    /// The workload identity to ask the operator for (`spiffe://…`); `None`: none.
+    pub identity: Option<String>,
     /// Listeners the proxy adds to every config it receives (sidecar mode: its INBOUND and
     /// OUTBOUND listeners, which come from its own flags, not from the operator).
     pub extra_listeners: Vec<portico_proxy_api::Listener>,
@@ -145,66 +147,87 @@ pub fn read(path: &PathBuf) -> Result<Vec<u8>, ControlError> {
     })
 }
 
+/// The config server's host (without IPv6 brackets) and port.
+fn host_port(cp: &ControlPlane) -> Result<(String, u16), ControlError> {
+    let url = cp.url.to_string();
+    if cp.url.scheme_str() != Some("https") {
+        return Err(ControlError::Url(url));
+    }
+    let host = cp
+        .url
+        .host()
+        .ok_or_else(|| ControlError::Url(url.clone()))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, cp.url.port_u16().unwrap_or(443)))
+}
+
+/// An HTTP/2 connection to the config server (TLS verified with the control plane's CA) and
+/// the current token, for one request or stream with bodies of type `B`.
+pub(crate) async fn connect<B>(
+    cp: &ControlPlane,
+) -> Result<(hyper::client::conn::http2::SendRequest<B>, String), ControlError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let url = cp.url.to_string();
+    let (host, port) = host_port(cp)?;
+    let token = String::from_utf8_lossy(&read(&cp.token_file)?)
+        .trim()
+        .to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&cp.ca_pem) {
+        if cert.ok().and_then(|c| roots.add(c).ok()).is_none() {
+            return Err(ControlError::Ca);
+        }
+    }
+    if roots.is_empty() {
+        return Err(ControlError::Ca);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ControlError::Connect(url.clone(), std::io::Error::other(e)))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| ControlError::Url(url.clone()))?
+        .to_owned();
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+    };
+    let stream = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| ControlError::Connect(url.clone(), std::io::ErrorKind::TimedOut.into()))?
+        .map_err(|e| ControlError::Connect(url.clone(), e))?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "config connection closed");
+        }
+    });
+    Ok((send, token))
+}
+
 impl Session {
     /// Connects and sends the config request; the full state is read by [`Session::next`].
     pub async fn open(cp: &ControlPlane) -> Result<Self, ControlError> {
+        let (mut send, token) = connect::<Empty<Bytes>>(cp).await?;
         let url = cp.url.to_string();
-        if cp.url.scheme_str() != Some("https") {
-            return Err(ControlError::Url(url));
-        }
-        let host = cp
-            .url
-            .host()
-            .ok_or_else(|| ControlError::Url(url.clone()))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = cp.url.port_u16().unwrap_or(443);
-        let token = String::from_utf8_lossy(&read(&cp.token_file)?)
-            .trim()
-            .to_owned();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&cp.ca_pem) {
-            if cert.ok().and_then(|c| roots.add(c).ok()).is_none() {
-                return Err(ControlError::Ca);
-            }
-        }
-        if roots.is_empty() {
-            return Err(ControlError::Ca);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ControlError::Connect(url.clone(), std::io::Error::other(e)))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        let name = ServerName::try_from(host.clone())
-            .map_err(|_| ControlError::Url(url.clone()))?
-            .to_owned();
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            tokio_rustls::TlsConnector::from(Arc::new(tls))
-                .connect(name, tcp)
-                .await
-        };
-        let stream = tokio::time::timeout(Duration::from_secs(5), connect)
-            .await
-            .map_err(|_| ControlError::Connect(url.clone(), std::io::ErrorKind::TimedOut.into()))?
-            .map_err(|e| ControlError::Connect(url.clone(), e))?;
-        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "config connection closed");
-            }
-        });
+        let (host, port) = host_port(cp)?;
         let path = cp.stream.path();
         let req = http::Request::get(format!("https://{host}:{port}{path}"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))

@@ -17,6 +17,7 @@ pub mod error;
 pub mod filters;
 pub mod h1;
 pub mod http_rules;
+pub mod identity;
 pub mod inbound;
 pub mod inbound_policy;
 pub mod init;
@@ -63,11 +64,13 @@ pub struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Open client connections.
     pub active: watch::Sender<usize>,
+    /// The workload certificate, when the proxy has an identity.
+    pub identity: Option<Arc<identity::Store>>,
 }
 
 impl Shared {
     /// The state of a proxy that has no config yet.
-    pub(crate) fn new(access_log: bool) -> Self {
+    pub(crate) fn new(access_log: bool, identity: Option<Arc<identity::Store>>) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
             metrics: metrics::Metrics::default(),
@@ -75,6 +78,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             active: watch::channel(0).0,
+            identity,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct Options {
     pub admin_addr: Option<SocketAddr>,
     /// Write JSON access log lines to stdout.
     pub access_log: bool,
+    /// The workload certificate (shown by the admin server).
+    pub identity: Option<Arc<identity::Store>>,
 }
 
 /// A running proxy. Cheap to clone; all clones control the same proxy.
@@ -106,7 +112,7 @@ struct Inner {
 impl Proxy {
     /// Validates `config`, binds its listeners (and the admin server) and starts serving.
     pub async fn start(config: ProxyConfig, options: Options) -> Result<Self, StartError> {
-        let shared = Arc::new(Shared::new(options.access_log));
+        let shared = Arc::new(Shared::new(options.access_log, options.identity.clone()));
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin_addr = match options.admin_addr {
             Some(addr) => {

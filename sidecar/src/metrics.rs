@@ -77,6 +77,7 @@ pub struct Metrics {
     inbound_refused: Family<InboundRefusedLabels, Counter>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
+    identity_expiry: Gauge,
     /// The label value for "none" (no route matched, no backend chosen).
     none: Arc<str>,
 }
@@ -94,6 +95,7 @@ impl Default for Metrics {
             inbound_refused: Family::default(),
             config_version: Gauge::default(),
             reloads: Family::default(),
+            identity_expiry: Gauge::default(),
             registry: Registry::default(),
             none: Arc::from(""),
         };
@@ -139,6 +141,11 @@ impl Default for Metrics {
             "config_reloads",
             "Config applies, by result (ok, error)",
             m.reloads.clone(),
+        );
+        registry.register(
+            "identity_expiry_seconds",
+            "Seconds until the workload certificate expires (0 without an identity)",
+            m.identity_expiry.clone(),
         );
         Self { registry, ..m }
     }
@@ -241,6 +248,11 @@ impl Metrics {
             self.config_version
                 .set(i64::try_from(g).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Seconds until the workload certificate expires (set when `/metrics` is read).
+    pub fn set_identity_expiry(&self, seconds_left: i64) {
+        self.identity_expiry.set(seconds_left);
     }
 
     /// The Prometheus text exposition.

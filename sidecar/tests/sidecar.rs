@@ -78,22 +78,28 @@ impl FakeControlPlane {
                         let asked_tx = asked_tx.clone();
                         async move {
                             let (lines, rx) = mpsc::unbounded_channel::<Bytes>();
-                            let _ = asked_tx.send(Asked {
-                                path: req.uri().path().to_owned(),
-                                authorization: req
-                                    .headers()
-                                    .get("authorization")
-                                    .map(|v| v.to_str().unwrap().to_owned())
-                                    .unwrap_or_default(),
-                                lines,
-                            });
+                            // This control plane issues no workload identities.
+                            let refuse = req.uri().path() == portico_proxy_api::CERTIFICATE_PATH;
+                            if !refuse {
+                                let _ = asked_tx.send(Asked {
+                                    path: req.uri().path().to_owned(),
+                                    authorization: req
+                                        .headers()
+                                        .get("authorization")
+                                        .map(|v| v.to_str().unwrap().to_owned())
+                                        .unwrap_or_default(),
+                                    lines,
+                                });
+                            }
                             let frames = futures_util::stream::unfold(rx, |mut rx| async move {
                                 let b = rx.recv().await?;
                                 Some((Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
                             });
-                            Ok::<_, std::convert::Infallible>(Response::new(StreamBody::new(
-                                frames,
-                            )))
+                            let mut resp = Response::new(StreamBody::new(frames));
+                            if refuse {
+                                *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

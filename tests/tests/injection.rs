@@ -152,6 +152,7 @@ impl Webhook {
             lease_name: "portico-operator".into(),
             lease_duration_secs: 2,
             identity: Some("webhook-e2e".into()),
+            identity_issuer: Default::default(),
             admission: AdmissionArgs {
                 webhook_addr: Some(addr),
                 proxy_log_level: "debug".into(),

@@ -120,6 +120,7 @@ async fn start_operator(ctx: &Ctx) -> anyhow::Result<Operator> {
         lease_name: "portico-operator".into(),
         lease_duration_secs: 2,
         identity: Some("mesh-e2e".into()),
+        identity_issuer: Default::default(),
         admission: AdmissionArgs {
             webhook_addr: Some(webhook_addr),
             proxy_log_level: "info".into(),

@@ -224,6 +224,7 @@ async fn start_operator_rechecking(
         lease_name: "portico-operator".into(),
         lease_duration_secs,
         identity: Some(identity.into()),
+        identity_issuer: Default::default(),
         admission: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1015,6 +1016,7 @@ async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
         token(ctx, "portico-gateway-gw", "portico").await?,
     )?;
     let cp = portico_proxy::control::ControlPlane {
+        identity: None,
         url: format!("https://{}", op.config_addr).parse()?,
         stream: portico_proxy::control::Stream::Gateway(format!("{}/gw", ctx.namespace)),
         token_file,

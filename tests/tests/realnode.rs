@@ -52,6 +52,10 @@ fn main() -> ExitCode {
                 injection,
             ),
             test(
+                "the_operator_signs_a_workload_certificate_only_for_the_tokens_own_identity",
+                certificate_requests,
+            ),
+            test(
                 "rolling_updates_of_a_backend_under_load_lose_no_request",
                 rolling_update,
             ),
@@ -473,6 +477,16 @@ async fn gateway_pods(ctx: Ctx) -> anyhow::Result<()> {
         rss_kib("portico-proxy")
     );
 
+    // The gateway proxy has the identity of its ServiceAccount.
+    let gateway_pod = pods(&ctx, &ctx.namespace, "portico.dev/gateway=public").await?;
+    let gateway_ip = pod_ip(gateway_pod.first().context("no gateway pod")?)?;
+    let (_, body) = http_get(format!("{gateway_ip}:9901").parse()?, "admin", "/identity").await?;
+    let expected = format!(
+        "spiffe://cluster.local/ns/{}/sa/portico-gateway-public",
+        ctx.namespace
+    );
+    ensure!(body.contains(&expected), "the gateway's identity: {body}");
+
     // Scale the Gateway to 2 replicas, then delete one gateway pod, all under load.
     let load = Load::start(addr, "shop.example.com", "/load");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -598,6 +612,20 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
         });
     ensure!(init_done, "portico-init did not exit 0: {:?}", pod.status);
     let frontend_ip = pod_ip(pod)?;
+    // The sidecar got its workload identity before it became ready.
+    let expected = format!("spiffe://cluster.local/ns/{}/sa/frontend", ctx.namespace);
+    let (status, body) =
+        http_get(format!("{frontend_ip}:4191").parse()?, "admin", "/identity").await?;
+    let identity: Value = serde_json::from_str(&body)?;
+    ensure!(
+        status == 200 && identity["identity"] == expected.as_str(),
+        "the sidecar's identity: {status} {body}"
+    );
+    let left = identity["secondsLeft"].as_i64().unwrap_or(0);
+    ensure!(
+        (23 * 3600..=24 * 3600 + 300).contains(&left),
+        "the sidecar's certificate expires in {left}s, not in about 24h"
+    );
 
     // East–west by Service name, through the client's sidecar (the ClusterIP is intercepted
     // and the sidecar picks an endpoint).
@@ -699,6 +727,107 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
         Ok((s.succeeded == Some(1)).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// A CSR for `identity` (a URI SAN), as a proxy makes it.
+fn csr_for(identity: &str) -> anyhow::Result<String> {
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_owned().try_into()?)];
+    let key = rcgen::KeyPair::generate()?;
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// `POST /v1/identity/certificate` on the installed operator, through its Service (TLS verified
+/// with the chart's CA and the Service's name); status and body.
+async fn request_certificate(ctx: &Ctx, token: &str, csr: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::pem::PemObject;
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(ctx.client.clone(), SYSTEM_NS)
+            .get("portico-operator-tls")
+            .await?;
+    let ca_pem = secret
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("the chart's TLS Secret has no ca.crt")?;
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem.0)?;
+    let config = portico_tests::support::tls_client_config(&ca, b"h2")?;
+    let ip = cluster_ip(ctx, SYSTEM_NS, "portico-operator").await?;
+    let tcp = tokio::net::TcpStream::connect((ip.as_str(), 8443)).await?;
+    let name = rustls::pki_types::ServerName::try_from("portico-operator.portico-system.svc")?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let body = json!({"csr": csr}).to_string();
+    let req =
+        http::Request::post("https://portico-operator.portico-system.svc/v1/identity/certificate")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A ServiceAccount token for `audience` from the TokenRequest API.
+async fn token_for(ctx: &Ctx, sa: &str, audience: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    portico_tests::support::service_account(ctx, sa).await?;
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 600}
+    }))?;
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .create_token_request(sa, &kube::api::PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest without a token")
+}
+
+async fn certificate_requests(ctx: Ctx) -> anyhow::Result<()> {
+    ensure_portico(&ctx).await?;
+    let ns = ctx.namespace.clone();
+    let web = format!("spiffe://cluster.local/ns/{ns}/sa/web");
+    let token = token_for(&ctx, "web", "portico").await?;
+    // Its own identity: signed, exactly that identity, about 24 hours.
+    let (status, body) = request_certificate(&ctx, &token, &csr_for(&web)?).await?;
+    ensure!(status == 200, "own identity refused: {status} {body}");
+    let issued: portico_proxy_api::CertificateResponse = serde_json::from_str(&body)?;
+    ensure!(issued.identity == web, "issued {}", issued.identity);
+    // Another ServiceAccount's identity with this token: refused, nothing signed.
+    let admin = format!("spiffe://cluster.local/ns/{ns}/sa/admin");
+    let (status, body) = request_certificate(&ctx, &token, &csr_for(&admin)?).await?;
+    ensure!(
+        status == 400 && body.contains(&web),
+        "a CSR for another identity: {status} {body}"
+    );
+    // A token for another ServiceAccount asking for web's identity: refused.
+    let other = token_for(&ctx, "other", "portico").await?;
+    let (status, body) = request_certificate(&ctx, &other, &csr_for(&web)?).await?;
+    ensure!(
+        status == 400,
+        "another account's token for web's identity: {status} {body}"
+    );
+    // A token for another audience (e.g. the apiserver's): 401.
+    let wrong = token_for(&ctx, "web", "https://kubernetes.default.svc.cluster.local").await?;
+    let (status, body) = request_certificate(&ctx, &wrong, &csr_for(&web)?).await?;
+    ensure!(
+        status == 401,
+        "a token for another audience: {status} {body}"
+    );
+    // No token: 401.
+    let (status, _) = request_certificate(&ctx, "", &csr_for(&web)?).await?;
+    ensure!(status == 401, "no token: {status}");
     Ok(())
 }
 

@@ -81,6 +81,8 @@ pub struct InjectConfig {
     pub memory_request: String,
     /// Default memory limit.
     pub memory_limit: String,
+    /// The mesh's trust domain: the identity the proxy asks for.
+    pub trust_domain: String,
 }
 
 impl InjectConfig {
@@ -122,6 +124,7 @@ impl Default for InjectConfig {
             cpu_request: "100m".into(),
             memory_request: "64Mi".into(),
             memory_limit: "256Mi".into(),
+            trust_domain: "cluster.local".into(),
         }
     }
 }
@@ -475,6 +478,7 @@ fn proxy_container(config: &InjectConfig, settings: &Settings) -> Value {
             field_env("POD_IP", "status.podIP"),
             field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
             {"name": "PORTICO_CONTROL_PLANE_CA", "value": config.ca_pem},
+            {"name": "PORTICO_TRUST_DOMAIN", "value": config.trust_domain},
             {"name": "PORTICO_LOG", "value": settings.log_level},
         ],
         "ports": [

@@ -5,6 +5,8 @@
 //!  GET /v1/mesh/config                            a sidecar: the mesh-wide config
 //!  GET /v1/mesh/pods/{namespace}/{name}/config    a sidecar, for its own pod: the mesh-wide
 //!                                                 config plus the pod's inbound policy
+//!  POST /v1/identity/certificate                  any proxy: a workload certificate for its
+//!                                                 ServiceAccount (see [`crate::identity`])
 //!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
 //!
 //!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
@@ -56,6 +58,7 @@ mod stream;
 use stream::ChannelBody;
 
 use crate::auth;
+use crate::identity::{IdentityError, Issuer, MAX_CSR_BYTES};
 use crate::index::{Key, PodInfo};
 use crate::metrics::Metrics;
 use crate::watch::{Readiness, SharedIndex};
@@ -77,6 +80,8 @@ pub struct ConfigServer {
     pub token_recheck: Duration,
     /// Lines shared by the streams that send the same value.
     lines: Arc<stream::LineCache>,
+    /// Signs workload certificates; `None`: this operator issues no identities (404).
+    issuer: Option<Arc<Issuer>>,
 }
 
 impl ConfigServer {
@@ -97,7 +102,14 @@ impl ConfigServer {
             debounce,
             token_recheck,
             lines: Arc::default(),
+            issuer: None,
         }
+    }
+
+    /// Issues workload certificates with `issuer` (none when `None`).
+    pub fn with_issuer(mut self, issuer: Option<Issuer>) -> Self {
+        self.issuer = issuer.map(Arc::new);
+        self
     }
 }
 
@@ -219,6 +231,9 @@ impl ConfigServer {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<BoxBody<Bytes, Infallible>> {
+        if req.uri().path() == portico_proxy_api::CERTIFICATE_PATH {
+            return self.certificate(req, peer).await;
+        }
         let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
         let target = match path.as_slice() {
             ["v1", "gateways", ns, name, "config"] if req.method() == http::Method::GET => {
@@ -375,6 +390,101 @@ impl ConfigServer {
             );
         }
         resp
+    }
+}
+
+impl ConfigServer {
+    /// `POST /v1/identity/certificate`: a certificate for the token's ServiceAccount.
+    async fn certificate(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let Some(issuer) = self.issuer.clone() else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "this operator issues no workload identities\n",
+            );
+        };
+        if req.method() != http::Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "POST a CSR\n");
+        }
+        let count = |result: &'static str| {
+            self.metrics
+                .identity_certificates
+                .get_or_create(&[("result", result)])
+                .inc();
+        };
+        let token = match auth::bearer(req.headers().get(header::AUTHORIZATION)) {
+            Ok(t) => t.to_owned(),
+            Err(e) => {
+                count("unauthenticated");
+                return text(e.status(), &format!("{e}\n"));
+            }
+        };
+        let user = match auth::authenticate(&self.client, &token).await {
+            Ok(identity) => identity.user,
+            Err(e) => {
+                count("unauthenticated");
+                tracing::info!(%peer, error = %e, "certificate request refused");
+                return text(e.status(), &format!("{e}\n"));
+            }
+        };
+        // Only ServiceAccounts have workload identities.
+        let Some((ns, sa)) = user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            count("forbidden");
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("{user} is not a ServiceAccount\n"),
+            );
+        };
+        let body = http_body_util::Limited::new(req.into_body(), MAX_CSR_BYTES * 2);
+        let request = match body.collect().await {
+            Ok(b) => serde_json::from_slice::<portico_proxy_api::CertificateRequest>(&b.to_bytes()),
+            Err(e) => {
+                count("bad_request");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request: {e}\n"),
+                );
+            }
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                count("bad_request");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("not a certificate request: {e}\n"),
+                );
+            }
+        };
+        match issuer.issue(&request.csr, ns, sa, std::time::SystemTime::now()) {
+            Ok(issued) => {
+                count("issued");
+                tracing::info!(%peer, identity = %issued.identity, not_after = issued.not_after, "workload certificate issued");
+                let body = serde_json::to_vec(&issued).unwrap_or_default();
+                let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            Err(e @ IdentityError::Signing(_)) => {
+                count("error");
+                tracing::warn!(%peer, error = %e, "signing a workload certificate failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+            }
+            Err(e) => {
+                count("refused");
+                tracing::info!(%peer, %user, error = %e, "certificate request refused");
+                text(StatusCode::BAD_REQUEST, &format!("{e}\n"))
+            }
+        }
     }
 }
 

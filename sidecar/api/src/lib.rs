@@ -18,6 +18,7 @@
 
 mod backend;
 mod duration;
+mod identity;
 mod mesh;
 mod route;
 mod stream;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::*;
 pub use duration::{Duration, ParseDurationError};
+pub use identity::*;
 pub use mesh::*;
 pub use route::*;
 pub use stream::ConfigMessage;

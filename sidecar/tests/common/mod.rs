@@ -152,6 +152,7 @@ pub async fn start(yaml: &str) -> Proxy {
     let opts = Options {
         admin_addr: Some("127.0.0.1:0".parse().unwrap()),
         access_log: false,
+        identity: None,
     };
     Proxy::start(config(yaml), opts)
         .await

@@ -1,0 +1,48 @@
+//! Workload certificates: what a proxy sends the operator to get one, and what comes back.
+//!
+//! ```text
+//!  POST /v1/identity/certificate        (the config server, same TLS and token as the streams)
+//!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
+//!  {"csr": "-----BEGIN CERTIFICATE REQUEST-----…"}
+//!
+//!  200 {"identity": "spiffe://cluster.local/ns/shop/sa/web", "certificate": "<PEM>",
+//!       "trustAnchors": "<PEM>", "notAfter": 1767312000}
+//!  400 the CSR is malformed or asks for anything but the token's identity
+//!  401/403 the token; 404 the operator issues no identities
+//! ```
+//!
+//! The key stays in the proxy: only its public half travels, inside the CSR.
+
+use serde::{Deserialize, Serialize};
+
+/// The path of the certificate endpoint on the config server.
+pub const CERTIFICATE_PATH: &str = "/v1/identity/certificate";
+
+/// A proxy's request for a workload certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// A PKCS#10 certificate signing request (PEM) whose only subject alternative name is the
+    /// URI of the identity asked for.
+    pub csr: String,
+}
+
+/// A workload certificate issued by the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateResponse {
+    /// The identity the certificate carries: `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub identity: String,
+    /// The certificate (PEM), then the issuer's certificate when it is not a trust anchor.
+    pub certificate: String,
+    /// The certificates (PEM) that peers' certificates must chain to: during a rotation, the
+    /// old and the new root.
+    pub trust_anchors: String,
+    /// When the certificate expires (Unix seconds).
+    pub not_after: u64,
+}
+
+/// The SPIFFE ID of ServiceAccount `sa` in namespace `ns`.
+pub fn spiffe_id(trust_domain: &str, ns: &str, sa: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
+}

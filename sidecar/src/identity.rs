@@ -1,0 +1,284 @@
+//! The proxy's workload identity: a key made here that never leaves the process, and a
+//! certificate for it from the operator (see `portico_proxy_api::CertificateRequest`).
+//!
+//! [`obtain`] runs before the proxy starts: the proxy is not ready until it has its first
+//! certificate, or until the operator said it issues none (404: identities are off, the proxy
+//! runs without one). [`renew`] then asks for a new certificate for the same key at about 70% of
+//! the current one's life (±5% jitter, so a fleet started together spreads its renewals), and
+//! retries with backoff when the operator cannot be reached; the old certificate serves until a
+//! new one arrives.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use portico_proxy_api::{CERTIFICATE_PATH, CertificateRequest, CertificateResponse};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::control::{self, ControlError, ControlPlane};
+
+/// Who the proxy is, once the operator signed it.
+#[derive(Debug)]
+pub struct Certified {
+    /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub identity: String,
+    /// The certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The roots peers' certificates must chain to.
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// The same roots as PEM (for the admin page).
+    pub trust_anchors_pem: String,
+    /// When the certificate expires.
+    pub not_after: SystemTime,
+}
+
+/// The current certificate, shared with the admin server and (later) the TLS configs.
+#[derive(Debug, Default)]
+pub struct Store {
+    current: ArcSwapOption<Certified>,
+}
+
+impl Store {
+    /// The certificate in force, if any.
+    pub fn current(&self) -> Option<Arc<Certified>> {
+        self.current.load_full()
+    }
+
+    /// Seconds until the current certificate expires (negative once expired).
+    pub fn seconds_left(&self, now: SystemTime) -> Option<i64> {
+        self.current()
+            .map(|c| match c.not_after.duration_since(now) {
+                Ok(left) => left.as_secs() as i64,
+                Err(past) => -(past.duration().as_secs() as i64),
+            })
+    }
+}
+
+/// Why a certificate could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reaching the operator failed, or it refused.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Making the key or the CSR failed.
+    #[error("making the certificate request: {0}")]
+    Csr(#[from] rcgen::Error),
+    /// The answer was not a usable certificate.
+    #[error("the operator's answer is not a usable certificate: {0}")]
+    Answer(String),
+}
+
+/// A key and the identity it asks for.
+pub struct Requester {
+    key: KeyPair,
+    identity: String,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Requester {
+    /// A fresh ECDSA P-256 key for `identity`.
+    pub fn new(identity: String) -> Result<Self, IdentityError> {
+        Ok(Self {
+            key: KeyPair::generate()?,
+            identity,
+        })
+    }
+
+    /// The key as PKCS#8 DER (for the TLS configs that present the certificate).
+    pub fn key_der(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
+    /// A CSR asking for exactly the identity, nothing else.
+    fn csr(&self) -> Result<String, IdentityError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(self.identity.clone().try_into()?)];
+        Ok(params.serialize_request(&self.key)?.pem()?)
+    }
+
+    /// Asks the operator once. `Ok(None)`: it issues no identities (404).
+    pub async fn request(&self, cp: &ControlPlane) -> Result<Option<Certified>, IdentityError> {
+        let body = serde_json::to_vec(&CertificateRequest { csr: self.csr()? })
+            .map_err(|e| IdentityError::Answer(e.to_string()))?;
+        let (mut send, token) = control::connect::<Full<Bytes>>(cp).await?;
+        let url = format!(
+            "{}{}",
+            cp.url.to_string().trim_end_matches('/'),
+            CERTIFICATE_PATH
+        );
+        let req = http::Request::post(&url)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| ControlError::Url(url.clone()))?;
+        let resp = send.send_request(req).await.map_err(ControlError::from)?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(ControlError::from)?
+            .to_bytes();
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(ControlError::Refused {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            }
+            .into());
+        }
+        let answer: CertificateResponse =
+            serde_json::from_slice(&body).map_err(|e| IdentityError::Answer(e.to_string()))?;
+        self.accept(answer).map(Some)
+    }
+
+    /// Checks the operator's answer: the identity asked for, certificates that parse.
+    fn accept(&self, answer: CertificateResponse) -> Result<Certified, IdentityError> {
+        if answer.identity != self.identity {
+            return Err(IdentityError::Answer(format!(
+                "issued for {}, asked for {}",
+                answer.identity, self.identity
+            )));
+        }
+        let parse = |pem: &str, what: &str| {
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| IdentityError::Answer(format!("{what}: {e}")))?;
+            if certs.is_empty() {
+                return Err(IdentityError::Answer(format!("{what}: no certificate")));
+            }
+            Ok(certs)
+        };
+        Ok(Certified {
+            identity: answer.identity,
+            chain: parse(&answer.certificate, "certificate")?,
+            trust_anchors: parse(&answer.trust_anchors, "trust anchors")?,
+            trust_anchors_pem: answer.trust_anchors,
+            not_after: UNIX_EPOCH + Duration::from_secs(answer.not_after),
+        })
+    }
+}
+
+/// How long to wait before renewing a certificate valid until `not_after`: about 70% of what is
+/// left from `now`, ±5%.
+pub fn renew_after(not_after: SystemTime, now: SystemTime) -> Duration {
+    let left = not_after.duration_since(now).unwrap_or_default();
+    let jitter = 0.65 + rand::random::<f64>() * 0.10;
+    left.mul_f64(jitter)
+}
+
+/// Gets the first certificate, retrying with backoff until the operator answers. `None` when
+/// the operator issues no identities.
+pub async fn obtain(cp: &ControlPlane, requester: &Requester) -> Option<Certified> {
+    let mut failures = 0u32;
+    loop {
+        match requester.request(cp).await {
+            Ok(certified) => return certified,
+            Err(e) => {
+                failures += 1;
+                if matches!(e, IdentityError::Control(ControlError::Connect(..))) {
+                    tracing::warn!(error = %e, "cannot reach the control plane for a workload certificate");
+                } else {
+                    tracing::warn!(error = %e, identity = %requester.identity, "no workload certificate yet");
+                }
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+/// Renews the certificate in `store` for ever (until the task is dropped).
+pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
+    let mut failures = 0u32;
+    loop {
+        let wait = match store.current() {
+            Some(c) if failures == 0 => renew_after(c.not_after, SystemTime::now()),
+            _ => backoff(failures),
+        };
+        tokio::time::sleep(wait).await;
+        match requester.request(&cp).await {
+            Ok(Some(certified)) => {
+                tracing::info!(identity = %certified.identity, "workload certificate renewed");
+                store.current.store(Some(Arc::new(certified)));
+                failures = 0;
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    "the operator stopped issuing identities; keeping the current certificate"
+                );
+                failures = failures.saturating_add(1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the workload certificate failed");
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait in `[0, min(30 s, 250 ms · 2ⁿ)]`.
+fn backoff(failures: u32) -> Duration {
+    let cap = Duration::from_millis(250)
+        .saturating_mul(1 << failures.min(7))
+        .min(Duration::from_secs(30));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+impl Store {
+    /// Puts `certified` in force.
+    pub fn set(&self, certified: Certified) {
+        self.current.store(Some(Arc::new(certified)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_comes_at_about_70_percent_of_the_life_left() {
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        for _ in 0..100 {
+            let wait = renew_after(now + day, now);
+            assert!(
+                wait >= day.mul_f64(0.65) && wait <= day.mul_f64(0.75),
+                "{wait:?}"
+            );
+        }
+        assert_eq!(renew_after(now, now + day), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_csr_asks_for_the_identity_only() {
+        let id = "spiffe://cluster.local/ns/shop/sa/web";
+        let requester = Requester::new(id.into()).unwrap();
+        let pem = requester.csr().unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+        // An answer for another identity is refused.
+        let other = CertificateResponse {
+            identity: "spiffe://cluster.local/ns/shop/sa/admin".into(),
+            certificate: String::new(),
+            trust_anchors: String::new(),
+            not_after: 0,
+        };
+        assert!(matches!(
+            requester.accept(other),
+            Err(IdentityError::Answer(_))
+        ));
+    }
+}
