@@ -16,12 +16,20 @@ BIN="${PORTICO_BIN_DIR:-$HOME/.cache/portico/bin}"
 case "${1:-}" in
 up)
   hack/k8s-bins.sh >/dev/null
-  make -s test-images >/dev/null
+  # The debug images of the tests unless PORTICO_IMAGES_DIR names others (e.g. `make images`'
+  # release builds in target/images).
+  if [[ -z ${PORTICO_IMAGES_DIR:-} ]]; then
+    if ! out="$(make -s test-images 2>&1)"; then
+      echo "$out" >&2
+      exit 1
+    fi
+    PORTICO_IMAGES_DIR="$TARGET/images-debug"
+  fi
   cargo build -q -p portico-tests --bin portico-devcluster
   if ! ip netns list | grep -qw "$NETNS"; then
     ip netns add "$NETNS"
   fi
-  PORTICO_IMAGES_DIR="$TARGET/images-debug" \
+  PORTICO_IMAGES_DIR="$(realpath "$PORTICO_IMAGES_DIR")" \
     nsenter --net="/run/netns/$NETNS" "$TARGET/debug/portico-devcluster" up "$DIR"
   cat <<MSG
 
