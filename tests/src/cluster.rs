@@ -533,26 +533,34 @@ async fn create_node(client: &kube::Client) -> anyhow::Result<()> {
     }
 }
 
+/// Whether node `name` exists and reports Ready; once it does, the taints the apiserver puts on
+/// new nodes are lifted. (The node-lifecycle controller would lift them, but it also evicts the
+/// pods of nodes whose heartbeats lag, so it does not run here.)
+pub(crate) async fn node_ready(nodes: &Api<Node>, name: &str) -> anyhow::Result<bool> {
+    let Some(node) = nodes.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        let patch = serde_json::json!({"spec": {"taints": null}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(ready)
+}
+
 async fn wait_node_ready(client: &kube::Client, plane: &mut ControlPlane) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         plane.check_alive()?;
-        let node = nodes.get(NODE_NAME).await?;
-        let ready = node
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        if ready {
-            // The apiserver taints new nodes `not-ready` at creation; the node-lifecycle
-            // controller would lift it, but it also evicts pods of nodes whose heartbeats lag, so
-            // it does not run here and the taint is lifted once, now that kwok reports Ready.
-            let patch = serde_json::json!({"spec": {"taints": null}});
-            nodes
-                .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+        if node_ready(&nodes, NODE_NAME).await? {
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -296,22 +296,8 @@ impl RealNode {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             self.check_alive()?;
-            if let Some(node) = nodes.get_opt(NODE_NAME).await? {
-                let ready = node
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if ready {
-                    // The node-lifecycle controller (not run: it also evicts pods) would lift
-                    // the taint the apiserver puts on new nodes; lift it once, now.
-                    let patch = serde_json::json!({"spec": {"taints": null}});
-                    nodes
-                        .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await?;
-                    return Ok(());
-                }
+            if crate::cluster::node_ready(&nodes, NODE_NAME).await? {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(

@@ -207,6 +207,69 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Resul
     Ok((status, body))
 }
 
+/// `GET path` with `Host: host` over a fresh HTTP/1.1 connection, waiting as long as the answer
+/// takes (for slow endpoints such as a load loop's report); status and body.
+pub async fn http_get_unbounded(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok((status, body.to_owned()))
+}
+
+/// Runs a Go-built tool (`kubectl`, `helm`) against the test cluster with `stdin` as its input;
+/// its stdout, or an error with both outputs.
+pub fn tool(
+    ctx: &Ctx,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(crate::cluster::component(program)?);
+    cmd.arg(format!("--kubeconfig={}", ctx.plane.kubeconfig.display()))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A TLS client config (ring) that trusts only `ca` and offers the ALPN protocol `alpn`.
 pub fn tls_client_config(
     ca: &CertificateDer<'static>,

@@ -34,34 +34,7 @@ fn main() -> ExitCode {
 }
 
 fn run(ctx: &Ctx, program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut cmd = Command::new(cluster::component(program)?);
-    cmd.arg(format!("--kubeconfig={}", ctx.plane.kubeconfig.display()))
-        .args(args);
-    cmd.stdin(if stdin.is_some() {
-        std::process::Stdio::piped()
-    } else {
-        std::process::Stdio::null()
-    });
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{program} {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    portico_tests::support::tool(ctx, program, args, stdin)
 }
 
 fn chart() -> String {

@@ -257,20 +257,7 @@ async fn start_operator_rechecking(
 
 /// A plain HTTP/1.1 GET; returns status and body.
 async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Ok((status, body.to_owned()))
+    portico_tests::support::http_get_unbounded(addr, "admin", path).await
 }
 
 /// The sum of a metric's samples in the operator's `/metrics`.

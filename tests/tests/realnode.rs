@@ -6,7 +6,7 @@
 //! it); the last one upgrades it under load and uninstalls it.
 
 use std::net::SocketAddr;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,10 +17,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use portico_tests::cluster::{self, Nodes};
+use portico_tests::cluster::Nodes;
 use portico_tests::harness::{self, Ctx, repo_root, test};
 use portico_tests::node;
-use portico_tests::support::{eventually, http_get};
+use portico_tests::support::{eventually, http_get, http_get_unbounded, tool};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -65,39 +65,6 @@ fn main() -> ExitCode {
             ),
         ],
     )
-}
-
-/// Runs a Go-built tool (`kubectl`, `helm`) against the cluster; its stdout, or an error with
-/// both outputs.
-fn tool(ctx: &Ctx, program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut cmd = Command::new(cluster::component(program)?);
-    cmd.arg(format!("--kubeconfig={}", ctx.plane.kubeconfig.display()))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{program} {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// `kubectl apply` of a YAML or JSON document in `namespace`.
@@ -866,7 +833,11 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
             let addr: SocketAddr = url.parse()?;
             let (status, body) = tokio::time::timeout(
                 Duration::from_secs(120),
-                http_get_long(addr, "/load?url=http://shop/rolling&n=1500&interval_ms=20"),
+                http_get_unbounded(
+                    addr,
+                    "client",
+                    "/load?url=http://shop/rolling&n=1500&interval_ms=20",
+                ),
             )
             .await
             .context("the client's load loop did not finish in 120s")??;
@@ -901,28 +872,6 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
         "requests through the sidecar failed: {mesh}"
     );
     Ok(())
-}
-
-/// Like `http_get`, without its 5-second limit (for the client's `/load`, which takes a while).
-async fn http_get_long(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: client\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no HTTP status in {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 async fn upgrade_and_uninstall(ctx: Ctx) -> anyhow::Result<()> {
