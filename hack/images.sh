@@ -350,6 +350,16 @@ pause_binary() {
 # The images.
 
 for b in portico-operator portico-proxy portico-echo; do need_bin "$b"; done
+
+# strip_debug SRC: a copy of SRC without its debug sections (the release profile keeps line
+# tables for backtraces on the build machine; an image carries only what runs); prints its path.
+strip_debug() {
+	local out
+	out="$WORK/stripped/$(basename "$1")"
+	mkdir -p "$WORK/stripped"
+	objcopy --strip-debug "$1" "$out"
+	echo "$out"
+}
 need_host /usr/sbin/xtables-nft-multi iptables
 need_host /bin/busybox busybox-static
 need_host /usr/sbin/nginx nginx
@@ -364,7 +374,7 @@ write_image pause localhost/portico/pause:v1
 
 # 2. The operator.
 start_image portico-operator
-add_binary "$BIN_DIR/portico-operator" /usr/local/bin/portico-operator
+add_binary "$(strip_debug "$BIN_DIR/portico-operator")" /usr/local/bin/portico-operator
 USER_=65532:65532
 ENTRYPOINT_=(/usr/local/bin/portico-operator)
 write_image portico-operator "ghcr.io/portico-dev/portico-operator:$IMAGE_TAG"
@@ -372,7 +382,7 @@ write_image portico-operator "ghcr.io/portico-dev/portico-operator:$IMAGE_TAG"
 # 3. The proxy, with iptables (nf_tables backend) for `portico-proxy init`. /run is where a pod
 # mounts an emptyDir for xtables.lock, the root filesystem being read-only.
 start_image portico-proxy
-add_binary "$BIN_DIR/portico-proxy" /usr/local/bin/portico-proxy
+add_binary "$(strip_debug "$BIN_DIR/portico-proxy")" /usr/local/bin/portico-proxy
 add_binary /usr/sbin/xtables-nft-multi /usr/sbin/xtables-nft-multi
 for l in iptables iptables-restore iptables-save; do
 	add_link "/usr/sbin/$l" xtables-nft-multi
@@ -395,7 +405,7 @@ write_image portico-proxy "ghcr.io/portico-dev/portico-proxy:$IMAGE_TAG"
 
 # 4. The test backend: portico-echo, and busybox for poking around (`sh`, `nc`).
 start_image echo
-add_binary "$BIN_DIR/portico-echo" /usr/local/bin/portico-echo
+add_binary "$(strip_debug "$BIN_DIR/portico-echo")" /usr/local/bin/portico-echo
 add_host_path /bin/busybox
 add_link "$(dirname "$(realpath /bin/busybox)")/sh" busybox
 ENTRYPOINT_=(/usr/local/bin/portico-echo)
