@@ -470,10 +470,11 @@ impl Attempts<'_> {
     }
 }
 
-/// A failure worth retrying in a response: a 5xx, or a trailers-only gRPC error (the only gRPC
-/// status visible before the body, which is streamed and never buffered).
+/// A failure a retry policy may retry in a response: a 4xx or 5xx (the policy decides which), or
+/// a trailers-only gRPC error (the only gRPC status visible before the body, which is streamed
+/// and never buffered).
 fn response_failure(resp: &Response<Body>) -> Option<Failure> {
-    if resp.status().is_server_error() {
+    if resp.status().is_client_error() || resp.status().is_server_error() {
         return Some(Failure::Status(resp.status()));
     }
     let code = resp

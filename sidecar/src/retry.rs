@@ -39,6 +39,9 @@ pub fn retries(policy: &RetryPolicy, failure: Failure) -> bool {
         (RetryOn::ConnectFailure, Failure::Connect) => true,
         (RetryOn::Reset, Failure::Reset) => true,
         (RetryOn::RetriableGrpc, Failure::Grpc(code)) => policy.grpc_status_codes.contains(&code),
+        (RetryOn::RetriableStatusCodes, Failure::Status(s)) => {
+            policy.status_codes.contains(&s.as_u16())
+        }
         _ => false,
     })
 }
@@ -152,6 +155,23 @@ mod tests {
         let p = policy("{ attempts: 2, retryOn: [retriable-grpc], grpcStatusCodes: [14] }");
         assert!(retries(&p, Failure::Grpc(14)));
         assert!(!retries(&p, Failure::Grpc(13)));
+    }
+
+    #[test]
+    fn listed_status_codes_are_retried_as_written_4xx_included() {
+        let p =
+            policy("{ attempts: 2, retryOn: [retriable-status-codes], statusCodes: [409, 503] }");
+        assert!(retries(&p, Failure::Status(StatusCode::CONFLICT)));
+        assert!(retries(
+            &p,
+            Failure::Status(StatusCode::SERVICE_UNAVAILABLE)
+        ));
+        assert!(!retries(&p, Failure::Status(StatusCode::NOT_FOUND)));
+        assert!(!retries(
+            &p,
+            Failure::Status(StatusCode::INTERNAL_SERVER_ERROR)
+        ));
+        assert!(!retries(&p, Failure::Connect));
     }
 
     #[test]

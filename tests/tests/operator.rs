@@ -85,6 +85,10 @@ fn main() -> ExitCode {
                 weighted_split,
             ),
             test(
+                "retry_codes_are_retried_as_written_and_a_0s_timeout_is_none",
+                retry_codes_and_zero_timeout,
+            ),
+            test(
                 "a_pod_going_not_ready_moves_traffic_without_failed_requests",
                 not_ready_moves_traffic,
             ),
@@ -1166,6 +1170,102 @@ async fn weighted_split(ctx: Ctx) -> anyhow::Result<()> {
         (700..=800).contains(&b),
         "b got {b} of 1000, expected about 750"
     );
+    Ok(())
+}
+
+/// A backend that answers `/conflict…` with 409 on every odd request (so a retry of it gets 200),
+/// `/slow` after 300 ms, and everything else at once; it counts the requests it saw.
+async fn flaky_backend(
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let seen = std::sync::Arc::new(AtomicU32::new(0));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let counter = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        async move {
+                            let status = match req.uri().path() {
+                                p if p.starts_with("/conflict") && n % 2 == 1 => 409,
+                                "/slow" => {
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                    200
+                                }
+                                _ => 200,
+                            };
+                            let mut resp = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(format!("{status}")),
+                            ));
+                            *resp.status_mut() =
+                                http::StatusCode::from_u16(status).unwrap_or_default();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok((task, seen))
+}
+
+/// `retry.codes` retries exactly the listed statuses (a 409 here, which a 5xx-only translation
+/// dropped), a code not listed is passed through, and `timeouts.request: 0s` means no timeout
+/// (it answered every request 504).
+async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let (_task, seen) = flaky_backend("198.18.64.51:8080".parse()?).await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("flaky")).await?;
+    create::<EndpointSlice>(&ctx, slice("flaky-1", "flaky", &["198.18.64.51"])).await?;
+    let to_flaky = json!([{"name": "flaky", "port": 80}]);
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "flaky"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"matches": [{"path": {"type": "Exact", "value": "/conflict"}}],
+                 "backendRefs": to_flaky,
+                 "retry": {"attempts": 1, "retryOn": ["RetriableStatusCodes"], "codes": [409]}},
+                {"matches": [{"path": {"type": "Exact", "value": "/conflict-not-listed"}}],
+                 "backendRefs": to_flaky,
+                 "retry": {"attempts": 1, "retryOn": ["RetriableStatusCodes"], "codes": [503]}},
+                {"matches": [{"path": {"type": "Exact", "value": "/slow"}}],
+                 "backendRefs": to_flaky,
+                 "timeouts": {"request": "0s"}}
+            ]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let before = seen.load(Ordering::SeqCst);
+    let (status, _) = http_get(proxy.addr, "any.example.com", "/conflict").await?;
+    ensure!(status == 200, "a listed 409 was not retried: {status}");
+    ensure!(
+        seen.load(Ordering::SeqCst) - before == 2,
+        "the backend saw {} requests, not 2",
+        seen.load(Ordering::SeqCst) - before
+    );
+    // The next first attempt gets 409 again, and 409 is not in this rule's codes: passed on.
+    let (status, _) = http_get(proxy.addr, "any.example.com", "/conflict-not-listed").await?;
+    ensure!(status == 409, "an unlisted 409 gave {status}");
+    ensure!(
+        seen.load(Ordering::SeqCst) - before == 3,
+        "an unlisted status was retried"
+    );
+    let (status, body) = http_get(proxy.addr, "any.example.com", "/slow").await?;
+    ensure!(status == 200, "timeouts.request 0s gave {status} {body}");
     Ok(())
 }
 

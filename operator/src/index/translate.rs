@@ -170,12 +170,9 @@ fn retry(r: &api::Retry) -> contract::RetryPolicy {
             api::RetryOn::GatewayError => on.push(contract::RetryOn::GatewayError),
             api::RetryOn::ConnectFailure => on.push(contract::RetryOn::ConnectFailure),
             api::RetryOn::Reset => on.push(contract::RetryOn::Reset),
-            // The contract has no per-status list for HTTP codes; 5xx is the closest superset
-            // when all listed codes are 5xx, otherwise the condition is dropped.
+            // Exactly the listed codes, 4xx included.
             api::RetryOn::RetriableStatusCodes => {
-                if !r.codes.is_empty() && r.codes.iter().all(|c| c.0 >= 500) {
-                    on.push(contract::RetryOn::FiveXx);
-                }
+                on.push(contract::RetryOn::RetriableStatusCodes);
             }
             api::RetryOn::GrpcCancelled => grpc.push(1),
             api::RetryOn::GrpcDeadlineExceeded => grpc.push(4),
@@ -200,6 +197,11 @@ fn retry(r: &api::Retry) -> contract::RetryPolicy {
             .map_or(2, |a| u32::try_from(a).unwrap_or_default()),
         retry_on: on,
         grpc_status_codes: grpc,
+        status_codes: r
+            .codes
+            .iter()
+            .filter_map(|c| u16::try_from(c.0).ok())
+            .collect(),
         backoff: contract::Backoff::default(),
         methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
             .map(str::to_owned)
@@ -238,17 +240,20 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
                 weight: b.weight.map_or(1, |w| u32::try_from(w).unwrap_or_default()),
             })
             .collect(),
+        // `0s` disables a timeout (as in the Gateway API): no timeout, not an immediate one.
         timeouts: contract::Timeouts {
             request: r
                 .timeouts
                 .as_ref()
                 .and_then(|t| t.request.as_ref())
-                .and_then(duration),
+                .and_then(duration)
+                .filter(|d| !d.get().is_zero()),
             per_try: r
                 .timeouts
                 .as_ref()
                 .and_then(|t| t.backend_request.as_ref())
-                .and_then(duration),
+                .and_then(duration)
+                .filter(|d| !d.get().is_zero()),
         },
         retry: r
             .retry
@@ -362,6 +367,28 @@ mod tests {
         assert!(hostnames_intersect("*.a.example.com", "*.example.com"));
         assert!(!hostnames_intersect("*.example.com", "example.com"));
         assert!(!hostnames_intersect("api.example.com", "web.example.com"));
+    }
+
+    #[test]
+    fn retry_codes_travel_as_written_and_zero_timeouts_disable() {
+        let r: api::RouteRule = serde_json::from_value(serde_json::json!({
+            "backendRefs": [{"name": "orders", "port": 80}],
+            "timeouts": {"request": "0s", "backendRequest": "0s"},
+            "retry": {"attempts": 2, "retryOn": ["RetriableStatusCodes"], "codes": [409, 503]}
+        }))
+        .unwrap();
+        let c = rule("shop", &r);
+        assert_eq!(
+            c.timeouts.request, None,
+            "0s is no timeout, not an immediate one"
+        );
+        assert_eq!(c.timeouts.per_try, None);
+        let retry = c.retry.unwrap();
+        assert_eq!(
+            retry.retry_on,
+            vec![contract::RetryOn::RetriableStatusCodes]
+        );
+        assert_eq!(retry.status_codes, vec![409, 503]);
     }
 
     #[test]

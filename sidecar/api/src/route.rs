@@ -241,6 +241,9 @@ pub struct RetryPolicy {
     /// gRPC status codes (from `grpc-status`) worth retrying, e.g. 14 (UNAVAILABLE).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grpc_status_codes: Vec<u32>,
+    /// HTTP statuses worth retrying with [`RetryOn::RetriableStatusCodes`], e.g. 409 or 503.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u16>,
     /// Delay between attempts.
     #[serde(default)]
     pub backoff: Backoff,
@@ -277,6 +280,8 @@ pub enum RetryOn {
     Reset,
     /// A `grpc-status` listed in [`RetryPolicy::grpc_status_codes`].
     RetriableGrpc,
+    /// A response status listed in [`RetryPolicy::status_codes`].
+    RetriableStatusCodes,
 }
 
 /// Exponential backoff with full jitter: attempt `n` waits a random time in

@@ -375,6 +375,13 @@ fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()
         if let Some(c) = retry.grpc_status_codes.iter().find(|c| **c > 16) {
             return fail(rel, format!("{c} is not a gRPC status code"));
         }
+        if let Some(c) = retry
+            .status_codes
+            .iter()
+            .find(|c| !(400..=599).contains(*c))
+        {
+            return fail(rel, format!("{c} is not a 4xx or 5xx status"));
+        }
         for m in &retry.methods {
             if http_token(m).is_err() {
                 return fail(rel, format!("method {m:?} is not a valid token"));
