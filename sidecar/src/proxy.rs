@@ -189,8 +189,9 @@ pub(crate) struct Forward<'a> {
     pub(crate) backend: Arc<BackendState>,
     /// Response header filters, applied in order.
     pub(crate) response_mods: Vec<&'a HeaderModifier>,
-    /// Backends that get a copy of the request.
-    pub(crate) mirrors: Vec<&'a str>,
+    /// Mirror filters that may copy this request: `(backend, percent)`. The fast path leaves
+    /// requests with any to hyper's path, which draws the sample once per request.
+    pub(crate) mirrors: Vec<(&'a str, u32)>,
 }
 
 impl Forward<'_> {
@@ -233,7 +234,7 @@ pub(crate) fn plan<'a>(
     let rule = &hit.rule.rule;
 
     let mut response_mods: Vec<&HeaderModifier> = Vec::new();
-    let mut mirrors: Vec<&str> = Vec::new();
+    let mut mirrors: Vec<(&str, u32)> = Vec::new();
     for f in &rule.filters {
         match f {
             Filter::RequestRedirect(r) => {
@@ -254,7 +255,8 @@ pub(crate) fn plan<'a>(
                     host_changed = true;
                 }
             }
-            Filter::RequestMirror(m) => mirrors.push(&m.backend),
+            Filter::RequestMirror(m) if m.percent > 0 => mirrors.push((&m.backend, m.percent)),
+            Filter::RequestMirror(_) => {}
         }
     }
 
@@ -273,6 +275,11 @@ pub(crate) fn plan<'a>(
         response_mods,
         mirrors,
     }))
+}
+
+/// Whether this request is among the `percent` share mirrored (drawn per request).
+fn mirrored(percent: u32) -> bool {
+    percent >= 100 || (percent > 0 && rand::random_range(0..100) < percent)
 }
 
 async fn route_and_forward(
@@ -295,13 +302,19 @@ async fn route_and_forward(
     if let Some(budget) = &hit.rule.budget {
         budget.deposit();
     }
-    let mut body = if retry.is_some() || !fwd.mirrors.is_empty() {
+    let mirrors: Vec<&str> = fwd
+        .mirrors
+        .iter()
+        .filter(|(_, percent)| mirrored(*percent))
+        .map(|(name, _)| *name)
+        .collect();
+    let mut body = if retry.is_some() || !mirrors.is_empty() {
         RequestBody::buffer(body).await?
     } else {
         RequestBody::Streaming(Some(body))
     };
     if let Some(bytes) = body.replayable() {
-        for name in &fwd.mirrors {
+        for name in &mirrors {
             if let Some(b) = snap.backends.get(*name) {
                 mirror(b.clone(), &parts, bytes.clone(), conn.client);
             }
@@ -567,4 +580,18 @@ pub(crate) async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::u
     let mut c = TokioIo::new(client);
     let mut u = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mirrored;
+
+    #[test]
+    fn mirror_percent_draws_that_share() {
+        assert!((0..1000).all(|_| mirrored(100)));
+        assert!((0..1000).all(|_| !mirrored(0)));
+        let hits = (0..10_000).filter(|_| mirrored(25)).count();
+        // Binomial(10000, 0.25): sd 43; ±10 sd.
+        assert!((2_070..=2_930).contains(&hits), "{hits}");
+    }
 }

@@ -89,6 +89,10 @@ fn main() -> ExitCode {
                 retry_codes_and_zero_timeout,
             ),
             test(
+                "request_mirror_percent_mirrors_that_share_of_requests",
+                mirror_percent,
+            ),
+            test(
                 "a_pod_going_not_ready_moves_traffic_without_failed_requests",
                 not_ready_moves_traffic,
             ),
@@ -1266,6 +1270,48 @@ async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
     );
     let (status, body) = http_get(proxy.addr, "any.example.com", "/slow").await?;
     ensure!(status == 200, "timeouts.request 0s gave {status} {body}");
+    Ok(())
+}
+
+/// `requestMirror.percent: 30` mirrors about 30% of the requests (it mirrored all of them).
+async fn mirror_percent(ctx: Ctx) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let _primary = backend("198.18.64.61:8080".parse()?, "primary").await?;
+    let (_task, shadow_seen) = flaky_backend("198.18.64.62:8080".parse()?).await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("primary")).await?;
+    create::<Service>(&ctx, service("shadow")).await?;
+    create::<EndpointSlice>(&ctx, slice("primary-1", "primary", &["198.18.64.61"])).await?;
+    create::<EndpointSlice>(&ctx, slice("shadow-1", "shadow", &["198.18.64.62"])).await?;
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "mirrored"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [{
+                "filters": [{"type": "RequestMirror", "requestMirror": {
+                    "backendRef": {"name": "shadow", "port": 80}, "percent": 30}}],
+                "backendRefs": [{"name": "primary", "port": 80}]
+            }]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let sent = 400;
+    for _ in 0..sent {
+        let (status, body) = http_get(proxy.addr, "any.example.com", "/m").await?;
+        ensure!(status == 200 && body == "primary", "{status} {body}");
+    }
+    // Mirrors are fire-and-forget: let the last ones land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mirrored = shadow_seen.load(Ordering::SeqCst);
+    eprintln!("percent 30: {mirrored} of {sent} requests mirrored");
+    // Binomial(400, 0.3): mean 120, sd 9.2; this band is ±6 sd.
+    ensure!(
+        (65..=175).contains(&mirrored),
+        "{mirrored} of {sent} requests mirrored with percent 30"
+    );
     Ok(())
 }
 

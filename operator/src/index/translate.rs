@@ -137,6 +137,9 @@ fn filter(route_ns: &str, f: &api::RouteFilter) -> Option<contract::Filter> {
             let b = &m.backend_ref;
             contract::Filter::RequestMirror(contract::Mirror {
                 backend: backend_name(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port),
+                percent: m
+                    .percent
+                    .map_or(100, |p| u32::try_from(p.clamp(0, 100)).unwrap_or(100)),
             })
         }
         RouteFilterType::DirectResponse => {
@@ -417,7 +420,8 @@ mod tests {
         assert_eq!(
             c.filters,
             vec![contract::Filter::RequestMirror(contract::Mirror {
-                backend: "shop/shadow:80".into()
+                backend: "shop/shadow:80".into(),
+                percent: 100,
             })]
         );
         assert_eq!(c.timeouts.request, Some(contract::Duration::from_secs(10)));

@@ -46,6 +46,14 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+fn hundred() -> u32 {
+    100
+}
+
+fn is_hundred(v: &u32) -> bool {
+    *v == 100
+}
+
 fn one() -> u32 {
     1
 }

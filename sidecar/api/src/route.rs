@@ -204,6 +204,9 @@ pub struct DirectResponse {
 pub struct Mirror {
     /// A backend name.
     pub backend: String,
+    /// Share of requests mirrored, 0–100 (each request is drawn at random).
+    #[serde(default = "crate::hundred", skip_serializing_if = "crate::is_hundred")]
+    pub percent: u32,
 }
 
 /// A weighted reference from a rule to a backend.

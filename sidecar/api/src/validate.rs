@@ -345,6 +345,9 @@ fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()
                 if !backends.contains(m.backend.as_str()) {
                     return fail(fel, format!("backend {:?} is not defined", m.backend));
                 }
+                if m.percent > 100 {
+                    return fail(fel, format!("mirror percent {} is above 100", m.percent));
+                }
             }
         }
     }
