@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use portico_proxy_api::{Pem, Tls};
+use portico_proxy_api::{Pem, Tls, TlsVersion};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -58,8 +58,12 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     let key =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem(format!("key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V1_2 => rustls::DEFAULT_VERSIONS,
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
     let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                 propagation_to_proxy,
             ),
             test(
-                "an_https_listener_serves_the_certificate_from_its_secret",
+                "an_https_listener_serves_the_certificate_from_its_secret_and_honours_min_version",
                 https_listener,
             ),
             test(
@@ -1527,7 +1527,7 @@ async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let (http_port, https_port) = (free_port()?, free_port()?);
+    let (http_port, https_port, tls13_port) = (free_port()?, free_port()?, free_port()?);
     create::<Gateway>(
         &ctx,
         json!({
@@ -1537,7 +1537,10 @@ async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
                 {"name": "web", "port": http_port, "protocol": "HTTP"},
                 {"name": "tls", "port": https_port, "protocol": "HTTPS",
                  "hostname": "shop.example.com",
-                 "tls": {"certificateRefs": [{"name": "shop-cert"}]}}
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}]}},
+                {"name": "tls13", "port": tls13_port, "protocol": "HTTPS",
+                 "hostname": "shop.example.com",
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}], "minVersion": "1.3"}}
             ]}
         }),
     )
@@ -1558,5 +1561,49 @@ async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
     .parse()?;
     let answer = get_tls(tls_addr, "shop.example.com", ck.cert.der(), "/orders").await?;
     ensure!(answer == (200, "a".into()), "over TLS: {answer:?}");
+    // minVersion: the default listener takes a TLS 1.2 client, the "1.3" one refuses it and
+    // takes TLS 1.3.
+    let tls13_addr: SocketAddr = format!(
+        "127.0.0.1:{}",
+        proxy
+            .proxy
+            .listener_addr("tls13")
+            .context("no tls13 listener")?
+            .port()
+    )
+    .parse()?;
+    let v12 = &rustls::version::TLS12;
+    let v13 = &rustls::version::TLS13;
+    ensure!(
+        handshake(tls_addr, ck.cert.der(), v12).await.is_ok(),
+        "the default listener refused TLS 1.2"
+    );
+    ensure!(
+        handshake(tls13_addr, ck.cert.der(), v12).await.is_err(),
+        "minVersion 1.3 accepted a TLS 1.2 client"
+    );
+    handshake(tls13_addr, ck.cert.der(), v13)
+        .await
+        .context("minVersion 1.3 refused a TLS 1.3 client")?;
+    Ok(())
+}
+
+/// A TLS handshake as `shop.example.com` offering only `version`.
+async fn handshake(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> anyhow::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("shop.example.com")?, tcp)
+        .await?;
     Ok(())
 }

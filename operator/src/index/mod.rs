@@ -826,6 +826,12 @@ impl Index {
             (Some(cert), Some(key_pem)) => Ok(contract::Tls {
                 cert: contract::Pem::Inline { inline: cert },
                 key: contract::Pem::Inline { inline: key_pem },
+                min_version: match l.tls.as_ref().and_then(|t| t.min_version) {
+                    Some(portico_api::gateway::TlsVersion::V1_3) => contract::TlsVersion::V1_3,
+                    Some(portico_api::gateway::TlsVersion::V1_2) | None => {
+                        contract::TlsVersion::V1_2
+                    }
+                },
             }),
             _ => Err(format!("Secret {key} lacks tls.crt or tls.key")),
         }

@@ -221,6 +221,21 @@ pub struct Tls {
     pub cert: Pem,
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: Pem,
+    /// The lowest TLS version accepted (default 1.2).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 /// PEM text, either in a file (re-read on every config apply, so renewed certs are picked up) or
