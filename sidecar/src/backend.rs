@@ -103,9 +103,14 @@ impl BackendState {
         let connect_timeout = cfg
             .connect_timeout
             .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+        let idle_timeout = cfg
+            .idle_timeout
+            .map_or(crate::upstream::IDLE_TIMEOUT, |d| d.get());
         let clients = match old {
-            Some(o) if o.clients.fits(cfg.protocol, connect_timeout) => o.clients.clone(),
-            _ => Clients::new(cfg.protocol, connect_timeout),
+            Some(o) if o.clients.fits(cfg.protocol, connect_timeout, idle_timeout) => {
+                o.clients.clone()
+            }
+            _ => Clients::new(cfg.protocol, connect_timeout, idle_timeout),
         };
         Self {
             name: cfg.name.as_str().into(),

@@ -73,7 +73,13 @@ pub(crate) fn admit(
     let snap = shared.snapshot.load();
     let clients = snap
         .app_clients
-        .get_or_init(|| Clients::new(UpstreamProtocol::Auto, APP_CONNECT_TIMEOUT))
+        .get_or_init(|| {
+            Clients::new(
+                UpstreamProtocol::Auto,
+                APP_CONNECT_TIMEOUT,
+                crate::upstream::IDLE_TIMEOUT,
+            )
+        })
         .clone();
     if let Some(p) = snap.inbound.port(conn.port)
         && let Err(refusal) = p.check(conn.client.ip(), Some(headers))

@@ -19,8 +19,8 @@ use crate::pool::{H1Pool, Lease, TcpPool, UpstreamError};
 /// A pooled HTTP/2 client.
 pub type HttpClient = Client<HttpConnector, Body>;
 
-/// How long an idle upstream connection is kept for reuse.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle upstream connection is kept for reuse, unless the backend says otherwise.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per endpoint; a burst opens more, but they are not all kept (each
 /// holds buffers), as nginx's `keepalive` does.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -30,6 +30,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 128;
 pub struct Clients {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     h1: Option<H1Pool>,
     h2: Option<HttpClient>,
     /// Raw connections for the HTTP/1.1 fast path; present whenever an HTTP/1.1 request to
@@ -80,24 +81,37 @@ impl Upstream<'_> {
 }
 
 impl Clients {
-    /// Pools for `protocol`; `Auto` gets both.
-    pub fn new(protocol: UpstreamProtocol, connect_timeout: Duration) -> Self {
+    /// Pools for `protocol`; `Auto` gets both. Idle connections are closed after
+    /// `idle_timeout`.
+    pub fn new(
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         let wants_h1 = matches!(protocol, UpstreamProtocol::Http1 | UpstreamProtocol::Auto);
         let wants_h2 = matches!(protocol, UpstreamProtocol::Http2 | UpstreamProtocol::Auto);
         Self {
             protocol,
             connect_timeout,
-            h1: wants_h1.then(|| H1Pool::new(connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT)),
-            h2: wants_h2.then(|| build_h2(connect_timeout)),
+            idle_timeout,
+            h1: wants_h1.then(|| H1Pool::new(connect_timeout, idle_timeout, MAX_IDLE_PER_ENDPOINT)),
+            h2: wants_h2.then(|| build_h2(connect_timeout, idle_timeout)),
             tcp: wants_h1
-                .then(|| TcpPool::new(connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT)),
+                .then(|| TcpPool::new(connect_timeout, idle_timeout, MAX_IDLE_PER_ENDPOINT)),
         }
     }
 
-    /// Whether these pools fit a backend with this protocol and timeout (then they are kept
-    /// across a config reload, and so are their warm connections).
-    pub fn fits(&self, protocol: UpstreamProtocol, connect_timeout: Duration) -> bool {
-        self.protocol == protocol && self.connect_timeout == connect_timeout
+    /// Whether these pools fit a backend with this protocol and these timeouts (then they are
+    /// kept across a config reload, and so are their warm connections).
+    pub fn fits(
+        &self,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> bool {
+        self.protocol == protocol
+            && self.connect_timeout == connect_timeout
+            && self.idle_timeout == idle_timeout
     }
 
     /// Time allowed to connect to an endpoint.
@@ -128,13 +142,13 @@ impl Clients {
     }
 }
 
-fn build_h2(connect_timeout: Duration) -> HttpClient {
+fn build_h2(connect_timeout: Duration, idle_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_idle_timeout(idle_timeout)
         .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

@@ -93,6 +93,10 @@ fn main() -> ExitCode {
                 mirror_percent,
             ),
             test(
+                "a_service_policy_idle_timeout_closes_idle_upstream_connections",
+                idle_timeout,
+            ),
+            test(
                 "a_pod_going_not_ready_moves_traffic_without_failed_requests",
                 not_ready_moves_traffic,
             ),
@@ -1177,21 +1181,24 @@ async fn weighted_split(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a [`flaky_backend`] saw: requests and accepted connections.
+#[derive(Clone, Default)]
+struct Seen {
+    requests: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
 /// A backend that answers `/conflict…` with 409 on every odd request (so a retry of it gets 200),
-/// `/slow` after 300 ms, and everything else at once; it counts the requests it saw.
-async fn flaky_backend(
-    addr: SocketAddr,
-) -> anyhow::Result<(
-    tokio::task::JoinHandle<()>,
-    std::sync::Arc<std::sync::atomic::AtomicU32>,
-)> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    let seen = std::sync::Arc::new(AtomicU32::new(0));
+/// `/slow` after 300 ms, and everything else at once; it counts requests and connections.
+async fn flaky_backend(addr: SocketAddr) -> anyhow::Result<(tokio::task::JoinHandle<()>, Seen)> {
+    use std::sync::atomic::Ordering;
+    let seen = Seen::default();
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let counter = seen.clone();
+    let counters = seen.clone();
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let counter = counter.clone();
+            counters.connections.fetch_add(1, Ordering::SeqCst);
+            let counter = counters.requests.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -1228,6 +1235,7 @@ async fn flaky_backend(
 async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let (_task, seen) = flaky_backend("198.18.64.51:8080".parse()?).await?;
+    let seen = seen.requests;
     gateway_on_free_port(&ctx).await?;
     create::<Service>(&ctx, service("flaky")).await?;
     create::<EndpointSlice>(&ctx, slice("flaky-1", "flaky", &["198.18.64.51"])).await?;
@@ -1273,11 +1281,80 @@ async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ServicePolicy.connection.idleTimeout: 1s`: an upstream connection idle for longer is not
+/// reused (the backend sees a second connection); without it the pool keeps it (90 s).
+async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let (_brief_task, brief) = flaky_backend("198.18.64.81:8080".parse()?).await?;
+    let (_steady_task, steady) = flaky_backend("198.18.64.82:8080".parse()?).await?;
+    gateway_on_free_port(&ctx).await?;
+    for (name, ip) in [("brief", "198.18.64.81"), ("steady", "198.18.64.82")] {
+        create::<Service>(&ctx, service(name)).await?;
+        create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
+    }
+    create::<ServicePolicy>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+            "metadata": {"name": "brief"},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "brief"},
+                     "connection": {"idleTimeout": "1s"}}
+        }),
+    )
+    .await?;
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "idle"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/brief"}}],
+                 "backendRefs": [{"name": "brief", "port": 80}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/steady"}}],
+                 "backendRefs": [{"name": "steady", "port": 80}]}
+            ]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    eventually(
+        "the policy in the proxy's config",
+        Duration::from_secs(10),
+        || async {
+            let cfg = proxy.proxy.config();
+            Ok(cfg
+                .backends
+                .iter()
+                .any(|b| b.idle_timeout.is_some())
+                .then_some(()))
+        },
+    )
+    .await?;
+    for path in ["/brief", "/steady"] {
+        ensure!(http_get(proxy.addr, "any.example.com", path).await?.0 == 200);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for path in ["/brief", "/steady"] {
+        ensure!(http_get(proxy.addr, "any.example.com", path).await?.0 == 200);
+    }
+    let (b, s) = (
+        brief.connections.load(Ordering::SeqCst),
+        steady.connections.load(Ordering::SeqCst),
+    );
+    ensure!(
+        b == 2 && s == 1,
+        "connections after an idle 2.5 s: {b} with idleTimeout 1s (want 2), {s} without (want 1)"
+    );
+    Ok(())
+}
+
 /// `requestMirror.percent: 30` mirrors about 30% of the requests (it mirrored all of them).
 async fn mirror_percent(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let _primary = backend("198.18.64.61:8080".parse()?, "primary").await?;
     let (_task, shadow_seen) = flaky_backend("198.18.64.62:8080".parse()?).await?;
+    let shadow_seen = shadow_seen.requests;
     gateway_on_free_port(&ctx).await?;
     create::<Service>(&ctx, service("primary")).await?;
     create::<Service>(&ctx, service("shadow")).await?;

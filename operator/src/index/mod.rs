@@ -1118,6 +1118,7 @@ fn empty_backend(name: String) -> contract::Backend {
         outlier_detection: None,
         limits: contract::Limits::default(),
         connect_timeout: None,
+        idle_timeout: None,
     }
 }
 

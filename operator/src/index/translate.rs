@@ -346,6 +346,7 @@ pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
             .filter(|n| *n > 0);
         b.limits.max_pending_requests = c.max_pending_requests.and_then(|n| u32::try_from(n).ok());
         b.connect_timeout = c.connect_timeout.as_ref().and_then(duration);
+        b.idle_timeout = c.idle_timeout.as_ref().and_then(duration);
     }
 }
 

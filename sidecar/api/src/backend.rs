@@ -28,6 +28,9 @@ pub struct Backend {
     /// Time allowed to open a connection to an endpoint (default 1 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// How long an idle connection to an endpoint is kept for reuse (default 90 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One instance of a backend.
