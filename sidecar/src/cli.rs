@@ -230,6 +230,7 @@ pub fn sidecar_listeners(inbound: SocketAddr, outbound: SocketAddr) -> Vec<Liste
         protocol,
         tls: None,
         backend: None,
+        backends: Vec::new(),
     };
     vec![
         listener("outbound", outbound, Protocol::Outbound),

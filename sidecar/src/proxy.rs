@@ -353,7 +353,10 @@ async fn route_and_forward(
 }
 
 /// Chooses a backend by weight.
-fn pick_backend(snap: &Snapshot, refs: &[BackendRef]) -> Result<Arc<BackendState>, ProxyError> {
+pub(crate) fn pick_backend(
+    snap: &Snapshot,
+    refs: &[BackendRef],
+) -> Result<Arc<BackendState>, ProxyError> {
     let total: u64 = refs.iter().map(|r| u64::from(r.weight)).sum();
     let mut ticket = if refs.len() > 1 && total > 0 {
         rand::rng().random_range(0..total)

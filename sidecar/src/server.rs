@@ -183,12 +183,16 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
     let info = |scheme| ConnInfo::new(listener.clone(), peer, scheme, None);
     match l.protocol {
         Protocol::Tcp => {
-            let Some(backend) = l
-                .backend
-                .as_ref()
-                .and_then(|b| snap.backends.get(b))
-                .cloned()
-            else {
+            // A weighted choice per connection, or the one backend.
+            let backend = if l.backends.is_empty() {
+                l.backend
+                    .as_ref()
+                    .and_then(|b| snap.backends.get(b))
+                    .cloned()
+            } else {
+                crate::proxy::pick_backend(&snap, &l.backends).ok()
+            };
+            let Some(backend) = backend else {
                 return;
             };
             drop(snap);

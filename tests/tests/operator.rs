@@ -97,6 +97,10 @@ fn main() -> ExitCode {
                 idle_timeout,
             ),
             test(
+                "a_tcp_listener_splits_connections_by_backend_weight",
+                tcp_weights,
+            ),
+            test(
                 "a_pod_going_not_ready_moves_traffic_without_failed_requests",
                 not_ready_moves_traffic,
             ),
@@ -1345,6 +1349,68 @@ async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(
         b == 2 && s == 1,
         "connections after an idle 2.5 s: {b} with idleTimeout 1s (want 2), {s} without (want 1)"
+    );
+    Ok(())
+}
+
+/// A TCP listener whose Route has two weighted backendRefs (1:3) spreads connections by weight
+/// (it sent all of them to the first).
+async fn tcp_weights(ctx: Ctx) -> anyhow::Result<()> {
+    let _a = backend("198.18.64.91:8080".parse()?, "a").await?;
+    let _b = backend("198.18.64.92:8080".parse()?, "b").await?;
+    let port = free_port()?;
+    create::<Gateway>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {"listeners": [
+                {"name": "web", "port": free_port()?, "protocol": "HTTP"},
+                {"name": "db", "port": port, "protocol": "TCP"}
+            ]}
+        }),
+    )
+    .await?;
+    for (name, ip) in [("a", "198.18.64.91"), ("b", "198.18.64.92")] {
+        create::<Service>(&ctx, service(name)).await?;
+        create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
+    }
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "db"},
+            "spec": {"parentRefs": [{"name": "gw", "sectionName": "db"}],
+                     "rules": [{"backendRefs": [{"name": "a", "port": 80, "weight": 1},
+                                                {"name": "b", "port": 80, "weight": 3}]}]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let addr: SocketAddr = format!(
+        "127.0.0.1:{}",
+        proxy
+            .proxy
+            .listener_addr("db")
+            .context("no TCP listener db")?
+            .port()
+    )
+    .parse()?;
+    // Plain HTTP through the opaque TCP listener: each connection reaches one backend.
+    let mut b = 0;
+    for _ in 0..400 {
+        let (status, body) = http_get(addr, "db", "/").await?;
+        ensure!(status == 200, "status {status}");
+        if body == "b" {
+            b += 1;
+        }
+    }
+    eprintln!("TCP weights 1:3 over 400 connections: b got {b}");
+    // Binomial(400, 0.75): mean 300, sd 8.7; ±6 sd.
+    ensure!(
+        (248..=352).contains(&b),
+        "b got {b} of 400, expected about 300"
     );
     Ok(())
 }

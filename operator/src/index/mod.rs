@@ -911,16 +911,17 @@ impl Index {
             for i in &attached {
                 let l = &gw.spec.listeners[*i];
                 if l.protocol == ListenerProtocol::TCP {
-                    // A TCP listener forwards to the first backend of the first attached Route.
+                    // A TCP listener forwards to the backends of the first rule of the first
+                    // attached Route, chosen per connection by their weights.
                     if let Some(Some(cl)) = listeners.get_mut(*i)
-                        && cl.backend.is_none()
-                        && let Some(b) = rules.first().and_then(|r| r.backends.first())
+                        && cl.backends.is_empty()
+                        && let Some(first) = rules.first().filter(|r| !r.backends.is_empty())
                     {
-                        cl.backend = Some(b.backend.clone());
+                        cl.backends = first.backends.clone();
                         if let Some(r) = route.spec.rules.first() {
                             wanted.extend(
                                 translate::rule_backend_refs(&rkey.namespace, r)
-                                    .take(1)
+                                    .take(r.backend_refs.len())
                                     .map(|(n, s, p)| (n.to_owned(), s.to_owned(), p)),
                             );
                         }
@@ -972,7 +973,11 @@ impl Index {
                 listeners: listeners
                     .into_iter()
                     .flatten()
-                    .filter(|l| l.protocol != contract::Protocol::Tcp || l.backend.is_some())
+                    .filter(|l| {
+                        l.protocol != contract::Protocol::Tcp
+                            || l.backend.is_some()
+                            || !l.backends.is_empty()
+                    })
                     .collect(),
                 routes,
                 ..RouteTable::default()

@@ -31,6 +31,7 @@ pub fn listener(l: &GwListener, tls: Option<contract::Tls>) -> contract::Listene
         },
         tls,
         backend: None,
+        backends: Vec::new(),
     }
 }
 

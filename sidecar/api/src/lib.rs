@@ -193,6 +193,9 @@ pub struct Listener {
     /// For TCP listeners: the backend every connection is forwarded to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// For TCP listeners, instead of `backend`: backends chosen per connection by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendRef>,
 }
 
 /// The protocol of a listener.

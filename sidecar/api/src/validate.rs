@@ -162,6 +162,24 @@ fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<SocketAddr> 
     let Ok(addr) = l.address.parse::<SocketAddr>() else {
         return fail(&el, format!("address {:?} is not IP:PORT", l.address));
     };
+    if !l.backends.is_empty() {
+        if l.protocol != Protocol::Tcp {
+            return fail(
+                &el,
+                "backends is only allowed with protocol TCP; use routes",
+            );
+        }
+        if l.backend.is_some() {
+            return fail(&el, "give backend or backends, not both");
+        }
+        if let Some(r) = l
+            .backends
+            .iter()
+            .find(|r| !backends.contains(r.backend.as_str()))
+        {
+            return fail(&el, format!("backend {:?} is not defined", r.backend));
+        }
+    }
     match (l.protocol, &l.tls, &l.backend) {
         (Protocol::Https, None, _) => fail(&el, "protocol HTTPS needs tls"),
         (Protocol::Http | Protocol::Tcp | Protocol::Outbound | Protocol::Inbound, Some(_), _) => {
@@ -171,7 +189,9 @@ fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<SocketAddr> 
             &el,
             "backend is not allowed on OUTBOUND/INBOUND listeners; use services",
         ),
-        (Protocol::Tcp, _, None) => fail(&el, "protocol TCP needs a backend"),
+        (Protocol::Tcp, _, None) if l.backends.is_empty() => {
+            fail(&el, "protocol TCP needs a backend")
+        }
         (Protocol::Tcp, _, Some(b)) if !backends.contains(b.as_str()) => {
             fail(&el, format!("backend {b:?} is not defined"))
         }

@@ -182,6 +182,32 @@ fn listener_protocol_rules_are_enforced() {
         err(&cfg),
         r#"route "api": listener "redis" is TCP and cannot carry routes"#
     );
+    // Weighted backends instead of one: defined ones only, not both, TCP only.
+    let weighted = |name: &str| BackendRef {
+        backend: name.into(),
+        weight: 1,
+    };
+    let mut cfg = good();
+    cfg.listeners[1].backend = None;
+    cfg.listeners[1].backends = vec![weighted("pay"), weighted("shadow")];
+    cfg.validate().expect("weighted TCP backends");
+    cfg.listeners[1].backends.push(weighted("missing"));
+    assert_eq!(
+        err(&cfg),
+        r#"listener "redis": backend "missing" is not defined"#
+    );
+    let mut cfg = good();
+    cfg.listeners[1].backends = vec![weighted("pay")];
+    assert_eq!(
+        err(&cfg),
+        r#"listener "redis": give backend or backends, not both"#
+    );
+    let mut cfg = good();
+    cfg.listeners[0].backends = vec![weighted("pay")];
+    assert_eq!(
+        err(&cfg),
+        r#"listener "web": backends is only allowed with protocol TCP; use routes"#
+    );
 }
 
 #[test]
