@@ -1238,11 +1238,11 @@ async fn flaky_backend(addr: SocketAddr) -> anyhow::Result<(tokio::task::JoinHan
 /// (it answered every request 504).
 async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let (_task, seen) = flaky_backend("198.18.64.51:8080".parse()?).await?;
+    let (_task, seen) = flaky_backend("198.18.65.11:8080".parse()?).await?;
     let seen = seen.requests;
     gateway_on_free_port(&ctx).await?;
     create::<Service>(&ctx, service("flaky")).await?;
-    create::<EndpointSlice>(&ctx, slice("flaky-1", "flaky", &["198.18.64.51"])).await?;
+    create::<EndpointSlice>(&ctx, slice("flaky-1", "flaky", &["198.18.65.11"])).await?;
     let to_flaky = json!([{"name": "flaky", "port": 80}]);
     create::<Route>(
         &ctx,
@@ -1289,10 +1289,10 @@ async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
 /// reused (the backend sees a second connection); without it the pool keeps it (90 s).
 async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let (_brief_task, brief) = flaky_backend("198.18.64.81:8080".parse()?).await?;
-    let (_steady_task, steady) = flaky_backend("198.18.64.82:8080".parse()?).await?;
+    let (_brief_task, brief) = flaky_backend("198.18.65.21:8080".parse()?).await?;
+    let (_steady_task, steady) = flaky_backend("198.18.65.22:8080".parse()?).await?;
     gateway_on_free_port(&ctx).await?;
-    for (name, ip) in [("brief", "198.18.64.81"), ("steady", "198.18.64.82")] {
+    for (name, ip) in [("brief", "198.18.65.21"), ("steady", "198.18.65.22")] {
         create::<Service>(&ctx, service(name)).await?;
         create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
     }
@@ -1356,8 +1356,8 @@ async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
 /// A TCP listener whose Route has two weighted backendRefs (1:3) spreads connections by weight
 /// (it sent all of them to the first).
 async fn tcp_weights(ctx: Ctx) -> anyhow::Result<()> {
-    let _a = backend("198.18.64.91:8080".parse()?, "a").await?;
-    let _b = backend("198.18.64.92:8080".parse()?, "b").await?;
+    let _a = backend("198.18.65.31:8080".parse()?, "a").await?;
+    let _b = backend("198.18.65.32:8080".parse()?, "b").await?;
     let port = free_port()?;
     create::<Gateway>(
         &ctx,
@@ -1371,7 +1371,7 @@ async fn tcp_weights(ctx: Ctx) -> anyhow::Result<()> {
         }),
     )
     .await?;
-    for (name, ip) in [("a", "198.18.64.91"), ("b", "198.18.64.92")] {
+    for (name, ip) in [("a", "198.18.65.31"), ("b", "198.18.65.32")] {
         create::<Service>(&ctx, service(name)).await?;
         create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
     }
@@ -1418,14 +1418,14 @@ async fn tcp_weights(ctx: Ctx) -> anyhow::Result<()> {
 /// `requestMirror.percent: 30` mirrors about 30% of the requests (it mirrored all of them).
 async fn mirror_percent(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let _primary = backend("198.18.64.61:8080".parse()?, "primary").await?;
-    let (_task, shadow_seen) = flaky_backend("198.18.64.62:8080".parse()?).await?;
+    let _primary = backend("198.18.65.41:8080".parse()?, "primary").await?;
+    let (_task, shadow_seen) = flaky_backend("198.18.65.42:8080".parse()?).await?;
     let shadow_seen = shadow_seen.requests;
     gateway_on_free_port(&ctx).await?;
     create::<Service>(&ctx, service("primary")).await?;
     create::<Service>(&ctx, service("shadow")).await?;
-    create::<EndpointSlice>(&ctx, slice("primary-1", "primary", &["198.18.64.61"])).await?;
-    create::<EndpointSlice>(&ctx, slice("shadow-1", "shadow", &["198.18.64.62"])).await?;
+    create::<EndpointSlice>(&ctx, slice("primary-1", "primary", &["198.18.65.41"])).await?;
+    create::<EndpointSlice>(&ctx, slice("shadow-1", "shadow", &["198.18.65.42"])).await?;
     create::<Route>(
         &ctx,
         json!({
