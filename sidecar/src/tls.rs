@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use portico_proxy_api::{Pem, Tls, TlsVersion};
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// Why a listener's certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +47,14 @@ fn read(pem: &Pem) -> Result<Vec<u8>, TlsError> {
     }
 }
 
-/// Builds the server config of one listener. Files are read now, on every config apply, so a
-/// renewed certificate is picked up by touching the config.
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
-    let cert_pem = read(&tls.cert)?;
-    let key_pem = read(&tls.key)?;
+/// One certificate chain and key, ready for rustls.
+fn certified(
+    cert: &Pem,
+    key: &Pem,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
@@ -57,15 +63,54 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     }
     let key =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem(format!("key: {e}")))?;
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, provider)?))
+}
+
+/// Serves the first certificate valid for the client's SNI name, else the first one.
+#[derive(Debug)]
+struct BySni {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let [only] = self.certs.as_slice() {
+            return Some(only.clone());
+        }
+        let name = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n).ok());
+        let valid_for = |ck: &&Arc<CertifiedKey>| {
+            let (Some(name), Some(leaf)) = (&name, ck.cert.first()) else {
+                return false;
+            };
+            webpki::EndEntityCert::try_from(leaf)
+                .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+        };
+        self.certs
+            .iter()
+            .find(valid_for)
+            .or(self.certs.first())
+            .cloned()
+    }
+}
+
+/// Builds the server config of one listener. Files are read now, on every config apply, so a
+/// renewed certificate is picked up by touching the config.
+pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut certs = vec![certified(&tls.cert, &tls.key, &provider)?];
+    for more in &tls.sni {
+        certs.push(certified(&more.cert, &more.key, &provider)?);
+    }
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::V1_2 => rustls::DEFAULT_VERSIONS,
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_no_client_auth();
+    let mut cfg = builder.with_cert_resolver(Arc::new(BySni { certs }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

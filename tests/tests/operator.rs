@@ -113,7 +113,7 @@ fn main() -> ExitCode {
                 propagation_to_proxy,
             ),
             test(
-                "an_https_listener_serves_the_certificate_from_its_secret_and_honours_min_version",
+                "an_https_listener_serves_its_secrets_certificates_by_sni_and_honours_min_version",
                 https_listener,
             ),
             test(
@@ -1670,7 +1670,18 @@ async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let (http_port, https_port, tls13_port) = (free_port()?, free_port()?, free_port()?);
+    let api = rcgen::generate_simple_self_signed(vec!["api.example.com".into()])?;
+    create::<k8s_openapi::api::core::v1::Secret>(
+        &ctx,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "api-cert"},
+            "stringData": {"tls.crt": api.cert.pem(), "tls.key": api.signing_key.serialize_pem()}
+        }),
+    )
+    .await?;
+    let (http_port, https_port, tls13_port, multi_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
     create::<Gateway>(
         &ctx,
         json!({
@@ -1683,7 +1694,9 @@ async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
                  "tls": {"certificateRefs": [{"name": "shop-cert"}]}},
                 {"name": "tls13", "port": tls13_port, "protocol": "HTTPS",
                  "hostname": "shop.example.com",
-                 "tls": {"certificateRefs": [{"name": "shop-cert"}], "minVersion": "1.3"}}
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}], "minVersion": "1.3"}},
+                {"name": "multi", "port": multi_port, "protocol": "HTTPS",
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}, {"name": "api-cert"}]}}
             ]}
         }),
     )
@@ -1728,12 +1741,39 @@ async fn https_listener(ctx: Ctx) -> anyhow::Result<()> {
     handshake(tls13_addr, ck.cert.der(), v13)
         .await
         .context("minVersion 1.3 refused a TLS 1.3 client")?;
+    // Two certificateRefs: each SNI name gets the certificate made for it.
+    let multi_addr: SocketAddr = format!(
+        "127.0.0.1:{}",
+        proxy
+            .proxy
+            .listener_addr("multi")
+            .context("no multi listener")?
+            .port()
+    )
+    .parse()?;
+    handshake_as(multi_addr, "api.example.com", api.cert.der(), v13)
+        .await
+        .context("SNI api.example.com did not get the api certificate")?;
+    handshake_as(multi_addr, "shop.example.com", ck.cert.der(), v13)
+        .await
+        .context("SNI shop.example.com did not get the shop certificate")?;
     Ok(())
 }
 
 /// A TLS handshake as `shop.example.com` offering only `version`.
 async fn handshake(
     addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> anyhow::Result<()> {
+    handshake_as(addr, "shop.example.com", ca, version).await
+}
+
+/// A TLS handshake with SNI `name`, trusting only `ca` (so it fails unless the server presents
+/// that very certificate), offering only `version`.
+async fn handshake_as(
+    addr: SocketAddr,
+    name: &str,
     ca: &CertificateDer<'static>,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> anyhow::Result<()> {
@@ -1746,7 +1786,7 @@ async fn handshake(
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("shop.example.com")?, tcp)
+        .connect(ServerName::try_from(name.to_owned())?, tcp)
         .await?;
     Ok(())
 }

@@ -801,40 +801,52 @@ impl Index {
             .collect()
     }
 
-    /// The TLS material of an HTTPS listener, from its first certificate Secret.
+    /// The TLS material of an HTTPS listener: the first certificate Secret is served by
+    /// default, the others when the client's SNI names one of their names.
     fn listener_tls(
         &self,
         gw_ns: &str,
         l: &portico_api::gateway::Listener,
     ) -> Result<contract::Tls, String> {
-        let Some(r) = l.tls.as_ref().and_then(|t| t.certificate_refs.first()) else {
+        let refs = l
+            .tls
+            .as_ref()
+            .map(|t| t.certificate_refs.as_slice())
+            .unwrap_or_default();
+        let Some((first, more)) = refs.split_first() else {
             return Err(format!("listener {} has no certificateRefs", l.name));
         };
-        let key = Key::new(r.namespace.as_deref().unwrap_or(gw_ns), &r.name);
-        let Some(secret) = self.secrets.get(&key) else {
-            return Err(format!(
-                "Secret {key} not found (or not of type kubernetes.io/tls)"
-            ));
+        let pair = |r: &portico_api::common::SecretObjectReference| {
+            let key = Key::new(r.namespace.as_deref().unwrap_or(gw_ns), &r.name);
+            let Some(secret) = self.secrets.get(&key) else {
+                return Err(format!(
+                    "Secret {key} not found (or not of type kubernetes.io/tls)"
+                ));
+            };
+            let data = secret.data.clone().unwrap_or_default();
+            let text = |k: &str| {
+                data.get(k)
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                    .filter(|s| !s.is_empty())
+            };
+            match (text("tls.crt"), text("tls.key")) {
+                (Some(cert), Some(key_pem)) => Ok(contract::CertificateKey {
+                    cert: contract::Pem::Inline { inline: cert },
+                    key: contract::Pem::Inline { inline: key_pem },
+                }),
+                _ => Err(format!("Secret {key} lacks tls.crt or tls.key")),
+            }
         };
-        let data = secret.data.clone().unwrap_or_default();
-        let text = |k: &str| {
-            data.get(k)
-                .and_then(|b| String::from_utf8(b.0.clone()).ok())
-                .filter(|s| !s.is_empty())
-        };
-        match (text("tls.crt"), text("tls.key")) {
-            (Some(cert), Some(key_pem)) => Ok(contract::Tls {
-                cert: contract::Pem::Inline { inline: cert },
-                key: contract::Pem::Inline { inline: key_pem },
-                min_version: match l.tls.as_ref().and_then(|t| t.min_version) {
-                    Some(portico_api::gateway::TlsVersion::V1_3) => contract::TlsVersion::V1_3,
-                    Some(portico_api::gateway::TlsVersion::V1_2) | None => {
-                        contract::TlsVersion::V1_2
-                    }
-                },
-            }),
-            _ => Err(format!("Secret {key} lacks tls.crt or tls.key")),
-        }
+        let default = pair(first)?;
+        Ok(contract::Tls {
+            cert: default.cert,
+            key: default.key,
+            min_version: match l.tls.as_ref().and_then(|t| t.min_version) {
+                Some(portico_api::gateway::TlsVersion::V1_3) => contract::TlsVersion::V1_3,
+                Some(portico_api::gateway::TlsVersion::V1_2) | None => contract::TlsVersion::V1_2,
+            },
+            sni: more.iter().map(pair).collect::<Result<_, _>>()?,
+        })
     }
 
     /// The Routes that name each Gateway as a parent, in Route order: a full recompute then

@@ -227,6 +227,20 @@ pub struct Tls {
     /// The lowest TLS version accepted (default 1.2).
     #[serde(default, skip_serializing_if = "is_default")]
     pub min_version: TlsVersion,
+    /// More certificates, chosen by the client's SNI: the first certificate (this one, then
+    /// these in order) valid for the name is served; without a match, this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<CertificateKey>,
+}
+
+/// A certificate chain and its key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateKey {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: Pem,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Pem,
 }
 
 /// A TLS protocol version.
