@@ -61,6 +61,9 @@ pub struct BackendState {
     pub limiter: Arc<Limiter>,
     /// Connection pools.
     pub clients: Clients,
+    /// The Service's own retry budget (replaces the rules'), kept across reloads that leave
+    /// it unchanged.
+    pub retry_budget: Option<Arc<crate::retry::RetryBudget>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +122,12 @@ impl BackendState {
             outlier: cfg.outlier_detection.clone(),
             limiter,
             clients,
+            retry_budget: cfg.retry_budget.as_ref().map(|b| {
+                match old.and_then(|o| o.retry_budget.as_ref()) {
+                    Some(kept) if kept.is_for(b) => kept.clone(),
+                    _ => Arc::new(crate::retry::RetryBudget::of(b)),
+                }
+            }),
         }
     }
 

@@ -299,7 +299,13 @@ async fn route_and_forward(
     let hit = fwd.hit;
     let rule = &hit.rule.rule;
     let retry = fwd.retry(&parts.method, upgrade);
-    if let Some(budget) = &hit.rule.budget {
+    // The Service's budget when its ServicePolicy sets one, else the rule's.
+    let budget = fwd
+        .backend
+        .retry_budget
+        .as_deref()
+        .or(hit.rule.budget.as_ref());
+    if let Some(budget) = budget {
         budget.deposit();
     }
     let mirrors: Vec<&str> = fwd
@@ -333,7 +339,7 @@ async fn route_and_forward(
         upgrade,
         per_try: rule.timeouts.per_try.map(|d| d.get()),
         retry,
-        budget: hit.rule.budget.as_ref(),
+        budget,
     };
     let forwarded = attempts.run(&mut body, headers, out);
     let mut resp = match rule.timeouts.request {

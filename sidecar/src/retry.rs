@@ -9,9 +9,6 @@ use portico_proxy_api::{RetryOn, RetryPolicy};
 use rand::Rng;
 use tokio::time::Instant;
 
-/// The budget window: retries are counted against the requests of the last window.
-const WINDOW: Duration = Duration::from_secs(10);
-
 /// Why an attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -70,6 +67,8 @@ pub fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
 pub struct RetryBudget {
     ratio: f64,
     min_per_window: f64,
+    /// Retries are counted against the requests of the current window.
+    window: Duration,
     state: Mutex<Window>,
 }
 
@@ -83,9 +82,16 @@ struct Window {
 impl RetryBudget {
     /// A budget with the policy's ratio and floor.
     pub fn new(policy: &RetryPolicy) -> Self {
+        Self::of(&policy.budget)
+    }
+
+    /// A budget with these settings.
+    pub fn of(budget: &portico_proxy_api::RetryBudget) -> Self {
+        let window = budget.window.get().max(Duration::from_millis(1));
         Self {
-            ratio: policy.budget.ratio,
-            min_per_window: f64::from(policy.budget.min_per_second) * WINDOW.as_secs_f64(),
+            ratio: budget.ratio,
+            window,
+            min_per_window: f64::from(budget.min_per_second) * window.as_secs_f64(),
             state: Mutex::new(Window {
                 start: Instant::now(),
                 requests: 0,
@@ -94,10 +100,18 @@ impl RetryBudget {
         }
     }
 
+    /// Whether this budget was made from `budget` (then a reload keeps its counts).
+    pub fn is_for(&self, budget: &portico_proxy_api::RetryBudget) -> bool {
+        let other = Self::of(budget);
+        self.ratio == other.ratio
+            && self.min_per_window == other.min_per_window
+            && self.window == other.window
+    }
+
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {
         let mut w = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        if now.duration_since(w.start) >= WINDOW {
+        if now.duration_since(w.start) >= self.window {
             *w = Window {
                 start: now,
                 requests: 0,
@@ -202,11 +216,27 @@ mod tests {
         }
         assert!(b.withdraw() && b.withdraw());
         assert!(!b.withdraw(), "20% of 10 requests is 2 retries");
-        tokio::time::advance(WINDOW).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!b.withdraw(), "a new window starts empty");
         for _ in 0..5 {
             b.deposit();
         }
         assert!(b.withdraw() && !b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_window_is_the_configured_one() {
+        let p = policy("{ attempts: 2, budget: { ratio: 1.0, minPerSecond: 0, window: 2s } }");
+        let b = RetryBudget::new(&p);
+        b.deposit();
+        assert!(b.withdraw() && !b.withdraw());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.deposit();
+        assert!(
+            b.withdraw(),
+            "still the same 2 s window: two requests, two retries"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!b.withdraw(), "a new window after 2 s starts empty");
     }
 }

@@ -101,6 +101,10 @@ fn main() -> ExitCode {
                 tcp_weights,
             ),
             test(
+                "a_service_policy_retry_budget_caps_the_retries_to_its_service",
+                retry_budget,
+            ),
+            test(
                 "a_pod_going_not_ready_moves_traffic_without_failed_requests",
                 not_ready_moves_traffic,
             ),
@@ -1193,7 +1197,8 @@ struct Seen {
 }
 
 /// A backend that answers `/conflict…` with 409 on every odd request (so a retry of it gets 200),
-/// `/slow` after 300 ms, and everything else at once; it counts requests and connections.
+/// `/unavailable` with 503, `/slow` after 300 ms, and everything else at once; it counts
+/// requests and connections.
 async fn flaky_backend(addr: SocketAddr) -> anyhow::Result<(tokio::task::JoinHandle<()>, Seen)> {
     use std::sync::atomic::Ordering;
     let seen = Seen::default();
@@ -1210,6 +1215,7 @@ async fn flaky_backend(addr: SocketAddr) -> anyhow::Result<(tokio::task::JoinHan
                         async move {
                             let status = match req.uri().path() {
                                 p if p.starts_with("/conflict") && n % 2 == 1 => 409,
+                                "/unavailable" => 503,
                                 "/slow" => {
                                     tokio::time::sleep(Duration::from_millis(300)).await;
                                     200
@@ -1349,6 +1355,79 @@ async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(
         b == 2 && s == 1,
         "connections after an idle 2.5 s: {b} with idleTimeout 1s (want 2), {s} without (want 1)"
+    );
+    Ok(())
+}
+
+/// `ServicePolicy.retryBudget` with no share and no floor: no retry reaches that Service, while
+/// the same rule's retries to another Service go on (a fixed 20% budget was used).
+async fn retry_budget(ctx: Ctx) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let (_spent_task, spent) = flaky_backend("198.18.65.51:8080".parse()?).await?;
+    let (_plenty_task, plenty) = flaky_backend("198.18.65.52:8080".parse()?).await?;
+    gateway_on_free_port(&ctx).await?;
+    for (name, ip) in [("spent", "198.18.65.51"), ("plenty", "198.18.65.52")] {
+        create::<Service>(&ctx, service(name)).await?;
+        create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
+    }
+    create::<ServicePolicy>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+            "metadata": {"name": "spent"},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "spent"},
+                     "retryBudget": {"percent": 0, "minRetriesPerSecond": 0}}
+        }),
+    )
+    .await?;
+    let retry = json!({"attempts": 2, "retryOn": ["5xx"]});
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "budget"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"matches": [{"headers": [{"name": "x-to", "value": "spent"}]}],
+                 "backendRefs": [{"name": "spent", "port": 80}], "retry": retry},
+                {"backendRefs": [{"name": "plenty", "port": 80}], "retry": retry}
+            ]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    eventually(
+        "the budget in the proxy's config",
+        Duration::from_secs(10),
+        || async {
+            Ok(proxy
+                .proxy
+                .config()
+                .backends
+                .iter()
+                .any(|b| b.retry_budget.is_some())
+                .then_some(()))
+        },
+    )
+    .await?;
+    let (status, _) = http_get(proxy.addr, "any.example.com", "/unavailable").await?;
+    ensure!(status == 503, "plenty: {status}");
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await?;
+    tcp.write_all(
+        b"GET /unavailable HTTP/1.1\r\nhost: any.example.com\r\nx-to: spent\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await?;
+    ensure!(answer.starts_with("HTTP/1.1 503"), "spent: {answer}");
+    let (p, s) = (
+        plenty.requests.load(Ordering::SeqCst),
+        spent.requests.load(Ordering::SeqCst),
+    );
+    ensure!(
+        p == 3 && s == 1,
+        "attempts: {p} to the Service without a budget (want 3: 2 retries), {s} to the one \
+         whose budget is spent (want 1)"
     );
     Ok(())
 }

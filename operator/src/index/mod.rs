@@ -1136,6 +1136,7 @@ fn empty_backend(name: String) -> contract::Backend {
         limits: contract::Limits::default(),
         connect_timeout: None,
         idle_timeout: None,
+        retry_budget: None,
     }
 }
 

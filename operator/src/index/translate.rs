@@ -349,6 +349,23 @@ pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
         b.connect_timeout = c.connect_timeout.as_ref().and_then(duration);
         b.idle_timeout = c.idle_timeout.as_ref().and_then(duration);
     }
+    if let Some(rb) = &p.retry_budget {
+        let default = contract::RetryBudget::default();
+        b.retry_budget = Some(contract::RetryBudget {
+            ratio: rb
+                .percent
+                .map_or(default.ratio, |p| f64::from(p.clamp(0, 100)) / 100.0),
+            min_per_second: rb
+                .min_retries_per_second
+                .map_or(default.min_per_second, |n| u32::try_from(n).unwrap_or(0)),
+            window: rb
+                .ttl
+                .as_ref()
+                .and_then(duration)
+                .filter(|d| !d.get().is_zero())
+                .unwrap_or(default.window),
+        });
+    }
 }
 
 /// Whether a listener hostname and a route hostname can both match some request host.

@@ -31,6 +31,10 @@ pub struct Backend {
     /// How long an idle connection to an endpoint is kept for reuse (default 90 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// A cap on retries to this backend shared by every rule that retries to it; when set it
+    /// replaces the rules' own budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<crate::RetryBudget>,
 }
 
 /// One instance of a backend.

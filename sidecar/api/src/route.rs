@@ -316,6 +316,13 @@ pub struct RetryBudget {
     pub ratio: f64,
     /// Retries always allowed per second, so low-traffic routes can still retry.
     pub min_per_second: u32,
+    /// The window requests and retries are counted over (default 10 s).
+    #[serde(default = "ten_seconds")]
+    pub window: Duration,
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for RetryBudget {
@@ -323,6 +330,7 @@ impl Default for RetryBudget {
         Self {
             ratio: 0.2,
             min_per_second: 10,
+            window: ten_seconds(),
         }
     }
 }

@@ -205,6 +205,11 @@ fn check_listener(l: &Listener, backends: &HashSet<&str>) -> Result<SocketAddr> 
 fn check_backend(b: &Backend) -> Result<()> {
     let el = format!("backend {:?}", b.name);
     check_name(&el, &b.name)?;
+    if let Some(rb) = &b.retry_budget
+        && !(0.0..=1.0).contains(&rb.ratio)
+    {
+        return fail(&el, "retry budget ratio must be 0.0–1.0");
+    }
     let mut seen = HashSet::new();
     for (i, e) in b.endpoints.iter().enumerate() {
         let eel = format!("{el} endpoint {}", i + 1);
