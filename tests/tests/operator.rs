@@ -192,9 +192,19 @@ impl Operator {
 }
 
 async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
-    let tls = serving_cert(ctx)?;
-    let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    start_operator_with(ctx, identity, tls, config_addr, 2).await
+    // A free port can be taken by a test running alongside before the operator binds it: then
+    // the start is tried again with other ports.
+    for attempt in 1.. {
+        let tls = serving_cert(ctx)?;
+        let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        match start_operator_with(ctx, identity, tls, config_addr, 2).await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                eprintln!("operator start {attempt}: {e:#}; trying other ports");
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Starts an operator with a given certificate and config-server address (a restart).
@@ -251,7 +261,7 @@ async fn start_operator_rechecking(
     let task = tokio::spawn(portico_operator::run_until(args, async move {
         let _ = stopped.await;
     }));
-    let op = Operator {
+    let mut op = Operator {
         task,
         stop: Some(stop),
         config_addr,
@@ -262,7 +272,12 @@ async fn start_operator_rechecking(
     let started = Instant::now();
     loop {
         if op.task.is_finished() {
-            bail!("the operator stopped while starting");
+            let why = match (&mut op.task).await {
+                Ok(Ok(())) => "it returned".to_owned(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => e.to_string(),
+            };
+            bail!("the operator stopped while starting: {why}");
         }
         if let Ok((200, _)) = admin_get(admin_addr, "/ready").await {
             return Ok(op);
