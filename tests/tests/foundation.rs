@@ -355,6 +355,15 @@ fn cases() -> Vec<Case> {
             "HTTPS listeners need tls.certificateRefs",
         ),
         (
+            "gateway_tls_certificate_ref_with_a_key",
+            "Gateway",
+            "/listeners/0",
+            json!({"name": "https", "port": 8443, "protocol": "HTTPS",
+                   "tls": {"certificateRefs": [{"name": "shop-tls", "key": "tls.crt"}]}}),
+            "spec.listeners[0].tls.certificateRefs",
+            "key has no meaning here",
+        ),
+        (
             "gateway_duplicate_listener_names",
             "Gateway",
             "/listeners",

@@ -108,6 +108,11 @@ pub enum ListenerProtocol {
 /// TLS termination settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.certificateRefs.all(r, !has(r.key))",
+     "message": "certificateRefs[].key has no meaning here: the certificate and key are the Secret's tls.crt and tls.key",
+     "fieldPath": ".certificateRefs"}
+]))]
 pub struct ListenerTls {
     /// Secrets of type `kubernetes.io/tls` with the certificate chain and key; the first one
     /// whose names match the client's SNI is served.
