@@ -47,11 +47,8 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/ready" if shared.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            if let Some(left) = shared
-                .identity
-                .as_ref()
-                .and_then(|s| s.seconds_left(std::time::SystemTime::now()))
-            {
+            if let Some(c) = shared.identity.as_ref().and_then(|s| s.current()) {
+                let left = c.seconds_left(std::time::SystemTime::now());
                 shared.metrics.set_identity_expiry(left);
             }
             let mut r = text(StatusCode::OK, shared.metrics.encode());
@@ -79,7 +76,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 Some(c) => serde_json::json!({
                     "identity": c.identity,
                     "notAfter": c.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                    "secondsLeft": shared.identity.as_ref().and_then(|s| s.seconds_left(now)),
+                    "secondsLeft": c.seconds_left(now),
                     "trustAnchors": c.trust_anchors_pem,
                 }),
                 None => serde_json::json!({"identity": null}),

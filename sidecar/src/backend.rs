@@ -124,7 +124,7 @@ impl BackendState {
             clients,
             retry_budget: cfg.retry_budget.as_ref().map(|b| {
                 match old.and_then(|o| o.retry_budget.as_ref()) {
-                    Some(kept) if kept.is_for(b) => kept.clone(),
+                    Some(kept) if kept.config() == b => kept.clone(),
                     _ => Arc::new(crate::retry::RetryBudget::of(b)),
                 }
             }),

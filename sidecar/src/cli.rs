@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use portico_proxy_api::{Duration, Listener, Protocol, spiffe_id};
+use portico_proxy_api::{Duration, Listener, Protocol, gateway_proxy_name, spiffe_id};
 
 use crate::control::{self, ControlPlane, Stream};
 use crate::{Options, Proxy, identity, reload};
@@ -162,11 +162,7 @@ impl ControlPlaneArgs {
 /// The identity of Gateway `ns/name`'s proxies: the ServiceAccount the operator makes for them.
 fn gateway_identity(trust_domain: &str, gateway: &str) -> Option<String> {
     let (ns, name) = gateway.split_once('/')?;
-    Some(spiffe_id(
-        trust_domain,
-        ns,
-        &format!("portico-gateway-{name}"),
-    ))
+    Some(spiffe_id(trust_domain, ns, &gateway_proxy_name(name)))
 }
 
 /// `portico-proxy sidecar`: the proxy of one meshed pod. It owns its INBOUND and OUTBOUND
@@ -368,24 +364,18 @@ async fn follow_control_plane(cp: ControlPlane, mut options: Options) -> anyhow:
     let proxy = Proxy::start(cfg, options)
         .await
         .context("the first config from the control plane was refused")?;
-    // Renewal ends with the stream's task (aborted at shutdown).
+    // Renewal lives as long as the stream's task: aborting that (at shutdown) drops the guard.
     let renewal = renewal.map(AbortOnDrop);
-    let watcher = tokio::spawn(control::follow(proxy.clone(), cp, session));
+    let stream = control::follow(proxy.clone(), cp, session);
     let watcher = tokio::spawn(async move {
         let _renewal = renewal;
-        let _ = AbortOnDrop(watcher).wait().await;
+        stream.await;
     });
     Ok(Some((proxy, watcher)))
 }
 
 /// A task aborted when this handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl AbortOnDrop {
-    async fn wait(&mut self) -> Result<(), tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -36,6 +36,16 @@ pub struct Certified {
     pub not_after: SystemTime,
 }
 
+impl Certified {
+    /// Seconds until the certificate expires (negative once expired).
+    pub fn seconds_left(&self, now: SystemTime) -> i64 {
+        match self.not_after.duration_since(now) {
+            Ok(left) => left.as_secs() as i64,
+            Err(past) => -(past.duration().as_secs() as i64),
+        }
+    }
+}
+
 /// The current certificate, shared with the admin server and (later) the TLS configs.
 #[derive(Debug, Default)]
 pub struct Store {
@@ -48,13 +58,9 @@ impl Store {
         self.current.load_full()
     }
 
-    /// Seconds until the current certificate expires (negative once expired).
-    pub fn seconds_left(&self, now: SystemTime) -> Option<i64> {
-        self.current()
-            .map(|c| match c.not_after.duration_since(now) {
-                Ok(left) => left.as_secs() as i64,
-                Err(past) => -(past.duration().as_secs() as i64),
-            })
+    /// Puts `certified` in force.
+    pub fn set(&self, certified: Certified) {
+        self.current.store(Some(Arc::new(certified)));
     }
 }
 
@@ -93,11 +99,6 @@ impl Requester {
             key: KeyPair::generate()?,
             identity,
         })
-    }
-
-    /// The key as PKCS#8 DER (for the TLS configs that present the certificate).
-    pub fn key_der(&self) -> Vec<u8> {
-        self.key.serialize_der()
     }
 
     /// A CSR asking for exactly the identity, nothing else.
@@ -213,7 +214,7 @@ pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
         match requester.request(&cp).await {
             Ok(Some(certified)) => {
                 tracing::info!(identity = %certified.identity, "workload certificate renewed");
-                store.current.store(Some(Arc::new(certified)));
+                store.set(certified);
                 failures = 0;
             }
             Ok(None) => {
@@ -236,13 +237,6 @@ fn backoff(failures: u32) -> Duration {
         .saturating_mul(1 << failures.min(7))
         .min(Duration::from_secs(30));
     cap.mul_f64(rand::random::<f64>())
-}
-
-impl Store {
-    /// Puts `certified` in force.
-    pub fn set(&self, certified: Certified) {
-        self.current.store(Some(Arc::new(certified)));
-    }
 }
 
 #[cfg(test)]

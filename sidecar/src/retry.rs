@@ -70,6 +70,8 @@ pub struct RetryBudget {
     /// Retries are counted against the requests of the current window.
     window: Duration,
     state: Mutex<Window>,
+    /// The settings it was made from.
+    config: portico_proxy_api::RetryBudget,
 }
 
 #[derive(Debug)]
@@ -97,15 +99,13 @@ impl RetryBudget {
                 requests: 0,
                 retries: 0,
             }),
+            config: budget.clone(),
         }
     }
 
-    /// Whether this budget was made from `budget` (then a reload keeps its counts).
-    pub fn is_for(&self, budget: &portico_proxy_api::RetryBudget) -> bool {
-        let other = Self::of(budget);
-        self.ratio == other.ratio
-            && self.min_per_window == other.min_per_window
-            && self.window == other.window
+    /// The settings this budget was made from (a reload with the same ones keeps its counts).
+    pub fn config(&self) -> &portico_proxy_api::RetryBudget {
+        &self.config
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {

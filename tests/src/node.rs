@@ -184,9 +184,10 @@ impl RealNode {
                 .env("PATH", &path);
         })?;
         let socket = dir.join("containerd/containerd.sock");
-        wait_for("containerd's socket", Duration::from_secs(30), || {
-            socket.exists()
-        })?;
+        crate::support::eventually("containerd's socket", Duration::from_secs(30), || async {
+            Ok(socket.exists().then_some(()))
+        })
+        .await?;
         import_images(&socket, &images)?;
 
         node.spawn("kubelet", &logs, &mut state, |c| {
@@ -827,17 +828,6 @@ fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
-    }
-    Ok(())
-}
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        if Instant::now() > deadline {
-            bail!("{what}: not there after {}s", within.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }

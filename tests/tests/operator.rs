@@ -1254,16 +1254,53 @@ async fn flaky_backend(addr: SocketAddr) -> anyhow::Result<(tokio::task::JoinHan
     Ok((task, seen))
 }
 
+/// A [`flaky_backend`] at `ip:8080` behind Service `name` (port 80) and an EndpointSlice.
+async fn flaky_service(
+    ctx: &Ctx,
+    name: &str,
+    ip: &str,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Seen)> {
+    let backend = flaky_backend(format!("{ip}:8080").parse()?).await?;
+    create::<Service>(ctx, service(name)).await?;
+    create::<EndpointSlice>(ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
+    Ok(backend)
+}
+
+/// A ServicePolicy `name` for Service `name` with the spec fields in `spec`.
+async fn policy_for(ctx: &Ctx, name: &str, spec: Value) -> anyhow::Result<()> {
+    let mut spec = spec;
+    spec["targetRef"] = json!({"group": "", "kind": "Service", "name": name});
+    create::<ServicePolicy>(
+        ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+            "metadata": {"name": name}, "spec": spec
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until a backend in the proxy's config satisfies `has` (the policy reached it).
+async fn until_backend(
+    proxy: &GatewayProxy,
+    what: &str,
+    has: impl Fn(&portico_proxy_api::Backend) -> bool,
+) -> anyhow::Result<()> {
+    eventually(what, Duration::from_secs(10), || async {
+        Ok(proxy.proxy.config().backends.iter().any(&has).then_some(()))
+    })
+    .await
+}
+
 /// `retry.codes` retries exactly the listed statuses (a 409 here, which a 5xx-only translation
 /// dropped), a code not listed is passed through, and `timeouts.request: 0s` means no timeout
 /// (it answered every request 504).
 async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let (_task, seen) = flaky_backend("198.18.65.11:8080".parse()?).await?;
-    let seen = seen.requests;
     gateway_on_free_port(&ctx).await?;
-    create::<Service>(&ctx, service("flaky")).await?;
-    create::<EndpointSlice>(&ctx, slice("flaky-1", "flaky", &["198.18.65.11"])).await?;
+    let (_task, seen) = flaky_service(&ctx, "flaky", "198.18.65.11").await?;
+    let seen = seen.requests;
     let to_flaky = json!([{"name": "flaky", "port": 80}]);
     create::<Route>(
         &ctx,
@@ -1310,23 +1347,10 @@ async fn retry_codes_and_zero_timeout(ctx: Ctx) -> anyhow::Result<()> {
 /// reused (the backend sees a second connection); without it the pool keeps it (90 s).
 async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let (_brief_task, brief) = flaky_backend("198.18.65.21:8080".parse()?).await?;
-    let (_steady_task, steady) = flaky_backend("198.18.65.22:8080".parse()?).await?;
     gateway_on_free_port(&ctx).await?;
-    for (name, ip) in [("brief", "198.18.65.21"), ("steady", "198.18.65.22")] {
-        create::<Service>(&ctx, service(name)).await?;
-        create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
-    }
-    create::<ServicePolicy>(
-        &ctx,
-        json!({
-            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
-            "metadata": {"name": "brief"},
-            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "brief"},
-                     "connection": {"idleTimeout": "1s"}}
-        }),
-    )
-    .await?;
+    let (_brief_task, brief) = flaky_service(&ctx, "brief", "198.18.65.21").await?;
+    let (_steady_task, steady) = flaky_service(&ctx, "steady", "198.18.65.22").await?;
+    policy_for(&ctx, "brief", json!({"connection": {"idleTimeout": "1s"}})).await?;
     create::<Route>(
         &ctx,
         json!({
@@ -1343,18 +1367,9 @@ async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
-    eventually(
-        "the policy in the proxy's config",
-        Duration::from_secs(10),
-        || async {
-            let cfg = proxy.proxy.config();
-            Ok(cfg
-                .backends
-                .iter()
-                .any(|b| b.idle_timeout.is_some())
-                .then_some(()))
-        },
-    )
+    until_backend(&proxy, "the policy in the proxy's config", |b| {
+        b.idle_timeout.is_some()
+    })
     .await?;
     for path in ["/brief", "/steady"] {
         ensure!(http_get(proxy.addr, "any.example.com", path).await?.0 == 200);
@@ -1378,21 +1393,13 @@ async fn idle_timeout(ctx: Ctx) -> anyhow::Result<()> {
 /// the same rule's retries to another Service go on (a fixed 20% budget was used).
 async fn retry_budget(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let (_spent_task, spent) = flaky_backend("198.18.65.51:8080".parse()?).await?;
-    let (_plenty_task, plenty) = flaky_backend("198.18.65.52:8080".parse()?).await?;
     gateway_on_free_port(&ctx).await?;
-    for (name, ip) in [("spent", "198.18.65.51"), ("plenty", "198.18.65.52")] {
-        create::<Service>(&ctx, service(name)).await?;
-        create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
-    }
-    create::<ServicePolicy>(
+    let (_spent_task, spent) = flaky_service(&ctx, "spent", "198.18.65.51").await?;
+    let (_plenty_task, plenty) = flaky_service(&ctx, "plenty", "198.18.65.52").await?;
+    policy_for(
         &ctx,
-        json!({
-            "apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
-            "metadata": {"name": "spent"},
-            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "spent"},
-                     "retryBudget": {"percent": 0, "minRetriesPerSecond": 0}}
-        }),
+        "spent",
+        json!({"retryBudget": {"percent": 0, "minRetriesPerSecond": 0}}),
     )
     .await?;
     let retry = json!({"attempts": 2, "retryOn": ["5xx"]});
@@ -1411,19 +1418,9 @@ async fn retry_budget(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
-    eventually(
-        "the budget in the proxy's config",
-        Duration::from_secs(10),
-        || async {
-            Ok(proxy
-                .proxy
-                .config()
-                .backends
-                .iter()
-                .any(|b| b.retry_budget.is_some())
-                .then_some(()))
-        },
-    )
+    until_backend(&proxy, "the budget in the proxy's config", |b| {
+        b.retry_budget.is_some()
+    })
     .await?;
     let (status, _) = http_get(proxy.addr, "any.example.com", "/unavailable").await?;
     ensure!(status == 503, "plenty: {status}");
@@ -1513,13 +1510,11 @@ async fn tcp_weights(ctx: Ctx) -> anyhow::Result<()> {
 async fn mirror_percent(ctx: Ctx) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let _primary = backend("198.18.65.41:8080".parse()?, "primary").await?;
-    let (_task, shadow_seen) = flaky_backend("198.18.65.42:8080".parse()?).await?;
-    let shadow_seen = shadow_seen.requests;
     gateway_on_free_port(&ctx).await?;
     create::<Service>(&ctx, service("primary")).await?;
-    create::<Service>(&ctx, service("shadow")).await?;
     create::<EndpointSlice>(&ctx, slice("primary-1", "primary", &["198.18.65.41"])).await?;
-    create::<EndpointSlice>(&ctx, slice("shadow-1", "shadow", &["198.18.65.42"])).await?;
+    let (_task, shadow_seen) = flaky_service(&ctx, "shadow", "198.18.65.42").await?;
+    let shadow_seen = shadow_seen.requests;
     create::<Route>(
         &ctx,
         json!({

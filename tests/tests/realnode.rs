@@ -534,6 +534,26 @@ async fn call_from(pod_ip: &str, url: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(body.trim())?)
 }
 
+/// Calls `url` from the app at `pod_ip` until the call's status is `status` (the sidecars and
+/// policies involved take a moment to get their config); the last answer.
+async fn call_until(what: &str, pod_ip: &str, url: &str, status: u16) -> anyhow::Result<Value> {
+    eventually(what, Duration::from_secs(60), || async {
+        let v = call_from(pod_ip, url).await?;
+        Ok((v["status"] == status).then_some(v))
+    })
+    .await
+}
+
+/// The address of the first pod matching `selector` in `namespace`.
+async fn first_pod_ip(ctx: &Ctx, namespace: &str, selector: &str) -> anyhow::Result<String> {
+    let found = pods(ctx, namespace, selector).await?;
+    pod_ip(
+        found
+            .first()
+            .with_context(|| format!("no pod with {selector}"))?,
+    )
+}
+
 async fn injection(ctx: Ctx) -> anyhow::Result<()> {
     ensure_portico(&ctx).await?;
     mesh_namespace(&ctx).await?;
@@ -596,13 +616,11 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
 
     // East–west by Service name, through the client's sidecar (the ClusterIP is intercepted
     // and the sidecar picks an endpoint).
-    let answer = eventually(
+    let answer = call_until(
         "frontend → orders through the sidecars",
-        Duration::from_secs(60),
-        || async {
-            let v = call_from(&frontend_ip, "http://orders/east-west").await?;
-            Ok((v["status"] == 200).then_some(v))
-        },
+        &frontend_ip,
+        "http://orders/east-west",
+        200,
     )
     .await?;
     ensure!(
@@ -613,13 +631,11 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
         "unexpected answer: {answer}"
     );
     // A real third-party server as a meshed backend.
-    let nginx = eventually(
+    let nginx = call_until(
         "frontend → nginx through the sidecars",
-        Duration::from_secs(60),
-        || async {
-            let v = call_from(&frontend_ip, "http://web/").await?;
-            Ok((v["status"] == 200).then_some(v))
-        },
+        &frontend_ip,
+        "http://web/",
+        200,
     )
     .await?;
     ensure!(
@@ -641,19 +657,12 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
                                        "allowedServiceAccounts": [{"name": "frontend"}]}}
         })],
     )?;
-    let intruder_ip = pod_ip(
-        pods(&ctx, &ctx.namespace, "app=intruder")
-            .await?
-            .first()
-            .context("no intruder pod")?,
-    )?;
-    eventually(
+    let intruder_ip = first_pod_ip(&ctx, &ctx.namespace, "app=intruder").await?;
+    call_until(
         "the intruder refused with 403",
-        Duration::from_secs(60),
-        || async {
-            let v = call_from(&intruder_ip, "http://orders/").await?;
-            Ok((v["status"] == 403).then_some(()))
-        },
+        &intruder_ip,
+        "http://orders/",
+        403,
     )
     .await?;
     let v = call_from(&frontend_ip, "http://orders/").await?;
@@ -808,19 +817,12 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
     rollout(&ctx, &ctx.namespace, "shop")?;
     rollout(&ctx, &ctx.namespace, "client")?;
     let addr = gateway_ready(&ctx, "shop").await?;
-    let client_ip = pod_ip(
-        pods(&ctx, &ctx.namespace, "app=client")
-            .await?
-            .first()
-            .context("no client pod")?,
-    )?;
-    eventually(
+    let client_ip = first_pod_ip(&ctx, &ctx.namespace, "app=client").await?;
+    call_until(
         "client → shop through the sidecar",
-        Duration::from_secs(60),
-        || async {
-            let v = call_from(&client_ip, "http://shop/").await?;
-            Ok((v["status"] == 200).then_some(()))
-        },
+        &client_ip,
+        "http://shop/",
+        200,
     )
     .await?;
 

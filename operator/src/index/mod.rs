@@ -45,7 +45,7 @@ pub use status::{Cond, GatewayState, ParentState, PolicyState, RouteState, Statu
 /// Name of the ServiceAccount, Service and Deployment of a Gateway's proxies:
 /// `portico-gateway-<gateway name>`, in the Gateway's namespace.
 pub fn proxy_name(gateway: &str) -> String {
-    format!("portico-gateway-{gateway}")
+    portico_proxy_api::gateway_proxy_name(gateway)
 }
 
 /// Namespace and name of an object.

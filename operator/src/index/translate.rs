@@ -165,6 +165,12 @@ fn duration(d: &portico_api::Duration) -> Option<contract::Duration> {
     d.to_std().map(contract::Duration)
 }
 
+/// Like [`duration`], with `0s` meaning "not set" (as in the Gateway API: a zero timeout
+/// disables it).
+fn nonzero_duration(d: &portico_api::Duration) -> Option<contract::Duration> {
+    duration(d).filter(|d| !d.get().is_zero())
+}
+
 fn retry(r: &api::Retry) -> contract::RetryPolicy {
     let mut on: Vec<contract::RetryOn> = Vec::new();
     let mut grpc = Vec::new();
@@ -250,14 +256,12 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
                 .timeouts
                 .as_ref()
                 .and_then(|t| t.request.as_ref())
-                .and_then(duration)
-                .filter(|d| !d.get().is_zero()),
+                .and_then(nonzero_duration),
             per_try: r
                 .timeouts
                 .as_ref()
                 .and_then(|t| t.backend_request.as_ref())
-                .and_then(duration)
-                .filter(|d| !d.get().is_zero()),
+                .and_then(nonzero_duration),
         },
         retry: r
             .retry
@@ -361,8 +365,7 @@ pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
             window: rb
                 .ttl
                 .as_ref()
-                .and_then(duration)
-                .filter(|d| !d.get().is_zero())
+                .and_then(nonzero_duration)
                 .unwrap_or(default.window),
         });
     }

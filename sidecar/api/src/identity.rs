@@ -42,6 +42,12 @@ pub struct CertificateResponse {
     pub not_after: u64,
 }
 
+/// The name of the ServiceAccount (and Service and Deployment) of Gateway `gateway`'s proxies,
+/// in the Gateway's namespace: the operator makes them, a gateway proxy asks for its identity.
+pub fn gateway_proxy_name(gateway: &str) -> String {
+    format!("portico-gateway-{gateway}")
+}
+
 /// The SPIFFE ID of ServiceAccount `sa` in namespace `ns`.
 pub fn spiffe_id(trust_domain: &str, ns: &str, sa: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
