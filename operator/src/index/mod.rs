@@ -1126,7 +1126,7 @@ fn route_problem(
     cfg.validate().err().map(|e| e.to_string())
 }
 
-fn empty_backend(name: String) -> contract::Backend {
+pub(crate) fn empty_backend(name: String) -> contract::Backend {
     contract::Backend {
         name,
         endpoints: Vec::new(),

@@ -395,6 +395,27 @@ mod tests {
     }
 
     #[test]
+    fn a_policys_idle_timeout_and_retry_budget_reach_its_backend() {
+        let p: ServicePolicySpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"group": "", "kind": "Service", "name": "orders"},
+            "connection": {"idleTimeout": "5s"},
+            "retryBudget": {"percent": 50, "minRetriesPerSecond": 3, "ttl": "30s"}
+        }))
+        .unwrap();
+        let mut b = crate::index::empty_backend("shop/orders:80".into());
+        apply_policy(&mut b, &p);
+        assert_eq!(b.idle_timeout, Some(contract::Duration::from_secs(5)));
+        assert_eq!(
+            b.retry_budget,
+            Some(contract::RetryBudget {
+                ratio: 0.5,
+                min_per_second: 3,
+                window: contract::Duration::from_secs(30),
+            })
+        );
+    }
+
+    #[test]
     fn retry_codes_travel_as_written_and_zero_timeouts_disable() {
         let r: api::RouteRule = serde_json::from_value(serde_json::json!({
             "backendRefs": [{"name": "orders", "port": 80}],
