@@ -42,6 +42,8 @@ pub struct Endpoint {
     pub authority: Authority,
     /// Ready endpoints get new requests; others do not.
     pub ready: bool,
+    /// The mesh identity it must prove (connections to it use mTLS).
+    pub identity: Option<Arc<str>>,
     /// Load, latency, failures.
     pub stats: Arc<EndpointStats>,
 }
@@ -91,6 +93,7 @@ impl BackendState {
                     addr,
                     authority: addr.to_string().parse().ok()?,
                     ready: e.ready,
+                    identity: e.identity.as_deref().map(Arc::from),
                     stats: old_stats.get(&addr).cloned().unwrap_or_default(),
                 })
             })

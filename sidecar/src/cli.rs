@@ -350,7 +350,7 @@ async fn follow_control_plane(cp: ControlPlane, mut options: Options) -> anyhow:
             Some(first) => {
                 tracing::info!(identity = %first.identity, "workload certificate received");
                 let store = Arc::new(identity::Store::default());
-                store.set(first);
+                store.set(first)?;
                 options.identity = Some(store.clone());
                 renewal = Some(tokio::spawn(identity::renew(cp.clone(), requester, store)));
             }

@@ -57,6 +57,7 @@ use crate::Shared;
 use crate::backend::InFlight;
 use crate::balance::PickContext;
 use crate::error::{Body, ProxyError};
+use crate::connect::{Dest, Stream};
 use crate::pool::TcpPool;
 use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::{http_rules, inbound};
@@ -401,7 +402,7 @@ async fn to_app(
     let mut parts = head.parts;
     let head_request = parts.method == Method::HEAD;
     let start = Instant::now();
-    let pool = match inbound::admit(shared, conn, &parts.headers) {
+    let pool = match inbound::admit(shared, conn, &parts.method, parts.uri.path(), &parts.headers) {
         Ok(clients) => match clients.fast_h1() {
             Some(pool) => pool.clone(),
             None => return Flow::HandOff(data),
@@ -415,6 +416,7 @@ async fn to_app(
     };
     http_rules::strip_hop_by_hop(&mut parts.headers, false);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
+    conn.identify(&mut parts.headers);
     let exchange = Exchange {
         shared,
         target: Target::App(conn.app),
@@ -578,7 +580,7 @@ struct Exchange<'a> {
 
 /// An upstream response whose head has arrived.
 struct Upstream {
-    conn: TcpStream,
+    conn: Stream,
     addr: SocketAddr,
     pool: TcpPool,
     head: ResponseHead,
@@ -615,7 +617,7 @@ impl Exchange<'_> {
 
     /// Sends the request and reads the response head.
     async fn head(&self) -> Result<Upstream, ProxyError> {
-        let (addr, picked, guards) = match self.target {
+        let (dest, picked, guards) = match self.target {
             Target::Backend(fwd) => {
                 let ctx = PickContext {
                     headers: &self.parts.headers,
@@ -624,10 +626,11 @@ impl Exchange<'_> {
                 let (permit, ep) = fwd.backend.admit(&ctx).await?;
                 // The endpoint's load counts from now: balancing sees requests in flight.
                 let guards = (permit, InFlight::new(ep));
-                (ep.addr, Some((&fwd.backend, ep)), Some(guards))
+                (self.shared.dest(ep), Some((&fwd.backend, ep)), Some(guards))
             }
-            Target::App(addr) => (addr, None, None),
+            Target::App(addr) => (Dest::plain(addr), None, None),
         };
+        let addr = dest.addr;
         let mut request = Vec::with_capacity(512);
         let framing = match self.body.len() {
             0 => Framing::Empty,
@@ -651,7 +654,7 @@ impl Exchange<'_> {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(c) => c,
-                None => self.pool.connect(addr).await.map_err(|e| {
+                None => self.pool.connect(&dest).await.map_err(|e| {
                     tracing::debug!(endpoint = %addr, error = %e, "upstream connect failed");
                     fail(ProxyError::Connect(addr))
                 })?,
@@ -689,7 +692,7 @@ impl Exchange<'_> {
     /// head, the bytes read (head and first body bytes), and the head for the client.
     async fn try_once(
         &self,
-        conn: &mut TcpStream,
+        conn: &mut Stream,
         request: &[u8],
     ) -> Result<(ResponseHead, BytesMut, Vec<u8>), TryError> {
         if write_both(conn, request, &self.body).await.is_err() {

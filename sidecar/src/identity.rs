@@ -20,6 +20,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::control::{self, ControlError, ControlPlane};
+use crate::metrics::Handshakes;
+use crate::mtls::{MeshTls, MeshTlsError};
 
 /// Who the proxy is, once the operator signed it.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub struct Certified {
     pub trust_anchors_pem: String,
     /// When the certificate expires.
     pub not_after: SystemTime,
+    /// The certificate chain with this proxy's key, for TLS.
+    pub key: Arc<rustls::sign::CertifiedKey>,
 }
 
 impl Certified {
@@ -46,10 +50,14 @@ impl Certified {
     }
 }
 
-/// The current certificate, shared with the admin server and (later) the TLS configs.
+/// The current certificate and the mesh TLS configs made of it, shared with the admin
+/// server, the upstream connections and the INBOUND listener.
 #[derive(Debug, Default)]
 pub struct Store {
     current: ArcSwapOption<Certified>,
+    tls: ArcSwapOption<MeshTls>,
+    /// Mesh mTLS handshakes, counted in the proxy's metrics.
+    pub handshakes: Handshakes,
 }
 
 impl Store {
@@ -58,9 +66,18 @@ impl Store {
         self.current.load_full()
     }
 
-    /// Puts `certified` in force.
-    pub fn set(&self, certified: Certified) {
+    /// The mesh TLS configs of the certificate in force.
+    pub fn tls(&self) -> Option<Arc<MeshTls>> {
+        self.tls.load_full()
+    }
+
+    /// Puts `certified` in force, unless its TLS configs cannot be built (then the previous
+    /// certificate stays, and so do connections made with it).
+    pub fn set(&self, certified: Certified) -> Result<(), MeshTlsError> {
+        let tls = MeshTls::new(certified.key.clone(), &certified.trust_anchors)?;
+        self.tls.store(Some(Arc::new(tls)));
         self.current.store(Some(Arc::new(certified)));
+        Ok(())
     }
 }
 
@@ -164,9 +181,15 @@ impl Requester {
             }
             Ok(certs)
         };
+        let chain = parse(&answer.certificate, "certificate")?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.serialize_der().into());
+        let provider = rustls::crypto::ring::default_provider();
+        let key = rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider)
+            .map_err(|e| IdentityError::Answer(format!("certificate and key: {e}")))?;
         Ok(Certified {
             identity: answer.identity,
-            chain: parse(&answer.certificate, "certificate")?,
+            key: Arc::new(key),
+            chain,
             trust_anchors: parse(&answer.trust_anchors, "trust anchors")?,
             trust_anchors_pem: answer.trust_anchors,
             not_after: UNIX_EPOCH + Duration::from_secs(answer.not_after),
@@ -213,9 +236,17 @@ pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
         tokio::time::sleep(wait).await;
         match requester.request(&cp).await {
             Ok(Some(certified)) => {
-                tracing::info!(identity = %certified.identity, "workload certificate renewed");
-                store.set(certified);
-                failures = 0;
+                let identity = certified.identity.clone();
+                match store.set(certified) {
+                    Ok(()) => {
+                        tracing::info!(%identity, "workload certificate renewed");
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the renewed certificate is not usable");
+                        failures = failures.saturating_add(1);
+                    }
+                }
             }
             Ok(None) => {
                 tracing::warn!(

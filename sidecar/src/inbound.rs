@@ -1,16 +1,23 @@
 //! Sidecar mode, INBOUND: connections to the pod, redirected here by iptables, go to the
-//! application on `127.0.0.1:<original port>` under the port's [inbound policy](crate::inbound_policy).
+//! application on `127.0.0.1:<original port>` under the port's [inbound
+//! policy](crate::inbound_policy).
 //!
 //! ```text
-//!  port without a policy ──────────────────────────────► app, bytes untouched (no sniffing)
-//!  port with a policy ─► detect ─► HTTP/1 or HTTP/2 ─► each request checked ─► app (same version)
-//!                                │                     └─ refused: 403 / 429 from the proxy
-//!                                └► opaque ─► connection checked once ─► app
-//!                                                                   └─ refused: closed
+//!  ClientHello offering portico.mesh/* ─► mTLS terminated: caller = its certificate's identity
+//!     └─ ALPN h1 / h2 ─► each request checked ─► app (plaintext, same version)
+//!     └─ ALPN tcp ─────► connection checked once ─► app
+//!  anything else (plaintext): caller has no identity
+//!     port Strict (not probed) ─────────────────────────► closed
+//!     port without a policy ────────────────────────────► app, bytes untouched (no sniffing)
+//!     port with a policy ─► detect ─► HTTP/1 or HTTP/2 ─► each request checked ─► app
+//!                                   └► opaque ─► connection checked once ─► app
+//!  refused: 403 / 429 from the proxy, or the connection closed
 //! ```
 //!
 //! A refused opaque connection is closed before the proxy connects to the application, so not
-//! a byte reaches it. Ports in `interception.opaquePorts` are never sniffed here either.
+//! a byte reaches it. The application sees a mesh caller's identity in the
+//! `x-portico-client-identity` request header (removed from plaintext requests, so it cannot
+//! be forged).
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HOST;
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -31,11 +38,15 @@ use crate::Shared;
 use crate::detect::{self, Detected};
 use crate::error::{Body, BoxError, ProxyError};
 use crate::http_rules;
-use crate::inbound_policy::{PortPolicy, Refusal};
+use crate::inbound_policy::{Caller, Refusal};
+use crate::mtls::{self, Hello, MeshProtocol};
 use crate::upstream::Clients;
 
 /// Time allowed to connect to the application.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The request header that tells the application who called (a mesh caller's SPIFFE ID).
+pub static CLIENT_IDENTITY: HeaderName = HeaderName::from_static("x-portico-client-identity");
 
 /// One inbound connection, as its requests see it.
 #[derive(Debug)]
@@ -43,6 +54,11 @@ pub struct Conn {
     pub(crate) client: SocketAddr,
     /// `client`'s IP as a header value, formatted once for `X-Forwarded-For`.
     pub(crate) client_ip: http::HeaderValue,
+    /// The caller's verified mesh identity (mTLS), if it has one.
+    identity: Option<Arc<str>>,
+    /// The identity as a label and a header value, formatted once.
+    caller: Arc<str>,
+    identity_header: Option<HeaderValue>,
     port: u16,
     pub(crate) app: SocketAddr,
     /// `app` as the upstream authority, formatted once per connection.
@@ -60,6 +76,26 @@ impl Conn {
             .metrics
             .request(Some(&self.route), Some(&self.backend), status, elapsed);
     }
+
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            ip: self.client.ip(),
+            identity: self.identity.as_deref(),
+        }
+    }
+
+    /// Tells the application who called: the verified identity, or nothing (a header of the
+    /// same name from a plaintext caller is removed).
+    pub(crate) fn identify(&self, headers: &mut http::HeaderMap) {
+        match &self.identity_header {
+            Some(v) => {
+                headers.insert(CLIENT_IDENTITY.clone(), v.clone());
+            }
+            None => {
+                headers.remove(&CLIENT_IDENTITY);
+            }
+        }
+    }
 }
 
 /// The port's inbound policy in force now decides on a request: if it may pass, the pools to
@@ -68,6 +104,8 @@ impl Conn {
 pub(crate) fn admit(
     shared: &Shared,
     conn: &Conn,
+    method: &http::Method,
+    path: &str,
     headers: &http::HeaderMap,
 ) -> Result<Clients, ProxyError> {
     let snap = shared.snapshot.load();
@@ -81,13 +119,47 @@ pub(crate) fn admit(
             )
         })
         .clone();
-    if let Some(p) = snap.inbound.port(conn.port)
-        && let Err(refusal) = p.check(conn.client.ip(), Some(headers))
-    {
-        refused(shared, p, &refusal);
-        return Err(ProxyError::from(refusal));
-    }
+    check(shared, &snap.inbound, conn.port, &conn.caller(), &conn.caller, Some((method, path, headers)))
+        .map_err(ProxyError::from)?;
     Ok(clients)
+}
+
+/// Checks a request (or, with `request` None, a new opaque connection) against the policies in
+/// force, counting the decision and any refusal.
+fn check(
+    shared: &Shared,
+    policies: &crate::inbound_policy::InboundPolicies,
+    port: u16,
+    caller: &Caller<'_>,
+    label: &Arc<str>,
+    request: Option<(&http::Method, &str, &http::HeaderMap)>,
+) -> Result<(), Refusal> {
+    match policies.check(port, caller, request) {
+        Ok(policy) => {
+            if let Some(p) = policy.filter(|p| p.has_authorization()) {
+                shared.metrics.authorization(&p.port, &p.policy, label, true);
+            }
+            Ok(())
+        }
+        Err(refusal) => {
+            let policy = policies.port(port);
+            let none: Arc<str> = Arc::from("");
+            let (port_label, policy_label) = match policy {
+                Some(p) => (p.port.clone(), p.policy.clone()),
+                None => (Arc::from(port.to_string()), none),
+            };
+            if matches!(refusal, Refusal::Unauthorized { .. }) {
+                shared
+                    .metrics
+                    .authorization(&port_label, &policy_label, label, false);
+            }
+            tracing::info!(port, policy = %policy_label, caller = %caller.label(), reason = refusal.reason(), "{refusal}");
+            shared
+                .metrics
+                .inbound_refused(&port_label, &policy_label, refusal.reason());
+            Err(refusal)
+        }
+    }
 }
 
 /// Serves one INBOUND connection whose original destination was `dst`.
@@ -98,9 +170,39 @@ pub async fn serve(
     client: SocketAddr,
     dst: SocketAddr,
 ) {
+    // A meshed caller speaks first: its ClientHello offers a mesh protocol.
+    if let Some(tls) = shared.identity.as_ref().and_then(|s| s.tls()) {
+        let timeout = shared
+            .snapshot
+            .load()
+            .config
+            .interception
+            .detect_timeout()
+            .get();
+        if mtls::peek_hello(&stream, timeout).await == Hello::Mesh {
+            let handshakes = shared.identity.as_ref().map(|s| s.handshakes.clone());
+            match tls.accept(stream).await {
+                Ok(accepted) => {
+                    if let Some(h) = handshakes {
+                        h.record("inbound", true);
+                    }
+                    Box::pin(serve_mesh(shared, listener, accepted, client, dst)).await;
+                }
+                Err(e) => {
+                    if let Some(h) = handshakes {
+                        h.record("inbound", false);
+                    }
+                    tracing::info!(%client, error = %e, "inbound mTLS handshake failed");
+                }
+            }
+            return;
+        }
+    }
     let app = SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port()));
     let snap = shared.snapshot.load_full();
-    if snap.inbound.port(dst.port()).is_none() {
+    let port = dst.port();
+    let strict = snap.inbound.strict(port);
+    if snap.inbound.port(port).is_none() && !strict {
         drop(snap);
         shared
             .metrics
@@ -108,39 +210,33 @@ pub async fn serve(
         Box::pin(crate::intercept::passthrough(stream, app)).await;
         return;
     }
-    let detected = detect::protocol(&stream, snap, dst.port(), false).await;
+    let anonymous: Arc<str> = Arc::from("unauthenticated");
+    let caller = Caller {
+        ip: client.ip(),
+        identity: None,
+    };
+    if strict && !snap.inbound.probed(port) {
+        // Nothing a plaintext caller sends can pass: close without reading.
+        let _ = check(&shared, &snap.inbound, port, &caller, &anonymous, None);
+        return;
+    }
+    let detected = detect::protocol(&stream, snap, port, false).await;
     shared
         .metrics
         .intercepted(&listener, None, detected.label());
     if detected == Detected::Opaque {
         // Load again: detection may have waited across a config swap.
-        let policy = shared.snapshot.load().inbound.port(dst.port()).cloned();
-        if let Some(p) = policy
-            && let Err(refusal) = p.check(client.ip(), None)
-        {
-            refused(&shared, &p, &refusal);
+        let snap = shared.snapshot.load();
+        if check(&shared, &snap.inbound, port, &caller, &anonymous, None).is_err() {
             return;
         }
+        drop(snap);
         Box::pin(crate::intercept::passthrough(stream, app)).await;
         return;
     }
-    let backend: Arc<str> = Arc::from(app.to_string());
-    let Ok(authority) = http::uri::Authority::try_from(&*backend) else {
-        // `IP:PORT` is always a valid authority; nothing to serve if it somehow is not.
-        tracing::debug!(%app, "the app's address is not an authority");
+    let Some(conn) = Conn::new(listener, client, None, dst) else {
         return;
     };
-    let conn = Arc::new(Conn {
-        client,
-        // An IP address is always a valid header value.
-        client_ip: http::HeaderValue::from_str(&client.ip().to_string())
-            .unwrap_or(http::HeaderValue::from_static("unknown")),
-        port: dst.port(),
-        app,
-        authority,
-        route: listener,
-        backend,
-    });
     if detected == Detected::Http1 {
         crate::h1::serve(shared, crate::h1::Site::Inbound(conn), stream.into()).await;
     } else {
@@ -149,11 +245,83 @@ pub async fn serve(
     }
 }
 
-fn refused(shared: &Shared, p: &PortPolicy, refusal: &Refusal) {
-    tracing::debug!(port = %p.port, policy = %p.policy, reason = refusal.reason(), "{refusal}");
+/// Serves a terminated mesh connection: the protocol is the one ALPN negotiated.
+async fn serve_mesh(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    accepted: mtls::Accepted,
+    client: SocketAddr,
+    dst: SocketAddr,
+) {
+    let mtls::Accepted {
+        stream,
+        protocol,
+        peer,
+    } = accepted;
     shared
         .metrics
-        .inbound_refused(&p.port, &p.policy, refusal.reason());
+        .intercepted(&listener, None, protocol.label());
+    let port = dst.port();
+    if protocol == MeshProtocol::Opaque {
+        let caller = Caller {
+            ip: client.ip(),
+            identity: Some(&peer),
+        };
+        let snap = shared.snapshot.load();
+        if check(&shared, &snap.inbound, port, &caller, &peer, None).is_err() {
+            return;
+        }
+        drop(snap);
+        let app = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        crate::intercept::passthrough(stream, app).await;
+        return;
+    }
+    let Some(conn) = Conn::new(listener, client, Some(peer), dst) else {
+        return;
+    };
+    if protocol == MeshProtocol::Http1 {
+        crate::h1::serve(
+            shared,
+            crate::h1::Site::Inbound(conn),
+            crate::h1::ClientStream::Tls(stream),
+        )
+        .await;
+    } else {
+        serve_http(shared, conn, stream).await;
+    }
+}
+
+impl Conn {
+    fn new(
+        listener: Arc<str>,
+        client: SocketAddr,
+        identity: Option<Arc<str>>,
+        dst: SocketAddr,
+    ) -> Option<Arc<Self>> {
+        let app = SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port()));
+        let backend: Arc<str> = Arc::from(app.to_string());
+        let Ok(authority) = http::uri::Authority::try_from(&*backend) else {
+            // `IP:PORT` is always a valid authority; nothing to serve if it somehow is not.
+            tracing::debug!(%app, "the app's address is not an authority");
+            return None;
+        };
+        Some(Arc::new(Self {
+            client,
+            // An IP address is always a valid header value.
+            client_ip: http::HeaderValue::from_str(&client.ip().to_string())
+                .unwrap_or(http::HeaderValue::from_static("unknown")),
+            caller: identity.clone().unwrap_or_else(|| Arc::from("unauthenticated")),
+            identity_header: identity
+                .as_deref()
+                .and_then(|i| HeaderValue::from_str(i).ok()),
+            identity,
+            port: dst.port(),
+            app,
+            authority,
+            route: listener,
+            backend,
+        }))
+    }
 }
 
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2 with hyper until the client closes or a shutdown
@@ -194,7 +362,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = std::time::Instant::now();
-    let resp = match admit(&shared, &conn, req.headers()) {
+    let resp = match admit(&shared, &conn, req.method(), req.uri().path(), req.headers()) {
         Err(refused) => refused.into_response(),
         Ok(clients) => match forward(&clients, &conn, req).await {
             Ok(resp) => resp,
@@ -220,6 +388,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
+    conn.identify(&mut parts.headers);
     // An HTTP/2 caller sent `:authority` instead of Host; the app may route on it.
     if !parts.headers.contains_key(HOST)
         && let Some(a) = parts.uri.authority()
@@ -233,7 +402,8 @@ async fn forward(
         crate::proxy::upstream_request(&parts, headers, &conn.authority, upstream.version(), {
             body.map_err(BoxError::from).boxed_unsync()
         })?;
-    let (mut resp, lease) = upstream.send(conn.app, up).await.map_err(|e| {
+    let app = crate::connect::Dest::plain(conn.app);
+    let (mut resp, lease) = upstream.send(&app, up).await.map_err(|e| {
         tracing::debug!(app = %conn.app, error = %e, "request to the app failed");
         e.to_proxy_error()
     })?;

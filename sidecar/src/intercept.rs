@@ -165,7 +165,7 @@ pub async fn outbound(
         // Load again: detection may have waited across a config swap.
         let backend = shared.snapshot.load().backends.get(&svc.backend).cloned();
         match backend {
-            Some(b) => Box::pin(crate::tcp::forward(b, stream, peer)).await,
+            Some(b) => Box::pin(crate::tcp::forward(&shared, b, stream, peer)).await,
             None => tracing::debug!(service = %svc.name, "service backend is gone; closed"),
         }
         return;
@@ -191,7 +191,10 @@ pub async fn inbound(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream,
 }
 
 /// Copies bytes both ways between `client` and `dst` until either side closes.
-pub(crate) async fn passthrough(mut client: TcpStream, dst: SocketAddr) {
+pub(crate) async fn passthrough<S>(mut client: S, dst: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);

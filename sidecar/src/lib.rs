@@ -11,6 +11,7 @@ pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod cli;
+pub mod connect;
 pub mod control;
 pub mod detect;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod init;
 pub mod intercept;
 pub mod limits;
 pub mod metrics;
+pub mod mtls;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
@@ -73,12 +75,36 @@ impl Shared {
     pub(crate) fn new(access_log: bool, identity: Option<Arc<identity::Store>>) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-            metrics: metrics::Metrics::default(),
+            metrics: metrics::Metrics::new(
+                identity
+                    .as_ref()
+                    .map(|s| s.handshakes.clone())
+                    .unwrap_or_default(),
+            ),
             access_log,
             ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             active: watch::channel(0).0,
             identity,
+        }
+    }
+}
+
+impl Shared {
+    /// Where a connection to `ep` goes: with mTLS when the endpoint is meshed and this proxy
+    /// has an identity, else in plaintext.
+    pub(crate) fn dest(&self, ep: &backend::Endpoint) -> connect::Dest {
+        let mesh = ep.identity.as_ref().and_then(|identity| {
+            let store = self.identity.as_ref()?;
+            Some(connect::MeshDest {
+                tls: store.tls()?,
+                identity: identity.clone(),
+                handshakes: store.handshakes.clone(),
+            })
+        });
+        connect::Dest {
+            addr: ep.addr,
+            mesh,
         }
     }
 }

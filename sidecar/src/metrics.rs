@@ -55,6 +55,38 @@ struct InboundRefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthorizationLabels {
+    port: Arc<str>,
+    policy: Arc<str>,
+    /// The caller's SPIFFE ID, or `unauthenticated`: bounded by the mesh's ServiceAccounts
+    /// that call this pod.
+    client: Arc<str>,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: &'static str,
+    result: &'static str,
+}
+
+/// Mesh mTLS handshakes, by direction (`inbound`, `outbound`) and result (`ok`, `error`).
+/// Cheap to clone; clones count together. The identity store holds one, so connections made
+/// anywhere count in the proxy's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Handshakes(Family<HandshakeLabels, Counter>);
+
+impl Handshakes {
+    /// Counts one handshake.
+    pub fn record(&self, direction: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.0
+            .get_or_create(&HandshakeLabels { direction, result })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -75,6 +107,7 @@ pub struct Metrics {
     open_connections: Family<ListenerLabels, Gauge>,
     intercepted: Family<InterceptLabels, Counter>,
     inbound_refused: Family<InboundRefusedLabels, Counter>,
+    authorizations: Family<AuthorizationLabels, Counter>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
@@ -84,6 +117,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(Handshakes::default())
+    }
+}
+
+impl Metrics {
+    /// The metrics, counting mTLS handshakes in `handshakes`.
+    pub fn new(handshakes: Handshakes) -> Self {
         let mut registry = Registry::with_prefix("portico");
         let m = Self {
             requests: Family::default(),
@@ -93,6 +133,7 @@ impl Default for Metrics {
             open_connections: Family::default(),
             intercepted: Family::default(),
             inbound_refused: Family::default(),
+            authorizations: Family::default(),
             config_version: Gauge::default(),
             reloads: Family::default(),
             identity_expiry: Gauge::default(),
@@ -129,8 +170,19 @@ impl Default for Metrics {
         registry.register(
             "inbound_refused",
             "Requests and connections the inbound policy refused, by port, policy and reason \
-             (authorization, rate_limit)",
+             (mtls_required, authorization, rate_limit)",
             m.inbound_refused.clone(),
+        );
+        registry.register(
+            "inbound_authorizations",
+            "Inbound authorization decisions, by port, policy, caller identity and decision \
+             (allow, deny)",
+            m.authorizations.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Mesh mTLS handshakes, by direction (inbound, outbound) and result (ok, error)",
+            handshakes.0,
         );
         registry.register(
             "config_version",
@@ -236,6 +288,18 @@ impl Metrics {
                 port: port.clone(),
                 policy: policy.clone(),
                 reason,
+            })
+            .inc();
+    }
+
+    /// Counts one authorization decision of a guarded port for `client` (its identity).
+    pub fn authorization(&self, port: &Arc<str>, policy: &Arc<str>, client: &Arc<str>, allowed: bool) {
+        self.authorizations
+            .get_or_create(&AuthorizationLabels {
+                port: port.clone(),
+                policy: policy.clone(),
+                client: client.clone(),
+                decision: if allowed { "allow" } else { "deny" },
             })
             .inc();
     }

@@ -26,17 +26,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use crate::connect::{Dest, Stream, connect};
 use crate::error::{Body, BoxError, ProxyError};
+use crate::mtls::MeshProtocol;
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
@@ -112,16 +113,6 @@ pub(crate) trait Reusable {
 impl Reusable for SendRequest<Body> {
     fn ready(&self) -> Option<bool> {
         (!self.is_closed()).then(|| self.is_ready())
-    }
-}
-
-impl Reusable for TcpStream {
-    /// An idle connection has nothing to read: if the runtime saw it become readable (the
-    /// upstream closed it, or sent bytes nobody asked for) it is not reused. This looks at the
-    /// readiness the runtime already has, so it costs no system call.
-    fn ready(&self) -> Option<bool> {
-        let mut cx = Context::from_waker(Waker::noop());
-        self.poll_read_ready(&mut cx).is_pending().then_some(true)
     }
 }
 
@@ -281,9 +272,10 @@ impl H1Pool {
     /// closing) is sent again on another connection, as hyper-util's client does.
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        dest: &Dest,
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let addr = dest.addr;
         while let Some(mut tx) = self.inner.idle.checkout(addr) {
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.lease(addr, tx))),
@@ -293,7 +285,7 @@ impl H1Pool {
                 },
             }
         }
-        let mut tx = self.connect(addr).await?;
+        let mut tx = self.connect(dest).await?;
         match tx.send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(addr, tx))),
             Err(e) => Err(request_error(addr, e)),
@@ -308,8 +300,9 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, UpstreamError> {
-        let stream = connect(addr, self.inner.connect_timeout).await?;
+    async fn connect(&self, dest: &Dest) -> Result<SendRequest<Body>, UpstreamError> {
+        let addr = dest.addr;
+        let stream = connect(dest, self.inner.connect_timeout, MeshProtocol::Http1).await?;
         let connect_error = |source: BoxError| UpstreamError::Connect { addr, source };
         let (tx, conn) = http1::handshake(TokioIo::new(stream))
             .await
@@ -324,18 +317,6 @@ impl H1Pool {
     }
 }
 
-/// Opens a TCP connection to `addr` with TCP_NODELAY within `timeout`.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    let connect_error = |source: BoxError| UpstreamError::Connect { addr, source };
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| connect_error("connect timed out".into()))?
-        .map_err(|e| connect_error(e.into()))?;
-    // Small requests and responses must not wait for Nagle's algorithm.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
 /// Idle keep-alive TCP connections to the endpoints of one backend, for the HTTP/1.1 fast path
 /// ([`crate::h1`]), which speaks HTTP on them itself: no task per connection, and an idle
 /// connection costs only its socket. Cheap to clone; clones share the pool.
@@ -345,7 +326,7 @@ pub struct TcpPool {
 }
 
 struct TcpInner {
-    idle: IdleLists<TcpStream>,
+    idle: IdleLists<Stream>,
     connect_timeout: Duration,
 }
 
@@ -369,18 +350,112 @@ impl TcpPool {
     }
 
     /// An idle connection to `addr` that looks alive, if there is one.
-    pub fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
+    pub fn checkout(&self, addr: SocketAddr) -> Option<Stream> {
         self.inner.idle.checkout(addr)
     }
 
     /// Keeps `stream`, which has just finished a whole exchange, for the next request.
-    pub fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+    pub fn give_back(&self, addr: SocketAddr, stream: Stream) {
         self.inner.idle.give_back(addr, stream);
     }
 
-    /// A new connection to `addr`.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
-        connect(addr, self.inner.connect_timeout).await
+    /// A new connection to `dest`.
+    pub async fn connect(&self, dest: &Dest) -> Result<Stream, UpstreamError> {
+        connect(dest, self.inner.connect_timeout, MeshProtocol::Http1).await
+    }
+}
+
+/// HTTP/2 connections to the endpoints of one backend: one multiplexed connection per
+/// endpoint, shared by all requests to it, replaced when it closes and dropped after
+/// `idle_timeout` without a request. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct H2Pool {
+    inner: Arc<H2Inner>,
+}
+
+struct H2Inner {
+    conns: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, Instant)>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool")
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl H2Pool {
+    /// An empty pool.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(H2Inner {
+                conns: Mutex::new(HashMap::new()),
+                connect_timeout,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// Sends `req` (absolute URI) to `dest` on its connection, opening one if there is none.
+    pub async fn send(
+        &self,
+        dest: &Dest,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let addr = dest.addr;
+        let live = {
+            let mut conns = lock(&self.inner.conns);
+            let now = Instant::now();
+            let live = match conns.get_mut(&addr) {
+                Some((tx, used))
+                    if !tx.is_closed() && now.duration_since(*used) < self.inner.idle_timeout =>
+                {
+                    *used = now;
+                    Some(tx.clone())
+                }
+                _ => None,
+            };
+            if live.is_none() {
+                conns.remove(&addr);
+            }
+            live
+        };
+        let mut tx = match live {
+            Some(tx) => tx,
+            None => {
+                let tx = self.connect(dest).await?;
+                // Two requests may have connected at once; the later one's connection serves
+                // its own request and the pool keeps it.
+                lock(&self.inner.conns).insert(addr, (tx.clone(), Instant::now()));
+                tx
+            }
+        };
+        tx.ready().await.map_err(|e| request_error(addr, e))?;
+        tx.send_request(req)
+            .await
+            .map_err(|e| request_error(addr, e))
+    }
+
+    async fn connect(&self, dest: &Dest) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let addr = dest.addr;
+        let stream = connect(dest, self.inner.connect_timeout, MeshProtocol::Http2).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(tx)
     }
 }
 
@@ -431,7 +506,7 @@ mod tests {
             .header("host", "up")
             .body(full(""))
             .unwrap();
-        let (resp, lease) = pool.send(addr, req).await.unwrap();
+        let (resp, lease) = pool.send(&Dest::plain(addr), req).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         drop(lease);
         // Let the connection task see the end of the exchange, as the next request would.
@@ -485,7 +560,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let req = Request::builder().uri("/").body(full("")).unwrap();
-        let err = pool().send(addr, req).await.unwrap_err();
+        let err = pool().send(&Dest::plain(addr), req).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }
 }

@@ -322,7 +322,7 @@ async fn route_and_forward(
     if let Some(bytes) = body.replayable() {
         for name in &mirrors {
             if let Some(b) = snap.backends.get(*name) {
-                mirror(b.clone(), &parts, bytes.clone(), conn.client);
+                mirror(shared, b.clone(), &parts, bytes.clone(), conn.client);
             }
         }
     }
@@ -456,7 +456,8 @@ impl Attempts<'_> {
         let req = upstream_request(self.parts, headers, &ep.authority, upstream.version(), body)?;
         let in_flight = InFlight::new(ep);
         let start = Instant::now();
-        let sent = upstream.send(ep.addr, req);
+        let dest = self.shared.dest(ep);
+        let sent = upstream.send(&dest, req);
         let result = match self.per_try {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
@@ -541,7 +542,14 @@ pub(crate) fn upstream_request(
 
 /// Sends a copy of a request to another backend and forgets it: never awaited by the main
 /// request, errors only logged.
-fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: SocketAddr) {
+fn mirror(
+    shared: &Arc<Shared>,
+    backend: Arc<BackendState>,
+    parts: &Parts,
+    body: Bytes,
+    client: SocketAddr,
+) {
+    let shared = shared.clone();
     let mut parts_copy = {
         let mut r = Request::new(());
         *r.method_mut() = parts.method.clone();
@@ -568,7 +576,7 @@ fn mirror(backend: Arc<BackendState>, parts: &Parts, body: Bytes, client: Socket
         else {
             return;
         };
-        match upstream.send(ep.addr, req).await {
+        match upstream.send(&shared.dest(ep), req).await {
             Ok((resp, _lease)) => {
                 let _ = resp.into_body().collect().await;
             }

@@ -196,7 +196,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
                 return;
             };
             drop(snap);
-            Box::pin(crate::tcp::forward(backend, stream, peer)).await;
+            Box::pin(crate::tcp::forward(&shared, backend, stream, peer)).await;
         }
         Protocol::Http => {
             drop(snap);

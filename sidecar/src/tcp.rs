@@ -8,13 +8,21 @@ use std::sync::Arc;
 use http::HeaderMap;
 use tokio::net::TcpStream;
 
+use crate::Shared;
 use crate::backend::{BackendState, InFlight};
+use crate::connect::connect;
+use crate::mtls::MeshProtocol;
 use crate::balance::PickContext;
 
 const CONNECT_TRIES: usize = 3;
 
-/// Forwards one client connection until either side closes.
-pub async fn forward(backend: Arc<BackendState>, mut client: TcpStream, peer: SocketAddr) {
+/// Forwards one client connection until either side closes; to a meshed endpoint over mTLS.
+pub async fn forward(
+    shared: &Shared,
+    backend: Arc<BackendState>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
     let Ok(_permit) = backend.limiter.try_acquire_now() else {
         tracing::debug!(backend = %backend.name, "TCP connection refused: limit reached");
         return;
@@ -30,20 +38,15 @@ pub async fn forward(backend: Arc<BackendState>, mut client: TcpStream, peer: So
             return;
         };
         let timeout = backend.clients.connect_timeout();
-        match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
-            Ok(Ok(mut upstream)) => {
+        match connect(&shared.dest(ep), timeout, MeshProtocol::Opaque).await {
+            Ok(mut upstream) => {
                 backend.record(ep, None, true);
-                let _ = upstream.set_nodelay(true);
                 let _in_flight = InFlight::new(ep);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 return;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "TCP connect failed");
-                backend.record(ep, None, false);
-            }
-            Err(_) => {
-                tracing::debug!(endpoint = %ep.addr, "TCP connect timed out");
                 backend.record(ep, None, false);
             }
         }

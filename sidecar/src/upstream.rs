@@ -1,23 +1,17 @@
 //! Connection pools to a backend's endpoints, one per protocol the backend speaks, all with
-//! keep-alive, TCP_NODELAY and a connect timeout: HTTP/1.1 through Portico's own [`H1Pool`]
-//! (the hot path), HTTP/2 through hyper-util's pooling client (one multiplexed connection per
-//! endpoint, so its per-request overhead matters less).
+//! keep-alive, TCP_NODELAY, a connect timeout and mTLS to meshed endpoints
+//! ([`crate::connect`]): HTTP/1.1 through [`H1Pool`] and the fast path's [`TcpPool`], HTTP/2
+//! through [`H2Pool`] (one multiplexed connection per endpoint).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_proxy_api::UpstreamProtocol;
 
+use crate::connect::Dest;
 use crate::error::Body;
-use crate::pool::{H1Pool, Lease, TcpPool, UpstreamError};
-
-/// A pooled HTTP/2 client.
-pub type HttpClient = Client<HttpConnector, Body>;
+use crate::pool::{H1Pool, H2Pool, Lease, TcpPool, UpstreamError};
 
 /// How long an idle upstream connection is kept for reuse, unless the backend says otherwise.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -32,7 +26,7 @@ pub struct Clients {
     connect_timeout: Duration,
     idle_timeout: Duration,
     h1: Option<H1Pool>,
-    h2: Option<HttpClient>,
+    h2: Option<H2Pool>,
     /// Raw connections for the HTTP/1.1 fast path; present whenever an HTTP/1.1 request to
     /// this backend goes upstream as HTTP/1.1.
     tcp: Option<TcpPool>,
@@ -43,8 +37,8 @@ pub struct Clients {
 pub enum Upstream<'a> {
     /// HTTP/1.1: requests carry an origin-form URI (`/path?query`).
     Http1(&'a H1Pool),
-    /// HTTP/2: requests carry an absolute URI (the pool key of hyper-util's client).
-    Http2(&'a HttpClient),
+    /// HTTP/2: requests carry an absolute URI.
+    Http2(&'a H2Pool),
 }
 
 impl Upstream<'_> {
@@ -56,26 +50,16 @@ impl Upstream<'_> {
         }
     }
 
-    /// Sends `req` to the endpoint `addr`. The lease, if any, must live as long as the response
+    /// Sends `req` to the endpoint `dest`. The lease, if any, must live as long as the response
     /// body is read: it gives the connection back to the pool when dropped.
     pub async fn send(
         self,
-        addr: SocketAddr,
+        dest: &Dest,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
         match self {
-            Self::Http1(pool) => pool.send(addr, req).await.map(|(r, l)| (r, Some(l))),
-            Self::Http2(client) => match client.request(req).await {
-                Ok(r) => Ok((r, None)),
-                Err(e) if e.is_connect() => Err(UpstreamError::Connect {
-                    addr,
-                    source: e.into(),
-                }),
-                Err(e) => Err(UpstreamError::Request {
-                    addr,
-                    source: e.into(),
-                }),
-            },
+            Self::Http1(pool) => pool.send(dest, req).await.map(|(r, l)| (r, Some(l))),
+            Self::Http2(pool) => pool.send(dest, req).await.map(|r| (r, None)),
         }
     }
 }
@@ -95,7 +79,7 @@ impl Clients {
             connect_timeout,
             idle_timeout,
             h1: wants_h1.then(|| H1Pool::new(connect_timeout, idle_timeout, MAX_IDLE_PER_ENDPOINT)),
-            h2: wants_h2.then(|| build_h2(connect_timeout, idle_timeout)),
+            h2: wants_h2.then(|| H2Pool::new(connect_timeout, idle_timeout)),
             tcp: wants_h1
                 .then(|| TcpPool::new(connect_timeout, idle_timeout, MAX_IDLE_PER_ENDPOINT)),
         }
@@ -140,20 +124,4 @@ impl Clients {
             (_, None, None) => unreachable!("Clients::new always builds one pool"),
         }
     }
-}
-
-fn build_h2(connect_timeout: Duration, idle_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(true)
-        // The proxy sets Host itself, from the client's request.
-        .set_host(false)
-        .build(connector)
 }

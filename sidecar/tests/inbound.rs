@@ -1,8 +1,10 @@
 //! Inbound policy on the INBOUND path, with real sockets: the application is a real HTTP or
-//! TCP server on 127.0.0.1, callers connect from distinct loopback addresses (127.0.0.2,
-//! 127.0.0.3, ...) so each has its own source IP, and the proxy serves each connection as a
-//! redirected one whose original destination is the application's port
-//! ([`Proxy::serve_inbound`]; iptables redirection itself is covered by `interception.rs`).
+//! TCP server on 127.0.0.1; callers connect over mesh mTLS with a workload certificate of a
+//! test CA (their identity) or in plaintext (no identity), from distinct loopback addresses
+//! (127.0.0.2, 127.0.0.3, ...) so each has its own source IP for rate limits; and the proxy
+//! serves each connection as a redirected one whose original destination is the application's
+//! port ([`Proxy::serve_inbound`]; iptables redirection itself is covered by
+//! `interception.rs`).
 
 mod common;
 
@@ -15,6 +17,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_proxy::Proxy;
 use portico_proxy::error::Body;
+use portico_proxy::mtls::MeshProtocol;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -25,10 +28,93 @@ struct Pod {
     addr: SocketAddr,
 }
 
+/// The pod's identity.
+const POD: &str = "spiffe://td/ns/shop/sa/orders";
+const WEB: &str = "spiffe://td/ns/shop/sa/web";
+const ADMIN: &str = "spiffe://td/ns/shop/sa/admin";
+const BOT: &str = "spiffe://td/ns/ops/sa/bot";
+
+/// The mesh of one test: its CA, and the pod's certificate.
+fn ca() -> &'static mesh::TestCa {
+    static CA: std::sync::OnceLock<mesh::TestCa> = std::sync::OnceLock::new();
+    CA.get_or_init(mesh::TestCa::new)
+}
+
+/// A caller: a mesh identity, or plaintext.
+#[derive(Clone, Copy)]
+enum Who {
+    Anon,
+    As(&'static str),
+}
+
 async fn pod(yaml: &str, app: SocketAddr) -> Pod {
-    let proxy = start(yaml).await;
+    let proxy = mesh::start_as(yaml, ca().store(POD, &[])).await;
     let addr = door(&proxy, app).await;
     Pod { proxy, addr }
+}
+
+/// A connection from `from` to `to` as `who` (mTLS for `protocol` to the pod's identity).
+async fn connect_as(who: Who, from: &str, to: SocketAddr, protocol: MeshProtocol) -> Conn {
+    let tcp = connect_from(from, to).await;
+    match who {
+        Who::Anon => Conn::Plain(tcp),
+        Who::As(id) => {
+            let tls = ca().store(id, &[]).tls().unwrap();
+            Conn::Mesh(Box::new(tls.connect(tcp, POD, protocol).await.expect("mTLS")))
+        }
+    }
+}
+
+/// Either kind of caller connection.
+enum Conn {
+    Plain(TcpStream),
+    Mesh(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A socket into `proxy` whose connections are served as redirected to `app`.
@@ -63,7 +149,16 @@ enum Client {
 
 impl Client {
     async fn open(from: &str, to: SocketAddr, h2: bool) -> Self {
-        let io = TokioIo::new(connect_from(from, to).await);
+        Self::open_as(Who::Anon, from, to, h2).await
+    }
+
+    async fn open_as(who: Who, from: &str, to: SocketAddr, h2: bool) -> Self {
+        let protocol = if h2 {
+            MeshProtocol::Http2
+        } else {
+            MeshProtocol::Http1
+        };
+        let io = TokioIo::new(connect_as(who, from, to, protocol).await);
         if h2 {
             let (tx, conn) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
             tokio::spawn(conn);
@@ -102,6 +197,13 @@ async fn get_from(from: &str, to: SocketAddr, h2: bool) -> Reply {
     Client::open(from, to, h2).await.get("/orders", &[]).await
 }
 
+async fn get_as(who: Who, to: SocketAddr, h2: bool) -> Reply {
+    Client::open_as(who, "127.0.0.1", to, h2)
+        .await
+        .get("/orders", &[])
+        .await
+}
+
 /// A TCP echo server that counts the connections it accepted.
 async fn tcp_app() -> (SocketAddr, Arc<AtomicUsize>) {
     let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,7 +229,10 @@ async fn tcp_app() -> (SocketAddr, Arc<AtomicUsize>) {
 const OPAQUE: &[u8] = b"\x16\x03\x01 opaque bytes";
 
 /// Sends [`OPAQUE`] and reads it back, or returns None when the proxy closes the connection.
-async fn echo_roundtrip(s: &mut TcpStream) -> Option<Vec<u8>> {
+async fn echo_roundtrip<S>(s: &mut S) -> Option<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     s.write_all(OPAQUE).await.ok()?;
     let mut buf = vec![0; OPAQUE.len()];
     match s.read_exact(&mut buf).await {
@@ -150,37 +255,51 @@ fn policy(port: u16, rest: &str) -> String {
 }
 
 #[tokio::test]
-async fn http_callers_outside_the_allow_list_get_403_naming_the_policy() {
+async fn http_callers_without_an_allowed_identity_get_403_naming_the_policy_and_the_caller() {
     let app = echo("app").await;
     let port = app.addr.port();
     let pod = pod(
-        &policy(port, "authorization: { allow: [127.0.0.2] }"),
+        &policy(port, &format!("authorization: {{ identities: [{WEB:?}] }}")),
         app.addr,
     )
     .await;
     for h2 in [false, true] {
-        let ok = get_from("127.0.0.2", pod.addr, h2).await;
+        let ok = get_as(Who::As(WEB), pod.addr, h2).await;
         assert_eq!(ok.status, 200, "h2={h2}: {}", ok.body);
         assert_eq!(ok.server(), "app");
         assert_eq!(
             ok.json()["version"],
             if h2 { "HTTP/2.0" } else { "HTTP/1.1" }
         );
-        assert_eq!(ok.json()["headers"]["x-forwarded-for"], "127.0.0.2");
-        let no = get_from("127.0.0.3", pod.addr, h2).await;
+        assert_eq!(ok.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+        // The app learns who called, from the verified certificate.
+        assert_eq!(ok.json()["headers"]["x-portico-client-identity"], WEB);
+        let no = get_as(Who::As(ADMIN), pod.addr, h2).await;
         assert_eq!(no.status, 403, "h2={h2}: {}", no.body);
         assert_eq!(no.error(), "forbidden");
         assert!(no.body.contains("shop/orders"), "{}", no.body);
-        assert!(no.body.contains("127.0.0.3"), "{}", no.body);
+        assert!(no.body.contains(ADMIN), "{}", no.body);
+        // An address proves nothing: a plaintext caller has no identity.
+        let anon = get_as(Who::Anon, pod.addr, h2).await;
+        assert_eq!(anon.status, 403, "h2={h2}: {}", anon.body);
+        assert!(anon.body.contains("unauthenticated"), "{}", anon.body);
     }
     assert_eq!(app.hits(), 2, "refused requests never reach the app");
     let refused = format!(
         r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="authorization"}}"#
     );
-    assert_eq!(metric(&pod.proxy, &refused), 2);
+    assert_eq!(metric(&pod.proxy, &refused), 4);
+    for (client, decision, n) in [(WEB, "allow", 2), (ADMIN, "deny", 2), ("unauthenticated", "deny", 2)] {
+        let series = format!(
+            r#"portico_inbound_authorizations_total{{port="{port}",policy="shop/orders",client="{client}",decision="{decision}"}}"#
+        );
+        assert_eq!(metric(&pod.proxy, &series), n, "{series}");
+    }
+    let handshakes = r#"portico_tls_handshakes_total{direction="inbound",result="ok"}"#;
+    assert_eq!(metric(&pod.proxy, handshakes), 4);
     // Inbound requests are counted like every other request, refused ones included.
     let app_addr = app.addr;
-    for (class, n) in [("2xx", 2), ("4xx", 2)] {
+    for (class, n) in [("2xx", 2), ("4xx", 4)] {
         let series = format!(
             r#"portico_requests_total{{route="inbound",backend="{app_addr}",status_class="{class}"}}"#
         );
@@ -189,38 +308,86 @@ async fn http_callers_outside_the_allow_list_get_403_naming_the_policy() {
 }
 
 #[tokio::test]
-async fn the_deny_list_refuses_and_the_default_decides_for_everyone_else() {
+async fn a_namespace_pattern_and_unauthenticated_callers_can_be_allowed() {
     let app = echo("app").await;
     let pod = pod(
         &policy(
             app.addr.port(),
-            "authorization: { deny: [127.0.0.4], default: Allow }",
+            r#"authorization: { identities: ["spiffe://td/ns/ops/sa/*"], unauthenticated: true }"#,
         ),
         app.addr,
     )
     .await;
-    assert_eq!(get_from("127.0.0.4", pod.addr, false).await.status, 403);
-    assert_eq!(get_from("127.0.0.5", pod.addr, false).await.status, 200);
-    assert_eq!(get_from("127.0.0.5", pod.addr, true).await.status, 200);
+    assert_eq!(get_as(Who::As(BOT), pod.addr, false).await.status, 200);
+    assert_eq!(get_as(Who::As(BOT), pod.addr, true).await.status, 200);
+    assert_eq!(get_as(Who::Anon, pod.addr, false).await.status, 200);
+    assert_eq!(get_as(Who::As(WEB), pod.addr, false).await.status, 403);
+    // A plaintext header cannot claim an identity.
+    let forged = Client::open("127.0.0.2", pod.addr, false)
+        .await
+        .get("/", &[("x-portico-client-identity", BOT)])
+        .await;
+    assert_eq!(forged.status, 200);
+    assert!(forged.json()["headers"]["x-portico-client-identity"].is_null(), "{}", forged.body);
 }
 
 #[tokio::test]
-async fn opaque_tcp_from_a_refused_source_is_closed_before_reaching_the_app() {
+async fn opaque_tcp_from_a_refused_identity_is_closed_before_reaching_the_app() {
     let (app, accepted) = tcp_app().await;
     let port = app.port();
-    let pod = pod(&policy(port, "authorization: { allow: [127.0.0.2] }"), app).await;
-    let mut allowed = connect_from("127.0.0.2", pod.addr).await;
+    let pod = pod(
+        &policy(port, &format!("authorization: {{ identities: [{WEB:?}] }}")),
+        app,
+    )
+    .await;
+    let mut allowed = connect_as(Who::As(WEB), "127.0.0.1", pod.addr, MeshProtocol::Opaque).await;
     assert_eq!(echo_roundtrip(&mut allowed).await.as_deref(), Some(OPAQUE));
-    let mut refused = connect_from("127.0.0.3", pod.addr).await;
+    let mut refused = connect_as(Who::As(ADMIN), "127.0.0.1", pod.addr, MeshProtocol::Opaque).await;
     assert_eq!(echo_roundtrip(&mut refused).await, None, "closed");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the app never saw it");
+    let mut anon = connect_from("127.0.0.3", pod.addr).await;
+    assert_eq!(echo_roundtrip(&mut anon).await, None, "closed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the app never saw them");
     let series = format!(
         r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="authorization"}}"#
     );
-    assert_eq!(metric(&pod.proxy, &series), 1);
+    assert_eq!(metric(&pod.proxy, &series), 2);
     let intercepted =
         r#"portico_intercepted_connections_total{listener="inbound",service="",protocol="opaque"}"#;
-    assert_eq!(metric(&pod.proxy, intercepted), 2);
+    assert_eq!(metric(&pod.proxy, intercepted), 3);
+}
+
+#[tokio::test]
+async fn a_strict_port_refuses_plaintext_but_lets_the_kubelet_probe_its_paths() {
+    let app = echo("app").await;
+    let (tcp, accepted) = tcp_app().await;
+    let port = app.addr.port();
+    let pod = pod(
+        &format!("inbound:\n  mtls: Strict\n  probes: [{{ port: {port}, path: /healthz }}]\n"),
+        app.addr,
+    )
+    .await;
+    let probe = Client::open("127.0.0.2", pod.addr, false)
+        .await
+        .get("/healthz", &[])
+        .await;
+    assert_eq!(probe.status, 200, "{}", probe.body);
+    let other = get_from("127.0.0.2", pod.addr, false).await;
+    assert_eq!(other.status, 403, "{}", other.body);
+    assert!(other.body.contains("requires mTLS"), "{}", other.body);
+    assert_eq!(get_as(Who::As(WEB), pod.addr, false).await.status, 200);
+    assert_eq!(app.hits(), 2);
+    // A port nobody probes: a plaintext connection is closed unread.
+    let tcp_door = door(&pod.proxy, tcp).await;
+    let mut anon = connect_from("127.0.0.2", tcp_door).await;
+    assert_eq!(echo_roundtrip(&mut anon).await, None);
+    let mut meshed = connect_as(Who::As(WEB), "127.0.0.1", tcp_door, MeshProtocol::Opaque).await;
+    assert_eq!(echo_roundtrip(&mut meshed).await.as_deref(), Some(OPAQUE));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let series = format!(
+        r#"portico_inbound_refused_total{{port="{}",policy="",reason="mtls_required"}}"#,
+        tcp.port()
+    );
+    assert_eq!(metric(&pod.proxy, &series), 1);
 }
 
 #[tokio::test]
@@ -317,24 +484,24 @@ async fn a_policy_update_applies_to_the_next_request_without_closing_open_connec
     let (tcp_app, accepted) = tcp_app().await;
     let cfg = |allowed: &str| {
         format!(
-            "generation: {}\ninbound:\n  ports:\n    - {{ port: {}, policy: shop/web, authorization: {{ allow: [{allowed}] }} }}\n    - {{ port: {}, policy: shop/tcp, authorization: {{ allow: [{allowed}] }} }}\n",
-            if allowed == "127.0.0.2" { 1 } else { 2 },
+            "generation: {}\ninbound:\n  ports:\n    - {{ port: {}, policy: shop/web, authorization: {{ identities: [{allowed:?}] }} }}\n    - {{ port: {}, policy: shop/tcp, authorization: {{ identities: [{allowed:?}] }} }}\n",
+            if allowed == WEB { 1 } else { 2 },
             http_app.addr.port(),
             tcp_app.port()
         )
     };
-    let pod = pod(&cfg("127.0.0.2"), http_app.addr).await;
+    let pod = pod(&cfg(WEB), http_app.addr).await;
     let tcp_door = door(&pod.proxy, tcp_app).await;
 
-    let mut newcomer = Client::open("127.0.0.3", pod.addr, false).await;
+    let mut newcomer = Client::open_as(Who::As(ADMIN), "127.0.0.1", pod.addr, false).await;
     assert_eq!(newcomer.get("/", &[]).await.status, 403);
-    let mut old_h2 = Client::open("127.0.0.2", pod.addr, true).await;
+    let mut old_h2 = Client::open_as(Who::As(WEB), "127.0.0.1", pod.addr, true).await;
     assert_eq!(old_h2.get("/", &[]).await.status, 200);
-    let mut old_tcp = connect_from("127.0.0.2", tcp_door).await;
+    let mut old_tcp = connect_as(Who::As(WEB), "127.0.0.1", tcp_door, MeshProtocol::Opaque).await;
     assert_eq!(echo_roundtrip(&mut old_tcp).await.as_deref(), Some(OPAQUE));
 
     pod.proxy
-        .apply(config(&cfg("127.0.0.3")))
+        .apply(config(&cfg(ADMIN)))
         .await
         .expect("the new policy applies");
 
@@ -344,8 +511,8 @@ async fn a_policy_update_applies_to_the_next_request_without_closing_open_connec
     assert_eq!(old_h2.get("/", &[]).await.status, 403);
     // The opaque connection was checked when it opened and keeps flowing.
     assert_eq!(echo_roundtrip(&mut old_tcp).await.as_deref(), Some(OPAQUE));
-    // A new one from the address no longer allowed is refused.
-    let mut again = connect_from("127.0.0.2", tcp_door).await;
+    // A new one from the identity no longer allowed is refused.
+    let mut again = connect_as(Who::As(WEB), "127.0.0.1", tcp_door, MeshProtocol::Opaque).await;
     assert_eq!(echo_roundtrip(&mut again).await, None);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
@@ -355,7 +522,10 @@ async fn a_port_without_a_policy_is_open_to_everyone() {
     let guarded = echo("guarded").await;
     let open = echo("open").await;
     let pod = pod(
-        &policy(guarded.addr.port(), "authorization: { allow: [127.0.0.2] }"),
+        &policy(
+            guarded.addr.port(),
+            &format!("authorization: {{ identities: [{WEB:?}] }}"),
+        ),
         guarded.addr,
     )
     .await;
@@ -375,7 +545,7 @@ async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_
     let pod = pod(
         &policy(
             app.addr.port(),
-            "authorization: { deny: [127.0.0.2], default: Allow }",
+            r#"authorization: { identities: ["*"] }"#,
         ),
         app.addr,
     )
@@ -386,7 +556,7 @@ async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_
         "POST /three HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n3\r\ndef\r\n0\r\n\r\n",
         "GET /four HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
     );
-    let mut s = connect_from("127.0.0.4", pod.addr).await;
+    let mut s = connect_as(Who::As(WEB), "127.0.0.4", pod.addr, MeshProtocol::Http1).await;
     let text = exchange_raw(&mut s, pipelined).await;
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{text}");
     assert_paths_in_order(&text, &["/one", "/two", "/three", "/four"]);

@@ -52,6 +52,11 @@ pub struct Endpoint {
     /// Topology zone, informational for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The endpoint's mesh identity (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`): a proxy with
+    /// its own identity connects to it with mTLS and accepts only a certificate for exactly
+    /// this identity. None: the endpoint is outside the mesh, and is spoken to in plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn yes() -> bool {

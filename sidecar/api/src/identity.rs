@@ -52,3 +52,29 @@ pub fn gateway_proxy_name(gateway: &str) -> String {
 pub fn spiffe_id(trust_domain: &str, ns: &str, sa: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
 }
+
+/// Whether `pattern` is an identity pattern of an inbound authorization: `*`, a SPIFFE ID, or
+/// a SPIFFE ID whose ServiceAccount is `*`.
+pub fn identity_pattern_ok(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some(rest) = pattern.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let stem = rest.strip_suffix("/sa/*").map_or(rest, |s| s);
+    !stem.is_empty() && !stem.contains('*')
+}
+
+/// Whether `identity` (a verified SPIFFE ID) matches `pattern` (see [`identity_pattern_ok`]).
+pub fn identity_matches(pattern: &str, identity: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => identity
+            .strip_prefix(prefix)
+            .is_some_and(|sa| !sa.is_empty() && !sa.contains('/')),
+        None => pattern == identity,
+    }
+}

@@ -63,20 +63,46 @@ impl Interception {
 }
 
 /// Sidecar mode: what the INBOUND listener enforces for connections to this pod's own ports,
-/// compiled by the operator from the ServicePolicies of the Services the pod backs.
+/// compiled by the operator from the ServicePolicies of the Services the pod backs and from the
+/// mesh's (or namespace's) mTLS mode.
 ///
-/// A port not listed is open to every caller without a limit, as in a pod without a sidecar.
-///
-/// Until the mesh has mTLS, a caller's identity is its source address: the operator maps the
-/// addresses of the pods it sees to their ServiceAccounts (the same trust NetworkPolicy puts in
-/// pod IPs) and sends the result here as plain address lists, so the proxy never needs to
-/// know about ServiceAccounts.
+/// A caller is known by the identity in its client certificate: meshed proxies connect to
+/// each other with mTLS (see [`crate::Endpoint::identity`]), so the INBOUND listener learns the
+/// caller's SPIFFE ID from the handshake. A plaintext caller has no identity. A port not listed
+/// is open to every caller without a limit (plaintext too, unless `mtls` is `Strict`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPolicy {
     /// One entry per guarded port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<InboundPort>,
+    /// The pod's mode for ports whose entry does not set one: `Strict` refuses plaintext.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mtls: MtlsMode,
+    /// The kubelet's HTTP probes of the pod's containers: plaintext `GET`s of these paths pass
+    /// on a `Strict` port (the kubelet has no mesh identity), as Linkerd lets probes through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbePath>,
+}
+
+/// Whether plaintext callers are let in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MtlsMode {
+    /// mTLS and plaintext callers both (the default: a mesh can be adopted a pod at a time).
+    #[default]
+    Permissive,
+    /// mTLS callers only; a plaintext connection is closed (HTTP probes excepted).
+    Strict,
+}
+
+/// One HTTP path the kubelet probes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbePath {
+    /// The container port probed.
+    pub port: u16,
+    /// The path probed (no query).
+    pub path: String,
 }
 
 /// The policy of one port of the pod.
@@ -88,6 +114,9 @@ pub struct InboundPort {
     /// Where the policy comes from (`namespace/name` of the ServicePolicy); a label in metrics
     /// and in the body of a refusal.
     pub policy: String,
+    /// The port's mTLS mode; none takes the pod's ([`InboundPolicy::mtls`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
     /// Which callers may connect; none means every caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<InboundAuthorization>,
@@ -96,33 +125,23 @@ pub struct InboundPort {
     pub rate_limit: Option<InboundRateLimit>,
 }
 
-/// Who may call a port, by source IP address: a caller in `allow` is let in, one in `deny` is
-/// refused, anyone else gets `default`.
+/// Who may call a port, by verified mesh identity: a caller whose identity matches one of
+/// `identities` is let in, a caller without one (plaintext) only when `unauthenticated`,
+/// anyone else is refused.
 ///
 /// HTTP requests that are refused get `403`; an opaque TCP connection that is refused is closed
 /// before a byte reaches the application.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundAuthorization {
-    /// Source addresses let in.
+    /// Identities let in: a SPIFFE ID (`spiffe://cluster.local/ns/shop/sa/web`), every
+    /// ServiceAccount of a namespace (`spiffe://cluster.local/ns/shop/sa/*`), or `*` for any
+    /// mesh identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<std::net::IpAddr>,
-    /// Source addresses refused.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deny: Vec<std::net::IpAddr>,
-    /// What happens to a source in neither list.
-    #[serde(default)]
-    pub default: InboundAction,
-}
-
-/// Let a caller in or refuse it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InboundAction {
-    /// Let it in.
-    Allow,
-    /// Refuse it (the default: an authorization that lists nobody lets nobody in).
-    #[default]
-    Deny,
+    pub identities: Vec<String>,
+    /// Let in callers without a mesh identity.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub unauthenticated: bool,
 }
 
 /// A token bucket kept by each sidecar for its own pod: `requests` per `period`, bursts up to

@@ -84,9 +84,12 @@ fn check_inbound(policy: &InboundPolicy) -> Result<()> {
             return fail(el, "has two policies");
         }
         if let Some(a) = &p.authorization
-            && let Some(ip) = a.allow.iter().find(|ip| a.deny.contains(ip))
+            && let Some(bad) = a.identities.iter().find(|i| !crate::identity_pattern_ok(i))
         {
-            return fail(el, format!("{ip} is both allowed and denied"));
+            return fail(
+                el,
+                format!("{bad:?} is not `*`, a SPIFFE ID, or one ending in `/sa/*`"),
+            );
         }
         if let Some(rl) = &p.rate_limit {
             let el = format!("{el} rateLimit");
@@ -224,6 +227,11 @@ fn check_backend(b: &Backend) -> Result<()> {
         }
         if e.weight == 0 {
             return fail(eel, "weight must be at least 1");
+        }
+        if let Some(id) = &e.identity
+            && (!id.starts_with("spiffe://") || id.contains('*'))
+        {
+            return fail(eel, format!("identity {id:?} is not a SPIFFE ID"));
         }
     }
     if let crate::LoadBalancer::ConsistentHash {

@@ -20,6 +20,8 @@ use portico_proxy::{Options, Proxy};
 use portico_proxy_api::ProxyConfig;
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod mesh;
+
 pub type BoxFut = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFut + Send + Sync>;
 
