@@ -109,6 +109,24 @@ pub struct Args {
     /// Workload identities: the issuer of proxies' certificates.
     #[command(flatten)]
     pub identity_issuer: identity::IdentityArgs,
+    /// The mTLS mode of meshed pods in namespaces without a `portico.dev/mtls-mode`
+    /// annotation: `strict` refuses plaintext callers (HTTP probes excepted).
+    #[arg(
+        long,
+        env = "PORTICO_MTLS_MODE",
+        value_enum,
+        default_value = "permissive"
+    )]
+    pub mtls_mode: MtlsModeArg,
+}
+
+/// `--mtls-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MtlsModeArg {
+    /// Meshed pods take mTLS and plaintext callers.
+    Permissive,
+    /// Meshed pods take mTLS callers only.
+    Strict,
 }
 
 /// Installs the global tracing subscriber (once per process; later calls are ignored).
@@ -185,6 +203,7 @@ pub async fn run_until(
         identity,
         admission,
         identity_issuer,
+        mtls_mode,
     } = args;
     let token_recheck = token_recheck_interval.get();
     anyhow::ensure!(
@@ -227,7 +246,15 @@ pub async fn run_until(
     tracing::info!(%identity, %admin_addr, %config_addr, namespaces = ?namespaces, "starting");
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let index: watch::SharedIndex = Arc::new(Mutex::new(index::Index::new()));
+    let index: watch::SharedIndex =
+        Arc::new(Mutex::new(index::Index::with_mesh(index::MeshSettings {
+            trust_domain: identity_issuer.trust_domain.clone(),
+            identities: issuer.is_some(),
+            mtls: match mtls_mode {
+                MtlsModeArg::Permissive => portico_proxy_api::MtlsMode::Permissive,
+                MtlsModeArg::Strict => portico_proxy_api::MtlsMode::Strict,
+            },
+        })));
     let (statuses, gateway_specs) = {
         let index = index.lock().unwrap_or_else(|p| p.into_inner());
         (index.statuses(), index.gateway_specs())

@@ -95,7 +95,9 @@ pub async fn connect(
             Err(e) => {
                 mesh.handshakes.record("outbound", false);
                 tracing::info!(endpoint = %addr, identity = %mesh.identity, error = %e, "mTLS handshake failed");
-                Err(connect_error(format!("mTLS with {}: {e}", mesh.identity).into()))
+                Err(connect_error(
+                    format!("mTLS with {}: {e}", mesh.identity).into(),
+                ))
             }
         }
     };
@@ -111,7 +113,10 @@ impl Reusable for Stream {
     /// session tickets, so an idle mTLS connection is quiet too.)
     fn ready(&self) -> Option<bool> {
         let mut cx = Context::from_waker(Waker::noop());
-        self.tcp().poll_read_ready(&mut cx).is_pending().then_some(true)
+        self.tcp()
+            .poll_read_ready(&mut cx)
+            .is_pending()
+            .then_some(true)
     }
 }
 

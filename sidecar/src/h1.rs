@@ -56,8 +56,8 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::backend::InFlight;
 use crate::balance::PickContext;
-use crate::error::{Body, ProxyError};
 use crate::connect::{Dest, Stream};
+use crate::error::{Body, ProxyError};
 use crate::pool::TcpPool;
 use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::{http_rules, inbound};
@@ -402,7 +402,13 @@ async fn to_app(
     let mut parts = head.parts;
     let head_request = parts.method == Method::HEAD;
     let start = Instant::now();
-    let pool = match inbound::admit(shared, conn, &parts.method, parts.uri.path(), &parts.headers) {
+    let pool = match inbound::admit(
+        shared,
+        conn,
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+    ) {
         Ok(clients) => match clients.fast_h1() {
             Some(pool) => pool.clone(),
             None => return Flow::HandOff(data),

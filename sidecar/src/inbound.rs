@@ -119,8 +119,15 @@ pub(crate) fn admit(
             )
         })
         .clone();
-    check(shared, &snap.inbound, conn.port, &conn.caller(), &conn.caller, Some((method, path, headers)))
-        .map_err(ProxyError::from)?;
+    check(
+        shared,
+        &snap.inbound,
+        conn.port,
+        &conn.caller(),
+        &conn.caller,
+        Some((method, path, headers)),
+    )
+    .map_err(ProxyError::from)?;
     Ok(clients)
 }
 
@@ -137,7 +144,9 @@ fn check(
     match policies.check(port, caller, request) {
         Ok(policy) => {
             if let Some(p) = policy.filter(|p| p.has_authorization()) {
-                shared.metrics.authorization(&p.port, &p.policy, label, true);
+                shared
+                    .metrics
+                    .authorization(&p.port, &p.policy, label, true);
             }
             Ok(())
         }
@@ -310,7 +319,9 @@ impl Conn {
             // An IP address is always a valid header value.
             client_ip: http::HeaderValue::from_str(&client.ip().to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
-            caller: identity.clone().unwrap_or_else(|| Arc::from("unauthenticated")),
+            caller: identity
+                .clone()
+                .unwrap_or_else(|| Arc::from("unauthenticated")),
             identity_header: identity
                 .as_deref()
                 .and_then(|i| HeaderValue::from_str(i).ok()),
@@ -362,7 +373,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = std::time::Instant::now();
-    let resp = match admit(&shared, &conn, req.method(), req.uri().path(), req.headers()) {
+    let resp = match admit(
+        &shared,
+        &conn,
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+    ) {
         Err(refused) => refused.into_response(),
         Ok(clients) => match forward(&clients, &conn, req).await {
             Ok(resp) => resp,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  connection or HTTP request to port P from caller C (a verified mesh identity, or none)
-//!    C has no identity and P is Strict ──────────► refused (HTTP probe paths excepted)
+//!    C has no identity, GET of a probe path ─────► let in (the kubelet)
+//!    C has no identity and P is Strict ──────────► refused
 //!    P has no policy ────────────────────────────► let in
 //!    P's authorization does not match C ─────────► refused: 403 / connection closed
 //!    P's bucket for the key (C's address, a header, all) empty ► 429 + retry-after / closed
@@ -25,8 +26,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use portico_proxy_api::{
-    InboundAuthorization, InboundPolicy, InboundRateLimit, MtlsMode, RateLimitKey,
-    identity_matches,
+    InboundAuthorization, InboundPolicy, InboundRateLimit, MtlsMode, RateLimitKey, identity_matches,
 };
 
 use crate::error::ProxyError;
@@ -194,14 +194,18 @@ impl InboundPolicies {
         request: Option<(&http::Method, &str, &HeaderMap)>,
     ) -> Result<Option<&Arc<PortPolicy>>, Refusal> {
         let policy = self.ports.get(&port);
-        if caller.identity.is_none() && self.strict(port) {
+        if caller.identity.is_none() {
             let probe = request.is_some_and(|(method, path, _)| {
                 method == http::Method::GET && self.probes.contains(&(port, path.to_owned()))
             });
             if probe {
-                // The kubelet answers to nobody's policy: only its probe paths pass.
+                // The kubelet has no mesh identity and answers to no policy: its probe paths
+                // pass (as Linkerd's default probe authorization), or no guarded pod could
+                // ever become ready.
                 return Ok(None);
             }
+        }
+        if caller.identity.is_none() && self.strict(port) {
             return Err(Refusal::Unauthenticated {
                 port: policy.map_or_else(|| port.to_string().into(), |p| p.port.clone()),
             });
@@ -303,9 +307,14 @@ mod tests {
         );
         let p80 = p.port(80).expect("guarded");
         assert_eq!(p80.check(&as_id(WEB), None), Ok(()));
-        let e = p80.check(&as_id(ADMIN), None).expect_err("another identity");
+        let e = p80
+            .check(&as_id(ADMIN), None)
+            .expect_err("another identity");
         assert_eq!(e.reason(), "authorization");
-        assert!(e.to_string().contains("shop/a") && e.to_string().contains(ADMIN), "{e}");
+        assert!(
+            e.to_string().contains("shop/a") && e.to_string().contains(ADMIN),
+            "{e}"
+        );
         assert!(p80.check(&anon("10.0.0.1"), None).is_err(), "no identity");
         let p81 = p.port(81).expect("guarded");
         assert_eq!(p81.check(&as_id(OPS), None), Ok(()), "namespace pattern");
@@ -334,14 +343,24 @@ ports:
             .check(8080, &anon("10.0.0.1"), Some((&get, "/", &h)))
             .expect_err("plaintext");
         assert_eq!(e.reason(), "mtls_required");
-        assert!(p.check(8080, &anon("10.0.0.1"), Some((&get, "/healthz", &h))).is_ok());
         assert!(
-            p.check(8080, &anon("10.0.0.1"), Some((&http::Method::POST, "/healthz", &h)))
-                .is_err()
+            p.check(8080, &anon("10.0.0.1"), Some((&get, "/healthz", &h)))
+                .is_ok()
+        );
+        assert!(
+            p.check(
+                8080,
+                &anon("10.0.0.1"),
+                Some((&http::Method::POST, "/healthz", &h))
+            )
+            .is_err()
         );
         assert!(p.check(8080, &anon("10.0.0.1"), None).is_err(), "opaque");
         assert!(p.check(8080, &as_id(WEB), None).is_ok(), "mTLS");
-        assert!(p.check(9090, &anon("10.0.0.1"), None).is_ok(), "port override");
+        assert!(
+            p.check(9090, &anon("10.0.0.1"), None).is_ok(),
+            "port override"
+        );
         assert!(p.probed(8080) && !p.probed(9090));
     }
 

@@ -293,7 +293,13 @@ impl Metrics {
     }
 
     /// Counts one authorization decision of a guarded port for `client` (its identity).
-    pub fn authorization(&self, port: &Arc<str>, policy: &Arc<str>, client: &Arc<str>, allowed: bool) {
+    pub fn authorization(
+        &self,
+        port: &Arc<str>,
+        policy: &Arc<str>,
+        client: &Arc<str>,
+        allowed: bool,
+    ) {
         self.authorizations
             .get_or_create(&AuthorizationLabels {
                 port: port.clone(),

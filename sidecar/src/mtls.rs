@@ -118,10 +118,9 @@ impl MeshTls {
             provider: provider.clone(),
         });
         let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(key));
-        let clients = MeshProtocol::ALL.map(|p| {
+        let client = |p: MeshProtocol| -> Result<Arc<ClientConfig>, MeshTlsError> {
             let mut c = ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("ring supports TLS 1.3")
+                .with_protocol_versions(&[&rustls::version::TLS13])?
                 .dangerous()
                 .with_custom_certificate_verifier(verifier.clone())
                 .with_client_cert_resolver(resolver.clone());
@@ -129,15 +128,19 @@ impl MeshTls {
             // Session resumption would skip the server's certificate on later connections; a
             // mesh handshake is cheap enough (ECDSA P-256) to always run in full.
             c.resumption = rustls::client::Resumption::disabled();
-            Arc::new(c)
-        });
+            Ok(Arc::new(c))
+        };
+        let clients = [
+            client(MeshProtocol::Http1)?,
+            client(MeshProtocol::Http2)?,
+            client(MeshProtocol::Opaque)?,
+        ];
         let store = RootCertStore { roots };
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
                 .build()?;
         let mut server = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("ring supports TLS 1.3")
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(resolver);
         server.alpn_protocols = MeshProtocol::ALL.map(|p| p.alpn().to_vec()).to_vec();
@@ -266,8 +269,7 @@ impl ServerCertVerifier for PeerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let expected =
-            identity_of(server_name).ok_or_else(|| invalid("not a mesh server name"))?;
+        let expected = identity_of(server_name).ok_or_else(|| invalid("not a mesh server name"))?;
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(invalid)?;
         cert.verify_for_usage(
             self.provider.signature_verification_algorithms.all,

@@ -10,9 +10,9 @@ use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::backend::{BackendState, InFlight};
+use crate::balance::PickContext;
 use crate::connect::connect;
 use crate::mtls::MeshProtocol;
-use crate::balance::PickContext;
 
 const CONNECT_TRIES: usize = 3;
 

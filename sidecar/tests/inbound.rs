@@ -60,7 +60,9 @@ async fn connect_as(who: Who, from: &str, to: SocketAddr, protocol: MeshProtocol
         Who::Anon => Conn::Plain(tcp),
         Who::As(id) => {
             let tls = ca().store(id, &[]).tls().unwrap();
-            Conn::Mesh(Box::new(tls.connect(tcp, POD, protocol).await.expect("mTLS")))
+            Conn::Mesh(Box::new(
+                tls.connect(tcp, POD, protocol).await.expect("mTLS"),
+            ))
         }
     }
 }
@@ -289,7 +291,11 @@ async fn http_callers_without_an_allowed_identity_get_403_naming_the_policy_and_
         r#"portico_inbound_refused_total{{port="{port}",policy="shop/orders",reason="authorization"}}"#
     );
     assert_eq!(metric(&pod.proxy, &refused), 4);
-    for (client, decision, n) in [(WEB, "allow", 2), (ADMIN, "deny", 2), ("unauthenticated", "deny", 2)] {
+    for (client, decision, n) in [
+        (WEB, "allow", 2),
+        (ADMIN, "deny", 2),
+        ("unauthenticated", "deny", 2),
+    ] {
         let series = format!(
             r#"portico_inbound_authorizations_total{{port="{port}",policy="shop/orders",client="{client}",decision="{decision}"}}"#
         );
@@ -328,7 +334,11 @@ async fn a_namespace_pattern_and_unauthenticated_callers_can_be_allowed() {
         .get("/", &[("x-portico-client-identity", BOT)])
         .await;
     assert_eq!(forged.status, 200);
-    assert!(forged.json()["headers"]["x-portico-client-identity"].is_null(), "{}", forged.body);
+    assert!(
+        forged.json()["headers"]["x-portico-client-identity"].is_null(),
+        "{}",
+        forged.body
+    );
 }
 
 #[tokio::test]
@@ -543,10 +553,7 @@ async fn a_port_without_a_policy_is_open_to_everyone() {
 async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_hyper() {
     let app = echo("app").await;
     let pod = pod(
-        &policy(
-            app.addr.port(),
-            r#"authorization: { identities: ["*"] }"#,
-        ),
+        &policy(app.addr.port(), r#"authorization: { identities: ["*"] }"#),
         app.addr,
     )
     .await;

@@ -108,7 +108,11 @@ async fn meshed_proxies_talk_mtls_for_http1_http2_and_opaque_tcp() {
             assert_eq!(r.status, 200, "{protocol}: {}", r.body);
             assert_eq!(r.server(), "orders");
             // The server side verified the client's certificate and told the app.
-            assert_eq!(r.json()["headers"]["x-portico-client-identity"], WEB, "{protocol}");
+            assert_eq!(
+                r.json()["headers"]["x-portico-client-identity"],
+                WEB,
+                "{protocol}"
+            );
         }
         let out = r#"portico_tls_handshakes_total{direction="outbound",result="ok"}"#;
         assert_eq!(metric(&client, out), 1, "{protocol}: one pooled connection");
@@ -119,13 +123,20 @@ async fn meshed_proxies_talk_mtls_for_http1_http2_and_opaque_tcp() {
     assert_eq!(bytes[0], 0x16, "a TLS handshake record first");
     assert!(contains(&bytes, b"orders.shop.serviceaccount.identity.td"));
     assert!(contains(&bytes, b"portico.mesh/h1") && contains(&bytes, b"portico.mesh/h2"));
-    assert!(!contains(&bytes, b"secret-path"), "a request was sent in the clear");
+    assert!(
+        !contains(&bytes, b"secret-path"),
+        "a request was sent in the clear"
+    );
 
     // Opaque TCP rides mTLS as well.
     let (tcp_app, _) = tcp_echo().await;
     let (_tcp_server, tcp_door) = pod(&ca, "{}", tcp_app).await;
     let (tcp_wire, tcp_seen) = tap(tcp_door).await;
-    let client = start_as(&client_config(tcp_wire, ORDERS, "http1"), ca.store(WEB, &[])).await;
+    let client = start_as(
+        &client_config(tcp_wire, ORDERS, "http1"),
+        ca.store(WEB, &[]),
+    )
+    .await;
     let mut c = TcpStream::connect(client.listener_addr("redis").unwrap())
         .await
         .unwrap();

@@ -146,7 +146,7 @@ fn send_config(to: &Asked, cfg: ProxyConfig) {
 
 fn inbound_policy() -> InboundPolicy {
     serde_yaml::from_str(
-        "ports: [{ port: 8080, policy: shop/orders, authorization: { allow: [198.18.64.5] } }]",
+        "ports: [{ port: 8080, policy: shop/orders, authorization: { identities: [\"spiffe://cluster.local/ns/shop/sa/web\"] } }]",
     )
     .unwrap()
 }

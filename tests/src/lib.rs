@@ -5,7 +5,9 @@
 //! - [`harness`]: one control plane per test binary, one namespace per test.
 //! - [`crds`]: installing the generated CRDs.
 //! - [`support`]: helpers the test binaries share (objects, waiting, HTTP, base64).
+//! - [`capture`]: packets between two pods as the node sees them.
 
+pub mod capture;
 pub mod certs;
 pub mod cluster;
 pub mod crds;

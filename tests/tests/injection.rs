@@ -153,6 +153,7 @@ impl Webhook {
             lease_duration_secs: 2,
             identity: Some("webhook-e2e".into()),
             identity_issuer: Default::default(),
+            mtls_mode: portico_operator::MtlsModeArg::Permissive,
             admission: AdmissionArgs {
                 webhook_addr: Some(addr),
                 proxy_log_level: "debug".into(),

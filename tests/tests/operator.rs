@@ -255,6 +255,7 @@ async fn start_operator_rechecking(
         lease_duration_secs,
         identity: Some(identity.into()),
         identity_issuer: Default::default(),
+        mtls_mode: portico_operator::MtlsModeArg::Permissive,
         admission: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -646,6 +646,62 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
         "nginx answered: {nginx}"
     );
 
+    // The sidecars talk mTLS: the orders app was told the caller's verified identity, and on
+    // the node's bridge the frontend↔orders bytes are TLS records naming orders' identity in
+    // the ClientHello, with not a byte of the request in the clear.
+    let orders_ip = first_pod_ip(&ctx, &ctx.namespace, "app=orders").await?;
+    let capture = portico_tests::capture::Capture::start(frontend_ip.parse()?, orders_ip.parse()?)?;
+    // The path is written percent-encoded to the frontend, so it appears in plain text only
+    // between the two sidecars, where it must not.
+    let secret: String = "wire-secret-7f3a"
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    let mut seen = Value::Null;
+    for _ in 0..5 {
+        seen = call_from(&frontend_ip, &format!("http://orders/{secret}")).await?;
+    }
+    ensure!(seen["status"] == 200, "frontend → orders: {seen}");
+    let body: Value = serde_json::from_str(seen["body"].as_str().unwrap_or("{}").trim())?;
+    ensure!(
+        body["clientIdentity"] == expected.as_str() && body["path"] == "/wire-secret-7f3a",
+        "orders saw the caller as {} (want {expected}): {body}",
+        body["clientIdentity"]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wire = capture.bytes();
+    drop(capture);
+    let sni = format!(
+        "orders.{}.serviceaccount.identity.cluster.local",
+        ctx.namespace
+    );
+    ensure!(
+        !wire.is_empty(),
+        "nothing captured between {frontend_ip} and {orders_ip}"
+    );
+    ensure!(
+        portico_tests::capture::contains_bytes(&wire, sni.as_bytes())
+            || wire.first() == Some(&0x17),
+        "no TLS between the sidecars ({} bytes, first {:?})",
+        wire.len(),
+        &wire[..wire.len().min(16)]
+    );
+    ensure!(
+        !portico_tests::capture::contains_bytes(&wire, b"wire-secret-7f3a")
+            && !portico_tests::capture::contains_bytes(&wire, b"HTTP/1.1"),
+        "HTTP in the clear between the sidecars"
+    );
+    let orders_metrics = http_get(format!("{orders_ip}:4191").parse()?, "admin", "/metrics")
+        .await?
+        .1;
+    ensure!(
+        orders_metrics
+            .lines()
+            .any(|l| l
+                .starts_with(r#"portico_tls_handshakes_total{direction="inbound",result="ok"}"#)),
+        "orders' sidecar counted no mTLS handshake: {orders_metrics}"
+    );
+
     // Inbound authorization from a ServicePolicy: only the frontend ServiceAccount may call.
     apply_json(
         &ctx,
@@ -667,6 +723,53 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let v = call_from(&frontend_ip, "http://orders/").await?;
     ensure!(v["status"] == 200, "the allowed caller got {v}");
+    let intruder = call_from(&intruder_ip, "http://orders/").await?;
+    ensure!(
+        intruder["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("spiffe://cluster.local/ns/{}/sa/", ctx.namespace)),
+        "the refusal names the caller's identity: {intruder}"
+    );
+
+    // Strict mTLS: a client outside the mesh (this test, on the node) cannot reach orders;
+    // the kubelet's readiness probe path still passes, and meshed callers are unaffected.
+    // First let callers outside the mesh in (permissive): this client gets through.
+    let plain: SocketAddr = format!("{orders_ip}:8080").parse()?;
+    let policy = |strict: bool| {
+        let mut spec = json!({
+            "targetRef": {"group": "", "kind": "Service", "name": "orders"},
+            "authorization": {"defaultAction": "Deny", "allowUnauthenticated": true,
+                              "allowedServiceAccounts": [{"name": "frontend"}]}});
+        if strict {
+            spec["mtls"] = json!({"mode": "Strict"});
+        }
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "ServicePolicy",
+               "metadata": {"name": "orders"}, "spec": spec})
+    };
+    apply_json(&ctx, &[policy(false)])?;
+    eventually(
+        "orders open to plaintext",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = http_get(plain, "orders", "/private").await?;
+            Ok((status == 200).then_some(()))
+        },
+    )
+    .await?;
+    apply_json(&ctx, &[policy(true)])?;
+    eventually("orders strict", Duration::from_secs(30), || async {
+        let (status, body) = http_get(plain, "orders", "/private").await?;
+        Ok((status == 403 && body.contains("requires mTLS")).then_some(()))
+    })
+    .await?;
+    let (status, _) = http_get(plain, "orders", "/").await?;
+    ensure!(
+        status == 200,
+        "the probe path / answers the kubelet: {status}"
+    );
+    let v = call_from(&frontend_ip, "http://orders/").await?;
+    ensure!(v["status"] == 200, "the meshed caller under Strict got {v}");
 
     // A Job in a meshed namespace completes: the native sidecar does not keep it running.
     apply_json(

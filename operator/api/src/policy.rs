@@ -27,7 +27,7 @@ use crate::common::{Duration, RateLimit};
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.protocol) || has(self.loadBalancer) || has(self.outlierDetection) || has(self.healthCheck) || has(self.retryBudget) || has(self.connection) || has(self.authorization) || has(self.rateLimit)",
+    {"rule": "has(self.protocol) || has(self.loadBalancer) || has(self.outlierDetection) || has(self.healthCheck) || has(self.retryBudget) || has(self.connection) || has(self.authorization) || has(self.rateLimit) || has(self.mtls)",
      "message": "a ServicePolicy must set at least one policy besides targetRef"},
     {"rule": "!has(self.protocol) || self.protocol != 'Opaque' || (!has(self.retryBudget) && !has(self.healthCheck))",
      "message": "retryBudget and HTTP healthCheck do not apply to an Opaque service", "fieldPath": ".protocol"}
@@ -59,6 +59,30 @@ pub struct ServicePolicySpec {
     /// Inbound rate limit, enforced by the Service's sidecars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Whether the Service's pods take plaintext callers. Without it, the namespace's
+    /// `portico.dev/mtls-mode` annotation decides, else the mesh default (chart value
+    /// `mesh.mtlsMode`, `Permissive` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MutualTls>,
+}
+
+/// Mutual TLS between the Service's callers and its pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MutualTls {
+    /// `Strict`: only meshed callers (mTLS) are let in; plaintext connections are closed
+    /// (the kubelet's HTTP probes excepted). `Permissive`: both.
+    pub mode: MtlsMode,
+}
+
+/// Whether plaintext callers are let in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MtlsMode {
+    /// mTLS and plaintext callers.
+    #[default]
+    Permissive,
+    /// mTLS callers only.
+    Strict,
 }
 
 /// The target of a policy.
@@ -237,7 +261,10 @@ pub struct ConnectionPolicy {
     pub idle_timeout: Option<Duration>,
 }
 
-/// Inbound authorization by client identity (the caller's ServiceAccount, proven by mTLS).
+/// Inbound authorization by client identity: the caller's ServiceAccount, proven by the
+/// workload certificate its proxy presents in the mesh mTLS handshake (never its address).
+/// `defaultAction: Allow` lets in any meshed caller; `allowUnauthenticated` adds callers
+/// outside the mesh (plaintext).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

@@ -71,6 +71,7 @@ pub fn endpoints<'a>(
             ready: true,
             weight: 1,
             zone,
+            identity: None,
         })
         .collect()
 }

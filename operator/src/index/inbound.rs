@@ -8,8 +8,10 @@
 //!    rateLimit: 100/Second                                                │
 //!                                                                         ▼
 //!  InboundPolicy of orders-0: [{port 8080, policy "shop/orders-only",
-//!                               authorization {allow [IPs of shop/web's pods], default Deny},
+//!                               authorization {identities [spiffe://<td>/ns/shop/sa/web]},
 //!                               rateLimit {100 per 1s, burst 100, ClientIP}}]
+//!                             + mtls mode (namespace annotation or mesh default) and the
+//!                               pod's HTTP probe paths
 //! ```
 //!
 //! A pod backs a Service when an endpoint of one of its slices names the pod (`targetRef`) or,
@@ -19,8 +21,9 @@
 //!
 //! Only pods with an open stream have a channel, so the work of a change is proportional to the
 //! connected sidecars it touches: a slice change touches the pods it names (and only when its
-//! Service is guarded), a policy change the pods of its namespace, a pod change itself and the
-//! pods whose policy lists its ServiceAccount (or every pod, for policies that list everyone).
+//! Service is guarded), a policy or namespace change the pods of its namespace, a pod change
+//! itself. Callers are matched by the identity in their certificates, so no policy depends on
+//! other pods.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -29,15 +32,27 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::Endpoint;
 use kube::ResourceExt;
 use portico_api::common::{RateLimit, RateLimitKey, RateLimitUnit};
+use portico_api::policy::MtlsMode;
 use portico_api::policy::{Authorization, AuthorizationAction};
 use portico_proxy_api::{
-    self as contract, InboundAction, InboundAuthorization, InboundPolicy, InboundPort,
-    InboundRateLimit,
+    self as contract, InboundAuthorization, InboundPolicy, InboundPort, InboundRateLimit,
 };
 use tokio::sync::watch;
 
 use super::pods::PodInfo;
 use super::{Index, Key};
+
+/// Namespace annotation that sets the mTLS mode of the namespace's pods (`strict` or
+/// `permissive`).
+pub const MTLS_MODE_ANNOTATION: &str = "portico.dev/mtls-mode";
+
+/// The contract's mode for a ServicePolicy's.
+fn mtls_mode(m: MtlsMode) -> contract::MtlsMode {
+    match m {
+        MtlsMode::Permissive => contract::MtlsMode::Permissive,
+        MtlsMode::Strict => contract::MtlsMode::Strict,
+    }
+}
 
 /// Compiled authorizations by policy, shared by the pods of one recompute.
 type AuthMemo = HashMap<Key, Option<InboundAuthorization>>;
@@ -93,9 +108,11 @@ impl Index {
         self.guards = winners
             .into_iter()
             .filter(|(_, (_, pk))| {
-                self.policies
-                    .get(pk)
-                    .is_some_and(|p| p.spec.authorization.is_some() || p.spec.rate_limit.is_some())
+                self.policies.get(pk).is_some_and(|p| {
+                    p.spec.authorization.is_some()
+                        || p.spec.rate_limit.is_some()
+                        || p.spec.mtls.is_some()
+                })
             })
             .map(|(svc, (_, pk))| (svc, pk))
             .collect();
@@ -144,37 +161,6 @@ impl Index {
             .filter_map(|ep| self.endpoint_pod(&slice.namespace, ep))
             .filter(|k| self.inbound.contains_key(k))
             .collect()
-    }
-
-    /// The pods with a channel whose policy depends on the pods of ServiceAccount `ns/sa`.
-    pub(super) fn pods_depending_on(&self, ns: &str, sa: &str) -> BTreeSet<Key> {
-        let mut out = BTreeSet::new();
-        if self.inbound.is_empty() {
-            return out;
-        }
-        for (svc, pk) in &self.guards {
-            let Some(auth) = self
-                .policies
-                .get(pk)
-                .and_then(|p| p.spec.authorization.as_ref())
-            else {
-                continue;
-            };
-            if !depends_on(auth, &pk.namespace, ns, sa) {
-                continue;
-            }
-            for slice in self.slices.get(svc).into_iter().flat_map(|m| m.values()) {
-                out.extend(
-                    slice
-                        .endpoints
-                        .iter()
-                        .flatten()
-                        .filter_map(|ep| self.endpoint_pod(&svc.namespace, ep))
-                        .filter(|k| self.inbound.contains_key(k)),
-                );
-            }
-        }
-        out
     }
 
     /// The pod an endpoint stands for: its `targetRef` Pod, else the pod with its address.
@@ -241,6 +227,7 @@ impl Index {
                         InboundPort {
                             port: number,
                             policy: name,
+                            mtls: policy.spec.mtls.as_ref().map(|m| mtls_mode(m.mode)),
                             authorization,
                             rate_limit,
                         },
@@ -250,55 +237,63 @@ impl Index {
         }
         InboundPolicy {
             ports: ports.into_values().collect(),
+            mtls: self.namespace_mtls(&key.namespace),
+            probes: pod
+                .probes
+                .iter()
+                .map(|(port, path)| contract::ProbePath {
+                    port: *port,
+                    path: path.clone(),
+                })
+                .collect(),
         }
     }
 
-    /// An authorization compiled into source addresses (see the module docs of `pods` for who
-    /// counts as a known caller).
-    fn authorization(&self, policy_ns: &str, auth: &Authorization) -> Option<InboundAuthorization> {
-        let listed = || {
-            let mut ips = BTreeSet::new();
-            for r in &auth.allowed_service_accounts {
-                let ns = r.namespace.as_deref().unwrap_or(policy_ns);
-                self.pods.ips_of(ns, &r.name, &mut ips);
-            }
-            ips
-        };
-        let unauthenticated = auth.allow_unauthenticated.unwrap_or(false);
-        match (auth.default_action, unauthenticated) {
-            // Everyone, known or not: nothing to enforce.
-            (AuthorizationAction::Allow, true) => None,
-            // Every known pod, and no one else.
-            (AuthorizationAction::Allow, false) => Some(InboundAuthorization {
-                allow: self.pods.all_ips().collect(),
-                deny: Vec::new(),
-                default: InboundAction::Deny,
-            }),
-            (AuthorizationAction::Deny, false) => Some(InboundAuthorization {
-                allow: listed().into_iter().collect(),
-                deny: Vec::new(),
-                default: InboundAction::Deny,
-            }),
-            // Callers outside the mesh are let in; known pods only when listed.
-            (AuthorizationAction::Deny, true) => {
-                let allow = listed();
-                let deny = self
-                    .pods
-                    .all_ips()
-                    .filter(|ip| !allow.contains(ip))
-                    .collect();
-                Some(InboundAuthorization {
-                    allow: allow.into_iter().collect(),
-                    deny,
-                    default: InboundAction::Allow,
-                })
-            }
+    /// The mTLS mode of namespace `ns`: its `portico.dev/mtls-mode` annotation (`strict` or
+    /// `permissive`), else the mesh default.
+    pub(super) fn namespace_mtls(&self, ns: &str) -> contract::MtlsMode {
+        let annotation = self
+            .namespaces
+            .get(ns)
+            .and_then(|n| n.annotations().get(MTLS_MODE_ANNOTATION).cloned());
+        match annotation
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("strict") => contract::MtlsMode::Strict,
+            Some("permissive") => contract::MtlsMode::Permissive,
+            _ => self.mesh.mtls,
         }
+    }
+
+    /// An authorization compiled into identity patterns: ServiceAccounts become SPIFFE IDs
+    /// (`*` for every ServiceAccount of a namespace), `defaultAction: Allow` any mesh identity.
+    fn authorization(&self, policy_ns: &str, auth: &Authorization) -> Option<InboundAuthorization> {
+        let td = &self.mesh.trust_domain;
+        let unauthenticated = auth.allow_unauthenticated.unwrap_or(false);
+        let identities = match auth.default_action {
+            // Everyone, meshed or not: nothing to enforce.
+            AuthorizationAction::Allow if unauthenticated => return None,
+            AuthorizationAction::Allow => vec!["*".to_owned()],
+            AuthorizationAction::Deny => auth
+                .allowed_service_accounts
+                .iter()
+                .map(|r| {
+                    let ns = r.namespace.as_deref().unwrap_or(policy_ns);
+                    contract::spiffe_id(td, ns, &r.name)
+                })
+                .collect(),
+        };
+        Some(InboundAuthorization {
+            identities,
+            unauthenticated,
+        })
     }
 }
 
 /// Whether endpoint `ep` (of a slice in `slice_ns`) is pod `pod`.
-fn backs(ep: &Endpoint, slice_ns: &str, pod: &PodInfo) -> bool {
+pub(super) fn backs(ep: &Endpoint, slice_ns: &str, pod: &PodInfo) -> bool {
     match &ep.target_ref {
         Some(r) if r.kind.as_deref() == Some("Pod") => {
             r.name.as_deref() == Some(pod.key.name.as_str())
@@ -314,20 +309,6 @@ fn backs(ep: &Endpoint, slice_ns: &str, pod: &PodInfo) -> bool {
 
 /// Whether the compiled form of `auth` (of a policy in `policy_ns`) changes when a pod of
 /// ServiceAccount `ns/sa` comes, goes or changes address.
-fn depends_on(auth: &Authorization, policy_ns: &str, ns: &str, sa: &str) -> bool {
-    match (
-        auth.default_action,
-        auth.allow_unauthenticated.unwrap_or(false),
-    ) {
-        (AuthorizationAction::Allow, true) => false,
-        (AuthorizationAction::Deny, false) => auth.allowed_service_accounts.iter().any(|r| {
-            r.namespace.as_deref().unwrap_or(policy_ns) == ns && (r.name == "*" || r.name == sa)
-        }),
-        // Every known pod is in the allow or the deny list.
-        _ => true,
-    }
-}
-
 /// The contract rate limit of a ServicePolicy's `rateLimit`. `None` for a `Header` key without
 /// a header name, which admission already refuses.
 pub fn rate_limit(rl: &RateLimit) -> Option<InboundRateLimit> {

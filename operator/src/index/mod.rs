@@ -219,6 +219,29 @@ pub struct Index {
     statuses: watch::Sender<Arc<Statuses>>,
     gateway_specs: watch::Sender<Arc<GatewaySpecs>>,
     stats: IndexStats,
+    mesh: MeshSettings,
+}
+
+/// How the mesh identifies workloads, fixed when the operator starts.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    /// The trust domain of SPIFFE IDs (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    pub trust_domain: String,
+    /// The operator issues workload certificates: endpoints of meshed pods carry their
+    /// identity, and proxies connect to them with mTLS.
+    pub identities: bool,
+    /// The mTLS mode of namespaces without a `portico.dev/mtls-mode` annotation.
+    pub mtls: contract::MtlsMode,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".to_owned(),
+            identities: true,
+            mtls: contract::MtlsMode::Permissive,
+        }
+    }
 }
 
 /// The Gateways the reconciler must run proxies for: `uid` (for owner references) and spec.
@@ -251,6 +274,65 @@ impl Index {
             statuses: watch::Sender::new(Arc::new(Statuses::default())),
             gateway_specs: watch::Sender::new(Arc::new(GatewaySpecs::new())),
             stats: IndexStats::default(),
+            mesh: MeshSettings::default(),
+        }
+    }
+
+    /// An empty index for a mesh with `mesh`'s settings.
+    pub fn with_mesh(mesh: MeshSettings) -> Self {
+        Self {
+            mesh,
+            ..Self::new()
+        }
+    }
+
+    /// The Services with an endpoint that is pod `pod` (by `targetRef`, else by address).
+    fn services_of_pod(&self, pod: &Key) -> BTreeSet<Key> {
+        let Some(info) = self.pods.get(pod) else {
+            return BTreeSet::new();
+        };
+        self.slices
+            .iter()
+            .filter(|(svc, _)| svc.namespace == pod.namespace)
+            .filter(|(svc, slices)| {
+                slices.values().any(|slice| {
+                    slice
+                        .endpoints
+                        .iter()
+                        .flatten()
+                        .any(|ep| inbound::backs(ep, &svc.namespace, info))
+                })
+            })
+            .map(|(svc, _)| svc.clone())
+            .collect()
+    }
+
+    /// Fills in the identity of each endpoint that is a meshed pod (when identities are on).
+    fn identify(&self, endpoints: &mut [contract::Endpoint]) {
+        if !self.mesh.identities {
+            return;
+        }
+        for ep in endpoints {
+            let Some(ip) = ep
+                .address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.ip())
+            else {
+                continue;
+            };
+            ep.identity = self
+                .pods
+                .by_ip(&ip)
+                .and_then(|k| self.pods.get(k))
+                .filter(|p| p.meshed)
+                .map(|p| {
+                    contract::spiffe_id(
+                        &self.mesh.trust_domain,
+                        &p.key.namespace,
+                        &p.service_account,
+                    )
+                });
         }
     }
 
@@ -273,11 +355,26 @@ impl Index {
             }
             Object::Pod(pod) => {
                 let key = pod.key.clone();
-                let new = pod
-                    .identity()
-                    .map(|(sa, ips)| (sa.to_owned(), ips.to_vec()));
-                let old = self.pods.insert(pod);
-                self.refresh_pod(key, old, new);
+                let mesh_changed = self.pods.get(&key).is_none_or(|old| {
+                    old.meshed != pod.meshed
+                        || old.ips != pod.ips
+                        || old.service_account != pod.service_account
+                });
+                let meshed = pod.meshed;
+                self.pods.insert(pod);
+                if meshed && mesh_changed && self.mesh.identities {
+                    // Endpoints of this pod now carry its identity.
+                    let services = self.services_of_pod(&key);
+                    self.refresh_endpoints(&services);
+                }
+                self.refresh_inbound(BTreeSet::from([key]));
+            }
+            Object::Namespace(ns) => {
+                let name = ns.name_any();
+                self.insert(Object::Namespace(ns));
+                self.refresh();
+                let pods = self.subscribed_in(Some(&name));
+                self.refresh_inbound(pods);
             }
             Object::ServicePolicy(policy) => {
                 let ns = policy.namespace().unwrap_or_default();
@@ -292,26 +389,6 @@ impl Index {
                 self.refresh();
             }
         }
-    }
-
-    /// After pod `key` changed from `old` to (identity) `new`: its own policy, and when its
-    /// identity changed, the policies that depend on its ServiceAccount.
-    fn refresh_pod(
-        &mut self,
-        key: Key,
-        old: Option<Arc<PodInfo>>,
-        new: Option<(String, Vec<std::net::IpAddr>)>,
-    ) {
-        let old = old
-            .as_ref()
-            .and_then(|o| o.identity().map(|(sa, ips)| (sa.to_owned(), ips.to_vec())));
-        let mut pods = BTreeSet::from([key.clone()]);
-        if old != new {
-            for (sa, _) in old.iter().chain(new.iter()) {
-                pods.extend(self.pods_depending_on(&key.namespace, sa));
-            }
-        }
-        self.refresh_inbound(pods);
     }
 
     /// Removes an object and recomputes what changed.
@@ -343,8 +420,8 @@ impl Index {
                 self.refresh_inbound(pods);
             }
             Kind::Pod => {
-                let old = self.pods.remove(key);
-                self.refresh_pod(key.clone(), old, None);
+                self.pods.remove(key);
+                self.refresh_inbound(BTreeSet::from([key.clone()]));
             }
             Kind::ServicePolicy => {
                 self.remove(kind, key);
@@ -1046,6 +1123,7 @@ impl Index {
                 sp,
                 slices.into_iter().flat_map(|m| m.values().map(|s| &**s)),
             );
+            self.identify(&mut b.endpoints);
         }
         if let Some(p) = self.policy_for(&key) {
             translate::apply_policy(&mut b, &p.spec);

@@ -1,20 +1,21 @@
 //! Pods, as the index keeps them: a compact record per Pod (never the Pod itself: at 10,000
-//! pods the full objects would cost hundreds of megabytes), and two lookups built from it.
+//! pods the full objects would cost hundreds of megabytes), and a lookup by address built from
+//! it.
 //!
 //! ```text
-//!  Pod shop/orders-7f9c ──► PodInfo { uid, serviceAccount "orders", ips [198.18.64.7], … }
-//!                              │
-//!                              ├─► by_sa  (shop, orders)   → {shop/orders-7f9c, …}
+//!  Pod shop/orders-7f9c ──► PodInfo { uid, serviceAccount "orders", ips [198.18.64.7],
+//!                              │          meshed, probes [(8080, /healthz)], … }
 //!                              └─► by_ip  198.18.64.7      → shop/orders-7f9c
 //! ```
 //!
-//! Until the mesh has mTLS a caller is known by its source address, so only pods whose address
-//! says who they are go into the lookups: not hostNetwork pods (they share the node's address),
-//! not pods without an address yet, not finished pods (their address may already belong to
-//! someone else). A terminating pod still runs and still calls others while it drains, so it
-//! keeps its identity until it is gone.
+//! The address lookup finds the pod behind an endpoint (to give a meshed endpoint its
+//! identity, and to find the pods a ServicePolicy guards when a slice names no `targetRef`).
+//! Only pods whose address is theirs alone go in: not hostNetwork pods (they share the node's
+//! address), not pods without an address yet, not finished pods (their address may already
+//! belong to someone else). Callers are never identified by address: their identity is the
+//! certificate their proxy presents.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -40,6 +41,10 @@ pub struct PodInfo {
     pub terminating: bool,
     /// `spec.hostNetwork`: its address is the node's.
     pub host_network: bool,
+    /// It runs Portico's proxy (injected): callers reach it with mTLS.
+    pub meshed: bool,
+    /// The kubelet's HTTP probes of its application containers: `(port, path)`.
+    pub probes: Vec<(u16, String)>,
 }
 
 impl PodInfo {
@@ -72,6 +77,13 @@ impl PodInfo {
             finished: matches!(phase, Some("Succeeded" | "Failed")),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            meshed: spec.is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .any(|c| c.name == crate::admission::inject::PROXY_CONTAINER)
+            }),
+            probes: spec.map(http_probes).unwrap_or_default(),
         }
     }
 
@@ -79,21 +91,50 @@ impl PodInfo {
     pub fn identifies(&self) -> bool {
         !self.host_network && !self.finished && !self.ips.is_empty()
     }
+}
 
-    /// What other pods' policies may depend on: the ServiceAccount and addresses of an
-    /// identifying pod; `None` for the others.
-    pub(super) fn identity(&self) -> Option<(&str, &[IpAddr])> {
-        self.identifies()
-            .then_some((self.service_account.as_str(), self.ips.as_slice()))
+/// The HTTP probes of the application containers (the proxy's own go to its admin port, which
+/// is never redirected), with named ports resolved.
+fn http_probes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<(u16, String)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut out = Vec::new();
+    for c in spec
+        .containers
+        .iter()
+        .filter(|c| c.name != crate::admission::inject::PROXY_CONTAINER)
+    {
+        let probes = [&c.readiness_probe, &c.liveness_probe, &c.startup_probe];
+        for get in probes
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.http_get.as_ref())
+        {
+            let port = match &get.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+            };
+            let path = get.path.clone().unwrap_or_else(|| "/".to_owned());
+            // The kubelet sends the path as written, query included; the proxy matches paths.
+            let path = path.split('?').next().unwrap_or("/").to_owned();
+            if let Some(port) = port {
+                out.push((port, path));
+            }
+        }
     }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Every Pod, with the lookups by ServiceAccount and by address.
 #[derive(Default)]
 pub(super) struct Pods {
     pods: BTreeMap<Key, Arc<PodInfo>>,
-    /// Identifying pods by `(namespace, serviceAccount)`.
-    by_sa: BTreeMap<(String, String), BTreeSet<Key>>,
     /// Identifying pods by address. Two pods with one address (a stale record while an address
     /// is reused) keep the later one; the earlier one is dropped from here when it goes.
     by_ip: BTreeMap<IpAddr, Key>,
@@ -114,10 +155,6 @@ impl Pods {
     pub fn insert(&mut self, pod: PodInfo) -> Option<Arc<PodInfo>> {
         let old = self.remove(&pod.key);
         if pod.identifies() {
-            self.by_sa
-                .entry((pod.key.namespace.clone(), pod.service_account.clone()))
-                .or_default()
-                .insert(pod.key.clone());
             for ip in &pod.ips {
                 self.by_ip.insert(*ip, pod.key.clone());
             }
@@ -129,13 +166,6 @@ impl Pods {
     /// Removes pod `key`; returns its record.
     pub fn remove(&mut self, key: &Key) -> Option<Arc<PodInfo>> {
         let old = self.pods.remove(key)?;
-        let sa = (old.key.namespace.clone(), old.service_account.clone());
-        if let Some(set) = self.by_sa.get_mut(&sa) {
-            set.remove(key);
-            if set.is_empty() {
-                self.by_sa.remove(&sa);
-            }
-        }
         for ip in &old.ips {
             if self.by_ip.get(ip) == Some(key) {
                 self.by_ip.remove(ip);
@@ -155,34 +185,5 @@ impl Pods {
     /// The pod that has address `ip`, if an identifying pod has it.
     pub fn by_ip(&self, ip: &IpAddr) -> Option<&Key> {
         self.by_ip.get(ip)
-    }
-
-    /// Addresses of the identifying pods of ServiceAccount `namespace/name` (`*`: of every
-    /// ServiceAccount in `namespace`).
-    pub fn ips_of(&self, namespace: &str, name: &str, out: &mut BTreeSet<IpAddr>) {
-        let keys: Box<dyn Iterator<Item = &BTreeSet<Key>>> = if name == "*" {
-            Box::new(
-                self.by_sa
-                    .range((namespace.to_owned(), String::new())..)
-                    .take_while(|((ns, _), _)| ns == namespace)
-                    .map(|(_, v)| v),
-            )
-        } else {
-            Box::new(
-                self.by_sa
-                    .get(&(namespace.to_owned(), name.to_owned()))
-                    .into_iter(),
-            )
-        };
-        for key in keys.flatten() {
-            if let Some(pod) = self.pods.get(key) {
-                out.extend(pod.ips.iter().copied());
-            }
-        }
-    }
-
-    /// Addresses of every identifying pod, in order.
-    pub fn all_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.by_ip.keys().copied()
     }
 }

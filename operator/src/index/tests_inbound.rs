@@ -1,18 +1,12 @@
 //! Per-pod inbound policies: which ports a pod guards, and who may call them.
 
-use std::net::IpAddr;
-
-use portico_proxy_api::{InboundAction, InboundAuthorization, InboundPolicy, RateLimitKey};
+use portico_proxy_api::{InboundAuthorization, InboundPolicy, RateLimitKey};
 use serde_json::{Value, json};
 
 use super::*;
 
 fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("valid test object")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
 }
 
 /// A running Pod with ServiceAccount `sa` and address `ip` (none when empty).
@@ -112,8 +106,10 @@ fn authorization(rx: &mut watch::Receiver<Arc<InboundPolicy>>) -> InboundAuthori
         .expect("an authorization")
 }
 
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
 #[test]
-fn a_pod_behind_a_guarded_service_gets_its_endpoint_port_with_the_allowed_callers() {
+fn a_pod_behind_a_guarded_service_gets_its_endpoint_port_with_the_allowed_identities() {
     let (_index, rx) = shop();
     let policy = rx.borrow().clone();
     assert_eq!(policy.ports.len(), 1);
@@ -121,9 +117,9 @@ fn a_pod_behind_a_guarded_service_gets_its_endpoint_port_with_the_allowed_caller
     assert_eq!(port.port, 8080);
     assert_eq!(port.policy, "shop/orders-only");
     let auth = port.authorization.as_ref().unwrap();
-    assert_eq!(auth.allow, [ip("198.18.64.2")]);
-    assert!(auth.deny.is_empty());
-    assert_eq!(auth.default, InboundAction::Deny);
+    assert_eq!(auth.identities, [WEB]);
+    assert!(!auth.unauthenticated);
+    assert_eq!(port.mtls, None);
     let rl = port.rate_limit.as_ref().unwrap();
     assert_eq!(
         (rl.requests, rl.period.get(), rl.burst, &rl.key),
@@ -137,31 +133,13 @@ fn a_pod_behind_a_guarded_service_gets_its_endpoint_port_with_the_allowed_caller
 }
 
 #[test]
-fn a_caller_pod_coming_changing_address_and_going_updates_the_allow_list() {
+fn callers_coming_changing_address_and_going_wake_no_one() {
+    // Callers prove who they are with certificates: their pods' addresses are nobody's policy.
     let (mut index, mut rx) = shop();
     rx.borrow_and_update();
     index.apply(mk_pod("shop", "web-1", "web", "198.18.64.4"));
-    assert!(rx.has_changed().unwrap());
-    assert_eq!(
-        authorization(&mut rx).allow,
-        [ip("198.18.64.2"), ip("198.18.64.4")]
-    );
     index.apply(mk_pod("shop", "web-1", "web", "198.18.64.5"));
-    assert_eq!(
-        authorization(&mut rx).allow,
-        [ip("198.18.64.2"), ip("198.18.64.5")]
-    );
     index.delete_key(Kind::Pod, &Key::new("shop", "web-0"));
-    assert_eq!(authorization(&mut rx).allow, [ip("198.18.64.5")]);
-    // A pod of an unlisted ServiceAccount changes nothing and wakes no one.
-    index.apply(mk_pod("shop", "other-1", "other", "198.18.64.6"));
-    assert!(!rx.has_changed().unwrap());
-}
-
-#[test]
-fn host_network_finished_and_addressless_pods_are_not_callers() {
-    let (mut index, mut rx) = shop();
-    rx.borrow_and_update();
     index.apply(mk_pod_with(
         "shop",
         "web-host",
@@ -170,28 +148,18 @@ fn host_network_finished_and_addressless_pods_are_not_callers() {
         json!({"hostNetwork": true}),
         "Running",
     ));
-    index.apply(mk_pod("shop", "web-new", "web", ""));
     assert!(!rx.has_changed().unwrap());
-    // web-0 finishing takes its address out of the list.
-    index.apply(mk_pod_with(
-        "shop",
-        "web-0",
-        "web",
-        "198.18.64.2",
-        json!({}),
-        "Succeeded",
-    ));
-    assert!(authorization(&mut rx).allow.is_empty());
+    assert_eq!(authorization(&mut rx).identities, [WEB]);
 }
 
 #[test]
-fn default_actions_compile_to_allow_and_deny_lists() {
+fn default_actions_compile_to_identity_patterns() {
     let (mut index, mut rx) = shop();
     let later = "2026-01-02T00:00:00Z";
     index.delete_key(Kind::ServicePolicy, &Key::new("shop", "orders-only"));
     assert!(rx.borrow_and_update().ports.is_empty());
 
-    // Deny, but callers outside the mesh are welcome: known pods only when listed.
+    // Deny, but callers outside the mesh are welcome: mesh callers only when listed.
     index.apply(mk_guard(
         "shop",
         "p",
@@ -202,11 +170,10 @@ fn default_actions_compile_to_allow_and_deny_lists() {
         "allowedServiceAccounts": [{"name": "web"}]}}),
     ));
     let auth = authorization(&mut rx);
-    assert_eq!(auth.allow, [ip("198.18.64.2")]);
-    assert_eq!(auth.deny, [ip("198.18.64.1"), ip("198.18.64.3")]);
-    assert_eq!(auth.default, InboundAction::Allow);
+    assert_eq!(auth.identities, [WEB]);
+    assert!(auth.unauthenticated);
 
-    // Allow, but only callers the mesh knows.
+    // Allow, but only callers with a mesh identity.
     index.apply(mk_guard(
         "shop",
         "p",
@@ -215,11 +182,8 @@ fn default_actions_compile_to_allow_and_deny_lists() {
         json!({"authorization": {"defaultAction": "Allow"}}),
     ));
     let auth = authorization(&mut rx);
-    assert_eq!(
-        auth.allow,
-        [ip("198.18.64.1"), ip("198.18.64.2"), ip("198.18.64.3")]
-    );
-    assert_eq!(auth.default, InboundAction::Deny);
+    assert_eq!(auth.identities, ["*"]);
+    assert!(!auth.unauthenticated);
 
     // Allow everyone: nothing to enforce but the rate limit.
     index.apply(mk_guard("shop", "p", "orders", later, json!({
@@ -241,10 +205,18 @@ fn default_actions_compile_to_allow_and_deny_lists() {
 }
 
 #[test]
-fn wildcard_and_other_namespace_service_accounts_are_resolved() {
-    let (mut index, mut rx) = shop();
-    index.apply(mk_pod("batch", "job-0", "runner", "198.18.64.9"));
-    index.apply(mk_pod("batch", "job-1", "cron", "198.18.64.10"));
+fn wildcard_and_other_namespace_service_accounts_become_spiffe_patterns() {
+    let mut index = Index::with_mesh(MeshSettings {
+        trust_domain: "prod.example".into(),
+        ..MeshSettings::default()
+    });
+    index.apply(mk_pod("shop", "orders-0", "orders", "198.18.64.1"));
+    index.apply(mk_slice(
+        "shop",
+        "orders-a",
+        "orders",
+        &[("198.18.64.1", "orders-0")],
+    ));
     index.apply(mk_guard(
         "shop",
         "orders-only",
@@ -254,13 +226,135 @@ fn wildcard_and_other_namespace_service_accounts_are_resolved() {
         "authorization": {"allowedServiceAccounts": [
             {"name": "*", "namespace": "batch"}, {"name": "other"}]}}),
     ));
+    let mut rx = index.subscribe_pod(&Key::new("shop", "orders-0"));
     assert_eq!(
-        authorization(&mut rx).allow,
-        [ip("198.18.64.3"), ip("198.18.64.9"), ip("198.18.64.10")]
+        authorization(&mut rx).identities,
+        [
+            "spiffe://prod.example/ns/batch/sa/*",
+            "spiffe://prod.example/ns/shop/sa/other"
+        ]
     );
-    // A new pod of any ServiceAccount in batch is let in.
-    index.apply(mk_pod("batch", "job-2", "new", "198.18.64.11"));
-    assert!(authorization(&mut rx).allow.contains(&ip("198.18.64.11")));
+}
+
+#[test]
+fn the_mtls_mode_comes_from_the_policy_then_the_namespace_then_the_mesh_and_probes_pass() {
+    let mut index = Index::with_mesh(MeshSettings {
+        mtls: contract::MtlsMode::Strict,
+        ..MeshSettings::default()
+    });
+    index.apply(mk_pod_with(
+        "shop",
+        "orders-0",
+        "orders",
+        "198.18.64.1",
+        json!({"containers": [{"name": "app",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready?full=1", "port": "http"}},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": 9090}}}]}),
+        "Running",
+    ));
+    index.apply(mk_slice(
+        "shop",
+        "orders-a",
+        "orders",
+        &[("198.18.64.1", "orders-0")],
+    ));
+    let mut rx = index.subscribe_pod(&Key::new("shop", "orders-0"));
+    let policy = rx.borrow_and_update().clone();
+    assert_eq!(policy.mtls, contract::MtlsMode::Strict, "the mesh default");
+    let probes: Vec<(u16, &str)> = policy
+        .probes
+        .iter()
+        .map(|p| (p.port, p.path.as_str()))
+        .collect();
+    assert_eq!(probes, [(8080, "/ready"), (9090, "/live")]);
+    index.apply(Object::Namespace(from(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "annotations": {"portico.dev/mtls-mode": "permissive"}}
+    }))));
+    assert_eq!(rx.borrow_and_update().mtls, contract::MtlsMode::Permissive);
+    index.apply(mk_guard(
+        "shop",
+        "strict",
+        "orders",
+        "2026-01-01T00:00:00Z",
+        json!({"mtls": {"mode": "Strict"}}),
+    ));
+    let policy = rx.borrow_and_update().clone();
+    assert_eq!(policy.ports.len(), 1);
+    assert_eq!(policy.ports[0].mtls, Some(contract::MtlsMode::Strict));
+    assert_eq!(policy.ports[0].authorization, None);
+}
+
+#[test]
+fn endpoints_of_meshed_pods_carry_their_identity() {
+    let mut index = Index::new();
+    let proxy = json!({"containers": [{"name": "app"}, {"name": "portico-proxy"}]});
+    index.apply(mk_pod_with(
+        "shop",
+        "orders-0",
+        "orders",
+        "198.18.64.1",
+        proxy,
+        "Running",
+    ));
+    index.apply(mk_pod("shop", "legacy-0", "legacy", "198.18.64.2"));
+    index.apply(Object::Service(from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "shop", "name": "orders"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "clusterIP": "198.19.0.10"}
+    }))));
+    index.apply(mk_slice(
+        "shop",
+        "orders-a",
+        "orders",
+        &[("198.18.64.1", "orders-0"), ("198.18.64.2", "legacy-0")],
+    ));
+    let b = index.backend("shop", "orders", 80);
+    let ids: Vec<(&str, Option<&str>)> = b
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.identity.as_deref()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (
+                "198.18.64.1:8080",
+                Some("spiffe://cluster.local/ns/shop/sa/orders")
+            ),
+            ("198.18.64.2:8080", None)
+        ]
+    );
+    // Without identities, every endpoint is plaintext.
+    let mut off = Index::with_mesh(MeshSettings {
+        identities: false,
+        ..MeshSettings::default()
+    });
+    let proxy = json!({"containers": [{"name": "app"}, {"name": "portico-proxy"}]});
+    off.apply(mk_pod_with(
+        "shop",
+        "orders-0",
+        "orders",
+        "198.18.64.1",
+        proxy,
+        "Running",
+    ));
+    off.apply(Object::Service(from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "shop", "name": "orders"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "clusterIP": "198.19.0.10"}
+    }))));
+    off.apply(mk_slice(
+        "shop",
+        "orders-a",
+        "orders",
+        &[("198.18.64.1", "orders-0")],
+    ));
+    assert_eq!(
+        off.backend("shop", "orders", 80).endpoints[0].identity,
+        None
+    );
 }
 
 #[test]
@@ -283,7 +377,7 @@ fn an_endpoint_without_target_ref_is_matched_by_address() {
         "orders",
         &[("198.18.64.1", "")],
     ));
-    assert_eq!(authorization(&mut rx).allow, [ip("198.18.64.2")]);
+    assert_eq!(authorization(&mut rx).identities, [WEB]);
     // The endpoint goes away: so does the port.
     index.apply(mk_slice("shop", "orders-a", "orders", &[]));
     assert!(rx.borrow_and_update().ports.is_empty());
@@ -337,7 +431,10 @@ fn a_relist_of_pods_drops_pods_deleted_meanwhile() {
             mk_pod("shop", "other-0", "other", "198.18.64.3"),
         ],
     );
-    assert!(authorization(&mut rx).allow.is_empty());
+    assert!(
+        !rx.has_changed().unwrap(),
+        "callers' pods are nobody's policy"
+    );
     assert!(index.pod(&Key::new("shop", "web-0")).is_none());
     assert_eq!(
         index.pod(&Key::new("shop", "orders-0")).unwrap().uid,

@@ -54,12 +54,14 @@ mod tests {
             ports: vec![InboundPort {
                 port: 8080,
                 policy: "shop/orders".into(),
+                mtls: None,
                 authorization: Some(InboundAuthorization {
-                    allow: vec!["198.18.64.3".parse().unwrap()],
+                    identities: vec!["spiffe://cluster.local/ns/shop/sa/web".into()],
                     ..Default::default()
                 }),
                 rate_limit: None,
             }],
+            ..Default::default()
         });
         let line = msg.to_line();
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);

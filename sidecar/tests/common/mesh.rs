@@ -57,7 +57,11 @@ impl TestCa {
             &provider,
         )
         .unwrap();
-        let anchors: Vec<&TestCa> = if anchors.is_empty() { vec![self] } else { anchors.to_vec() };
+        let anchors: Vec<&TestCa> = if anchors.is_empty() {
+            vec![self]
+        } else {
+            anchors.to_vec()
+        };
         let store = Arc::new(Store::default());
         store
             .set(Certified {

@@ -98,6 +98,11 @@ async fn answer(
             "method": req.method().as_str(),
             "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
             "host": req.headers().get("host").and_then(|h| h.to_str().ok()),
+            // Set by the sidecar from the caller's verified mesh certificate.
+            "clientIdentity": req
+                .headers()
+                .get("x-portico-client-identity")
+                .and_then(|h| h.to_str().ok()),
         }),
     };
     Response::builder()

@@ -111,7 +111,7 @@ fn an_inbound_policy_parses_and_validates() {
 ports:
   - port: 8080
     policy: shop/orders
-    authorization: { allow: ["198.18.64.3", "fd00::3"], deny: ["198.18.64.4"], default: Allow }
+    authorization: { identities: ["spiffe://td/ns/shop/sa/web", "spiffe://td/ns/ops/sa/*", "*"], unauthenticated: true }
     rateLimit: { requests: 10, period: 1s, burst: 20, key: { type: Header, name: x-user } }
   - port: 9090
     policy: shop/metrics
@@ -125,14 +125,38 @@ ports:
     );
     // An authorization that names nobody refuses everybody.
     let deny_all = with_inbound("ports: [{ port: 1, policy: p, authorization: {} }]");
-    assert_eq!(
-        deny_all.inbound.ports[0]
-            .authorization
-            .as_ref()
-            .unwrap()
-            .default,
-        InboundAction::Deny
-    );
+    let auth = deny_all.inbound.ports[0].authorization.as_ref().unwrap();
+    assert!(auth.identities.is_empty() && !auth.unauthenticated);
+    let strict = with_inbound("mtls: Strict\nprobes: [{ port: 8080, path: /healthz }]");
+    strict.validate().expect("valid");
+    assert_eq!(strict.inbound.mtls, crate::MtlsMode::Strict);
+}
+
+#[test]
+fn identity_patterns_match_one_identity_a_namespace_or_any() {
+    use crate::{identity_matches, identity_pattern_ok};
+    let web = "spiffe://td/ns/shop/sa/web";
+    assert!(identity_matches(web, web));
+    assert!(!identity_matches(web, "spiffe://td/ns/shop/sa/webx"));
+    assert!(identity_matches("spiffe://td/ns/shop/sa/*", web));
+    assert!(!identity_matches("spiffe://td/ns/sho/sa/*", web));
+    assert!(!identity_matches(
+        "spiffe://td/ns/shop/sa/*",
+        "spiffe://td/ns/shop/sa/"
+    ));
+    assert!(identity_matches("*", web));
+    for ok in ["*", web, "spiffe://td/ns/shop/sa/*"] {
+        assert!(identity_pattern_ok(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "web",
+        "spiffe://",
+        "spiffe://td/ns/*/sa/web",
+        "10.0.0.1",
+    ] {
+        assert!(!identity_pattern_ok(bad), "{bad}");
+    }
 }
 
 #[test]
@@ -144,8 +168,8 @@ fn a_bad_inbound_policy_is_refused_naming_the_port() {
             "inbound port 80: has two policies",
         ),
         (
-            "ports: [{ port: 80, policy: p, authorization: { allow: [10.0.0.1], deny: [10.0.0.1] } }]",
-            "10.0.0.1 is both allowed and denied",
+            "ports: [{ port: 80, policy: p, authorization: { identities: [10.0.0.1] } }]",
+            "inbound port 80: \"10.0.0.1\" is not `*`, a SPIFFE ID",
         ),
         (
             "ports: [{ port: 80, policy: p, rateLimit: { requests: 0, period: 1s, burst: 1 } }]",
