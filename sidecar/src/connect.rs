@@ -9,17 +9,15 @@
 //! Every pool ([`crate::pool`]) and the opaque TCP forwarder connect through [`connect`], so
 //! HTTP/1 (both paths), HTTP/2, gRPC and opaque TCP all ride mTLS to a meshed endpoint.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::BoxError;
+use crate::h1::MaybeTls;
 use crate::metrics::Handshakes;
 use crate::mtls::{MeshProtocol, MeshTls};
 use crate::pool::{Reusable, UpstreamError};
@@ -51,20 +49,14 @@ pub struct MeshDest {
     pub handshakes: Handshakes,
 }
 
-/// An upstream connection.
-#[derive(Debug)]
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// mTLS to a meshed endpoint. Boxed: the TLS state is large.
-    Mesh(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+/// An upstream connection: plain TCP, or mTLS to a meshed endpoint.
+pub type Stream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl Stream {
     fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,
-            Self::Mesh(s) => s.get_ref().0,
+            Self::Tls(s) => s.get_ref().0,
         }
     }
 }
@@ -90,7 +82,7 @@ pub async fn connect(
         match mesh.tls.connect(tcp, &mesh.identity, protocol).await {
             Ok(tls) => {
                 mesh.handshakes.record("outbound", true);
-                Ok(Stream::Mesh(Box::new(tls)))
+                Ok(Stream::Tls(Box::new(tls)))
             }
             Err(e) => {
                 mesh.handshakes.record("outbound", false);
@@ -117,63 +109,5 @@ impl Reusable for Stream {
             .poll_read_ready(&mut cx)
             .is_pending()
             .then_some(true)
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Mesh(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Mesh(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Mesh(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Mesh(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Mesh(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Mesh(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
     }
 }

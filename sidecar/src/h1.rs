@@ -61,7 +61,7 @@ use crate::error::{Body, ProxyError};
 use crate::pool::TcpPool;
 use crate::proxy::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::{http_rules, inbound};
-pub use client::ClientStream;
+pub use client::{ClientStream, MaybeTls};
 use codec::{BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
 use rewind::Rewind;
 

@@ -16,6 +16,7 @@ use common::*;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_proxy::Proxy;
+use portico_proxy::connect::Stream;
 use portico_proxy::error::Body;
 use portico_proxy::mtls::MeshProtocol;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -54,93 +55,17 @@ async fn pod(yaml: &str, app: SocketAddr) -> Pod {
 }
 
 /// A connection from `from` to `to` as `who` (mTLS for `protocol` to the pod's identity).
-async fn connect_as(who: Who, from: &str, to: SocketAddr, protocol: MeshProtocol) -> Conn {
+async fn connect_as(who: Who, from: &str, to: SocketAddr, protocol: MeshProtocol) -> Stream {
     let tcp = connect_from(from, to).await;
     match who {
-        Who::Anon => Conn::Plain(tcp),
+        Who::Anon => Stream::Plain(tcp),
         Who::As(id) => {
             let tls = ca().store(id, &[]).tls().unwrap();
-            Conn::Mesh(Box::new(
+            Stream::Tls(Box::new(
                 tls.connect(tcp, POD, protocol).await.expect("mTLS"),
             ))
         }
     }
-}
-
-/// Either kind of caller connection.
-enum Conn {
-    Plain(TcpStream),
-    Mesh(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl tokio::io::AsyncRead for Conn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Conn {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Self::Mesh(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A socket into `proxy` whose connections are served as redirected to `app`.
-async fn door(proxy: &Proxy, app: SocketAddr) -> SocketAddr {
-    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = sock.accept().await else {
-                continue;
-            };
-            let p = p.clone();
-            tokio::spawn(async move { p.serve_inbound("inbound", stream, app).await });
-        }
-    });
-    addr
-}
-
-/// Connects to `to` from source address `from` (any 127.0.0.0/8 address is local).
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    sock.connect(to).await.unwrap()
 }
 
 /// A keep-alive HTTP connection from one source address.

@@ -18,19 +18,10 @@ const ORDERS: &str = "spiffe://td/ns/shop/sa/orders";
 const WEB: &str = "spiffe://td/ns/shop/sa/web";
 const ADMIN: &str = "spiffe://td/ns/shop/sa/admin";
 
-/// A pod: its proxy and the socket whose connections are served as redirected to `app`.
+/// A pod: its proxy (identity `orders` from `ca`) and the socket whose connections are served
+/// as redirected to `app`.
 async fn pod(ca: &TestCa, yaml: &str, app: SocketAddr) -> (Proxy, SocketAddr) {
-    let proxy = start_as(yaml, ca.store(ORDERS, &[])).await;
-    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let p = proxy.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = sock.accept().await {
-            let p = p.clone();
-            tokio::spawn(async move { p.serve_inbound("inbound", stream, app).await });
-        }
-    });
-    (proxy, addr)
+    pod_trusting(ca, &[], yaml, app).await
 }
 
 /// Relays connections to `to`, recording what the client side sent.
@@ -195,16 +186,21 @@ async fn a_certificate_from_an_untrusted_root_is_refused_and_trusted_during_a_ro
     // During a rotation both roots are trusted: a peer with a certificate from the new root
     // talks to a pod whose certificate is still from the old one, and the other way round.
     let both = [&old, &new];
-    let (_server, door) = pod_trusting(&old, &both, app.addr).await;
+    let (_server, door) = pod_trusting(&old, &both, "{}", app.addr).await;
     let client = start_as(&client_config(door, ORDERS, "http1"), new.store(WEB, &both)).await;
     let r = get(client.listener_addr("web").unwrap(), "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["headers"]["x-portico-client-identity"], WEB);
 }
 
-/// A pod whose certificate comes from `ca` and which trusts `anchors`.
-async fn pod_trusting(ca: &TestCa, anchors: &[&TestCa], app: SocketAddr) -> (Proxy, SocketAddr) {
-    let proxy = start_as("{}", ca.store(ORDERS, anchors)).await;
+/// A pod whose certificate comes from `ca` and which trusts `anchors` (`ca` alone when empty).
+async fn pod_trusting(
+    ca: &TestCa,
+    anchors: &[&TestCa],
+    yaml: &str,
+    app: SocketAddr,
+) -> (Proxy, SocketAddr) {
+    let proxy = start_as(yaml, ca.store(ORDERS, anchors)).await;
     let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
     let p = proxy.clone();

@@ -1,7 +1,8 @@
-//! The client side of a fast-path connection: plain TCP, or TLS terminated by the proxy.
+//! A connection that is plain TCP or TLS over TCP: the client side of a fast-path connection
+//! (TLS terminated by the proxy) and an upstream connection (mTLS to a meshed endpoint) alike.
 //!
-//! An enum rather than a generic parameter: the fast path is compiled once, and the match on
-//! each read or write costs nothing next to the system call behind it.
+//! An enum rather than a generic parameter of the code that uses it: the fast path is compiled
+//! once, and the match on each read or write costs nothing next to the system call behind it.
 
 use std::io;
 use std::pin::Pin;
@@ -9,25 +10,27 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
-/// A client connection the fast path serves.
+/// Plain TCP, or TLS of type `T` over it.
 #[derive(Debug)]
-pub enum ClientStream {
-    /// Plain TCP (HTTP listeners, the sidecar's OUTBOUND and INBOUND).
+pub enum MaybeTls<T> {
+    /// Plain TCP.
     Plain(TcpStream),
-    /// TLS terminated here (HTTPS listeners, ALPN `http/1.1` or none). Boxed: the TLS state is
-    /// large, and a plain connection should not carry room for it.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS. Boxed: the TLS state is large, and a plain connection should not carry room for it.
+    Tls(Box<T>),
 }
 
-impl From<TcpStream> for ClientStream {
+/// A client connection the fast path serves: plain (HTTP listeners, the sidecar's OUTBOUND and
+/// INBOUND) or TLS terminated here (HTTPS listeners, mesh mTLS on INBOUND).
+pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+
+impl<T> From<TcpStream> for MaybeTls<T> {
     fn from(s: TcpStream) -> Self {
         Self::Plain(s)
     }
 }
 
-impl AsyncRead for ClientStream {
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -40,7 +43,7 @@ impl AsyncRead for ClientStream {
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
