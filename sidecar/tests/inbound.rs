@@ -68,6 +68,30 @@ async fn connect_as(who: Who, from: &str, to: SocketAddr, protocol: MeshProtocol
     }
 }
 
+/// A socket into `proxy` whose connections are served as redirected to `app`.
+async fn door(proxy: &Proxy, app: SocketAddr) -> SocketAddr {
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = sock.accept().await else {
+                continue;
+            };
+            let p = p.clone();
+            tokio::spawn(async move { p.serve_inbound("inbound", stream, app).await });
+        }
+    });
+    addr
+}
+
+/// Connects to `to` from source address `from` (any 127.0.0.0/8 address is local).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
 /// A keep-alive HTTP connection from one source address.
 enum Client {
     H1(http1::SendRequest<Body>),
