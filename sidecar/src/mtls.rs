@@ -344,38 +344,54 @@ pub async fn peek_hello(tcp: &TcpStream, timeout: Duration) -> Hello {
 }
 
 async fn peek(tcp: &TcpStream) -> Hello {
-    // A ClientHello fits one record (at most 16 KiB + header); mesh ones are ~300 bytes.
-    let mut buf = vec![0u8; 5 + 16 * 1024];
+    // The record header first: plaintext is told apart by its first byte, and a TLS record's
+    // length sizes the buffer (a ClientHello fits one record of at most 16 KiB; mesh ones are
+    // ~300 bytes), so a plaintext connection costs no big buffer.
+    let mut head = [0u8; 5];
+    if !peek_at_least(tcp, &mut head, 1).await || head[0] != 0x16 {
+        return Hello::Other;
+    }
+    if !peek_at_least(tcp, &mut head, 5).await {
+        return Hello::Other;
+    }
+    let len = usize::from(u16::from_be_bytes([head[3], head[4]])).min(16 * 1024);
+    let mut buf = vec![0u8; 5 + len];
+    if !peek_at_least(tcp, &mut buf, 5 + len).await {
+        return Hello::Other;
+    }
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut slice = &buf[..];
+    if acceptor.read_tls(&mut slice).is_err() {
+        return Hello::Other;
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => {
+            let mesh = accepted
+                .client_hello()
+                .alpn()
+                .into_iter()
+                .flatten()
+                .any(|p| MeshProtocol::from_alpn(p).is_some());
+            if mesh { Hello::Mesh } else { Hello::Other }
+        }
+        // A ClientHello over several records, or not a ClientHello: not a mesh client's.
+        _ => Hello::Other,
+    }
+}
+
+/// Peeks until `buf` holds at least `want` bytes; false if the client closed first.
+async fn peek_at_least(tcp: &TcpStream, buf: &mut [u8], want: usize) -> bool {
     let mut seen = 0;
     loop {
-        let n = match tcp.peek(&mut buf).await {
-            Ok(0) | Err(_) => return Hello::Other,
+        let n = match tcp.peek(buf).await {
+            Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
-        if buf[0] != 0x16 {
-            return Hello::Other;
+        if n >= want {
+            return true;
         }
-        let mut acceptor = rustls::server::Acceptor::default();
-        let mut slice = &buf[..n];
-        if acceptor.read_tls(&mut slice).is_err() {
-            return Hello::Other;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let mesh = accepted
-                    .client_hello()
-                    .alpn()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| MeshProtocol::from_alpn(p).is_some());
-                return if mesh { Hello::Mesh } else { Hello::Other };
-            }
-            Ok(None) if n < buf.len() => {}
-            _ => return Hello::Other,
-        }
-        // Not all of the ClientHello yet: wait for more bytes than we saw.
+        // Peeking returns at once while bytes wait unread: wait for more than we saw.
         if n == seen {
-            tcp.readable().await.ok();
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         seen = n;
