@@ -113,7 +113,12 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
             "template": {
                 "metadata": {
                     "labels": labels(&key.name),
-                    "annotations": {"portico.dev/gateway-spec-hash": spec_hash(spec)},
+                    // A gateway proxy is itself the mesh's proxy for its traffic (its identity,
+                    // mTLS to meshed backends): in a meshed namespace it must not get a sidecar.
+                    "annotations": {
+                        "portico.dev/gateway-spec-hash": spec_hash(spec),
+                        crate::admission::inject::INJECT: "disabled",
+                    },
                 },
                 "spec": {
                     "serviceAccountName": name,

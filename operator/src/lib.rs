@@ -213,7 +213,17 @@ pub async fn run_until(
     let client = client(kubeconfig).await?;
     watch::check_crds(&client).await?;
     let tls = server::tls_acceptor(&config_tls_cert, &config_tls_key)?;
-    let issuer = identity_issuer.issuer()?;
+    let issuer_files = match identity_issuer.files()? {
+        Some(files) => Some((files.load()?, files)),
+        None => None,
+    };
+    let (issuer, issuer_files) = match issuer_files {
+        Some(((issuer, loaded), files)) => (
+            Some(Arc::new(identity::source::IssuerSource::new(issuer))),
+            Some((files, loaded)),
+        ),
+        None => (None, None),
+    };
     let ca_file = config_tls_ca.unwrap_or_else(|| config_tls_cert.clone());
     let ca_pem = std::fs::read_to_string(&ca_file)
         .with_context(|| format!("reading the config-server CA {}", ca_file.display()))?;
@@ -280,7 +290,15 @@ pub async fn run_until(
         Duration::from_millis(config_debounce_ms),
         token_recheck,
     )
-    .with_issuer(issuer);
+    .with_issuer(issuer.clone());
+    if let (Some(source), Some((files, loaded))) = (issuer, issuer_files) {
+        tasks.spawn(source.follow(
+            files,
+            loaded,
+            identity::source::RELOAD_INTERVAL,
+            metrics.clone(),
+        ));
+    }
     tasks.spawn(config_server.serve(config_listener, tls));
     if let Some((listener, tls)) = webhook {
         let webhooks = admission::Webhooks {

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// `portico_operator_identity_certificates_total{result}`: workload certificate requests
     /// (`issued`, `refused`, `unauthenticated`, `forbidden`, `bad_request`, `error`).
     pub identity_certificates: Family<KindLabel, Counter>,
+    /// `portico_operator_identity_issuer_reloads_total{result}`: changes of the issuer's files
+    /// taken (`reloaded`) or refused (`refused`: the previous issuer keeps signing).
+    pub identity_issuer_reloads: Family<KindLabel, Counter>,
     /// `portico_operator_status_patches_total{kind}`: status writes.
     pub status_patches: Family<KindLabel, Counter>,
     /// `portico_operator_leader`: 1 while this replica holds the Lease.
@@ -71,6 +74,7 @@ impl Metrics {
             config_auth_failures: Family::default(),
             config_streams_revoked: Family::default(),
             identity_certificates: Family::default(),
+            identity_issuer_reloads: Family::default(),
             status_patches: Family::default(),
             leader: Gauge::default(),
         };
@@ -133,6 +137,11 @@ impl Metrics {
             "identity_certificates",
             "Workload certificate requests, by result",
             m.identity_certificates.clone(),
+        );
+        registry.register(
+            "identity_issuer_reloads",
+            "Changes of the identity issuer's files, by result (reloaded, refused)",
+            m.identity_issuer_reloads.clone(),
         );
         registry.register(
             "status_patches",

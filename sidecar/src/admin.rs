@@ -1,6 +1,7 @@
 //! The admin server, on its own port so it is never exposed with the data plane:
 //! `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (the config in force, JSON) and
-//! `/identity` (the workload identity, its certificate's expiry and the trust anchors, JSON).
+//! `/identity` (the workload identity, its certificate chain and expiry, the trust anchors, the
+//! issuer epoch it is from and the one the operator announced last; JSON).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,7 +78,10 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                     "identity": c.identity,
                     "notAfter": c.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "secondsLeft": c.seconds_left(now),
+                    "certificate": c.chain_pem,
                     "trustAnchors": c.trust_anchors_pem,
+                    "issuerEpoch": c.issuer_epoch,
+                    "announcedEpoch": shared.identity.as_ref().and_then(|s| s.announced()).as_deref(),
                 }),
                 None => serde_json::json!({"identity": null}),
             };

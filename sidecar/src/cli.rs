@@ -84,6 +84,21 @@ pub struct Args {
     /// `spiffe://<trust-domain>/ns/<ns>/sa/portico-gateway-<name>`).
     #[arg(long, env = "PORTICO_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// With `--config`: a static workload certificate (PEM chain, leaf first, whose
+    /// `spiffe://` URI SAN is the identity), so the proxy speaks mesh mTLS without an operator.
+    /// Read at start.
+    #[arg(
+        long,
+        requires_all = ["config", "identity_key", "trust_anchors"],
+        conflicts_with = "control_plane"
+    )]
+    pub identity_cert: Option<PathBuf>,
+    /// With `--identity-cert`: its private key (PEM).
+    #[arg(long, requires = "identity_cert")]
+    pub identity_key: Option<PathBuf>,
+    /// With `--identity-cert`: the roots peers' certificates must chain to (PEM).
+    #[arg(long, requires = "identity_cert")]
+    pub trust_anchors: Option<PathBuf>,
     /// Logs, workers, drain.
     #[command(flatten)]
     pub run: RunArgs,
@@ -293,10 +308,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         admin_addr,
         reload_interval,
         trust_domain,
+        identity_cert,
+        identity_key,
+        trust_anchors,
         run,
     } = args;
+    let static_identity = match (identity_cert, identity_key, trust_anchors) {
+        (Some(cert), Some(key), Some(anchors)) => Some(
+            identity::from_files(&cert, &key, &anchors)
+                .context("loading the workload certificate")?,
+        ),
+        _ => None,
+    };
     match (config, control_plane, token_file) {
-        (Some(config), _, _) => run.serve(admin_addr, move |options| async move {
+        (Some(config), _, _) => run.serve(admin_addr, move |mut options| async move {
+            if let Some(certified) = static_identity {
+                tracing::info!(identity = %certified.identity, "static workload certificate");
+                let store = Arc::new(identity::Store::default());
+                store.set(certified)?;
+                options.identity = Some(store);
+            }
             let cfg = reload::load(&config)?;
             let proxy = Proxy::start(cfg, options)
                 .await

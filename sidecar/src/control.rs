@@ -9,8 +9,13 @@
 //!
 //!  ← {"routeTable":{…}}\n {"backendSet":{…}}\n      full state first
 //!  ← {"inboundPolicy":{…}}\n                        (pod streams only: part of the full state)
+//!  ← {"identity":{"issuerEpoch":…}}\n               when the operator issues identities
 //!  ← {"backendSet":{…}}\n …                          then each changed part, replacing the old one
 //! ```
+//!
+//! An `identity` line is not config: it is handed to the identity store
+//! ([`identity::Store::announce`](crate::identity::Store::announce)), which renews the
+//! workload certificate early when the operator's issuer changed.
 //!
 //! The parts are joined with `ProxyConfig::from_parts` (plus the inbound policy) and applied
 //! through
@@ -28,7 +33,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portico_proxy_api::{BackendSet, ConfigMessage, InboundPolicy, ProxyConfig, RouteTable};
+use portico_proxy_api::{
+    BackendSet, ConfigMessage, IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -135,8 +142,19 @@ pub struct Session {
     /// Pod streams only; `None` until the operator sends one (other streams start with an empty
     /// policy).
     inbound: Option<InboundPolicy>,
+    /// The operator's last identity announcement on this stream.
+    identity: Option<IdentityAnnouncement>,
     // Keeps the HTTP/2 connection open while the body is read.
     _send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+}
+
+/// What a config stream delivers.
+#[derive(Debug)]
+enum Update {
+    /// A whole config to apply.
+    Config(ProxyConfig),
+    /// The operator's identity issuer.
+    Identity(IdentityAnnouncement),
 }
 
 /// Reads a whole file (the token is re-read on every connect: projected tokens rotate).
@@ -248,13 +266,15 @@ impl Session {
             routes: None,
             backends: None,
             inbound: (!cp.stream.has_inbound()).then(InboundPolicy::default),
+            identity: None,
             _send: send,
         })
     }
 
-    /// The next config to apply: the first once the full state has arrived (both halves, and
-    /// for a pod its inbound policy), then one per message.
-    async fn next(&mut self) -> Result<ProxyConfig, ControlError> {
+    /// The next update: a config to apply (the first once the full state has arrived — both
+    /// halves, and for a pod its inbound policy — then one per message), or an identity
+    /// announcement.
+    async fn next(&mut self) -> Result<Update, ControlError> {
         loop {
             while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -265,11 +285,15 @@ impl Session {
                     ConfigMessage::RouteTable(r) => self.routes = Some(r),
                     ConfigMessage::BackendSet(b) => self.backends = Some(b),
                     ConfigMessage::InboundPolicy(p) => self.inbound = Some(p),
+                    ConfigMessage::Identity(a) => {
+                        self.identity = Some(a.clone());
+                        return Ok(Update::Identity(a));
+                    }
                 }
                 if let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) {
                     let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
                     config.inbound = i.clone();
-                    return Ok(config);
+                    return Ok(Update::Config(config));
                 }
             }
             match self.body.frame().await {
@@ -309,13 +333,20 @@ fn with_extras(mut config: ProxyConfig, cp: &ControlPlane) -> ProxyConfig {
 }
 
 /// Connects (retrying with backoff) until a full config arrives; returns it and the session.
+/// An identity announcement that came before it is kept in the session for [`follow`].
 pub async fn first_config(cp: &ControlPlane) -> (ProxyConfig, Session) {
     let mut backoff = Backoff { attempt: 0 };
     loop {
         match Session::open(cp).await {
-            Ok(mut session) => match session.next().await {
-                Ok(config) => return (with_extras(config, cp), session),
-                Err(e) => tracing::warn!(error = %e, "config stream broke before the first config"),
+            Ok(mut session) => loop {
+                match session.next().await {
+                    Ok(Update::Config(config)) => return (with_extras(config, cp), session),
+                    Ok(Update::Identity(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config stream broke before the first config");
+                        break;
+                    }
+                }
             },
             Err(e) => tracing::warn!(error = %e, "cannot reach the control plane"),
         }
@@ -327,10 +358,19 @@ pub async fn first_config(cp: &ControlPlane) -> (ProxyConfig, Session) {
 /// the operator is away the proxy serves its last good config.
 pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
     let mut backoff = Backoff { attempt: 0 };
+    let announce = |a: &IdentityAnnouncement| {
+        if let Some(store) = proxy.identity() {
+            store.announce(&a.issuer_epoch);
+        }
+    };
+    if let Some(a) = &session.identity {
+        announce(a);
+    }
     loop {
         loop {
             match session.next().await {
-                Ok(config) => {
+                Ok(Update::Identity(a)) => announce(&a),
+                Ok(Update::Config(config)) => {
                     backoff.attempt = 0;
                     let config = with_extras(config, &cp);
                     let generation = config.generation;

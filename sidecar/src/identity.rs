@@ -7,11 +7,18 @@
 //! the current one's life (±5% jitter, so a fleet started together spreads its renewals), and
 //! retries with backoff when the operator cannot be reached; the old certificate serves until a
 //! new one arrives.
+//!
+//! It also renews early when the operator announces a new issuer epoch on the config stream
+//! (`portico_proxy_api::IdentityAnnouncement`, passed in with [`Store::announce`]): the issuer or
+//! the trust anchors changed, and the renewed certificate brings the new chain and anchors. The
+//! renewal waits a random part of [`ROTATION_SPREAD`] first, so a whole mesh does not ask in the
+//! same second.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use portico_proxy_api::{CERTIFICATE_PATH, CertificateRequest, CertificateResponse};
@@ -30,12 +37,16 @@ pub struct Certified {
     pub identity: String,
     /// The certificate chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The same chain as PEM (for the admin page: public, no key).
+    pub chain_pem: String,
     /// The roots peers' certificates must chain to.
     pub trust_anchors: Vec<CertificateDer<'static>>,
     /// The same roots as PEM (for the admin page).
     pub trust_anchors_pem: String,
     /// When the certificate expires.
     pub not_after: SystemTime,
+    /// The operator's issuer epoch the certificate was issued in.
+    pub issuer_epoch: String,
     /// The certificate chain with this proxy's key, for TLS.
     pub key: Arc<rustls::sign::CertifiedKey>,
 }
@@ -50,12 +61,18 @@ impl Certified {
     }
 }
 
+/// How long at most a proxy waits, after the operator announced a new issuer epoch, before it
+/// renews its certificate (a random part of it, spreading a mesh's requests over this window).
+pub const ROTATION_SPREAD: Duration = Duration::from_secs(10);
+
 /// The current certificate and the mesh TLS configs made of it, shared with the admin
 /// server, the upstream connections and the INBOUND listener.
 #[derive(Debug, Default)]
 pub struct Store {
     current: ArcSwapOption<Certified>,
     tls: ArcSwapOption<MeshTls>,
+    /// The issuer epoch the operator last announced.
+    announced: watch::Sender<Option<Arc<str>>>,
     /// Mesh mTLS handshakes, counted in the proxy's metrics.
     pub handshakes: Handshakes,
 }
@@ -78,6 +95,23 @@ impl Store {
         self.tls.store(Some(Arc::new(tls)));
         self.current.store(Some(Arc::new(certified)));
         Ok(())
+    }
+
+    /// The operator's current issuer epoch, from the config stream: when it is not the epoch
+    /// of the certificate in force, [`renew`] renews early.
+    pub fn announce(&self, epoch: &str) {
+        self.announced.send_if_modified(|e| {
+            if e.as_deref() == Some(epoch) {
+                return false;
+            }
+            *e = Some(Arc::from(epoch));
+            true
+        });
+    }
+
+    /// The epoch last announced, if any.
+    pub fn announced(&self) -> Option<Arc<str>> {
+        self.announced.borrow().clone()
     }
 }
 
@@ -190,11 +224,68 @@ impl Requester {
             identity: answer.identity,
             key: Arc::new(key),
             chain,
+            chain_pem: answer.certificate,
             trust_anchors: parse(&answer.trust_anchors, "trust anchors")?,
             trust_anchors_pem: answer.trust_anchors,
+            issuer_epoch: answer.issuer_epoch,
             not_after: UNIX_EPOCH + Duration::from_secs(answer.not_after),
         })
     }
+}
+
+/// A static workload certificate from files (standalone proxies, e.g. outside Kubernetes or in
+/// benchmarks): the certificate chain (PEM, leaf first; its URI SAN is the identity), its key
+/// (PEM, PKCS#8, SEC1 or PKCS#1) and the trust anchors (PEM). Nothing renews it.
+pub fn from_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    anchors: &std::path::Path,
+) -> Result<Certified, IdentityError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| IdentityError::Answer(format!("{}: {e}", p.display())))
+    };
+    let chain_pem = String::from_utf8(read(cert)?)
+        .map_err(|_| IdentityError::Answer(format!("{}: not PEM text", cert.display())))?;
+    let anchors_pem = String::from_utf8(read(anchors)?)
+        .map_err(|_| IdentityError::Answer(format!("{}: not PEM text", anchors.display())))?;
+    let parse = |pem: &str, what: &std::path::Path| {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| IdentityError::Answer(format!("{}: {e}", what.display())))?;
+        if certs.is_empty() {
+            return Err(IdentityError::Answer(format!(
+                "{}: no certificate",
+                what.display()
+            )));
+        }
+        Ok(certs)
+    };
+    let chain = parse(&chain_pem, cert)?;
+    let trust_anchors = parse(&anchors_pem, anchors)?;
+    let identity = crate::mtls::peer_identity(&chain[0]).ok_or_else(|| {
+        IdentityError::Answer(format!(
+            "{}: the certificate has no spiffe:// URI SAN",
+            cert.display()
+        ))
+    })?;
+    let not_after = x509_parser::parse_x509_certificate(&chain[0])
+        .map(|(_, c)| UNIX_EPOCH + Duration::from_secs(c.validity().not_after.timestamp().max(0) as u64))
+        .map_err(|e| IdentityError::Answer(format!("{}: {e}", cert.display())))?;
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| IdentityError::Answer(format!("{}: {e}", key.display())))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified_key = rustls::sign::CertifiedKey::from_der(chain.clone(), private, &provider)
+        .map_err(|e| IdentityError::Answer(format!("certificate and key: {e}")))?;
+    Ok(Certified {
+        identity,
+        chain,
+        chain_pem,
+        trust_anchors,
+        trust_anchors_pem: anchors_pem,
+        not_after,
+        issuer_epoch: String::new(),
+        key: Arc::new(certified_key),
+    })
 }
 
 /// How long to wait before renewing a certificate valid until `not_after`: about 70% of what is
@@ -225,21 +316,44 @@ pub async fn obtain(cp: &ControlPlane, requester: &Requester) -> Option<Certifie
     }
 }
 
-/// Renews the certificate in `store` for ever (until the task is dropped).
+/// Renews the certificate in `store` for ever (until the task is dropped): at about 70% of its
+/// life, or soon after the operator announces an issuer epoch the certificate is not from.
 pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
     let mut failures = 0u32;
+    let mut announced = store.announced.subscribe();
+    // The announcement last acted on: one early renewal per epoch, even when the answer comes
+    // from an operator replica that has not read the new issuer yet (it renews again when that
+    // replica announces it).
+    let mut acted_on: Option<Arc<str>> = None;
     loop {
         let wait = match store.current() {
             Some(c) if failures == 0 => renew_after(c.not_after, SystemTime::now()),
             _ => backoff(failures),
         };
-        tokio::time::sleep(wait).await;
+        let rotated = {
+            let stale = stale_epoch(&store, &mut announced, acted_on.as_ref());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => None,
+                epoch = stale => Some(epoch),
+            }
+        };
+        if let Some(epoch) = rotated {
+            let spread = ROTATION_SPREAD.mul_f64(rand::random::<f64>());
+            tracing::info!(
+                %epoch,
+                in_ms = spread.as_millis() as u64,
+                "the operator's identity issuer changed; renewing the workload certificate"
+            );
+            acted_on = Some(epoch);
+            tokio::time::sleep(spread).await;
+        }
         match requester.request(&cp).await {
             Ok(Some(certified)) => {
                 let identity = certified.identity.clone();
+                let epoch = certified.issuer_epoch.clone();
                 match store.set(certified) {
                     Ok(()) => {
-                        tracing::info!(%identity, "workload certificate renewed");
+                        tracing::info!(%identity, %epoch, "workload certificate renewed");
                         failures = 0;
                     }
                     Err(e) => {
@@ -258,6 +372,27 @@ pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
                 tracing::warn!(error = %e, "renewing the workload certificate failed");
                 failures = failures.saturating_add(1);
             }
+        }
+    }
+}
+
+/// Resolves with the announced epoch once one is announced that the certificate in force is not
+/// from and that was not `acted_on` already; never when announcements end.
+async fn stale_epoch(
+    store: &Store,
+    announced: &mut watch::Receiver<Option<Arc<str>>>,
+    acted_on: Option<&Arc<str>>,
+) -> Arc<str> {
+    loop {
+        let wanted = announced.borrow_and_update().clone();
+        if let (Some(wanted), Some(current)) = (wanted, store.current())
+            && *current.issuer_epoch != *wanted
+            && acted_on != Some(&wanted)
+        {
+            return wanted;
+        }
+        if announced.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -288,6 +423,59 @@ mod tests {
         assert_eq!(renew_after(now, now + day), Duration::ZERO);
     }
 
+    /// A self-signed certificate for `identity` from issuer epoch `epoch`.
+    fn certified(identity: &str, epoch: &str) -> Certified {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        let provider = rustls::crypto::ring::default_provider();
+        let pkcs8 = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let certified_key =
+            rustls::sign::CertifiedKey::from_der(vec![der.clone()], pkcs8, &provider).unwrap();
+        Certified {
+            identity: identity.into(),
+            chain: vec![der.clone()],
+            chain_pem: cert.pem(),
+            trust_anchors: vec![der],
+            trust_anchors_pem: cert.pem(),
+            not_after: SystemTime::now() + Duration::from_secs(3600),
+            issuer_epoch: epoch.into(),
+            key: Arc::new(certified_key),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_epoch_the_certificate_is_not_from_wakes_the_renewal_once() {
+        let store = Store::default();
+        store
+            .set(certified("spiffe://cluster.local/ns/shop/sa/web", "one"))
+            .unwrap();
+        let mut announced = store.announced.subscribe();
+        async fn stale(
+            store: &Store,
+            announced: &mut watch::Receiver<Option<Arc<str>>>,
+            acted_on: Option<&Arc<str>>,
+        ) -> Result<Arc<str>, tokio::time::error::Elapsed> {
+            let soon = Duration::from_secs(1);
+            tokio::time::timeout(soon, stale_epoch(store, announced, acted_on)).await
+        }
+        // Nothing announced, or the certificate's own epoch: nothing to do.
+        assert!(stale(&store, &mut announced, None).await.is_err());
+        store.announce("one");
+        assert!(stale(&store, &mut announced, None).await.is_err());
+        // Another epoch: renew.
+        store.announce("two");
+        assert_eq!(&*stale(&store, &mut announced, None).await.unwrap(), "two");
+        // Already acted on (the answer came from an operator still on "one"): wait for the next.
+        let two: Arc<str> = Arc::from("two");
+        assert!(stale(&store, &mut announced, Some(&two)).await.is_err());
+        store.announce("three");
+        assert_eq!(&*stale(&store, &mut announced, Some(&two)).await.unwrap(), "three");
+        assert_eq!(store.announced().as_deref(), Some("three"));
+    }
+
     #[test]
     fn the_csr_asks_for_the_identity_only() {
         let id = "spiffe://cluster.local/ns/shop/sa/web";
@@ -299,6 +487,7 @@ mod tests {
             identity: "spiffe://cluster.local/ns/shop/sa/admin".into(),
             certificate: String::new(),
             trust_anchors: String::new(),
+            issuer_epoch: String::new(),
             not_after: 0,
         };
         assert!(matches!(

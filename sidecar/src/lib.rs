@@ -136,6 +136,11 @@ struct Inner {
 }
 
 impl Proxy {
+    /// The workload identity's store, when the proxy has one.
+    pub fn identity(&self) -> Option<Arc<identity::Store>> {
+        self.inner.shared.identity.clone()
+    }
+
     /// Validates `config`, binds its listeners (and the admin server) and starts serving.
     pub async fn start(config: ProxyConfig, options: Options) -> Result<Self, StartError> {
         let shared = Arc::new(Shared::new(options.access_log, options.identity.clone()));

@@ -507,6 +507,9 @@ evictionHard: {{memory.available: "0%", nodefs.available: "0%", imagefs.availabl
 protectKernelDefaults: false
 makeIPTablesUtilChains: true
 serializeImagePulls: false
+# A changed Secret reaches mounted volumes at the pod's next sync: every 10 s here instead of
+# the default minute, so tests of the identity issuer's rotation wait seconds, not minutes.
+syncFrequency: 10s
 "#,
             cgroup_root = state.cgroup_root,
             ca = ca_cert.display(),

@@ -568,6 +568,9 @@ async fn endpoint_change_reaches_stream(ctx: Ctx) -> anyhow::Result<()> {
                 ConfigMessage::InboundPolicy(p) => {
                     bail!("a gateway stream carried an inbound policy: {p:?}")
                 }
+                ConfigMessage::Identity(a) => {
+                    bail!("an operator without an issuer announced one: {a:?}")
+                }
             }
         }
     }

@@ -60,6 +60,10 @@ fn main() -> ExitCode {
                 rolling_update,
             ),
             test(
+                "the_identity_issuer_and_trust_anchor_rotate_under_load_losing_no_request",
+                identity_rotation,
+            ),
+            test(
                 "chart_upgrade_under_load_then_uninstall_leaves_nothing",
                 upgrade_and_uninstall,
             ),
@@ -976,6 +980,304 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
         mesh["failed"] == 0,
         "requests through the sidecar failed: {mesh}"
     );
+    Ok(())
+}
+
+/// The chart-generated identity issuer.
+const ISSUER_SECRET: &str = "portico-identity-issuer";
+
+/// The admin address of every proxy in `namespace`: injected sidecars (port 4191) and gateway
+/// proxies (9901).
+async fn proxy_admins(ctx: &Ctx, namespace: &str) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    let mut admins = Vec::new();
+    for pod in pods(ctx, namespace, "").await? {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let sidecar = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.name == "portico-proxy"));
+        let port = if name.starts_with("portico-gateway-") {
+            9901
+        } else if sidecar {
+            4191
+        } else {
+            continue;
+        };
+        admins.push((name, format!("{}:{port}", pod_ip(&pod)?).parse()?));
+    }
+    Ok(admins)
+}
+
+/// Waits until `check` holds for the `/identity` page of every proxy in the test's namespace;
+/// how long that took.
+async fn every_proxy(
+    ctx: &Ctx,
+    what: &str,
+    check: impl Fn(&Value) -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let mut pending = Vec::new();
+        let admins = proxy_admins(ctx, &ctx.namespace).await?;
+        ensure!(admins.len() >= 4, "only {} proxies found", admins.len());
+        for (name, addr) in admins {
+            let (_, body) = http_get(addr, "admin", "/identity").await?;
+            let page: Value = serde_json::from_str(&body)?;
+            if !check(&page)? {
+                pending.push(name);
+                last = body;
+            }
+        }
+        if pending.is_empty() {
+            let took = started.elapsed();
+            eprintln!("{what}: every proxy after {:.1}s", took.as_secs_f64());
+            return Ok(took);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "{what}: not within 120s for {pending:?}; last /identity: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether `certificate` (PEM chain, leaf first) verifies against the roots in `anchors`.
+fn chains_to(anchors: &str, certificate: &str) -> anyhow::Result<bool> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(anchors.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_slice_iter(certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf = chain.first().context("an empty certificate chain")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()?;
+    Ok(verifier
+        .verify_client_cert(leaf, &chain[1..], rustls::pki_types::UnixTime::now())
+        .is_ok())
+}
+
+/// Meshed traffic from the client app's own loop (batches of `/load`) until stopped.
+struct MeshLoad {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<(u64, u64, Vec<Value>)>>,
+}
+
+impl MeshLoad {
+    fn start(client_ip: &str, url: &'static str) -> anyhow::Result<Self> {
+        let addr: SocketAddr = format!("{client_ip}:8080").parse()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed, mut reports) = (0, 0, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                let (status, body) = http_get_unbounded(
+                    addr,
+                    "client",
+                    &format!("/load?url={url}&n=100&interval_ms=20"),
+                )
+                .await?;
+                ensure!(status == 200, "client /load answered {status}: {body}");
+                let report: Value = serde_json::from_str(body.trim())?;
+                ok += report["ok"].as_u64().unwrap_or(0);
+                let f = report["failed"].as_u64().unwrap_or(u64::MAX);
+                failed += f;
+                if f > 0 {
+                    reports.push(report);
+                }
+            }
+            Ok((ok, failed, reports))
+        });
+        Ok(Self { stop, task })
+    }
+
+    async fn finish(self, what: &str) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failed, reports) = self.task.await??;
+        eprintln!("{what}: {ok} requests answered 2xx, {failed} failed");
+        ensure!(failed == 0, "{what}: {failed} requests failed: {reports:?}");
+        ensure!(ok >= 100, "{what}: only {ok} requests were sent");
+        Ok(())
+    }
+}
+
+async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    ensure_portico(&ctx).await?;
+    mesh_namespace(&ctx).await?;
+    let mut objects = Vec::new();
+    for sa in ["orders", "client"] {
+        objects
+            .push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}));
+    }
+    objects.extend(echo("orders", 2, Some("orders")));
+    objects.extend(echo("client", 1, Some("client")));
+    // The gateway lives in the meshed namespace too: its proxy gets no sidecar and speaks
+    // mTLS to the meshed orders pods with its own identity.
+    objects.extend(gateway_and_route("orders"));
+    apply_json(&ctx, &objects)?;
+    rollout(&ctx, &ctx.namespace, "orders")?;
+    rollout(&ctx, &ctx.namespace, "client")?;
+    let addr = gateway_ready(&ctx, "orders").await?;
+    let gateway_pod = pods(&ctx, &ctx.namespace, "portico.dev/gateway=public").await?;
+    let gateway_pod = gateway_pod.first().context("no gateway pod")?;
+    let inits = gateway_pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map_or(0, Vec::len);
+    ensure!(inits == 0, "a gateway pod in a meshed namespace got injected");
+
+    // Gateway → meshed backend is mTLS: the orders app is told the gateway's verified identity.
+    let gateway_identity = format!(
+        "spiffe://cluster.local/ns/{}/sa/portico-gateway-public",
+        ctx.namespace
+    );
+    let (status, body) = http_get(addr, "shop.example.com", "/through-gateway").await?;
+    ensure!(status == 200, "through the gateway: {status} {body}");
+    let answer: Value = serde_json::from_str(body.trim())?;
+    ensure!(
+        answer["clientIdentity"] == gateway_identity.as_str(),
+        "the meshed backend saw {} as the gateway's identity, not {gateway_identity}",
+        answer["clientIdentity"]
+    );
+    let client_ip = first_pod_ip(&ctx, &ctx.namespace, "app=client").await?;
+    let client_identity = format!("spiffe://cluster.local/ns/{}/sa/client", ctx.namespace);
+    let answer = call_until("client → orders", &client_ip, "http://orders/", 200).await?;
+    ensure!(
+        answer["body"].as_str().unwrap_or("").contains(&client_identity),
+        "orders did not see the client's identity: {answer}"
+    );
+
+    // The issuer the chart generated, and a new root to rotate to.
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), SYSTEM_NS);
+    let issuer = secrets.get(ISSUER_SECRET).await?;
+    let data = issuer.data.context("the issuer Secret has no data")?;
+    let field = |k: &str| -> anyhow::Result<String> {
+        Ok(String::from_utf8(
+            data.get(k).with_context(|| format!("no {k}"))?.0.clone(),
+        )?)
+    };
+    let old_root = field("ca.crt")?;
+    ensure!(
+        old_root.trim() == field("tls.crt")?.trim(),
+        "the chart's issuer is its own root"
+    );
+    let new_key = rcgen::KeyPair::generate()?;
+    let new_key_pem = new_key.serialize_pem();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portico-identity rotated root");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let new_root = params.self_signed(&new_key)?.pem();
+    let patch_secret = |entries: Value| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    ISSUER_SECRET,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({ "stringData": entries })),
+                )
+                .await
+        }
+    };
+    let both = format!("{}\n{}", old_root.trim(), new_root.trim());
+
+    // Load through the gateway and between the sidecars for the whole rotation.
+    let gateway_load = Load::start(addr, "shop.example.com", "/rotation");
+    let mesh_load = MeshLoad::start(&client_ip, "http://orders/rotation")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. Both roots trusted; still signed by the old issuer.
+    patch_secret(json!({"ca.crt": both})).await?;
+    let step1 = every_proxy(&ctx, "1. new root trusted", |page| {
+        let anchors = page["trustAnchors"].as_str().unwrap_or("");
+        let certificate = page["certificate"].as_str().unwrap_or("");
+        Ok(anchors.contains(new_root.trim())
+            && anchors.contains(old_root.trim())
+            && chains_to(&old_root, certificate)?)
+    })
+    .await?;
+    // 2. The new issuer signs.
+    patch_secret(json!({"tls.crt": new_root, "tls.key": new_key_pem})).await?;
+    let step2 = every_proxy(&ctx, "2. signed by the new root", |page| {
+        let certificate = page["certificate"].as_str().unwrap_or("");
+        Ok(chains_to(&new_root, certificate)? && !chains_to(&old_root, certificate)?)
+    })
+    .await?;
+    // 3. The old root is trusted no more.
+    patch_secret(json!({"ca.crt": new_root})).await?;
+    let step3 = every_proxy(&ctx, "3. old root dropped", |page| {
+        let anchors = page["trustAnchors"].as_str().unwrap_or("");
+        Ok(!anchors.contains(old_root.trim()) && anchors.contains(new_root.trim()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gateway_load
+        .finish("through the gateway during the issuer rotation")
+        .await?;
+    mesh_load
+        .finish("between sidecars during the issuer rotation")
+        .await?;
+    eprintln!(
+        "issuer rotation: steps reached every proxy after {:.1}s, {:.1}s, {:.1}s",
+        step1.as_secs_f64(),
+        step2.as_secs_f64(),
+        step3.as_secs_f64()
+    );
+
+    // New connections after the rotation: mTLS with certificates from the new root.
+    let answer = call_from(&client_ip, "http://orders/after-rotation").await?;
+    ensure!(
+        answer["status"] == 200
+            && answer["body"].as_str().unwrap_or("").contains(&client_identity),
+        "client → orders after the rotation: {answer}"
+    );
+    // A Secret that makes no issuer (the key of another certificate) changes nothing.
+    let other_key_pem = rcgen::KeyPair::generate()?.serialize_pem();
+    patch_secret(json!({"tls.key": other_key_pem})).await?;
+    eventually(
+        "the operators refusing the bad issuer",
+        Duration::from_secs(60),
+        || async {
+            let mut refused = 0;
+            for pod in pods(
+                &ctx,
+                SYSTEM_NS,
+                "app.kubernetes.io/name=portico,app.kubernetes.io/component=operator",
+            )
+            .await?
+            {
+                let addr: SocketAddr = format!("{}:9902", pod_ip(&pod)?).parse()?;
+                let (_, metrics) = http_get(addr, "admin", "/metrics").await?;
+                if metrics.contains("portico_operator_identity_issuer_reloads_total{result=\"refused\"}") {
+                    refused += 1;
+                }
+            }
+            Ok((refused == 2).then_some(()))
+        },
+    )
+    .await?;
+    let answer = call_from(&client_ip, "http://orders/after-bad-issuer").await?;
+    ensure!(answer["status"] == 200, "after a bad issuer: {answer}");
+    // Leave a valid issuer for the tests after this one.
+    patch_secret(json!({"tls.key": new_key_pem})).await?;
     Ok(())
 }
 

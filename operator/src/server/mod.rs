@@ -58,7 +58,8 @@ mod stream;
 use stream::ChannelBody;
 
 use crate::auth;
-use crate::identity::{IdentityError, Issuer, MAX_CSR_BYTES};
+use crate::identity::source::IssuerSource;
+use crate::identity::{IdentityError, MAX_CSR_BYTES};
 use crate::index::{Key, PodInfo};
 use crate::metrics::Metrics;
 use crate::watch::{Readiness, SharedIndex};
@@ -81,7 +82,7 @@ pub struct ConfigServer {
     /// Lines shared by the streams that send the same value.
     lines: Arc<stream::LineCache>,
     /// Signs workload certificates; `None`: this operator issues no identities (404).
-    issuer: Option<Arc<Issuer>>,
+    issuer: Option<Arc<IssuerSource>>,
 }
 
 impl ConfigServer {
@@ -107,8 +108,8 @@ impl ConfigServer {
     }
 
     /// Issues workload certificates with `issuer` (none when `None`).
-    pub fn with_issuer(mut self, issuer: Option<Issuer>) -> Self {
-        self.issuer = issuer.map(Arc::new);
+    pub fn with_issuer(mut self, issuer: Option<Arc<IssuerSource>>) -> Self {
+        self.issuer = issuer;
         self
     }
 }
@@ -274,6 +275,7 @@ impl ConfigServer {
         let pump = stream::pump(
             sub,
             inbound,
+            self.issuer.as_ref().map(|s| s.subscribe()),
             tx,
             self.debounce,
             self.metrics.clone(),
@@ -400,7 +402,7 @@ impl ConfigServer {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<BoxBody<Bytes, Infallible>> {
-        let Some(issuer) = self.issuer.clone() else {
+        let Some(issuer) = self.issuer.as_ref().map(|s| s.current()) else {
             return text(
                 StatusCode::NOT_FOUND,
                 "this operator issues no workload identities\n",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
-use portico_proxy_api::{BackendSet, InboundPolicy, RouteTable};
+use portico_proxy_api::{BackendSet, IdentityAnnouncement, InboundPolicy, RouteTable};
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Subscription;
@@ -63,6 +63,7 @@ pub(crate) enum Line<'a> {
     RouteTable(&'a RouteTable),
     BackendSet(&'a BackendSet),
     InboundPolicy(&'a InboundPolicy),
+    Identity(IdentityAnnouncement),
 }
 
 impl Line<'_> {
@@ -98,10 +99,13 @@ impl Drop for StreamGuard {
 
 /// Sends the full state, then each change, until the client goes away. `inbound` is the pod's
 /// inbound policy for a sidecar's own stream: always sent once on connect (empty or not), so
-/// the proxy knows it has it.
+/// the proxy knows it has it. `issuer` is the identity issuer's epoch when the operator issues
+/// identities: sent after the full state, and again when it changes.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump(
     mut sub: Subscription,
     mut inbound: Option<watch::Receiver<Arc<InboundPolicy>>>,
+    mut issuer: Option<watch::Receiver<Arc<str>>>,
     tx: mpsc::Sender<Bytes>,
     debounce: Duration,
     metrics: Arc<Metrics>,
@@ -113,6 +117,7 @@ pub(crate) async fn pump(
     let mut sent_backends = None;
     let mut sent_inbound = false;
     let mut inbound_changed_seen = false;
+    let mut sent_epoch: Option<Arc<str>> = None;
     let count = |label: &'static str| {
         metrics
             .config_messages
@@ -150,6 +155,20 @@ pub(crate) async fn pump(
                 break;
             }
         }
+        if let Some(rx) = &mut issuer {
+            let epoch = rx.borrow_and_update().clone();
+            if sent_epoch.as_ref() != Some(&epoch) {
+                count("identity");
+                let line = Line::Identity(IdentityAnnouncement {
+                    issuer_epoch: epoch.to_string(),
+                })
+                .to_bytes();
+                sent_epoch = Some(epoch);
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(debounce) => {}
             _ = tx.closed() => break,
@@ -160,8 +179,16 @@ pub(crate) async fn pump(
                 None => std::future::pending().await,
             }
         };
+        let issuer_changed = async {
+            match issuer.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = sub.routes.changed() => if r.is_err() { break },
+            // Compared with what was sent at the top of the loop.
+            r = issuer_changed => if r.is_err() { break },
             r = sub.backends.changed() => if r.is_err() { break },
             // `changed` marks the value seen: remember that it is still to be sent.
             r = inbound_changed => if r.is_err() { break } else { inbound_changed_seen = true },
@@ -265,6 +292,7 @@ mod tests {
         tokio::spawn(pump(
             sub,
             None,
+            None,
             tx,
             debounce,
             Arc::new(Metrics::new()),
@@ -314,6 +342,7 @@ mod tests {
         tokio::spawn(pump(
             index.subscribe_mesh(),
             Some(index.subscribe_pod(&key)),
+            None,
             tx,
             Duration::from_millis(10),
             Arc::new(Metrics::new()),
@@ -344,9 +373,49 @@ mod tests {
                     assert_eq!(p.ports[0].policy, "shop/limit");
                     break;
                 }
-                ConfigMessage::BackendSet(_) | ConfigMessage::RouteTable(_) => {}
+                other => panic!("expected only config parts, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_issuer_epoch_follows_the_full_state_and_each_change() {
+        let mut index = shop();
+        let key = Key::new("shop", "gw");
+        let (epoch, epochs) = watch::channel::<Arc<str>>(Arc::from("one"));
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(pump(
+            index.subscribe(&key),
+            None,
+            Some(epochs),
+            tx,
+            Duration::from_millis(10),
+            Arc::new(Metrics::new()),
+            Arc::default(),
+            key.to_string(),
+        ));
+        let announced = |e: &str| {
+            ConfigMessage::Identity(IdentityAnnouncement {
+                issuer_epoch: e.into(),
+            })
+        };
+        assert!(matches!(next(&mut rx).await, ConfigMessage::RouteTable(_)));
+        assert!(matches!(next(&mut rx).await, ConfigMessage::BackendSet(_)));
+        assert_eq!(next(&mut rx).await, announced("one"));
+        // A config change alone does not repeat the announcement.
+        index.apply(slice(&["198.18.64.1".to_owned()]));
+        assert_eq!(endpoints(&next(&mut rx).await), 1);
+        epoch.send_replace(Arc::from("two"));
+        assert_eq!(next(&mut rx).await, announced("two"));
+        // The same epoch again (an unchanged reload) sends nothing.
+        epoch.send_replace(Arc::from("two"));
+        index.apply(slice(&[]));
+        assert_eq!(endpoints(&next(&mut rx).await), 0);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err()
+        );
     }
 
     #[test]
@@ -455,6 +524,7 @@ mod tests {
             let (tx, mut rx) = mpsc::channel(4);
             tokio::spawn(pump(
                 sub,
+                None,
                 None,
                 tx,
                 Duration::from_millis(20),

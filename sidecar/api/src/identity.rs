@@ -6,7 +6,7 @@
 //!  {"csr": "-----BEGIN CERTIFICATE REQUEST-----…"}
 //!
 //!  200 {"identity": "spiffe://cluster.local/ns/shop/sa/web", "certificate": "<PEM>",
-//!       "trustAnchors": "<PEM>", "notAfter": 1767312000}
+//!       "trustAnchors": "<PEM>", "issuerEpoch": "5f0c…", "notAfter": 1767312000}
 //!  400 the CSR is malformed or asks for anything but the token's identity
 //!  401/403 the token; 404 the operator issues no identities
 //! ```
@@ -38,8 +38,23 @@ pub struct CertificateResponse {
     /// The certificates (PEM) that peers' certificates must chain to: during a rotation, the
     /// old and the new root.
     pub trust_anchors: String,
+    /// The issuer epoch the certificate belongs to (see [`IdentityAnnouncement`]).
+    #[serde(default)]
+    pub issuer_epoch: String,
     /// When the certificate expires (Unix seconds).
     pub not_after: u64,
+}
+
+/// What the config stream says about identities (sent on connect and whenever it changes, to
+/// every stream of an operator that issues identities).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityAnnouncement {
+    /// The operator's current issuer epoch: a name for its issuer certificate and trust
+    /// anchors. A proxy whose certificate was issued in another epoch renews it now (after a
+    /// random wait of a few seconds, so a fleet spreads its requests): that is how a new issuer
+    /// or a new set of trust anchors reaches every proxy without waiting for renewals.
+    pub issuer_epoch: String,
 }
 
 /// The name of the ServiceAccount (and Service and Deployment) of Gateway `gateway`'s proxies,

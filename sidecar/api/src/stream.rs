@@ -7,6 +7,7 @@
 //!  {"routeTable":{...}}\n       full state first, then only the parts that changed
 //!  {"backendSet":{...}}\n
 //!  {"inboundPolicy":{...}}\n    sidecars only
+//!  {"identity":{...}}\n         when the operator issues identities
 //! ```
 //!
 //! Each message replaces the previous one of its kind; the proxy joins the latest of each into a
@@ -14,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BackendSet, InboundPolicy, RouteTable};
+use crate::{BackendSet, IdentityAnnouncement, InboundPolicy, RouteTable};
 
 /// One line of the config stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +27,9 @@ pub enum ConfigMessage {
     BackendSet(BackendSet),
     /// The pod's inbound policy (sidecars only), replacing the previous one.
     InboundPolicy(InboundPolicy),
+    /// The operator's identity issuer (not part of the proxy's config: it says when to renew
+    /// the workload certificate).
+    Identity(IdentityAnnouncement),
 }
 
 impl ConfigMessage {

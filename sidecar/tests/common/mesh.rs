@@ -50,6 +50,7 @@ impl TestCa {
         ];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let chain = vec![cert.der().clone()];
+        let chain_pem = cert.pem();
         let provider = rustls::crypto::ring::default_provider();
         let certified_key = rustls::sign::CertifiedKey::from_der(
             chain.clone(),
@@ -67,9 +68,11 @@ impl TestCa {
             .set(Certified {
                 identity: identity.to_owned(),
                 chain,
+                chain_pem,
                 trust_anchors: anchors.iter().map(|a| a.root.clone()).collect(),
                 trust_anchors_pem: anchors.iter().map(|a| a.root_pem.as_str()).collect(),
                 not_after: SystemTime::now() + Duration::from_secs(3600),
+                issuer_epoch: String::new(),
                 key: Arc::new(certified_key),
             })
             .unwrap();

@@ -15,12 +15,16 @@
 //!
 //! The issuer (certificate and key, PEM; the key PKCS#8) and the trust anchors come from files —
 //! in a cluster a Secret the chart generates or the user supplies (e.g. from cert-manager). The
-//! trust anchors may hold several roots: during a rotation, the old and the new.
+//! trust anchors may hold several roots: during a rotation, the old and the new. The files are
+//! re-read while the operator runs ([`source`]): a changed issuer or set of anchors takes effect
+//! without a restart, and proxies renew their certificates when told (see [`Issuer::epoch`]).
 
-use std::path::Path;
+pub mod source;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject as _;
 use portico_proxy_api::{CertificateResponse, spiffe_id};
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
@@ -59,6 +63,7 @@ pub struct Issuer {
     trust_anchors_pem: String,
     trust_domain: String,
     lifetime: Duration,
+    epoch: String,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -67,6 +72,7 @@ impl std::fmt::Debug for Issuer {
         f.debug_struct("Issuer")
             .field("trust_domain", &self.trust_domain)
             .field("lifetime", &self.lifetime)
+            .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
@@ -81,47 +87,58 @@ impl Issuer {
         trust_domain: &str,
         lifetime: Duration,
     ) -> anyhow::Result<Self> {
+        use rcgen::PublicKeyData as _;
         let key = KeyPair::from_pem(key_pem)
             .context("the identity issuer's key must be a PKCS#8 PEM key (\"PRIVATE KEY\")")?;
+        // rcgen trusts that the key belongs to the certificate; a mismatch (e.g. a Secret read
+        // halfway through an update) would sign certificates nobody can verify, so check it.
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .context("the identity issuer's certificate is not a PEM certificate")?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .context("the identity issuer's certificate does not parse")?;
+        anyhow::ensure!(
+            cert.tbs_certificate.subject_pki.raw == key.subject_public_key_info().as_slice(),
+            "the identity issuer's key does not belong to its certificate"
+        );
+        anyhow::ensure!(
+            cert.is_ca(),
+            "the identity issuer's certificate is not a CA certificate"
+        );
         let issuer = rcgen::Issuer::from_ca_cert_pem(cert_pem, key)
             .context("the identity issuer's certificate is not a PEM certificate for its key")?;
         if trust_domain.is_empty() || trust_domain.contains(['/', ':']) {
             anyhow::bail!("trust domain {trust_domain:?} must be a DNS-like name");
         }
         let anchors = trust_anchors_pem.unwrap_or(cert_pem).trim().to_owned();
+        let parsed = rustls::pki_types::CertificateDer::pem_slice_iter(anchors.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("the identity trust anchors are not PEM certificates")?;
+        anyhow::ensure!(
+            !parsed.is_empty(),
+            "the identity trust anchors hold no certificate"
+        );
+        let issuer_pem = cert_pem.trim().to_owned();
         Ok(Self {
             issuer,
-            issuer_pem: cert_pem.trim().to_owned(),
+            epoch: epoch(&issuer_pem, &anchors),
+            issuer_pem,
             trust_anchors_pem: anchors,
             trust_domain: trust_domain.to_owned(),
             lifetime,
         })
     }
 
-    /// [`Issuer::new`] from files.
-    pub fn load(
-        cert: &Path,
-        key: &Path,
-        trust_anchors: Option<&Path>,
-        trust_domain: &str,
-        lifetime: Duration,
-    ) -> anyhow::Result<Self> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        let anchors = trust_anchors.map(read).transpose()?;
-        Self::new(
-            &read(cert)?,
-            &read(key)?,
-            anchors.as_deref(),
-            trust_domain,
-            lifetime,
-        )
-    }
-
     /// The trust domain of the identities this issuer signs.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// Names this issuer and its trust anchors: the same text on every operator replica that
+    /// read the same files, another text when either changed. Certificates carry the epoch they
+    /// were issued in, and the config stream announces the current one, so a proxy whose
+    /// certificate is from an older epoch renews it at once instead of at 70% of its life.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Signs a certificate for ServiceAccount `ns/sa` with the public key of `csr_pem`, valid
@@ -197,12 +214,25 @@ impl Issuer {
             identity: expected,
             certificate,
             trust_anchors: self.trust_anchors_pem.clone(),
+            issuer_epoch: self.epoch.clone(),
             not_after: not_after
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs(),
         })
     }
+}
+
+/// The first 16 bytes of SHA-256 over the issuer's certificate and the trust anchors, in hex.
+fn epoch(issuer_pem: &str, anchors_pem: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(issuer_pem.as_bytes());
+    ctx.update(b"\n--\n");
+    ctx.update(anchors_pem.as_bytes());
+    ctx.finish().as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Command-line settings of the identity issuer.
@@ -248,8 +278,8 @@ impl Default for IdentityArgs {
 }
 
 impl IdentityArgs {
-    /// The issuer these settings name, if any.
-    pub fn issuer(&self) -> anyhow::Result<Option<Issuer>> {
+    /// The issuer's files these settings name, if any.
+    pub fn files(&self) -> anyhow::Result<Option<source::IssuerFiles>> {
         let (Some(cert), Some(key)) = (&self.identity_issuer_cert, &self.identity_issuer_key)
         else {
             return Ok(None);
@@ -259,14 +289,13 @@ impl IdentityArgs {
             lifetime >= Duration::from_secs(60),
             "--identity-lifetime must be at least 1m"
         );
-        Issuer::load(
-            cert,
-            key,
-            self.identity_trust_anchors.as_deref(),
-            &self.trust_domain,
+        Ok(Some(source::IssuerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            trust_anchors: self.identity_trust_anchors.clone(),
+            trust_domain: self.trust_domain.clone(),
             lifetime,
-        )
-        .map(Some)
+        }))
     }
 }
 
@@ -336,7 +365,6 @@ mod tests {
     /// the trust anchors it hands out.
     #[test]
     fn an_ed25519_issuer_signs_certificates_that_verify_against_its_anchor() {
-        use rustls::pki_types::pem::PemObject;
         let mut ca = CertificateParams::default();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
@@ -353,13 +381,19 @@ mod tests {
                 SystemTime::now(),
             )
             .unwrap();
+        chains_to(&issued.trust_anchors, &issued.certificate)
+            .expect("the issued certificate chains to the trust anchor");
+    }
+
+    /// Whether `certificate` (PEM chain, leaf first) verifies as a client certificate against
+    /// the roots in `anchors` (PEM).
+    pub(super) fn chains_to(anchors: &str, certificate: &str) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(issued.trust_anchors.as_bytes())
-        {
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(anchors.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
         let chain: Vec<_> =
-            rustls::pki_types::CertificateDer::pem_slice_iter(issued.certificate.as_bytes())
+            rustls::pki_types::CertificateDer::pem_slice_iter(certificate.as_bytes())
                 .map(Result::unwrap)
                 .collect();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -371,7 +405,7 @@ mod tests {
         .unwrap();
         verifier
             .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
-            .expect("the issued certificate chains to the trust anchor");
+            .map(|_| ())
     }
 
     #[test]
