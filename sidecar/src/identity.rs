@@ -12,7 +12,9 @@
 //! (`portico_proxy_api::IdentityAnnouncement`, passed in with [`Store::announce`]): the issuer or
 //! the trust anchors changed, and the renewed certificate brings the new chain and anchors. The
 //! renewal waits a random part of [`ROTATION_SPREAD`] first, so a whole mesh does not ask in the
-//! same second.
+//! same second, and repeats (each time in a window twice as long, up to 5 minutes) while the
+//! certificate it gets is from another epoch than the announced one: operator replicas read a
+//! changed issuer seconds apart.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -321,30 +323,35 @@ pub async fn obtain(cp: &ControlPlane, requester: &Requester) -> Option<Certifie
 pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
     let mut failures = 0u32;
     let mut announced = store.announced.subscribe();
-    // The announcement last acted on: one early renewal per epoch, even when the answer comes
-    // from an operator replica that has not read the new issuer yet (it renews again when that
-    // replica announces it).
-    let mut acted_on: Option<Arc<str>> = None;
+    // The epoch early renewals are heading for and how many were made for it: the answer may
+    // come from an operator replica that has not read the new issuer yet (replicas see a
+    // changed Secret seconds apart), so early renewals repeat, each after a longer wait.
+    let mut early: Option<(Arc<str>, u32)> = None;
     loop {
         let wait = match store.current() {
             Some(c) if failures == 0 => renew_after(c.not_after, SystemTime::now()),
             _ => backoff(failures),
         };
-        let rotated = {
-            let stale = stale_epoch(&store, &mut announced, acted_on.as_ref());
-            tokio::select! {
-                () = tokio::time::sleep(wait) => None,
-                epoch = stale => Some(epoch),
-            }
+        let rotated = tokio::select! {
+            () = tokio::time::sleep(wait) => None,
+            epoch = stale_epoch(&store, &mut announced) => Some(epoch),
         };
         if let Some(epoch) = rotated {
-            let spread = ROTATION_SPREAD.mul_f64(rand::random::<f64>());
+            let attempt = match &early {
+                Some((e, n)) if *e == epoch => n + 1,
+                _ => 0,
+            };
+            let window = ROTATION_SPREAD
+                .saturating_mul(1 << attempt.min(5))
+                .min(Duration::from_secs(300));
+            let spread = window.mul_f64(rand::random::<f64>());
             tracing::info!(
                 %epoch,
+                attempt,
                 in_ms = spread.as_millis() as u64,
                 "the operator's identity issuer changed; renewing the workload certificate"
             );
-            acted_on = Some(epoch);
+            early = Some((epoch, attempt));
             tokio::time::sleep(spread).await;
         }
         match requester.request(&cp).await {
@@ -376,18 +383,13 @@ pub async fn renew(cp: ControlPlane, requester: Requester, store: Arc<Store>) {
     }
 }
 
-/// Resolves with the announced epoch once one is announced that the certificate in force is not
-/// from and that was not `acted_on` already; never when announcements end.
-async fn stale_epoch(
-    store: &Store,
-    announced: &mut watch::Receiver<Option<Arc<str>>>,
-    acted_on: Option<&Arc<str>>,
-) -> Arc<str> {
+/// Resolves with the announced epoch while the certificate in force is from another one (at
+/// once, or when an announcement makes it so); never when announcements end.
+async fn stale_epoch(store: &Store, announced: &mut watch::Receiver<Option<Arc<str>>>) -> Arc<str> {
     loop {
         let wanted = announced.borrow_and_update().clone();
         if let (Some(wanted), Some(current)) = (wanted, store.current())
             && *current.issuer_epoch != *wanted
-            && acted_on != Some(&wanted)
         {
             return wanted;
         }
@@ -447,7 +449,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_announced_epoch_the_certificate_is_not_from_wakes_the_renewal_once() {
+    async fn an_announced_epoch_the_certificate_is_not_from_wakes_the_renewal() {
         let store = Store::default();
         store
             .set(certified("spiffe://cluster.local/ns/shop/sa/web", "one"))
@@ -456,23 +458,25 @@ mod tests {
         async fn stale(
             store: &Store,
             announced: &mut watch::Receiver<Option<Arc<str>>>,
-            acted_on: Option<&Arc<str>>,
         ) -> Result<Arc<str>, tokio::time::error::Elapsed> {
             let soon = Duration::from_secs(1);
-            tokio::time::timeout(soon, stale_epoch(store, announced, acted_on)).await
+            tokio::time::timeout(soon, stale_epoch(store, announced)).await
         }
         // Nothing announced, or the certificate's own epoch: nothing to do.
-        assert!(stale(&store, &mut announced, None).await.is_err());
+        assert!(stale(&store, &mut announced).await.is_err());
         store.announce("one");
-        assert!(stale(&store, &mut announced, None).await.is_err());
-        // Another epoch: renew.
+        assert!(stale(&store, &mut announced).await.is_err());
+        // Another epoch: renew, and again while the certificate is still from the old one.
         store.announce("two");
-        assert_eq!(&*stale(&store, &mut announced, None).await.unwrap(), "two");
-        // Already acted on (the answer came from an operator still on "one"): wait for the next.
-        let two: Arc<str> = Arc::from("two");
-        assert!(stale(&store, &mut announced, Some(&two)).await.is_err());
+        assert_eq!(&*stale(&store, &mut announced).await.unwrap(), "two");
+        assert_eq!(&*stale(&store, &mut announced).await.unwrap(), "two");
+        // A certificate from the announced epoch: nothing more to do.
+        store
+            .set(certified("spiffe://cluster.local/ns/shop/sa/web", "two"))
+            .unwrap();
+        assert!(stale(&store, &mut announced).await.is_err());
         store.announce("three");
-        assert_eq!(&*stale(&store, &mut announced, Some(&two)).await.unwrap(), "three");
+        assert_eq!(&*stale(&store, &mut announced).await.unwrap(), "three");
         assert_eq!(store.announced().as_deref(), Some("three"));
     }
 

@@ -984,7 +984,7 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// The chart-generated identity issuer.
-const ISSUER_SECRET: &str = "portico-identity-issuer";
+const ISSUER_SECRET: &str = "portico-operator-identity-issuer";
 
 /// The admin address of every proxy in `namespace`: injected sidecars (port 4191) and gateway
 /// proxies (9901).
