@@ -68,9 +68,11 @@ demo:
 demo-down:
 	hack/demo.sh down
 
-## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy)
+## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy), then sidecar to
+## sidecar with mTLS vs plaintext (bench/mesh.sh, in a private network namespace)
 bench:
 	bench/run.sh
+	bench/mesh.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control

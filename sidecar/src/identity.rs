@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::watch;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use portico_proxy_api::{CERTIFICATE_PATH, CertificateRequest, CertificateResponse};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use tokio::sync::watch;
 
 use crate::control::{self, ControlError, ControlPlane};
 use crate::metrics::Handshakes;
@@ -271,7 +271,9 @@ pub fn from_files(
         ))
     })?;
     let not_after = x509_parser::parse_x509_certificate(&chain[0])
-        .map(|(_, c)| UNIX_EPOCH + Duration::from_secs(c.validity().not_after.timestamp().max(0) as u64))
+        .map(|(_, c)| {
+            UNIX_EPOCH + Duration::from_secs(c.validity().not_after.timestamp().max(0) as u64)
+        })
         .map_err(|e| IdentityError::Answer(format!("{}: {e}", cert.display())))?;
     let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(key)?)
         .map_err(|e| IdentityError::Answer(format!("{}: {e}", key.display())))?;

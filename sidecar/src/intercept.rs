@@ -5,6 +5,8 @@
 //!  OUTBOUND  original dst is a Service address ─► opaque service or port? ─► its backend (TCP)
 //!                                              └─► detect ─► HTTP: the service's routes
 //!                                                        └─► else: its backend (TCP)
+//!            a meshed pod's address (an endpoint ──────► that pod, bytes untouched, over mTLS
+//!            with an identity, dialled directly)           (ALPN `portico.mesh/tcp`)
 //!            anything else ───────────────────────► the original destination, bytes untouched
 //!  INBOUND   ─► the port's inbound policy (see [`crate::inbound`]) ─► 127.0.0.1:<original port>
 //! ```
@@ -45,11 +47,15 @@ pub struct ServiceRoutes {
     pub opaque: bool,
 }
 
-/// The services of a config, by virtual address and by name.
+/// The services of a config, by virtual address and by name, and the identities of meshed
+/// endpoints by address.
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     by_addr: HashMap<SocketAddr, Arc<ServiceRoutes>>,
     by_name: HashMap<Arc<str>, Arc<ServiceRoutes>>,
+    /// An app that dials a pod's address rather than a Service's (a StatefulSet peer, a
+    /// headless Service) reaches it over mTLS too when the address is a meshed endpoint.
+    meshed: HashMap<SocketAddr, Arc<str>>,
 }
 
 impl ServiceTable {
@@ -101,7 +107,17 @@ impl ServiceTable {
             }
             table.by_name.insert(compiled.name.clone(), compiled);
         }
+        for ep in cfg.backends.iter().flat_map(|b| &b.endpoints) {
+            if let (Some(identity), Ok(addr)) = (&ep.identity, ep.address.parse()) {
+                table.meshed.insert(addr, identity.as_str().into());
+            }
+        }
         Ok(table)
+    }
+
+    /// The identity of the meshed endpoint at `addr`, if it is one.
+    pub fn meshed_identity(&self, addr: SocketAddr) -> Option<&Arc<str>> {
+        self.meshed.get(&addr)
     }
 
     /// The service dialled at `addr`, if any.
@@ -150,11 +166,28 @@ pub async fn outbound(
     };
     let snap = shared.snapshot.load_full();
     let Some(svc) = snap.services.lookup(dst).cloned() else {
+        let mesh = snap.services.meshed_identity(dst).and_then(|identity| {
+            let store = shared.identity.as_ref()?;
+            Some(crate::connect::MeshDest {
+                tls: store.tls()?,
+                identity: identity.clone(),
+                handshakes: store.handshakes.clone(),
+            })
+        });
         drop(snap);
         shared
             .metrics
             .intercepted(&listener, None, Detected::Opaque.label());
-        Box::pin(passthrough(stream, dst)).await;
+        match mesh {
+            Some(mesh) => {
+                let dest = crate::connect::Dest {
+                    addr: dst,
+                    mesh: Some(mesh),
+                };
+                Box::pin(mesh_passthrough(stream, dest)).await;
+            }
+            None => Box::pin(passthrough(stream, dst)).await,
+        }
         return;
     };
     let detected = detect::protocol(&stream, snap, dst.port(), svc.opaque).await;
@@ -202,6 +235,18 @@ where
         }
         Ok(Err(e)) => tracing::debug!(destination = %dst, error = %e, "connect failed"),
         Err(_) => tracing::debug!(destination = %dst, "connect timed out"),
+    }
+}
+
+/// Copies bytes both ways between `client` and a meshed pod, over mTLS as opaque TCP.
+async fn mesh_passthrough(mut client: TcpStream, dest: crate::connect::Dest) {
+    let connected =
+        crate::connect::connect(&dest, CONNECT_TIMEOUT, crate::mtls::MeshProtocol::Opaque).await;
+    match connected {
+        Ok(mut upstream) => {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+        Err(e) => tracing::debug!(destination = %dest.addr, error = %e, "mesh connect failed"),
     }
 }
 

@@ -1054,8 +1054,8 @@ fn chains_to(anchors: &str, certificate: &str) -> anyhow::Result<bool> {
     for c in CertificateDer::pem_slice_iter(anchors.as_bytes()) {
         roots.add(c?)?;
     }
-    let chain = CertificateDer::pem_slice_iter(certificate.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
+    let chain =
+        CertificateDer::pem_slice_iter(certificate.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let leaf = chain.first().context("an empty certificate chain")?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -1136,7 +1136,10 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|s| s.init_containers.as_ref())
         .map_or(0, Vec::len);
-    ensure!(inits == 0, "a gateway pod in a meshed namespace got injected");
+    ensure!(
+        inits == 0,
+        "a gateway pod in a meshed namespace got injected"
+    );
 
     // Gateway → meshed backend is mTLS: the orders app is told the gateway's verified identity.
     let gateway_identity = format!(
@@ -1155,8 +1158,22 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
     let client_identity = format!("spiffe://cluster.local/ns/{}/sa/client", ctx.namespace);
     let answer = call_until("client → orders", &client_ip, "http://orders/", 200).await?;
     ensure!(
-        answer["body"].as_str().unwrap_or("").contains(&client_identity),
+        answer["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&client_identity),
         "orders did not see the client's identity: {answer}"
+    );
+    // Dialling a meshed pod's own address (not its Service's) goes over mTLS as well.
+    let orders_ip = first_pod_ip(&ctx, &ctx.namespace, "app=orders").await?;
+    let direct = call_from(&client_ip, &format!("http://{orders_ip}:8080/direct")).await?;
+    ensure!(
+        direct["status"] == 200
+            && direct["body"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&client_identity),
+        "client → an orders pod's address: {direct}"
     );
 
     // The issuer the chart generated, and a new root to rotate to.
@@ -1246,7 +1263,10 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
     let answer = call_from(&client_ip, "http://orders/after-rotation").await?;
     ensure!(
         answer["status"] == 200
-            && answer["body"].as_str().unwrap_or("").contains(&client_identity),
+            && answer["body"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&client_identity),
         "client → orders after the rotation: {answer}"
     );
     // A Secret that makes no issuer (the key of another certificate) changes nothing.
@@ -1266,7 +1286,9 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
             {
                 let addr: SocketAddr = format!("{}:9902", pod_ip(&pod)?).parse()?;
                 let (_, metrics) = http_get(addr, "admin", "/metrics").await?;
-                if metrics.contains("portico_operator_identity_issuer_reloads_total{result=\"refused\"}") {
+                if metrics
+                    .contains("portico_operator_identity_issuer_reloads_total{result=\"refused\"}")
+                {
                     refused += 1;
                 }
             }

@@ -373,6 +373,7 @@ mod tests {
                     assert_eq!(p.ports[0].policy, "shop/limit");
                     break;
                 }
+                ConfigMessage::BackendSet(_) | ConfigMessage::RouteTable(_) => {}
                 other => panic!("expected only config parts, got {other:?}"),
             }
         }
