@@ -1164,16 +1164,33 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
             .contains(&client_identity),
         "orders did not see the client's identity: {answer}"
     );
-    // Dialling a meshed pod's own address (not its Service's) goes over mTLS as well.
+    // Dialling a meshed pod's own address (not its Service's) goes over mTLS as well, as opaque
+    // TCP: one more handshake out of the client's sidecar and into that pod's.
     let orders_ip = first_pod_ip(&ctx, &ctx.namespace, "app=orders").await?;
+    let handshakes = |ip: String, direction: &'static str| async move {
+        let (_, text) = http_get(format!("{ip}:4191").parse()?, "admin", "/metrics").await?;
+        let series =
+            format!("portico_tls_handshakes_total{{direction=\"{direction}\",result=\"ok\"}} ");
+        anyhow::Ok(
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0),
+        )
+    };
+    let out_before = handshakes(client_ip.clone(), "outbound").await?;
+    let in_before = handshakes(orders_ip.clone(), "inbound").await?;
     let direct = call_from(&client_ip, &format!("http://{orders_ip}:8080/direct")).await?;
     ensure!(
-        direct["status"] == 200
-            && direct["body"]
-                .as_str()
-                .unwrap_or("")
-                .contains(&client_identity),
+        direct["status"] == 200,
         "client → an orders pod's address: {direct}"
+    );
+    let out_after = handshakes(client_ip.clone(), "outbound").await?;
+    let in_after = handshakes(orders_ip.clone(), "inbound").await?;
+    ensure!(
+        out_after > out_before && in_after > in_before,
+        "a direct call to a meshed pod made no mTLS handshake (client out {out_before}→{out_after}, \
+         orders in {in_before}→{in_after})"
     );
 
     // The issuer the chart generated, and a new root to rotate to.
