@@ -25,8 +25,17 @@ fn main() {
     // about 1 MB once gathered. `hack/startup-order.sh` writes the list. Symbol names carry
     // hashes that change with dependency and compiler versions; names that no longer exist are
     // skipped, so an out-of-date list costs memory, never correctness.
+    // Linked from a copy in OUT_DIR, not from the checkout: a cached target directory reused
+    // by a checkout at another path (CI) keeps this script's output, and with it the path.
     let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("startup.order");
-    arg(&format!("-Wl,--symbol-ordering-file={}", order.display()));
+    let Some(out) = std::env::var_os("OUT_DIR") else {
+        return;
+    };
+    let copy = Path::new(&out).join("startup.order");
+    if std::fs::copy(&order, &copy).is_err() {
+        return;
+    }
+    arg(&format!("-Wl,--symbol-ordering-file={}", copy.display()));
     arg("-Wl,--no-warn-symbol-ordering");
 }
 

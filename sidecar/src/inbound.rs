@@ -131,6 +131,11 @@ pub(crate) fn admit(
     Ok(clients)
 }
 
+/// The metrics label of a caller without an identity: one allocation for the process, not one
+/// per plaintext connection.
+static UNAUTHENTICATED: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("unauthenticated"));
+
 /// Checks a request (or, with `request` None, a new opaque connection) against the policies in
 /// force, counting the decision and any refusal.
 fn check(
@@ -152,10 +157,10 @@ fn check(
         }
         Err(refusal) => {
             let policy = policies.port(port);
-            let none: Arc<str> = Arc::from("");
             let (port_label, policy_label) = match policy {
                 Some(p) => (p.port.clone(), p.policy.clone()),
-                None => (Arc::from(port.to_string()), none),
+                // A refusal on a port without a policy (a strict pod's unlisted port): rare.
+                None => (Arc::from(port.to_string()), Arc::from("")),
             };
             if matches!(refusal, Refusal::Unauthorized { .. }) {
                 shared
@@ -219,7 +224,7 @@ pub async fn serve(
         Box::pin(crate::intercept::passthrough(stream, app)).await;
         return;
     }
-    let anonymous: Arc<str> = Arc::from("unauthenticated");
+    let anonymous = UNAUTHENTICATED.clone();
     let caller = Caller {
         ip: client.ip(),
         identity: None,
@@ -319,9 +324,7 @@ impl Conn {
             // An IP address is always a valid header value.
             client_ip: http::HeaderValue::from_str(&client.ip().to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
-            caller: identity
-                .clone()
-                .unwrap_or_else(|| Arc::from("unauthenticated")),
+            caller: identity.clone().unwrap_or_else(|| UNAUTHENTICATED.clone()),
             identity_header: identity
                 .as_deref()
                 .and_then(|i| HeaderValue::from_str(i).ok()),

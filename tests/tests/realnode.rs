@@ -194,6 +194,14 @@ fn deployment(
     ]
 }
 
+/// ServiceAccounts of these names.
+fn service_accounts(names: &[&str]) -> Vec<Value> {
+    names
+        .iter()
+        .map(|sa| json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}))
+        .collect()
+}
+
 fn echo(name: &str, replicas: u32, sa: Option<&str>) -> [Value; 2] {
     deployment(name, ECHO_IMAGE, &[name, "0.0.0.0:8080"], replicas, sa)
 }
@@ -561,11 +569,7 @@ async fn first_pod_ip(ctx: &Ctx, namespace: &str, selector: &str) -> anyhow::Res
 async fn injection(ctx: Ctx) -> anyhow::Result<()> {
     ensure_portico(&ctx).await?;
     mesh_namespace(&ctx).await?;
-    let mut objects = Vec::new();
-    for sa in ["frontend", "intruder"] {
-        objects
-            .push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}));
-    }
+    let mut objects = service_accounts(&["frontend", "intruder"]);
     objects.extend(echo("orders", 1, None));
     objects.extend(echo("frontend", 1, Some("frontend")));
     objects.extend(echo("intruder", 1, Some("intruder")));
@@ -1115,11 +1119,7 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Secret;
     ensure_portico(&ctx).await?;
     mesh_namespace(&ctx).await?;
-    let mut objects = Vec::new();
-    for sa in ["orders", "client"] {
-        objects
-            .push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}));
-    }
+    let mut objects = service_accounts(&["orders", "client"]);
     objects.extend(echo("orders", 2, Some("orders")));
     objects.extend(echo("client", 1, Some("client")));
     // The gateway lives in the meshed namespace too: its proxy gets no sidecar and speaks
