@@ -52,6 +52,10 @@ pub enum ProxyError {
     /// The upstream connection broke before the response headers arrived.
     #[error("upstream {0} closed the connection before answering")]
     Reset(SocketAddr),
+    /// The upstream answered with a head the proxy cannot relay: not HTTP, bad framing, or
+    /// larger than the limits (what was wrong is said).
+    #[error("upstream {0} sent a response the proxy cannot relay: {1}")]
+    BadResponse(SocketAddr, String),
     /// The request itself is unusable (bad body, bad header...).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -76,7 +80,7 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoHealthyEndpoint(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Connect(_) | Self::Reset(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::Reset(_) | Self::BadResponse(..) => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -92,6 +96,7 @@ impl ProxyError {
             Self::Timeout(_) => "upstream_timeout",
             Self::Connect(_) => "connect_failure",
             Self::Reset(_) => "upstream_reset",
+            Self::BadResponse(..) => "bad_response",
             Self::BadRequest(_) => "bad_request",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",

@@ -603,8 +603,10 @@ enum TryError {
     /// The connection broke before any byte of the response: on a pooled connection, the
     /// upstream probably closed it while idle.
     Broken { written: bool },
-    /// Anything else (a bad response head, a break in the middle of it).
+    /// The connection broke in the middle of the response head.
     Failed(String),
+    /// The response head arrived but cannot be relayed (what was wrong).
+    BadResponse(String),
 }
 
 impl Exchange<'_> {
@@ -679,6 +681,10 @@ impl Exchange<'_> {
                     tracing::debug!(endpoint = %addr, error = %why, "upstream request failed");
                     return Err(fail(ProxyError::Reset(addr)));
                 }
+                Err(TryError::BadResponse(why)) => {
+                    tracing::debug!(endpoint = %addr, error = %why, "unusable upstream response");
+                    return Err(fail(ProxyError::BadResponse(addr, why)));
+                }
             }
         };
         report(Some(start.elapsed()), !head.status.is_server_error());
@@ -730,10 +736,15 @@ impl Exchange<'_> {
                 let parsed =
                     codec::parse_response(&buf, self.head_request, edit, self.close, &mut wire);
                 match parsed {
-                    Err(e) => return Err(TryError::Failed(e.to_string())),
+                    Err(HeadError::TooLarge) => {
+                        return Err(TryError::BadResponse(response_head_too_large()));
+                    }
+                    Err(e) => return Err(TryError::BadResponse(e.to_string())),
                     Ok(None) => break,
                     Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
-                        return Err(TryError::Failed("101 without an upgrade request".into()));
+                        return Err(TryError::BadResponse(
+                            "101 without an upgrade request".into(),
+                        ));
                     }
                     Ok(Some(head)) if head.status.is_informational() => {
                         let _ = buf.split_to(head.len);
@@ -746,6 +757,14 @@ impl Exchange<'_> {
             }
         }
     }
+}
+
+/// What a client is told about a response head over the limits (both request paths).
+pub(crate) fn response_head_too_large() -> String {
+    format!(
+        "its head is larger than the proxy accepts (at most {} header fields)",
+        codec::MAX_HEADERS
+    )
 }
 
 /// Methods a proxy may send again when it cannot know whether the first copy was processed

@@ -74,9 +74,32 @@ impl UpstreamError {
             Self::Connect { addr, .. } => ProxyError::Connect(*addr),
             Self::Request { addr, .. } => match self.request_body_failure() {
                 Some(why) => ProxyError::BadRequest(format!("request body: {why}")),
-                None => ProxyError::Reset(*addr),
+                None => match self.bad_response() {
+                    Some(why) => ProxyError::BadResponse(*addr, why),
+                    None => ProxyError::Reset(*addr),
+                },
             },
         }
+    }
+
+    /// What was wrong with the upstream's response head, when hyper could not parse it.
+    fn bad_response(&self) -> Option<String> {
+        let Self::Request { source, .. } = self else {
+            return None;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        while let Some(e) = cause {
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_parse_too_large() {
+                    return Some(crate::h1::response_head_too_large());
+                }
+                if h.is_parse() || h.is_parse_status() {
+                    return Some(h.to_string());
+                }
+            }
+            cause = e.source();
+        }
+        None
     }
 
     /// What was wrong with the request's own body, when that is why the request failed.

@@ -382,12 +382,48 @@ async fn a_broken_upstream_response_is_502_and_a_truncated_body_ends_the_connect
     let proxy = start(&one_backend(up.addr)).await;
     let addr = proxy.listener_addr("web").unwrap();
     let reply = get(addr, "/garbage").await;
-    assert_eq!((reply.status, reply.error()), (502, "upstream_reset"));
+    assert_eq!((reply.status, reply.error()), (502, "bad_response"));
+    assert!(reply.body.contains("cannot relay"), "{}", reply.body);
     // The client must see its connection end instead of a short body that looks whole (without
     // `connection: close` from the client, only the truncation closes it).
     let seen = exchange(addr, b"GET /short HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(seen.contains("content-length: 10\r\n"), "{seen}");
     assert!(seen.ends_with("\r\n\r\nshor"), "{seen}");
+}
+
+#[tokio::test]
+async fn a_response_with_too_many_header_fields_is_a_502_that_says_so_on_both_paths() {
+    let fields: String = (0..150).map(|i| format!("x-field-{i}: v\r\n")).collect();
+    let up = raw_upstream(move |_, _| {
+        Some(format!("HTTP/1.1 200 OK\r\n{fields}content-length: 2\r\n\r\nok").into_bytes())
+    })
+    .await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    // The fast path (a plain GET) and hyper's (a chunked request body goes there).
+    let fast = get(addr, "/many").await;
+    let chunked = exchange(
+        addr,
+        b"POST /many HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!((fast.status, fast.error()), (502, "bad_response"));
+    assert!(
+        fast.body.contains("at most 100 header fields"),
+        "{}",
+        fast.body
+    );
+    assert!(chunked.starts_with("HTTP/1.1 502"), "{chunked}");
+    assert!(
+        chunked.contains("x-portico-error: bad_response"),
+        "{chunked}"
+    );
+    assert!(chunked.contains("at most 100 header fields"), "{chunked}");
+    assert_eq!(
+        get(addr, "/still-up").await.status,
+        502,
+        "the proxy stays up"
+    );
 }
 
 #[tokio::test]
