@@ -67,6 +67,11 @@ use rewind::Rewind;
 
 /// A request head must arrive within this time of its first byte (hyper's default too).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new client connection must send the first byte of a request within this time, or it is
+/// closed: connections that never send anything would otherwise hold a file descriptor for
+/// ever (nginx's `client_header_timeout` is 60 s as well). Later requests on a kept-alive
+/// connection may come whenever the client likes.
+pub(crate) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies up to this size are read whole before the request goes upstream (so a stale
 /// pooled connection can be replaced); bigger and chunked bodies stream through hyper.
 const MAX_BODY: u64 = proxy::MAX_REPLAY_BODY as u64;
@@ -96,18 +101,36 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
     let closing = shut(shared.shutdown.subscribe());
     tokio::pin!(closing);
     let mut buf = BytesMut::new();
+    let mut first = true;
     loop {
         if buf.is_empty() {
             buffers::put(std::mem::take(&mut buf));
+            // Only the first request has a deadline: a timer per keep-alive wait would cost
+            // every request on the fast path.
+            let wait = async {
+                if first {
+                    tokio::time::timeout(FIRST_BYTE_TIMEOUT, first_bytes(&mut stream))
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                } else {
+                    first_bytes(&mut stream).await
+                }
+            };
             tokio::select! {
                 biased;
-                r = first_bytes(&mut stream) => match r {
+                r = wait => match r {
                     Ok(b) => buf = b,
-                    Err(_) => return,
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            tracing::debug!(client = %site.client(), "no request within {FIRST_BYTE_TIMEOUT:?}; closed");
+                        }
+                        return;
+                    }
                 },
                 () = &mut closing => return,
             }
         }
+        first = false;
         let next = match read_request(&mut stream, &mut buf).await {
             Ok(next) => next,
             Err(refusal) => {

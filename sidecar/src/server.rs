@@ -268,8 +268,9 @@ async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream
     let mut shutdown = shared.shutdown.subscribe();
     let mut first = [0u8; H2_PREFACE.len()];
     let n = tokio::select! {
-        r = stream.peek(&mut first) => match r {
-            Ok(n) if n > 0 => n,
+        r = tokio::time::timeout(crate::h1::FIRST_BYTE_TIMEOUT, stream.peek(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            // Closed, failed, or silent for too long (see `FIRST_BYTE_TIMEOUT`).
             _ => return,
         },
         () = async { drop(shutdown.wait_for(|s| *s).await) } => return,

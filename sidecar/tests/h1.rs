@@ -485,6 +485,40 @@ async fn a_request_head_that_never_ends_gets_408() {
     assert_eq!(up.hits(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_sends_a_byte_is_closed_but_a_kept_alive_one_may_idle() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    // Paused time: while the proxy waits for a first byte, the clock jumps to its deadline.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(120), silent.read(&mut byte))
+        .await
+        .expect("the proxy closes a connection that never sends a byte")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the silent connection is closed");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(59)..Duration::from_secs(65)).contains(&waited),
+        "closed after {waited:?}, not the 60 s first-byte timeout"
+    );
+    // After one request, the connection may stay idle far longer and still be served.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n";
+    kept.write_all(request).await.unwrap();
+    let first = read_until(&mut kept, "\r\n\r\n").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    kept.write_all(b"GET /two HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_to_close(&mut kept).await;
+    assert!(second.contains("HTTP/1.1 200"), "{second}");
+    assert_eq!(up.hits(), 2);
+}
+
 /// Mutated requests (bytes flipped to the characters HTTP framing hinges on, deleted, inserted,
 /// lines doubled, cut short) from valid ones with every kind of framing: each gets answers or a
 /// close and never a hang, a 200 from the upstream or a 400 from the proxy; every upstream
