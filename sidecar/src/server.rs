@@ -32,6 +32,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Bound {
     configured: String,
     local: SocketAddr,
+    /// Shared with the accept loop, so a listener renamed, or two listeners swapping addresses,
+    /// take over the bound socket instead of binding its address again (which would fail).
+    sock: Arc<TcpListener>,
     stop: watch::Sender<bool>,
 }
 
@@ -41,17 +44,19 @@ pub struct Listeners {
     bound: HashMap<String, Bound>,
 }
 
-/// Sockets bound for a new config but not yet accepting.
+/// Sockets bound (or taken over from running listeners) for a new config but not yet
+/// accepting under their new names.
 #[derive(Debug)]
 pub struct Pending {
-    new: Vec<(String, String, TcpListener)>,
+    new: Vec<(String, String, Arc<TcpListener>)>,
 }
 
 impl Listeners {
-    /// Binds the sockets `cfg` needs that are not bound yet. Nothing changes for running
-    /// listeners, so if this fails the old config keeps serving untouched.
+    /// Binds the sockets `cfg` needs that are not bound yet; a listener whose address another
+    /// running listener has (renamed, or addresses swapped) takes that socket over. Nothing
+    /// changes for running listeners, so if this fails the old config keeps serving untouched.
     pub async fn prepare(&self, cfg: &ProxyConfig) -> Result<Pending, ApplyError> {
-        let mut new = Vec::new();
+        let mut new: Vec<(String, String, Arc<TcpListener>)> = Vec::new();
         for l in &cfg.listeners {
             if self
                 .bound
@@ -60,13 +65,26 @@ impl Listeners {
             {
                 continue;
             }
-            let sock = TcpListener::bind(&l.address)
-                .await
-                .map_err(|error| ApplyError::Bind {
-                    listener: l.name.clone(),
-                    address: l.address.clone(),
-                    error,
-                })?;
+            // Port 0 asks for any free port: each such listener binds its own.
+            let fixed = l
+                .address
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.port() != 0);
+            let running = self.bound.values().find(|b| {
+                fixed
+                    && b.configured == l.address
+                    && !new.iter().any(|(_, _, s)| Arc::ptr_eq(s, &b.sock))
+            });
+            let sock = match running {
+                Some(b) => b.sock.clone(),
+                None => Arc::new(TcpListener::bind(&l.address).await.map_err(|error| {
+                    ApplyError::Bind {
+                        listener: l.name.clone(),
+                        address: l.address.clone(),
+                        error,
+                    }
+                })?),
+            };
             new.push((l.name.clone(), l.address.clone(), sock));
         }
         Ok(Pending { new })
@@ -75,6 +93,15 @@ impl Listeners {
     /// Starts accepting on the prepared sockets and stops listeners that `cfg` no longer has
     /// (their open connections continue). Call after the new snapshot is in force.
     pub fn commit(&mut self, shared: &Arc<Shared>, pending: Pending, cfg: &ProxyConfig) {
+        // A socket taken over stops accepting under its old name first, so no connection is
+        // accepted for a listener the new config no longer has.
+        for (_, _, sock) in &pending.new {
+            for b in self.bound.values() {
+                if Arc::ptr_eq(&b.sock, sock) {
+                    b.stop.send_replace(true);
+                }
+            }
+        }
         for (name, configured, sock) in pending.new {
             let Ok(local) = sock.local_addr() else {
                 continue;
@@ -83,7 +110,7 @@ impl Listeners {
             tokio::spawn(accept_loop(
                 shared.clone(),
                 name.as_str().into(),
-                sock,
+                sock.clone(),
                 stopped,
             ));
             if let Some(old) = self.bound.insert(
@@ -91,6 +118,7 @@ impl Listeners {
                 Bound {
                     configured,
                     local,
+                    sock,
                     stop,
                 },
             ) {
@@ -126,11 +154,14 @@ impl Listeners {
 async fn accept_loop(
     shared: Arc<Shared>,
     name: Arc<str>,
-    sock: TcpListener,
+    sock: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
+            // The stop first: a socket handed over to a new listener must not accept once more
+            // under the old name.
+            biased;
             () = async { drop(stop.wait_for(|s| *s).await) } => break,
             accepted = sock.accept() => match accepted {
                 Ok((stream, peer)) => {

@@ -114,6 +114,129 @@ async fn listeners_are_added_and_removed_by_reload() {
     assert!(refused.is_err(), "the removed listener no longer accepts");
 }
 
+/// Two listeners at fixed addresses (`listeners`: name and port), each routed to its own
+/// backend by listener name.
+fn named(generation: u64, listeners: [(&str, u16); 2], a: SocketAddr, b: SocketAddr) -> String {
+    let [(one, p1), (two, p2)] = listeners;
+    format!(
+        r#"
+generation: {generation}
+listeners:
+  - {{ name: {one}, address: "127.0.0.1:{p1}", protocol: HTTP }}
+  - {{ name: {two}, address: "127.0.0.1:{p2}", protocol: HTTP }}
+routes:
+  - {{ name: to-a, listeners: [{one}], rules: [{{ backends: [{{ backend: a }}] }}] }}
+  - {{ name: to-b, listeners: [{two}], rules: [{{ backends: [{{ backend: b }}] }}] }}
+backends:
+  - {{ name: a, endpoints: [{{ address: "{a}" }}] }}
+  - {{ name: b, endpoints: [{{ address: "{b}" }}] }}
+"#
+    )
+}
+
+/// One request on a new connection: the answering server's name, or what went wrong.
+async fn served_by(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(text.into_owned());
+    }
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{e}: {text}"))?;
+    Ok(json["server"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn listeners_renamed_or_swapping_addresses_take_over_their_sockets_under_load() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (s1, s2) = (free(), free());
+    let (p1, p2) = (
+        s1.local_addr().unwrap().port(),
+        s2.local_addr().unwrap().port(),
+    );
+    drop((s1, s2));
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let proxy = start(&named(1, [("one", p1), ("two", p2)], a.addr, b.addr)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = |port: u16| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match served_by(addr(port)).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let loads = [load(p1), load(p2)];
+    let settle = || tokio::time::sleep(Duration::from_millis(100));
+    settle().await;
+    // Renamed, same address: the socket is taken over.
+    proxy
+        .apply(config(&named(
+            2,
+            [("uno", p1), ("two", p2)],
+            a.addr,
+            b.addr,
+        )))
+        .await
+        .expect("a renamed listener keeps its address");
+    assert_eq!(served_by(addr(p1)).await.unwrap(), "a");
+    assert_eq!(proxy.listener_addr("uno"), Some(addr(p1)));
+    assert_eq!(proxy.listener_addr("one"), None);
+    settle().await;
+    // Two listeners swap addresses.
+    proxy
+        .apply(config(&named(
+            3,
+            [("uno", p2), ("two", p1)],
+            a.addr,
+            b.addr,
+        )))
+        .await
+        .expect("two listeners swap addresses");
+    assert_eq!(served_by(addr(p1)).await.unwrap(), "b");
+    assert_eq!(served_by(addr(p2)).await.unwrap(), "a");
+    settle().await;
+    // Both at once: back to the first addresses, and a rename.
+    proxy
+        .apply(config(&named(
+            4,
+            [("uno", p1), ("dos", p2)],
+            a.addr,
+            b.addr,
+        )))
+        .await
+        .expect("a swap and a rename");
+    assert_eq!(served_by(addr(p1)).await.unwrap(), "a");
+    assert_eq!(served_by(addr(p2)).await.unwrap(), "b");
+    settle().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (port, task) in [p1, p2].into_iter().zip(loads) {
+        let (ok, failed) = task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "port {port}: {} failed: {failed:?}",
+            failed.len()
+        );
+        assert!(ok > 10, "port {port}: only {ok} requests");
+    }
+}
+
 async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
     let req = request("GET", "admin", path)
         .body(portico_proxy::error::full(""))
