@@ -66,10 +66,7 @@ impl Listeners {
                 continue;
             }
             // Port 0 asks for any free port: each such listener binds its own.
-            let fixed = l
-                .address
-                .parse::<SocketAddr>()
-                .is_ok_and(|a| a.port() != 0);
+            let fixed = l.address.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0);
             let running = self.bound.values().find(|b| {
                 fixed
                     && b.configured == l.address

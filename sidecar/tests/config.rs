@@ -183,48 +183,36 @@ async fn listeners_renamed_or_swapping_addresses_take_over_their_sockets_under_l
         })
     };
     let loads = [load(p1), load(p2)];
-    let settle = || tokio::time::sleep(Duration::from_millis(100));
-    settle().await;
-    // Renamed, same address: the socket is taken over.
-    proxy
-        .apply(config(&named(
-            2,
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // (what, the listeners, who answers on p1 and on p2 afterwards)
+    let steps = [
+        (
+            "a rename, same address",
             [("uno", p1), ("two", p2)],
-            a.addr,
-            b.addr,
-        )))
-        .await
-        .expect("a renamed listener keeps its address");
-    assert_eq!(served_by(addr(p1)).await.unwrap(), "a");
+            ["a", "b"],
+        ),
+        (
+            "two listeners swap addresses",
+            [("uno", p2), ("two", p1)],
+            ["b", "a"],
+        ),
+        (
+            "a swap back and a rename",
+            [("uno", p1), ("dos", p2)],
+            ["a", "b"],
+        ),
+    ];
+    for (generation, (what, listeners, served)) in (2..).zip(steps) {
+        proxy
+            .apply(config(&named(generation, listeners, a.addr, b.addr)))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(served_by(addr(p1)).await.unwrap(), served[0], "{what}");
+        assert_eq!(served_by(addr(p2)).await.unwrap(), served[1], "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(proxy.listener_addr("uno"), Some(addr(p1)));
     assert_eq!(proxy.listener_addr("one"), None);
-    settle().await;
-    // Two listeners swap addresses.
-    proxy
-        .apply(config(&named(
-            3,
-            [("uno", p2), ("two", p1)],
-            a.addr,
-            b.addr,
-        )))
-        .await
-        .expect("two listeners swap addresses");
-    assert_eq!(served_by(addr(p1)).await.unwrap(), "b");
-    assert_eq!(served_by(addr(p2)).await.unwrap(), "a");
-    settle().await;
-    // Both at once: back to the first addresses, and a rename.
-    proxy
-        .apply(config(&named(
-            4,
-            [("uno", p1), ("dos", p2)],
-            a.addr,
-            b.addr,
-        )))
-        .await
-        .expect("a swap and a rename");
-    assert_eq!(served_by(addr(p1)).await.unwrap(), "a");
-    assert_eq!(served_by(addr(p2)).await.unwrap(), "b");
-    settle().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for (port, task) in [p1, p2].into_iter().zip(loads) {
         let (ok, failed) = task.await.unwrap();
