@@ -272,9 +272,11 @@ async fn serve_https(
     // the task of every HTTP/1.1 connection for as long as it is open.
     let handshake = Box::pin(acceptor.accept(stream));
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-        // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2); anything else is HTTP/1.x.
+        // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2), and then only HTTP/2 is
+        // spoken: a client that sends anything but the preface gets a connection error
+        // (h2spec 3.5), not an HTTP/1.1 answer. Anything else is HTTP/1.x.
         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-            Box::pin(serve_http(shared, info, tls)).await;
+            Box::pin(serve_h2(shared, info, tls)).await;
         }
         Ok(Ok(tls)) => {
             let site = crate::h1::Site::Routed(info);
@@ -307,14 +309,10 @@ async fn serve_plain_http(shared: Arc<Shared>, info: ConnInfo, stream: TcpStream
         drop(shutdown);
         crate::h1::serve(shared, crate::h1::Site::Routed(info), stream.into()).await;
     } else if n == H2_PREFACE.len() {
-        let svc = service(&shared, info);
-        let io = TokioIo::new(stream);
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        let conn = builder.serve_connection(io, svc);
+        drop(shutdown);
         // Boxed, like the detection fallback below: inline, hyper's connection state would
         // size every HTTP/1.1 connection's task, idle ones included.
-        Box::pin(until_shutdown(shutdown, conn, |c| c.graceful_shutdown())).await;
+        Box::pin(serve_h2(shared, info, stream)).await;
     } else {
         drop(shutdown);
         Box::pin(serve_http(shared, info, stream)).await;
@@ -400,6 +398,19 @@ where
     builder.http1().timer(TokioTimer::new()).half_close(true);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    until_shutdown(shared.shutdown.subscribe(), conn, |c| c.graceful_shutdown()).await;
+}
+
+/// Serves HTTP/2 only (the preface seen, or negotiated by ALPN) until the client closes or a
+/// shutdown asks the connection to finish.
+async fn serve_h2<I>(shared: Arc<Shared>, info: ConnInfo, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service(&shared, info);
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     until_shutdown(shared.shutdown.subscribe(), conn, |c| c.graceful_shutdown()).await;
 }
 

@@ -327,6 +327,33 @@ async fn https_listener_negotiates_h2_and_http1_with_alpn() {
     drop(https.proxy);
 }
 
+/// After ALPN `h2` only HTTP/2 is spoken: HTTP/1.1 bytes instead of the connection preface are
+/// a connection error (h2spec 3.5), never an HTTP/1.1 answer; a real HTTP/2 client still works.
+#[tokio::test]
+async fn after_alpn_h2_a_connection_without_the_preface_is_an_error_not_http1() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = echo("a").await;
+    let https = Https::start(up.addr).await;
+    let mut tls = https.connect(b"h2").await;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .expect("the proxy ends the connection");
+    assert!(
+        !out.starts_with(b"HTTP/1.1"),
+        "answered as HTTP/1.1: {}",
+        String::from_utf8_lossy(&out)
+    );
+    // Whatever came is HTTP/2 frames: a SETTINGS frame (type 4) first, maybe a GOAWAY (7).
+    if out.len() >= 9 {
+        assert_eq!(out[3], 4, "not an HTTP/2 frame: {out:?}");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
 /// HTTP/1.1 over TLS (ALPN `http/1.1` or none) is served by the fast path: pipelined requests
 /// are answered in order, a chunked request hands the connection to hyper with what was read,
 /// and the connection ends with a TLS close_notify (the client reads a clean end of stream).
