@@ -69,10 +69,12 @@ demo-down:
 	hack/demo.sh down
 
 ## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy), then sidecar to
-## sidecar with mTLS vs plaintext (bench/mesh.sh, in a private network namespace)
+## sidecar with mTLS vs plaintext (bench/mesh.sh, in a private network namespace), then the
+## serving stall while a 10,000-route config is reloaded (bench/reload-stall.py)
 bench:
 	bench/run.sh
 	bench/mesh.sh
+	python3 bench/reload-stall.py $(or $(CARGO_TARGET_DIR),target/proxy)/release/portico-proxy 10000
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control

@@ -178,7 +178,13 @@ impl Proxy {
         let generation = config.generation;
         let result = async {
             let mut listeners = self.inner.listeners.lock().await;
-            let snap = snapshot::Snapshot::build(config, &shared.snapshot.load())?;
+            // Validating and compiling a large config takes a while (regexes, route tables,
+            // certificates): on a blocking thread, so the runtime's threads keep serving (with
+            // `--workers 1` there is only one).
+            let old = shared.snapshot.load_full();
+            let snap = tokio::task::spawn_blocking(move || snapshot::Snapshot::build(config, &old))
+                .await
+                .map_err(|e| ApplyError::Compile(e.to_string()))??;
             let pending = listeners.prepare(&snap.config).await?;
             let cfg = snap.config.clone();
             shared.snapshot.store(Arc::new(snap));

@@ -22,6 +22,14 @@ pub enum LoadError {
         /// The I/O error (in the message, not a `source()`, so anyhow reports it once).
         error: std::io::Error,
     },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{path} is {size} bytes; a config file may have at most {MAX_CONFIG_BYTES}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
     /// The file is not a config (YAML or JSON).
     #[error("parsing {path}: {error}")]
     Parse {
@@ -32,12 +40,23 @@ pub enum LoadError {
     },
 }
 
+/// The largest config file read (a config of 100,000 routes is about 10 MB of YAML).
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads and parses a config file (YAML, or JSON which is YAML too). Not validated yet.
 pub fn load(path: &Path) -> Result<ProxyConfig, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+    let read_error = |error| LoadError::Read {
         path: path.to_owned(),
         error,
-    })?;
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
     serde_yaml::from_str(&text).map_err(|error| LoadError::Parse {
         path: path.to_owned(),
         error,
@@ -63,7 +82,17 @@ pub async fn watch(proxy: Proxy, path: PathBuf, every: Duration) {
             continue;
         }
         applied = now;
-        match load(&path) {
+        // Reading and parsing a large file takes a while: not on a thread that serves.
+        let file = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&file))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError::Read {
+                    path: path.clone(),
+                    error: std::io::Error::other(e.to_string()),
+                })
+            });
+        match loaded {
             Ok(cfg) => {
                 let generation = cfg.generation;
                 match proxy.apply(cfg).await {
@@ -80,5 +109,27 @@ pub async fn watch(proxy: Proxy, path: PathBuf, every: Duration) {
                 tracing::error!(error = %e, "config refused; the previous config keeps serving");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.yaml");
+        // Sparse: the size without the bytes.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(err, LoadError::TooLarge { size, .. } if size == MAX_CONFIG_BYTES + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at most 67108864"), "{err}");
+        std::fs::write(&path, "listeners: []\n").unwrap();
+        assert!(load(&path).is_ok());
     }
 }

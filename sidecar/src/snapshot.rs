@@ -36,6 +36,9 @@ pub enum ApplyError {
         /// would list it twice).
         error: std::io::Error,
     },
+    /// Compiling the config failed unexpectedly (the compiling thread panicked).
+    #[error("compiling the config failed: {0}")]
+    Compile(String),
 }
 
 // Errors in this module show their cause in the message and do not also return it from
