@@ -881,6 +881,44 @@ async fn token_for(ctx: &Ctx, sa: &str, audience: &str) -> anyhow::Result<String
         .context("TokenRequest without a token")
 }
 
+/// `token` (a JWT from the apiserver) with its claims changed by `edit`, signed again (ES256)
+/// with the test cluster's ServiceAccount signing key.
+fn resign(ctx: &Ctx, token: &str, edit: impl FnOnce(&mut Value)) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims)) = (parts.next(), parts.next()) else {
+        bail!("not a JWT");
+    };
+    let head: Value = serde_json::from_slice(&B64.decode(header)?)?;
+    ensure!(
+        head["alg"] == "ES256",
+        "the cluster signs with {}",
+        head["alg"]
+    );
+    let mut claims: Value = serde_json::from_slice(&B64.decode(claims)?)?;
+    edit(&mut claims);
+    let signing_input = format!("{header}.{}", B64.encode(serde_json::to_vec(&claims)?));
+    let pem = std::fs::read_to_string(&ctx.plane.certs.sa_key)?;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the ServiceAccount key: {e}"))?;
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        der.secret_pkcs8_der(),
+        &rng,
+    )
+    .map_err(|e| anyhow::anyhow!("the ServiceAccount key: {e}"))?;
+    let signature = key
+        .sign(&rng, signing_input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    Ok(format!(
+        "{signing_input}.{}",
+        B64.encode(signature.as_ref())
+    ))
+}
+
 async fn certificate_requests(ctx: Ctx) -> anyhow::Result<()> {
     ensure_portico(&ctx).await?;
     let ns = ctx.namespace.clone();
@@ -905,6 +943,21 @@ async fn certificate_requests(ctx: Ctx) -> anyhow::Result<()> {
         status == 400,
         "another account's token for web's identity: {status} {body}"
     );
+    // An expired token: the same claims re-signed with the cluster's ServiceAccount key, first as
+    // they are (accepted: the re-signing itself is sound), then with an expiry in the past.
+    let resigned = resign(&ctx, &token, |_| {})?;
+    let (status, body) = request_certificate(&ctx, &resigned, &csr_for(&web)?).await?;
+    ensure!(status == 200, "the re-signed valid token: {status} {body}");
+    let expired = resign(&ctx, &token, |claims| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        claims["iat"] = json!(now - 7200);
+        claims["nbf"] = json!(now - 7200);
+        claims["exp"] = json!(now - 3600);
+    })?;
+    let (status, body) = request_certificate(&ctx, &expired, &csr_for(&web)?).await?;
+    ensure!(status == 401, "an expired token: {status} {body}");
     // A token for another audience (e.g. the apiserver's): 401.
     let wrong = token_for(&ctx, "web", "https://kubernetes.default.svc.cluster.local").await?;
     let (status, body) = request_certificate(&ctx, &wrong, &csr_for(&web)?).await?;
