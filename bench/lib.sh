@@ -121,3 +121,9 @@ find_oha() {
     if command -v oha; then return; fi
     if [[ -x $root/bin/oha ]]; then echo "$root/bin/oha"; fi
 }
+
+# Report helpers: the median of numbers on stdin ("nan" for none); the median of a file of
+# numbers in $WORK; A / B to two places ("—" when B is 0 or A is not a number).
+median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+med() { if [[ -s "$WORK/$1" ]]; then median < "$WORK/$1"; else echo nan; fi; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "—" }'; }

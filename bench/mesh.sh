@@ -151,8 +151,6 @@ done
 HS=$(metric 19912 "$HANDSHAKES")
 [[ ${HS%.*} -ge 1 ]] || { echo "the mTLS caller made no mTLS handshake" >&2; exit 1; }
 
-med() { if [[ -s "$WORK/$1" ]]; then median < "$WORK/$1"; else echo nan; fi; }
-median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 pair_cpu() { echo $(( $(cpu_ns "${PID[a-$1]}") + $(cpu_ns "${PID[b-$1]}") )); }
 
 for rep in $(seq 1 "$REPS"); do
@@ -189,7 +187,6 @@ for rep in $(seq 1 "$REPS"); do
     done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "—" }'; }
 hs_per_conn() { awk '{h += $1; n += $2} END { if (n > 0) printf "%.2f", h / n; else print "—" }' "$WORK/$1.handshakes"; }
 CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 {

@@ -155,7 +155,6 @@ RATE_TARGETS=("${TARGETS[@]}" server)
 to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 declare -A IDLE_ANON IDLE_FILE LOAD_ANON LOAD_FILE CONN_ANON CONN_FILE TLS_IDLE_ANON TLS_IDLE_FILE TLS_CONN_ANON
 start_proxies
@@ -251,8 +250,6 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 # --- report --------------------------------------------------------------------------------
-med() { if [[ -s "$WORK/$1" ]]; then median < "$WORK/$1"; else echo nan; fi; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "—" }'; }
 # KB per connection: growth from IDLE_KB to WITH_KB over 1,000 connections.
 per_conn_kb() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a - b) / 1000 }'; }
 # System ticks as a share of all ticks over the runs in FILE ("user system" per line).

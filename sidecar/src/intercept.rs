@@ -166,14 +166,10 @@ pub async fn outbound(
     };
     let snap = shared.snapshot.load_full();
     let Some(svc) = snap.services.lookup(dst).cloned() else {
-        let mesh = snap.services.meshed_identity(dst).and_then(|identity| {
-            let store = shared.identity.as_ref()?;
-            Some(crate::connect::MeshDest {
-                tls: store.tls()?,
-                identity: identity.clone(),
-                handshakes: store.handshakes.clone(),
-            })
-        });
+        let mesh = snap
+            .services
+            .meshed_identity(dst)
+            .and_then(|identity| shared.mesh_dest(identity));
         drop(snap);
         shared
             .metrics

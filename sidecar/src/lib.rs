@@ -94,18 +94,21 @@ impl Shared {
     /// Where a connection to `ep` goes: with mTLS when the endpoint is meshed and this proxy
     /// has an identity, else in plaintext.
     pub(crate) fn dest(&self, ep: &backend::Endpoint) -> connect::Dest {
-        let mesh = ep.identity.as_ref().and_then(|identity| {
-            let store = self.identity.as_ref()?;
-            Some(connect::MeshDest {
-                tls: store.tls()?,
-                identity: identity.clone(),
-                handshakes: store.handshakes.clone(),
-            })
-        });
         connect::Dest {
             addr: ep.addr,
-            mesh,
+            mesh: ep.identity.as_ref().and_then(|i| self.mesh_dest(i)),
         }
+    }
+
+    /// How to reach a peer that must prove `identity`: with this proxy's certificate, if it
+    /// has one.
+    pub(crate) fn mesh_dest(&self, identity: &Arc<str>) -> Option<connect::MeshDest> {
+        let store = self.identity.as_ref()?;
+        Some(connect::MeshDest {
+            tls: store.tls()?,
+            identity: identity.clone(),
+            handshakes: store.handshakes.clone(),
+        })
     }
 }
 

@@ -314,6 +314,16 @@ pub async fn config_server_get(
     Ok((resp, send))
 }
 
+/// The value of the first series of `name` in Prometheus text `text` whose labels contain every
+/// one of `labels` (e.g. `result="ok"`).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Standard base64 with padding (for `caBundle` fields); no crate needed for a few bytes.
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -36,7 +36,7 @@ use portico_operator::admission::AdmissionArgs;
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
 use portico_tests::support::{
-    backend, base64, create, eventually, http_get, http_get_from, pod_token, running_pod,
+    backend, base64, create, eventually, http_get, http_get_from, metric, pod_token, running_pod,
 };
 use serde_json::{Value, json};
 
@@ -401,15 +401,6 @@ impl Drop for Redirect {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP.
-
-/// The value of the first series of `name` whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Tests.

@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use portico_tests::cluster::Nodes;
 use portico_tests::harness::{self, Ctx, repo_root, test};
 use portico_tests::node;
-use portico_tests::support::{eventually, http_get, http_get_unbounded, tool};
+use portico_tests::support::{eventually, http_get, http_get_unbounded, metric, tool};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -699,15 +699,10 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
             && !portico_tests::capture::contains_bytes(&wire, b"HTTP/1.1"),
         "HTTP in the clear between the sidecars"
     );
-    let orders_metrics = http_get(format!("{orders_ip}:4191").parse()?, "admin", "/metrics")
-        .await?
-        .1;
+    let handshakes = handshakes_ok(&orders_ip, "inbound").await?;
     ensure!(
-        orders_metrics
-            .lines()
-            .any(|l| l
-                .starts_with(r#"portico_tls_handshakes_total{direction="inbound",result="ok"}"#)),
-        "orders' sidecar counted no mTLS handshake: {orders_metrics}"
+        handshakes > 0.0,
+        "orders' sidecar counted no mTLS handshake"
     );
 
     // Inbound authorization from a ServicePolicy: only the frontend ServiceAccount may call.
@@ -1040,6 +1035,19 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Successful mesh mTLS handshakes the sidecar of the pod at `pod_ip` counted in `direction`
+/// (`inbound`, `outbound`); 0 before the first.
+async fn handshakes_ok(pod_ip: &str, direction: &str) -> anyhow::Result<f64> {
+    let (_, text) = http_get(format!("{pod_ip}:4191").parse()?, "admin", "/metrics").await?;
+    let direction = format!("direction=\"{direction}\"");
+    Ok(metric(
+        &text,
+        "portico_tls_handshakes_total",
+        &[&direction, "result=\"ok\""],
+    )
+    .unwrap_or(0.0))
+}
+
 /// The chart-generated identity issuer.
 const ISSUER_SECRET: &str = "portico-operator-identity-issuer";
 
@@ -1220,26 +1228,15 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
     // Dialling a meshed pod's own address (not its Service's) goes over mTLS as well, as opaque
     // TCP: one more handshake out of the client's sidecar and into that pod's.
     let orders_ip = first_pod_ip(&ctx, &ctx.namespace, "app=orders").await?;
-    let handshakes = |ip: String, direction: &'static str| async move {
-        let (_, text) = http_get(format!("{ip}:4191").parse()?, "admin", "/metrics").await?;
-        let series =
-            format!("portico_tls_handshakes_total{{direction=\"{direction}\",result=\"ok\"}} ");
-        anyhow::Ok(
-            text.lines()
-                .find_map(|l| l.strip_prefix(&series))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0),
-        )
-    };
-    let out_before = handshakes(client_ip.clone(), "outbound").await?;
-    let in_before = handshakes(orders_ip.clone(), "inbound").await?;
+    let out_before = handshakes_ok(&client_ip, "outbound").await?;
+    let in_before = handshakes_ok(&orders_ip, "inbound").await?;
     let direct = call_from(&client_ip, &format!("http://{orders_ip}:8080/direct")).await?;
     ensure!(
         direct["status"] == 200,
         "client → an orders pod's address: {direct}"
     );
-    let out_after = handshakes(client_ip.clone(), "outbound").await?;
-    let in_after = handshakes(orders_ip.clone(), "inbound").await?;
+    let out_after = handshakes_ok(&client_ip, "outbound").await?;
+    let in_after = handshakes_ok(&orders_ip, "inbound").await?;
     ensure!(
         out_after > out_before && in_after > in_before,
         "a direct call to a meshed pod made no mTLS handshake (client out {out_before}→{out_after}, \
@@ -1355,10 +1352,9 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
             .await?
             {
                 let addr: SocketAddr = format!("{}:9902", pod_ip(&pod)?).parse()?;
-                let (_, metrics) = http_get(addr, "admin", "/metrics").await?;
-                if metrics
-                    .contains("portico_operator_identity_issuer_reloads_total{result=\"refused\"}")
-                {
+                let (_, text) = http_get(addr, "admin", "/metrics").await?;
+                let series = "portico_operator_identity_issuer_reloads_total";
+                if metric(&text, series, &["result=\"refused\""]).is_some() {
                     refused += 1;
                 }
             }

@@ -134,11 +134,10 @@ impl IssuerSource {
     pub async fn follow(
         self: Arc<Self>,
         files: IssuerFiles,
-        loaded: FileBytes,
+        mut loaded: FileBytes,
         interval: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<()> {
-        let mut loaded = Some(loaded);
         // The bytes of the last refused set, so a bad Secret is reported once, not every tick.
         let mut refused: Option<FileBytes> = None;
         let count = |result: &'static str| {
@@ -150,7 +149,7 @@ impl IssuerSource {
         loop {
             tokio::time::sleep(interval).await;
             let Ok(first) = files.read() else { continue };
-            if loaded.as_ref() == Some(&first) || refused.as_ref() == Some(&first) {
+            if loaded == first || refused.as_ref() == Some(&first) {
                 continue;
             }
             // A read that straddled the kubelet's swap would mix old and new files: take the
@@ -169,7 +168,7 @@ impl IssuerSource {
                     );
                     self.replace(issuer);
                     count("reloaded");
-                    loaded = Some(first);
+                    loaded = first;
                     refused = None;
                 }
                 Err(e) => {

@@ -286,6 +286,15 @@ fn the_mtls_mode_comes_from_the_policy_then_the_namespace_then_the_mesh_and_prob
     assert_eq!(policy.ports[0].authorization, None);
 }
 
+/// Service `shop/orders`, port 80 → 8080.
+fn orders_service() -> Object {
+    Object::Service(from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "shop", "name": "orders"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "clusterIP": "198.19.0.10"}
+    })))
+}
+
 #[test]
 fn endpoints_of_meshed_pods_carry_their_identity() {
     let mut index = Index::new();
@@ -299,11 +308,7 @@ fn endpoints_of_meshed_pods_carry_their_identity() {
         "Running",
     ));
     index.apply(mk_pod("shop", "legacy-0", "legacy", "198.18.64.2"));
-    index.apply(Object::Service(from(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "shop", "name": "orders"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "clusterIP": "198.19.0.10"}
-    }))));
+    index.apply(orders_service());
     index.apply(mk_slice(
         "shop",
         "orders-a",
@@ -340,11 +345,7 @@ fn endpoints_of_meshed_pods_carry_their_identity() {
         proxy,
         "Running",
     ));
-    off.apply(Object::Service(from(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "shop", "name": "orders"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "clusterIP": "198.19.0.10"}
-    }))));
+    off.apply(orders_service());
     off.apply(mk_slice(
         "shop",
         "orders-a",
