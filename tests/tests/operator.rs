@@ -1041,22 +1041,26 @@ async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
         &token_file,
         token(ctx, "portico-gateway-gw", "portico").await?,
     )?;
-    let cp = portico_proxy::control::ControlPlane {
+    let cp = portico_proxy::mesh::operator::ControlPlane {
         identity: None,
         url: format!("https://{}", op.config_addr).parse()?,
-        stream: portico_proxy::control::Stream::Gateway(format!("{}/gw", ctx.namespace)),
+        stream: portico_proxy::mesh::operator::Stream::Gateway(format!("{}/gw", ctx.namespace)),
         token_file,
         ca_pem: std::fs::read(&op.tls.cert)?,
         extra_listeners: Vec::new(),
     };
     let (config, session) = tokio::time::timeout(
         Duration::from_secs(20),
-        portico_proxy::control::first_config(&cp),
+        portico_proxy::app::control::first_config(&cp),
     )
     .await
     .context("no first config")?;
     let proxy = portico_proxy::Proxy::start(config, portico_proxy::Options::default()).await?;
-    let follower = tokio::spawn(portico_proxy::control::follow(proxy.clone(), cp, session));
+    let follower = tokio::spawn(portico_proxy::app::control::follow(
+        proxy.clone(),
+        cp,
+        session,
+    ));
     let listener = proxy.listener_addr("web").context("no listener web")?;
     Ok(GatewayProxy {
         proxy,
