@@ -241,7 +241,7 @@ async fn forward(
     let upstream = clients.select(parts.version, upgrade);
     let headers = std::mem::take(&mut parts.headers);
     let up =
-        crate::pipeline::upstream_request(&parts, headers, &conn.authority, upstream.version(), {
+        super::attempts::upstream_request(&parts, headers, &conn.authority, upstream.version(), {
             body.map_err(BoxError::from).boxed_unsync()
         })?;
     let app = crate::forward::connect::Dest::plain(conn.app);

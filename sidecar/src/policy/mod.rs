@@ -5,3 +5,4 @@ pub mod filters;
 pub mod inbound;
 pub mod ratelimit;
 pub mod retry;
+pub mod stages;

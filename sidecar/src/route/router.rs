@@ -17,6 +17,7 @@ use portico_proxy_api::{MatchKind, PathMatch, ProxyConfig, Route, RouteRule, Val
 use regex::Regex;
 
 use crate::policy::retry::RetryBudget;
+use crate::policy::stages::Stages;
 
 /// All routes of a config, compiled for matching.
 #[derive(Debug, Default)]
@@ -46,6 +47,8 @@ pub struct CompiledRule {
     pub rule: RouteRule,
     /// The retry budget shared by all requests of this rule.
     pub budget: Option<RetryBudget>,
+    /// The rule's policies, in order.
+    pub stages: Stages,
     matches: Vec<CompiledMatch>,
 }
 
@@ -231,6 +234,7 @@ fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
             Ok(CompiledRule {
                 rule: rule.clone(),
                 budget: rule.retry.as_ref().map(RetryBudget::new),
+                stages: Stages::compile(&rule.filters),
                 matches,
             })
         })

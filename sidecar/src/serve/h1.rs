@@ -53,6 +53,7 @@ use crate::forward::backend::InFlight;
 use crate::forward::balance::PickContext;
 use crate::forward::connect::{Dest, Stream};
 use crate::forward::pool::TcpPool;
+use crate::pipeline::attempts::{self, AttemptPolicy};
 use crate::pipeline::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::pipeline::{Site, inbound};
 use crate::shared::Shared;
@@ -344,7 +345,7 @@ async fn request(
     let snap = shared.snapshot.load_full();
     let result = match pipeline::plan(&snap, info, &mut parts, false, &mut out) {
         Ok(Plan::Forward(fwd)) => match fwd.backend.clients.fast_h1() {
-            Some(pool) if fwd.mirrors.is_empty() && fwd.retry(&parts.method, false).is_none() => {
+            Some(pool) if fwd.hit.rule.stages.fast_path() => {
                 let pool = pool.clone();
                 forward(
                     &mut ctx,
@@ -358,7 +359,7 @@ async fn request(
                 )
                 .await
             }
-            // Retries and mirrors keep their own machinery; an HTTP/2 upstream is hyper's.
+            // An HTTP/2 upstream is hyper's.
             _ => return Flow::HandOff(data),
         },
         Ok(Plan::Answer(resp)) => {
@@ -431,6 +432,7 @@ async fn to_app(
         client: conn.client,
         head_request,
         close: close || *shared.shutdown.borrow(),
+        per_try: None,
     };
     let result = match exchange.head().await {
         Ok(upstream) => {
@@ -464,10 +466,8 @@ async fn forward(
     log: RequestLog,
     mut out: Outcome,
 ) -> io::Result<()> {
-    if let Some(budget) = &fwd.hit.rule.budget {
-        budget.deposit();
-    }
-    out.attempts = 1;
+    let policy = AttemptPolicy::new(fwd, &parts.method, false);
+    fwd.send_mirrors(ctx.shared, parts, &body, ctx.info.client);
     let exchange = Exchange {
         shared: ctx.shared,
         target: Target::Backend(fwd),
@@ -478,13 +478,20 @@ async fn forward(
         head_request: ctx.head_request,
         // A proxy shutting down finishes this exchange and closes.
         close: ctx.close || *ctx.shared.shutdown.borrow(),
+        per_try: policy.per_try(),
     };
-    let upstream = match exchange.timeout() {
-        Some(t) => tokio::time::timeout(t, exchange.head())
-            .await
-            .unwrap_or(Err(ProxyError::Timeout(t))),
-        None => exchange.head().await,
-    };
+    // The whole request is in memory: any attempt can be made again.
+    let upstream = policy
+        .run(
+            ctx.shared,
+            fwd.hit.route,
+            &fwd.backend.name,
+            &mut out,
+            true,
+            || exchange.head(),
+            |u: &Upstream| attempts::response_failure(u.head.status, &HeaderMap::new()),
+        )
+        .await;
     let upstream = match upstream {
         Ok(u) => u,
         Err(e) => return fail(ctx, client, e, log, out).await,
@@ -581,6 +588,8 @@ struct Exchange<'a> {
     head_request: bool,
     /// The client connection closes after this exchange.
     close: bool,
+    /// The time one attempt may take to the response head.
+    per_try: Option<Duration>,
 }
 
 /// An upstream response whose head has arrived.
@@ -609,19 +618,6 @@ enum TryError {
 }
 
 impl Exchange<'_> {
-    /// The time allowed for the response head: the shorter of the request and per-try timeouts
-    /// (the fast path makes one try).
-    fn timeout(&self) -> Option<Duration> {
-        let Target::Backend(fwd) = self.target else {
-            return None;
-        };
-        let t = &fwd.hit.rule.rule.timeouts;
-        match (t.request, t.per_try) {
-            (Some(r), Some(p)) => Some(r.get().min(p.get())),
-            (r, p) => r.or(p).map(|d| d.get()),
-        }
-    }
-
     /// Sends the request and reads the response head.
     async fn head(&self) -> Result<Upstream, ProxyError> {
         let (dest, picked, guards) = match self.target {
@@ -656,36 +652,45 @@ impl Exchange<'_> {
             report(None, false);
             e
         };
-        let mut pooled = self.pool.checkout(addr);
-        let (conn, (head, buf, wire)) = loop {
-            let reused = pooled.is_some();
-            let mut conn = match pooled.take() {
-                Some(c) => c,
-                None => self.pool.connect(&dest).await.map_err(|e| {
-                    tracing::debug!(endpoint = %addr, error = %e, "upstream connect failed");
-                    fail(ProxyError::Connect(addr))
-                })?,
-            };
-            match self.try_once(&mut conn, &request).await {
-                Ok(got) => break (conn, got),
-                // A request that never reached the upstream, or that is safe to repeat, gets
-                // one fresh connection instead of the stale one.
-                Err(TryError::Broken { written })
-                    if reused && (!written || idempotent(&self.parts.method)) => {}
-                Err(TryError::Broken { .. }) => {
-                    tracing::debug!(endpoint = %addr, "upstream closed the connection");
-                    return Err(fail(ProxyError::Reset(addr)));
-                }
-                Err(TryError::Failed(why)) => {
-                    tracing::debug!(endpoint = %addr, error = %why, "upstream request failed");
-                    return Err(fail(ProxyError::Reset(addr)));
-                }
-                Err(TryError::BadResponse(why)) => {
-                    tracing::debug!(endpoint = %addr, error = %why, "unusable upstream response");
-                    return Err(fail(ProxyError::BadResponse(addr, why)));
+        let exchange = async {
+            let mut pooled = self.pool.checkout(addr);
+            loop {
+                let reused = pooled.is_some();
+                let mut conn = match pooled.take() {
+                    Some(c) => c,
+                    None => self.pool.connect(&dest).await.map_err(|e| {
+                        tracing::debug!(endpoint = %addr, error = %e, "upstream connect failed");
+                        ProxyError::Connect(addr)
+                    })?,
+                };
+                match self.try_once(&mut conn, &request).await {
+                    Ok(got) => return Ok((conn, got)),
+                    // A request that never reached the upstream, or that is safe to repeat, gets
+                    // one fresh connection instead of the stale one.
+                    Err(TryError::Broken { written })
+                        if reused && (!written || idempotent(&self.parts.method)) => {}
+                    Err(TryError::Broken { .. }) => {
+                        tracing::debug!(endpoint = %addr, "upstream closed the connection");
+                        return Err(ProxyError::Reset(addr));
+                    }
+                    Err(TryError::Failed(why)) => {
+                        tracing::debug!(endpoint = %addr, error = %why, "upstream request failed");
+                        return Err(ProxyError::Reset(addr));
+                    }
+                    Err(TryError::BadResponse(why)) => {
+                        tracing::debug!(endpoint = %addr, error = %why, "unusable upstream response");
+                        return Err(ProxyError::BadResponse(addr, why));
+                    }
                 }
             }
         };
+        let exchanged = match self.per_try {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout(t))),
+            None => exchange.await,
+        };
+        let (conn, (head, buf, wire)) = exchanged.map_err(fail)?;
         report(Some(start.elapsed()), !head.status.is_server_error());
         Ok(Upstream {
             conn,
@@ -715,7 +720,7 @@ impl Exchange<'_> {
             }
         };
         let edit: Option<&(dyn Fn(&mut HeaderMap) + Sync)> = match self.target {
-            Target::Backend(fwd) if !fwd.response_mods.is_empty() => Some(&edit),
+            Target::Backend(fwd) if fwd.edits_responses() => Some(&edit),
             _ => None,
         };
         let mut buf = buffers::take();
