@@ -11,6 +11,7 @@ use portico_proxy_api::ProxyConfig;
 use tokio::sync::watch;
 
 use crate::config::snapshot::{self, ApplyError};
+use crate::forward::health::ProbeContext;
 use crate::mesh::identity;
 use crate::serve::{admin, inbound, listeners};
 use crate::shared::Shared;
@@ -93,7 +94,9 @@ impl Proxy {
                 .map_err(|e| ApplyError::Compile(e.to_string()))??;
             let pending = listeners.prepare(&snap.config).await?;
             let cfg = snap.config.clone();
-            shared.snapshot.store(Arc::new(snap));
+            let snap = Arc::new(snap);
+            shared.snapshot.store(snap.clone());
+            start_health_checks(shared, &snap);
             listeners.commit(shared, pending, &cfg);
             *self
                 .inner
@@ -172,6 +175,20 @@ impl Proxy {
             .is_ok();
         self.inner.admin_stop.send_replace(true);
         drained
+    }
+}
+
+/// Starts the active health checks of a config now in force (each endpoint's probe runs
+/// once; a config that was refused never probes).
+fn start_health_checks(shared: &Shared, snap: &snapshot::Snapshot) {
+    let ctx = ProbeContext {
+        identity: shared.identity.clone(),
+        metrics: shared.metrics.health(),
+    };
+    for backend in snap.backends.values() {
+        if let Some(checker) = &backend.health {
+            checker.start(&backend.endpoints, &ctx);
+        }
     }
 }
 

@@ -64,11 +64,6 @@ impl Shared {
     /// How to reach a peer that must prove `identity`: with this proxy's certificate, if it
     /// has one.
     pub(crate) fn mesh_dest(&self, identity: &Arc<str>) -> Option<connect::MeshDest> {
-        let store = self.identity.as_ref()?;
-        Some(connect::MeshDest {
-            tls: store.tls()?,
-            identity: identity.clone(),
-            handshakes: store.handshakes.clone(),
-        })
+        connect::mesh_dest(self.identity.as_deref(), identity)
     }
 }

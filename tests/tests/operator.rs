@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Active health checks against real nginx servers.
+#[path = "operator/health.rs"]
+mod health;
 /// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
 #[path = "operator/sidecar.rs"]
 mod sidecar;
@@ -99,6 +102,10 @@ fn main() -> ExitCode {
             test(
                 "a_tcp_listener_splits_connections_by_backend_weight",
                 tcp_weights,
+            ),
+            test(
+                "a_service_policy_health_check_takes_a_failing_endpoint_out_and_back",
+                health::health_check,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",

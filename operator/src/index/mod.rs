@@ -1215,6 +1215,7 @@ pub(crate) fn empty_backend(name: String) -> contract::Backend {
         connect_timeout: None,
         idle_timeout: None,
         retry_budget: None,
+        health_check: None,
     }
 }
 

@@ -353,6 +353,40 @@ pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
         b.connect_timeout = c.connect_timeout.as_ref().and_then(duration);
         b.idle_timeout = c.idle_timeout.as_ref().and_then(duration);
     }
+    if let Some(hc) = &p.health_check {
+        let interval = hc
+            .interval
+            .as_ref()
+            .and_then(nonzero_duration)
+            .unwrap_or(contract::Duration::from_secs(10));
+        let timeout = hc
+            .timeout
+            .as_ref()
+            .and_then(nonzero_duration)
+            .unwrap_or(contract::Duration::from_secs(1));
+        // Admission keeps the timeout under the interval; a check that could outlast its
+        // interval is cut to half of it rather than refused by every proxy.
+        let timeout = if timeout.get() < interval.get() {
+            timeout
+        } else {
+            contract::Duration(interval.get() / 2)
+        };
+        b.health_check = Some(contract::HealthCheck {
+            path: hc.path.clone(),
+            port: hc
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0),
+            interval,
+            timeout,
+            healthy_threshold: hc
+                .healthy_threshold
+                .map_or(1, |n| u32::try_from(n).unwrap_or(1).max(1)),
+            unhealthy_threshold: hc
+                .unhealthy_threshold
+                .map_or(3, |n| u32::try_from(n).unwrap_or(1).max(1)),
+        });
+    }
     if let Some(rb) = &p.retry_budget {
         let default = contract::RetryBudget::default();
         b.retry_budget = Some(contract::RetryBudget {

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::forward::balance::{Balancer, PeakEwma, PickContext};
+use crate::forward::health::{Health, HealthChecker};
 use crate::forward::limits::Limiter;
 use crate::forward::upstream::Clients;
 use crate::observe::metrics::Metrics;
@@ -31,6 +32,8 @@ pub struct EndpointStats {
     pub ewma: Mutex<PeakEwma>,
     /// Failure history.
     pub outlier: Mutex<crate::forward::outlier::OutlierState>,
+    /// Active health check results.
+    pub health: Health,
 }
 
 /// One endpoint of a backend.
@@ -66,6 +69,8 @@ pub struct BackendState {
     /// The Service's own retry budget (replaces the rules'), kept across reloads that leave
     /// it unchanged.
     pub retry_budget: Option<Arc<crate::policy::retry::RetryBudget>>,
+    /// Active health checks, when the backend has them (started once the config is in force).
+    pub health: Option<Arc<HealthChecker>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,12 +136,21 @@ impl BackendState {
                     _ => Arc::new(crate::policy::retry::RetryBudget::of(b)),
                 }
             }),
+            health: cfg
+                .health_check
+                .as_ref()
+                .map(|hc| match old.and_then(|o| o.health.as_ref()) {
+                    Some(kept) if kept.config() == hc => kept.clone(),
+                    _ => Arc::new(HealthChecker::new(cfg.name.as_str().into(), hc.clone())),
+                }),
         }
     }
 
     fn healthy(&self, i: usize, now: Instant) -> bool {
         let e = &self.endpoints[i];
-        e.ready && !lock(&e.stats.outlier).is_ejected(now)
+        e.ready
+            && !(self.health.is_some() && e.stats.health.is_unhealthy())
+            && !lock(&e.stats.outlier).is_ejected(now)
     }
 
     /// Chooses an endpoint for one attempt.

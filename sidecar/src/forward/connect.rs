@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::error::{BoxError, ProxyError};
+use crate::mesh::identity;
 use crate::mesh::mtls::{MeshProtocol, MeshTls};
 use crate::observe::metrics::Handshakes;
 use crate::wire::MaybeTls;
@@ -46,6 +47,17 @@ pub struct MeshDest {
     pub identity: Arc<str>,
     /// Handshake counters.
     pub handshakes: Handshakes,
+}
+
+/// How to reach a peer that must prove `identity`: with the certificate of `store`, if this
+/// proxy has one (else in plaintext).
+pub fn mesh_dest(store: Option<&identity::Store>, identity: &Arc<str>) -> Option<MeshDest> {
+    let store = store?;
+    Some(MeshDest {
+        tls: store.tls()?,
+        identity: identity.clone(),
+        handshakes: store.handshakes.clone(),
+    })
 }
 
 /// An upstream connection: plain TCP, or mTLS to a meshed endpoint.

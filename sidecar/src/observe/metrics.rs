@@ -65,6 +65,45 @@ struct AuthorizationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    backend: Arc<str>,
+    result: &'static str,
+}
+
+/// Active health checks, by backend and result: `portico_health_checks_total` (`pass`, `fail`)
+/// and `portico_health_transitions_total` (`healthy`, `unhealthy`: what an endpoint became).
+/// Cheap to clone; clones count together (each probing task holds one).
+#[derive(Clone, Debug, Default)]
+pub struct HealthMetrics {
+    checks: Family<HealthLabels, Counter>,
+    transitions: Family<HealthLabels, Counter>,
+}
+
+impl HealthMetrics {
+    /// Counts one check of an endpoint of `backend`.
+    pub fn check(&self, backend: &Arc<str>, passed: bool) {
+        let result = if passed { "pass" } else { "fail" };
+        self.checks
+            .get_or_create(&HealthLabels {
+                backend: backend.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts an endpoint of `backend` becoming healthy (`true`) or unhealthy.
+    pub fn transition(&self, backend: &Arc<str>, healthy: bool) {
+        let result = if healthy { "healthy" } else { "unhealthy" };
+        self.transitions
+            .get_or_create(&HealthLabels {
+                backend: backend.clone(),
+                result,
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     direction: &'static str,
     result: &'static str,
@@ -111,6 +150,7 @@ pub struct Metrics {
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
+    health: HealthMetrics,
     /// The label value for "none" (no route matched, no backend chosen).
     none: Arc<str>,
 }
@@ -137,6 +177,7 @@ impl Metrics {
             config_version: Gauge::default(),
             reloads: Family::default(),
             identity_expiry: Gauge::default(),
+            health: HealthMetrics::default(),
             registry: Registry::default(),
             none: Arc::from(""),
         };
@@ -199,7 +240,22 @@ impl Metrics {
             "Seconds until the workload certificate expires (0 without an identity)",
             m.identity_expiry.clone(),
         );
+        registry.register(
+            "health_checks",
+            "Active health checks of endpoints, by backend and result (pass, fail)",
+            m.health.checks.clone(),
+        );
+        registry.register(
+            "health_transitions",
+            "Endpoints that became healthy or unhealthy by active health checks, by backend",
+            m.health.transitions.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The health check counters, for the probing tasks.
+    pub fn health(&self) -> HealthMetrics {
+        self.health.clone()
     }
 }
 
