@@ -31,6 +31,9 @@ use tokio::sync::mpsc;
 /// Active health checks against real nginx servers.
 #[path = "operator/health.rs"]
 mod health;
+/// Route rule names in metrics.
+#[path = "operator/rules.rs"]
+mod rules;
 /// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
 #[path = "operator/sidecar.rs"]
 mod sidecar;
@@ -106,6 +109,10 @@ fn main() -> ExitCode {
             test(
                 "a_service_policy_health_check_takes_a_failing_endpoint_out_and_back",
                 health::health_check,
+            ),
+            test(
+                "rule_names_label_metrics_and_access_logs",
+                rules::rule_names,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",

@@ -236,6 +236,7 @@ fn retry(r: &api::Retry) -> contract::RetryPolicy {
 /// The contract rule for a Route rule. Backend refs become `namespace/service:port` names.
 pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
     contract::RouteRule {
+        name: r.name.clone(),
         matches: r.matches.iter().map(route_match).collect(),
         filters: r
             .filters

@@ -28,6 +28,9 @@ pub struct Entry<'a> {
     pub status: u16,
     /// Route name, if one matched.
     pub route: Option<&'a str>,
+    /// The matched rule's name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
     /// Backend name, if the request was forwarded.
     pub backend: Option<&'a str>,
     /// Attempts made (1 + retries).

@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: Arc<str>,
+    /// The rule's name within its route (empty for an unnamed rule).
+    rule: Arc<str>,
     backend: Arc<str>,
     status_class: &'static str,
 }
@@ -22,11 +24,13 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: Arc<str>,
+    rule: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteBackendLabels {
     route: Arc<str>,
+    rule: Arc<str>,
     backend: Arc<str>,
 }
 
@@ -183,12 +187,12 @@ impl Metrics {
         };
         registry.register(
             "requests",
-            "Requests answered, by route, backend and status class",
+            "Requests answered, by route, rule (its name; empty when unnamed), backend and status class",
             m.requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
-            "Time to response headers, by route",
+            "Time to response headers, by route and rule",
             m.durations.clone(),
         );
         registry.register("retries", "Retries sent", m.retries.clone());
@@ -274,14 +278,17 @@ impl Metrics {
     pub fn request(
         &self,
         route: Option<&Arc<str>>,
+        rule: Option<&Arc<str>>,
         backend: Option<&Arc<str>>,
         status: u16,
         elapsed: Duration,
     ) {
         let route = route.unwrap_or(&self.none);
+        let rule = rule.unwrap_or(&self.none);
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
+                rule: rule.clone(),
                 backend: backend.unwrap_or(&self.none).clone(),
                 status_class: status_class(status),
             })
@@ -289,15 +296,17 @@ impl Metrics {
         self.durations
             .get_or_create(&RouteLabels {
                 route: route.clone(),
+                rule: rule.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one retry.
-    pub fn retry(&self, route: &Arc<str>, backend: &Arc<str>) {
+    pub fn retry(&self, route: &Arc<str>, rule: &Arc<str>, backend: &Arc<str>) {
         self.retries
             .get_or_create(&RouteBackendLabels {
                 route: route.clone(),
+                rule: rule.clone(),
                 backend: backend.clone(),
             })
             .inc();

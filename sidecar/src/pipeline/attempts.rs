@@ -64,15 +64,10 @@ impl<'a> AttemptPolicy<'a> {
     /// the last one the policy, the budget or the body (`replayable`) allows. All of them
     /// within the request timeout. `failure` says whether a response is a failure the policy
     /// may retry.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the labels and the two path-specific functions of one loop"
-    )]
     pub(crate) async fn run<R, F, Fut>(
         &self,
         shared: &Shared,
-        route: &Arc<str>,
-        backend: &Arc<str>,
+        fwd: &Forward<'_>,
         out: &mut Outcome,
         replayable: bool,
         mut attempt: F,
@@ -102,7 +97,9 @@ impl<'a> AttemptPolicy<'a> {
                     return result;
                 }
                 drop(result);
-                shared.metrics.retry(route, backend);
+                shared
+                    .metrics
+                    .retry(fwd.hit.route, &fwd.hit.rule.name, &fwd.backend.name);
                 tokio::time::sleep(retry::backoff(policy, retries_done)).await;
                 retries_done += 1;
             }

@@ -52,9 +52,13 @@ pub struct Conn {
 impl Conn {
     /// Counts one answered request in `portico_requests_total` and the latency histogram.
     pub(crate) fn record(&self, shared: &Shared, status: u16, elapsed: Duration) {
-        shared
-            .metrics
-            .request(Some(&self.route), Some(&self.backend), status, elapsed);
+        shared.metrics.request(
+            Some(&self.route),
+            None,
+            Some(&self.backend),
+            status,
+            elapsed,
+        );
     }
 
     fn caller(&self) -> Caller<'_> {

@@ -14,6 +14,8 @@ use crate::shared::Shared;
 #[derive(Default)]
 pub(crate) struct Outcome {
     pub(crate) route: Option<Arc<str>>,
+    /// The matched rule's name (none when unnamed).
+    pub(crate) rule: Option<Arc<str>>,
     pub(crate) backend: Option<Arc<str>>,
     pub(crate) attempts: u32,
     pub(crate) error: Option<&'static str>,
@@ -54,9 +56,13 @@ impl RequestLog {
     /// Counts the answered request in the metrics and writes its access log line.
     pub(crate) fn finish(self, shared: &Shared, conn: &ConnInfo, status: u16, out: &Outcome) {
         let elapsed = self.start.elapsed();
-        shared
-            .metrics
-            .request(out.route.as_ref(), out.backend.as_ref(), status, elapsed);
+        shared.metrics.request(
+            out.route.as_ref(),
+            out.rule.as_ref(),
+            out.backend.as_ref(),
+            status,
+            elapsed,
+        );
         if shared.access_log {
             accesslog::write(&accesslog::Entry {
                 ts_ms: std::time::SystemTime::now()
@@ -70,6 +76,7 @@ impl RequestLog {
                 version: format!("{:?}", self.version),
                 status,
                 route: out.route.as_deref(),
+                rule: out.rule.as_deref(),
                 backend: out.backend.as_deref(),
                 attempts: out.attempts,
                 error: out.error,

@@ -197,6 +197,7 @@ pub(crate) fn plan<'a>(
     }
     .ok_or(ProxyError::NoRoute)?;
     out.route = Some(hit.route.clone());
+    out.rule = hit.rule.named();
 
     let mut view = RequestView {
         host_changed: parts.headers.get(HOST).is_none(),
@@ -269,15 +270,7 @@ async fn route_and_forward(
     };
     let failure = |r: &Response<Body>| attempts::response_failure(r.status(), r.headers());
     let mut resp = policy
-        .run(
-            shared,
-            fwd.hit.route,
-            &fwd.backend.name,
-            out,
-            replayable,
-            attempt,
-            failure,
-        )
+        .run(shared, &fwd, out, replayable, attempt, failure)
         .await?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -45,6 +45,8 @@ enum HostMatch {
 pub struct CompiledRule {
     /// The rule as configured.
     pub rule: RouteRule,
+    /// Its name, for metrics labels (empty when the rule has none).
+    pub name: Arc<str>,
     /// The retry budget shared by all requests of this rule.
     pub budget: Option<RetryBudget>,
     /// The rule's policies, in order.
@@ -92,6 +94,13 @@ impl Value {
 /// Regex matches are whole-value matches, as in the Gateway API.
 fn anchored(re: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{re})$"))
+}
+
+impl CompiledRule {
+    /// The rule's name, when it has one (for access logs and metrics).
+    pub fn named(&self) -> Option<Arc<str>> {
+        (!self.name.is_empty()).then(|| self.name.clone())
+    }
 }
 
 /// The outcome of routing one request.
@@ -233,6 +242,7 @@ fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
             }
             Ok(CompiledRule {
                 rule: rule.clone(),
+                name: rule.name.as_deref().unwrap_or("").into(),
                 budget: rule.retry.as_ref().map(RetryBudget::new),
                 stages: Stages::compile(&rule.filters),
                 matches,

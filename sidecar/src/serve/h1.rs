@@ -484,8 +484,7 @@ async fn forward(
     let upstream = policy
         .run(
             ctx.shared,
-            fwd.hit.route,
-            &fwd.backend.name,
+            fwd,
             &mut out,
             true,
             || exchange.head(),

@@ -87,11 +87,7 @@ pub(super) async fn health_check(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     gateway_on_free_port(&ctx).await?;
     create::<Service>(&ctx, service("hc")).await?;
-    create::<EndpointSlice>(
-        &ctx,
-        slice("hc-1", "hc", &["198.18.65.61", "198.18.65.62"]),
-    )
-    .await?;
+    create::<EndpointSlice>(&ctx, slice("hc-1", "hc", &["198.18.65.61", "198.18.65.62"])).await?;
     policy_for(
         &ctx,
         "hc",
@@ -137,7 +133,10 @@ pub(super) async fn health_check(ctx: Ctx) -> anyhow::Result<()> {
             "b still gets requests 20 s after its health path failed"
         );
         let (status, body) = http_get(proxy.addr, "shop.example.com", "/orders").await?;
-        ensure!(status == 200, "a request failed while b turned unhealthy: {status} {body}");
+        ensure!(
+            status == 200,
+            "a request failed while b turned unhealthy: {status} {body}"
+        );
         if answered_by(body) == "b" {
             last_b = Some(failed_at.elapsed());
             quiet_since = Instant::now();
@@ -150,7 +149,11 @@ pub(super) async fn health_check(ctx: Ctx) -> anyhow::Result<()> {
         last_b.unwrap_or_default()
     );
     let text = proxy.proxy.metrics_text();
-    let unhealthy = metric(&text, "portico_health_transitions_total", &["result=\"unhealthy\""]);
+    let unhealthy = metric(
+        &text,
+        "portico_health_transitions_total",
+        &["result=\"unhealthy\""],
+    );
     ensure!(
         unhealthy == Some(1.0),
         "one endpoint became unhealthy: {unhealthy:?}"
@@ -174,7 +177,11 @@ pub(super) async fn health_check(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let text = proxy.proxy.metrics_text();
     ensure!(
-        metric(&text, "portico_health_transitions_total", &["result=\"healthy\""]) == Some(1.0),
+        metric(
+            &text,
+            "portico_health_transitions_total",
+            &["result=\"healthy\""]
+        ) == Some(1.0),
         "the endpoint's return is counted"
     );
     drop(nginx);
