@@ -22,6 +22,7 @@ mod mesh;
 mod pods;
 mod status;
 pub mod translate;
+pub mod unsupported;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -960,6 +961,13 @@ impl Index {
         let Some(gw) = self.gateways.get(key) else {
             return Default::default();
         };
+        // A Gateway whose defaults the proxies cannot enforce serves no Route: its listeners
+        // stay bound and answer 404, never a response that skipped a default's check.
+        let candidates = if unsupported::gateway_fields(&gw.spec).is_empty() {
+            candidates
+        } else {
+            &[]
+        };
         let mut listeners = Vec::new();
         for l in &gw.spec.listeners {
             let tls = if l.protocol == ListenerProtocol::HTTPS {
@@ -991,8 +999,10 @@ impl Index {
                 continue;
             }
             // Each route was checked alone when it arrived, so one invalid Route is dropped
-            // without taking the others down; status reports it.
-            if route.problem.is_some() {
+            // without taking the others down; status reports it. A Route with a field the
+            // proxies cannot enforce is not served at all (an auth-requiring rule served open
+            // would be worse than a 404).
+            if route.problem.is_some() || !route.unsupported.is_empty() {
                 continue;
             }
             let rules = route.rules.clone();
@@ -1141,6 +1151,8 @@ pub(crate) struct RouteEntry {
     refs: Wanted,
     /// Why the contract refuses the Route, if it does.
     problem: Option<String>,
+    /// The unsupported fields it sets (see the `unsupported` module): it is then not served.
+    unsupported: Vec<String>,
 }
 
 impl RouteEntry {
@@ -1167,11 +1179,13 @@ impl RouteEntry {
             },
             &refs,
         );
+        let unsupported = unsupported::route_fields(&route.spec);
         Self {
             route,
             rules,
             refs,
             problem,
+            unsupported,
         }
     }
 }
@@ -1230,3 +1244,5 @@ enum Attachment {
 mod tests;
 #[cfg(test)]
 mod tests_inbound;
+#[cfg(test)]
+mod tests_unsupported;

@@ -11,7 +11,7 @@ use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
-use super::{Attachment, Index, Key, proxy_name};
+use super::{Attachment, Index, Key, proxy_name, unsupported};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +132,21 @@ impl Index {
             } else {
                 Cond::no("ResolvedRefs", "BackendNotFound", problems.join("; "))
             };
-            let invalid = &route.problem;
+            // What the Route's own content says, whatever its parent: a field the proxies
+            // cannot enforce, else a value the contract refuses. Either way it is not served.
+            let own_content = if !route.unsupported.is_empty() {
+                Some(Cond::no(
+                    "Accepted",
+                    unsupported::REASON,
+                    unsupported::message(&route.unsupported),
+                ))
+            } else {
+                route
+                    .problem
+                    .as_ref()
+                    .map(|p| Cond::no("Accepted", "UnsupportedValue", p.clone()))
+            };
+            let own_content = own_content.as_ref();
             let mut parents = Vec::new();
             for parent in &route.spec.parent_refs {
                 let pkey = Key::new(
@@ -141,14 +155,16 @@ impl Index {
                 );
                 let accepted = match parent.kind {
                     ParentKind::Service => {
-                        if self.services.contains_key(&pkey) {
-                            Cond::yes("Accepted", "Accepted")
-                        } else {
+                        if !self.services.contains_key(&pkey) {
                             Cond::no(
                                 "Accepted",
                                 "NoSuchParent",
                                 format!("Service {pkey} not found"),
                             )
+                        } else if let Some(cond) = own_content {
+                            cond.clone()
+                        } else {
+                            Cond::yes("Accepted", "Accepted")
                         }
                     }
                     ParentKind::Gateway => match self.gateways.get(&pkey) {
@@ -157,18 +173,28 @@ impl Index {
                             "NoSuchParent",
                             format!("Gateway {pkey} not found"),
                         ),
-                        Some(gw) => match (self.attach(gw, route, parent), invalid) {
+                        Some(gw) => match (self.attach(gw, route, parent), own_content) {
                             (Attachment::Rejected(reason, message), _) => {
                                 Cond::no("Accepted", reason, message)
                             }
-                            (Attachment::Attached(_), Some(problem)) => {
-                                Cond::no("Accepted", "UnsupportedValue", problem.clone())
-                            }
+                            (Attachment::Attached(_), Some(cond)) => cond.clone(),
                             (Attachment::Attached(ls), None) => {
-                                for l in ls {
-                                    *attached.entry((pkey.clone(), l)).or_default() += 1;
+                                let refused = unsupported::gateway_fields(&gw.spec);
+                                if refused.is_empty() {
+                                    for l in ls {
+                                        *attached.entry((pkey.clone(), l)).or_default() += 1;
+                                    }
+                                    Cond::yes("Accepted", "Accepted")
+                                } else {
+                                    Cond::no(
+                                        "Accepted",
+                                        unsupported::REASON,
+                                        format!(
+                                            "Gateway {pkey} is not accepted: {}",
+                                            unsupported::message(&refused)
+                                        ),
+                                    )
                                 }
-                                Cond::yes("Accepted", "Accepted")
                             }
                         },
                     },
@@ -248,7 +274,7 @@ impl Index {
                 gkey.clone(),
                 GatewayState {
                     generation: gw.metadata.generation,
-                    conditions: vec![Cond::yes("Accepted", "Accepted"), programmed],
+                    conditions: gateway_conditions(&gw.spec, programmed),
                     addresses,
                     listeners,
                     current: gw.status.clone(),
@@ -288,4 +314,22 @@ impl Index {
         }
         out
     }
+}
+
+/// A Gateway's `Accepted` and `Programmed`: one that sets an unsupported field is not accepted,
+/// and then not programmed either (its proxies serve none of its Routes).
+fn gateway_conditions(spec: &portico_api::GatewaySpec, programmed: Cond) -> Vec<Cond> {
+    let refused = unsupported::gateway_fields(spec);
+    if refused.is_empty() {
+        return vec![Cond::yes("Accepted", "Accepted"), programmed];
+    }
+    let message = unsupported::message(&refused);
+    vec![
+        Cond::no("Accepted", unsupported::REASON, message.clone()),
+        Cond::no(
+            "Programmed",
+            "Invalid",
+            format!("the Gateway is not accepted: {message}"),
+        ),
+    ]
 }
