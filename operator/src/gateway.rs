@@ -274,6 +274,29 @@ mod tests {
     }
 
     #[test]
+    fn replicas_and_service_type_shape_the_proxy_deployment_and_service() {
+        let settings = ProxySettings {
+            image: "portico-proxy:test".into(),
+            control_plane_url: "https://portico:8443".into(),
+            ca_pem: String::new(),
+            trust_domain: "cluster.local".into(),
+        };
+        let key = Key::new("shop", "edge");
+        let [_, _, svc, deploy] = desired(&key, "uid-1", &spec(8080), &settings);
+        assert_eq!(deploy["spec"]["replicas"], 1);
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        let mut custom = spec(8080);
+        custom.replicas = Some(3);
+        custom.service_type = Some(GatewayServiceType::LoadBalancer);
+        let [_, _, svc, deploy] = desired(&key, "uid-1", &custom, &settings);
+        assert_eq!(deploy["spec"]["replicas"], 3);
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        custom.service_type = Some(GatewayServiceType::NodePort);
+        let [_, _, svc, _] = desired(&key, "uid-1", &custom, &settings);
+        assert_eq!(svc["spec"]["type"], "NodePort");
+    }
+
+    #[test]
     fn a_spec_change_changes_the_pod_template() {
         assert_ne!(spec_hash(&spec(8080)), spec_hash(&spec(8081)));
         assert_eq!(spec_hash(&spec(8080)), spec_hash(&spec(8080)));

@@ -1243,6 +1243,8 @@ enum Attachment {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fields;
+#[cfg(test)]
 mod tests_inbound;
 #[cfg(test)]
 mod tests_unsupported;
