@@ -204,14 +204,15 @@ pub async fn run(
         }
         let snapshot = specs.borrow_and_update().clone();
         let mut ok = true;
-        for (key, (uid, spec)) in snapshot.iter() {
-            if applied.get(key) == Some(&(uid.clone(), spec.clone())) {
+        for (key, gateway) in snapshot.iter() {
+            if applied.get(key) == Some(gateway) {
                 continue;
             }
-            match apply(&client, key, desired(key, uid, spec, &settings)).await {
+            let objects = desired(key, &gateway.uid, &gateway.spec, &settings);
+            match apply(&client, key, objects).await {
                 Ok(()) => {
                     tracing::info!(gateway = %key, "gateway proxy objects applied");
-                    applied.insert(key.clone(), (uid.clone(), spec.clone()));
+                    applied.insert(key.clone(), gateway.clone());
                 }
                 Err(e) => {
                     ok = false;

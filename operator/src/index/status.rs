@@ -11,7 +11,7 @@ use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
-use super::{Attachment, Index, Key, proxy_name, unsupported};
+use super::{Attachment, Index, Key, ServicePort, proxy_name, unsupported};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,10 +55,30 @@ pub struct GatewayState {
     pub conditions: Vec<Cond>,
     /// The proxy Service's cluster IPs.
     pub addresses: Vec<String>,
-    /// `(listener name, attached routes, conditions)`.
-    pub listeners: Vec<(String, i32, Vec<Cond>)>,
+    /// One per listener, in spec order.
+    pub listeners: Vec<ListenerState>,
     /// The status on the object now.
     pub current: Option<GatewayStatus>,
+}
+
+/// Desired status of one Gateway listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerState {
+    /// The listener's name.
+    pub name: String,
+    /// Routes attached to it (accepted ones only).
+    pub attached_routes: i32,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    pub conditions: Vec<Cond>,
+}
+
+/// One listener of one Gateway, by its index in the spec: what attached Routes are counted by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ListenerRef {
+    /// The Gateway.
+    gateway: Key,
+    /// The listener's index in `spec.listeners`.
+    index: usize,
 }
 
 /// Desired status of one Route for one parent ref.
@@ -105,8 +125,9 @@ pub struct Statuses {
 
 impl Index {
     /// Why a backend ref does not resolve, if it does not.
-    fn backend_problem(&self, ns: &str, svc: &str, port: i32) -> Option<String> {
-        let key = Key::new(ns, svc);
+    fn backend_problem(&self, sp: &ServicePort) -> Option<String> {
+        let key = sp.service_key();
+        let port = sp.port;
         let Some(service) = self.services.get(&key) else {
             return Some(format!("Service {key} not found"));
         };
@@ -120,12 +141,12 @@ impl Index {
 
     pub(super) fn compute_statuses(&self) -> Statuses {
         let mut out = Statuses::default();
-        let mut attached: BTreeMap<(Key, usize), i32> = BTreeMap::new();
+        let mut attached: BTreeMap<ListenerRef, i32> = BTreeMap::new();
         for (rkey, route) in &self.routes {
             let problems: Vec<String> = route
                 .refs
                 .iter()
-                .filter_map(|(ns, svc, port)| self.backend_problem(ns, svc, *port))
+                .filter_map(|sp| self.backend_problem(sp))
                 .collect();
             let resolved = if problems.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
@@ -174,15 +195,19 @@ impl Index {
                             format!("Gateway {pkey} not found"),
                         ),
                         Some(gw) => match (self.attach(gw, route, parent), own_content) {
-                            (Attachment::Rejected(reason, message), _) => {
+                            (Attachment::Rejected { reason, message }, _) => {
                                 Cond::no("Accepted", reason, message)
                             }
                             (Attachment::Attached(_), Some(cond)) => cond.clone(),
                             (Attachment::Attached(ls), None) => {
                                 let refused = unsupported::gateway_fields(&gw.spec);
                                 if refused.is_empty() {
-                                    for l in ls {
-                                        *attached.entry((pkey.clone(), l)).or_default() += 1;
+                                    for index in ls {
+                                        let listener = ListenerRef {
+                                            gateway: pkey.clone(),
+                                            index,
+                                        };
+                                        *attached.entry(listener).or_default() += 1;
                                     }
                                     Cond::yes("Accepted", "Accepted")
                                 } else {
@@ -231,8 +256,15 @@ impl Index {
                 };
                 conds.push(refs);
                 conds.push(programmed);
-                let count = attached.get(&(gkey.clone(), i)).copied().unwrap_or(0);
-                listeners.push((l.name.clone(), count, conds));
+                let listener = ListenerRef {
+                    gateway: gkey.clone(),
+                    index: i,
+                };
+                listeners.push(ListenerState {
+                    name: l.name.clone(),
+                    attached_routes: attached.get(&listener).copied().unwrap_or(0),
+                    conditions: conds,
+                });
             }
             let service = self
                 .services

@@ -83,7 +83,7 @@ fn a_route_with_an_unsupported_field_is_unsupported_and_not_served_until_it_is_r
         "spec.rules[1].authentication is not supported yet"
     );
     assert_eq!(
-        index.statuses().borrow().gateways[&Key::new("shop", "gw")].listeners[0].1,
+        index.statuses().borrow().gateways[&Key::new("shop", "gw")].listeners[0].attached_routes,
         0,
         "a refused Route is not counted as attached"
     );
