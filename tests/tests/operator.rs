@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// The connect timeout of a ServicePolicy.
+#[path = "operator/connect.rs"]
+mod connect;
 /// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
 #[path = "operator/sidecar.rs"]
 mod sidecar;
@@ -142,6 +145,10 @@ fn main() -> ExitCode {
             test(
                 "a_gateway_with_unsupported_defaults_serves_no_route_until_they_are_removed",
                 unsupported::a_gateway_with_defaults_serves_no_route,
+            ),
+            test(
+                "a_service_policy_connect_timeout_bounds_the_wait_for_an_endpoint",
+                connect::a_connect_timeout_bounds_the_wait_for_an_endpoint,
             ),
         ],
     )
