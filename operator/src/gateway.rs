@@ -204,14 +204,15 @@ pub async fn run(
         }
         let snapshot = specs.borrow_and_update().clone();
         let mut ok = true;
-        for (key, (uid, spec)) in snapshot.iter() {
-            if applied.get(key) == Some(&(uid.clone(), spec.clone())) {
+        for (key, gateway) in snapshot.iter() {
+            if applied.get(key) == Some(gateway) {
                 continue;
             }
-            match apply(&client, key, desired(key, uid, spec, &settings)).await {
+            let objects = desired(key, &gateway.uid, &gateway.spec, &settings);
+            match apply(&client, key, objects).await {
                 Ok(()) => {
                     tracing::info!(gateway = %key, "gateway proxy objects applied");
-                    applied.insert(key.clone(), (uid.clone(), spec.clone()));
+                    applied.insert(key.clone(), gateway.clone());
                 }
                 Err(e) => {
                     ok = false;
@@ -271,6 +272,29 @@ mod tests {
         // Typed decoding proves the bodies are well-formed Kubernetes objects.
         let _: Deployment = serde_json::from_value(deploy.clone()).unwrap();
         let _: Service = serde_json::from_value(svc).unwrap();
+    }
+
+    #[test]
+    fn replicas_and_service_type_shape_the_proxy_deployment_and_service() {
+        let settings = ProxySettings {
+            image: "portico-proxy:test".into(),
+            control_plane_url: "https://portico:8443".into(),
+            ca_pem: String::new(),
+            trust_domain: "cluster.local".into(),
+        };
+        let key = Key::new("shop", "edge");
+        let [_, _, svc, deploy] = desired(&key, "uid-1", &spec(8080), &settings);
+        assert_eq!(deploy["spec"]["replicas"], 1);
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        let mut custom = spec(8080);
+        custom.replicas = Some(3);
+        custom.service_type = Some(GatewayServiceType::LoadBalancer);
+        let [_, _, svc, deploy] = desired(&key, "uid-1", &custom, &settings);
+        assert_eq!(deploy["spec"]["replicas"], 3);
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        custom.service_type = Some(GatewayServiceType::NodePort);
+        let [_, _, svc, _] = desired(&key, "uid-1", &custom, &settings);
+        assert_eq!(svc["spec"]["type"], "NodePort");
     }
 
     #[test]

@@ -68,17 +68,17 @@ pub fn gateway_status(state: &crate::index::GatewayState) -> GatewayStatus {
         listeners: state
             .listeners
             .iter()
-            .map(|(name, attached, conds)| {
+            .map(|l| {
                 let cur = current
                     .listeners
                     .iter()
-                    .find(|l| &l.name == name)
-                    .map(|l| l.conditions.as_slice())
+                    .find(|c| c.name == l.name)
+                    .map(|c| c.conditions.as_slice())
                     .unwrap_or_default();
                 ListenerStatus {
-                    name: name.clone(),
-                    attached_routes: *attached,
-                    conditions: conditions(conds, state.generation, cur),
+                    name: l.name.clone(),
+                    attached_routes: l.attached_routes,
+                    conditions: conditions(&l.conditions, state.generation, cur),
                 }
             })
             .collect(),

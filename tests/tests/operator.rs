@@ -34,9 +34,15 @@ mod health;
 /// Route rule names in metrics.
 #[path = "operator/rules.rs"]
 mod rules;
+/// The connect timeout of a ServicePolicy.
+#[path = "operator/connect.rs"]
+mod connect;
 /// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
 #[path = "operator/sidecar.rs"]
 mod sidecar;
+/// Objects that set a field the proxies do not enforce yet.
+#[path = "operator/unsupported.rs"]
+mod unsupported;
 
 fn main() -> ExitCode {
     portico_operator::init_logging(
@@ -145,6 +151,18 @@ fn main() -> ExitCode {
             test(
                 "an_open_stream_ends_soon_after_its_service_account_is_deleted",
                 sidecar::a_stream_ends_soon_after_its_service_account_is_deleted,
+            ),
+            test(
+                "a_route_with_unsupported_authentication_is_not_served_until_the_field_is_removed",
+                unsupported::a_route_with_authentication_is_not_served,
+            ),
+            test(
+                "a_gateway_with_unsupported_defaults_serves_no_route_until_they_are_removed",
+                unsupported::a_gateway_with_defaults_serves_no_route,
+            ),
+            test(
+                "a_service_policy_connect_timeout_bounds_the_wait_for_an_endpoint",
+                connect::a_connect_timeout_bounds_the_wait_for_an_endpoint,
             ),
         ],
     )

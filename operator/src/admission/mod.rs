@@ -46,6 +46,8 @@ use tokio_rustls::TlsAcceptor;
 use inject::{InjectConfig, InjectError};
 use validate::FieldError;
 
+use crate::index::unsupported;
+
 /// Largest AdmissionReview accepted: the apiserver's own object limit is 3 MiB, and a review
 /// carries the object (and on UPDATE the old object) once each.
 const MAX_REVIEW_BYTES: usize = 8 << 20;
@@ -284,20 +286,27 @@ impl Webhooks {
         };
         let namespace = request.namespace.clone().unwrap_or_default();
         let spec = object.data.get("spec").cloned().unwrap_or_default();
-        let decoded = match request.kind.kind.as_str() {
+        let kind = request.kind.kind.as_str();
+        let decoded = match kind {
             "Route" => serde_json::from_value::<portico_api::RouteSpec>(spec).map(|spec| {
                 (
                     validate::route_errors(&spec),
                     validate::route_secret_refs(&spec, &namespace),
+                    unsupported::route_fields(&spec),
                 )
             }),
-            "Gateway" => serde_json::from_value::<portico_api::GatewaySpec>(spec)
-                .map(|spec| (Vec::new(), validate::secret_refs(&spec, &namespace))),
+            "Gateway" => serde_json::from_value::<portico_api::GatewaySpec>(spec).map(|spec| {
+                (
+                    Vec::new(),
+                    validate::secret_refs(&spec, &namespace),
+                    unsupported::gateway_fields(&spec),
+                )
+            }),
             "ServicePolicy" => serde_json::from_value::<portico_api::ServicePolicySpec>(spec)
-                .map(|_| (Vec::new(), Vec::new())),
+                .map(|_| (Vec::new(), Vec::new(), Vec::new())),
             _ => return response,
         };
-        let (mut errors, refs) = match decoded {
+        let (mut errors, refs, unsupported_fields) = match decoded {
             Ok(x) => x,
             Err(e) => {
                 // The schema already passed; a spec this build cannot read is a version skew
@@ -310,7 +319,7 @@ impl Webhooks {
                 return response;
             }
         };
-        let mut warnings = Vec::new();
+        let mut warnings = validate::unsupported_warnings(&unsupported_fields, kind);
         for reference in &refs {
             match self.secret_type(reference).await {
                 Ok(Some(actual)) => {

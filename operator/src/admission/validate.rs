@@ -14,6 +14,23 @@ use portico_api::common::{Authentication, SecretObjectReference};
 use portico_api::route::{PathMatchType, RouteMatch, RouteSpec, ValueMatchType};
 use portico_api::{GatewaySpec, gateway::ListenerProtocol};
 
+/// The admission warnings for the fields of `kind` (`Route` or `Gateway`) the proxies do not
+/// enforce yet: the object is admitted (its shape is final) but will not be served, and
+/// `kubectl apply` says so at once rather than leaving it to the status.
+pub fn unsupported_warnings(fields: &[String], kind: &str) -> Vec<String> {
+    if fields.is_empty() {
+        return Vec::new();
+    }
+    let effect = match kind {
+        "Gateway" => "the Gateway will serve no Route",
+        _ => "the Route will not be served",
+    };
+    vec![format!(
+        "portico: {}: {effect} (Accepted=False, reason Unsupported)",
+        crate::index::unsupported::message(fields)
+    )]
+}
+
 /// Largest compiled size accepted for one expression: well above any routing expression, and it
 /// keeps a pasted-in monster from costing the proxy memory on every request.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -356,6 +373,34 @@ mod tests {
             {"matches": [{"headers": [{"name": "x-v", "value": "2"}]}]},
         ]));
         assert_eq!(route_errors(&spec), []);
+    }
+
+    #[test]
+    fn unsupported_fields_are_admitted_with_a_warning_naming_them() {
+        let route = mk_route(
+            serde_json::json!([{"backendRefs": [{"name": "a", "port": 80}],
+            "cors": {"allowOrigins": ["*"]}}]),
+        );
+        let fields = crate::index::unsupported::route_fields(&route);
+        assert_eq!(
+            unsupported_warnings(&fields, "Route"),
+            [
+                "portico: spec.rules[0].cors is not supported yet: the Route will not be served \
+              (Accepted=False, reason Unsupported)"
+            ]
+        );
+        let gateway = mk_gateway(serde_json::json!({
+            "listeners": [{"name": "web", "port": 80, "protocol": "HTTP"}],
+            "defaults": {"rateLimit": {"requests": 1, "unit": "Second"}}}));
+        let fields = crate::index::unsupported::gateway_fields(&gateway);
+        assert_eq!(
+            unsupported_warnings(&fields, "Gateway"),
+            [
+                "portico: spec.defaults.rateLimit is not supported yet: the Gateway will serve no \
+              Route (Accepted=False, reason Unsupported)"
+            ]
+        );
+        assert!(unsupported_warnings(&[], "Route").is_empty());
     }
 
     #[test]

@@ -18,10 +18,18 @@ use portico_api::policy::ServiceProtocol;
 use portico_api::route::ParentKind;
 use portico_proxy_api::{self as contract, RouteTable};
 
-use super::{Index, Key, Wanted, translate};
+use super::{Index, Key, ServicePort, Wanted, translate};
 
-/// Routes attached to Services: (namespace, service) → (port the Route applies to, Route name).
-type Attached = BTreeMap<(String, String), Vec<(Option<i32>, String)>>;
+/// A Route attached to a Service parent.
+struct ServiceRoute {
+    /// The Service port the Route applies to; `None` for every port.
+    port: Option<i32>,
+    /// The Route's contract name.
+    route: String,
+}
+
+/// Routes attached to Services, by Service.
+type Attached = BTreeMap<Key, Vec<ServiceRoute>>;
 
 /// The key the mesh config is published under. No Gateway has an empty name.
 pub fn mesh_key() -> Key {
@@ -40,7 +48,11 @@ impl Index {
                 .iter()
                 .filter(|p| p.kind == ParentKind::Service)
                 .collect();
-            if parents.is_empty() || route.problem.is_some() || route.rules.is_empty() {
+            if parents.is_empty()
+                || route.problem.is_some()
+                || !route.unsupported.is_empty()
+                || route.rules.is_empty()
+            {
                 continue;
             }
             let name = rkey.to_string();
@@ -52,14 +64,11 @@ impl Index {
             });
             wanted.extend(route.refs.iter().cloned());
             for p in parents {
-                let ns = p
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| rkey.namespace.clone());
-                attached
-                    .entry((ns, p.name.clone()))
-                    .or_default()
-                    .push((p.port, name.clone()));
+                let service = Key::new(p.namespace.as_deref().unwrap_or(&rkey.namespace), &p.name);
+                attached.entry(service).or_default().push(ServiceRoute {
+                    port: p.port,
+                    route: name.clone(),
+                });
             }
         }
         let mut services = Vec::new();
@@ -98,13 +107,13 @@ impl Index {
                     continue;
                 }
                 let backend = translate::backend_name(&skey.namespace, &skey.name, port.port);
-                wanted.insert((skey.namespace.clone(), skey.name.clone(), port.port));
+                wanted.insert(ServicePort::new(&skey.namespace, &skey.name, port.port));
                 let routes = attached
-                    .get(&(skey.namespace.clone(), skey.name.clone()))
+                    .get(skey)
                     .map(|rs| {
                         rs.iter()
-                            .filter(|(p, _)| p.is_none_or(|p| p == port.port))
-                            .map(|(_, n)| n.clone())
+                            .filter(|r| r.port.is_none_or(|p| p == port.port))
+                            .map(|r| r.route.clone())
                             .collect()
                     })
                     .unwrap_or_default();

@@ -11,7 +11,7 @@ use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
-use super::{Attachment, Index, Key, proxy_name};
+use super::{Attachment, Index, Key, ServicePort, proxy_name, unsupported};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,10 +55,30 @@ pub struct GatewayState {
     pub conditions: Vec<Cond>,
     /// The proxy Service's cluster IPs.
     pub addresses: Vec<String>,
-    /// `(listener name, attached routes, conditions)`.
-    pub listeners: Vec<(String, i32, Vec<Cond>)>,
+    /// One per listener, in spec order.
+    pub listeners: Vec<ListenerState>,
     /// The status on the object now.
     pub current: Option<GatewayStatus>,
+}
+
+/// Desired status of one Gateway listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerState {
+    /// The listener's name.
+    pub name: String,
+    /// Routes attached to it (accepted ones only).
+    pub attached_routes: i32,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    pub conditions: Vec<Cond>,
+}
+
+/// One listener of one Gateway, by its index in the spec: what attached Routes are counted by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ListenerRef {
+    /// The Gateway.
+    gateway: Key,
+    /// The listener's index in `spec.listeners`.
+    index: usize,
 }
 
 /// Desired status of one Route for one parent ref.
@@ -105,8 +125,9 @@ pub struct Statuses {
 
 impl Index {
     /// Why a backend ref does not resolve, if it does not.
-    fn backend_problem(&self, ns: &str, svc: &str, port: i32) -> Option<String> {
-        let key = Key::new(ns, svc);
+    fn backend_problem(&self, sp: &ServicePort) -> Option<String> {
+        let key = sp.service_key();
+        let port = sp.port;
         let Some(service) = self.services.get(&key) else {
             return Some(format!("Service {key} not found"));
         };
@@ -120,19 +141,33 @@ impl Index {
 
     pub(super) fn compute_statuses(&self) -> Statuses {
         let mut out = Statuses::default();
-        let mut attached: BTreeMap<(Key, usize), i32> = BTreeMap::new();
+        let mut attached: BTreeMap<ListenerRef, i32> = BTreeMap::new();
         for (rkey, route) in &self.routes {
             let problems: Vec<String> = route
                 .refs
                 .iter()
-                .filter_map(|(ns, svc, port)| self.backend_problem(ns, svc, *port))
+                .filter_map(|sp| self.backend_problem(sp))
                 .collect();
             let resolved = if problems.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
             } else {
                 Cond::no("ResolvedRefs", "BackendNotFound", problems.join("; "))
             };
-            let invalid = &route.problem;
+            // What the Route's own content says, whatever its parent: a field the proxies
+            // cannot enforce, else a value the contract refuses. Either way it is not served.
+            let own_content = if !route.unsupported.is_empty() {
+                Some(Cond::no(
+                    "Accepted",
+                    unsupported::REASON,
+                    unsupported::message(&route.unsupported),
+                ))
+            } else {
+                route
+                    .problem
+                    .as_ref()
+                    .map(|p| Cond::no("Accepted", "UnsupportedValue", p.clone()))
+            };
+            let own_content = own_content.as_ref();
             let mut parents = Vec::new();
             for parent in &route.spec.parent_refs {
                 let pkey = Key::new(
@@ -141,14 +176,16 @@ impl Index {
                 );
                 let accepted = match parent.kind {
                     ParentKind::Service => {
-                        if self.services.contains_key(&pkey) {
-                            Cond::yes("Accepted", "Accepted")
-                        } else {
+                        if !self.services.contains_key(&pkey) {
                             Cond::no(
                                 "Accepted",
                                 "NoSuchParent",
                                 format!("Service {pkey} not found"),
                             )
+                        } else if let Some(cond) = own_content {
+                            cond.clone()
+                        } else {
+                            Cond::yes("Accepted", "Accepted")
                         }
                     }
                     ParentKind::Gateway => match self.gateways.get(&pkey) {
@@ -157,18 +194,32 @@ impl Index {
                             "NoSuchParent",
                             format!("Gateway {pkey} not found"),
                         ),
-                        Some(gw) => match (self.attach(gw, route, parent), invalid) {
-                            (Attachment::Rejected(reason, message), _) => {
+                        Some(gw) => match (self.attach(gw, route, parent), own_content) {
+                            (Attachment::Rejected { reason, message }, _) => {
                                 Cond::no("Accepted", reason, message)
                             }
-                            (Attachment::Attached(_), Some(problem)) => {
-                                Cond::no("Accepted", "UnsupportedValue", problem.clone())
-                            }
+                            (Attachment::Attached(_), Some(cond)) => cond.clone(),
                             (Attachment::Attached(ls), None) => {
-                                for l in ls {
-                                    *attached.entry((pkey.clone(), l)).or_default() += 1;
+                                let refused = unsupported::gateway_fields(&gw.spec);
+                                if refused.is_empty() {
+                                    for index in ls {
+                                        let listener = ListenerRef {
+                                            gateway: pkey.clone(),
+                                            index,
+                                        };
+                                        *attached.entry(listener).or_default() += 1;
+                                    }
+                                    Cond::yes("Accepted", "Accepted")
+                                } else {
+                                    Cond::no(
+                                        "Accepted",
+                                        unsupported::REASON,
+                                        format!(
+                                            "Gateway {pkey} is not accepted: {}",
+                                            unsupported::message(&refused)
+                                        ),
+                                    )
                                 }
-                                Cond::yes("Accepted", "Accepted")
                             }
                         },
                     },
@@ -205,8 +256,15 @@ impl Index {
                 };
                 conds.push(refs);
                 conds.push(programmed);
-                let count = attached.get(&(gkey.clone(), i)).copied().unwrap_or(0);
-                listeners.push((l.name.clone(), count, conds));
+                let listener = ListenerRef {
+                    gateway: gkey.clone(),
+                    index: i,
+                };
+                listeners.push(ListenerState {
+                    name: l.name.clone(),
+                    attached_routes: attached.get(&listener).copied().unwrap_or(0),
+                    conditions: conds,
+                });
             }
             let service = self
                 .services
@@ -248,7 +306,7 @@ impl Index {
                 gkey.clone(),
                 GatewayState {
                     generation: gw.metadata.generation,
-                    conditions: vec![Cond::yes("Accepted", "Accepted"), programmed],
+                    conditions: gateway_conditions(&gw.spec, programmed),
                     addresses,
                     listeners,
                     current: gw.status.clone(),
@@ -288,4 +346,22 @@ impl Index {
         }
         out
     }
+}
+
+/// A Gateway's `Accepted` and `Programmed`: one that sets an unsupported field is not accepted,
+/// and then not programmed either (its proxies serve none of its Routes).
+fn gateway_conditions(spec: &portico_api::GatewaySpec, programmed: Cond) -> Vec<Cond> {
+    let refused = unsupported::gateway_fields(spec);
+    if refused.is_empty() {
+        return vec![Cond::yes("Accepted", "Accepted"), programmed];
+    }
+    let message = unsupported::message(&refused);
+    vec![
+        Cond::no("Accepted", unsupported::REASON, message.clone()),
+        Cond::no(
+            "Programmed",
+            "Invalid",
+            format!("the Gateway is not accepted: {message}"),
+        ),
+    ]
 }

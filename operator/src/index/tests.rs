@@ -1,3 +1,4 @@
+use portico_proxy_api::ProxyConfig;
 use serde_json::{Value, json};
 
 use super::*;
@@ -343,7 +344,7 @@ fn a_route_to_a_missing_service_or_port_reports_backend_not_found() {
     index.apply(mk_svc("shop", "orders"));
     assert!(status(&index).parents[0].conditions[1].status);
     let gw = index.statuses().borrow().gateways[&Key::new("shop", "gw")].clone();
-    assert_eq!(gw.listeners[0].1, 1, "one attached route");
+    assert_eq!(gw.listeners[0].attached_routes, 1, "one attached route");
 }
 
 #[test]
@@ -406,7 +407,10 @@ fn an_https_listener_carries_its_secret_inline_or_is_left_out() {
     let sub = index.subscribe(&Key::new("shop", "gw"));
     assert_eq!(sub.routes.borrow().listeners.len(), 1);
     let gw = index.statuses().borrow().gateways[&Key::new("shop", "gw")].clone();
-    assert_eq!(gw.listeners[1].2[1].reason, "InvalidCertificateRef");
+    assert_eq!(
+        gw.listeners[1].conditions[1].reason,
+        "InvalidCertificateRef"
+    );
     index.apply(Object::Secret(from(json!({
         "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"namespace": "shop", "name": "cert"},

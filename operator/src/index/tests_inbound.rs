@@ -315,7 +315,7 @@ fn endpoints_of_meshed_pods_carry_their_identity() {
         "orders",
         &[("198.18.64.1", "orders-0"), ("198.18.64.2", "legacy-0")],
     ));
-    let b = index.backend("shop", "orders", 80);
+    let b = index.backend(&ServicePort::new("shop", "orders", 80));
     let ids: Vec<(&str, Option<&str>)> = b
         .endpoints
         .iter()
@@ -353,7 +353,9 @@ fn endpoints_of_meshed_pods_carry_their_identity() {
         &[("198.18.64.1", "orders-0")],
     ));
     assert_eq!(
-        off.backend("shop", "orders", 80).endpoints[0].identity,
+        off.backend(&ServicePort::new("shop", "orders", 80))
+            .endpoints[0]
+            .identity,
         None
     );
 }

@@ -12,6 +12,8 @@ use portico_api::route::{
 };
 use portico_proxy_api as contract;
 
+use super::ServicePort;
+
 /// The contract name of the backend that stands for port `port` of Service `namespace/name`:
 /// `namespace/name:port`. The same word is the `backend` label in proxy metrics.
 pub fn backend_name(namespace: &str, service: &str, port: i32) -> String {
@@ -272,24 +274,19 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
     }
 }
 
-/// Every Service a Route rule sends to (backend refs and mirrors), as
-/// `(namespace, name, port)`.
+/// Every Service port a Route rule sends to: its backend refs, then its mirrors.
 pub fn rule_backend_refs<'a>(
     route_ns: &'a str,
     r: &'a api::RouteRule,
-) -> impl Iterator<Item = (&'a str, &'a str, i32)> + 'a {
+) -> impl Iterator<Item = ServicePort> + 'a {
     let refs = r.backend_refs.iter().map(move |b| {
-        (
-            b.namespace.as_deref().unwrap_or(route_ns),
-            b.name.as_str(),
-            b.port,
-        )
+        ServicePort::new(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port)
     });
     let mirrors = r.filters.iter().filter_map(move |f| {
         let b = &f.request_mirror.as_ref()?.backend_ref;
-        Some((
+        Some(ServicePort::new(
             b.namespace.as_deref().unwrap_or(route_ns),
-            b.name.as_str(),
+            &b.name,
             b.port,
         ))
     });
@@ -406,28 +403,9 @@ pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
     }
 }
 
-/// Whether a listener hostname and a route hostname can both match some request host.
-/// `*.example.com` covers any name with at least one more label.
-pub fn hostnames_intersect(a: &str, b: &str) -> bool {
-    fn covers(wild: &str, name: &str) -> bool {
-        wild.strip_prefix('*')
-            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
-    }
-    a == b || covers(a, b) || covers(b, a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcard_hostnames_cover_subdomains_only() {
-        assert!(hostnames_intersect("*.example.com", "api.example.com"));
-        assert!(hostnames_intersect("api.example.com", "*.example.com"));
-        assert!(hostnames_intersect("*.a.example.com", "*.example.com"));
-        assert!(!hostnames_intersect("*.example.com", "example.com"));
-        assert!(!hostnames_intersect("api.example.com", "web.example.com"));
-    }
 
     #[test]
     fn a_policys_idle_timeout_and_retry_budget_reach_its_backend() {
@@ -510,9 +488,9 @@ mod tests {
         assert_eq!(
             refs,
             vec![
-                ("shop", "orders", 8080),
-                ("billing", "pay", 80),
-                ("shop", "shadow", 80)
+                ServicePort::new("shop", "orders", 8080),
+                ServicePort::new("billing", "pay", 80),
+                ServicePort::new("shop", "shadow", 80)
             ]
         );
     }

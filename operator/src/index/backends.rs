@@ -1,0 +1,183 @@
+//! The backends proxies are sent: one per Service port a route table refers to, with the
+//! Service's endpoints (identified when they are meshed pods) and its ServicePolicy applied.
+//!
+//! A Service port is named by a [`ServicePort`]; the set a proxy needs is its [`Wanted`] set,
+//! which an endpoint change is matched against so only the proxies using that Service wake.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use portico_api::ServicePolicy;
+use portico_proxy_api::{self as contract, BackendSet};
+
+use super::{Index, Key, endpoints, inbound, translate};
+
+/// One port of one Service: what a contract backend stands for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// The Service port (not the target port).
+    pub port: i32,
+}
+
+impl ServicePort {
+    /// Port `port` of Service `namespace/service`.
+    pub fn new(namespace: impl Into<String>, service: impl Into<String>, port: i32) -> Self {
+        Self {
+            namespace: namespace.into(),
+            service: service.into(),
+            port,
+        }
+    }
+
+    /// The Service this is a port of.
+    pub fn service_key(&self) -> Key {
+        Key::new(&self.namespace, &self.service)
+    }
+
+    /// Whether this is a port of Service `key`.
+    pub fn is_of(&self, key: &Key) -> bool {
+        self.namespace == key.namespace && self.service == key.name
+    }
+
+    /// The contract backend name, `namespace/service:port`.
+    pub fn backend_name(&self) -> String {
+        translate::backend_name(&self.namespace, &self.service, self.port)
+    }
+}
+
+/// Service ports a proxy needs, in the order their backends are published.
+pub(crate) type Wanted = BTreeSet<ServicePort>;
+
+/// Backends computed during one recompute, by Service port: one event that touches a Service
+/// many proxies use computes its endpoints once.
+pub(super) type Memo = HashMap<ServicePort, contract::Backend>;
+
+impl Index {
+    /// The Services with an endpoint that is pod `pod` (by `targetRef`, else by address).
+    pub(super) fn services_of_pod(&self, pod: &Key) -> BTreeSet<Key> {
+        let Some(info) = self.pods.get(pod) else {
+            return BTreeSet::new();
+        };
+        self.slices
+            .iter()
+            .filter(|(svc, _)| svc.namespace == pod.namespace)
+            .filter(|(svc, slices)| {
+                slices.values().any(|slice| {
+                    slice
+                        .endpoints
+                        .iter()
+                        .flatten()
+                        .any(|ep| inbound::backs(ep, &svc.namespace, info))
+                })
+            })
+            .map(|(svc, _)| svc.clone())
+            .collect()
+    }
+
+    /// Fills in the identity of each endpoint that is a meshed pod (when identities are on).
+    fn identify(&self, endpoints: &mut [contract::Endpoint]) {
+        if !self.mesh.identities {
+            return;
+        }
+        for ep in endpoints {
+            let Some(ip) = ep
+                .address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.ip())
+            else {
+                continue;
+            };
+            ep.identity = self
+                .pods
+                .by_ip(&ip)
+                .and_then(|k| self.pods.get(k))
+                .filter(|p| p.meshed)
+                .map(|p| {
+                    contract::spiffe_id(
+                        &self.mesh.trust_domain,
+                        &p.key.namespace,
+                        &p.service_account,
+                    )
+                });
+        }
+    }
+
+    /// The backends for `wanted` (generation 0; the caller stamps it).
+    pub(super) fn backend_set(&self, wanted: &Wanted) -> BackendSet {
+        self.backend_set_memo(wanted, &mut Memo::new())
+    }
+
+    /// Like [`Index::backend_set`], computing each Service port at most once per `memo`: one
+    /// event that touches a Service many proxies use computes its endpoints once.
+    pub(super) fn backend_set_memo(&self, wanted: &Wanted, memo: &mut Memo) -> BackendSet {
+        BackendSet {
+            generation: 0,
+            backends: wanted
+                .iter()
+                .map(|w| {
+                    memo.entry(w.clone())
+                        .or_insert_with(|| self.backend(w))
+                        .clone()
+                })
+                .collect(),
+        }
+    }
+
+    /// The ServicePolicy in force for Service `key`: the oldest one targeting it (by creation
+    /// time, then name). Later ones are `Conflicted`.
+    pub(super) fn policy_for(&self, key: &Key) -> Option<&Arc<ServicePolicy>> {
+        self.policies
+            .iter()
+            .filter(|(pk, p)| pk.namespace == key.namespace && p.spec.target_ref.name == key.name)
+            .min_by_key(|(pk, p)| (p.creation_timestamp().map(|t| t.0), (*pk).clone()))
+            .map(|(_, p)| p)
+    }
+
+    /// The contract backend for Service port `sp`. A missing Service or port gives a backend
+    /// with no endpoints: its routes answer 503, and status says why.
+    pub(super) fn backend(&self, sp: &ServicePort) -> contract::Backend {
+        let key = sp.service_key();
+        let port = sp.port;
+        let mut b = empty_backend(sp.backend_name());
+        let service_port = self
+            .services
+            .get(&key)
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ps| ps.iter().find(|p| p.port == port));
+        if let Some(sp) = service_port {
+            let slices = self.slices.get(&key);
+            b.endpoints = endpoints::endpoints(
+                sp,
+                slices.into_iter().flat_map(|m| m.values().map(|s| &**s)),
+            );
+            self.identify(&mut b.endpoints);
+        }
+        if let Some(p) = self.policy_for(&key) {
+            translate::apply_policy(&mut b, &p.spec);
+        }
+        b
+    }
+}
+
+/// A backend with no endpoints and default settings, which a policy then shapes.
+pub(crate) fn empty_backend(name: String) -> contract::Backend {
+    contract::Backend {
+        name,
+        endpoints: Vec::new(),
+        protocol: contract::UpstreamProtocol::default(),
+        load_balancer: contract::LoadBalancer::default(),
+        outlier_detection: None,
+        limits: contract::Limits::default(),
+        connect_timeout: None,
+        idle_timeout: None,
+        retry_budget: None,
+        health_check: None,
+    }
+}

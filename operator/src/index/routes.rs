@@ -1,0 +1,103 @@
+//! The route table of one Gateway's proxies: its listeners, and each attached Route narrowed to
+//! the HTTP listeners it attaches to and the hostnames they share.
+//!
+//! ```text
+//!  Gateway shop/gw ─listeners─► gateway_listeners (TLS read, unusable ones left out)
+//!  Routes naming shop/gw ─attached_listeners─► TCP listeners: feed_tcp (first rule's backends)
+//!                                              HTTP(S) listeners: contract Route with
+//!                                                                 served_hostnames
+//! ```
+//!
+//! A Route is left out when it attaches to nothing, when the contract refuses its content or
+//! when it sets a field the proxies do not enforce yet; a Gateway with unsupported defaults
+//! serves no Route. Status (the `status` module) says why in each case.
+
+use std::collections::BTreeSet;
+
+use portico_api::gateway::ListenerProtocol;
+use portico_proxy_api::{self as contract, RouteTable};
+
+use super::{Index, Key, Wanted, hostnames, listeners, mesh_key, unsupported};
+
+impl Index {
+    /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
+    /// Service ports it refers to.
+    pub(super) fn gateway_routes(&self, key: &Key) -> (RouteTable, Wanted) {
+        let candidates = self.routes_by_gateway().remove(key).unwrap_or_default();
+        self.gateway_routes_of(key, &candidates)
+    }
+
+    /// [`Index::gateway_routes`] with the Routes that name the Gateway (`candidates`) known.
+    pub(super) fn gateway_routes_of(&self, key: &Key, candidates: &[Key]) -> (RouteTable, Wanted) {
+        if *key == mesh_key() {
+            return self.mesh_routes();
+        }
+        let Some(gw) = self.gateways.get(key) else {
+            return Default::default();
+        };
+        // A Gateway whose defaults the proxies cannot enforce serves no Route: its listeners
+        // stay bound and answer 404, never a response that skipped a default's check.
+        let candidates = if unsupported::gateway_fields(&gw.spec).is_empty() {
+            candidates
+        } else {
+            &[]
+        };
+        let mut listeners = self.gateway_listeners(&key.namespace, gw);
+        let mut wanted = Wanted::new();
+        let mut routes = Vec::new();
+        for (rkey, route) in candidates
+            .iter()
+            .filter_map(|k| self.routes.get_key_value(k))
+        {
+            let attached: Vec<usize> = self
+                .attached_listeners(key, gw, route)
+                .into_iter()
+                .filter(|i| listeners[*i].is_some())
+                .collect();
+            if attached.is_empty() {
+                continue;
+            }
+            // Each route was checked alone when it arrived, so one invalid Route is dropped
+            // without taking the others down; status reports it. A Route with a field the
+            // proxies cannot enforce is not served at all (an auth-requiring rule served open
+            // would be worse than a 404).
+            if route.problem.is_some() || !route.unsupported.is_empty() {
+                continue;
+            }
+            let mut http_listeners = Vec::new();
+            for i in attached {
+                let l = &gw.spec.listeners[i];
+                if l.protocol == ListenerProtocol::TCP {
+                    if let Some(Some(cl)) = listeners.get_mut(i) {
+                        listeners::feed_tcp(cl, &rkey.namespace, route, &mut wanted);
+                    }
+                } else {
+                    http_listeners.push(l);
+                }
+            }
+            if http_listeners.is_empty() || route.rules.is_empty() {
+                continue;
+            }
+            let listener_hosts: BTreeSet<Option<&str>> = http_listeners
+                .iter()
+                .map(|l| l.hostname.as_deref())
+                .collect();
+            routes.push(contract::Route {
+                name: rkey.to_string(),
+                listeners: http_listeners.iter().map(|l| l.name.clone()).collect(),
+                hostnames: hostnames::served_hostnames(&route.spec.hostnames, &listener_hosts),
+                rules: route.rules.clone(),
+            });
+            wanted.extend(route.refs.iter().cloned());
+        }
+        (
+            RouteTable {
+                generation: 0,
+                listeners: listeners::served(listeners),
+                routes,
+                ..RouteTable::default()
+            },
+            wanted,
+        )
+    }
+}

@@ -1,0 +1,54 @@
+//! The TLS material of HTTPS listeners, read from their certificate Secrets and sent inline so
+//! proxies need no Secret access.
+
+use portico_api::common::SecretObjectReference;
+use portico_api::gateway::{Listener, TlsVersion};
+use portico_proxy_api as contract;
+
+use super::{Index, Key};
+
+impl Index {
+    /// The TLS material of an HTTPS listener: the first certificate Secret is served by
+    /// default, the others when the client's SNI names one of their names.
+    pub(super) fn listener_tls(&self, gw_ns: &str, l: &Listener) -> Result<contract::Tls, String> {
+        let refs = l
+            .tls
+            .as_ref()
+            .map(|t| t.certificate_refs.as_slice())
+            .unwrap_or_default();
+        let Some((first, more)) = refs.split_first() else {
+            return Err(format!("listener {} has no certificateRefs", l.name));
+        };
+        let pair = |r: &SecretObjectReference| {
+            let key = Key::new(r.namespace.as_deref().unwrap_or(gw_ns), &r.name);
+            let Some(secret) = self.secrets.get(&key) else {
+                return Err(format!(
+                    "Secret {key} not found (or not of type kubernetes.io/tls)"
+                ));
+            };
+            let data = secret.data.clone().unwrap_or_default();
+            let text = |k: &str| {
+                data.get(k)
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                    .filter(|s| !s.is_empty())
+            };
+            match (text("tls.crt"), text("tls.key")) {
+                (Some(cert), Some(key_pem)) => Ok(contract::CertificateKey {
+                    cert: contract::Pem::Inline { inline: cert },
+                    key: contract::Pem::Inline { inline: key_pem },
+                }),
+                _ => Err(format!("Secret {key} lacks tls.crt or tls.key")),
+            }
+        };
+        let default = pair(first)?;
+        Ok(contract::Tls {
+            cert: default.cert,
+            key: default.key,
+            min_version: match l.tls.as_ref().and_then(|t| t.min_version) {
+                Some(TlsVersion::V1_3) => contract::TlsVersion::V1_3,
+                Some(TlsVersion::V1_2) | None => contract::TlsVersion::V1_2,
+            },
+            sni: more.iter().map(pair).collect::<Result<_, _>>()?,
+        })
+    }
+}
