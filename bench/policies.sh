@@ -51,13 +51,9 @@ routes:
       - name: policy
         matches: [{ path: { type: PathPrefix, value: /policy } }]
         filters:
-          - requestHeaderModifier:
-              set: [{ name: x-tenant, value: bench }]
-              add: [{ name: x-trace, value: "1" }]
-              remove: [x-debug]
-          - responseHeaderModifier:
-              set: [{ name: x-served-by, value: portico }]
-          - requestMirror: { backend: shadow, percent: 10 }
+          - { type: RequestHeaderModifier, set: [{ name: x-tenant, value: bench }], add: [{ name: x-trace, value: "1" }], remove: [x-debug] }
+          - { type: ResponseHeaderModifier, set: [{ name: x-served-by, value: portico }] }
+          - { type: RequestMirror, backend: shadow, percent: 10 }
         retry: { attempts: 2, retryOn: [5xx] }
         backends: [{ backend: up }]
 backends:
