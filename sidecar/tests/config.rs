@@ -242,8 +242,8 @@ async fn admin_serves_live_ready_metrics_and_config() {
     assert_eq!(admin_get(admin, "/ready").await.status, 200);
     let m = admin_get(admin, "/metrics").await.body;
     for line in [
-        r#"portico_requests_total{route="r",backend="a",status_class="2xx"} 1"#,
-        r#"portico_request_duration_seconds_count{route="r"} 1"#,
+        r#"portico_requests_total{route="r",rule="main",backend="a",status_class="2xx"} 1"#,
+        r#"portico_request_duration_seconds_count{route="r",rule="main"} 1"#,
         "portico_config_version 7",
         r#"portico_config_reloads_total{result="ok"} 1"#,
         r#"portico_open_connections{listener="web"}"#,

@@ -256,7 +256,7 @@ async fn http_callers_without_an_allowed_identity_get_403_naming_the_policy_and_
     let app_addr = app.addr;
     for (class, n) in [("2xx", 2), ("4xx", 4)] {
         let series = format!(
-            r#"portico_requests_total{{route="inbound",backend="{app_addr}",status_class="{class}"}}"#
+            r#"portico_requests_total{{route="inbound",rule="",backend="{app_addr}",status_class="{class}"}}"#
         );
         assert_eq!(metric(&pod.proxy, &series), n, "{series}");
     }

@@ -299,7 +299,7 @@ fn an_app_reaches_a_cluster_ip_through_the_proxy_and_skipped_ports_bypass_it() {
     assert_eq!(
         metric(
             &m,
-            r#"portico_requests_total{route="orders",backend="orders",status_class="2xx"}"#
+            r#"portico_requests_total{route="orders",rule="",backend="orders",status_class="2xx"}"#
         ),
         1,
         "{m}"

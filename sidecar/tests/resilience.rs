@@ -94,7 +94,7 @@ async fn retries_5xx_until_success_and_counts_them() {
     assert_eq!(up.hits(), 3);
     let metrics = proxy.metrics_text();
     assert!(
-        metrics.contains(r#"portico_retries_total{route="r",backend="app"} 2"#),
+        metrics.contains(r#"portico_retries_total{route="r",rule="",backend="app"} 2"#),
         "{metrics}"
     );
 }

@@ -5,51 +5,23 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::uri::Authority;
 use portico_proxy_api::{Backend, OutlierDetection};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::error::ProxyError;
-use crate::forward::balance::{Balancer, PeakEwma, PickContext};
-use crate::forward::health::{Health, HealthChecker};
+use crate::forward::balance::{Balancer, PickContext};
+pub use crate::forward::endpoint::{Endpoint, EndpointStats, InFlight};
+use crate::forward::health::HealthChecker;
 use crate::forward::limits::Limiter;
 use crate::forward::upstream::Clients;
 use crate::observe::metrics::Metrics;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Load and health of one endpoint, shared across reloads.
-#[derive(Debug, Default)]
-pub struct EndpointStats {
-    /// Requests in flight to the endpoint.
-    pub in_flight: AtomicUsize,
-    /// Latency estimate.
-    pub ewma: Mutex<PeakEwma>,
-    /// Failure history.
-    pub outlier: Mutex<crate::forward::outlier::OutlierState>,
-    /// Active health check results.
-    pub health: Health,
-}
-
-/// One endpoint of a backend.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// `addr` as a URI authority.
-    pub authority: Authority,
-    /// Ready endpoints get new requests; others do not.
-    pub ready: bool,
-    /// The mesh identity it must prove (connections to it use mTLS).
-    pub identity: Option<Arc<str>>,
-    /// Load, latency, failures.
-    pub stats: Arc<EndpointStats>,
-}
 
 /// A backend as the data plane uses it.
 #[derive(Debug)]
@@ -218,23 +190,5 @@ impl BackendState {
             ejected_elsewhere,
             self.endpoints.len(),
         )
-    }
-}
-
-/// Counts a request as in flight on an endpoint until dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<EndpointStats>);
-
-impl InFlight {
-    /// Starts counting.
-    pub fn new(ep: &Endpoint) -> Self {
-        ep.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(ep.stats.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

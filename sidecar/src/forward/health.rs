@@ -18,54 +18,19 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use portico_proxy_api::HealthCheck;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::backend::{Endpoint, EndpointStats};
 use super::connect::{self, Dest};
+#[cfg(test)]
+use super::endpoint::Health;
+use super::endpoint::{Endpoint, EndpointStats};
 use crate::mesh::identity;
 use crate::mesh::mtls::MeshProtocol;
 use crate::observe::metrics::HealthMetrics;
-
-/// An endpoint's health by active checks.
-#[derive(Debug, Default)]
-pub struct Health {
-    unhealthy: AtomicBool,
-    /// Consecutive results of the same kind: `(passes, failures)`.
-    streak: Mutex<(u32, u32)>,
-}
-
-impl Health {
-    /// Whether the endpoint failed its checks (and has not passed enough since).
-    pub fn is_unhealthy(&self) -> bool {
-        self.unhealthy.load(Ordering::Relaxed)
-    }
-
-    /// Counts one check. Returns the new state when this check changed it: `Some(true)` healthy
-    /// again, `Some(false)` unhealthy.
-    pub fn record(&self, passed: bool, cfg: &HealthCheck) -> Option<bool> {
-        let mut streak = self.streak.lock().unwrap_or_else(PoisonError::into_inner);
-        if passed {
-            *streak = (streak.0.saturating_add(1), 0);
-        } else {
-            *streak = (0, streak.1.saturating_add(1));
-        }
-        let unhealthy = self.is_unhealthy();
-        if unhealthy && streak.0 >= cfg.healthy_threshold {
-            self.unhealthy.store(false, Ordering::Relaxed);
-            return Some(true);
-        }
-        if !unhealthy && streak.1 >= cfg.unhealthy_threshold {
-            self.unhealthy.store(true, Ordering::Relaxed);
-            return Some(false);
-        }
-        None
-    }
-}
 
 /// The active health checks of one backend, for one `healthCheck` config.
 #[derive(Debug)]

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod connect;
+pub mod endpoint;
 pub mod health;
 pub mod limits;
 pub mod outlier;

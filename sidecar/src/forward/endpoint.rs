@@ -1,0 +1,94 @@
+//! One endpoint of a backend and the state kept about it across config reloads: load,
+//! latency, failures (outlier detection) and health (active checks).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::uri::Authority;
+use portico_proxy_api::HealthCheck;
+
+use super::balance::PeakEwma;
+use super::outlier::OutlierState;
+
+/// Load and health of one endpoint, shared across reloads.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Requests in flight to the endpoint.
+    pub in_flight: AtomicUsize,
+    /// Latency estimate.
+    pub ewma: Mutex<PeakEwma>,
+    /// Failure history.
+    pub outlier: Mutex<OutlierState>,
+    /// Active health check results.
+    pub health: Health,
+}
+
+/// One endpoint of a backend.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority.
+    pub authority: Authority,
+    /// Ready endpoints get new requests; others do not.
+    pub ready: bool,
+    /// The mesh identity it must prove (connections to it use mTLS).
+    pub identity: Option<Arc<str>>,
+    /// Load, latency, failures.
+    pub stats: Arc<EndpointStats>,
+}
+
+/// An endpoint's health by active checks.
+#[derive(Debug, Default)]
+pub struct Health {
+    unhealthy: AtomicBool,
+    /// Consecutive results of the same kind: `(passes, failures)`.
+    streak: Mutex<(u32, u32)>,
+}
+
+impl Health {
+    /// Whether the endpoint failed its checks (and has not passed enough since).
+    pub fn is_unhealthy(&self) -> bool {
+        self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Counts one check. Returns the new state when this check changed it: `Some(true)` healthy
+    /// again, `Some(false)` unhealthy.
+    pub fn record(&self, passed: bool, cfg: &HealthCheck) -> Option<bool> {
+        let mut streak = self.streak.lock().unwrap_or_else(PoisonError::into_inner);
+        if passed {
+            *streak = (streak.0.saturating_add(1), 0);
+        } else {
+            *streak = (0, streak.1.saturating_add(1));
+        }
+        let unhealthy = self.is_unhealthy();
+        if unhealthy && streak.0 >= cfg.healthy_threshold {
+            self.unhealthy.store(false, Ordering::Relaxed);
+            return Some(true);
+        }
+        if !unhealthy && streak.1 >= cfg.unhealthy_threshold {
+            self.unhealthy.store(true, Ordering::Relaxed);
+            return Some(false);
+        }
+        None
+    }
+}
+
+/// Counts a request as in flight on an endpoint until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointStats>);
+
+impl InFlight {
+    /// Starts counting.
+    pub fn new(ep: &Endpoint) -> Self {
+        ep.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(ep.stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
