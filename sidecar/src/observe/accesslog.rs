@@ -33,6 +33,12 @@ pub struct Entry<'a> {
     pub rule: Option<&'a str>,
     /// Backend name, if the request was forwarded.
     pub backend: Option<&'a str>,
+    /// The request ID (`x-request-id`, the client's or a new one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    /// The W3C trace id (`traceparent`), the same at every hop of one request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     /// Attempts made (1 + retries).
     pub attempts: u32,
     /// The proxy's error reason, if the proxy answered itself.

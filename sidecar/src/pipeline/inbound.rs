@@ -18,6 +18,7 @@ use portico_proxy_api::UpstreamProtocol;
 
 use crate::error::{Body, BoxError, ProxyError};
 use crate::forward::upstream::Clients;
+use crate::policy::ids;
 use crate::policy::inbound::{Caller, Refusal};
 use crate::shared::Shared;
 use crate::wire::headers;
@@ -232,6 +233,7 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    ids::stamp(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
     conn.identify(&mut parts.headers);

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::ConnInfo;
 use crate::observe::accesslog;
+use crate::policy::ids::{RequestIds, X_REQUEST_ID};
 use crate::shared::Shared;
 
 /// What the access log and metrics learn while a request is handled.
@@ -19,6 +20,19 @@ pub(crate) struct Outcome {
     pub(crate) backend: Option<Arc<str>>,
     pub(crate) attempts: u32,
     pub(crate) error: Option<&'static str>,
+    /// The request ID and trace id it was stamped with.
+    pub(crate) ids: Option<RequestIds>,
+}
+
+impl Outcome {
+    /// Puts the request's ID on an answer the proxy made itself, so a client that reports an
+    /// error can name the request (Envoy does the same).
+    pub(crate) fn mark(&self, resp: &mut http::Response<crate::error::Body>) {
+        if let Some(ids) = &self.ids {
+            resp.headers_mut()
+                .insert(X_REQUEST_ID.clone(), ids.request_id.clone());
+        }
+    }
 }
 
 /// A request's facts for the access log and metrics, taken before the request is consumed.
@@ -77,6 +91,8 @@ impl RequestLog {
                 status,
                 route: out.route.as_deref(),
                 rule: out.rule.as_deref(),
+                request_id: out.ids.as_ref().and_then(|i| i.request_id.to_str().ok()),
+                trace_id: out.ids.as_ref().map(|i| i.trace_id()),
                 backend: out.backend.as_deref(),
                 attempts: out.attempts,
                 error: out.error,

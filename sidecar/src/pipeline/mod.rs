@@ -29,8 +29,8 @@ use crate::config::snapshot::Snapshot;
 use crate::error::{Body, ProxyError, empty};
 use crate::forward::backend::BackendState;
 use crate::forward::body::RequestBody;
-use crate::policy::retry;
 use crate::policy::stages::RequestView;
+use crate::policy::{ids, retry};
 use crate::route::router::RouteHit;
 use crate::shared::Shared;
 use crate::wire::headers as http_rules;
@@ -120,7 +120,9 @@ pub async fn handle(
         Err(e) => {
             out.error = Some(e.reason());
             tracing::debug!(error = %e, listener = %conn.listener, "request failed");
-            e.into_response()
+            let mut resp = e.into_response();
+            out.mark(&mut resp);
+            resp
         }
     };
     log.finish(&shared, &conn, resp.status().as_u16(), &out);
@@ -190,6 +192,7 @@ pub(crate) fn plan<'a>(
     upgrade: bool,
     out: &mut Outcome,
 ) -> Result<Plan<'a>, ProxyError> {
+    out.ids = Some(ids::stamp(&mut parts.headers));
     let host = log::request_host(&parts.uri, &parts.headers).to_owned();
     let hit = match &conn.service {
         Some(svc) => snap.services.route(svc, &host, parts),

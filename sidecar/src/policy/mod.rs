@@ -2,6 +2,7 @@
 //! filters, retry policy and budget, rate limits, and inbound authorization.
 
 pub mod filters;
+pub mod ids;
 pub mod inbound;
 pub mod ratelimit;
 pub mod retry;

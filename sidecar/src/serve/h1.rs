@@ -56,6 +56,7 @@ use crate::forward::pool::TcpPool;
 use crate::pipeline::attempts::{self, AttemptPolicy};
 use crate::pipeline::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::pipeline::{Site, inbound};
+use crate::policy::ids;
 use crate::shared::Shared;
 use crate::wire::codec::{self, BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
 use crate::wire::headers as http_rules;
@@ -420,6 +421,7 @@ async fn to_app(
             return next_request(result.is_ok() && !close, data, end);
         }
     };
+    ids::stamp(&mut parts.headers);
     http_rules::strip_hop_by_hop(&mut parts.headers, false);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
     conn.identify(&mut parts.headers);
@@ -511,7 +513,8 @@ async fn fail(
 ) -> io::Result<()> {
     out.error = Some(e.reason());
     tracing::debug!(error = %e, listener = %ctx.info.listener, "request failed");
-    let resp = e.into_response();
+    let mut resp = e.into_response();
+    out.mark(&mut resp);
     log.finish(ctx.shared, ctx.info, resp.status().as_u16(), &out);
     answer(client, resp, ctx.head_request, ctx.close).await
 }

@@ -1,0 +1,217 @@
+//! A request's identity across hops: `x-request-id` and W3C trace context (`traceparent`,
+//! `tracestate`), stamped on every request a proxy forwards, before routing, on both request
+//! paths and at every hop (gateway, sidecar outbound, sidecar inbound).
+//!
+//! ```text
+//!  x-request-id  kept when the client sent a usable one, else a new UUID v4
+//!  traceparent   valid: same trace id and flags, a new parent id (this hop's span)
+//!                absent or invalid: a new trace id and span id, flags 00; tracestate dropped
+//! ```
+//!
+//! The request ID goes upstream, into the access log, and onto the answers the proxy makes
+//! itself (errors); the trace id goes into the access log, so one request can be followed
+//! through every proxy it crossed. The proxy exports no spans: it keeps the chain intact for
+//! the applications' tracers (W3C Trace Context §3, a "vendor" that only propagates).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The request ID header (Envoy's and nginx's name for it).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A client's request ID longer than this is replaced (it is logged and forwarded).
+const MAX_REQUEST_ID: usize = 200;
+
+/// What [`stamp`] gave a request.
+#[derive(Clone, Debug)]
+pub struct RequestIds {
+    /// The request ID, as forwarded.
+    pub request_id: HeaderValue,
+    /// The trace id, 32 lowercase hex digits.
+    pub trace_id: [u8; 32],
+}
+
+impl RequestIds {
+    /// The trace id as text.
+    pub fn trace_id(&self) -> &str {
+        // Always hex digits: ASCII.
+        std::str::from_utf8(&self.trace_id).unwrap_or_default()
+    }
+}
+
+/// Sets the request ID and this hop's trace context on a request's headers.
+pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
+    let request_id = match headers.get(&X_REQUEST_ID) {
+        Some(v) if usable_request_id(v) => v.clone(),
+        _ => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let (trace_id, flags) = match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
+        Some(kept) => kept,
+        None => {
+            headers.remove(&TRACESTATE);
+            (hex::<32>(rand::random::<u128>().max(1)), *b"00")
+        }
+    };
+    let span = hex::<16>(u128::from(rand::random::<u64>().max(1)));
+    let mut value = [0u8; 55];
+    value[..3].copy_from_slice(b"00-");
+    value[3..35].copy_from_slice(&trace_id);
+    value[35] = b'-';
+    value[36..52].copy_from_slice(&span);
+    value[52] = b'-';
+    value[53..].copy_from_slice(&flags);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(TRACEPARENT.clone(), v);
+    }
+    RequestIds {
+        request_id,
+        trace_id,
+    }
+}
+
+fn usable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// A random UUID v4, as Envoy generates them.
+fn new_request_id() -> HeaderValue {
+    let mut bits: u128 = rand::random();
+    // Version 4, variant 10xx (RFC 9562 §5.4).
+    bits = (bits & !(0xf << 76)) | (0x4 << 76);
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    let h = hex::<32>(bits);
+    let mut s = [0u8; 36];
+    let mut o = 0;
+    for (i, c) in h.iter().enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            s[o] = b'-';
+            o += 1;
+        }
+        s[o] = *c;
+        o += 1;
+    }
+    HeaderValue::from_bytes(&s).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The trace id and flags of a valid `traceparent` (W3C Trace Context §3.2): version 00 is
+/// exactly `00-<32 hex>-<16 hex>-<2 hex>`, later versions may append fields; all-zero ids and
+/// version ff are invalid; hex is lowercase.
+fn parse_traceparent(v: &HeaderValue) -> Option<([u8; 32], [u8; 2])> {
+    let b = v.as_bytes();
+    let lower_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&b[..2], &b[3..35], &b[36..52], &b[53..55]);
+    if !lower_hex(version) || version == b"ff" || (version == b"00" && b.len() != 55) {
+        return None;
+    }
+    if b.len() > 55 && b[55] != b'-' {
+        return None;
+    }
+    let zero = |s: &[u8]| s.iter().all(|c| *c == b'0');
+    if !lower_hex(trace) || !lower_hex(parent) || !lower_hex(flags) || zero(trace) || zero(parent) {
+        return None;
+    }
+    Some((trace.try_into().ok()?, flags.try_into().ok()?))
+}
+
+/// The low `N * 4` bits of `n` as `N` lowercase hex digits.
+fn hex<const N: usize>(n: u128) -> [u8; N] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; N];
+    for (i, c) in out.iter_mut().enumerate() {
+        let shift = 4 * (N - 1 - i);
+        *c = DIGITS[((n >> shift) & 0xf) as usize];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traceparent(h: &HeaderMap) -> String {
+        h[&TRACEPARENT].to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_valid_traceparent_keeps_its_trace_and_flags_and_gets_a_new_parent_per_hop() {
+        let mut h = HeaderMap::new();
+        let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert(&TRACEPARENT, HeaderValue::from_static(sent));
+        h.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let ids = stamp(&mut h);
+        assert_eq!(ids.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let first = traceparent(&h);
+        assert!(
+            first.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{first}"
+        );
+        assert!(first.ends_with("-01"), "flags kept: {first}");
+        assert_ne!(&first[36..52], "00f067aa0ba902b7", "a new parent id");
+        assert_eq!(
+            h[&TRACESTATE], "vendor=1",
+            "tracestate passes with a valid parent"
+        );
+        // The next hop: same trace, another new parent.
+        stamp(&mut h);
+        let second = traceparent(&h);
+        assert_eq!(&second[..35], &first[..35]);
+        assert_ne!(&second[36..52], &first[36..52]);
+    }
+
+    #[test]
+    fn an_absent_or_invalid_traceparent_starts_a_new_trace_and_drops_tracestate() {
+        for bad in [
+            None,
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), // uppercase
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), // zero trace
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"), // zero parent
+            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), // version ff
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"), // 00 with more
+            Some("garbage"),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(b) = bad {
+                h.insert(&TRACEPARENT, HeaderValue::from_static(b));
+            }
+            h.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+            let ids = stamp(&mut h);
+            let tp = traceparent(&h);
+            assert_eq!(tp.len(), 55, "{tp}");
+            assert!(tp.starts_with("00-") && tp.ends_with("-00"), "{tp}");
+            assert_eq!(&tp[3..35], ids.trace_id());
+            assert!(
+                parse_traceparent(&h[&TRACEPARENT]).is_some(),
+                "{tp} is valid"
+            );
+            assert!(!h.contains_key(&TRACESTATE), "{bad:?}: tracestate dropped");
+        }
+        // A later version with extra fields is valid.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
+        assert!(parse_traceparent(&HeaderValue::from_static(later)).is_some());
+    }
+
+    #[test]
+    fn a_request_id_is_kept_when_usable_else_a_uuid_v4() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(stamp(&mut h).request_id, "abc-123");
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
+        let id = stamp(&mut h).request_id;
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4", "version 4: {s}");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
+        assert_eq!(h[&X_REQUEST_ID], id);
+        assert_ne!(stamp(&mut HeaderMap::new()).request_id, id, "random");
+    }
+}
