@@ -3,288 +3,44 @@
 //!
 //! [`Proxy::start`] runs a proxy inside the current tokio runtime and returns a handle with the
 //! bound addresses; [`Proxy::apply`] swaps in a new config without dropping requests in flight.
-//! The `portico-proxy` binary wraps this with a config file, signals and logs ([`cli`]).
+//! The `portico-proxy` binary wraps this with a config file, signals and logs ([`app::cli`]).
+//!
+//! The modules are layers; each uses only the ones listed before it (`tests/layers.rs` checks):
+//!
+//! ```text
+//! error, observe, wire   errors as responses; metrics and access logs; HTTP/1 wire format
+//! mesh                   workload identity, mesh mTLS, the authenticated link to the operator
+//! policy                 request filters, retry policy and budget, rate limits, inbound authorization
+//! forward                upstream side: connecting (plain or mTLS), pools, backends and balancing
+//! route                  routing tables: listeners' routes and the mesh's Services
+//! config                 a contract config compiled into the snapshot that serves it
+//! shared                 what every connection shares (the snapshot in force, metrics, identity)
+//! pipeline               one request's trip: route, request stages, attempts, response stages
+//! serve                  accepting and serving connections: fast HTTP/1, hyper, TCP, mesh, admin
+//! runtime                a running proxy: start, apply, shutdown
+//! app                    the binary: flags, the operator's config stream, file reload, init
+//! ```
 
-pub mod accesslog;
-pub mod admin;
-pub mod backend;
-pub mod balance;
-pub mod body;
-pub mod cli;
-pub mod connect;
-pub mod control;
-pub mod detect;
 pub mod error;
-pub mod filters;
-pub mod h1;
-pub mod http_rules;
-pub mod identity;
-pub mod inbound;
-pub mod inbound_policy;
-pub mod init;
-pub mod intercept;
-pub mod limits;
-pub mod metrics;
-pub mod mtls;
-pub mod outlier;
-pub mod pool;
-pub mod proxy;
-pub mod ratelimit;
-pub mod reload;
-pub mod retry;
-pub mod router;
-pub mod server;
-pub mod snapshot;
-pub mod tcp;
-pub mod tls;
-pub mod upstream;
+pub mod observe;
+pub mod wire;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+pub mod mesh;
+pub mod policy;
 
-use arc_swap::ArcSwap;
-use portico_proxy_api::ProxyConfig;
-use tokio::sync::watch;
+pub mod forward;
+pub mod route;
 
-pub use snapshot::ApplyError;
+pub mod config;
+pub mod shared;
 
-/// State shared by every connection and request.
-#[derive(Debug)]
-pub struct Shared {
-    /// The config in force.
-    pub snapshot: ArcSwap<snapshot::Snapshot>,
-    /// Metrics.
-    pub metrics: metrics::Metrics,
-    /// Whether access log lines are written.
-    pub access_log: bool,
-    /// True once a config is applied and its listeners are bound.
-    pub ready: AtomicBool,
-    /// Turns true when connections should finish and close.
-    pub shutdown: watch::Sender<bool>,
-    /// Open client connections.
-    pub active: watch::Sender<usize>,
-    /// The workload certificate, when the proxy has an identity.
-    pub identity: Option<Arc<identity::Store>>,
-}
+pub mod pipeline;
+pub mod serve;
 
-impl Shared {
-    /// The state of a proxy that has no config yet.
-    pub(crate) fn new(access_log: bool, identity: Option<Arc<identity::Store>>) -> Self {
-        Self {
-            snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-            metrics: metrics::Metrics::new(
-                identity
-                    .as_ref()
-                    .map(|s| s.handshakes.clone())
-                    .unwrap_or_default(),
-            ),
-            access_log,
-            ready: AtomicBool::new(false),
-            shutdown: watch::channel(false).0,
-            active: watch::channel(0).0,
-            identity,
-        }
-    }
-}
+pub mod app;
+pub mod runtime;
 
-impl Shared {
-    /// Where a connection to `ep` goes: with mTLS when the endpoint is meshed and this proxy
-    /// has an identity, else in plaintext.
-    pub(crate) fn dest(&self, ep: &backend::Endpoint) -> connect::Dest {
-        connect::Dest {
-            addr: ep.addr,
-            mesh: ep.identity.as_ref().and_then(|i| self.mesh_dest(i)),
-        }
-    }
-
-    /// How to reach a peer that must prove `identity`: with this proxy's certificate, if it
-    /// has one.
-    pub(crate) fn mesh_dest(&self, identity: &Arc<str>) -> Option<connect::MeshDest> {
-        let store = self.identity.as_ref()?;
-        Some(connect::MeshDest {
-            tls: store.tls()?,
-            identity: identity.clone(),
-            handshakes: store.handshakes.clone(),
-        })
-    }
-}
-
-/// How to run a proxy besides its config.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Admin server address; none runs no admin server.
-    pub admin_addr: Option<SocketAddr>,
-    /// Write JSON access log lines to stdout.
-    pub access_log: bool,
-    /// The workload certificate (shown by the admin server).
-    pub identity: Option<Arc<identity::Store>>,
-}
-
-/// A running proxy. Cheap to clone; all clones control the same proxy.
-#[derive(Clone, Debug)]
-pub struct Proxy {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    shared: Arc<Shared>,
-    listeners: tokio::sync::Mutex<server::Listeners>,
-    addresses: Mutex<HashMap<String, SocketAddr>>,
-    admin_addr: Option<SocketAddr>,
-    admin_stop: watch::Sender<bool>,
-}
-
-impl Proxy {
-    /// The workload identity's store, when the proxy has one.
-    pub fn identity(&self) -> Option<Arc<identity::Store>> {
-        self.inner.shared.identity.clone()
-    }
-
-    /// Validates `config`, binds its listeners (and the admin server) and starts serving.
-    pub async fn start(config: ProxyConfig, options: Options) -> Result<Self, StartError> {
-        let shared = Arc::new(Shared::new(options.access_log, options.identity.clone()));
-        let (admin_stop, admin_stopped) = watch::channel(false);
-        let admin_addr = match options.admin_addr {
-            Some(addr) => {
-                let sock = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|error| StartError::Admin { addr, error })?;
-                let local = sock.local_addr().ok();
-                tokio::spawn(admin::serve(shared.clone(), sock, admin_stopped));
-                local
-            }
-            None => None,
-        };
-        let proxy = Self {
-            inner: Arc::new(Inner {
-                shared,
-                listeners: Default::default(),
-                addresses: Default::default(),
-                admin_addr,
-                admin_stop,
-            }),
-        };
-        proxy.apply(config).await?;
-        proxy.inner.shared.ready.store(true, Ordering::Release);
-        Ok(proxy)
-    }
-
-    /// Replaces the config. An invalid config, unusable certificate or unbindable address is
-    /// refused with an error naming the element, and the running config keeps serving. Requests
-    /// in flight finish under the config they started with.
-    pub async fn apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
-        let shared = &self.inner.shared;
-        let generation = config.generation;
-        let result = async {
-            let mut listeners = self.inner.listeners.lock().await;
-            // Validating and compiling a large config takes a while (regexes, route tables,
-            // certificates): on a blocking thread, so the runtime's threads keep serving (with
-            // `--workers 1` there is only one).
-            let old = shared.snapshot.load_full();
-            let snap = tokio::task::spawn_blocking(move || snapshot::Snapshot::build(config, &old))
-                .await
-                .map_err(|e| ApplyError::Compile(e.to_string()))??;
-            let pending = listeners.prepare(&snap.config).await?;
-            let cfg = snap.config.clone();
-            shared.snapshot.store(Arc::new(snap));
-            listeners.commit(shared, pending, &cfg);
-            *self
-                .inner
-                .addresses
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = listeners.addresses();
-            Ok(())
-        }
-        .await;
-        shared
-            .metrics
-            .reload(result.is_ok(), result.is_ok().then_some(generation));
-        result
-    }
-
-    /// Counts a config that was refused before it reached [`Proxy::apply`] (unreadable file).
-    pub fn count_refused(&self) {
-        self.inner.shared.metrics.reload(false, None);
-    }
-
-    /// The bound address of a listener (useful when it was configured with port 0).
-    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listener_addresses().get(name).copied()
-    }
-
-    /// Bound addresses of all listeners.
-    pub fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
-        self.inner
-            .addresses
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The admin server's bound address.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.inner.admin_addr
-    }
-
-    /// The config in force.
-    pub fn config(&self) -> Arc<ProxyConfig> {
-        self.inner.shared.snapshot.load().config.clone()
-    }
-
-    /// Metrics in Prometheus text format (what `/metrics` serves).
-    pub fn metrics_text(&self) -> String {
-        self.inner.shared.metrics.encode()
-    }
-
-    /// Serves `stream` as if the INBOUND listener `listener` had accepted it with original
-    /// destination `original_dst`: for embedders that learn the destination another way than
-    /// `SO_ORIGINAL_DST` (TPROXY), and for tests, which have no iptables to redirect with.
-    pub async fn serve_inbound(
-        &self,
-        listener: &str,
-        stream: tokio::net::TcpStream,
-        original_dst: SocketAddr,
-    ) {
-        let Ok(peer) = stream.peer_addr() else {
-            return;
-        };
-        let shared = self.inner.shared.clone();
-        inbound::serve(shared, listener.into(), stream, peer, original_dst).await;
-    }
-
-    /// Stops accepting, asks open connections to finish their requests and close, and waits up
-    /// to `deadline` for them. Returns true if every connection closed in time.
-    pub async fn shutdown(&self, deadline: Duration) -> bool {
-        let shared = &self.inner.shared;
-        shared.ready.store(false, Ordering::Release);
-        self.inner.listeners.lock().await.stop_all();
-        shared.shutdown.send_replace(true);
-        let mut active = shared.active.subscribe();
-        let drained = tokio::time::timeout(deadline, active.wait_for(|n| *n == 0))
-            .await
-            .is_ok();
-        self.inner.admin_stop.send_replace(true);
-        drained
-    }
-}
-
-/// Why a proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The admin address could not be bound.
-    #[error("admin server: cannot bind {addr}: {error}")]
-    Admin {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error (shown in the message, so not also a `source()`: anyhow's "Caused by"
-        /// would list it twice).
-        error: std::io::Error,
-    },
-    /// The initial config was refused.
-    #[error(transparent)]
-    Config(#[from] ApplyError),
-}
+pub use config::snapshot::ApplyError;
+pub use mesh::identity;
+pub use runtime::{Options, Proxy, StartError};
+pub use shared::Shared;

@@ -3,5 +3,5 @@
 fn main() -> anyhow::Result<()> {
     // One crypto provider for the whole process, chosen before anything touches TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    portico_proxy::cli::main(std::env::args_os())
+    portico_proxy::app::cli::main(std::env::args_os())
 }

@@ -15,7 +15,7 @@ fn to(name: &str, addr: SocketAddr, generation: u64) -> String {
         r#"
 generation: {generation}
 listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
-routes: [{{ name: r, rules: [{{ backends: [{{ backend: {name} }}] }}] }}]
+routes: [{{ name: r, rules: [{{ name: main, backends: [{{ backend: {name} }}] }}] }}]
 backends: [{{ name: {name}, endpoints: [{{ address: "{addr}" }}] }}]
 "#
     )
@@ -466,9 +466,10 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
     assert!(
-        access
-            .iter()
-            .any(|e| e["status"] == 200 && e["route"] == "r" && e["backend"] == "b"),
+        access.iter().any(|e| e["status"] == 200
+            && e["route"] == "r"
+            && e["rule"] == "main"
+            && e["backend"] == "b"),
         "{access:?}"
     );
 }

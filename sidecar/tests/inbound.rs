@@ -16,9 +16,9 @@ use common::*;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_proxy::Proxy;
-use portico_proxy::connect::Stream;
 use portico_proxy::error::Body;
-use portico_proxy::mtls::MeshProtocol;
+use portico_proxy::forward::connect::Stream;
+use portico_proxy::mesh::mtls::MeshProtocol;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::*;
 use http::Request;
 use hyper::body::Incoming;
-use portico_proxy::balance::HashRing;
 use portico_proxy::error::full;
+use portico_proxy::forward::balance::HashRing;
 
 fn route_to(backends: &str, rule_extra: &str) -> String {
     format!(
@@ -196,7 +196,7 @@ async fn bodies_over_the_replay_limit_are_not_retried() {
     ))
     .await;
     let addr = proxy.listener_addr("web").unwrap();
-    let big = vec![b'x'; portico_proxy::proxy::MAX_REPLAY_BODY + 1];
+    let big = vec![b'x'; portico_proxy::pipeline::MAX_REPLAY_BODY + 1];
     let req = request("PUT", "example.com", "/").body(full(big)).unwrap();
     assert_eq!(read(send(addr, req, false).await).await.status, 503);
     assert_eq!(up.hits(), 1, "a large body streams through once");

@@ -31,6 +31,12 @@ use tokio::sync::mpsc;
 /// The connect timeout of a ServicePolicy.
 #[path = "operator/connect.rs"]
 mod connect;
+/// Active health checks against real nginx servers.
+#[path = "operator/health.rs"]
+mod health;
+/// Route rule names in metrics.
+#[path = "operator/rules.rs"]
+mod rules;
 /// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
 #[path = "operator/sidecar.rs"]
 mod sidecar;
@@ -105,6 +111,14 @@ fn main() -> ExitCode {
             test(
                 "a_tcp_listener_splits_connections_by_backend_weight",
                 tcp_weights,
+            ),
+            test(
+                "a_service_policy_health_check_takes_a_failing_endpoint_out_and_back",
+                health::health_check,
+            ),
+            test(
+                "rule_names_label_metrics_and_access_logs",
+                rules::rule_names,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
@@ -1059,22 +1073,26 @@ async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
         &token_file,
         token(ctx, "portico-gateway-gw", "portico").await?,
     )?;
-    let cp = portico_proxy::control::ControlPlane {
+    let cp = portico_proxy::mesh::operator::ControlPlane {
         identity: None,
         url: format!("https://{}", op.config_addr).parse()?,
-        stream: portico_proxy::control::Stream::Gateway(format!("{}/gw", ctx.namespace)),
+        stream: portico_proxy::mesh::operator::Stream::Gateway(format!("{}/gw", ctx.namespace)),
         token_file,
         ca_pem: std::fs::read(&op.tls.cert)?,
         extra_listeners: Vec::new(),
     };
     let (config, session) = tokio::time::timeout(
         Duration::from_secs(20),
-        portico_proxy::control::first_config(&cp),
+        portico_proxy::app::control::first_config(&cp),
     )
     .await
     .context("no first config")?;
     let proxy = portico_proxy::Proxy::start(config, portico_proxy::Options::default()).await?;
-    let follower = tokio::spawn(portico_proxy::control::follow(proxy.clone(), cp, session));
+    let follower = tokio::spawn(portico_proxy::app::control::follow(
+        proxy.clone(),
+        cp,
+        session,
+    ));
     let listener = proxy.listener_addr("web").context("no listener web")?;
     Ok(GatewayProxy {
         proxy,

@@ -197,12 +197,12 @@ pub struct OutlierDetection {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.timeout) || !has(self.interval) || duration(self.timeout) < duration(self.interval)",
-     "message": "timeout must be shorter than interval", "fieldPath": ".timeout"}
+    {"rule": "!has(self.timeout) || duration(self.timeout) < (has(self.interval) ? duration(self.interval) : duration('10s'))",
+     "message": "timeout must be shorter than interval (10s when not set)", "fieldPath": ".timeout"}
 ]))]
 pub struct HealthCheck {
-    /// Path requested with GET.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    /// Path requested with GET (a status 200–399 passes).
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[!-~]*$"))]
     pub path: String,
     /// Port to check; defaults to the serving port.
     #[serde(default, skip_serializing_if = "Option::is_none")]

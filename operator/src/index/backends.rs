@@ -178,5 +178,6 @@ pub(crate) fn empty_backend(name: String) -> contract::Backend {
         connect_timeout: None,
         idle_timeout: None,
         retry_budget: None,
+        health_check: None,
     }
 }

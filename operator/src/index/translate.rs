@@ -238,6 +238,7 @@ fn retry(r: &api::Retry) -> contract::RetryPolicy {
 /// The contract rule for a Route rule. Backend refs become `namespace/service:port` names.
 pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
     contract::RouteRule {
+        name: r.name.clone(),
         matches: r.matches.iter().map(route_match).collect(),
         filters: r
             .filters
@@ -349,6 +350,40 @@ pub fn apply_policy(b: &mut contract::Backend, p: &ServicePolicySpec) {
         b.limits.max_pending_requests = c.max_pending_requests.and_then(|n| u32::try_from(n).ok());
         b.connect_timeout = c.connect_timeout.as_ref().and_then(duration);
         b.idle_timeout = c.idle_timeout.as_ref().and_then(duration);
+    }
+    if let Some(hc) = &p.health_check {
+        let interval = hc
+            .interval
+            .as_ref()
+            .and_then(nonzero_duration)
+            .unwrap_or(contract::Duration::from_secs(10));
+        let timeout = hc
+            .timeout
+            .as_ref()
+            .and_then(nonzero_duration)
+            .unwrap_or(contract::Duration::from_secs(1));
+        // Admission keeps the timeout under the interval; a check that could outlast its
+        // interval is cut to half of it rather than refused by every proxy.
+        let timeout = if timeout.get() < interval.get() {
+            timeout
+        } else {
+            contract::Duration(interval.get() / 2)
+        };
+        b.health_check = Some(contract::HealthCheck {
+            path: hc.path.clone(),
+            port: hc
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0),
+            interval,
+            timeout,
+            healthy_threshold: hc
+                .healthy_threshold
+                .map_or(1, |n| u32::try_from(n).unwrap_or(1).max(1)),
+            unhealthy_threshold: hc
+                .unhealthy_threshold
+                .map_or(3, |n| u32::try_from(n).unwrap_or(1).max(1)),
+        });
     }
     if let Some(rb) = &p.retry_budget {
         let default = contract::RetryBudget::default();

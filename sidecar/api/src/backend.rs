@@ -35,6 +35,45 @@ pub struct Backend {
     /// replaces the rules' own budgets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<crate::RetryBudget>,
+    /// Active health checks: each proxy probes every endpoint and sends no requests to one
+    /// that fails them; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active HTTP health checks of a backend's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path requested with `GET`; a status 200–399 passes (as the kubelet's HTTP probes).
+    pub path: String,
+    /// Port probed instead of the endpoint's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Time between checks of one endpoint (each wait varies by ±10%, so checks spread out).
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// Time one check may take, connecting included; longer is a failure.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Consecutive passes that make an unhealthy endpoint healthy again.
+    #[serde(default = "one")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an endpoint unhealthy.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn three() -> u32 {
+    3
 }
 
 /// One instance of a backend.

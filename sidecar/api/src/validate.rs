@@ -255,6 +255,24 @@ fn check_backend(b: &Backend) -> Result<()> {
     if b.limits.max_connections == Some(0) {
         return fail(format!("{el} limits"), "maxConnections must be at least 1");
     }
+    if let Some(hc) = &b.health_check {
+        let hel = format!("{el} healthCheck");
+        if !hc.path.starts_with('/') || hc.path.bytes().any(|c| c <= b' ' || c == 0x7f) {
+            return fail(hel, format!("path {:?} is not an absolute path", hc.path));
+        }
+        if hc.port == Some(0) {
+            return fail(hel, "port 0 is not a valid port");
+        }
+        if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+            return fail(hel, "thresholds must be at least 1");
+        }
+        if hc.interval.get().is_zero() || hc.timeout.get().is_zero() {
+            return fail(hel, "interval and timeout must be longer than 0s");
+        }
+        if hc.timeout.get() >= hc.interval.get() {
+            return fail(hel, "timeout must be shorter than interval");
+        }
+    }
     Ok(())
 }
 

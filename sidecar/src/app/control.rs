@@ -1,0 +1,246 @@
+//! Config from the operator: the proxy's side of the config stream.
+//!
+//! ```text
+//!  GET https://<operator>/v1/gateways/<ns>/<name>/config    `portico-proxy gateway` (or --gateway)
+//!  GET https://<operator>/v1/mesh/pods/<ns>/<pod>/config    `portico-proxy sidecar`, for its own pod
+//!  GET https://<operator>/v1/mesh/config                    the older mesh-wide stream
+//!  (HTTP/2, the server verified with the CA from --ca-file or PORTICO_CONTROL_PLANE_CA)
+//!  Authorization: Bearer <--token-file, re-read on every connect (projected tokens rotate)>
+//!
+//!  ← {"routeTable":{…}}\n {"backendSet":{…}}\n      full state first
+//!  ← {"inboundPolicy":{…}}\n                        (pod streams only: part of the full state)
+//!  ← {"identity":{"issuerEpoch":…}}\n               when the operator issues identities
+//!  ← {"backendSet":{…}}\n …                          then each changed part, replacing the old one
+//! ```
+//!
+//! An `identity` line is not config: it is handed to the identity store
+//! ([`identity::Store::announce`](crate::mesh::identity::Store::announce)), which renews the
+//! workload certificate early when the operator's issuer changed.
+//!
+//! The parts are joined with `ProxyConfig::from_parts` (plus the inbound policy) and applied
+//! through
+//! [`Proxy::apply`], which refuses a bad config and keeps serving the last good one. When the
+//! stream breaks (operator restarted, network gone, HTTP/2 keep-alive timeout) the proxy keeps
+//! serving and reconnects with exponential backoff and full jitter (a random wait in
+//! `[0, min(10 s, 100 ms · 2ⁿ)]`, so a fleet of proxies does not reconnect in lockstep). Each
+//! reconnect starts with a full state, so a change made while the operator was away is applied.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use portico_proxy_api::{
+    BackendSet, ConfigMessage, IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
+};
+
+use crate::mesh::operator::{self, ControlError, ControlPlane};
+use crate::runtime::Proxy;
+
+/// An open config stream and the latest halves received on it.
+pub struct Session {
+    body: Incoming,
+    buf: Vec<u8>,
+    routes: Option<RouteTable>,
+    backends: Option<BackendSet>,
+    /// Pod streams only; `None` until the operator sends one (other streams start with an empty
+    /// policy).
+    inbound: Option<InboundPolicy>,
+    /// The operator's last identity announcement on this stream.
+    identity: Option<IdentityAnnouncement>,
+    // Keeps the HTTP/2 connection open while the body is read.
+    _send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+}
+
+/// What a config stream delivers.
+#[derive(Debug)]
+enum Update {
+    /// A whole config to apply.
+    Config(ProxyConfig),
+    /// The operator's identity issuer.
+    Identity(IdentityAnnouncement),
+}
+
+impl Session {
+    /// Connects and sends the config request; the full state is read by [`Session::next`].
+    pub async fn open(cp: &ControlPlane) -> Result<Self, ControlError> {
+        let (mut send, token) = operator::connect::<Empty<Bytes>>(cp).await?;
+        let url = cp.url.to_string();
+        let (host, port) = operator::host_port(cp)?;
+        let path = cp.stream.path();
+        let req = http::Request::get(format!("https://{host}:{port}{path}"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::new())
+            .map_err(|_| ControlError::Url(url.clone()))?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Err(ControlError::Refused {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
+        }
+        Ok(Self {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            routes: None,
+            backends: None,
+            inbound: (!cp.stream.has_inbound()).then(InboundPolicy::default),
+            identity: None,
+            _send: send,
+        })
+    }
+
+    /// The next update: a config to apply (the first once the full state has arrived — both
+    /// halves, and for a pod its inbound policy — then one per message), or an identity
+    /// announcement.
+    async fn next(&mut self) -> Result<Update, ControlError> {
+        loop {
+            while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match ConfigMessage::from_line(&line)? {
+                    ConfigMessage::RouteTable(r) => self.routes = Some(r),
+                    ConfigMessage::BackendSet(b) => self.backends = Some(b),
+                    ConfigMessage::InboundPolicy(p) => self.inbound = Some(p),
+                    ConfigMessage::Identity(a) => {
+                        self.identity = Some(a.clone());
+                        return Ok(Update::Identity(a));
+                    }
+                }
+                if let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) {
+                    let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
+                    config.inbound = i.clone();
+                    return Ok(Update::Config(config));
+                }
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                None => return Err(ControlError::Ended),
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn next(&mut self) -> Duration {
+        let cap = Self::BASE
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(Self::MAX);
+        self.attempt += 1;
+        cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// The config to apply: what the operator sent plus the proxy's own listeners.
+fn with_extras(mut config: ProxyConfig, cp: &ControlPlane) -> ProxyConfig {
+    config.listeners.extend(cp.extra_listeners.iter().cloned());
+    config
+}
+
+/// Connects (retrying with backoff) until a full config arrives; returns it and the session.
+/// An identity announcement that came before it is kept in the session for [`follow`].
+pub async fn first_config(cp: &ControlPlane) -> (ProxyConfig, Session) {
+    let mut backoff = Backoff { attempt: 0 };
+    loop {
+        match Session::open(cp).await {
+            Ok(mut session) => loop {
+                match session.next().await {
+                    Ok(Update::Config(config)) => return (with_extras(config, cp), session),
+                    Ok(Update::Identity(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config stream broke before the first config");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot reach the control plane"),
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// Applies every config from `session`, and from new sessions after it breaks, forever. While
+/// the operator is away the proxy serves its last good config.
+pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
+    let mut backoff = Backoff { attempt: 0 };
+    let announce = |a: &IdentityAnnouncement| {
+        if let Some(store) = proxy.identity() {
+            store.announce(&a.issuer_epoch);
+        }
+    };
+    if let Some(a) = &session.identity {
+        announce(a);
+    }
+    loop {
+        loop {
+            match session.next().await {
+                Ok(Update::Identity(a)) => announce(&a),
+                Ok(Update::Config(config)) => {
+                    backoff.attempt = 0;
+                    let config = with_extras(config, &cp);
+                    let generation = config.generation;
+                    match proxy.apply(config).await {
+                        Ok(()) => {
+                            tracing::info!(generation, "config from the control plane applied")
+                        }
+                        Err(e) => tracing::error!(
+                            generation,
+                            error = %e,
+                            "config from the control plane refused; the previous config keeps serving"
+                        ),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "config stream lost; serving the last good config");
+                    break;
+                }
+            }
+        }
+        loop {
+            tokio::time::sleep(backoff.next()).await;
+            match Session::open(&cp).await {
+                Ok(s) => {
+                    tracing::info!("reconnected to the control plane");
+                    session = s;
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reach the control plane"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff { attempt: 0 };
+        for n in 0..30 {
+            let d = b.next();
+            let cap = Backoff::BASE
+                .saturating_mul(1 << n.min(16))
+                .min(Backoff::MAX);
+            assert!(d <= cap, "attempt {n}: {d:?} > {cap:?}");
+        }
+        let waits: Vec<Duration> = (0..20).map(|_| b.next()).collect();
+        assert!(waits.iter().any(|w| *w != waits[0]), "jittered");
+    }
+}

@@ -1,0 +1,400 @@
+//! Prometheus metrics. Labels are bounded: route, backend and listener names from the config,
+//! status class (`2xx`…), reload result — never paths or client addresses. Label values are
+//! `Arc<str>` shared with the config, so counting a request allocates nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<str>,
+    /// The rule's name within its route (empty for an unnamed rule).
+    rule: Arc<str>,
+    backend: Arc<str>,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+    rule: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteBackendLabels {
+    route: Arc<str>,
+    rule: Arc<str>,
+    backend: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterceptLabels {
+    listener: Arc<str>,
+    service: Arc<str>,
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InboundRefusedLabels {
+    port: Arc<str>,
+    policy: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthorizationLabels {
+    port: Arc<str>,
+    policy: Arc<str>,
+    /// The caller's SPIFFE ID, or `unauthenticated`: bounded by the mesh's ServiceAccounts
+    /// that call this pod.
+    client: Arc<str>,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    backend: Arc<str>,
+    result: &'static str,
+}
+
+/// Active health checks, by backend and result: `portico_health_checks_total` (`pass`, `fail`)
+/// and `portico_health_transitions_total` (`healthy`, `unhealthy`: what an endpoint became).
+/// Cheap to clone; clones count together (each probing task holds one).
+#[derive(Clone, Debug, Default)]
+pub struct HealthMetrics {
+    checks: Family<HealthLabels, Counter>,
+    transitions: Family<HealthLabels, Counter>,
+}
+
+impl HealthMetrics {
+    /// Counts one check of an endpoint of `backend`.
+    pub fn check(&self, backend: &Arc<str>, passed: bool) {
+        let result = if passed { "pass" } else { "fail" };
+        self.checks
+            .get_or_create(&HealthLabels {
+                backend: backend.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts an endpoint of `backend` becoming healthy (`true`) or unhealthy.
+    pub fn transition(&self, backend: &Arc<str>, healthy: bool) {
+        let result = if healthy { "healthy" } else { "unhealthy" };
+        self.transitions
+            .get_or_create(&HealthLabels {
+                backend: backend.clone(),
+                result,
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: &'static str,
+    result: &'static str,
+}
+
+/// Mesh mTLS handshakes, by direction (`inbound`, `outbound`) and result (`ok`, `error`).
+/// Cheap to clone; clones count together. The identity store holds one, so connections made
+/// anywhere count in the proxy's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Handshakes(Family<HandshakeLabels, Counter>);
+
+impl Handshakes {
+    /// Counts one handshake.
+    pub fn record(&self, direction: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.0
+            .get_or_create(&HandshakeLabels { direction, result })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 250 µs … ~4 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// All of the proxy's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    retries: Family<RouteBackendLabels, Counter>,
+    ejections: Family<BackendLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    intercepted: Family<InterceptLabels, Counter>,
+    inbound_refused: Family<InboundRefusedLabels, Counter>,
+    authorizations: Family<AuthorizationLabels, Counter>,
+    config_version: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+    identity_expiry: Gauge,
+    health: HealthMetrics,
+    /// The label value for "none" (no route matched, no backend chosen).
+    none: Arc<str>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Handshakes::default())
+    }
+}
+
+impl Metrics {
+    /// The metrics, counting mTLS handshakes in `handshakes`.
+    pub fn new(handshakes: Handshakes) -> Self {
+        let mut registry = Registry::with_prefix("portico");
+        let m = Self {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+            retries: Family::default(),
+            ejections: Family::default(),
+            open_connections: Family::default(),
+            intercepted: Family::default(),
+            inbound_refused: Family::default(),
+            authorizations: Family::default(),
+            config_version: Gauge::default(),
+            reloads: Family::default(),
+            identity_expiry: Gauge::default(),
+            health: HealthMetrics::default(),
+            registry: Registry::default(),
+            none: Arc::from(""),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by route, rule (its name; empty when unnamed), backend and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to response headers, by route and rule",
+            m.durations.clone(),
+        );
+        registry.register("retries", "Retries sent", m.retries.clone());
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "intercepted_connections",
+            "Redirected connections, by listener, service dialled (empty: none, passed through) \
+             and detected protocol",
+            m.intercepted.clone(),
+        );
+        registry.register(
+            "inbound_refused",
+            "Requests and connections the inbound policy refused, by port, policy and reason \
+             (mtls_required, authorization, rate_limit)",
+            m.inbound_refused.clone(),
+        );
+        registry.register(
+            "inbound_authorizations",
+            "Inbound authorization decisions, by port, policy, caller identity and decision \
+             (allow, deny)",
+            m.authorizations.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Mesh mTLS handshakes, by direction (inbound, outbound) and result (ok, error)",
+            handshakes.0,
+        );
+        registry.register(
+            "config_version",
+            "Generation of the config in force",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config applies, by result (ok, error)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "identity_expiry_seconds",
+            "Seconds until the workload certificate expires (0 without an identity)",
+            m.identity_expiry.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Active health checks of endpoints, by backend and result (pass, fail)",
+            m.health.checks.clone(),
+        );
+        registry.register(
+            "health_transitions",
+            "Endpoints that became healthy or unhealthy by active health checks, by backend",
+            m.health.transitions.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The health check counters, for the probing tasks.
+    pub fn health(&self) -> HealthMetrics {
+        self.health.clone()
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request; `None` labels are empty.
+    pub fn request(
+        &self,
+        route: Option<&Arc<str>>,
+        rule: Option<&Arc<str>>,
+        backend: Option<&Arc<str>>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let route = route.unwrap_or(&self.none);
+        let rule = rule.unwrap_or(&self.none);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                rule: rule.clone(),
+                backend: backend.unwrap_or(&self.none).clone(),
+                status_class: status_class(status),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+                rule: rule.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one retry.
+    pub fn retry(&self, route: &Arc<str>, rule: &Arc<str>, backend: &Arc<str>) {
+        self.retries
+            .get_or_create(&RouteBackendLabels {
+                route: route.clone(),
+                rule: rule.clone(),
+                backend: backend.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts one ejection.
+    pub fn ejection(&self, backend: &Arc<str>) {
+        self.ejections
+            .get_or_create(&BackendLabels {
+                backend: backend.clone(),
+            })
+            .inc();
+    }
+
+    /// Adds `delta` to the open connections of `listener`.
+    pub fn connections(&self, listener: &Arc<str>, delta: i64) {
+        self.open_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.clone(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Counts one connection accepted on an OUTBOUND or INBOUND listener.
+    pub fn intercepted(
+        &self,
+        listener: &Arc<str>,
+        service: Option<&Arc<str>>,
+        protocol: &'static str,
+    ) {
+        self.intercepted
+            .get_or_create(&InterceptLabels {
+                listener: listener.clone(),
+                service: service.unwrap_or(&self.none).clone(),
+                protocol,
+            })
+            .inc();
+    }
+
+    /// Counts one request or connection refused by an inbound policy.
+    pub fn inbound_refused(&self, port: &Arc<str>, policy: &Arc<str>, reason: &'static str) {
+        self.inbound_refused
+            .get_or_create(&InboundRefusedLabels {
+                port: port.clone(),
+                policy: policy.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts one authorization decision of a guarded port for `client` (its identity).
+    pub fn authorization(
+        &self,
+        port: &Arc<str>,
+        policy: &Arc<str>,
+        client: &Arc<str>,
+        allowed: bool,
+    ) {
+        self.authorizations
+            .get_or_create(&AuthorizationLabels {
+                port: port.clone(),
+                policy: policy.clone(),
+                client: client.clone(),
+                decision: if allowed { "allow" } else { "deny" },
+            })
+            .inc();
+    }
+
+    /// Records a config apply.
+    pub fn reload(&self, ok: bool, generation: Option<u64>) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        if let Some(g) = generation {
+            self.config_version
+                .set(i64::try_from(g).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Seconds until the workload certificate expires (set when `/metrics` is read).
+    pub fn set_identity_expiry(&self, seconds_left: i64) {
+        self.identity_expiry.set(seconds_left);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

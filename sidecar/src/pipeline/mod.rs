@@ -1,0 +1,326 @@
+//! One request's trip through the proxy, the same for every transport:
+//!
+//! ```text
+//! request ─► route ─► request stages ─┬─► answer (redirect, direct response)
+//!                     (in rule order)  └─► backend by weight ─► mirrors ─► attempts ─► response stages ─► client
+//!                                                                          ▲      │   (in rule order)
+//!                                                                          └ retry┘ (policy, budget, backoff,
+//!                                                                                    request and per-try timeouts)
+//! ```
+//!
+//! [`plan`] routes a request and runs its rule's request stages ([`crate::policy::stages`]);
+//! [`attempts::AttemptPolicy::run`] makes the attempts; [`Forward::response_headers`] runs the
+//! response stages. hyper's path ([`handle`]) and the fast HTTP/1 path ([`crate::serve::h1`])
+//! both go through these; they differ only in how bytes move.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HOST, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use portico_proxy_api::{BackendRef, RetryPolicy};
+use rand::Rng;
+
+use crate::config::snapshot::Snapshot;
+use crate::error::{Body, ProxyError, empty};
+use crate::forward::backend::BackendState;
+use crate::forward::body::RequestBody;
+use crate::policy::retry;
+use crate::policy::stages::RequestView;
+use crate::route::router::RouteHit;
+use crate::shared::Shared;
+use crate::wire::headers as http_rules;
+
+pub use crate::forward::body::MAX_REPLAY_BODY;
+
+pub mod attempts;
+pub mod inbound;
+mod log;
+mod mirror;
+
+use attempts::{AttemptPolicy, Attempts};
+pub(crate) use log::{Outcome, RequestLog};
+pub(crate) use mirror::mirror;
+
+/// Whose requests a client connection carries: which pipeline its requests go through.
+pub enum Site {
+    /// A listener's routes (gateway listeners; the sidecar's OUTBOUND, by the service dialled).
+    Routed(ConnInfo),
+    /// The pod's own application, under the port's inbound policy (the sidecar's INBOUND).
+    Inbound(Arc<inbound::Conn>),
+}
+
+impl Site {
+    /// The client's address.
+    pub(crate) fn client(&self) -> SocketAddr {
+        match self {
+            Self::Routed(info) => info.client,
+            Self::Inbound(conn) => conn.client,
+        }
+    }
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Client address.
+    pub client: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Sidecar mode: the service the client dialled, whose routes apply instead of the
+    /// listener's.
+    pub service: Option<Arc<str>>,
+    /// The client IP as a header value, formatted once per connection rather than for every
+    /// request's `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Facts about a connection from `client`.
+    pub fn new(
+        listener: Arc<str>,
+        client: SocketAddr,
+        scheme: &'static str,
+        service: Option<Arc<str>>,
+    ) -> Self {
+        let ip = client.ip().to_string();
+        Self {
+            listener,
+            client,
+            scheme,
+            service,
+            // An IP address is always a valid header value.
+            client_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let log = RequestLog::new(
+        &shared,
+        req.method(),
+        req.version(),
+        req.uri(),
+        req.headers(),
+    );
+    let mut out = Outcome::default();
+    let resp = match route_and_forward(&shared, &conn, req, &mut out).await {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(e.reason());
+            tracing::debug!(error = %e, listener = %conn.listener, "request failed");
+            e.into_response()
+        }
+    };
+    log.finish(&shared, &conn, resp.status().as_u16(), &out);
+    Ok(resp)
+}
+
+/// What routing and a rule's request stages decided for a request.
+pub(crate) enum Plan<'a> {
+    /// The proxy answers itself (redirect, direct response).
+    Answer(Response<Body>),
+    /// The request goes upstream.
+    Forward(Forward<'a>),
+}
+
+/// A request to forward: its rule, backend, and the backends it is mirrored to.
+pub(crate) struct Forward<'a> {
+    /// The route and rule that matched.
+    pub(crate) hit: RouteHit<'a>,
+    /// The backend chosen by weight.
+    pub(crate) backend: Arc<BackendState>,
+    /// The backends this request is copied to (drawn by the rule's mirror stages).
+    pub(crate) mirrors: Vec<Arc<BackendState>>,
+}
+
+impl Forward<'_> {
+    /// The retry policy that applies to this request, if any.
+    pub(crate) fn retry(&self, method: &http::Method, upgrade: bool) -> Option<&RetryPolicy> {
+        self.hit
+            .rule
+            .rule
+            .retry
+            .as_ref()
+            .filter(|p| p.attempts > 0 && !upgrade && retry::method_allowed(p, method))
+    }
+
+    /// Applies the hop-by-hop rules and the rule's response stages to response headers.
+    pub(crate) fn response_headers(&self, headers: &mut HeaderMap, upgrade: bool) {
+        http_rules::strip_hop_by_hop(headers, upgrade);
+        self.hit.rule.stages.on_response(headers);
+    }
+
+    /// Whether the rule's response stages change responses.
+    pub(crate) fn edits_responses(&self) -> bool {
+        self.hit.rule.stages.edits_responses()
+    }
+
+    /// Sends the request's copies to the mirror backends (each forgotten once sent).
+    pub(crate) fn send_mirrors(
+        &self,
+        shared: &Arc<Shared>,
+        parts: &Parts,
+        body: &bytes::Bytes,
+        client: SocketAddr,
+    ) {
+        for backend in &self.mirrors {
+            mirror(shared, backend.clone(), parts, body.clone(), client);
+        }
+    }
+}
+
+/// Routes a request and runs its rule's request stages on `parts`: the headers and URI are then
+/// those to send upstream (hop-by-hop headers gone, `X-Forwarded-*` and `Host` set).
+pub(crate) fn plan<'a>(
+    snap: &'a Snapshot,
+    conn: &ConnInfo,
+    parts: &mut Parts,
+    upgrade: bool,
+    out: &mut Outcome,
+) -> Result<Plan<'a>, ProxyError> {
+    let host = log::request_host(&parts.uri, &parts.headers).to_owned();
+    let hit = match &conn.service {
+        Some(svc) => snap.services.route(svc, &host, parts),
+        None => snap.router.route(&conn.listener, &host, parts),
+    }
+    .ok_or(ProxyError::NoRoute)?;
+    out.route = Some(hit.route.clone());
+    out.rule = hit.rule.named();
+
+    let mut view = RequestView {
+        host_changed: parts.headers.get(HOST).is_none(),
+        parts: &mut *parts,
+        scheme: conn.scheme,
+        host,
+        matched_prefix: hit.matched_prefix,
+        mirrors: Vec::new(),
+    };
+    if let Some(answer) = hit.rule.stages.on_request(&mut view) {
+        return Ok(Plan::Answer(answer));
+    }
+    let mirrors = view
+        .mirrors
+        .iter()
+        .filter_map(|name| snap.backends.get(*name).cloned())
+        .collect();
+
+    http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
+    http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, conn.scheme);
+
+    let backend = pick_backend(snap, &hit.rule.rule.backends)?;
+    out.backend = Some(backend.name.clone());
+    Ok(Plan::Forward(Forward {
+        hit,
+        backend,
+        mirrors,
+    }))
+}
+
+async fn route_and_forward(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let snap: Arc<Snapshot> = shared.snapshot.load_full();
+    let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let fwd = match plan(&snap, conn, &mut parts, upgrade, out)? {
+        Plan::Answer(resp) => return Ok(resp),
+        Plan::Forward(f) => f,
+    };
+    let policy = AttemptPolicy::new(&fwd, &parts.method, upgrade);
+    let mut body = if policy.may_retry() || !fwd.mirrors.is_empty() {
+        RequestBody::buffer(body).await?
+    } else {
+        RequestBody::Streaming(Some(body))
+    };
+    if let Some(bytes) = body.replayable() {
+        fwd.send_mirrors(shared, &parts, bytes, conn.client);
+    }
+    let replayable = body.replayable().is_some();
+
+    // A request that cannot be retried is sent once: its headers move into that attempt
+    // instead of being copied.
+    let mut headers = (!policy.may_retry()).then(|| std::mem::take(&mut parts.headers));
+    let attempts = Attempts {
+        shared,
+        backend: &fwd.backend,
+        parts: &parts,
+        client: conn.client,
+        upgrade,
+        per_try: policy.per_try(),
+    };
+    let attempt = || {
+        let body = body.take().unwrap_or_else(empty);
+        attempts.once(body, headers.take())
+    };
+    let failure = |r: &Response<Body>| attempts::response_failure(r.status(), r.headers());
+    let mut resp = policy
+        .run(shared, &fwd, out, replayable, attempt, failure)
+        .await?;
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_side) = client_upgrade {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_side, upstream_side));
+    }
+    fwd.response_headers(resp.headers_mut(), switching);
+    Ok(resp)
+}
+
+/// Chooses a backend by weight.
+pub(crate) fn pick_backend(
+    snap: &Snapshot,
+    refs: &[BackendRef],
+) -> Result<Arc<BackendState>, ProxyError> {
+    let total: u64 = refs.iter().map(|r| u64::from(r.weight)).sum();
+    let mut ticket = if refs.len() > 1 && total > 0 {
+        rand::rng().random_range(0..total)
+    } else {
+        0
+    };
+    let chosen = refs
+        .iter()
+        .find(|r| {
+            if ticket < u64::from(r.weight) {
+                true
+            } else {
+                ticket -= u64::from(r.weight);
+                false
+            }
+        })
+        .or(refs.first())
+        .ok_or(ProxyError::NoRoute)?;
+    snap.backends
+        .get(&chosen.backend)
+        .cloned()
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint(chosen.backend.as_str().into()))
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+pub(crate) async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut c = TokioIo::new(client);
+    let mut u = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+}

@@ -1,0 +1,8 @@
+//! Traffic policies that decide about a request without forwarding it: request and response
+//! filters, retry policy and budget, rate limits, and inbound authorization.
+
+pub mod filters;
+pub mod inbound;
+pub mod ratelimit;
+pub mod retry;
+pub mod stages;

@@ -1,0 +1,256 @@
+//! A route rule's policies as one ordered pipeline of stages, compiled once per config: the
+//! request stages run in the order the rule lists its filters, before the request goes upstream
+//! (a stage may answer instead: a redirect, a direct response); the response stages run on the
+//! response head before it goes to the client.
+//!
+//! Both request paths run the same stages — the fast HTTP/1 path on the head it parsed, hyper's
+//! path on its request — so a policy is written once, as a stage here, for every transport. A
+//! stage that needs a response body rather than its head (none yet) would say so with
+//! [`Stages::fast_path`], and the fast path would hand such requests to hyper.
+
+use http::header::HOST;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Response};
+use portico_proxy_api::{DirectResponse, Filter, HeaderModifier, Mirror, Redirect, UrlRewrite};
+
+use super::filters;
+use crate::error::Body;
+
+/// One request-side policy.
+#[derive(Debug)]
+pub enum RequestStage {
+    /// Edits the request's headers.
+    ModifyHeaders(HeaderModifier),
+    /// Rewrites the request's host and path.
+    RewriteUrl(UrlRewrite),
+    /// Answers with a redirect to the request's URL with parts replaced.
+    Redirect(Redirect),
+    /// Answers with a fixed response.
+    Respond(DirectResponse),
+    /// Copies a share of requests to another backend (drawn here, sent once the request goes
+    /// upstream).
+    Mirror(Mirror),
+}
+
+/// One response-side policy.
+#[derive(Debug)]
+pub enum ResponseStage {
+    /// Edits the response's headers.
+    ModifyHeaders(HeaderModifier),
+}
+
+/// A rule's stages, in order.
+#[derive(Debug, Default)]
+pub struct Stages {
+    /// Run on the request, in order; the first that answers ends the request side.
+    pub request: Vec<RequestStage>,
+    /// Run on the response head, in order.
+    pub response: Vec<ResponseStage>,
+}
+
+/// What a request stage decided.
+#[derive(Debug)]
+pub enum Step {
+    /// Go on with the next stage (then upstream).
+    Next,
+    /// Answer the client with this response; nothing goes upstream.
+    Answer(Response<Body>),
+}
+
+/// A request as request stages see it: `'p` is the request's, `'s` the config's.
+#[derive(Debug)]
+pub struct RequestView<'p, 's> {
+    /// Method, URI and headers, edited in place.
+    pub parts: &'p mut Parts,
+    /// The connection's scheme (`http` or `https`), for redirects.
+    pub scheme: &'static str,
+    /// The host the request is for (from the URI's authority or `Host`), rewritten by stages.
+    pub host: String,
+    /// `Host` must be (re)written upstream: a stage changed the host, or the client sent
+    /// `:authority` and no `Host`.
+    pub host_changed: bool,
+    /// The path prefix the rule matched, for `ReplacePrefixMatch`.
+    pub matched_prefix: Option<&'s str>,
+    /// The backends this request is mirrored to (drawn by the mirror stages).
+    pub mirrors: Vec<&'s str>,
+}
+
+impl Stages {
+    /// The stages of a rule's filters, in the order the rule lists them. Mirrors of 0% are
+    /// dropped: they never copy anything.
+    pub fn compile(filters: &[Filter]) -> Self {
+        let mut stages = Self::default();
+        for f in filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => {
+                    stages.request.push(RequestStage::ModifyHeaders(m.clone()));
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    stages
+                        .response
+                        .push(ResponseStage::ModifyHeaders(m.clone()));
+                }
+                Filter::UrlRewrite(u) => stages.request.push(RequestStage::RewriteUrl(u.clone())),
+                Filter::RequestRedirect(r) => {
+                    stages.request.push(RequestStage::Redirect(r.clone()))
+                }
+                Filter::DirectResponse(d) => stages.request.push(RequestStage::Respond(d.clone())),
+                Filter::RequestMirror(m) if m.percent > 0 => {
+                    stages.request.push(RequestStage::Mirror(m.clone()));
+                }
+                Filter::RequestMirror(_) => {}
+            }
+        }
+        stages
+    }
+
+    /// Whether the fast HTTP/1 path can run these stages (it has the response's head, not its
+    /// body, in hand). Every stage built so far works on heads.
+    pub fn fast_path(&self) -> bool {
+        true
+    }
+
+    /// Runs the request stages in order; `Some` is the answer of the stage that answered.
+    pub fn on_request<'s>(&'s self, req: &mut RequestView<'_, 's>) -> Option<Response<Body>> {
+        for stage in &self.request {
+            if let Step::Answer(resp) = stage.apply(req) {
+                return Some(resp);
+            }
+        }
+        if req.host_changed
+            && let Ok(h) = HeaderValue::from_str(&req.host)
+        {
+            // HTTP/1 upstreams need `Host`; an HTTP/2 client sent `:authority` instead.
+            req.parts.headers.insert(HOST, h);
+        }
+        None
+    }
+
+    /// Runs the response stages in order on a response's headers.
+    pub fn on_response(&self, headers: &mut HeaderMap) {
+        for stage in &self.response {
+            stage.apply(headers);
+        }
+    }
+
+    /// Whether any response stage would change a response.
+    pub fn edits_responses(&self) -> bool {
+        !self.response.is_empty()
+    }
+}
+
+impl RequestStage {
+    /// Applies this stage to a request.
+    pub fn apply<'s>(&'s self, req: &mut RequestView<'_, 's>) -> Step {
+        match self {
+            Self::ModifyHeaders(m) => filters::modify_headers(m, &mut req.parts.headers),
+            Self::RewriteUrl(u) => {
+                if let Some(h) = filters::rewrite_url(u, &mut req.parts.uri, req.matched_prefix) {
+                    req.host = h;
+                    req.host_changed = true;
+                }
+            }
+            Self::Redirect(r) => {
+                return Step::Answer(filters::redirect(
+                    r,
+                    req.scheme,
+                    &req.host,
+                    &req.parts.uri,
+                    req.matched_prefix,
+                ));
+            }
+            Self::Respond(d) => return Step::Answer(filters::direct(d)),
+            Self::Mirror(m) => {
+                if drawn(m.percent) {
+                    req.mirrors.push(&m.backend);
+                }
+            }
+        }
+        Step::Next
+    }
+}
+
+impl ResponseStage {
+    /// Applies this stage to a response's headers.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        match self {
+            Self::ModifyHeaders(m) => filters::modify_headers(m, headers),
+        }
+    }
+}
+
+/// Whether this request is among the `percent` share (drawn per request).
+fn drawn(percent: u32) -> bool {
+    percent >= 100 || (percent > 0 && rand::random_range(0..100) < percent)
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_proxy_api::Header;
+
+    use super::*;
+
+    #[test]
+    fn mirror_percent_draws_that_share() {
+        assert!((0..1000).all(|_| drawn(100)));
+        assert!((0..1000).all(|_| !drawn(0)));
+        let hits = (0..10_000).filter(|_| drawn(25)).count();
+        // Binomial(10000, 0.25): sd 43; ±10 sd.
+        assert!((2_070..=2_930).contains(&hits), "{hits}");
+    }
+
+    fn set(name: &str, value: &str) -> HeaderModifier {
+        HeaderModifier {
+            set: vec![Header {
+                name: name.into(),
+                value: value.into(),
+            }],
+            ..HeaderModifier::default()
+        }
+    }
+
+    #[test]
+    fn stages_run_in_the_order_the_rule_lists_them_and_an_answer_ends_the_request_side() {
+        let filters = vec![
+            Filter::RequestHeaderModifier(set("x-step", "one")),
+            Filter::RequestHeaderModifier(set("x-step", "two")),
+            Filter::DirectResponse(DirectResponse {
+                status: 418,
+                body: String::new(),
+                headers: Vec::new(),
+            }),
+            Filter::RequestHeaderModifier(set("x-step", "three")),
+            Filter::ResponseHeaderModifier(set("x-resp", "a")),
+            Filter::RequestMirror(Mirror {
+                backend: "never".into(),
+                percent: 0,
+            }),
+        ];
+        let stages = Stages::compile(&filters);
+        assert_eq!(stages.request.len(), 4, "a 0% mirror is no stage");
+        let mut parts = http::Request::get("/")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let mut view = RequestView {
+            parts: &mut parts,
+            scheme: "http",
+            host: "h".into(),
+            host_changed: false,
+            matched_prefix: None,
+            mirrors: Vec::new(),
+        };
+        let answer = stages
+            .on_request(&mut view)
+            .expect("the direct response answers");
+        assert_eq!(answer.status(), 418);
+        assert_eq!(
+            parts.headers["x-step"], "two",
+            "stages after the answer do not run"
+        );
+        let mut headers = HeaderMap::new();
+        stages.on_response(&mut headers);
+        assert_eq!(headers["x-resp"], "a");
+    }
+}
