@@ -70,9 +70,11 @@ demo-down:
 
 ## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy), then sidecar to
 ## sidecar with mTLS vs plaintext (bench/mesh.sh, in a private network namespace), then the
-## serving stall while a 10,000-route config is reloaded (bench/reload-stall.py)
+## serving stall while a 10,000-route config is reloaded (bench/reload-stall.py), and what a rule's
+## policies cost (bench/policies.sh: plain rule vs header edits + mirror + retry policy)
 bench:
 	bench/run.sh
+	bench/policies.sh
 	bench/mesh.sh
 	python3 bench/reload-stall.py $(or $(CARGO_TARGET_DIR),target/proxy)/release/portico-proxy 10000
 

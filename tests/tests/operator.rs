@@ -666,7 +666,7 @@ async fn missing_backend_status(ctx: Ctx) -> anyhow::Result<()> {
     create::<Route>(&ctx, route("orders", "gw", "pay", 80)).await?;
     let _op = start_operator(&ctx, "op-a").await?;
     let ns = ctx.namespace.clone();
-    let wanted = format!("Service {ns}/pay not found");
+    let wanted = format!("rule 1: Service {ns}/pay not found");
     let (status, reason, _) = eventually("ResolvedRefs=False", Duration::from_secs(20), || async {
         Ok(route_condition(&ctx, "orders", "ResolvedRefs")
             .await?
@@ -685,7 +685,7 @@ async fn missing_backend_status(ctx: Ctx) -> anyhow::Result<()> {
                "spec": {"ports": [{"port": 81}]}}),
     )
     .await?;
-    let wanted = format!("Service {ns}/pay has no port 80");
+    let wanted = format!("rule 1: Service {ns}/pay has no port 80");
     eventually("no port 80", Duration::from_secs(20), || async {
         Ok(route_condition(&ctx, "orders", "ResolvedRefs")
             .await?
@@ -1676,7 +1676,7 @@ async fn deleted_service_503(ctx: Ctx) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let wanted = format!("Service {}/orders not found", ctx.namespace);
+    let wanted = format!("rule 1: Service {}/orders not found", ctx.namespace);
     eventually(
         "status names the missing Service",
         Duration::from_secs(10),

@@ -11,7 +11,7 @@ use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
-use super::{Attachment, Index, Key, ServicePort, proxy_name, unsupported};
+use super::{Attachment, Index, Key, ServicePort, proxy_name, translate, unsupported};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,11 +143,23 @@ impl Index {
         let mut out = Statuses::default();
         let mut attached: BTreeMap<ListenerRef, i32> = BTreeMap::new();
         for (rkey, route) in &self.routes {
-            let problems: Vec<String> = route
-                .refs
-                .iter()
-                .filter_map(|sp| self.backend_problem(sp))
-                .collect();
+            // Each problem names its rule (by name, else by position), so a Route with many
+            // rules says which one to fix.
+            let mut problems: Vec<String> = Vec::new();
+            for (i, rule) in route.spec.rules.iter().enumerate() {
+                for sp in translate::rule_backend_refs(&rkey.namespace, rule) {
+                    let Some(problem) = self.backend_problem(&sp) else {
+                        continue;
+                    };
+                    let problem = match &rule.name {
+                        Some(name) => format!("rule {name:?}: {problem}"),
+                        None => format!("rule {}: {problem}", i + 1),
+                    };
+                    if !problems.contains(&problem) {
+                        problems.push(problem);
+                    }
+                }
+            }
             let resolved = if problems.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
             } else {

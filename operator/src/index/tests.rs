@@ -334,12 +334,12 @@ fn a_route_to_a_missing_service_or_port_reports_backend_not_found() {
     assert_eq!(parent.conditions[1].reason, "BackendNotFound");
     assert_eq!(
         parent.conditions[1].message,
-        "Service shop/orders not found"
+        "rule 1: Service shop/orders not found"
     );
     index.apply(mk_service("shop", "orders", json!([{"port": 8080}])));
     assert_eq!(
         status(&index).parents[0].conditions[1].message,
-        "Service shop/orders has no port 80"
+        "rule 1: Service shop/orders has no port 80"
     );
     index.apply(mk_svc("shop", "orders"));
     assert!(status(&index).parents[0].conditions[1].status);

@@ -5,7 +5,8 @@ use portico_tests::support::metric;
 use super::*;
 
 /// `Route.spec.rules[].name` labels the proxy's request and retry metrics (`rule="…"`), so a
-/// route's rules can be told apart on a dashboard; an unnamed rule's label is empty. (The
+/// route's rules can be told apart on a dashboard (an unnamed rule's label is empty), and names
+/// the rule in the Route's status messages. (The
 /// access log's `rule` field: `sidecar/tests/config.rs`
 /// `binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm`.)
 pub(super) async fn rule_names(ctx: Ctx) -> anyhow::Result<()> {
@@ -23,6 +24,8 @@ pub(super) async fn rule_names(ctx: Ctx) -> anyhow::Result<()> {
                  "retry": {"attempts": 1, "retryOn": ["5xx"]}},
                 {"name": "catalog", "backendRefs": to,
                  "matches": [{"path": {"type": "PathPrefix", "value": "/catalog"}}]},
+                {"name": "legacy", "backendRefs": [{"name": "gone", "port": 80}],
+                 "matches": [{"path": {"type": "PathPrefix", "value": "/legacy"}}]},
                 {"backendRefs": to}
             ]}
         }),
@@ -30,6 +33,18 @@ pub(super) async fn rule_names(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
+    // The status names the rule whose backend is missing.
+    let wanted = format!("rule \"legacy\": Service {}/gone not found", ctx.namespace);
+    eventually(
+        "ResolvedRefs naming the rule",
+        Duration::from_secs(20),
+        || async {
+            Ok(route_condition(&ctx, "shop", "ResolvedRefs")
+                .await?
+                .filter(|c| c.0 == "False" && c.2 == wanted))
+        },
+    )
+    .await?;
     for (path, want) in [("/unavailable", 503), ("/catalog", 200), ("/other", 200)] {
         let (status, _) = http_get(proxy.addr, "any.example.com", path).await?;
         ensure!(status == want, "{path}: {status}");

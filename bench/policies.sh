@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# What a rule's policies cost (`make bench`): one portico-proxy (one worker, pinned to one core)
+# with two rules to the same nginx upstream, a plain one (`/plain`) and one with the policies
+# the request pipeline runs (`/policy`: request header edits, a response header edit, a 10%
+# mirror to a second backend and a retry policy — 2 attempts on 5xx, none needed here), loaded
+# alternately by oha at a fixed rate on the other core. Reports the proxy's CPU-seconds per
+# 1,000 requests and p50/p99, medians of interleaved repetitions. Writes
+# docs/benchmarks-policies.md. Loopback only.
+#
+#   REPS=7 RATE=2000 DURATION=5 bench/policies.sh
+#   PROXY_BIN=path/to/portico-proxy bench/policies.sh   # skip the build
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LOADAVG_START=$(cut -d" " -f1-3 /proc/loadavg)
+REPS=${REPS:-7}
+RATE=${RATE:-2000}
+DURATION=${DURATION:-5}
+PROXY_CPU=0
+LOAD_CPU=1
+UP_PORT=18280
+PROXY_PORT=18281
+ADMIN_PORT=19281
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy}
+WORK=$(mktemp -d /tmp/portico-policies.XXXXXX)
+source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
+
+for tool in nginx python3 taskset; do
+    command -v $tool >/dev/null || { echo "policies.sh needs $tool (bench/run.sh installs it)" >&2; exit 1; }
+done
+OHA=$(find_oha)
+[[ -n $OHA ]] || { echo "policies.sh needs oha (bench/run.sh builds it)" >&2; exit 1; }
+if [[ -z ${PROXY_BIN:-} ]]; then
+    cargo build --release -q -p portico-proxy
+    PROXY_BIN=$CARGO_TARGET_DIR/release/portico-proxy
+fi
+
+upstream_conf "$WORK/up" $UP_PORT
+taskset -c $LOAD_CPU nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" &
+PIDS+=($!)
+cat > "$WORK/portico.yaml" <<YAML
+apiVersion: portico.dev/proxy/v1
+listeners: [{ name: web, address: "127.0.0.1:$PROXY_PORT", protocol: HTTP }]
+routes:
+  - name: bench
+    rules:
+      - name: plain
+        matches: [{ path: { type: PathPrefix, value: /plain } }]
+        backends: [{ backend: up }]
+      - name: policy
+        matches: [{ path: { type: PathPrefix, value: /policy } }]
+        filters:
+          - requestHeaderModifier:
+              set: [{ name: x-tenant, value: bench }]
+              add: [{ name: x-trace, value: "1" }]
+              remove: [x-debug]
+          - responseHeaderModifier:
+              set: [{ name: x-served-by, value: portico }]
+          - requestMirror: { backend: shadow, percent: 10 }
+        retry: { attempts: 2, retryOn: [5xx] }
+        backends: [{ backend: up }]
+backends:
+  - { name: up, endpoints: [{ address: "127.0.0.1:$UP_PORT" }] }
+  - { name: shadow, endpoints: [{ address: "127.0.0.1:$UP_PORT" }] }
+YAML
+wait_port $UP_PORT
+taskset -c $PROXY_CPU "$PROXY_BIN" --config "$WORK/portico.yaml" --workers 1 \
+    --admin-addr 127.0.0.1:$ADMIN_PORT --log-level warn &
+PROXY=$!
+PIDS+=("$PROXY")
+wait_port $PROXY_PORT
+
+RESULTS=$WORK/results.txt
+for rep in $(seq 1 "$REPS"); do
+    for rule in plain policy; do
+        url=http://127.0.0.1:$PROXY_PORT/$rule
+        taskset -c $LOAD_CPU "$OHA" --no-tui -z 1s -c 64 -q "$RATE" "$url" >/dev/null 2>&1 || true
+        c0=$(cpu_ns "$PROXY")
+        taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 \
+            -q "$RATE" --latency-correction "$url" > "$WORK/oha.json" 2>/dev/null || true
+        c1=$(cpu_ns "$PROXY")
+        read -r n p50 p99 _ < <(python3 "$ROOT/bench/conns.py" oha "$WORK/oha.json")
+        awk -v t="$rule" -v n="$n" -v c=$((c1 - c0)) -v p50="$p50" -v p99="$p99" 'BEGIN {
+            printf "%s %.4f %s %s\n", t, c / 1e9 / n * 1000, p50, p99 }' | tee -a "$RESULTS"
+    done
+done
+# No retry was needed: the policy's cost is its bookkeeping, not extra attempts.
+retries=$(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$ADMIN_PORT/metrics').read().decode())" |
+    awk '/^portico_retries_total/ {s += $NF} END {print s + 0}')
+
+for rule in plain policy; do
+    for col in 2 3 4; do awk -v r=$rule -v c=$col '$1 == r {print $c}' "$RESULTS" | median > "$WORK/$rule.$col"; done
+done
+v() { cat "$WORK/$1.$2"; }
+OUT=docs/benchmarks-policies.md
+{
+    echo "# What a rule's policies cost"
+    echo
+    echo "Written by \`bench/policies.sh\` (part of \`make bench\`) on $(date -u +%Y-%m-%d),"
+    echo "$(nproc) cores, load average at start $LOADAVG_START. One portico-proxy (\`--workers 1\`,"
+    echo "pinned to core $PROXY_CPU), nginx upstream (1 KiB) and oha at $RATE req/s (64 connections,"
+    echo "latency-corrected) on core $LOAD_CPU; $REPS interleaved repetitions of ${DURATION} s per rule,"
+    echo "medians. \`policy\`: request header set/add/remove, a response header set, a 10% mirror to a"
+    echo "second backend, a retry policy (2 attempts on 5xx; the upstream never fails, retries sent:"
+    echo "$retries). Both rules run on the fast HTTP/1 path."
+    echo
+    echo "| rule | CPU-s per 1,000 req | p50 (ms) | p99 (ms) |"
+    echo "|---|---:|---:|---:|"
+    echo "| plain | $(v plain 2) | $(v plain 3) | $(v plain 4) |"
+    echo "| policy | $(v policy 2) | $(v policy 3) | $(v policy 4) |"
+    echo "| ratio | $(ratio "$(v policy 2)" "$(v plain 2)") | | $(ratio "$(v policy 4)" "$(v plain 4)") |"
+} > "$OUT"
+cat "$OUT"
