@@ -19,7 +19,8 @@
 //!   table, such as `tests/foundation: rejects_<case>`) or as `fn <name>`;
 //!   `proxy tests/<suite>: <name>` — `fn <name>` in the proxy crate's `sidecar/tests/`;
 //!   `unit <module path>::<name>` — `fn <name>` in the operator crates (`operator/`);
-//!   `proxy <module path>::<name>` — `fn <name>` in the proxy crate (`sidecar/`).
+//!   `proxy <module path>::<name>` — `fn <name>` in the proxy crate (`sidecar/`). The module
+//!   path must be where the function is (see [`test_paths`]), so a moved test is caught.
 //! * An Effect cell that starts with `**Unsupported**` marks fields the proxies do not enforce
 //!   yet; such a row must name a test with `unsupported` in its name (the one proving the
 //!   `Accepted=False`/`Unsupported` condition).
@@ -208,12 +209,62 @@ fn check_reference(reference: &str) -> Result<String, String> {
         "proxy" => root.join("sidecar"),
         _ => return Err(format!("`{reference}`: unknown scope {scope:?}")),
     };
-    let name = path.rsplit("::").next().unwrap_or(path).trim();
-    if defined(&[dir], name, false) {
+    let path = path.trim();
+    let name = path.rsplit("::").next().unwrap_or(path);
+    let found = test_paths(&dir, name);
+    if found.iter().any(|p| p == path) {
         Ok(name.to_owned())
-    } else {
+    } else if found.is_empty() {
         Err(format!("`{reference}`: no fn {name} in {scope} code"))
+    } else {
+        Err(format!(
+            "`{reference}`: fn {name} is at {}",
+            found.join(", ")
+        ))
     }
+}
+
+/// The module paths of every `fn name` under `dir`, as a reader would look for them: relative
+/// to the crate's `src/` (`route::router::tests::name`; `mod.rs`, `lib.rs` and `main.rs` name
+/// their directory or the crate), or to its `tests/` for an integration test
+/// (`fields::name`). `tests` is added when the function follows an inline `mod tests {`.
+fn test_paths(dir: &Path, name: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let fn_def = format!("fn {name}(");
+    let mut out = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let Some(at) = text.find(&fn_def) else {
+            continue;
+        };
+        let parts: Vec<String> = f
+            .with_extension("")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        // The last `src` or `tests` directory (not the file itself: `index/tests.rs`).
+        let dirs = &parts[..parts.len().saturating_sub(1)];
+        let Some(base) = dirs.iter().rposition(|p| p == "src" || p == "tests") else {
+            continue;
+        };
+        let mut module: Vec<&str> = parts[base + 1..]
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !["mod", "lib", "main"].contains(p))
+            .collect();
+        if text[..at]
+            .lines()
+            .any(|l| l.trim_start().starts_with("mod tests {"))
+        {
+            module.push("tests");
+        }
+        module.push(name);
+        out.push(module.join("::"));
+    }
+    out
 }
 
 #[test]

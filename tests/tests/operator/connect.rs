@@ -38,10 +38,10 @@ async fn timed_get(gateway: SocketAddr, path: &str) -> anyhow::Result<(u16, Dura
 pub(super) async fn a_connect_timeout_bounds_the_wait_for_an_endpoint(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
-    let _quick = hanging_endpoint("198.18.65.31:8080".parse()?).await?;
-    let _plain = hanging_endpoint("198.18.65.32:8080".parse()?).await?;
+    let _quick = hanging_endpoint("198.18.65.93:8080".parse()?).await?;
+    let _plain = hanging_endpoint("198.18.65.94:8080".parse()?).await?;
     gateway_on_free_port(&ctx).await?;
-    for (name, ip) in [("quick", "198.18.65.31"), ("plain", "198.18.65.32")] {
+    for (name, ip) in [("quick", "198.18.65.93"), ("plain", "198.18.65.94")] {
         create::<Service>(&ctx, service(name)).await?;
         create::<EndpointSlice>(&ctx, slice(&format!("{name}-1"), name, &[ip])).await?;
     }
