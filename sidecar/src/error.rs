@@ -59,6 +59,9 @@ pub enum ProxyError {
     /// The request itself is unusable (bad body, bad header...).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request body is larger than the rule allows (its limit in bytes).
+    #[error("the request body is larger than this route allows ({0} bytes)")]
+    BodyTooLarge(u64),
     /// Sidecar inbound: the pod's policy does not let this caller in (the message names the
     /// policy).
     #[error("{0}")]
@@ -82,6 +85,7 @@ impl ProxyError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect(_) | Self::Reset(_) | Self::BadResponse(..) => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -98,6 +102,7 @@ impl ProxyError {
             Self::Reset(_) => "upstream_reset",
             Self::BadResponse(..) => "bad_response",
             Self::BadRequest(_) => "bad_request",
+            Self::BodyTooLarge(_) => "body_too_large",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
         }

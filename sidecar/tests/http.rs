@@ -695,3 +695,123 @@ async fn malformed_request_gets_400_and_the_proxy_stays_up() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(get(addr, "/still-up").await.status, 200);
 }
+
+/// Every hop stamps the request: the client's `x-request-id` is kept (else one is made), the
+/// W3C trace id is the client's at every hop and each proxy adds its own parent id; requests
+/// without a `traceparent` start a trace. Both request paths (HTTP/1.1 fast path, h2c through
+/// hyper), and the proxy's own error answers carry the request ID.
+#[tokio::test]
+async fn request_ids_and_trace_context_are_stamped_at_each_hop() {
+    let app = echo("app").await;
+    let inner = start(&one_backend(app.addr, "http1")).await;
+    let inner_addr = inner.listener_addr("web").unwrap();
+    let outer = start(&one_backend(inner_addr, "auto")).await;
+    let addr = outer.listener_addr("web").unwrap();
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for h2 in [false, true] {
+        let req = request("GET", "example.com", "/")
+            .header("traceparent", sent)
+            .header("tracestate", "vendor=1")
+            .header("x-request-id", "req-42")
+            .body(full(""))
+            .unwrap();
+        let got = read(send(addr, req, h2).await).await.json();
+        let h = &got["headers"];
+        assert_eq!(
+            h["x-request-id"], "req-42",
+            "h2 {h2}: the client's ID is kept"
+        );
+        let tp = h["traceparent"].as_str().unwrap();
+        assert_eq!(
+            &tp[..36],
+            &sent[..36],
+            "h2 {h2}: same version and trace id: {tp}"
+        );
+        assert!(tp.ends_with("-01"), "flags kept: {tp}");
+        assert_ne!(&tp[36..52], &sent[36..52], "a new parent id: {tp}");
+        assert_eq!(h["tracestate"], "vendor=1");
+
+        // No IDs from the client: the first proxy makes them, the second keeps them.
+        let req = request("GET", "example.com", "/").body(full("")).unwrap();
+        let got = read(send(addr, req, h2).await).await.json();
+        let h = &got["headers"];
+        assert_eq!(h["x-request-id"].as_str().unwrap().len(), 36, "{h}");
+        let tp = h["traceparent"].as_str().unwrap();
+        assert!(
+            tp.starts_with("00-") && tp.ends_with("-00") && tp.len() == 55,
+            "{tp}"
+        );
+    }
+    // The proxy's own answer (no route for this host) names the request.
+    let lonely = start(
+        r#"
+listeners: [{ name: web, address: "127.0.0.1:0", protocol: HTTP }]
+routes: [{ name: r, hostnames: [only.example.com], rules: [{ filters: [{ type: DirectResponse, status: 200 }] }] }]
+"#,
+    )
+    .await;
+    let req = request("GET", "other.example.com", "/")
+        .header("x-request-id", "req-404")
+        .body(full(""))
+        .unwrap();
+    let resp = send(lonely.listener_addr("web").unwrap(), req, false).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-request-id"], "req-404");
+}
+
+/// `maxRequestBodyBytes`: a declared body over the limit is refused with 413 before anything
+/// goes upstream (the fast HTTP/1 path; HTTP/2 through hyper), an undeclared one (chunked,
+/// streamed through hyper) once it passes the limit; bodies within it pass.
+#[tokio::test]
+async fn a_rule_body_limit_answers_413() {
+    let app = echo("app").await;
+    let proxy = start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes: [{{ name: r, rules: [{{ maxRequestBodyBytes: 10, backends: [{{ backend: app }}] }}] }}]
+backends: [{{ name: app, endpoints: [{{ address: "{}" }}] }}]
+"#,
+        app.addr
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    for (body, want) in [("0123456789", 200), ("0123456789x", 413)] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let raw = format!(
+            "POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = exchange_raw(&mut tcp, &raw).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{body}: {answer}"
+        );
+        if want == 413 {
+            assert!(
+                answer.contains("x-portico-error: body_too_large"),
+                "{answer}"
+            );
+        }
+    }
+    let hits = app.hits();
+    // Chunked: no length declared, the limit holds as the body streams.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let answer = exchange_raw(
+        &mut tcp,
+        "POST / HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n8\r\n01234567\r\n8\r\n89abcdef\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "chunked: {answer}");
+    // HTTP/2, through hyper's path.
+    for (body, want) in [(&b"0123456789"[..], 200), (&b"0123456789abcdef"[..], 413)] {
+        let req = request("POST", "example.com", "/")
+            .body(bytes_body(body))
+            .unwrap();
+        let resp = send(addr, req, true).await;
+        assert_eq!(resp.status(), want, "h2 body of {}", body.len());
+    }
+    assert!(
+        app.hits() > hits,
+        "bodies within the limit still reach the app"
+    );
+}

@@ -34,6 +34,9 @@ mod connect;
 /// Active health checks against real nginx servers.
 #[path = "operator/health.rs"]
 mod health;
+/// Request limits on Route rules.
+#[path = "operator/limits.rs"]
+mod limits;
 /// Route rule names in metrics.
 #[path = "operator/rules.rs"]
 mod rules;
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
                 "rule_names_label_metrics_and_access_logs",
                 rules::rule_names,
             ),
+            test("a_route_body_limit_answers_413_to_curl", limits::body_limit),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
                 retry_budget,

@@ -141,6 +141,12 @@ pub struct RouteRule {
     /// Retries of failed requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Request bodies larger than this many bytes are refused with 413 `body_too_large` (by
+    /// `content-length` before anything is sent upstream, or as an undeclared body streams).
+    /// No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_request_body_bytes: Option<i64>,
     /// Authentication required for this rule (overrides the Gateway default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Authentication>,

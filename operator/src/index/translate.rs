@@ -271,6 +271,7 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
             .as_ref()
             .filter(|r| r.attempts != Some(0))
             .map(retry),
+        max_request_body_bytes: r.max_request_body_bytes.and_then(|n| u64::try_from(n).ok()),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct RouteRule {
     /// Retries; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Request bodies larger than this many bytes are refused with 413 (by `content-length`
+    /// before anything is sent, or as the body streams); no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// Conditions a request must all meet.

@@ -54,12 +54,17 @@ impl RequestBody {
         }
     }
 
-    /// The body for the next attempt; `None` once a streamed body was sent.
-    pub fn take(&mut self) -> Option<Body> {
+    /// The body for the next attempt; `None` once a streamed body was sent. A streamed body
+    /// fails once it passes `limit` bytes (the attempt then ends in [`ProxyError::BodyTooLarge`];
+    /// a buffered one was held to the limit by its declared length).
+    pub fn take(&mut self, limit: Option<u64>) -> Option<Body> {
         match self {
             Self::Buffered(b) if b.is_empty() => Some(empty()),
             Self::Buffered(b) => Some(full(b.clone())),
-            Self::Streaming(b) => b.take().map(|b| b.map_err(BoxError::from).boxed_unsync()),
+            Self::Streaming(b) => b.take().map(|b| match limit {
+                Some(n) => Limited::new(b, usize::try_from(n).unwrap_or(usize::MAX)).boxed_unsync(),
+                None => b.map_err(BoxError::from).boxed_unsync(),
+            }),
         }
     }
 }

@@ -156,6 +156,7 @@ impl UpstreamError {
     pub fn to_proxy_error(&self) -> ProxyError {
         match self {
             Self::Connect { addr, .. } => ProxyError::Connect(*addr),
+            Self::Request { .. } if self.body_limit_exceeded() => ProxyError::BodyTooLarge(0),
             Self::Request { addr, .. } => match self.request_body_failure() {
                 Some(why) => ProxyError::BadRequest(format!("request body: {why}")),
                 None => match self.bad_response() {
@@ -164,6 +165,21 @@ impl UpstreamError {
                 },
             },
         }
+    }
+
+    /// Whether the request's body passed its route's limit while it streamed.
+    fn body_limit_exceeded(&self) -> bool {
+        let Self::Request { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        while let Some(e) = cause {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
     }
 
     /// What was wrong with the upstream's response head, when hyper could not parse it.

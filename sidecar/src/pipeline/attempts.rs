@@ -185,8 +185,9 @@ impl Attempts<'_> {
             Err(e) => {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
                 let err = e.to_proxy_error();
-                // A client's broken body (400) is nothing to hold against the endpoint.
-                if !matches!(err, ProxyError::BadRequest(_)) {
+                // A client's broken or oversized body (400, 413) is nothing to hold against
+                // the endpoint.
+                if !matches!(err, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_)) {
                     self.record(ep, None, false);
                 }
                 Err(err)

@@ -267,14 +267,20 @@ async fn route_and_forward(
         upgrade,
         per_try: policy.per_try(),
     };
+    let limit = fwd.hit.rule.stages.body_limit;
     let attempt = || {
-        let body = body.take().unwrap_or_else(empty);
+        let body = body.take(limit).unwrap_or_else(empty);
         attempts.once(body, headers.take())
     };
     let failure = |r: &Response<Body>| attempts::response_failure(r.status(), r.headers());
     let mut resp = policy
         .run(shared, &fwd, out, replayable, attempt, failure)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The limit is the rule's; the connection layer only saw it passed.
+            ProxyError::BodyTooLarge(_) => ProxyError::BodyTooLarge(limit.unwrap_or_default()),
+            e => e,
+        })?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_side) = client_upgrade {

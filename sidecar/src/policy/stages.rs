@@ -11,10 +11,12 @@
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response};
-use portico_proxy_api::{DirectResponse, Filter, HeaderModifier, Mirror, Redirect, UrlRewrite};
+use portico_proxy_api::{
+    DirectResponse, Filter, HeaderModifier, Mirror, Redirect, RouteRule, UrlRewrite,
+};
 
 use super::filters;
-use crate::error::Body;
+use crate::error::{Body, ProxyError};
 
 /// One request-side policy.
 #[derive(Debug)]
@@ -30,6 +32,9 @@ pub enum RequestStage {
     /// Copies a share of requests to another backend (drawn here, sent once the request goes
     /// upstream).
     Mirror(Mirror),
+    /// Refuses a request whose declared body is larger than this many bytes (a body of unknown
+    /// length is held to it as it streams: see [`Stages::body_limit`]).
+    BodyLimit(u64),
 }
 
 /// One response-side policy.
@@ -46,6 +51,8 @@ pub struct Stages {
     pub request: Vec<RequestStage>,
     /// Run on the response head, in order.
     pub response: Vec<ResponseStage>,
+    /// The request body limit, for bodies whose length is not declared.
+    pub body_limit: Option<u64>,
 }
 
 /// What a request stage decided.
@@ -76,10 +83,18 @@ pub struct RequestView<'p, 's> {
 }
 
 impl Stages {
-    /// The stages of a rule's filters, in the order the rule lists them. Mirrors of 0% are
-    /// dropped: they never copy anything.
-    pub fn compile(filters: &[Filter]) -> Self {
-        let mut stages = Self::default();
+    /// The stages of a rule, in order: its body limit first (nothing else should run for a
+    /// request that is refused anyway), then its filters in the order the rule lists them.
+    /// Mirrors of 0% are dropped: they never copy anything.
+    pub fn compile(rule: &RouteRule) -> Self {
+        let mut stages = Self {
+            body_limit: rule.max_request_body_bytes,
+            ..Self::default()
+        };
+        if let Some(limit) = rule.max_request_body_bytes {
+            stages.request.push(RequestStage::BodyLimit(limit));
+        }
+        let filters = &rule.filters;
         for f in filters {
             match f {
                 Filter::RequestHeaderModifier(m) => {
@@ -165,6 +180,16 @@ impl RequestStage {
                     req.mirrors.push(&m.backend);
                 }
             }
+            Self::BodyLimit(limit) => {
+                let declared = req
+                    .parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > *limit) {
+                    return Step::Answer(ProxyError::BodyTooLarge(*limit).into_response());
+                }
+            }
         }
         Step::Next
     }
@@ -226,7 +251,10 @@ mod tests {
                 percent: 0,
             }),
         ];
-        let stages = Stages::compile(&filters);
+        let stages = Stages::compile(&RouteRule {
+            filters,
+            ..RouteRule::default()
+        });
         assert_eq!(stages.request.len(), 4, "a 0% mirror is no stage");
         let mut parts = http::Request::get("/")
             .body(())

@@ -244,7 +244,7 @@ fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
                 rule: rule.clone(),
                 name: rule.name.as_deref().unwrap_or("").into(),
                 budget: rule.retry.as_ref().map(RetryBudget::new),
-                stages: Stages::compile(&rule.filters),
+                stages: Stages::compile(rule),
                 matches,
             })
         })
