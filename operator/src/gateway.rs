@@ -105,6 +105,27 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
             "ports": ports,
         }
     });
+    // A gateway logs every request unless its Gateway says not to (Envoy Gateway and nginx
+    // log by default too): who called what is the first thing asked of an edge proxy.
+    let access_log = spec.access_log.as_ref().is_none_or(|a| a.enabled);
+    let gateway = key.to_string();
+    let mut args = vec![
+        "--control-plane",
+        &settings.control_plane_url,
+        "--gateway",
+        &gateway,
+        "--token-file",
+        "/var/run/secrets/portico/token",
+        "--ca-file",
+        "/var/run/secrets/portico/ca.crt",
+        "--admin-addr",
+        "0.0.0.0:9901",
+        "--trust-domain",
+        &settings.trust_domain,
+    ];
+    if access_log {
+        args.push("--access-log");
+    }
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
         "spec": {
@@ -128,14 +149,7 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
                     "containers": [{
                         "name": "proxy",
                         "image": settings.image,
-                        "args": [
-                            "--control-plane", settings.control_plane_url,
-                            "--gateway", key.to_string(),
-                            "--token-file", "/var/run/secrets/portico/token",
-                            "--ca-file", "/var/run/secrets/portico/ca.crt",
-                            "--admin-addr", "0.0.0.0:9901",
-                            "--trust-domain", settings.trust_domain,
-                        ],
+                        "args": args,
                         "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}},
                         // A terminating pod leaves the Service's endpoints at once, but
@@ -295,6 +309,32 @@ mod tests {
         custom.service_type = Some(GatewayServiceType::NodePort);
         let [_, _, svc, _] = desired(&key, "uid-1", &custom, &settings);
         assert_eq!(svc["spec"]["type"], "NodePort");
+    }
+
+    #[test]
+    fn the_access_log_is_on_unless_the_gateway_turns_it_off() {
+        let settings = ProxySettings {
+            image: "portico-proxy:test".into(),
+            control_plane_url: "https://portico:8443".into(),
+            ca_pem: String::new(),
+            trust_domain: "cluster.local".into(),
+        };
+        let key = Key::new("shop", "edge");
+        let args = |spec: &GatewaySpec| {
+            let [_, _, _, deploy] = desired(&key, "uid-1", spec, &settings);
+            deploy["spec"]["template"]["spec"]["containers"][0]["args"].clone()
+        };
+        let has_flag = |spec: &GatewaySpec| {
+            args(spec)
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == "--access-log"))
+        };
+        let mut s = spec(8080);
+        assert!(has_flag(&s), "on by default: {}", args(&s));
+        s.access_log = Some(portico_api::gateway::GatewayAccessLog { enabled: true });
+        assert!(has_flag(&s));
+        s.access_log = Some(portico_api::gateway::GatewayAccessLog { enabled: false });
+        assert!(!has_flag(&s), "off: {}", args(&s));
     }
 
     #[test]

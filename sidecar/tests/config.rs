@@ -469,7 +469,9 @@ async fn binary_reloads_a_changed_file_refuses_a_bad_one_and_drains_on_sigterm()
         access.iter().any(|e| e["status"] == 200
             && e["route"] == "r"
             && e["rule"] == "main"
-            && e["backend"] == "b"),
+            && e["backend"] == "b"
+            && e["request_id"].as_str().is_some_and(|id| id.len() == 36)
+            && e["trace_id"].as_str().is_some_and(|id| id.len() == 32)),
         "{access:?}"
     );
 }

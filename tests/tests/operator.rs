@@ -757,6 +757,12 @@ async fn gateway_objects_and_status(ctx: Ctx) -> anyhow::Result<()> {
         .and_then(|s| s.template.spec)
         .context("no pod spec")?;
     ensure!(pod.service_account_name.as_deref() == Some("portico-gateway-gw"));
+    // The access log is on by default (the Gateway sets no `accessLog`).
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    ensure!(
+        args.iter().any(|a| a == "--access-log"),
+        "the proxy's access log is off: {args:?}"
+    );
     ensure!(pod.containers[0].image.as_deref() == Some("portico-proxy:e2e"));
     Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ctx.namespace)
         .get("portico-gateway-gw")

@@ -47,6 +47,10 @@ pub struct GatewaySpec {
     /// Type of the Service that exposes the listeners. Defaults to `ClusterIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_type: Option<GatewayServiceType>,
+    /// The proxies' access log: one JSON line per request on the proxy containers' stdout
+    /// (`kubectl logs`). On when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<GatewayAccessLog>,
     /// Policies applied to every Route attached to this Gateway unless the Route sets its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<GatewayDefaults>,
@@ -172,6 +176,14 @@ pub enum GatewayServiceType {
     NodePort,
     /// An external load balancer, where the cluster provides one.
     LoadBalancer,
+}
+
+/// The access log of a Gateway's proxies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAccessLog {
+    /// `false` turns the access log off (it is on by default).
+    pub enabled: bool,
 }
 
 /// Policies inherited by every attached Route rule that does not set its own.
