@@ -77,6 +77,11 @@ impl<'a> AttemptPolicy<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<R, ProxyError>>,
     {
+        // Most requests: one attempt, no deadline. No loop or timer state to carry.
+        if self.retry.is_none() && self.overall.is_none() {
+            out.attempts = 1;
+            return attempt().await;
+        }
         let attempts = async {
             let mut retries_done = 0u32;
             loop {
