@@ -97,15 +97,7 @@ for rep in $(seq 1 "$REPS"); do
                     printf "%s rps %.0f proxy_cpu %.2f load_busy %.2f load_cs_per_req %.3f\n",
                         t, rps, c / 1e9 / d, b / hz / d, cs / n }' | tee -a "$RESULTS"
         else
-            taskset -c $LOAD_CPU "$OHA" --no-tui -z 1s -c 64 -q "$RATE" "$URL" >/dev/null 2>&1 || true
-            c0=$(cpu_ns "$WORKER")
-            taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 \
-                -q "$RATE" --latency-correction "$URL" > "$WORK/oha.json" 2>/dev/null || true
-            c1=$(cpu_ns "$WORKER")
-            read -r n p50 p99 _ < <(python3 "$ROOT/bench/conns.py" oha "$WORK/oha.json")
-            awk -v t="$name" -v n="$n" -v c=$((c1 - c0)) -v p50="$p50" -v p99="$p99" 'BEGIN {
-                    printf "%s cpu_s_per_1k %.4f p50_ms %s p99_ms %s\n", t, c / 1e9 / n * 1000, p50, p99 }' \
-                | tee -a "$RESULTS"
+            rate_run "$name" "$URL" "$WORKER" "$RATE" "$DURATION" | tee -a "$RESULTS"
         fi
         stop
     done

@@ -70,15 +70,8 @@ wait_port $PROXY_PORT
 RESULTS=$WORK/results.txt
 for rep in $(seq 1 "$REPS"); do
     for rule in plain policy; do
-        url=http://127.0.0.1:$PROXY_PORT/$rule
-        taskset -c $LOAD_CPU "$OHA" --no-tui -z 1s -c 64 -q "$RATE" "$url" >/dev/null 2>&1 || true
-        c0=$(cpu_ns "$PROXY")
-        taskset -c $LOAD_CPU "$OHA" --no-tui --output-format json -z "${DURATION}s" -c 64 \
-            -q "$RATE" --latency-correction "$url" > "$WORK/oha.json" 2>/dev/null || true
-        c1=$(cpu_ns "$PROXY")
-        read -r n p50 p99 _ < <(python3 "$ROOT/bench/conns.py" oha "$WORK/oha.json")
-        awk -v t="$rule" -v n="$n" -v c=$((c1 - c0)) -v p50="$p50" -v p99="$p99" 'BEGIN {
-            printf "%s %.4f %s %s\n", t, c / 1e9 / n * 1000, p50, p99 }' | tee -a "$RESULTS"
+        rate_run "$rule" "http://127.0.0.1:$PROXY_PORT/$rule" "$PROXY" "$RATE" "$DURATION" |
+            tee -a "$RESULTS"
     done
 done
 # No retry was needed: the policy's cost is its bookkeeping, not extra attempts.
@@ -86,9 +79,9 @@ retries=$(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.
     awk '/^portico_retries_total/ {s += $NF} END {print s + 0}')
 
 for rule in plain policy; do
-    for col in 2 3 4; do awk -v r=$rule -v c=$col '$1 == r {print $c}' "$RESULTS" | median > "$WORK/$rule.$col"; done
+    for col in 3 5 7; do awk -v r=$rule -v c=$col '$1 == r {print $c}' "$RESULTS" | median > "$WORK/$rule.$col"; done
 done
-v() { cat "$WORK/$1.$2"; }
+v() { cat "$WORK/$1.$(( $2 * 2 - 1 ))"; }
 OUT=docs/benchmarks-policies.md
 {
     echo "# What a rule's policies cost"

@@ -290,12 +290,7 @@ mod tests {
 
     #[test]
     fn replicas_and_service_type_shape_the_proxy_deployment_and_service() {
-        let settings = ProxySettings {
-            image: "portico-proxy:test".into(),
-            control_plane_url: "https://portico:8443".into(),
-            ca_pem: String::new(),
-            trust_domain: "cluster.local".into(),
-        };
+        let settings = test_settings();
         let key = Key::new("shop", "edge");
         let [_, _, svc, deploy] = desired(&key, "uid-1", &spec(8080), &settings);
         assert_eq!(deploy["spec"]["replicas"], 1);
@@ -311,14 +306,18 @@ mod tests {
         assert_eq!(svc["spec"]["type"], "NodePort");
     }
 
-    #[test]
-    fn the_access_log_is_on_unless_the_gateway_turns_it_off() {
-        let settings = ProxySettings {
+    fn test_settings() -> ProxySettings {
+        ProxySettings {
             image: "portico-proxy:test".into(),
             control_plane_url: "https://portico:8443".into(),
             ca_pem: String::new(),
             trust_domain: "cluster.local".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_access_log_is_on_unless_the_gateway_turns_it_off() {
+        let settings = test_settings();
         let key = Key::new("shop", "edge");
         let args = |spec: &GatewaySpec| {
             let [_, _, _, deploy] = desired(&key, "uid-1", spec, &settings);

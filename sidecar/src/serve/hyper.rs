@@ -26,10 +26,7 @@ pub(crate) async fn serve_http1<I>(shared: Arc<Shared>, site: Site, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = SiteService {
-        shared: shared.clone(),
-        site: Arc::new(site),
-    };
+    let svc = SiteService::new(&shared, site);
     let mut builder = hyper::server::conn::http1::Builder::new();
     // A client may shut its sending side once the request is out (RFC 9112 §9.6); it still
     // gets its answer, as on the fast path.
@@ -46,10 +43,7 @@ pub(crate) async fn serve_auto<I>(shared: Arc<Shared>, site: Site, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = SiteService {
-        shared: shared.clone(),
-        site: Arc::new(site),
-    };
+    let svc = SiteService::new(&shared, site);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Answers a client that shut its sending side after the request (see `serve_http1`).
     builder.http1().timer(TokioTimer::new()).half_close(true);
@@ -64,10 +58,7 @@ pub(crate) async fn serve_h2<I>(shared: Arc<Shared>, site: Site, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = SiteService {
-        shared: shared.clone(),
-        site: Arc::new(site),
-    };
+    let svc = SiteService::new(&shared, site);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -79,6 +70,15 @@ where
 struct SiteService {
     shared: Arc<Shared>,
     site: Arc<Site>,
+}
+
+impl SiteService {
+    fn new(shared: &Arc<Shared>, site: Site) -> Self {
+        Self {
+            shared: shared.clone(),
+            site: Arc::new(site),
+        }
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for SiteService {
