@@ -308,6 +308,25 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_reference_grant_list_item_decodes_as_the_gateway_api_kind() {
+        assert_eq!(
+            api_resource(Kind::ReferenceGrant).api_version,
+            "gateway.networking.k8s.io/v1"
+        );
+        let item: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"namespace": "pay", "name": "from-shop"},
+            "spec": {"from": [{"group": "portico.dev", "kind": "Route", "namespace": "shop"}],
+                     "to": [{"group": "", "kind": "Service"}]}
+        }))
+        .unwrap();
+        let Ok(Object::ReferenceGrant(grant)) = decode(Kind::ReferenceGrant, item) else {
+            panic!("a ReferenceGrant decodes");
+        };
+        assert_eq!(grant.spec.from[0].namespace, "shop");
+        assert_eq!(grant.spec.to[0].name, None);
+    }
+
     /// An API server that knows no Portico CRDs: every request gets a 404 Status.
     async fn bare_apiserver() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -175,8 +175,8 @@ impl Index {
                     }
                 }
             }
-            // One reason for all problems: a refused ref is named first, as it changes what the
-            // proxies do most (its rule answers 500); the message lists every problem.
+            // One reason for all problems: `RefNotPermitted` when any ref is refused, as that
+            // changes what the proxies do most (its rule answers 500); the message lists all.
             let resolved = if problems.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
             } else if not_permitted {
