@@ -18,7 +18,7 @@ use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
-use portico_api::{Gateway, Route, ServicePolicy};
+use portico_api::{Gateway, ReferenceGrant, Route, ServicePolicy};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -68,6 +68,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
         Kind::Secret => ApiResource::erase::<Secret>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
+        Kind::ReferenceGrant => ApiResource::erase::<ReferenceGrant>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::Pod => ApiResource::erase::<Pod>(&()),
     }
@@ -96,6 +97,7 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::EndpointSlice => parse(obj, Object::EndpointSlice),
         Kind::Secret => parse(obj, Object::Secret),
         Kind::Namespace => parse(obj, Object::Namespace),
+        Kind::ReferenceGrant => parse(obj, Object::ReferenceGrant),
         Kind::Deployment => parse(obj, |d| Object::Deployment(Box::new(d))),
         // Decoded, reduced to its compact record at once, and the Pod dropped.
         Kind::Pod => parse(obj, |p: Pod| Object::Pod(PodInfo::of(&p))),
@@ -114,12 +116,15 @@ fn watcher_config(kind: Kind) -> watcher::Config {
     }
 }
 
-/// Whether the API server serves Portico's CRDs; `Err` says which one is missing.
+/// Whether the API server serves Portico's CRDs and the Gateway API's ReferenceGrant (without
+/// it, its watch would never sync and the operator never become ready); `Err` says which one is
+/// missing.
 pub async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
     for ar in [
         ApiResource::erase::<Gateway>(&()),
         ApiResource::erase::<Route>(&()),
         ApiResource::erase::<ServicePolicy>(&()),
+        ApiResource::erase::<ReferenceGrant>(&()),
     ] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api
@@ -301,6 +306,25 @@ mod tests {
             decode(Kind::Gateway, item),
             Ok(Object::Gateway(_))
         ));
+    }
+
+    #[test]
+    fn a_reference_grant_list_item_decodes_as_the_gateway_api_kind() {
+        assert_eq!(
+            api_resource(Kind::ReferenceGrant).api_version,
+            "gateway.networking.k8s.io/v1"
+        );
+        let item: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"namespace": "pay", "name": "from-shop"},
+            "spec": {"from": [{"group": "portico.dev", "kind": "Route", "namespace": "shop"}],
+                     "to": [{"group": "", "kind": "Service"}]}
+        }))
+        .unwrap();
+        let Ok(Object::ReferenceGrant(grant)) = decode(Kind::ReferenceGrant, item) else {
+            panic!("a ReferenceGrant decodes");
+        };
+        assert_eq!(grant.spec.from[0].namespace, "shop");
+        assert_eq!(grant.spec.to[0].name, None);
     }
 
     /// An API server that knows no Portico CRDs: every request gets a 404 Status.

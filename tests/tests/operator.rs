@@ -31,6 +31,9 @@ use tokio::sync::mpsc;
 /// The connect timeout of a ServicePolicy.
 #[path = "operator/connect.rs"]
 mod connect;
+/// Cross-namespace references and the ReferenceGrants that permit them.
+#[path = "operator/grants.rs"]
+mod grants;
 /// Active health checks against real nginx servers.
 #[path = "operator/health.rs"]
 mod health;
@@ -168,6 +171,14 @@ fn main() -> ExitCode {
                 "a_service_policy_connect_timeout_bounds_the_wait_for_an_endpoint",
                 connect::a_connect_timeout_bounds_the_wait_for_an_endpoint,
             ),
+            test(
+                "a_backend_in_another_namespace_answers_500_until_a_reference_grant_permits_it",
+                grants::a_backend_in_another_namespace_needs_a_grant,
+            ),
+            test(
+                "a_certificate_in_another_namespace_is_served_only_while_a_reference_grant_permits_it",
+                grants::a_certificate_in_another_namespace_needs_a_grant,
+            ),
         ],
     )
 }
@@ -228,12 +239,30 @@ impl Operator {
 }
 
 async fn start_operator(ctx: &Ctx, identity: &str) -> anyhow::Result<Operator> {
+    start_operator_in(ctx, identity, vec![ctx.namespace.clone()]).await
+}
+
+/// Starts an operator watching `namespaces` (its Lease in the test's namespace).
+async fn start_operator_in(
+    ctx: &Ctx,
+    identity: &str,
+    namespaces: Vec<String>,
+) -> anyhow::Result<Operator> {
     // A free port can be taken by a test running alongside before the operator binds it: then
     // the start is tried again with other ports.
     for attempt in 1.. {
         let tls = serving_cert(ctx)?;
         let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        match start_operator_with(ctx, identity, tls, config_addr, 2).await {
+        let started = start_operator_watching(
+            ctx,
+            identity,
+            tls,
+            config_addr,
+            2,
+            Duration::from_secs(300),
+            namespaces.clone(),
+        );
+        match started.await {
             Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
                 eprintln!("operator start {attempt}: {e:#}; trying other ports");
             }
@@ -271,10 +300,33 @@ async fn start_operator_rechecking(
     lease_duration_secs: u64,
     token_recheck: Duration,
 ) -> anyhow::Result<Operator> {
+    let namespaces = vec![ctx.namespace.clone()];
+    start_operator_watching(
+        ctx,
+        identity,
+        tls,
+        config_addr,
+        lease_duration_secs,
+        token_recheck,
+        namespaces,
+    )
+    .await
+}
+
+/// [`start_operator_rechecking`] watching `namespaces`.
+async fn start_operator_watching(
+    ctx: &Ctx,
+    identity: &str,
+    tls: ServingCert,
+    config_addr: SocketAddr,
+    lease_duration_secs: u64,
+    token_recheck: Duration,
+    namespaces: Vec<String>,
+) -> anyhow::Result<Operator> {
     let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args = portico_operator::Args {
         kubeconfig: Some(ctx.plane.kubeconfig.clone()),
-        namespaces: vec![ctx.namespace.clone()],
+        namespaces,
         log_level: String::new(),
         log_format: portico_operator::LogFormat::Text,
         admin_addr,

@@ -10,14 +10,19 @@
 //!   Gateway ◄──parentRefs── Route ──backendRefs──► Service ◄──targetRef── ServicePolicy
 //!  (listeners)             (rules)                 (k8s)                 (how to call it)
 //! ```
+//!
+//! Cross-namespace references need a `ReferenceGrant` (the `grant` module): the Gateway API's
+//! kind, read but not defined here (its CRD is vendored, not generated).
 
 pub mod common;
 pub mod crds;
 pub mod gateway;
+pub mod grant;
 pub mod policy;
 pub mod route;
 
 pub use common::{Duration, GROUP, VERSION};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
+pub use grant::{ReferenceGrant, ReferenceGrantSpec};
 pub use policy::{ServicePolicy, ServicePolicySpec, ServicePolicyStatus};
 pub use route::{Route, RouteSpec, RouteStatus};

@@ -36,19 +36,21 @@ impl Index {
     }
 }
 
-/// Makes TCP listener `listener` forward to the backends of `route`'s first rule, unless an
-/// earlier Route already feeds it or that rule has no backend; adds the Service ports it then
-/// sends to (backend refs only: a TCP listener mirrors nothing) to `wanted`.
+/// Makes TCP listener `listener` forward to the backends of `route`'s first rule (as served:
+/// `rules`, where a rule with a refused backend ref has none), unless an earlier Route already
+/// feeds it or that rule has no backend; adds the Service ports it then sends to (backend refs
+/// only: a TCP listener mirrors nothing) to `wanted`.
 pub(super) fn feed_tcp(
     listener: &mut contract::Listener,
     route_ns: &str,
     route: &RouteEntry,
+    rules: &[contract::RouteRule],
     wanted: &mut Wanted,
 ) {
     if !listener.backends.is_empty() {
         return;
     }
-    let Some(first) = route.rules.first().filter(|r| !r.backends.is_empty()) else {
+    let Some(first) = rules.first().filter(|r| !r.backends.is_empty()) else {
         return;
     };
     listener.backends = first.backends.clone();

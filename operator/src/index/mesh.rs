@@ -56,13 +56,14 @@ impl Index {
                 continue;
             }
             let name = rkey.to_string();
+            let (rules, refs) = self.served_rules(rkey, route);
             routes.push(contract::Route {
                 name: name.clone(),
                 listeners: Vec::new(),
                 hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
-                rules: route.rules.clone(),
+                rules: rules.into_owned(),
             });
-            wanted.extend(route.refs.iter().cloned());
+            wanted.extend(refs.iter().cloned());
             for p in parents {
                 let service = Key::new(p.namespace.as_deref().unwrap_or(&rkey.namespace), &p.name);
                 attached.entry(service).or_default().push(ServiceRoute {

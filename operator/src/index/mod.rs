@@ -4,7 +4,7 @@
 //!  watch events ──apply/delete/reset──► Index ──refresh──► per Gateway: watch::Sender<RouteTable>
 //!  (Gateway, Route, ServicePolicy,        │                             watch::Sender<BackendSet>
 //!   Service, EndpointSlice, Secret,       ├──────────────► watch::Sender<Statuses> (status writer)
-//!   Namespace, Pod)                       └──────────────► per connected sidecar's pod:
+//!   Namespace, ReferenceGrant, Pod)       └──────────────► per connected sidecar's pod:
 //!                                                          watch::Sender<InboundPolicy>
 //! ```
 //!
@@ -25,6 +25,7 @@
 //! | `attach`      | which listeners a Route's parent ref attaches to, or why not          |
 //! | `hostnames`   | listener/Route hostname intersection                                  |
 //! | `tls`         | HTTPS listeners' certificates from their Secrets                      |
+//! | `grants`      | cross-namespace references and the ReferenceGrants that permit them   |
 //! | `listeners`   | the listeners a Gateway's proxies bind; what feeds a TCP listener     |
 //! | `routes`      | the route table of one Gateway's proxies                              |
 //! | `mesh`        | the mesh-wide config of sidecars                                      |
@@ -39,6 +40,7 @@
 mod attach;
 mod backends;
 mod endpoints;
+mod grants;
 mod hostnames;
 mod inbound;
 mod listeners;
@@ -60,7 +62,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use portico_api::{Gateway, ServicePolicy};
+use portico_api::{Gateway, ReferenceGrant, ServicePolicy};
 use portico_proxy_api::{self as contract, BackendSet, RouteTable};
 use tokio::sync::watch;
 
@@ -127,6 +129,8 @@ pub struct Index {
     slice_service: BTreeMap<Key, Key>,
     secrets: BTreeMap<Key, Arc<Secret>>,
     namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// ReferenceGrants, by key: the grants of one namespace are one range.
+    grants: BTreeMap<Key, Arc<ReferenceGrant>>,
     deployments: BTreeMap<Key, Arc<Deployment>>,
     pods: pods::Pods,
     /// The guarding ServicePolicy (with authorization or rate limit) in force per Service.
@@ -193,6 +197,7 @@ impl Index {
             slice_service: BTreeMap::new(),
             secrets: BTreeMap::new(),
             namespaces: BTreeMap::new(),
+            grants: BTreeMap::new(),
             deployments: BTreeMap::new(),
             pods: pods::Pods::default(),
             guards: BTreeMap::new(),
@@ -279,6 +284,7 @@ impl Index {
             Object::EndpointSlice(o) => Key::of(o),
             Object::Secret(o) => Key::of(o),
             Object::Namespace(o) => Key::of(o),
+            Object::ReferenceGrant(o) => Key::of(o),
             Object::Deployment(o) => Key::of(&**o),
             Object::Pod(o) => o.key.clone(),
         };
@@ -326,6 +332,7 @@ impl Index {
             Kind::Service => self.services.retain(|k, _| keep(k)),
             Kind::Secret => self.secrets.retain(|k, _| keep(k)),
             Kind::Namespace => self.namespaces.clear(),
+            Kind::ReferenceGrant => self.grants.retain(|k, _| keep(k)),
             Kind::Deployment => self.deployments.retain(|k, _| keep(k)),
             Kind::EndpointSlice => {
                 self.slices.retain(|k, _| keep(k));
@@ -371,6 +378,9 @@ impl Index {
             Object::Namespace(o) => {
                 self.namespaces.insert(o.name_any(), Arc::new(o));
             }
+            Object::ReferenceGrant(o) => {
+                self.grants.insert(Key::of(&o), Arc::new(o));
+            }
             Object::Deployment(o) => {
                 self.deployments.insert(Key::of(&*o), Arc::new(*o));
             }
@@ -412,6 +422,9 @@ impl Index {
             }
             Kind::Namespace => {
                 self.namespaces.remove(&key.name);
+            }
+            Kind::ReferenceGrant => {
+                self.grants.remove(key);
             }
             Kind::Deployment => {
                 self.deployments.remove(key);
@@ -490,6 +503,7 @@ impl Index {
             + self.slice_service.len()
             + self.secrets.len()
             + self.namespaces.len()
+            + self.grants.len()
             + self.deployments.len()
             + self.pods.len();
         IndexStats {
@@ -508,6 +522,8 @@ impl Index {
 mod tests;
 #[cfg(test)]
 mod tests_fields;
+#[cfg(test)]
+mod tests_grants;
 #[cfg(test)]
 mod tests_inbound;
 #[cfg(test)]

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use portico_api::{Gateway, Route, ServicePolicy};
+use portico_api::{Gateway, ReferenceGrant, Route, ServicePolicy};
 
 use super::PodInfo;
 
@@ -51,6 +51,8 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Secret(Secret),
     Namespace(Namespace),
+    /// The Gateway API's grant of cross-namespace references (see the `grants` module).
+    ReferenceGrant(ReferenceGrant),
     /// Only the gateway proxy Deployments the operator runs (for `Programmed`). Boxed: a
     /// Deployment is several times larger than the other objects.
     Deployment(Box<Deployment>),
@@ -69,14 +71,16 @@ pub enum Kind {
     EndpointSlice,
     Secret,
     Namespace,
+    ReferenceGrant,
     Deployment,
     Pod,
 }
 
 impl Kind {
     /// Every kind, in the order the watches start.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
+        Kind::ReferenceGrant,
         Kind::Deployment,
         Kind::Service,
         Kind::EndpointSlice,
@@ -97,6 +101,7 @@ impl Kind {
             Kind::EndpointSlice => "endpointslices",
             Kind::Secret => "secrets",
             Kind::Namespace => "namespaces",
+            Kind::ReferenceGrant => "referencegrants",
             Kind::Deployment => "deployments",
             Kind::Pod => "pods",
         }
@@ -114,6 +119,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) => Kind::Secret,
             Object::Namespace(_) => Kind::Namespace,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Deployment(_) => Kind::Deployment,
             Object::Pod(_) => Kind::Pod,
         }

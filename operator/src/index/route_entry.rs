@@ -1,6 +1,10 @@
 //! A Route as the index keeps it: translated to contract rules once, when it arrives, with the
 //! Service ports it sends to and what would keep it from being served (a value the contract
-//! refuses, a field the proxies do not enforce yet).
+//! refuses, a field the proxies do not enforce yet). What is served of it also depends on the
+//! ReferenceGrants of the moment ([`RouteEntry::served`]), so that part is not kept.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use portico_api::Route;
 use portico_proxy_api::{self as contract, ProxyConfig};
@@ -51,6 +55,59 @@ impl RouteEntry {
             problem,
             unsupported,
         }
+    }
+}
+
+/// The body of the answer of a rule whose backend ref no ReferenceGrant permits. It names no
+/// Service: the client may be outside the cluster; the Route's status says which ref and grant.
+pub(super) const NOT_PERMITTED_BODY: &str = "backend reference not permitted (no ReferenceGrant)\n";
+
+impl RouteEntry {
+    /// The rules to send to proxies and the Service ports they send to, given which Service ports
+    /// the Route may refer to (`permitted`; see the `grants` module). A rule with a refused
+    /// backend ref answers 500 itself, as the Gateway API asks, rather than sending a share of
+    /// its requests to a Service it may not use; a refused mirror is dropped from its rule.
+    /// Without refusals (the common case) the stored rules are lent, not copied.
+    pub(super) fn served(
+        &self,
+        namespace: &str,
+        permitted: impl Fn(&ServicePort) -> bool,
+    ) -> (Cow<'_, [contract::RouteRule]>, Cow<'_, Wanted>) {
+        let refused: BTreeSet<String> = self
+            .refs
+            .iter()
+            .filter(|sp| !permitted(sp))
+            .map(ServicePort::backend_name)
+            .collect();
+        if refused.is_empty() {
+            return (Cow::Borrowed(&self.rules), Cow::Borrowed(&self.refs));
+        }
+        let mut rules = self.rules.clone();
+        let mut wanted = Wanted::new();
+        for (rule, spec) in rules.iter_mut().zip(&self.route.spec.rules) {
+            if rule.backends.iter().any(|b| refused.contains(&b.backend)) {
+                rule.backends.clear();
+                rule.filters = vec![contract::Filter::DirectResponse(contract::DirectResponse {
+                    status: 500,
+                    body: NOT_PERMITTED_BODY.to_owned(),
+                    headers: vec![contract::Header {
+                        name: "content-type".to_owned(),
+                        value: "text/plain".to_owned(),
+                    }],
+                })];
+                // Nothing is forwarded, so nothing is retried.
+                rule.retry = None;
+                continue;
+            }
+            rule.filters.retain(|f| {
+                !matches!(f, contract::Filter::RequestMirror(m) if refused.contains(&m.backend))
+            });
+            wanted.extend(
+                translate::rule_backend_refs(namespace, spec)
+                    .filter(|sp| !refused.contains(&sp.backend_name())),
+            );
+        }
+        (Cow::Owned(rules), Cow::Owned(wanted))
     }
 }
 

@@ -64,18 +64,19 @@ impl Index {
             if route.problem.is_some() || !route.unsupported.is_empty() {
                 continue;
             }
+            let (rules, refs) = self.served_rules(rkey, route);
             let mut http_listeners = Vec::new();
             for i in attached {
                 let l = &gw.spec.listeners[i];
                 if l.protocol == ListenerProtocol::TCP {
                     if let Some(Some(cl)) = listeners.get_mut(i) {
-                        listeners::feed_tcp(cl, &rkey.namespace, route, &mut wanted);
+                        listeners::feed_tcp(cl, &rkey.namespace, route, &rules, &mut wanted);
                     }
                 } else {
                     http_listeners.push(l);
                 }
             }
-            if http_listeners.is_empty() || route.rules.is_empty() {
+            if http_listeners.is_empty() || rules.is_empty() {
                 continue;
             }
             let listener_hosts: BTreeSet<Option<&str>> = http_listeners
@@ -86,9 +87,9 @@ impl Index {
                 name: rkey.to_string(),
                 listeners: http_listeners.iter().map(|l| l.name.clone()).collect(),
                 hostnames: hostnames::served_hostnames(&route.spec.hostnames, &listener_hosts),
-                rules: route.rules.clone(),
+                rules: rules.into_owned(),
             });
-            wanted.extend(route.refs.iter().cloned());
+            wanted.extend(refs.iter().cloned());
         }
         (
             RouteTable {

@@ -11,6 +11,7 @@ use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
+use super::grants::{REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
 use super::{Attachment, Index, Key, ServicePort, proxy_name, translate, unsupported};
 
 /// One desired condition.
@@ -124,19 +125,30 @@ pub struct Statuses {
 }
 
 impl Index {
-    /// Why a backend ref does not resolve, if it does not.
-    fn backend_problem(&self, sp: &ServicePort) -> Option<String> {
+    /// Why a backend ref of a Route in `route_ns` does not resolve, if it does not, and whether
+    /// that is because no ReferenceGrant permits it (then nothing else is said of the Service:
+    /// a namespace that did not grant access does not tell what it holds).
+    fn backend_problem(&self, route_ns: &str, sp: &ServicePort) -> Option<(String, bool)> {
         let key = sp.service_key();
+        let reference = Reference {
+            from: ROUTE,
+            from_namespace: route_ns,
+            to_kind: SERVICE,
+            to: &key,
+        };
+        if !self.permitted(&reference) {
+            return Some((reference.refusal(), true));
+        }
         let port = sp.port;
         let Some(service) = self.services.get(&key) else {
-            return Some(format!("Service {key} not found"));
+            return Some((format!("Service {key} not found"), false));
         };
         let has_port = service
             .spec
             .as_ref()
             .and_then(|s| s.ports.as_ref())
             .is_some_and(|ps| ps.iter().any(|p| p.port == port));
-        (!has_port).then(|| format!("Service {key} has no port {port}"))
+        (!has_port).then(|| (format!("Service {key} has no port {port}"), false))
     }
 
     pub(super) fn compute_statuses(&self) -> Statuses {
@@ -146,11 +158,14 @@ impl Index {
             // Each problem names its rule (by name, else by position), so a Route with many
             // rules says which one to fix.
             let mut problems: Vec<String> = Vec::new();
+            let mut not_permitted = false;
             for (i, rule) in route.spec.rules.iter().enumerate() {
                 for sp in translate::rule_backend_refs(&rkey.namespace, rule) {
-                    let Some(problem) = self.backend_problem(&sp) else {
+                    let Some((problem, refused)) = self.backend_problem(&rkey.namespace, &sp)
+                    else {
                         continue;
                     };
+                    not_permitted |= refused;
                     let problem = match &rule.name {
                         Some(name) => format!("rule {name:?}: {problem}"),
                         None => format!("rule {}: {problem}", i + 1),
@@ -160,8 +175,12 @@ impl Index {
                     }
                 }
             }
+            // One reason for all problems: `RefNotPermitted` when any ref is refused, as that
+            // changes what the proxies do most (its rule answers 500); the message lists all.
             let resolved = if problems.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
+            } else if not_permitted {
+                Cond::no("ResolvedRefs", REF_NOT_PERMITTED, problems.join("; "))
             } else {
                 Cond::no("ResolvedRefs", "BackendNotFound", problems.join("; "))
             };
@@ -257,7 +276,7 @@ impl Index {
                 let refs = match l.protocol {
                     ListenerProtocol::HTTPS => match self.listener_tls(&gkey.namespace, l) {
                         Ok(_) => Cond::yes("ResolvedRefs", "ResolvedRefs"),
-                        Err(e) => Cond::no("ResolvedRefs", "InvalidCertificateRef", e),
+                        Err(e) => Cond::no("ResolvedRefs", e.reason, e.message),
                     },
                     _ => Cond::yes("ResolvedRefs", "ResolvedRefs"),
                 };

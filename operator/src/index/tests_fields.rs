@@ -337,30 +337,6 @@ fn a_listener_s_name_port_and_protocol_reach_the_contract() {
 }
 
 #[test]
-fn a_certificate_ref_may_name_a_secret_in_another_namespace() {
-    let mut index = Index::new();
-    index.apply(Object::Secret(from(json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"namespace": "certs", "name": "wild"},
-        "data": {"tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}
-    }))));
-    index.apply(Object::Gateway(from(json!({
-        "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
-        "metadata": {"namespace": "shop", "name": "gw"},
-        "spec": {"listeners": [{"name": "tls", "port": 8443, "protocol": "HTTPS",
-                 "tls": {"certificateRefs": [{"name": "wild", "namespace": "certs"}]}}]}
-    }))));
-    let sub = index.subscribe(&Key::new("shop", "gw"));
-    let tls = sub.routes.borrow().listeners[0].tls.clone().expect("tls");
-    assert_eq!(
-        tls.cert,
-        contract::Pem::Inline {
-            inline: "CERT".into()
-        }
-    );
-}
-
-#[test]
 fn allowed_routes_from_all_takes_routes_from_any_namespace() {
     let mut index = Index::new();
     index.apply(Object::Gateway(from(json!({

@@ -1,30 +1,70 @@
 //! The TLS material of HTTPS listeners, read from their certificate Secrets and sent inline so
-//! proxies need no Secret access.
+//! proxies need no Secret access. A Secret in another namespace than the Gateway's is read only
+//! when a ReferenceGrant there permits it (see the `grants` module): otherwise any Gateway owner
+//! could serve, and hand its proxies, another namespace's private key.
 
 use portico_api::common::SecretObjectReference;
 use portico_api::gateway::{Listener, TlsVersion};
 use portico_proxy_api as contract;
 
+use super::grants::{GATEWAY, REF_NOT_PERMITTED, Reference, SECRET};
 use super::{Index, Key};
+
+/// Why a listener's certificates cannot be used: the `ResolvedRefs` reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct CertificateProblem {
+    /// `InvalidCertificateRef` or `RefNotPermitted`.
+    pub reason: &'static str,
+    /// Names the listener or Secret and what is wrong with it.
+    pub message: String,
+}
+
+impl CertificateProblem {
+    fn invalid(message: String) -> Self {
+        Self {
+            reason: "InvalidCertificateRef",
+            message,
+        }
+    }
+}
 
 impl Index {
     /// The TLS material of an HTTPS listener: the first certificate Secret is served by
     /// default, the others when the client's SNI names one of their names.
-    pub(super) fn listener_tls(&self, gw_ns: &str, l: &Listener) -> Result<contract::Tls, String> {
+    pub(super) fn listener_tls(
+        &self,
+        gw_ns: &str,
+        l: &Listener,
+    ) -> Result<contract::Tls, CertificateProblem> {
         let refs = l
             .tls
             .as_ref()
             .map(|t| t.certificate_refs.as_slice())
             .unwrap_or_default();
         let Some((first, more)) = refs.split_first() else {
-            return Err(format!("listener {} has no certificateRefs", l.name));
+            return Err(CertificateProblem::invalid(format!(
+                "listener {} has no certificateRefs",
+                l.name
+            )));
         };
         let pair = |r: &SecretObjectReference| {
             let key = Key::new(r.namespace.as_deref().unwrap_or(gw_ns), &r.name);
+            let reference = Reference {
+                from: GATEWAY,
+                from_namespace: gw_ns,
+                to_kind: SECRET,
+                to: &key,
+            };
+            if !self.permitted(&reference) {
+                return Err(CertificateProblem {
+                    reason: REF_NOT_PERMITTED,
+                    message: reference.refusal(),
+                });
+            }
             let Some(secret) = self.secrets.get(&key) else {
-                return Err(format!(
+                return Err(CertificateProblem::invalid(format!(
                     "Secret {key} not found (or not of type kubernetes.io/tls)"
-                ));
+                )));
             };
             let data = secret.data.clone().unwrap_or_default();
             let text = |k: &str| {
@@ -37,7 +77,9 @@ impl Index {
                     cert: contract::Pem::Inline { inline: cert },
                     key: contract::Pem::Inline { inline: key_pem },
                 }),
-                _ => Err(format!("Secret {key} lacks tls.crt or tls.key")),
+                _ => Err(CertificateProblem::invalid(format!(
+                    "Secret {key} lacks tls.crt or tls.key"
+                ))),
             }
         };
         let default = pair(first)?;
