@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Response compression on Route rules.
+#[path = "operator/compression.rs"]
+mod compression;
 /// The connect timeout of a ServicePolicy.
 #[path = "operator/connect.rs"]
 mod connect;
@@ -127,6 +130,10 @@ fn main() -> ExitCode {
                 rules::rule_names,
             ),
             test("a_route_body_limit_answers_413_to_curl", limits::body_limit),
+            test(
+                "a_route_compresses_nginx_responses_for_curl",
+                compression::compression,
+            ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
                 retry_budget,

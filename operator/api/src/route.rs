@@ -147,6 +147,11 @@ pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_request_body_bytes: Option<i64>,
+    /// Compress responses for clients that accept it (`accept-encoding`): zstd, brotli or gzip.
+    /// Only compressible types (text, JSON, JavaScript, XML, SVG) not encoded already, of at
+    /// least `minBytes` when their length is declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<RouteCompression>,
     /// Authentication required for this rule (overrides the Gateway default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Authentication>,
@@ -557,6 +562,34 @@ pub struct Retry {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct RetryStatusCode(#[schemars(range(min = 400, max = 599))] pub i32);
+
+/// Response compression of a rule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCompression {
+    /// The encodings offered, in order of preference when the client accepts several equally.
+    /// Defaults to `[zstd, br, gzip]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3))]
+    pub encodings: Option<Vec<CompressionEncoding>>,
+    /// Responses that declare a smaller `content-length` are sent uncompressed. Defaults to
+    /// 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_bytes: Option<i64>,
+}
+
+/// A content coding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionEncoding {
+    /// Zstandard.
+    Zstd,
+    /// Brotli.
+    Br,
+    /// gzip.
+    Gzip,
+}
 
 /// A condition that triggers a retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -272,6 +272,34 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
             .filter(|r| r.attempts != Some(0))
             .map(retry),
         max_request_body_bytes: r.max_request_body_bytes.and_then(|n| u64::try_from(n).ok()),
+        compression: r.compression.as_ref().map(compression),
+    }
+}
+
+/// A rule's compression: the encodings in the rule's order (all three by default).
+fn compression(c: &api::RouteCompression) -> contract::Compression {
+    use api::CompressionEncoding as E;
+    let encodings = match &c.encodings {
+        Some(list) => list
+            .iter()
+            .map(|e| match e {
+                E::Zstd => contract::Encoding::Zstd,
+                E::Br => contract::Encoding::Br,
+                E::Gzip => contract::Encoding::Gzip,
+            })
+            .collect(),
+        None => vec![
+            contract::Encoding::Zstd,
+            contract::Encoding::Br,
+            contract::Encoding::Gzip,
+        ],
+    };
+    contract::Compression {
+        encodings,
+        min_bytes: c
+            .min_bytes
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(1024),
     }
 }
 

@@ -49,6 +49,53 @@ pub struct RouteRule {
     /// before anything is sent, or as the body streams); no limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<u64>,
+    /// Response compression negotiated with the client's `accept-encoding`; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// Response compression of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Compression {
+    /// The encodings offered, in the proxy's order of preference (the client's q-values decide
+    /// first; this order breaks ties). All three when absent.
+    #[serde(default = "all_encodings")]
+    pub encodings: Vec<Encoding>,
+    /// Responses that declare a smaller `content-length` are sent as they are.
+    #[serde(default = "default_min_bytes")]
+    pub min_bytes: u64,
+}
+
+/// A content coding the proxy can compress with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Zstandard (RFC 8878), level 3.
+    Zstd,
+    /// Brotli (RFC 7932), quality 4.
+    Br,
+    /// gzip (RFC 1952), level 5.
+    Gzip,
+}
+
+impl Encoding {
+    /// The `content-encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Zstd => "zstd",
+            Self::Br => "br",
+            Self::Gzip => "gzip",
+        }
+    }
+}
+
+fn all_encodings() -> Vec<Encoding> {
+    vec![Encoding::Zstd, Encoding::Br, Encoding::Gzip]
+}
+
+fn default_min_bytes() -> u64 {
+    1024
 }
 
 /// Conditions a request must all meet.

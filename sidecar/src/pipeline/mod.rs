@@ -30,7 +30,7 @@ use crate::error::{Body, ProxyError, empty};
 use crate::forward::backend::BackendState;
 use crate::forward::body::RequestBody;
 use crate::policy::stages::RequestView;
-use crate::policy::{ids, retry};
+use crate::policy::{compress, ids, retry};
 use crate::route::router::RouteHit;
 use crate::shared::Shared;
 use crate::wire::headers as http_rules;
@@ -256,6 +256,11 @@ async fn route_and_forward(
     }
     let replayable = body.replayable().is_some();
 
+    // Chosen now: the request's headers move into the attempt below.
+    let compression = fwd.hit.rule.stages.compression.as_ref().and_then(|c| {
+        let encoding = compress::negotiate(&parts.headers, c)?;
+        Some((encoding, c, parts.method == http::Method::HEAD))
+    });
     // A request that cannot be retried is sent once: its headers move into that attempt
     // instead of being copied.
     let mut headers = (!policy.may_retry()).then(|| std::mem::take(&mut parts.headers));
@@ -288,6 +293,9 @@ async fn route_and_forward(
         tokio::spawn(tunnel(client_side, upstream_side));
     }
     fwd.response_headers(resp.headers_mut(), switching);
+    if let Some((encoding, cfg, head)) = compression {
+        resp = compress::apply(resp, encoding, cfg, head);
+    }
     Ok(resp)
 }
 

@@ -1,6 +1,7 @@
 //! Traffic policies that decide about a request without forwarding it: request and response
 //! filters, retry policy and budget, rate limits, and inbound authorization.
 
+pub mod compress;
 pub mod filters;
 pub mod ids;
 pub mod inbound;

@@ -12,7 +12,7 @@ use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response};
 use portico_proxy_api::{
-    DirectResponse, Filter, HeaderModifier, Mirror, Redirect, RouteRule, UrlRewrite,
+    Compression, DirectResponse, Filter, HeaderModifier, Mirror, Redirect, RouteRule, UrlRewrite,
 };
 
 use super::filters;
@@ -53,6 +53,8 @@ pub struct Stages {
     pub response: Vec<ResponseStage>,
     /// The request body limit, for bodies whose length is not declared.
     pub body_limit: Option<u64>,
+    /// Response compression: a stage on the response body (see [`super::compress`]).
+    pub compression: Option<Compression>,
 }
 
 /// What a request stage decided.
@@ -89,6 +91,7 @@ impl Stages {
     pub fn compile(rule: &RouteRule) -> Self {
         let mut stages = Self {
             body_limit: rule.max_request_body_bytes,
+            compression: rule.compression.clone(),
             ..Self::default()
         };
         if let Some(limit) = rule.max_request_body_bytes {
@@ -119,10 +122,10 @@ impl Stages {
         stages
     }
 
-    /// Whether the fast HTTP/1 path can run these stages (it has the response's head, not its
-    /// body, in hand). Every stage built so far works on heads.
+    /// Whether the fast HTTP/1 path can run these stages: it relays the response's body bytes
+    /// as they are, so a stage that rewrites the body (compression) runs on hyper's path.
     pub fn fast_path(&self) -> bool {
-        true
+        self.compression.is_none()
     }
 
     /// Runs the request stages in order; `Some` is the answer of the stage that answered.

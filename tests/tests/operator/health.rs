@@ -8,16 +8,17 @@ use portico_tests::support::metric;
 
 use super::*;
 
-/// One nginx process (no master, no daemon: it dies with the test) serving two endpoints. Each
-/// answers `/` with its letter, and `/healthz` with 200 while the file `healthy` exists in its
-/// root, else 503.
-struct Nginx {
+/// One nginx process (no master, no daemon: it dies with the test) serving endpoints. Each
+/// answers `/` with its letter, `/healthz` with 200 while the file `healthy` exists in its
+/// root (else 503), and `/files/…` from the `files` folder of its root ([`Nginx::root`]) with
+/// types by extension (nginx's own gzip is off).
+pub(super) struct Nginx {
     dir: PathBuf,
     _child: tokio::process::Child,
 }
 
 impl Nginx {
-    async fn start(dir: PathBuf, endpoints: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub(super) async fn start(dir: PathBuf, endpoints: &[(&str, &str)]) -> anyhow::Result<Self> {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -26,11 +27,12 @@ impl Nginx {
         let mut servers = String::new();
         for (letter, addr) in endpoints {
             let root = dir.join(letter);
-            std::fs::create_dir_all(&root)?;
+            std::fs::create_dir_all(root.join("files"))?;
             std::fs::write(root.join("healthy"), "ok")?;
             servers.push_str(&format!(
                 "server {{ listen {addr}; root {root};\n\
                    location = /healthz {{ try_files /healthy =503; }}\n\
+                   location /files/ {{ types {{ application/json json; image/png png; }} }}\n\
                    location / {{ return 200 \"{letter}\"; }} }}\n",
                 root = root.display()
             ));
@@ -59,6 +61,11 @@ impl Nginx {
         })
         .await?;
         Ok(Self { dir, _child: child })
+    }
+
+    /// The folder `letter`'s endpoint serves under `/files/`.
+    pub(super) fn files(&self, letter: &str) -> PathBuf {
+        self.dir.join(letter).join("files")
     }
 
     /// Makes `letter`'s health path answer 200 (`true`) or 503.
