@@ -346,7 +346,8 @@ async fn bad_requests_get_4xx_naming_the_problem_and_the_proxy_stays_up() {
     let up = echo("a").await;
     let proxy = start(&one_backend(up.addr)).await;
     let addr = proxy.listener_addr("web").unwrap();
-    let cases: [(&[u8], &str); 4] = [
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: [(&[u8], &str); 5] = [
         (b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", "HTTP/1.1 400"),
         (
             b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -355,6 +356,13 @@ async fn bad_requests_get_4xx_naming_the_problem_and_the_proxy_stays_up() {
         (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", "HTTP/1.1 400"),
         (
             format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(70_000))
+                .into_bytes()
+                .leak(),
+            "HTTP/1.1 431",
+        ),
+        // More header fields than the proxy reads (100): 431 as well, not a parse error.
+        (
+            format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n")
                 .into_bytes()
                 .leak(),
             "HTTP/1.1 431",

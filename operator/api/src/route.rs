@@ -519,7 +519,8 @@ pub struct BackendRef {
      "message": "backendRequest must not be longer than request", "fieldPath": ".backendRequest"}
 ]))]
 pub struct Timeouts {
-    /// Whole request, including retries. `0s` disables it. A duration such as `10s`, `1m30s` or `250ms`.
+    /// Whole request, including retries, to the response's head. `0s` disables it. Defaults
+    /// to 60s when neither timeout is set. A duration such as `10s`, `1m30s` or `250ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
     /// Each attempt to a backend. A duration such as `10s`, `1m30s` or `250ms`.

@@ -235,6 +235,10 @@ fn retry(r: &api::Retry) -> contract::RetryPolicy {
     policy
 }
 
+/// The request timeout of a Route rule that sets none: the time to the response's head (a
+/// streamed body is not cut), nginx's `proxy_read_timeout` default.
+pub const DEFAULT_REQUEST_TIMEOUT: contract::Duration = contract::Duration::from_secs(60);
+
 /// The contract rule for a Route rule. Backend refs become `namespace/service:port` names.
 pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
     contract::RouteRule {
@@ -255,11 +259,18 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
             .collect(),
         // `0s` disables a timeout (as in the Gateway API): no timeout, not an immediate one.
         timeouts: contract::Timeouts {
-            request: r
+            // A rule without its own timeouts gets `DEFAULT_REQUEST_TIMEOUT`, so an upstream
+            // that never answers cannot hold a client (and the proxy's state) forever; `0s`
+            // turns it off, and a rule with only a per-try timeout is bounded by that.
+            request: match r
                 .timeouts
                 .as_ref()
-                .and_then(|t| t.request.as_ref())
-                .and_then(nonzero_duration),
+                .map(|t| (&t.request, &t.backend_request))
+            {
+                Some((Some(d), _)) => nonzero_duration(d),
+                Some((None, Some(_))) => None,
+                None | Some((None, None)) => Some(DEFAULT_REQUEST_TIMEOUT),
+            },
             per_try: r
                 .timeouts
                 .as_ref()
@@ -477,6 +488,28 @@ mod tests {
             vec![contract::RetryOn::RetriableStatusCodes]
         );
         assert_eq!(retry.status_codes, vec![409, 503]);
+    }
+
+    #[test]
+    fn a_rule_without_a_request_timeout_gets_the_default() {
+        let r: api::RouteRule = serde_json::from_value(serde_json::json!({
+            "backendRefs": [{"name": "orders", "port": 80}]
+        }))
+        .unwrap();
+        let c = rule("shop", &r);
+        assert_eq!(c.timeouts.request, Some(DEFAULT_REQUEST_TIMEOUT));
+        assert_eq!(c.timeouts.per_try, None, "no per-try timeout by default");
+        let r: api::RouteRule = serde_json::from_value(serde_json::json!({
+            "backendRefs": [{"name": "orders", "port": 80}],
+            "timeouts": {"backendRequest": "90s"}
+        }))
+        .unwrap();
+        let c = rule("shop", &r);
+        assert_eq!(
+            c.timeouts.request, None,
+            "each attempt is bounded by its own timeout"
+        );
+        assert_eq!(c.timeouts.per_try, Some(contract::Duration::from_secs(90)));
     }
 
     #[test]
