@@ -32,6 +32,8 @@ upstream_conf() {
     chmod 755 "$(dirname "$dir")" # nginx workers run as nobody when started by root
     mkdir -p "$dir/logs" "$dir/html"
     head -c 1024 /dev/zero | tr '\0' 'x' > "$dir/html/index.html"
+    # A 16 KB JSON document under /json (for the compression figures).
+    python3 -c 'import json; print(json.dumps([{"id": i, "name": "item %d" % i, "tags": ["a", "b"], "price": i * 1.5} for i in range(290)]))' > "$dir/html/data.json"
     {
         nginx_head "$dir"
         cat <<CONF
@@ -41,6 +43,7 @@ upstream_conf() {
         ${h2:+listen 127.0.0.1:$h2 http2;}
         root $dir/html;
         location / { try_files /index.html =404; }
+        location /json { default_type application/json; try_files /data.json =404; }
         error_page 405 =200 /index.html;
     }
 }
@@ -132,13 +135,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f
 # against URL, after a 1 s warm-up, on the load core; prints
 # `LABEL cpu_s_per_1k X p50_ms Y p99_ms Z` with the CPU time of process PID per 1,000 requests.
 # Needs OHA, LOAD_CPU, ROOT and WORK.
-# rate_run LABEL URL PID RATE DURATION
+# rate_run LABEL URL PID RATE DURATION [OHA-ARGS...]
 rate_run() {
     local label=$1 url=$2 pid=$3 rate=$4 duration=$5 c0 c1 n p50 p99
-    taskset -c "$LOAD_CPU" "$OHA" --no-tui -z 1s -c 64 -q "$rate" "$url" >/dev/null 2>&1 || true
+    shift 5
+    taskset -c "$LOAD_CPU" "$OHA" --no-tui -z 1s -c 64 -q "$rate" "$@" "$url" >/dev/null 2>&1 || true
     c0=$(cpu_ns "$pid")
     taskset -c "$LOAD_CPU" "$OHA" --no-tui --output-format json -z "${duration}s" -c 64 \
-        -q "$rate" --latency-correction "$url" > "$WORK/oha.json" 2>/dev/null || true
+        -q "$rate" --latency-correction "$@" "$url" > "$WORK/oha.json" 2>/dev/null || true
     c1=$(cpu_ns "$pid")
     read -r n p50 p99 _ < <(python3 "$ROOT/bench/conns.py" oha "$WORK/oha.json")
     awk -v t="$label" -v n="$n" -v c=$((c1 - c0)) -v p50="$p50" -v p99="$p99" 'BEGIN {

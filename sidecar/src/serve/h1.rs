@@ -247,14 +247,15 @@ impl Unreadable {
     }
 }
 
-/// Whether the fast path leaves this request to hyper: protocol switches and `Expect` need
-/// interim responses, HTTP/1.0 its own keep-alive rules, and chunked or big bodies streaming.
+/// Whether the fast path leaves this request to hyper: protocol switches need interim
+/// responses, HTTP/1.0 its own keep-alive rules, and chunked or big bodies streaming; so does an
+/// `Expect` the fast path does not take ([`expect_continue`]).
 fn for_hyper(head: &RequestHead) -> bool {
     let h = &head.parts.headers;
     head.parts.version != Version::HTTP_11
         || head.parts.method == Method::CONNECT
         || h.contains_key(header::UPGRADE)
-        || h.contains_key(header::EXPECT)
+        || (h.contains_key(header::EXPECT) && !expect_continue(head))
         || match head.framing {
             Framing::Empty => false,
             Framing::Length(n) => n > MAX_BODY,
@@ -262,7 +263,22 @@ fn for_hyper(head: &RequestHead) -> bool {
         }
 }
 
-/// Reads until `buf` holds a whole request (head and body), or the request goes to hyper.
+/// Whether the request asks to hear `100 Continue` before it sends its body, and the fast path
+/// lets the upstream decide (a body of declared length it would read whole anyway): the
+/// request is taken as soon as its head is in, and [`Gate`] asks the client for the body only
+/// when the upstream says to continue.
+fn expect_continue(head: &RequestHead) -> bool {
+    head.parts.version == Version::HTTP_11
+        && head
+            .parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && matches!(head.framing, Framing::Length(n) if n > 0 && n <= MAX_BODY)
+}
+
+/// Reads until `buf` holds a whole request (head and body), or the request goes to hyper. A
+/// request that expects `100 Continue` is returned once its head is in.
 async fn read_request(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<Next, Unreadable> {
     let deadline = Instant::now() + HEADER_READ_TIMEOUT;
     loop {
@@ -272,7 +288,7 @@ async fn read_request(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<N
                 if for_hyper(&head) {
                     return Ok(Next::HandOff(data));
                 }
-                if data.len() >= head.len + head.framing.body_len() {
+                if data.len() >= head.len + head.framing.body_len() || expect_continue(&head) {
                     return Ok(Next::Request { head, data });
                 }
             }
@@ -320,7 +336,7 @@ async fn request(
     info: &ConnInfo,
     client: &mut ClientStream,
     head: RequestHead,
-    data: Bytes,
+    mut data: Bytes,
 ) -> Flow {
     let RequestHead {
         mut parts,
@@ -329,6 +345,9 @@ async fn request(
         close,
     } = head;
     let end = len + framing.body_len();
+    // An `Expect: 100-continue` request whose body has not come: answered without asking for
+    // it, the connection cannot carry another request (the body may still arrive).
+    let complete = data.len() >= end;
     let mut ctx = Ctx {
         shared,
         info,
@@ -348,26 +367,21 @@ async fn request(
         Ok(Plan::Forward(fwd)) => match fwd.backend.clients.fast_h1() {
             Some(pool) if fwd.hit.rule.stages.fast_path() => {
                 let pool = pool.clone();
-                forward(
-                    &mut ctx,
-                    client,
-                    &fwd,
-                    pool,
-                    &parts,
-                    data.slice(len..end),
-                    log,
-                    out,
-                )
-                .await
+                let request = (&mut data, len, end);
+                forward(&mut ctx, client, &fwd, pool, &parts, request, log, out).await
             }
             // An HTTP/2 upstream is hyper's.
             _ => return Flow::HandOff(data),
         },
         Ok(Plan::Answer(resp)) => {
+            ctx.close |= !complete;
             log.finish(shared, info, resp.status().as_u16(), &out);
-            answer(client, resp, ctx.head_request, close).await
+            answer(client, resp, ctx.head_request, ctx.close).await
         }
-        Err(e) => fail(&ctx, client, e, log, out).await,
+        Err(e) => {
+            ctx.close |= !complete;
+            fail(&ctx, client, e, log, out).await
+        }
     };
     drop(parts);
     next_request(result.is_ok() && !ctx.close, data, end)
@@ -399,6 +413,10 @@ async fn to_app(
     data: Bytes,
 ) -> Flow {
     let (len, end) = (head.len, head.len + head.framing.body_len());
+    if data.len() < end {
+        // `Expect: 100-continue` to the pod's own application: hyper's path answers it.
+        return Flow::HandOff(data);
+    }
     let mut close = head.close;
     let mut parts = head.parts;
     let head_request = parts.method == Method::HEAD;
@@ -431,6 +449,7 @@ async fn to_app(
         pool,
         parts: &parts,
         body: data.slice(len..end),
+        gate: None,
         client: conn.client,
         head_request,
         close: close || *shared.shutdown.borrow(),
@@ -464,41 +483,70 @@ async fn forward(
     fwd: &Forward<'_>,
     pool: TcpPool,
     parts: &Parts,
-    body: Bytes,
+    (data, len, end): (&mut Bytes, usize, usize),
     log: RequestLog,
     mut out: Outcome,
 ) -> io::Result<()> {
     let policy = AttemptPolicy::new(fwd, &parts.method, false);
-    fwd.send_mirrors(ctx.shared, parts, &body, ctx.info.client);
-    let exchange = Exchange {
-        shared: ctx.shared,
-        target: Target::Backend(fwd),
-        pool,
-        parts,
-        body,
-        client: ctx.info.client,
-        head_request: ctx.head_request,
-        // A proxy shutting down finishes this exchange and closes.
-        close: ctx.close || *ctx.shared.shutdown.borrow(),
-        per_try: policy.per_try(),
+    let complete = data.len() >= end;
+    let body = if complete {
+        let body = data.slice(len..end);
+        fwd.send_mirrors(ctx.shared, parts, &body, ctx.info.client);
+        body
+    } else {
+        // `Expect: 100-continue`: the upstream decides whether the body is wanted.
+        Bytes::new()
     };
-    // The whole request is in memory: any attempt can be made again.
-    let upstream = policy
-        .run(
-            ctx.shared,
-            fwd,
-            &mut out,
-            true,
-            || exchange.head(),
-            |u: &Upstream| attempts::response_failure(u.head.status, &HeaderMap::new()),
-        )
-        .await;
+    let gate = (!complete).then(|| {
+        tokio::sync::Mutex::new(Gate {
+            client: &mut *client,
+            data: BytesMut::from(&data[..]),
+            len,
+            end,
+            body: None,
+        })
+    });
+    let upstream = {
+        let exchange = Exchange {
+            shared: ctx.shared,
+            target: Target::Backend(fwd),
+            pool,
+            parts,
+            body,
+            gate: gate.as_ref(),
+            client: ctx.info.client,
+            head_request: ctx.head_request,
+            // A proxy shutting down finishes this exchange and closes.
+            close: ctx.close || *ctx.shared.shutdown.borrow(),
+            per_try: policy.per_try(),
+        };
+        // The whole request is in memory (or, behind the gate, will be once read): any attempt
+        // can be made again.
+        policy
+            .run(
+                ctx.shared,
+                fwd,
+                &mut out,
+                true,
+                || exchange.head(),
+                |u: &Upstream| attempts::response_failure(u.head.status, &HeaderMap::new()),
+            )
+            .await
+    };
+    if let Some(gate) = gate {
+        let gate = gate.into_inner();
+        match gate.body {
+            // The body was read: the request (and any pipelined bytes after it) is whole.
+            Some(_) => *data = gate.data.freeze(),
+            None => ctx.close = true,
+        }
+    }
     let upstream = match upstream {
         Ok(u) => u,
         Err(e) => return fail(ctx, client, e, log, out).await,
     };
     log.finish(ctx.shared, ctx.info, upstream.head.status.as_u16(), &out);
-    ctx.close = upstream.head.close;
+    ctx.close |= upstream.head.close;
     relay(client, upstream).await
 }
 
@@ -580,18 +628,70 @@ enum Target<'a> {
 }
 
 /// One request's trip upstream.
-struct Exchange<'a> {
+struct Exchange<'a, 'c> {
     shared: &'a Shared,
     target: Target<'a>,
     pool: TcpPool,
     parts: &'a Parts,
     body: Bytes,
+    /// `Expect: 100-continue`: the body is behind the gate until the upstream asks for it.
+    gate: Option<&'a tokio::sync::Mutex<Gate<'c>>>,
     client: SocketAddr,
     head_request: bool,
     /// The client connection closes after this exchange.
     close: bool,
     /// The time one attempt may take to the response head.
     per_try: Option<Duration>,
+}
+
+/// The client's side of `Expect: 100-continue` (RFC 9110 §10.1.1): the request's head went
+/// upstream with its `Expect`; the client is told to continue, and its body read, only when the
+/// upstream says `100 Continue` (or stays silent for [`EXPECT_WAIT`], as clients do). A final
+/// answer first goes to the client without the body ever being asked for.
+struct Gate<'c> {
+    client: &'c mut ClientStream,
+    /// The request's bytes so far: its head, then what came of its body.
+    data: BytesMut,
+    len: usize,
+    end: usize,
+    /// The body, once read.
+    body: Option<Bytes>,
+}
+
+/// How long an upstream may stay silent after an `Expect: 100-continue` head before the body
+/// is sent anyway (an upstream that ignores `Expect` waits for the body).
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
+
+impl Gate<'_> {
+    /// Tells the client to continue and reads its body, once; later calls return it.
+    async fn open(&mut self) -> Result<Bytes, TryError> {
+        if let Some(body) = &self.body {
+            return Ok(body.clone());
+        }
+        let client_err = |why: &str| TryError::Client(why.to_owned());
+        self.client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| client_err("the client went away"))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|_| client_err("the client went away"))?;
+        let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        while self.data.len() < self.end {
+            self.data.reserve(self.end - self.data.len());
+            match tokio::time::timeout_at(deadline, self.client.read_buf(&mut self.data)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    return Err(client_err("the client closed before sending its body"));
+                }
+                Err(_) => return Err(client_err("the request body did not come in time")),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let body = Bytes::copy_from_slice(&self.data[self.len..self.end]);
+        self.body = Some(body.clone());
+        Ok(body)
+    }
 }
 
 /// An upstream response whose head has arrived.
@@ -617,9 +717,11 @@ enum TryError {
     Failed(String),
     /// The response head arrived but cannot be relayed (what was wrong).
     BadResponse(String),
+    /// The client did not send the body it announced (`Expect: 100-continue`).
+    Client(String),
 }
 
-impl Exchange<'_> {
+impl Exchange<'_, '_> {
     /// Sends the request and reads the response head.
     async fn head(&self) -> Result<Upstream, ProxyError> {
         let (dest, picked, guards) = match self.target {
@@ -651,7 +753,10 @@ impl Exchange<'_> {
             }
         };
         let fail = |e: ProxyError| {
-            report(None, false);
+            // A client that did not send its body is nothing to hold against the endpoint.
+            if !matches!(e, ProxyError::BadRequest(_)) {
+                report(None, false);
+            }
             e
         };
         let exchange = async {
@@ -683,6 +788,7 @@ impl Exchange<'_> {
                         tracing::debug!(endpoint = %addr, error = %why, "unusable upstream response");
                         return Err(ProxyError::BadResponse(addr, why));
                     }
+                    Err(TryError::Client(why)) => return Err(ProxyError::BadRequest(why)),
                 }
             }
         };
@@ -706,14 +812,26 @@ impl Exchange<'_> {
     }
 
     /// Writes the request on `conn` and reads the final response head (interim 1xx responses
-    /// are dropped: the fast path never sends `Expect`, and hints are optional). Returns the
-    /// head, the bytes read (head and first body bytes), and the head for the client.
+    /// are dropped, but a `100 Continue` opens the [`Gate`] of a request that waits for it).
+    /// Returns the head, the bytes read (head and first body bytes), and the head for the
+    /// client.
     async fn try_once(
         &self,
         conn: &mut Stream,
         request: &[u8],
     ) -> Result<(ResponseHead, BytesMut, Vec<u8>), TryError> {
-        if write_both(conn, request, &self.body).await.is_err() {
+        // Behind a gate that is still closed only the head goes now; a body already read (an
+        // attempt after the first) goes with it.
+        let mut gate = match self.gate {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        };
+        let mut waiting = gate.as_ref().is_some_and(|g| g.body.is_none());
+        let body = match &gate {
+            Some(g) => g.body.clone().unwrap_or_default(),
+            None => self.body.clone(),
+        };
+        if write_both(conn, request, &body).await.is_err() {
             return Err(TryError::Broken { written: false });
         }
         let edit = |h: &mut HeaderMap| {
@@ -732,15 +850,29 @@ impl Exchange<'_> {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(buffers::SIZE.max(buf.len()));
             }
-            match conn.read_buf(&mut buf).await {
+            let read = if waiting {
+                match tokio::time::timeout(EXPECT_WAIT, conn.read_buf(&mut buf)).await {
+                    Ok(r) => r,
+                    // A silent upstream may not know `Expect`: the body goes anyway.
+                    Err(_) => {
+                        waiting = false;
+                        send_body(gate.as_deref_mut(), conn).await?;
+                        continue;
+                    }
+                }
+            } else {
+                conn.read_buf(&mut buf).await
+            };
+            match read {
                 Ok(0) | Err(_) if !seen => return Err(TryError::Broken { written: true }),
                 Ok(0) => return Err(TryError::Failed("closed in the response head".into())),
                 Err(e) => return Err(TryError::Failed(e.to_string())),
                 Ok(_) => seen = true,
             }
             loop {
-                let parsed =
-                    codec::parse_response(&buf, self.head_request, edit, self.close, &mut wire);
+                // Answered before the body was asked for: the client connection closes after.
+                let close = self.close || waiting;
+                let parsed = codec::parse_response(&buf, self.head_request, edit, close, &mut wire);
                 match parsed {
                     Err(HeadError::TooLarge) => {
                         return Err(TryError::BadResponse(codec::response_head_too_large()));
@@ -753,16 +885,40 @@ impl Exchange<'_> {
                         ));
                     }
                     Ok(Some(head)) if head.status.is_informational() => {
+                        if waiting && head.status == StatusCode::CONTINUE {
+                            waiting = false;
+                            send_body(gate.as_deref_mut(), conn).await?;
+                        }
                         let _ = buf.split_to(head.len);
+                        wire.clear();
                         if buf.is_empty() {
                             break;
                         }
                     }
-                    Ok(Some(head)) => return Ok((head, buf, wire)),
+                    Ok(Some(mut head)) => {
+                        if waiting {
+                            // Answered without the body: the upstream connection is left in
+                            // the middle of a request, and is not reused.
+                            head.reusable = false;
+                        }
+                        return Ok((head, buf, wire));
+                    }
                 }
             }
         }
     }
+}
+
+/// Opens the gate (the client is told to continue and its body read) and sends the body
+/// upstream.
+async fn send_body(gate: Option<&mut Gate<'_>>, conn: &mut Stream) -> Result<(), TryError> {
+    let Some(gate) = gate else {
+        return Ok(());
+    };
+    let body = gate.open().await?;
+    conn.write_all(&body)
+        .await
+        .map_err(|e| TryError::Failed(format!("sending the request body: {e}")))
 }
 
 /// Methods a proxy may send again when it cannot know whether the first copy was processed
