@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the real Kubernetes components Portico's tests run against:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, and for
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm and h2spec, and for
 # the real node kubelet, kube-proxy, containerd (+ ctr, shim), runc and CoreDNS.
 # Everything comes from Go modules; nothing is downloaded from release pages. The node's CNI
 # plugins, iptables and libseccomp (runc's cgo) come from Debian packages.
@@ -13,6 +13,9 @@ K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# h2spec, the HTTP/2 conformance tester the proxy is tested with (tests/tests/h2spec.rs); it has
+# no go.mod, hence +incompatible.
+H2SPEC_VERSION="${H2SPEC_VERSION:-v2.2.1+incompatible}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 RUNC_VERSION="${RUNC_VERSION:-v1.5.3}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
@@ -232,6 +235,7 @@ build_etcd
 build_plain kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 kwok_stages
 build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+build_plain h2spec "$H2SPEC_VERSION" github.com/summerwind/h2spec/cmd/h2spec
 build_kubernetes
 build_containerd
 build_runc

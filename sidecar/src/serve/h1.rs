@@ -111,11 +111,18 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
                 () = &mut closing => return,
             }
         }
-        first = false;
+        let opening = std::mem::replace(&mut first, false);
         let next = match read_request(&mut stream, &mut buf).await {
             Ok(next) => next,
             Err(refusal) => {
                 // The request cannot be read to its end, so the connection cannot go on.
+                if opening && refusal.not_http1() {
+                    // The peer does not speak HTTP/1 at all (an HTTP/2 client with a broken
+                    // preface, another protocol): it gets no HTTP/1 answer, only the close
+                    // (RFC 9113 §3.4: an invalid preface is a connection error).
+                    tracing::debug!(client = %site.client(), error = %refusal, "not HTTP/1; closed");
+                    return;
+                }
                 let status = refusal.status();
                 tracing::debug!(client = %site.client(), error = %refusal, "bad request");
                 let resp = ProxyError::BadRequest(refusal.to_string()).into_response();
@@ -238,6 +245,11 @@ enum Unreadable {
 }
 
 impl Unreadable {
+    /// The first line is no HTTP/1 request line: its version is not `HTTP/1.x`.
+    fn not_http1(&self) -> bool {
+        matches!(self, Self::Head(HeadError::Syntax("invalid version")))
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::Head(HeadError::TooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
