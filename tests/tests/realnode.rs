@@ -812,6 +812,54 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// W3C trace context through a gateway and two sidecars, as an OpenTelemetry-instrumented
+/// application sees it: a client's `traceparent` reaches the orders app through the gateway and
+/// orders' sidecar, orders (passing it on, as its tracer would) calls the client Service
+/// through its own sidecar and client's. Both apps see the client's trace id, each with a parent
+/// id of its own (every proxy hop is a span), and the client's request ID.
+async fn trace_chain(gateway: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut tcp = tokio::net::TcpStream::connect(gateway).await?;
+    tcp.write_all(
+        format!(
+            "GET /call?url=http://client/traced HTTP/1.1\r\nhost: shop.example.com\r\n\
+             traceparent: {sent}\r\nx-request-id: chain-1\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let orders: Value =
+        serde_json::from_str(body.trim()).with_context(|| format!("orders' answer: {raw}"))?;
+    let client: Value = serde_json::from_str(orders["body"].as_str().unwrap_or_default().trim())
+        .with_context(|| format!("client's answer inside orders': {orders}"))?;
+    let at_orders = orders["traceparent"].as_str().unwrap_or_default();
+    let at_client = client["traceparent"].as_str().unwrap_or_default();
+    for (who, tp) in [("orders", at_orders), ("client", at_client)] {
+        ensure!(
+            tp.len() == 55 && tp[..36] == sent[..36] && tp.ends_with("-01"),
+            "{who} saw traceparent {tp:?}: not the client's trace ({sent})"
+        );
+    }
+    let parents = [&sent[36..52], &at_orders[36..52], &at_client[36..52]];
+    ensure!(
+        parents[0] != parents[1] && parents[1] != parents[2] && parents[0] != parents[2],
+        "a parent id of its own at every hop: {parents:?}"
+    );
+    ensure!(
+        orders["requestId"] == "chain-1" && client["requestId"] == "chain-1",
+        "the request ID travels: {orders}"
+    );
+    eprintln!("trace chain: client {sent} → orders {at_orders} → client {at_client}");
+    Ok(())
+}
+
 /// A CSR for `identity` (a URI SAN), as a proxy makes it.
 fn csr_for(identity: &str) -> anyhow::Result<String> {
     let mut params = rcgen::CertificateParams::default();
@@ -1215,6 +1263,7 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
         "the meshed backend saw {} as the gateway's identity, not {gateway_identity}",
         answer["clientIdentity"]
     );
+    trace_chain(addr).await?;
     let client_ip = first_pod_ip(&ctx, &ctx.namespace, "app=client").await?;
     let client_identity = format!("spiffe://cluster.local/ns/{}/sa/client", ctx.namespace);
     let answer = call_until("client → orders", &client_ip, "http://orders/", 200).await?;

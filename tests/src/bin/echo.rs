@@ -4,7 +4,9 @@
 //! It is also the "app" of meshed test pods, calling other Services the way an application does
 //! (by name or ClusterIP, plain HTTP/1.1: in a meshed pod its sidecar intercepts the call):
 //! - `GET /call?url=http://HOST:PORT/PATH` makes one GET and answers
-//!   `{"status": N, "body": "..."}` (status 0 and `"error"` when the call failed).
+//!   `{"status": N, "body": "...", "traceparent": ..., "requestId": ...}` (status 0 and
+//!   `"error"` when the call failed). Like an instrumented application, it passes the
+//!   `traceparent`, `tracestate` and `x-request-id` it was called with on to that GET.
 //! - `GET /load?url=...&n=N&interval_ms=M` makes N GETs, one every M ms, each on a new
 //!   connection, and answers `{"ok": N, "failed": N, "statuses": {...}, "errors": [...]}`;
 //!   a call fails unless it gets a 2xx.
@@ -72,10 +74,20 @@ async fn answer(
     req: &Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     let query = req.uri().query().unwrap_or("");
+    let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok());
+    // Like an instrumented application: the trace context and request ID it was called with go
+    // on with the calls it makes.
+    let propagated: Vec<(&str, &str)> = ["traceparent", "tracestate", "x-request-id"]
+        .into_iter()
+        .filter_map(|n| Some((n, header(n)?)))
+        .collect();
     let body = match req.uri().path() {
         "/call" => match param(query, "url") {
-            Some(url) => match get(&url).await {
-                Ok((status, body)) => json!({"status": status, "body": body}),
+            Some(url) => match get(&url, &propagated).await {
+                Ok((status, body)) => json!({
+                    "status": status, "body": body,
+                    "traceparent": header("traceparent"), "requestId": header("x-request-id"),
+                }),
                 Err(e) => json!({"status": 0, "error": format!("{e:#}")}),
             },
             None => json!({"error": "missing url"}),
@@ -103,6 +115,8 @@ async fn answer(
                 .headers()
                 .get("x-portico-client-identity")
                 .and_then(|h| h.to_str().ok()),
+            "traceparent": header("traceparent"),
+            "requestId": header("x-request-id"),
         }),
     };
     Response::builder()
@@ -119,7 +133,7 @@ async fn load(url: &str, n: u32, interval: Duration) -> Value {
     let mut tick = tokio::time::interval(interval);
     for _ in 0..n {
         tick.tick().await;
-        match get(url).await {
+        match get(url, &[]).await {
             Ok((status, _)) => {
                 *statuses.entry(status.to_string()).or_default() += 1;
                 if (200..300).contains(&status) {
@@ -141,7 +155,7 @@ async fn load(url: &str, n: u32, interval: Duration) -> Value {
 }
 
 /// One `GET` of an `http://host[:port]/path` URL on a new connection (`Connection: close`).
-async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+async fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -156,8 +170,12 @@ async fn get(url: &str) -> anyhow::Result<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(&target)
             .await
             .with_context(|| format!("connecting to {target}"))?;
+        let extra: String = headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         let request =
-            format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\n{extra}connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
         stream
