@@ -687,90 +687,6 @@ backends:
     );
 }
 
-/// An upstream that knows `Expect: 100-continue`: `/continue` says `100 Continue` after 300 ms
-/// and then reads the body, `/refuse` answers 417 at once (and notes any body bytes that still
-/// reach it), `/silent` ignores `Expect` and waits for the body. Each answer says how many body
-/// bytes it read.
-async fn expect_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let stray = Arc::new(AtomicUsize::new(0));
-    let strays = stray.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = sock.accept().await {
-            let strays = strays.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while find(&buf, b"\r\n\r\n").is_none() {
-                    let mut chunk = [0u8; 1024];
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                assert!(head.contains("expect: 100-continue"), "{head}");
-                let want: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map(|v| v.trim().parse().unwrap())
-                    .unwrap();
-                let mut body = buf[end..].to_vec();
-                if head.starts_with("post /refuse") {
-                    let _ = conn
-                        .write_all(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    let mut chunk = [0u8; 1024];
-                    if let Ok(Ok(k)) =
-                        tokio::time::timeout(Duration::from_millis(500), conn.read(&mut chunk))
-                            .await
-                    {
-                        strays.fetch_add(k + body.len(), Ordering::SeqCst);
-                    }
-                    return;
-                }
-                if head.starts_with("post /continue") {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .unwrap();
-                }
-                while body.len() < want {
-                    let mut chunk = [0u8; 1024];
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => body.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let text = format!("read {}", body.len());
-                let _ = conn
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
-                            text.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
-    (addr, stray)
-}
-
-/// Reads from `conn` until `text` holds `want` (or 5 s pass).
-async fn read_into_until(conn: &mut TcpStream, text: &mut String, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !text.contains(want) {
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
-            Ok(Ok(k)) if k > 0 => text.push_str(&String::from_utf8_lossy(&chunk[..k])),
-            _ => break,
-        }
-    }
-}
-
 /// `Expect: 100-continue` is the upstream's to answer: the client hears `100 Continue` only
 /// after the upstream said it (not at once from the proxy), a final answer without it reaches the
 /// client without its body ever being asked for (and that body never reaches the upstream), and
@@ -809,6 +725,17 @@ async fn expect_100_continue_is_decided_by_the_upstream() {
         .unwrap();
     let rest = read_to_close(&mut conn).await;
     assert!(rest.starts_with("HTTP/1.1 "), "{rest}");
+
+    // A body too big to keep (100 KB) streams through behind the same gate.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let big = head("/continue").replace("content-length: 5", "content-length: 100000");
+    conn.write_all(big.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    read_into_until(&mut conn, &mut text, "\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{text}");
+    conn.write_all(&vec![b'b'; 100_000]).await.unwrap();
+    read_into_until(&mut conn, &mut text, "read 100000").await;
+    assert!(text.ends_with("read 100000"), "{text}");
 
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(head("/refuse").as_bytes()).await.unwrap();

@@ -541,3 +541,42 @@ async fn pipelined_http1_requests_reach_the_app_in_order_across_the_hand_off_to_
     );
     assert_eq!(app.hits(), 4, "refused requests never reach the app");
 }
+
+/// `Expect: 100-continue` to the pod's application through the INBOUND side: the application
+/// decides (the caller hears `100 Continue` only once the app said it), and an app that answers
+/// 417 first never gets the body.
+#[tokio::test]
+async fn expect_100_continue_through_the_inbound_side_is_the_apps_to_answer() {
+    let (app, stray) = expect_upstream().await;
+    let pod = pod(
+        &policy(app.port(), "authorization: { unauthenticated: true }"),
+        app,
+    )
+    .await;
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+        )
+    };
+    let mut conn = connect_from("127.0.0.2", pod.addr).await;
+    let start = tokio::time::Instant::now();
+    conn.write_all(head("/continue").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    read_into_until(&mut conn, &mut text, "\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 100 Continue"), "{text}");
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(250),
+        "the sidecar said continue before the app did"
+    );
+    conn.write_all(b"hello").await.unwrap();
+    read_into_until(&mut conn, &mut text, "read 5").await;
+    assert!(text.ends_with("read 5"), "{text}");
+
+    let mut conn = connect_from("127.0.0.2", pod.addr).await;
+    conn.write_all(head("/refuse").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    read_into_until(&mut conn, &mut text, "\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 417"), "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(stray.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

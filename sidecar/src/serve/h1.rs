@@ -71,8 +71,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection may come whenever the client likes.
 pub(crate) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies up to this size are read whole before the request goes upstream (so a stale
-/// pooled connection can be replaced); bigger and chunked bodies stream through hyper.
+/// pooled connection can be replaced); bigger and chunked bodies stream through hyper (or,
+/// behind an `Expect` gate, through the fast path, once).
 const MAX_BODY: u64 = pipeline::MAX_REPLAY_BODY as u64;
+
+/// [`MAX_BODY`] as a length in memory.
+fn proxy_max_body() -> usize {
+    pipeline::MAX_REPLAY_BODY
+}
 
 /// Serves an HTTP/1 client connection whose first bytes have arrived.
 pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
@@ -270,15 +276,16 @@ fn for_hyper(head: &RequestHead) -> bool {
         || (h.contains_key(header::EXPECT) && !expect_continue(head))
         || match head.framing {
             Framing::Empty => false,
-            Framing::Length(n) => n > MAX_BODY,
+            // Behind an `Expect` gate a big body streams through once (see `Gate`).
+            Framing::Length(n) => n > MAX_BODY && !expect_continue(head),
             Framing::Chunked | Framing::Close => true,
         }
 }
 
-/// Whether the request asks to hear `100 Continue` before it sends its body, and the fast path
-/// lets the upstream decide (a body of declared length it would read whole anyway): the
-/// request is taken as soon as its head is in, and [`Gate`] asks the client for the body only
-/// when the upstream says to continue.
+/// Whether the request asks to hear `100 Continue` before it sends its body (of declared
+/// length), which the fast path leaves to the upstream to decide: the request is taken as soon
+/// as its head is in, and [`Gate`] asks the client for the body only when the upstream says to
+/// continue.
 fn expect_continue(head: &RequestHead) -> bool {
     head.parts.version == Version::HTTP_11
         && head
@@ -286,7 +293,7 @@ fn expect_continue(head: &RequestHead) -> bool {
             .headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        && matches!(head.framing, Framing::Length(n) if n > 0 && n <= MAX_BODY)
+        && matches!(head.framing, Framing::Length(n) if n > 0)
 }
 
 /// Reads until `buf` holds a whole request (head and body), or the request goes to hyper. A
@@ -422,14 +429,13 @@ async fn to_app(
     conn: &inbound::Conn,
     client: &mut ClientStream,
     head: RequestHead,
-    data: Bytes,
+    mut data: Bytes,
 ) -> Flow {
     let (len, end) = (head.len, head.len + head.framing.body_len());
-    if data.len() < end {
-        // `Expect: 100-continue` to the pod's own application: hyper's path answers it.
-        return Flow::HandOff(data);
-    }
-    let mut close = head.close;
+    // `Expect: 100-continue`: the application decides (see `Gate`); answered without the body,
+    // the connection closes.
+    let complete = data.len() >= end;
+    let mut close = head.close || !complete;
     let mut parts = head.parts;
     let head_request = parts.method == Method::HEAD;
     let start = Instant::now();
@@ -455,22 +461,50 @@ async fn to_app(
     http_rules::strip_hop_by_hop(&mut parts.headers, false);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
     conn.identify(&mut parts.headers);
-    let exchange = Exchange {
-        shared,
-        target: Target::App(conn.app),
-        pool,
-        parts: &parts,
-        body: data.slice(len..end),
-        gate: None,
-        client: conn.client,
-        head_request,
-        close: close || *shared.shutdown.borrow(),
-        per_try: None,
+    let gate = (!complete).then(|| {
+        tokio::sync::Mutex::new(Gate {
+            client: &mut *client,
+            data: BytesMut::from(&data[..]),
+            len,
+            end,
+            body: None,
+            streamed: false,
+        })
+    });
+    let upstream = {
+        let exchange = Exchange {
+            shared,
+            target: Target::App(conn.app),
+            pool,
+            parts: &parts,
+            body: if complete {
+                data.slice(len..end)
+            } else {
+                Bytes::new()
+            },
+            gate: gate.as_ref(),
+            client: conn.client,
+            head_request,
+            close: head.close || *shared.shutdown.borrow(),
+            per_try: None,
+        };
+        exchange.head().await
     };
-    let result = match exchange.head().await {
+    if let Some(gate) = gate {
+        let gate = gate.into_inner();
+        match gate.body {
+            Some(_) => {
+                data = gate.data.freeze();
+                close = head.close;
+            }
+            None if gate.streamed => close = head.close,
+            None => {}
+        }
+    }
+    let result = match upstream {
         Ok(upstream) => {
             conn.record(shared, upstream.head.status.as_u16(), start.elapsed());
-            close = upstream.head.close;
+            close |= upstream.head.close;
             relay(client, upstream).await
         }
         Err(e) => {
@@ -516,6 +550,7 @@ async fn forward(
             len,
             end,
             body: None,
+            streamed: false,
         })
     });
     let upstream = {
@@ -533,13 +568,14 @@ async fn forward(
             per_try: policy.per_try(),
         };
         // The whole request is in memory (or, behind the gate, will be once read): any attempt
-        // can be made again.
+        // can be made again; a big body behind a gate streams through once.
+        let replayable = complete || end - len <= proxy_max_body();
         policy
             .run(
                 ctx.shared,
                 fwd,
                 &mut out,
-                true,
+                replayable,
                 || exchange.head(),
                 |u: &Upstream| attempts::response_failure(u.head.status, &HeaderMap::new()),
             )
@@ -550,6 +586,8 @@ async fn forward(
         match gate.body {
             // The body was read: the request (and any pipelined bytes after it) is whole.
             Some(_) => *data = gate.data.freeze(),
+            // Copied through: the connection is at the next request.
+            None if gate.streamed => {}
             None => ctx.close = true,
         }
     }
@@ -668,6 +706,8 @@ struct Gate<'c> {
     end: usize,
     /// The body, once read.
     body: Option<Bytes>,
+    /// A body too big to keep (over 64 KiB) was copied straight through, once.
+    streamed: bool,
 }
 
 /// How long an upstream may stay silent after an `Expect: 100-continue` head before the body
@@ -675,20 +715,76 @@ struct Gate<'c> {
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 impl Gate<'_> {
+    /// Whether the body is kept to be sent again (up to 64 KiB) or streams through once.
+    fn keeps_body(&self) -> bool {
+        self.end - self.len <= proxy_max_body()
+    }
+
+    /// Tells the client to continue.
+    async fn say_continue(&mut self) -> Result<(), TryError> {
+        let client_err = |_| TryError::Client("the client went away".to_owned());
+        self.client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(client_err)?;
+        self.client.flush().await.map_err(client_err)
+    }
+
+    /// Tells the client to continue and copies its body to `conn` as it comes, without
+    /// keeping it (a body too big to keep). Each read must come within the head timeout.
+    async fn stream_to(&mut self, conn: &mut Stream) -> Result<(), TryError> {
+        if self.streamed {
+            return Err(TryError::Failed(
+                "a streamed request body cannot be sent twice".to_owned(),
+            ));
+        }
+        self.streamed = true;
+        self.say_continue().await?;
+        let upstream_err =
+            |e: io::Error| TryError::Failed(format!("sending the request body: {e}"));
+        let early = self.data.len().min(self.end);
+        conn.write_all(&self.data[self.len..early])
+            .await
+            .map_err(upstream_err)?;
+        let mut left = (self.end - early) as u64;
+        let mut chunk = buffers::take();
+        while left > 0 {
+            chunk.clear();
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(buffers::SIZE);
+            chunk.reserve(want);
+            let read = tokio::time::timeout(
+                HEADER_READ_TIMEOUT,
+                (&mut *self.client).take(want as u64).read_buf(&mut chunk),
+            )
+            .await;
+            match read {
+                Ok(Ok(0) | Err(_)) => {
+                    return Err(TryError::Client(
+                        "the client closed before sending its body".to_owned(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(TryError::Client(
+                        "the request body stopped coming".to_owned(),
+                    ));
+                }
+                Ok(Ok(n)) => left -= n as u64,
+            }
+            conn.write_all(&chunk).await.map_err(upstream_err)?;
+        }
+        buffers::put(chunk);
+        Ok(())
+    }
+
     /// Tells the client to continue and reads its body, once; later calls return it.
     async fn open(&mut self) -> Result<Bytes, TryError> {
         if let Some(body) = &self.body {
             return Ok(body.clone());
         }
         let client_err = |why: &str| TryError::Client(why.to_owned());
-        self.client
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| client_err("the client went away"))?;
-        self.client
-            .flush()
-            .await
-            .map_err(|_| client_err("the client went away"))?;
+        self.say_continue().await?;
         let deadline = Instant::now() + HEADER_READ_TIMEOUT;
         while self.data.len() < self.end {
             self.data.reserve(self.end - self.data.len());
@@ -838,6 +934,12 @@ impl Exchange<'_, '_> {
             Some(g) => Some(g.lock().await),
             None => None,
         };
+        if gate.as_ref().is_some_and(|g| g.streamed) {
+            // The body went through once and was not kept.
+            return Err(TryError::Failed(
+                "a streamed request body cannot be sent twice".to_owned(),
+            ));
+        }
         let mut waiting = gate.as_ref().is_some_and(|g| g.body.is_none());
         let body = match &gate {
             Some(g) => g.body.clone().unwrap_or_default(),
@@ -927,6 +1029,9 @@ async fn send_body(gate: Option<&mut Gate<'_>>, conn: &mut Stream) -> Result<(),
     let Some(gate) = gate else {
         return Ok(());
     };
+    if !gate.keeps_body() {
+        return gate.stream_to(conn).await;
+    }
     let body = gate.open().await?;
     conn.write_all(&body)
         .await
