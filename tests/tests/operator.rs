@@ -1390,6 +1390,25 @@ async fn policy_for(ctx: &Ctx, name: &str, spec: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until a rule in the proxy's config satisfies `has` (the Route reached it).
+async fn until_rule(
+    proxy: &GatewayProxy,
+    what: &str,
+    has: impl Fn(&portico_proxy_api::RouteRule) -> bool,
+) -> anyhow::Result<()> {
+    eventually(what, Duration::from_secs(10), || async {
+        Ok(proxy
+            .proxy
+            .config()
+            .routes
+            .iter()
+            .flat_map(|r| &r.rules)
+            .any(&has)
+            .then_some(()))
+    })
+    .await
+}
+
 /// Waits until a backend in the proxy's config satisfies `has` (the policy reached it).
 async fn until_backend(
     proxy: &GatewayProxy,

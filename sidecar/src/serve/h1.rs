@@ -461,16 +461,7 @@ async fn to_app(
     http_rules::strip_hop_by_hop(&mut parts.headers, false);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
     conn.identify(&mut parts.headers);
-    let gate = (!complete).then(|| {
-        tokio::sync::Mutex::new(Gate {
-            client: &mut *client,
-            data: BytesMut::from(&data[..]),
-            len,
-            end,
-            body: None,
-            streamed: false,
-        })
-    });
+    let gate = Gate::unless_whole(client, &data, len, end);
     let upstream = {
         let exchange = Exchange {
             shared,
@@ -490,16 +481,13 @@ async fn to_app(
         };
         exchange.head().await
     };
-    if let Some(gate) = gate {
-        let gate = gate.into_inner();
-        match gate.body {
-            Some(_) => {
-                data = gate.data.freeze();
-                close = head.close;
-            }
-            None if gate.streamed => close = head.close,
-            None => {}
+    match gate.map(|g| g.into_inner().outcome()) {
+        Some(GateOutcome::Read(whole)) => {
+            data = whole;
+            close = head.close;
         }
+        Some(GateOutcome::Streamed) => close = head.close,
+        Some(GateOutcome::Unread) | None => {}
     }
     let result = match upstream {
         Ok(upstream) => {
@@ -543,16 +531,7 @@ async fn forward(
         // `Expect: 100-continue`: the upstream decides whether the body is wanted.
         Bytes::new()
     };
-    let gate = (!complete).then(|| {
-        tokio::sync::Mutex::new(Gate {
-            client: &mut *client,
-            data: BytesMut::from(&data[..]),
-            len,
-            end,
-            body: None,
-            streamed: false,
-        })
-    });
+    let gate = Gate::unless_whole(client, data, len, end);
     let upstream = {
         let exchange = Exchange {
             shared: ctx.shared,
@@ -581,15 +560,10 @@ async fn forward(
             )
             .await
     };
-    if let Some(gate) = gate {
-        let gate = gate.into_inner();
-        match gate.body {
-            // The body was read: the request (and any pipelined bytes after it) is whole.
-            Some(_) => *data = gate.data.freeze(),
-            // Copied through: the connection is at the next request.
-            None if gate.streamed => {}
-            None => ctx.close = true,
-        }
+    match gate.map(|g| g.into_inner().outcome()) {
+        Some(GateOutcome::Read(whole)) => *data = whole,
+        Some(GateOutcome::Unread) => ctx.close = true,
+        Some(GateOutcome::Streamed) | None => {}
     }
     let upstream = match upstream {
         Ok(u) => u,
@@ -714,7 +688,45 @@ struct Gate<'c> {
 /// is sent anyway (an upstream that ignores `Expect` waits for the body).
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
-impl Gate<'_> {
+/// What became of a request's body behind its gate.
+enum GateOutcome {
+    /// Read: the request's bytes, head, body and anything the client sent after.
+    Read(Bytes),
+    /// Copied through to the upstream: the connection is at the next request.
+    Streamed,
+    /// Never asked for: the client may still send it, so the connection closes.
+    Unread,
+}
+
+impl<'c> Gate<'c> {
+    /// A gate for a request whose body has not all come (`Expect: 100-continue`), or `None`.
+    fn unless_whole(
+        client: &'c mut ClientStream,
+        data: &Bytes,
+        len: usize,
+        end: usize,
+    ) -> Option<tokio::sync::Mutex<Self>> {
+        (data.len() < end).then(|| {
+            tokio::sync::Mutex::new(Self {
+                client,
+                data: BytesMut::from(&data[..]),
+                len,
+                end,
+                body: None,
+                streamed: false,
+            })
+        })
+    }
+
+    /// What became of the body.
+    fn outcome(self) -> GateOutcome {
+        match (self.body, self.streamed) {
+            (Some(_), _) => GateOutcome::Read(self.data.freeze()),
+            (None, true) => GateOutcome::Streamed,
+            (None, false) => GateOutcome::Unread,
+        }
+    }
+
     /// Whether the body is kept to be sent again (up to 64 KiB) or streams through once.
     fn keeps_body(&self) -> bool {
         self.end - self.len <= proxy_max_body()

@@ -88,20 +88,9 @@ pub(super) async fn compression(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
-    eventually(
-        "compression in the proxy's config",
-        Duration::from_secs(10),
-        || async {
-            Ok(proxy
-                .proxy
-                .config()
-                .routes
-                .iter()
-                .flat_map(|r| &r.rules)
-                .any(|r| r.compression.as_ref().is_some_and(|c| c.min_bytes == 100))
-                .then_some(()))
-        },
-    )
+    until_rule(&proxy, "compression in the proxy's config", |r| {
+        r.compression.as_ref().is_some_and(|c| c.min_bytes == 100)
+    })
     .await?;
     let host = "any.example.com";
     for enc in ["zstd", "br", "gzip"] {

@@ -69,20 +69,9 @@ pub(super) async fn body_limit(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let op = start_operator(&ctx, "op-a").await?;
     let proxy = start_proxy(&ctx, &op).await?;
-    eventually(
-        "the limit in the proxy's config",
-        Duration::from_secs(10),
-        || async {
-            Ok(proxy
-                .proxy
-                .config()
-                .routes
-                .iter()
-                .flat_map(|r| &r.rules)
-                .any(|r| r.max_request_body_bytes == Some(1024))
-                .then_some(()))
-        },
-    )
+    until_rule(&proxy, "the limit in the proxy's config", |r| {
+        r.max_request_body_bytes == Some(1024)
+    })
     .await?;
     use std::sync::atomic::Ordering;
     for (path, len, chunked, want) in [
