@@ -31,7 +31,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use portico_proxy_api::{
-    BackendSet, ConfigMessage, IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
+    BackendSet, ConfigMessage, Filter, IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
 };
 
 use crate::mesh::operator::{self, ControlError, ControlPlane};
@@ -102,14 +102,26 @@ impl Session {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
+                let mut held = false;
                 match ConfigMessage::from_line(&line)? {
-                    ConfigMessage::RouteTable(r) => self.routes = Some(r),
+                    ConfigMessage::RouteTable(r) => {
+                        // A table that starts using a Service comes just before the backend
+                        // set that has it: applied with that set, not refused in between.
+                        held = self
+                            .backends
+                            .as_ref()
+                            .is_some_and(|b| needs_more_backends(&r, b));
+                        self.routes = Some(r);
+                    }
                     ConfigMessage::BackendSet(b) => self.backends = Some(b),
                     ConfigMessage::InboundPolicy(p) => self.inbound = Some(p),
                     ConfigMessage::Identity(a) => {
                         self.identity = Some(a.clone());
                         return Ok(Update::Identity(a));
                     }
+                }
+                if held {
+                    continue;
                 }
                 if let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) {
                     let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
@@ -127,6 +139,37 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether `routes` names a backend that `backends` lacks.
+fn needs_more_backends(routes: &RouteTable, backends: &BackendSet) -> bool {
+    let have: std::collections::HashSet<&str> =
+        backends.backends.iter().map(|b| b.name.as_str()).collect();
+    let rules = routes
+        .routes
+        .iter()
+        .flat_map(|r| &r.rules)
+        .flat_map(|rule| {
+            let mirrors = rule.filters.iter().filter_map(|f| match f {
+                Filter::RequestMirror(m) => Some(m.backend.as_str()),
+                _ => None,
+            });
+            rule.backends
+                .iter()
+                .map(|b| b.backend.as_str())
+                .chain(mirrors)
+        });
+    let listeners = routes.listeners.iter().flat_map(|l| {
+        l.backend
+            .as_deref()
+            .into_iter()
+            .chain(l.backends.iter().map(|b| b.backend.as_str()))
+    });
+    let services = routes.services.iter().map(|s| s.backend.as_str());
+    rules
+        .chain(listeners)
+        .chain(services)
+        .any(|name| !have.contains(name))
 }
 
 /// Exponential backoff with full jitter.
@@ -229,6 +272,33 @@ pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_table_naming_a_backend_not_sent_yet_waits_for_it() {
+        let routes: RouteTable = serde_yaml::from_str(
+            r#"
+routes:
+  - name: r
+    rules:
+      - backends: [{ backend: a }]
+        filters: [{ type: RequestMirror, backend: shadow }]
+"#,
+        )
+        .unwrap();
+        let set = |names: &[&str]| BackendSet {
+            backends: names
+                .iter()
+                .map(|n| serde_yaml::from_str(&format!("{{ name: {n} }}")).unwrap())
+                .collect(),
+            ..BackendSet::default()
+        };
+        assert!(
+            needs_more_backends(&routes, &set(&["a"])),
+            "the mirror's is missing"
+        );
+        assert!(needs_more_backends(&routes, &set(&[])));
+        assert!(!needs_more_backends(&routes, &set(&["a", "shadow", "old"])));
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
