@@ -34,6 +34,9 @@ mod compression;
 /// The connect timeout of a ServicePolicy.
 #[path = "operator/connect.rs"]
 mod connect;
+/// CORS on Route rules.
+#[path = "operator/cors.rs"]
+mod cors;
 /// Cross-namespace references and the ReferenceGrants that permit them.
 #[path = "operator/grants.rs"]
 mod grants;
@@ -133,6 +136,10 @@ fn main() -> ExitCode {
             test(
                 "a_route_compresses_nginx_responses_for_curl",
                 compression::compression,
+            ),
+            test(
+                "a_route_answers_cors_preflights_and_marks_allowed_origins",
+                cors::cors,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",

@@ -97,7 +97,6 @@ fn every_unsupported_route_field_is_named_in_one_message() {
     let mut index = shop_with_defaults(json!({}));
     let fields = json!({
         "rateLimit": {"requests": 5, "unit": "Minute"},
-        "cors": {"allowOrigins": ["https://app.example.com"]},
         "cache": {"ttl": "30s"},
         "fallback": {"directResponse": {"statusCode": 503}}
     });
@@ -106,8 +105,8 @@ fn every_unsupported_route_field_is_named_in_one_message() {
     assert_eq!(cond.reason, "Unsupported");
     assert_eq!(
         cond.message,
-        "spec.rules[1].rateLimit, spec.rules[1].cors, spec.rules[1].cache, \
-         spec.rules[1].fallback are not supported yet"
+        "spec.rules[1].rateLimit, spec.rules[1].cache, spec.rules[1].fallback are not \
+         supported yet"
     );
 }
 
@@ -115,9 +114,9 @@ fn every_unsupported_route_field_is_named_in_one_message() {
 fn a_mesh_route_with_an_unsupported_field_is_unsupported_and_not_given_to_sidecars() {
     let mut index = shop_with_defaults(json!({}));
     let sub = index.subscribe_mesh();
-    let cors = json!({"cors": {"allowOrigins": ["*"]}});
+    let cache = json!({"cache": {"ttl": "30s"}});
     let parent = json!({"kind": "Service", "name": "pay"});
-    index.apply(mk_route_rules("canary", parent.clone(), Some(cors)));
+    index.apply(mk_route_rules("canary", parent.clone(), Some(cache)));
     assert!(served(&sub).is_empty());
     let pay = |sub: &Subscription| {
         sub.routes
@@ -134,7 +133,7 @@ fn a_mesh_route_with_an_unsupported_field_is_unsupported_and_not_given_to_sideca
         (
             false,
             "Unsupported",
-            "spec.rules[1].cors is not supported yet"
+            "spec.rules[1].cache is not supported yet"
         )
     );
     index.apply(mk_route_rules("canary", parent, None));

@@ -284,6 +284,19 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
             .map(retry),
         max_request_body_bytes: r.max_request_body_bytes.and_then(|n| u64::try_from(n).ok()),
         compression: r.compression.as_ref().map(compression),
+        cors: r.cors.as_ref().map(cors),
+    }
+}
+
+/// A rule's CORS policy.
+fn cors(c: &portico_api::common::Cors) -> contract::Cors {
+    contract::Cors {
+        allow_origins: c.allow_origins.clone(),
+        allow_methods: c.allow_methods.iter().map(|m| method(*m)).collect(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c.max_age.as_ref().and_then(duration),
+        allow_credentials: c.allow_credentials.unwrap_or(false),
     }
 }
 

@@ -22,7 +22,6 @@ pub fn route_fields(spec: &RouteSpec) -> Vec<String> {
         let set = [
             ("authentication", r.authentication.is_some()),
             ("rateLimit", r.rate_limit.is_some()),
-            ("cors", r.cors.is_some()),
             ("cache", r.cache.is_some()),
             ("fallback", r.fallback.is_some()),
         ];
@@ -72,7 +71,6 @@ mod tests {
                 {"backendRefs": [{"name": "a", "port": 80}],
                  "authentication": {"apiKey": {"secretRef": {"name": "keys"}}},
                  "rateLimit": {"requests": 1, "unit": "Second"},
-                 "cors": {"allowOrigins": ["*"]},
                  "cache": {"ttl": "10s"},
                  "fallback": {"staleFor": "1m"}}
             ]
@@ -83,7 +81,6 @@ mod tests {
             [
                 "spec.rules[1].authentication",
                 "spec.rules[1].rateLimit",
-                "spec.rules[1].cors",
                 "spec.rules[1].cache",
                 "spec.rules[1].fallback",
             ]

@@ -52,6 +52,35 @@ pub struct RouteRule {
     /// Response compression negotiated with the client's `accept-encoding`; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Cross-origin resource sharing: preflights answered by the proxy, allowed origins marked
+    /// on responses; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+/// A rule's CORS policy (the Fetch standard's CORS protocol).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cors {
+    /// Allowed origins: exact (`https://app.example.com`), a subdomain wildcard
+    /// (`https://*.example.com`), or `*`.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Methods a cross-origin request may use (upper case).
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request headers a cross-origin request may send (`*`: any).
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Credentials (cookies, `authorization`) may be sent.
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// Response compression of a rule.

@@ -30,7 +30,7 @@ use crate::error::{Body, ProxyError, empty};
 use crate::forward::backend::BackendState;
 use crate::forward::body::RequestBody;
 use crate::policy::stages::RequestView;
-use crate::policy::{compress, ids, retry};
+use crate::policy::{compress, cors, ids, retry};
 use crate::route::router::RouteHit;
 use crate::shared::Shared;
 use crate::wire::headers as http_rules;
@@ -145,6 +145,8 @@ pub(crate) struct Forward<'a> {
     pub(crate) backend: Arc<BackendState>,
     /// The backends this request is copied to (drawn by the rule's mirror stages).
     pub(crate) mirrors: Vec<Arc<BackendState>>,
+    /// The request's allowed CORS origin, marked on the response.
+    pub(crate) cors_origin: Option<HeaderValue>,
 }
 
 impl Forward<'_> {
@@ -161,7 +163,11 @@ impl Forward<'_> {
     /// Applies the hop-by-hop rules and the rule's response stages to response headers.
     pub(crate) fn response_headers(&self, headers: &mut HeaderMap, upgrade: bool) {
         http_rules::strip_hop_by_hop(headers, upgrade);
-        self.hit.rule.stages.on_response(headers);
+        let stages = &self.hit.rule.stages;
+        stages.on_response(headers);
+        if let Some(c) = &stages.cors {
+            cors::mark(c, self.cors_origin.as_ref(), headers);
+        }
     }
 
     /// Whether the rule's response stages change responses.
@@ -209,6 +215,7 @@ pub(crate) fn plan<'a>(
         host,
         matched_prefix: hit.matched_prefix,
         mirrors: Vec::new(),
+        cors_origin: None,
     };
     if let Some(answer) = hit.rule.stages.on_request(&mut view) {
         return Ok(Plan::Answer(answer));
@@ -218,6 +225,7 @@ pub(crate) fn plan<'a>(
         .iter()
         .filter_map(|name| snap.backends.get(*name).cloned())
         .collect();
+    let cors_origin = view.cors_origin.take();
 
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, conn.scheme);
@@ -228,6 +236,7 @@ pub(crate) fn plan<'a>(
         hit,
         backend,
         mirrors,
+        cors_origin,
     }))
 }
 

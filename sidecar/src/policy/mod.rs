@@ -2,6 +2,7 @@
 //! filters, retry policy and budget, rate limits, and inbound authorization.
 
 pub mod compress;
+pub mod cors;
 pub mod filters;
 pub mod ids;
 pub mod inbound;

@@ -12,10 +12,11 @@ use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response};
 use portico_proxy_api::{
-    Compression, DirectResponse, Filter, HeaderModifier, Mirror, Redirect, RouteRule, UrlRewrite,
+    Compression, Cors, DirectResponse, Filter, HeaderModifier, Mirror, Redirect, RouteRule,
+    UrlRewrite,
 };
 
-use super::filters;
+use super::{cors, filters};
 use crate::error::{Body, ProxyError};
 
 /// One request-side policy.
@@ -55,6 +56,8 @@ pub struct Stages {
     pub body_limit: Option<u64>,
     /// Response compression: a stage on the response body (see [`super::compress`]).
     pub compression: Option<Compression>,
+    /// CORS: preflights answered first, allowed origins marked on answers ([`super::cors`]).
+    pub cors: Option<Cors>,
 }
 
 /// What a request stage decided.
@@ -82,6 +85,8 @@ pub struct RequestView<'p, 's> {
     pub matched_prefix: Option<&'s str>,
     /// The backends this request is mirrored to (drawn by the mirror stages).
     pub mirrors: Vec<&'s str>,
+    /// The request's origin, when the rule's CORS policy allows it (its answer is marked).
+    pub cors_origin: Option<HeaderValue>,
 }
 
 impl Stages {
@@ -92,6 +97,7 @@ impl Stages {
         let mut stages = Self {
             body_limit: rule.max_request_body_bytes,
             compression: rule.compression.clone(),
+            cors: rule.cors.clone(),
             ..Self::default()
         };
         if let Some(limit) = rule.max_request_body_bytes {
@@ -130,8 +136,18 @@ impl Stages {
 
     /// Runs the request stages in order; `Some` is the answer of the stage that answered.
     pub fn on_request<'s>(&'s self, req: &mut RequestView<'_, 's>) -> Option<Response<Body>> {
+        // A CORS preflight is the proxy's to answer, before anything else the rule does.
+        if let Some(c) = &self.cors {
+            if let Some(answer) = cors::preflight(c, &req.parts.method, &req.parts.headers) {
+                return Some(answer);
+            }
+            req.cors_origin = cors::origin_to_mark(c, &req.parts.headers);
+        }
         for stage in &self.request {
-            if let Step::Answer(resp) = stage.apply(req) {
+            if let Step::Answer(mut resp) = stage.apply(req) {
+                if let Some(c) = &self.cors {
+                    cors::mark(c, req.cors_origin.as_ref(), resp.headers_mut());
+                }
                 return Some(resp);
             }
         }
@@ -153,7 +169,7 @@ impl Stages {
 
     /// Whether any response stage would change a response.
     pub fn edits_responses(&self) -> bool {
-        !self.response.is_empty()
+        !self.response.is_empty() || self.cors.is_some()
     }
 }
 
@@ -271,6 +287,7 @@ mod tests {
             host_changed: false,
             matched_prefix: None,
             mirrors: Vec::new(),
+            cors_origin: None,
         };
         let answer = stages
             .on_request(&mut view)
