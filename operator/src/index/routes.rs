@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use portico_api::gateway::ListenerProtocol;
 use portico_proxy_api::{self as contract, RouteTable};
 
-use super::{Index, Key, Wanted, hostnames, listeners, mesh_key, unsupported};
+use super::{Index, Key, Wanted, hostnames, listeners, mesh_key, translate, unsupported};
 
 impl Index {
     /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
@@ -42,6 +42,12 @@ impl Index {
         } else {
             &[]
         };
+        let cors_default = gw
+            .spec
+            .defaults
+            .as_ref()
+            .and_then(|d| d.cors.as_ref())
+            .map(translate::cors);
         let mut listeners = self.gateway_listeners(&key.namespace, gw);
         let mut wanted = Wanted::new();
         let mut routes = Vec::new();
@@ -83,11 +89,18 @@ impl Index {
                 .iter()
                 .map(|l| l.hostname.as_deref())
                 .collect();
+            let mut rules = rules.into_owned();
+            // The Gateway's CORS default for every rule that has no policy of its own.
+            if let Some(default) = &cors_default {
+                for rule in rules.iter_mut().filter(|r| r.cors.is_none()) {
+                    rule.cors = Some(default.clone());
+                }
+            }
             routes.push(contract::Route {
                 name: rkey.to_string(),
                 listeners: http_listeners.iter().map(|l| l.name.clone()).collect(),
                 hostnames: hostnames::served_hostnames(&route.spec.hostnames, &listener_hosts),
-                rules: rules.into_owned(),
+                rules,
             });
             wanted.extend(refs.iter().cloned());
         }

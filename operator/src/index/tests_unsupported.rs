@@ -210,3 +210,41 @@ fn a_mesh_route_the_contract_refuses_is_not_accepted_either() {
         (false, "UnsupportedValue")
     );
 }
+
+#[test]
+fn a_gateway_cors_default_applies_to_every_rule_without_its_own() {
+    let mut index =
+        shop_with_defaults(json!({"cors": {"allowOrigins": ["https://app.example.com"]}}));
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let own = json!({"cors": {"allowOrigins": ["https://admin.example.com"]}});
+    index.apply(mk_route_rules("shop", json!({"name": "gw"}), Some(own)));
+    assert!(accepted(&index, "shop").status, "a CORS default is served");
+    let routes = sub.routes.borrow();
+    let rules = &routes.routes[0].rules;
+    let origins = |i: usize| rules[i].cors.as_ref().map(|c| c.allow_origins.clone());
+    assert_eq!(
+        origins(0),
+        Some(vec!["https://app.example.com".to_owned()]),
+        "inherited"
+    );
+    assert_eq!(
+        origins(1),
+        Some(vec!["https://admin.example.com".to_owned()]),
+        "its own"
+    );
+    drop(routes);
+    // A mesh route (a Service parent) has no Gateway, so no default.
+    let mesh = index.subscribe_mesh();
+    index.apply(mk_route_rules(
+        "east",
+        json!({"kind": "Service", "name": "pay"}),
+        None,
+    ));
+    let mesh_routes = mesh.routes.borrow();
+    let east = mesh_routes
+        .routes
+        .iter()
+        .find(|r| r.name == "shop/east")
+        .expect("served");
+    assert!(east.rules.iter().all(|r| r.cors.is_none()));
+}

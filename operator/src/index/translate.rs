@@ -288,8 +288,8 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
     }
 }
 
-/// A rule's CORS policy.
-fn cors(c: &portico_api::common::Cors) -> contract::Cors {
+/// A rule's CORS policy (also a Gateway's default for its Routes' rules).
+pub(crate) fn cors(c: &portico_api::common::Cors) -> contract::Cors {
     contract::Cors {
         allow_origins: c.allow_origins.clone(),
         allow_methods: c.allow_methods.iter().map(|m| method(*m)).collect(),

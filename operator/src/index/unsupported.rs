@@ -43,7 +43,6 @@ pub fn gateway_fields(spec: &GatewaySpec) -> Vec<String> {
     [
         ("authentication", d.authentication.is_some()),
         ("rateLimit", d.rate_limit.is_some()),
-        ("cors", d.cors.is_some()),
     ]
     .iter()
     .filter(|(_, is_set)| *is_set)
@@ -107,11 +106,8 @@ mod tests {
                 "rateLimit": {"requests": 1, "unit": "Second"},
                 "cors": {"allowOrigins": ["*"]}
             }))),
-            [
-                "spec.defaults.authentication",
-                "spec.defaults.rateLimit",
-                "spec.defaults.cors"
-            ]
+            ["spec.defaults.authentication", "spec.defaults.rateLimit"],
+            "a CORS default is served (the Gateway's Routes inherit it)"
         );
     }
 }
