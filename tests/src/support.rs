@@ -29,8 +29,20 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
+    create_in(&ctx.client, &ctx.namespace, value).await
+}
+
+/// [`create`] in `namespace`.
+pub async fn create_in<K>(client: &kube::Client, namespace: &str, value: Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
     let obj: K = serde_json::from_value(value)?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     Ok(api.create(&PostParams::default(), &obj).await?)
 }
 

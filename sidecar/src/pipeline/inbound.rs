@@ -69,9 +69,18 @@ impl Conn {
         }
     }
 
+    /// Prepares a request's headers for the application, on either request path: this hop's
+    /// request ID and trace context, the hop-by-hop rules, `X-Forwarded-For`, and who called.
+    pub(crate) fn to_app(&self, h: &mut http::HeaderMap, upgrade: bool) {
+        ids::stamp(h);
+        headers::strip_hop_by_hop(h, upgrade);
+        headers::add_forwarded(h, &self.client_ip, "http");
+        self.identify(h);
+    }
+
     /// Tells the application who called: the verified identity, or nothing (a header of the
     /// same name from a plaintext caller is removed).
-    pub(crate) fn identify(&self, headers: &mut http::HeaderMap) {
+    fn identify(&self, headers: &mut http::HeaderMap) {
         match &self.identity_header {
             Some(v) => {
                 headers.insert(CLIENT_IDENTITY.clone(), v.clone());
@@ -233,10 +242,7 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    ids::stamp(&mut parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
-    conn.identify(&mut parts.headers);
+    conn.to_app(&mut parts.headers, upgrade);
     // An HTTP/2 caller sent `:authority` instead of Host; the app may route on it.
     if !parts.headers.contains_key(HOST)
         && let Some(a) = parts.uri.authority()

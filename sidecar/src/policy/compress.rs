@@ -72,6 +72,10 @@ pub fn apply(
     if !eligible(&resp, cfg, head_request) {
         return resp;
     }
+    // Made before the headers change: a response is labelled only with an encoder that exists.
+    let Ok(encoder) = Encoder::new(encoding) else {
+        return resp;
+    };
     let h = resp.headers_mut();
     h.remove(CONTENT_LENGTH);
     h.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding.token()));
@@ -85,7 +89,7 @@ pub fn apply(
     let (parts, body) = resp.into_parts();
     let body = Compressed {
         inner: body,
-        encoder: Some(Encoder::new(encoding)),
+        encoder: Some(encoder),
         written: false,
         trailers: None,
     };
@@ -137,14 +141,11 @@ enum Encoder {
 }
 
 impl Encoder {
-    fn new(encoding: Encoding) -> Self {
-        match encoding {
+    /// An encoder for `encoding`; only zstd's C library can fail (to allocate).
+    fn new(encoding: Encoding) -> std::io::Result<Self> {
+        Ok(match encoding {
             // Level 3 is zstd's default: faster than gzip at a better ratio.
-            Encoding::Zstd => match zstd::stream::write::Encoder::new(Vec::new(), 3) {
-                Ok(e) => Self::Zstd(e),
-                // Only an allocation failure in the C library gets here.
-                Err(_) => Self::Gzip(gzip()),
-            },
+            Encoding::Zstd => Self::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
             // Quality 4 of 11: brotli's high qualities are for precompressed assets, too slow
             // for a proxy on the request path.
             Encoding::Br => Self::Br(Box::new(brotli::CompressorWriter::new(
@@ -153,8 +154,11 @@ impl Encoder {
                 4,
                 22,
             ))),
-            Encoding::Gzip => Self::Gzip(gzip()),
-        }
+            Encoding::Gzip => Self::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(5),
+            )),
+        })
     }
 
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
@@ -192,10 +196,6 @@ impl Encoder {
         };
         Ok(Bytes::from(out))
     }
-}
-
-fn gzip() -> flate2::write::GzEncoder<Vec<u8>> {
-    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5))
 }
 
 /// A body compressed as it streams.

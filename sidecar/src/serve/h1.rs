@@ -3,13 +3,16 @@
 //! of the response.
 //!
 //! ```text
-//! client ─► read head+body ─► plan (routing, filters) ─► pooled upstream socket ─► write request
-//!                                    │                                              │
-//!            hyper serves the rest ◄─┘ (upgrade, Expect,        read head ◄─────────┘
-//!            of the connection         chunked or big body,      │
-//!                                      HTTP/1.0, retry, mirror,  └► response filters ─► write head
-//!                                      HTTP/2 upstream)             + body bytes as they come
+//! client ─► read head+body ─► plan (routing, stages) ─► pooled upstream socket ─► write request
+//!                                    │                   (attempts: retries,          │
+//!            hyper serves the rest ◄─┘                    mirrors)  read head ◄───────┘
+//!            of the connection (upgrade, chunked or big body,         │
+//!            HTTP/1.0, HTTP/2 upstream, a body stage)                 └► response stages ─► write head
+//!                                                                        + body bytes as they come
 //! ```
+//!
+//! An `Expect: 100-continue` request of declared length stays here: the upstream decides whether
+//! the body is wanted ([`Gate`]).
 //!
 //! Why: with hyper on both sides, every request crosses from the client connection's task to
 //! the upstream connection's task and back, through channels and wake-ups, and each connection
@@ -56,10 +59,8 @@ use crate::forward::pool::TcpPool;
 use crate::pipeline::attempts::{self, AttemptPolicy};
 use crate::pipeline::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
 use crate::pipeline::{Site, inbound};
-use crate::policy::ids;
 use crate::shared::Shared;
 use crate::wire::codec::{self, BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
-use crate::wire::headers as http_rules;
 use crate::wire::rewind::Rewind;
 use crate::wire::{ClientStream, buffers};
 
@@ -74,11 +75,6 @@ pub(crate) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// pooled connection can be replaced); bigger and chunked bodies stream through hyper (or,
 /// behind an `Expect` gate, through the fast path, once).
 const MAX_BODY: u64 = pipeline::MAX_REPLAY_BODY as u64;
-
-/// [`MAX_BODY`] as a length in memory.
-fn proxy_max_body() -> usize {
-    pipeline::MAX_REPLAY_BODY
-}
 
 /// Serves an HTTP/1 client connection whose first bytes have arrived.
 pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
@@ -422,8 +418,8 @@ fn next_request(keep_alive: bool, data: Bytes, end: usize) -> Flow {
 }
 
 /// Handles one whole request for the pod's application (sidecar INBOUND): the port's inbound
-/// policy decides, then the request goes to the application as it came, with the hop-by-hop
-/// rules of [`http_rules`] and `X-Forwarded-For` (as on hyper's INBOUND path).
+/// policy decides, then the request goes to the application as it came, its headers prepared
+/// by [`inbound::Conn::to_app`] (as on hyper's INBOUND path).
 async fn to_app(
     shared: &Arc<Shared>,
     conn: &inbound::Conn,
@@ -457,10 +453,7 @@ async fn to_app(
             return next_request(result.is_ok() && !close, data, end);
         }
     };
-    ids::stamp(&mut parts.headers);
-    http_rules::strip_hop_by_hop(&mut parts.headers, false);
-    http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, "http");
-    conn.identify(&mut parts.headers);
+    conn.to_app(&mut parts.headers, false);
     let gate = Gate::unless_whole(client, &data, len, end);
     let upstream = {
         let exchange = Exchange {
@@ -548,7 +541,7 @@ async fn forward(
         };
         // The whole request is in memory (or, behind the gate, will be once read): any attempt
         // can be made again; a big body behind a gate streams through once.
-        let replayable = complete || end - len <= proxy_max_body();
+        let replayable = complete || end - len <= pipeline::MAX_REPLAY_BODY;
         policy
             .run(
                 ctx.shared,
@@ -729,7 +722,7 @@ impl<'c> Gate<'c> {
 
     /// Whether the body is kept to be sent again (up to 64 KiB) or streams through once.
     fn keeps_body(&self) -> bool {
-        self.end - self.len <= proxy_max_body()
+        self.end - self.len <= pipeline::MAX_REPLAY_BODY
     }
 
     /// Tells the client to continue.

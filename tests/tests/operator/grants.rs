@@ -38,10 +38,7 @@ impl OtherNamespace {
             + serde::Serialize
             + std::fmt::Debug,
     {
-        let obj: K = serde_json::from_value(value)?;
-        Ok(Api::<K>::namespaced(self.client.clone(), &self.name)
-            .create(&PostParams::default(), &obj)
-            .await?)
+        support::create_in(&self.client, &self.name, value).await
     }
 
     /// Deletes ReferenceGrant `name` of this namespace.
