@@ -66,7 +66,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::ServicePolicy => ApiResource::erase::<ServicePolicy>(&()),
         Kind::Service => ApiResource::erase::<Service>(&()),
         Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
-        Kind::Secret => ApiResource::erase::<Secret>(&()),
+        Kind::Secret | Kind::Credential => ApiResource::erase::<Secret>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
         Kind::ReferenceGrant => ApiResource::erase::<ReferenceGrant>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
@@ -96,6 +96,7 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::Service => parse(obj, Object::Service),
         Kind::EndpointSlice => parse(obj, Object::EndpointSlice),
         Kind::Secret => parse(obj, Object::Secret),
+        Kind::Credential => parse(obj, Object::Credential),
         Kind::Namespace => parse(obj, Object::Namespace),
         Kind::ReferenceGrant => parse(obj, Object::ReferenceGrant),
         Kind::Deployment => parse(obj, |d| Object::Deployment(Box::new(d))),
@@ -109,6 +110,8 @@ fn watcher_config(kind: Kind) -> watcher::Config {
     match kind {
         // Only TLS Secrets can be listener certificates; the operator never sees the others.
         Kind::Secret => config.fields("type=kubernetes.io/tls"),
+        // Credentials for authentication policies are opted in by label.
+        Kind::Credential => config.labels(crate::index::credentials::CREDENTIAL_LABEL),
         Kind::EndpointSlice => config.labels("kubernetes.io/service-name"),
         // Only the gateway proxies the operator runs.
         Kind::Deployment => config.labels("app.kubernetes.io/managed-by=portico-operator"),

@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Authentication and rate limits on Route rules.
+#[path = "operator/auth.rs"]
+mod auth;
 /// Response compression on Route rules.
 #[path = "operator/compression.rs"]
 mod compression;
@@ -142,6 +145,10 @@ fn main() -> ExitCode {
                 cors::cors,
             ),
             test(
+                "route_rules_authenticate_with_api_keys_jwts_and_basic_and_rate_limit",
+                auth::authentication_and_rate_limits,
+            ),
+            test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
                 retry_budget,
             ),
@@ -174,12 +181,8 @@ fn main() -> ExitCode {
                 sidecar::a_stream_ends_soon_after_its_service_account_is_deleted,
             ),
             test(
-                "a_route_with_unsupported_authentication_is_not_served_until_the_field_is_removed",
-                unsupported::a_route_with_authentication_is_not_served,
-            ),
-            test(
-                "a_gateway_with_unsupported_defaults_serves_no_route_until_they_are_removed",
-                unsupported::a_gateway_with_defaults_serves_no_route,
+                "a_route_with_an_unsupported_field_is_not_served_until_the_field_is_removed",
+                unsupported::a_route_with_an_unsupported_field_is_not_served,
             ),
             test(
                 "a_service_policy_connect_timeout_bounds_the_wait_for_an_endpoint",

@@ -78,12 +78,15 @@ pub struct SecretObjectReference {
 /// (type, status, reason, message, observedGeneration, lastTransitionTime).
 pub type Conditions = Vec<Condition>;
 
-/// Authentication required before a request is routed. When both JWT and API keys are set, a
-/// request passes with either.
+/// Authentication required before a request is routed. When several methods are set, a
+/// request passes with any one of them; without a valid credential it gets `401` and is never
+/// forwarded. The Secrets named here must carry the label `portico.dev/credential` (the
+/// operator watches only those, not every Secret of the cluster).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.jwt) || has(self.apiKey)", "message": "set jwt, apiKey or both"}
+    {"rule": "has(self.jwt) || has(self.apiKey) || has(self.basic)",
+     "message": "set at least one of jwt, apiKey and basic"}
 ]))]
 pub struct Authentication {
     /// Validate a JSON Web Token carried in the `Authorization: Bearer` header (or `fromHeader`).
@@ -92,6 +95,21 @@ pub struct Authentication {
     /// Validate an API key against the keys stored in a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKeyAuthentication>,
+    /// Validate HTTP basic credentials against an htpasswd file (bcrypt hashes) in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuthentication>,
+}
+
+/// HTTP basic authentication: `user:hash` lines as `htpasswd -B` writes them (bcrypt only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuthentication {
+    /// The Secret holding the htpasswd file, under the key `auth` unless `key` says otherwise.
+    pub secret_ref: SecretObjectReference,
+    /// The realm named in the `WWW-Authenticate` challenge. Defaults to `portico`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r#"^[^"\\]*$"#))]
+    pub realm: Option<String>,
 }
 
 /// JWT validation: signature (from a JWKS), issuer, audience and expiry.
@@ -113,7 +131,9 @@ pub struct JwtAuthentication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https://"), length(max = 2048))]
     pub jwks_uri: Option<String>,
-    /// A Secret whose `jwks` key holds the JSON Web Key Set (for issuers without a public URI).
+    /// A Secret whose `jwks` key (or `key`) holds the JSON Web Key Set (for issuers without a
+    /// public URI). The proxies fetch `jwksUri` themselves, refresh it every 5 minutes and on an
+    /// unknown `kid`, and keep the last good set while the issuer is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_secret_ref: Option<SecretObjectReference>,
     /// Header that carries the token instead of `Authorization: Bearer`.
@@ -147,7 +167,8 @@ pub struct ApiKeyAuthentication {
     #[schemars(length(min = 1, max = 256))]
     pub header: Option<String>,
     /// Secret whose values are the accepted keys (one key per data entry; the entry's name
-    /// identifies the client in access logs, never the key itself).
+    /// identifies the client in access logs and metrics, never the key itself). With `key`,
+    /// only that entry.
     pub secret_ref: SecretObjectReference,
 }
 

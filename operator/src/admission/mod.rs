@@ -299,7 +299,7 @@ impl Webhooks {
                 (
                     Vec::new(),
                     validate::secret_refs(&spec, &namespace),
-                    unsupported::gateway_fields(&spec),
+                    Vec::new(),
                 )
             }),
             "ServicePolicy" => serde_json::from_value::<portico_api::ServicePolicySpec>(spec)

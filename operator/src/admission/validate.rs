@@ -14,17 +14,14 @@ use portico_api::common::{Authentication, SecretObjectReference};
 use portico_api::route::{PathMatchType, RouteMatch, RouteSpec, ValueMatchType};
 use portico_api::{GatewaySpec, gateway::ListenerProtocol};
 
-/// The admission warnings for the fields of `kind` (`Route` or `Gateway`) the proxies do not
-/// enforce yet: the object is admitted (its shape is final) but will not be served, and
-/// `kubectl apply` says so at once rather than leaving it to the status.
+/// The admission warnings for the fields of a Route the proxies do not enforce yet: the object
+/// is admitted (its shape is final) but will not be served, and `kubectl apply` says so at once
+/// rather than leaving it to the status.
 pub fn unsupported_warnings(fields: &[String], kind: &str) -> Vec<String> {
     if fields.is_empty() {
         return Vec::new();
     }
-    let effect = match kind {
-        "Gateway" => "the Gateway will serve no Route",
-        _ => "the Route will not be served",
-    };
+    let effect = format!("the {kind} will not be served");
     vec![format!(
         "portico: {}: {effect} (Accepted=False, reason Unsupported)",
         crate::index::unsupported::message(fields)
@@ -265,6 +262,14 @@ fn auth_refs(auth: &Authentication, at: &str, namespace: &str, refs: &mut Vec<Se
             SecretType::Opaque,
         ));
     }
+    if let Some(basic) = &auth.basic {
+        refs.push(secret_ref(
+            format!("{at}.basic.secretRef"),
+            &basic.secret_ref,
+            namespace,
+            SecretType::Opaque,
+        ));
+    }
 }
 
 fn secret_ref(
@@ -387,17 +392,6 @@ mod tests {
             [
                 "portico: spec.rules[0].cache is not supported yet: the Route will not be served \
               (Accepted=False, reason Unsupported)"
-            ]
-        );
-        let gateway = mk_gateway(serde_json::json!({
-            "listeners": [{"name": "web", "port": 80, "protocol": "HTTP"}],
-            "defaults": {"rateLimit": {"requests": 1, "unit": "Second"}}}));
-        let fields = crate::index::unsupported::gateway_fields(&gateway);
-        assert_eq!(
-            unsupported_warnings(&fields, "Gateway"),
-            [
-                "portico: spec.defaults.rateLimit is not supported yet: the Gateway will serve no \
-              Route (Accepted=False, reason Unsupported)"
             ]
         );
         assert!(unsupported_warnings(&[], "Route").is_empty());

@@ -136,9 +136,20 @@ impl Index {
         rkey: &Key,
         route: &'a RouteEntry,
     ) -> (Cow<'a, [contract::RouteRule]>, Cow<'a, Wanted>) {
-        route.served(&rkey.namespace, |sp| {
+        let (mut rules, refs) = route.served(&rkey.namespace, |sp| {
             self.route_may_use(&rkey.namespace, sp)
-        })
+        });
+        // Authentication reads Secrets, which change apart from the Route: resolved here, on
+        // every recompute, not when the Route arrived.
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            if let Some(a) = &rule.authentication {
+                let (auth, _) = self.authentication(ROUTE, &rkey.namespace, a);
+                if let Some(r) = rules.to_mut().get_mut(i) {
+                    r.authentication = Some(auth);
+                }
+            }
+        }
+        (rules, refs)
     }
 }
 

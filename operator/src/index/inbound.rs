@@ -31,12 +31,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::Endpoint;
 use kube::ResourceExt;
-use portico_api::common::{RateLimit, RateLimitKey, RateLimitUnit};
+use portico_api::common::{RateLimitKey, RateLimitUnit};
 use portico_api::policy::MtlsMode;
 use portico_api::policy::{Authorization, AuthorizationAction};
-use portico_proxy_api::{
-    self as contract, InboundAuthorization, InboundPolicy, InboundPort, InboundRateLimit,
-};
+use portico_proxy_api::{self as contract, InboundAuthorization, InboundPolicy, InboundPort};
 use tokio::sync::watch;
 
 use super::pods::PodInfo;
@@ -309,9 +307,9 @@ pub(super) fn backs(ep: &Endpoint, slice_ns: &str, pod: &PodInfo) -> bool {
 
 /// Whether the compiled form of `auth` (of a policy in `policy_ns`) changes when a pod of
 /// ServiceAccount `ns/sa` comes, goes or changes address.
-/// The contract rate limit of a ServicePolicy's `rateLimit`. `None` for a `Header` key without
-/// a header name, which admission already refuses.
-pub fn rate_limit(rl: &RateLimit) -> Option<InboundRateLimit> {
+/// The contract rate limit of a `rateLimit` (a ServicePolicy's, a Route rule's or a Gateway's
+/// default). `None` for a `Header` key without a header name, which admission already refuses.
+pub fn rate_limit(rl: &portico_api::common::RateLimit) -> Option<contract::RateLimit> {
     let requests = u64::try_from(rl.requests).ok().filter(|r| *r > 0)?;
     let period = match rl.unit {
         RateLimitUnit::Second => contract::Duration::from_secs(1),
@@ -330,7 +328,7 @@ pub fn rate_limit(rl: &RateLimit) -> Option<InboundRateLimit> {
             name: rl.header.clone()?,
         },
     };
-    Some(InboundRateLimit {
+    Some(contract::RateLimit {
         requests,
         period,
         burst,

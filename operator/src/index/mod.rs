@@ -25,6 +25,7 @@
 //! | `attach`      | which listeners a Route's parent ref attaches to, or why not          |
 //! | `hostnames`   | listener/Route hostname intersection                                  |
 //! | `tls`         | HTTPS listeners' certificates from their Secrets                      |
+//! | `credentials` | authentication policies' keys and users from their Secrets            |
 //! | `grants`      | cross-namespace references and the ReferenceGrants that permit them   |
 //! | `listeners`   | the listeners a Gateway's proxies bind; what feeds a TCP listener     |
 //! | `routes`      | the route table of one Gateway's proxies                              |
@@ -39,6 +40,7 @@
 
 mod attach;
 mod backends;
+pub mod credentials;
 mod endpoints;
 mod grants;
 mod hostnames;
@@ -128,6 +130,8 @@ pub struct Index {
     /// The Service each stored slice is filed under (for deletes and relabels).
     slice_service: BTreeMap<Key, Key>,
     secrets: BTreeMap<Key, Arc<Secret>>,
+    /// Secrets labelled as credentials, for authentication policies.
+    credentials: BTreeMap<Key, Arc<Secret>>,
     namespaces: BTreeMap<String, Arc<Namespace>>,
     /// ReferenceGrants, by key: the grants of one namespace are one range.
     grants: BTreeMap<Key, Arc<ReferenceGrant>>,
@@ -196,6 +200,7 @@ impl Index {
             slices: BTreeMap::new(),
             slice_service: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            credentials: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             grants: BTreeMap::new(),
             deployments: BTreeMap::new(),
@@ -282,7 +287,7 @@ impl Index {
             Object::ServicePolicy(o) => Key::of(o),
             Object::Service(o) => Key::of(o),
             Object::EndpointSlice(o) => Key::of(o),
-            Object::Secret(o) => Key::of(o),
+            Object::Secret(o) | Object::Credential(o) => Key::of(o),
             Object::Namespace(o) => Key::of(o),
             Object::ReferenceGrant(o) => Key::of(o),
             Object::Deployment(o) => Key::of(&**o),
@@ -331,6 +336,7 @@ impl Index {
             Kind::ServicePolicy => self.policies.retain(|k, _| keep(k)),
             Kind::Service => self.services.retain(|k, _| keep(k)),
             Kind::Secret => self.secrets.retain(|k, _| keep(k)),
+            Kind::Credential => self.credentials.retain(|k, _| keep(k)),
             Kind::Namespace => self.namespaces.clear(),
             Kind::ReferenceGrant => self.grants.retain(|k, _| keep(k)),
             Kind::Deployment => self.deployments.retain(|k, _| keep(k)),
@@ -374,6 +380,9 @@ impl Index {
             }
             Object::Secret(o) => {
                 self.secrets.insert(Key::of(&o), Arc::new(o));
+            }
+            Object::Credential(o) => {
+                self.credentials.insert(Key::of(&o), Arc::new(o));
             }
             Object::Namespace(o) => {
                 self.namespaces.insert(o.name_any(), Arc::new(o));
@@ -419,6 +428,9 @@ impl Index {
             }
             Kind::Secret => {
                 self.secrets.remove(key);
+            }
+            Kind::Credential => {
+                self.credentials.remove(key);
             }
             Kind::Namespace => {
                 self.namespaces.remove(&key.name);
@@ -502,6 +514,7 @@ impl Index {
             + self.services.len()
             + self.slice_service.len()
             + self.secrets.len()
+            + self.credentials.len()
             + self.namespaces.len()
             + self.grants.len()
             + self.deployments.len()

@@ -50,6 +50,8 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    /// A Secret labelled as a credential (see the `credentials` module).
+    Credential(Secret),
     Namespace(Namespace),
     /// The Gateway API's grant of cross-namespace references (see the `grants` module).
     ReferenceGrant(ReferenceGrant),
@@ -70,6 +72,9 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Secret,
+    /// Secrets labelled `portico.dev/credential`: a watch of its own (TLS Secrets are
+    /// selected by type, credentials by label, and one Secret may be both).
+    Credential,
     Namespace,
     ReferenceGrant,
     Deployment,
@@ -78,13 +83,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order the watches start.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::ReferenceGrant,
         Kind::Deployment,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Secret,
+        Kind::Credential,
         Kind::ServicePolicy,
         Kind::Route,
         Kind::Gateway,
@@ -100,6 +106,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Secret => "secrets",
+            Kind::Credential => "credentials",
             Kind::Namespace => "namespaces",
             Kind::ReferenceGrant => "referencegrants",
             Kind::Deployment => "deployments",
@@ -118,6 +125,7 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) => Kind::Secret,
+            Object::Credential(_) => Kind::Credential,
             Object::Namespace(_) => Kind::Namespace,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Deployment(_) => Kind::Deployment,

@@ -9,15 +9,16 @@
 //! ```
 //!
 //! A Route is left out when it attaches to nothing, when the contract refuses its content or
-//! when it sets a field the proxies do not enforce yet; a Gateway with unsupported defaults
-//! serves no Route. Status (the `status` module) says why in each case.
+//! when it sets a field the proxies do not enforce yet. Status (the `status` module) says why
+//! in each case. The Gateway's `defaults` fill in each served rule's missing policies.
 
 use std::collections::BTreeSet;
 
 use portico_api::gateway::ListenerProtocol;
 use portico_proxy_api::{self as contract, RouteTable};
 
-use super::{Index, Key, Wanted, hostnames, listeners, mesh_key, translate, unsupported};
+use super::grants::GATEWAY;
+use super::{Index, Key, Wanted, hostnames, listeners, mesh_key, translate};
 
 impl Index {
     /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
@@ -35,19 +36,14 @@ impl Index {
         let Some(gw) = self.gateways.get(key) else {
             return Default::default();
         };
-        // A Gateway whose defaults the proxies cannot enforce serves no Route: its listeners
-        // stay bound and answer 404, never a response that skipped a default's check.
-        let candidates = if unsupported::gateway_fields(&gw.spec).is_empty() {
-            candidates
-        } else {
-            &[]
-        };
-        let cors_default = gw
-            .spec
-            .defaults
-            .as_ref()
-            .and_then(|d| d.cors.as_ref())
-            .map(translate::cors);
+        let defaults = gw.spec.defaults.as_ref();
+        let cors_default = defaults.and_then(|d| d.cors.as_ref()).map(translate::cors);
+        let rate_limit_default = defaults
+            .and_then(|d| d.rate_limit.as_ref())
+            .and_then(super::inbound::rate_limit);
+        let auth_default = defaults
+            .and_then(|d| d.authentication.as_ref())
+            .map(|a| self.authentication(GATEWAY, &key.namespace, a).0);
         let mut listeners = self.gateway_listeners(&key.namespace, gw);
         let mut wanted = Wanted::new();
         let mut routes = Vec::new();
@@ -90,10 +86,17 @@ impl Index {
                 .map(|l| l.hostname.as_deref())
                 .collect();
             let mut rules = rules.into_owned();
-            // The Gateway's CORS default for every rule that has no policy of its own.
-            if let Some(default) = &cors_default {
-                for rule in rules.iter_mut().filter(|r| r.cors.is_none()) {
-                    rule.cors = Some(default.clone());
+            // The Gateway's defaults for every rule that has no policy of its own. A rate-limit
+            // default gives each rule its own buckets (as a rule's own limit would).
+            for rule in &mut rules {
+                if rule.cors.is_none() {
+                    rule.cors.clone_from(&cors_default);
+                }
+                if rule.rate_limit.is_none() {
+                    rule.rate_limit.clone_from(&rate_limit_default);
+                }
+                if rule.authentication.is_none() {
+                    rule.authentication.clone_from(&auth_default);
                 }
             }
             routes.push(contract::Route {

@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
+use portico_api::Gateway;
 use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
-use super::grants::{REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
+use super::grants::{GATEWAY, REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
 use super::{Attachment, Index, Key, ServicePort, proxy_name, translate, unsupported};
 
 /// One desired condition.
@@ -159,17 +160,26 @@ impl Index {
             // rules says which one to fix.
             let mut problems: Vec<String> = Vec::new();
             let mut not_permitted = false;
+            let mut missing_backend = false;
             for (i, rule) in route.spec.rules.iter().enumerate() {
+                let named = |problem: &str| match &rule.name {
+                    Some(name) => format!("rule {name:?}: {problem}"),
+                    None => format!("rule {}: {problem}", i + 1),
+                };
+                if let Some(a) = &rule.authentication {
+                    for problem in self.authentication(ROUTE, &rkey.namespace, a).1 {
+                        not_permitted |= problem.contains("needs a ReferenceGrant");
+                        problems.push(named(&problem));
+                    }
+                }
                 for sp in translate::rule_backend_refs(&rkey.namespace, rule) {
                     let Some((problem, refused)) = self.backend_problem(&rkey.namespace, &sp)
                     else {
                         continue;
                     };
                     not_permitted |= refused;
-                    let problem = match &rule.name {
-                        Some(name) => format!("rule {name:?}: {problem}"),
-                        None => format!("rule {}: {problem}", i + 1),
-                    };
+                    missing_backend = true;
+                    let problem = named(&problem);
                     if !problems.contains(&problem) {
                         problems.push(problem);
                     }
@@ -181,8 +191,10 @@ impl Index {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
             } else if not_permitted {
                 Cond::no("ResolvedRefs", REF_NOT_PERMITTED, problems.join("; "))
-            } else {
+            } else if missing_backend {
                 Cond::no("ResolvedRefs", "BackendNotFound", problems.join("; "))
+            } else {
+                Cond::no("ResolvedRefs", INVALID_CREDENTIALS, problems.join("; "))
             };
             // What the Route's own content says, whatever its parent: a field the proxies
             // cannot enforce, else a value the contract refuses. Either way it is not served.
@@ -231,26 +243,14 @@ impl Index {
                             }
                             (Attachment::Attached(_), Some(cond)) => cond.clone(),
                             (Attachment::Attached(ls), None) => {
-                                let refused = unsupported::gateway_fields(&gw.spec);
-                                if refused.is_empty() {
-                                    for index in ls {
-                                        let listener = ListenerRef {
-                                            gateway: pkey.clone(),
-                                            index,
-                                        };
-                                        *attached.entry(listener).or_default() += 1;
-                                    }
-                                    Cond::yes("Accepted", "Accepted")
-                                } else {
-                                    Cond::no(
-                                        "Accepted",
-                                        unsupported::REASON,
-                                        format!(
-                                            "Gateway {pkey} is not accepted: {}",
-                                            unsupported::message(&refused)
-                                        ),
-                                    )
+                                for index in ls {
+                                    let listener = ListenerRef {
+                                        gateway: pkey.clone(),
+                                        index,
+                                    };
+                                    *attached.entry(listener).or_default() += 1;
                                 }
+                                Cond::yes("Accepted", "Accepted")
                             }
                         },
                     },
@@ -337,7 +337,7 @@ impl Index {
                 gkey.clone(),
                 GatewayState {
                     generation: gw.metadata.generation,
-                    conditions: gateway_conditions(&gw.spec, programmed),
+                    conditions: self.gateway_conditions(gkey, gw, programmed),
                     addresses,
                     listeners,
                     current: gw.status.clone(),
@@ -379,20 +379,33 @@ impl Index {
     }
 }
 
-/// A Gateway's `Accepted` and `Programmed`: one that sets an unsupported field is not accepted,
-/// and then not programmed either (its proxies serve none of its Routes).
-fn gateway_conditions(spec: &portico_api::GatewaySpec, programmed: Cond) -> Vec<Cond> {
-    let refused = unsupported::gateway_fields(spec);
-    if refused.is_empty() {
-        return vec![Cond::yes("Accepted", "Accepted"), programmed];
+/// The `ResolvedRefs` reason when an authentication policy's Secret is missing or unusable (its
+/// rule then answers `401` to everyone).
+pub(super) const INVALID_CREDENTIALS: &str = "InvalidCredentials";
+
+impl Index {
+    /// A Gateway's conditions: `Accepted`, `Programmed`, and `ResolvedRefs` when its defaults
+    /// name credential Secrets.
+    fn gateway_conditions(&self, key: &Key, gw: &Gateway, programmed: Cond) -> Vec<Cond> {
+        let mut conds = vec![Cond::yes("Accepted", "Accepted"), programmed];
+        if let Some(a) = gw
+            .spec
+            .defaults
+            .as_ref()
+            .and_then(|d| d.authentication.as_ref())
+        {
+            let problems = self.authentication(GATEWAY, &key.namespace, a).1;
+            conds.push(if problems.is_empty() {
+                Cond::yes("ResolvedRefs", "ResolvedRefs")
+            } else if problems
+                .iter()
+                .any(|p| p.contains("needs a ReferenceGrant"))
+            {
+                Cond::no("ResolvedRefs", REF_NOT_PERMITTED, problems.join("; "))
+            } else {
+                Cond::no("ResolvedRefs", INVALID_CREDENTIALS, problems.join("; "))
+            });
+        }
+        conds
     }
-    let message = unsupported::message(&refused);
-    vec![
-        Cond::no("Accepted", unsupported::REASON, message.clone()),
-        Cond::no(
-            "Programmed",
-            "Invalid",
-            format!("the Gateway is not accepted: {message}"),
-        ),
-    ]
 }

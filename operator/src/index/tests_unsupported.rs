@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use base64::Engine;
+
 use super::*;
 
 fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -65,7 +67,7 @@ fn accepted(index: &Index, route: &str) -> Cond {
 fn a_route_with_an_unsupported_field_is_unsupported_and_not_served_until_it_is_removed() {
     let mut index = shop_with_defaults(json!({}));
     let sub = index.subscribe(&Key::new("shop", "gw"));
-    let api_key = json!({"authentication": {"apiKey": {"secretRef": {"name": "keys"}}}});
+    let api_key = json!({"cache": {"ttl": "10s"}});
     index.apply(mk_route_rules(
         "admin",
         json!({"name": "gw"}),
@@ -73,15 +75,12 @@ fn a_route_with_an_unsupported_field_is_unsupported_and_not_served_until_it_is_r
     ));
     assert!(
         served(&sub).is_empty(),
-        "a rule that needs authentication must never be served open"
+        "a rule whose cache the proxies cannot apply is not served"
     );
     let cond = accepted(&index, "admin");
     assert!(!cond.status);
     assert_eq!(cond.reason, "Unsupported");
-    assert_eq!(
-        cond.message,
-        "spec.rules[1].authentication is not supported yet"
-    );
+    assert_eq!(cond.message, "spec.rules[1].cache is not supported yet");
     assert_eq!(
         index.statuses().borrow().gateways[&Key::new("shop", "gw")].listeners[0].attached_routes,
         0,
@@ -96,7 +95,6 @@ fn a_route_with_an_unsupported_field_is_unsupported_and_not_served_until_it_is_r
 fn every_unsupported_route_field_is_named_in_one_message() {
     let mut index = shop_with_defaults(json!({}));
     let fields = json!({
-        "rateLimit": {"requests": 5, "unit": "Minute"},
         "cache": {"ttl": "30s"},
         "fallback": {"directResponse": {"statusCode": 503}}
     });
@@ -105,7 +103,7 @@ fn every_unsupported_route_field_is_named_in_one_message() {
     assert_eq!(cond.reason, "Unsupported");
     assert_eq!(
         cond.message,
-        "spec.rules[1].rateLimit, spec.rules[1].cache, spec.rules[1].fallback are not \
+        "spec.rules[1].cache, spec.rules[1].fallback are not \
          supported yet"
     );
 }
@@ -140,58 +138,6 @@ fn a_mesh_route_with_an_unsupported_field_is_unsupported_and_not_given_to_sideca
     assert_eq!(served(&sub), ["shop/canary"]);
     assert_eq!(pay(&sub), Some(vec!["shop/canary".to_owned()]));
     assert!(accepted(&index, "canary").status);
-}
-
-#[test]
-fn a_gateway_with_unsupported_defaults_is_unsupported_and_serves_no_route() {
-    let mut index =
-        shop_with_defaults(json!({"authentication": {"apiKey": {"secretRef": {"name": "k"}}}}));
-    let sub = index.subscribe(&Key::new("shop", "gw"));
-    index.apply(mk_route_rules("orders", json!({"name": "gw"}), None));
-    assert!(
-        served(&sub).is_empty(),
-        "the default's check cannot be skipped"
-    );
-    let listeners: Vec<String> = sub
-        .routes
-        .borrow()
-        .listeners
-        .iter()
-        .map(|l| l.name.clone())
-        .collect();
-    assert_eq!(
-        listeners,
-        ["web"],
-        "the listener stays bound and answers 404"
-    );
-    let gw = index.statuses().borrow().gateways[&Key::new("shop", "gw")].clone();
-    assert_eq!(gw.generation, Some(3));
-    let (accepted_gw, programmed) = (&gw.conditions[0], &gw.conditions[1]);
-    assert_eq!(
-        (
-            accepted_gw.type_,
-            accepted_gw.status,
-            accepted_gw.reason.as_str()
-        ),
-        ("Accepted", false, "Unsupported")
-    );
-    assert_eq!(
-        accepted_gw.message,
-        "spec.defaults.authentication is not supported yet"
-    );
-    assert_eq!((programmed.type_, programmed.status), ("Programmed", false));
-    let cond = accepted(&index, "orders");
-    assert_eq!(cond.reason, "Unsupported");
-    assert_eq!(
-        cond.message,
-        "Gateway shop/gw is not accepted: spec.defaults.authentication is not supported yet"
-    );
-    // Without the defaults, the same Route is served.
-    let mut index = shop_with_defaults(json!({}));
-    let sub = index.subscribe(&Key::new("shop", "gw"));
-    index.apply(mk_route_rules("orders", json!({"name": "gw"}), None));
-    assert_eq!(served(&sub), ["shop/orders"]);
-    assert!(index.statuses().borrow().gateways[&Key::new("shop", "gw")].conditions[0].status);
 }
 
 #[test]
@@ -247,4 +193,139 @@ fn a_gateway_cors_default_applies_to_every_rule_without_its_own() {
         .find(|r| r.name == "shop/east")
         .expect("served");
     assert!(east.rules.iter().all(|r| r.cors.is_none()));
+}
+
+/// A credential Secret in `shop` with `data` as text.
+fn credential(name: &str, data: Value, labelled: bool) -> Object {
+    let data: serde_json::Map<String, Value> = data
+        .as_object()
+        .expect("object")
+        .iter()
+        .map(|(k, v)| {
+            let text = v.as_str().expect("text");
+            (
+                k.clone(),
+                Value::from(base64::engine::general_purpose::STANDARD.encode(text)),
+            )
+        })
+        .collect();
+    let labels = if labelled {
+        json!({"portico.dev/credential": "true"})
+    } else {
+        json!({})
+    };
+    let secret = from(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"namespace": "shop", "name": name, "labels": labels}, "data": data}));
+    if labelled {
+        Object::Credential(secret)
+    } else {
+        Object::Secret(secret)
+    }
+}
+
+#[test]
+fn gateway_rate_limit_and_authentication_defaults_fill_rules_without_their_own() {
+    let mut index = shop_with_defaults(json!({
+        "rateLimit": {"requests": 10, "unit": "Second"},
+        "authentication": {"apiKey": {"secretRef": {"name": "keys"}, "header": "X-Key"}}
+    }));
+    index.apply(credential("keys", json!({"team-a": "key-a\n"}), true));
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let own = json!({"rateLimit": {"requests": 1, "unit": "Minute", "key": "Global"}});
+    index.apply(mk_route_rules("shop", json!({"name": "gw"}), Some(own)));
+    let routes = sub.routes.borrow();
+    let rules = &routes.routes[0].rules;
+    let limit = |i: usize| {
+        rules[i]
+            .rate_limit
+            .as_ref()
+            .map(|r| (r.requests, r.period.get()))
+    };
+    assert_eq!(
+        limit(0),
+        Some((10, std::time::Duration::from_secs(1))),
+        "inherited"
+    );
+    assert_eq!(
+        limit(1),
+        Some((1, std::time::Duration::from_secs(60))),
+        "its own"
+    );
+    for rule in rules {
+        let keys = rule
+            .authentication
+            .as_ref()
+            .and_then(|a| a.api_key.as_ref())
+            .expect("the default's API keys");
+        assert_eq!(keys.header, "x-key");
+        assert_eq!(keys.keys.len(), 1);
+        assert_eq!(
+            (keys.keys[0].client.as_str(), keys.keys[0].key.as_str()),
+            ("team-a", "key-a")
+        );
+    }
+    drop(routes);
+    let gw = index.statuses().borrow().gateways[&Key::new("shop", "gw")].clone();
+    assert!(
+        gw.conditions
+            .iter()
+            .any(|c| c.type_ == "ResolvedRefs" && c.status)
+    );
+}
+
+#[test]
+fn route_credentials_come_from_labelled_secrets_and_a_missing_one_is_named() {
+    let mut index = shop_with_defaults(json!({}));
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    // Not labelled: the operator never sees it as a credential.
+    index.apply(credential(
+        "users",
+        json!({"auth": "bob:$2y$05$abcdefghijklmnopqrstuu5Cq8eYvJvhNtH0QLyKdh2Mbq/6i3aa"}),
+        false,
+    ));
+    index.apply(credential(
+        "issuer",
+        json!({"jwks": "{\"keys\": []}"}),
+        true,
+    ));
+    let auth = json!({"authentication": {
+        "basic": {"secretRef": {"name": "users"}},
+        "jwt": {"issuer": "https://i", "jwksSecretRef": {"name": "issuer"},
+                "claimsToHeaders": [{"claim": "sub", "header": "X-User"}]}}});
+    index.apply(mk_route_rules("shop", json!({"name": "gw"}), Some(auth)));
+    let a = sub.routes.borrow().routes[0].rules[1]
+        .authentication
+        .clone()
+        .expect("served with its authentication");
+    let jwt = a.jwt.expect("jwt");
+    assert_eq!(jwt.jwks.as_deref(), Some("{\"keys\": []}"));
+    assert_eq!(jwt.claims_to_headers[0].header, "x-user");
+    let basic = a.basic.expect("basic");
+    assert!(basic.users.is_empty(), "no users: every request is refused");
+    assert_eq!(basic.realm, "portico");
+    let status = index.statuses().borrow().routes[&Key::new("shop", "shop")].clone();
+    let resolved = &status.parents[0].conditions[1];
+    assert_eq!(
+        (resolved.type_, resolved.status, resolved.reason.as_str()),
+        ("ResolvedRefs", false, "InvalidCredentials")
+    );
+    assert!(
+        resolved.message.contains(
+            "rule 2: Secret shop/users not found (credential Secrets need the label portico.dev/credential)"
+        ),
+        "{}",
+        resolved.message
+    );
+    // Labelled, it is read at once: the users arrive without touching the Route.
+    index.apply(credential(
+        "users",
+        json!({"auth": "bob:$2y$05$abcdefghijklmnopqrstuu5Cq8eYvJvhNtH0QLyKdh2Mbq/6i3aa"}),
+        true,
+    ));
+    let users = sub.routes.borrow().routes[0].rules[1]
+        .authentication
+        .as_ref()
+        .and_then(|a| a.basic.as_ref())
+        .map(|b| b.users.len());
+    assert_eq!(users, Some(1));
 }

@@ -285,6 +285,10 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
         max_request_body_bytes: r.max_request_body_bytes.and_then(|n| u64::try_from(n).ok()),
         compression: r.compression.as_ref().map(compression),
         cors: r.cors.as_ref().map(cors),
+        rate_limit: r.rate_limit.as_ref().and_then(super::inbound::rate_limit),
+        // Filled in when the rule is served: its credentials come from Secrets (see the
+        // `credentials` module).
+        authentication: None,
     }
 }
 

@@ -16,6 +16,7 @@
 //! travel separately: [`RouteTable`] (listeners + routes) and [`BackendSet`] (backends) can be
 //! sent apart and joined with [`ProxyConfig::from_parts`].
 
+mod auth;
 mod backend;
 mod duration;
 mod identity;
@@ -26,6 +27,7 @@ mod validate;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::*;
 pub use backend::*;
 pub use duration::{Duration, ParseDurationError};
 pub use identity::*;

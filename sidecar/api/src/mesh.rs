@@ -122,7 +122,7 @@ pub struct InboundPort {
     pub authorization: Option<InboundAuthorization>,
     /// How many requests the port takes; none means no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<InboundRateLimit>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Who may call a port, by verified mesh identity: a caller whose identity matches one of
@@ -144,13 +144,15 @@ pub struct InboundAuthorization {
     pub unauthenticated: bool,
 }
 
-/// A token bucket kept by each sidecar for its own pod: `requests` per `period`, bursts up to
-/// `burst`. A Service with N pods therefore takes up to N times the rate in total (as Envoy's
-/// local rate limit). Over the limit, HTTP requests get `429` with `retry-after`; for opaque TCP
-/// every new connection counts as one request and is closed when over the limit.
+/// A token bucket kept by each proxy: `requests` per `period`, bursts up to `burst`.
+///
+/// On a sidecar's inbound port it is the pod's own, so a Service with N pods takes up to N times
+/// the rate in total (as Envoy's local rate limit); for opaque TCP every new connection counts as
+/// one request and is closed when over the limit. On a route rule each gateway replica keeps its
+/// own bucket. Over the limit, HTTP requests get `429` with `retry-after`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct InboundRateLimit {
+pub struct RateLimit {
     /// Requests allowed per `period`.
     pub requests: u64,
     /// The period `requests` refers to.
@@ -175,6 +177,6 @@ pub enum RateLimitKey {
         /// The header's name.
         name: String,
     },
-    /// One bucket for all traffic to the port.
+    /// One bucket for all traffic (to the port, or of the rule).
     Global,
 }

@@ -56,6 +56,14 @@ pub struct RouteRule {
     /// on responses; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// Credentials a request must present before anything else of the rule runs (after a CORS
+    /// preflight, which carries none); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<crate::Authentication>,
+    /// A token bucket per client address, header value or for all the rule's requests; over it
+    /// requests get `429`. None when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::RateLimit>,
 }
 
 /// A rule's CORS policy (the Fetch standard's CORS protocol).

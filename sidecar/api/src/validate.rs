@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use crate::{
-    API_VERSION, Backend, Filter, HashOn, Header, HeaderModifier, InboundPolicy, Listener,
-    MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimitKey, Route, RouteRule,
-    ValueMatch,
+    API_VERSION, Authentication, Backend, Filter, HashOn, Header, HeaderModifier, InboundPolicy,
+    Listener, MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimit, RateLimitKey,
+    Route, RouteRule, ValueMatch,
 };
 
 /// Why a config was refused: the element at fault and what is wrong with it.
@@ -92,20 +92,24 @@ fn check_inbound(policy: &InboundPolicy) -> Result<()> {
             );
         }
         if let Some(rl) = &p.rate_limit {
-            let el = format!("{el} rateLimit");
-            if rl.requests == 0 {
-                return fail(el, "requests must be at least 1");
-            }
-            if rl.period.get().is_zero() {
-                return fail(el, "period must be longer than 0");
-            }
-            if rl.burst < rl.requests {
-                return fail(el, "burst must be at least requests");
-            }
-            if let RateLimitKey::Header { name } = &rl.key {
-                check_header_name(&el, name)?;
-            }
+            check_rate_limit(&format!("{el} rateLimit"), rl)?;
         }
+    }
+    Ok(())
+}
+
+fn check_rate_limit(el: &str, rl: &RateLimit) -> Result<()> {
+    if rl.requests == 0 {
+        return fail(el, "requests must be at least 1");
+    }
+    if rl.period.get().is_zero() {
+        return fail(el, "period must be longer than 0");
+    }
+    if rl.burst < rl.requests {
+        return fail(el, "burst must be at least requests");
+    }
+    if let RateLimitKey::Header { name } = &rl.key {
+        check_header_name(el, name)?;
     }
     Ok(())
 }
@@ -415,6 +419,12 @@ fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()
             return fail(el, "every backend has weight 0");
         }
     }
+    if let Some(rl) = &rule.rate_limit {
+        check_rate_limit(&format!("{el} rateLimit"), rl)?;
+    }
+    if let Some(a) = &rule.authentication {
+        check_authentication(&format!("{el} authentication"), a)?;
+    }
     if let Some(retry) = &rule.retry {
         let rel = format!("{el} retry");
         if retry.attempts > 10 {
@@ -441,6 +451,36 @@ fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()
                 return fail(rel, format!("method {m:?} is not a valid token"));
             }
         }
+    }
+    Ok(())
+}
+
+fn check_authentication(el: &str, a: &Authentication) -> Result<()> {
+    if a.jwt.is_none() && a.api_key.is_none() && a.basic.is_none() {
+        return fail(el, "names no method (jwt, apiKey or basic)");
+    }
+    if let Some(j) = &a.jwt {
+        if j.issuer.is_empty() {
+            return fail(el, "jwt issuer is empty");
+        }
+        match (&j.jwks, &j.jwks_uri) {
+            (Some(_), Some(_)) | (None, None) => {
+                return fail(el, "jwt needs exactly one of jwks and jwksUri");
+            }
+            (None, Some(uri)) if !uri.starts_with("https://") => {
+                return fail(el, format!("jwksUri {uri:?} is not an https:// address"));
+            }
+            _ => {}
+        }
+        if let Some(h) = &j.from_header {
+            check_header_name(el, h)?;
+        }
+        for c in &j.claims_to_headers {
+            check_header_name(el, &c.header)?;
+        }
+    }
+    if let Some(k) = &a.api_key {
+        check_header_name(el, &k.header)?;
     }
     Ok(())
 }

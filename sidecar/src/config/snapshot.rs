@@ -73,14 +73,17 @@ impl Snapshot {
     /// Validates and compiles `config`, carrying backend state over from `old`.
     pub fn build(config: ProxyConfig, old: &Snapshot) -> Result<Self, ApplyError> {
         config.validate()?;
-        let router = Router::new(&config).map_err(|e| ValidationError {
+        let mut router = Router::new(&config).map_err(|e| ValidationError {
             element: "routes".into(),
             message: e.to_string(),
         })?;
+        router.keep_buckets(&old.router);
         let services =
-            crate::route::services::ServiceTable::new(&config).map_err(|e| ValidationError {
-                element: "services".into(),
-                message: e.to_string(),
+            crate::route::services::ServiceTable::new(&config, &old.services).map_err(|e| {
+                ValidationError {
+                    element: "services".into(),
+                    message: e.to_string(),
+                }
             })?;
         let backends = config
             .backends

@@ -31,6 +31,10 @@ pub struct Entry<'a> {
     /// The matched rule's name, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
+    /// Who the route's authentication let in: the API key's entry name, the basic user or the
+    /// token's `sub` (never a credential).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
     /// Backend name, if the request was forwarded.
     pub backend: Option<&'a str>,
     /// The request ID (`x-request-id`, the client's or a new one).

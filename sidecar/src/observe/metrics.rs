@@ -69,6 +69,17 @@ struct AuthorizationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthnLabels {
+    route: Arc<str>,
+    /// `jwt`, `api_key`, `basic`, or empty when refused.
+    method: &'static str,
+    /// The API key's entry name or the basic user (both bounded by the config); empty for
+    /// JWTs (whose subjects are not) and refusals.
+    client: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabels {
     backend: Arc<str>,
     result: &'static str,
@@ -151,6 +162,7 @@ pub struct Metrics {
     intercepted: Family<InterceptLabels, Counter>,
     inbound_refused: Family<InboundRefusedLabels, Counter>,
     authorizations: Family<AuthorizationLabels, Counter>,
+    authentications: Family<AuthnLabels, Counter>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
@@ -178,6 +190,7 @@ impl Metrics {
             intercepted: Family::default(),
             inbound_refused: Family::default(),
             authorizations: Family::default(),
+            authentications: Family::default(),
             config_version: Gauge::default(),
             reloads: Family::default(),
             identity_expiry: Gauge::default(),
@@ -223,6 +236,12 @@ impl Metrics {
             "Inbound authorization decisions, by port, policy, caller identity and decision \
              (allow, deny)",
             m.authorizations.clone(),
+        );
+        registry.register(
+            "authentications",
+            "Route authentication results, by route, method (jwt, api_key, basic), client (API key \
+             name or basic user; empty for JWTs) and result (ok, refused)",
+            m.authentications.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -371,6 +390,23 @@ impl Metrics {
                 policy: policy.clone(),
                 client: client.clone(),
                 decision: if allowed { "allow" } else { "deny" },
+            })
+            .inc();
+    }
+
+    /// Records a route's authentication result: who passed (`None`: refused).
+    pub fn authentication(&self, route: &Arc<str>, passed: Option<(&'static str, &Arc<str>)>) {
+        let (method, client, result) = match passed {
+            Some(("jwt", _)) => ("jwt", self.none.clone(), "ok"),
+            Some((method, client)) => (method, client.clone(), "ok"),
+            None => ("", self.none.clone(), "refused"),
+        };
+        self.authentications
+            .get_or_create(&AuthnLabels {
+                route: route.clone(),
+                method,
+                client,
+                result,
             })
             .inc();
     }

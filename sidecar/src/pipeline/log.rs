@@ -22,6 +22,10 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<&'static str>,
     /// The request ID and trace id it was stamped with.
     pub(crate) ids: Option<RequestIds>,
+    /// Who the rule's authentication let in.
+    pub(crate) principal: Option<crate::policy::authn::Principal>,
+    /// The rule's authentication refused the request.
+    pub(crate) unauthenticated: bool,
 }
 
 impl Outcome {
@@ -77,6 +81,12 @@ impl RequestLog {
             status,
             elapsed,
         );
+        if let Some(route) = &out.route
+            && (out.principal.is_some() || out.unauthenticated)
+        {
+            let who = out.principal.as_ref().map(|p| (p.method, &p.client));
+            shared.metrics.authentication(route, who);
+        }
         if shared.access_log {
             accesslog::write(&accesslog::Entry {
                 ts_ms: std::time::SystemTime::now()
@@ -91,6 +101,7 @@ impl RequestLog {
                 status,
                 route: out.route.as_deref(),
                 rule: out.rule.as_deref(),
+                user: out.principal.as_ref().map(|p| &*p.client),
                 request_id: out.ids.as_ref().and_then(|i| i.request_id.to_str().ok()),
                 trace_id: out.ids.as_ref().map(|i| i.trace_id()),
                 backend: out.backend.as_deref(),

@@ -147,6 +147,8 @@ pub(crate) struct Forward<'a> {
     pub(crate) mirrors: Vec<Arc<BackendState>>,
     /// The request's allowed CORS origin, marked on the response.
     pub(crate) cors_origin: Option<HeaderValue>,
+    /// The rate-limit bucket's size and what the request left of it, marked on the answer.
+    pub(crate) quota: Option<(u64, crate::policy::ratelimit::Quota)>,
 }
 
 impl Forward<'_> {
@@ -167,6 +169,9 @@ impl Forward<'_> {
         stages.on_response(headers);
         if let Some(c) = &stages.cors {
             cors::mark(c, self.cors_origin.as_ref(), headers);
+        }
+        if let Some((capacity, quota)) = self.quota {
+            crate::policy::stages::mark_quota(headers, capacity, quota);
         }
     }
 
@@ -216,8 +221,22 @@ pub(crate) fn plan<'a>(
         matched_prefix: hit.matched_prefix,
         mirrors: Vec::new(),
         cors_origin: None,
+        client: conn.client.ip(),
+        principal: None,
+        quota: None,
     };
-    if let Some(answer) = hit.rule.stages.on_request(&mut view) {
+    let answer = hit.rule.stages.on_request(&mut view);
+    out.principal = view.principal.take();
+    // A preflight is answered before authentication: only the stage's 401 is a refusal.
+    out.unauthenticated = hit.rule.stages.auth.is_some()
+        && out.principal.is_none()
+        && answer
+            .as_ref()
+            .is_some_and(|a| a.status() == StatusCode::UNAUTHORIZED);
+    if out.unauthenticated {
+        out.error = Some("unauthenticated");
+    }
+    if let Some(answer) = answer {
         return Ok(Plan::Answer(answer));
     }
     let mirrors = view
@@ -226,6 +245,7 @@ pub(crate) fn plan<'a>(
         .filter_map(|name| snap.backends.get(*name).cloned())
         .collect();
     let cors_origin = view.cors_origin.take();
+    let quota = view.quota;
 
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, conn.scheme);
@@ -237,6 +257,7 @@ pub(crate) fn plan<'a>(
         backend,
         mirrors,
         cors_origin,
+        quota,
     }))
 }
 

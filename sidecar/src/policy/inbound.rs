@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use portico_proxy_api::{
-    InboundAuthorization, InboundPolicy, InboundRateLimit, MtlsMode, RateLimitKey, identity_matches,
+    InboundAuthorization, InboundPolicy, MtlsMode, RateLimit, RateLimitKey, identity_matches,
 };
 
 use crate::error::ProxyError;
@@ -51,7 +51,7 @@ pub struct PortPolicy {
     pub policy: Arc<str>,
     mtls: Option<MtlsMode>,
     authorization: Option<InboundAuthorization>,
-    rate_limit: Option<(InboundRateLimit, Arc<RateLimiter>)>,
+    rate_limit: Option<(RateLimit, Arc<RateLimiter>)>,
 }
 
 /// Who is calling: its address, and its verified mesh identity if it has one.

@@ -1,11 +1,14 @@
 //! Traffic policies that decide about a request without forwarding it: request and response
-//! filters, retry policy and budget, rate limits, and inbound authorization.
+//! filters, retry policy and budget, rate limits, authentication, and inbound authorization.
 
+pub mod authn;
 pub mod compress;
 pub mod cors;
 pub mod filters;
 pub mod ids;
 pub mod inbound;
+pub mod jwks;
+pub mod jwt;
 pub mod ratelimit;
 pub mod retry;
 pub mod stages;

@@ -34,6 +34,15 @@ const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 #[error("rate limit exceeded; retry after {0:?}")]
 pub struct RateLimited(pub Duration);
 
+/// What is left of a bucket after a request took its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests that would pass now, after this one.
+    pub remaining: u64,
+    /// How long until the bucket is full again.
+    pub full_in: Duration,
+}
+
 /// What a bucket is chosen by. Keys are hashed with a per-limiter random key, so the table
 /// holds fixed-size entries whatever the header values, and nobody can aim at another caller's
 /// bucket.
@@ -91,6 +100,24 @@ impl RateLimiter {
 
     /// Takes one token from `key`'s bucket, or says how long until one is available.
     pub fn check(&self, key: Key<'_>) -> Result<(), RateLimited> {
+        self.take(key).map(|_| ())
+    }
+
+    /// How long until a refused request's bucket is full again, `retry_after` being what
+    /// [`RateLimited`] said.
+    pub fn full_in(&self, retry_after: Duration) -> Duration {
+        (retry_after + self.tolerance).saturating_sub(self.interval)
+    }
+
+    /// The bucket's size: the most requests let in at once.
+    pub fn capacity(&self) -> u64 {
+        self.tolerance
+            .as_nanos()
+            .div_ceil(self.interval.as_nanos().max(1)) as u64
+    }
+
+    /// As [`RateLimiter::check`], saying what is left of the bucket when the request passes.
+    pub fn take(&self, key: Key<'_>) -> Result<Quota, RateLimited> {
         let now = Instant::now();
         let hash = match key {
             Key::Global => 0,
@@ -123,7 +150,11 @@ impl RateLimiter {
             return Err(RateLimited(wait - self.tolerance));
         }
         *slot = next;
-        Ok(())
+        let left = self.tolerance - wait;
+        Ok(Quota {
+            remaining: (left.as_nanos() / self.interval.as_nanos().max(1)) as u64,
+            full_in: wait,
+        })
     }
 
     fn hash(&self, v: impl Hash) -> u64 {

@@ -16,6 +16,13 @@ use portico_proxy_api::{
     UrlRewrite,
 };
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use portico_proxy_api::{RateLimit, RateLimitKey};
+
+use super::authn::{Authenticator, Principal};
+use super::ratelimit::{Key, Quota, RateLimiter};
 use super::{cors, filters};
 use crate::error::{Body, ProxyError};
 
@@ -58,6 +65,20 @@ pub struct Stages {
     pub compression: Option<Compression>,
     /// CORS: preflights answered first, allowed origins marked on answers ([`super::cors`]).
     pub cors: Option<Cors>,
+    /// Authentication, after a CORS preflight and before everything else.
+    pub auth: Option<Authenticator>,
+    /// The rule's token buckets, after authentication.
+    pub rate_limit: Option<RuleLimit>,
+}
+
+/// A rule's rate limit and its buckets (carried over to the next config while the limit stays
+/// the same: see [`Stages::keep_buckets`]).
+#[derive(Debug)]
+pub struct RuleLimit {
+    /// The limit as configured.
+    pub config: RateLimit,
+    /// Its buckets.
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// What a request stage decided.
@@ -87,6 +108,12 @@ pub struct RequestView<'p, 's> {
     pub mirrors: Vec<&'s str>,
     /// The request's origin, when the rule's CORS policy allows it (its answer is marked).
     pub cors_origin: Option<HeaderValue>,
+    /// The client's address, for rate limits keyed by it.
+    pub client: IpAddr,
+    /// Who the request was authenticated as.
+    pub principal: Option<Principal>,
+    /// What is left of the rate-limit bucket the request took from (marked on its answer).
+    pub quota: Option<(u64, Quota)>,
 }
 
 impl Stages {
@@ -98,6 +125,11 @@ impl Stages {
             body_limit: rule.max_request_body_bytes,
             compression: rule.compression.clone(),
             cors: rule.cors.clone(),
+            auth: rule.authentication.as_ref().map(Authenticator::compile),
+            rate_limit: rule.rate_limit.as_ref().map(|rl| RuleLimit {
+                config: rl.clone(),
+                limiter: Arc::new(RateLimiter::new(rl.requests, rl.period.get(), rl.burst)),
+            }),
             ..Self::default()
         };
         if let Some(limit) = rule.max_request_body_bytes {
@@ -143,6 +175,13 @@ impl Stages {
             }
             req.cors_origin = cors::origin_to_mark(c, &req.parts.headers);
         }
+        if let Some(answer) = self.admit(req) {
+            let mut resp = answer;
+            if let Some(c) = &self.cors {
+                cors::mark(c, req.cors_origin.as_ref(), resp.headers_mut());
+            }
+            return Some(resp);
+        }
         for stage in &self.request {
             if let Step::Answer(mut resp) = stage.apply(req) {
                 if let Some(c) = &self.cors {
@@ -160,6 +199,58 @@ impl Stages {
         None
     }
 
+    /// Authentication, then the rate limit: `Some` is the refusal.
+    fn admit(&self, req: &mut RequestView<'_, '_>) -> Option<Response<Body>> {
+        if let Some(auth) = &self.auth {
+            match auth.check(&mut req.parts.headers) {
+                Ok(who) => req.principal = Some(who),
+                Err(failures) => return Some(auth.answer(&failures)),
+            }
+        }
+        let rl = self.rate_limit.as_ref()?;
+        let key = match &rl.config.key {
+            // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+            RateLimitKey::ClientIp => Key::Ip(req.client.to_canonical()),
+            RateLimitKey::Global => Key::Global,
+            RateLimitKey::Header { name } => Key::Value(
+                req.parts
+                    .headers
+                    .get(name.as_str())
+                    .map(HeaderValue::as_bytes),
+            ),
+        };
+        let capacity = rl.limiter.capacity();
+        match rl.limiter.take(key) {
+            Ok(quota) => {
+                req.quota = Some((capacity, quota));
+                None
+            }
+            Err(limited) => {
+                let mut resp = ProxyError::RateLimited {
+                    message: "rate limit exceeded".into(),
+                    retry_after: limited.0,
+                }
+                .into_response();
+                let quota = Quota {
+                    remaining: 0,
+                    full_in: rl.limiter.full_in(limited.0),
+                };
+                mark_quota(resp.headers_mut(), capacity, quota);
+                Some(resp)
+            }
+        }
+    }
+
+    /// Takes the buckets of `old` (the same rule in the previous config) when its limit is the
+    /// same, so a config change does not hand every client a fresh burst.
+    pub fn keep_buckets(&mut self, old: &Stages) {
+        if let (Some(new), Some(old)) = (&mut self.rate_limit, &old.rate_limit)
+            && new.config == old.config
+        {
+            new.limiter = old.limiter.clone();
+        }
+    }
+
     /// Runs the response stages in order on a response's headers.
     pub fn on_response(&self, headers: &mut HeaderMap) {
         for stage in &self.response {
@@ -169,8 +260,17 @@ impl Stages {
 
     /// Whether any response stage would change a response.
     pub fn edits_responses(&self) -> bool {
-        !self.response.is_empty() || self.cors.is_some()
+        !self.response.is_empty() || self.cors.is_some() || self.rate_limit.is_some()
     }
+}
+
+/// The `RateLimit-*` headers (draft-ietf-httpapi-ratelimit-headers, the separate-fields form
+/// most clients read): the bucket's size, what is left, and seconds until it is full.
+pub fn mark_quota(headers: &mut HeaderMap, capacity: u64, quota: Quota) {
+    let reset = quota.full_in.as_secs() + u64::from(quota.full_in.subsec_nanos() > 0);
+    headers.insert("ratelimit-limit", HeaderValue::from(capacity));
+    headers.insert("ratelimit-remaining", HeaderValue::from(quota.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
 }
 
 impl RequestStage {
@@ -288,6 +388,9 @@ mod tests {
             matched_prefix: None,
             mirrors: Vec::new(),
             cors_origin: None,
+            client: IpAddr::from([127, 0, 0, 1]),
+            principal: None,
+            quota: None,
         };
         let answer = stages
             .on_request(&mut view)

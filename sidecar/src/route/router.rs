@@ -135,6 +135,21 @@ impl Router {
         Ok(Self { routes })
     }
 
+    /// Takes over the rate-limit buckets of `old`'s rules that are unchanged: the same route
+    /// name, rule position and limit (see [`Stages::keep_buckets`]).
+    pub fn keep_buckets(&mut self, old: &Router) {
+        let by_name: std::collections::HashMap<&str, &CompiledRoute> =
+            old.routes.iter().map(|r| (&*r.name, r)).collect();
+        for route in &mut self.routes {
+            let Some(prev) = by_name.get(&*route.name) else {
+                continue;
+            };
+            for (rule, old_rule) in route.rules.iter_mut().zip(&prev.rules) {
+                rule.stages.keep_buckets(&old_rule.stages);
+            }
+        }
+    }
+
     /// The best rule for a request arriving on `listener`, if any.
     pub fn route<'a>(&'a self, listener: &str, host: &str, req: &Parts) -> Option<RouteHit<'a>> {
         let host = strip_port(host);

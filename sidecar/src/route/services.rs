@@ -39,8 +39,8 @@ pub struct ServiceTable {
 
 impl ServiceTable {
     /// Compiles the services of `cfg` (already validated, so addresses parse and regexes
-    /// compile).
-    pub fn new(cfg: &ProxyConfig) -> Result<Self, regex::Error> {
+    /// compile), keeping the rate-limit buckets of `old`'s unchanged rules.
+    pub fn new(cfg: &ProxyConfig, old: &ServiceTable) -> Result<Self, regex::Error> {
         let mut table = Self::default();
         for s in &cfg.services {
             // Attached routes apply to whatever listener the connection came in on: the service,
@@ -66,12 +66,16 @@ impl ServiceTable {
                     ..RouteRule::default()
                 }],
             };
+            let mut router = Router::new(&ProxyConfig {
+                routes,
+                ..ProxyConfig::default()
+            })?;
+            if let Some(prev) = old.by_name.get(s.name.as_str()) {
+                router.keep_buckets(&prev.router);
+            }
             let compiled = Arc::new(ServiceRoutes {
                 name: s.name.as_str().into(),
-                router: Router::new(&ProxyConfig {
-                    routes,
-                    ..ProxyConfig::default()
-                })?,
+                router,
                 fallback: Router::new(&ProxyConfig {
                     routes: vec![fallback],
                     ..ProxyConfig::default()
@@ -131,7 +135,7 @@ backends: [{ name: orders }, { name: v2 }]
         )
         .expect("parses");
         cfg.validate().expect("valid");
-        ServiceTable::new(&cfg).expect("compiles")
+        ServiceTable::new(&cfg, &ServiceTable::default()).expect("compiles")
     }
 
     fn parts(path: &str) -> Parts {

@@ -19,6 +19,16 @@ pub(super) struct Nginx {
 
 impl Nginx {
     pub(super) async fn start(dir: PathBuf, endpoints: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with(dir, endpoints, "").await
+    }
+
+    /// As [`Nginx::start`], with `locations` (nginx `location` blocks) added to every server,
+    /// before the catch-all `/`.
+    pub(super) async fn start_with(
+        dir: PathBuf,
+        endpoints: &[(&str, &str)],
+        locations: &str,
+    ) -> anyhow::Result<Self> {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -33,6 +43,7 @@ impl Nginx {
                 "server {{ listen {addr}; root {root};\n\
                    location = /healthz {{ try_files /healthy =503; }}\n\
                    location /files/ {{ types {{ application/json json; image/png png; }} }}\n\
+                   {locations}\n\
                    location / {{ return 200 \"{letter}\"; }} }}\n",
                 root = root.display()
             ));
