@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use crate::{
-    API_VERSION, Aggregate, Backend, Filter, HashOn, Header, HeaderModifier, InboundPolicy, Listener,
-    MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimitKey, Route, RouteRule,
-    ValueMatch,
+    API_VERSION, Aggregate, Backend, Filter, HashOn, Header, HeaderModifier, InboundPolicy,
+    Listener, MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimitKey, Route,
+    RouteRule, ValueMatch,
 };
 
 /// Why a config was refused: the element at fault and what is wrong with it.
@@ -470,7 +470,10 @@ fn check_aggregate(el: &str, agg: &Aggregate, backends: &HashSet<&str>) -> Resul
     if agg.backends.is_empty() || agg.backends.len() > MAX_AGGREGATE_BACKENDS {
         return fail(
             el,
-            format!("has {} backends, not 1–{MAX_AGGREGATE_BACKENDS}", agg.backends.len()),
+            format!(
+                "has {} backends, not 1–{MAX_AGGREGATE_BACKENDS}",
+                agg.backends.len()
+            ),
         );
     }
     if agg.timeout.get().is_zero() {
@@ -487,7 +490,10 @@ fn check_aggregate(el: &str, agg: &Aggregate, backends: &HashSet<&str>) -> Resul
                 && !p.contains(['?', '#'])
                 && p.bytes().all(|c| c.is_ascii_graphic());
             if !ok {
-                return fail(bel, format!("path {p:?} is not an absolute path without query"));
+                return fail(
+                    bel,
+                    format!("path {p:?} is not an absolute path without query"),
+                );
             }
         }
         if let Some(k) = &b.key

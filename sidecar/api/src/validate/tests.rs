@@ -302,29 +302,34 @@ aggregate:
         "the timeout defaults to 5s"
     );
     cfg.routes[0].rules.push(agg);
-    cfg.validate().expect("an aggregate rule without backends is valid");
+    cfg.validate()
+        .expect("an aggregate rule without backends is valid");
     let refused = |edit: &dyn Fn(&mut RouteRule)| {
         let mut cfg = cfg.clone();
         edit(cfg.routes[0].rules.last_mut().expect("rule"));
         err(&cfg)
     };
     assert_eq!(
-        refused(&|r| r.backends = vec![BackendRef { backend: "pay".into(), weight: 1 }]),
+        refused(&|r| r.backends = vec![BackendRef {
+            backend: "pay".into(),
+            weight: 1
+        }]),
         r#"route "api" rule 4: has both backends and an aggregate"#
     );
     assert_eq!(
-        refused(&|r| r.aggregate.as_mut().expect("aggregate").backends[0].key =
-            Some("orders".into())),
+        refused(
+            &|r| r.aggregate.as_mut().expect("aggregate").backends[0].key = Some("orders".into())
+        ),
         r#"route "api" rule 4 aggregate backend 2: key "orders" is used twice"#
     );
     assert_eq!(
-        refused(&|r| r.aggregate.as_mut().expect("aggregate").backends[1].backend =
-            "gone".into()),
+        refused(&|r| r.aggregate.as_mut().expect("aggregate").backends[1].backend = "gone".into()),
         r#"route "api" rule 4 aggregate backend 2: backend "gone" is not defined"#
     );
     assert_eq!(
-        refused(&|r| r.aggregate.as_mut().expect("aggregate").backends[0].path =
-            Some("/u?x=1".into())),
+        refused(
+            &|r| r.aggregate.as_mut().expect("aggregate").backends[0].path = Some("/u?x=1".into())
+        ),
         r#"route "api" rule 4 aggregate backend 1: path "/u?x=1" is not an absolute path without query"#
     );
     assert_eq!(
