@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Aggregation on Route rules.
+#[path = "operator/aggregate.rs"]
+mod aggregate;
 /// Response compression on Route rules.
 #[path = "operator/compression.rs"]
 mod compression;
@@ -140,6 +143,10 @@ fn main() -> ExitCode {
             test(
                 "a_route_answers_cors_preflights_and_marks_allowed_origins",
                 cors::cors,
+            ),
+            test(
+                "a_route_aggregates_services_json_and_marks_answers_missing_a_failed_one",
+                aggregate::aggregate,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
