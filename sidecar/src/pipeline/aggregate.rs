@@ -51,9 +51,12 @@ pub const INCOMPLETE: &str = "x-portico-aggregate";
 /// client may be outside the cluster.
 pub const FAILED: &str = "x-portico-aggregate-failed";
 
-/// Request headers not sent to aggregated backends: the request's body is not sent, the proxy
-/// must read each answer whole and uncompressed, and a 304 or a range has nothing to merge.
-const NOT_SENT: [HeaderName; 9] = [
+/// Request headers not sent to aggregated backends: the request's body is not sent, nor is an
+/// upgrade asked for, the proxy must read each answer whole and uncompressed, and a 304 or a
+/// range has nothing to merge.
+const NOT_SENT: [HeaderName; 11] = [
+    header::CONNECTION,
+    header::UPGRADE,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
     header::EXPECT,
