@@ -62,6 +62,12 @@ pub enum ProxyError {
     /// The request body is larger than the rule allows (its limit in bytes).
     #[error("the request body is larger than this route allows ({0} bytes)")]
     BodyTooLarge(u64),
+    /// The rule answers only these methods (an aggregate rule: `GET, HEAD`), sent as `allow`.
+    #[error("this route answers {0} only")]
+    MethodNotAllowed(&'static str),
+    /// Every backend of an aggregate rule failed.
+    #[error("every aggregated backend failed")]
+    AggregateFailed,
     /// Sidecar inbound: the pod's policy does not let this caller in (the message names the
     /// policy).
     #[error("{0}")]
@@ -83,7 +89,10 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoHealthyEndpoint(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Connect(_) | Self::Reset(_) | Self::BadResponse(..) => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::Reset(_) | Self::BadResponse(..) | Self::AggregateFailed => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -103,6 +112,8 @@ impl ProxyError {
             Self::BadResponse(..) => "bad_response",
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::AggregateFailed => "aggregate_failed",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
         }
@@ -126,6 +137,10 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Self::MethodNotAllowed(allow) = self {
+            // RFC 9110 §15.5.6: a 405 lists the methods the target answers.
+            h.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
         if let Some(secs) = retry_after {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Aggregation on Route rules.
+#[path = "operator/aggregate.rs"]
+mod aggregate;
 /// Authentication and rate limits on Route rules.
 #[path = "operator/auth.rs"]
 mod auth;
@@ -147,6 +150,10 @@ fn main() -> ExitCode {
             test(
                 "route_rules_authenticate_with_api_keys_jwts_and_basic_and_rate_limit",
                 auth::authentication_and_rate_limits,
+            ),
+            test(
+                "a_route_aggregates_services_json_and_marks_answers_missing_a_failed_one",
+                aggregate::aggregate,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",

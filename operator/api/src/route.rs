@@ -110,7 +110,15 @@ pub enum ParentKind {
     {"rule": "!has(self.retry) || !has(self.retry.attempts) || self.retry.attempts == 0 || !has(self.filters) || !self.filters.exists(f, f.type == 'DirectResponse' || f.type == 'RequestRedirect')",
      "message": "retry has no effect on a rule answered by the proxy itself", "fieldPath": ".retry"},
     {"rule": "!has(self.fallback) || (has(self.backendRefs) && size(self.backendRefs) > 0)",
-     "message": "fallback needs backendRefs whose failures it masks", "fieldPath": ".fallback"}
+     "message": "fallback needs backendRefs whose failures it masks", "fieldPath": ".fallback"},
+    {"rule": "!has(self.aggregate) || !has(self.backendRefs) || size(self.backendRefs) == 0",
+     "message": "a rule either forwards (backendRefs) or aggregates (aggregate), not both", "fieldPath": ".aggregate"},
+    {"rule": "!has(self.aggregate) || !has(self.filters) || !self.filters.exists(f, f.type == 'RequestRedirect' || f.type == 'DirectResponse' || f.type == 'RequestMirror')",
+     "message": "an aggregate rule cannot have RequestRedirect, DirectResponse or RequestMirror filters", "fieldPath": ".filters"},
+    {"rule": "!has(self.aggregate) || (!has(self.retry) && !has(self.timeouts))",
+     "message": "an aggregate rule has no retry or timeouts; aggregate.timeout bounds each backend", "fieldPath": ".aggregate"},
+    {"rule": "!has(self.aggregate) || !has(self.matches) || self.matches.all(m, !has(m.method) || m.method == 'GET' || m.method == 'HEAD')",
+     "message": "an aggregate rule answers GET and HEAD only; its matches may not name another method", "fieldPath": ".matches"}
 ]))]
 pub struct RouteRule {
     /// Optional name, used in metrics, access logs and status messages.
@@ -167,6 +175,64 @@ pub struct RouteRule {
     /// What to answer when every backend fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Answer with one JSON object merged from several backends, asked in parallel, instead of
+    /// forwarding to one (`backendRefs` must then be empty). GET and HEAD only; other methods
+    /// get 405.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
+}
+
+/// Fan-out of one request to several backends whose JSON object bodies are merged into the
+/// answer. A backend that fails (no connection, timeout, non-2xx, a body that is not a JSON
+/// object or larger than 1 MiB) is left out and the answer carries
+/// `x-portico-aggregate: incomplete`; when every backend fails the answer is 502.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.backends.all(a, !has(a.key) || self.backends.filter(b, has(b.key) && b.key == a.key).size() == 1)",
+     "message": "keys must be unique", "fieldPath": ".backends"},
+    {"rule": "!has(self.timeout) || duration(self.timeout) > duration('0s')",
+     "message": "timeout must be longer than 0s", "fieldPath": ".timeout"}
+]))]
+pub struct Aggregate {
+    /// The backends asked, in order: with top-level merging, a later backend's field replaces
+    /// an earlier one's of the same name.
+    #[schemars(length(min = 1, max = 8))]
+    pub backends: Vec<AggregateBackend>,
+    /// How long each backend may take, to the end of its body. Defaults to 5s. A duration such
+    /// as `10s`, `1m30s` or `250ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// One backend of an aggregate rule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregateBackend {
+    /// Only `Service` is supported.
+    #[serde(default)]
+    pub kind: BackendKind,
+    /// Service name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Service namespace; defaults to the Route's (another namespace needs a ReferenceGrant,
+    /// as for `backendRefs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Service port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The path sent to this backend (the request's query string is appended); defaults to the
+    /// request's path, after any `URLRewrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^?#]*$"))]
+    pub path: Option<String>,
+    /// Put this backend's object under this key of the answer; absent merges its fields into
+    /// the answer's top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub key: Option<String>,
 }
 
 /// Conditions on a request. All set conditions must hold.

@@ -370,6 +370,7 @@ fn node(path: &str) -> Value {
 fn single_valued_fields_admit_only_their_one_value() {
     for path in [
         "Route.spec.rules[].backendRefs[].kind",
+        "Route.spec.rules[].aggregate.backends[].kind",
         "Route.spec.rules[].filters[].requestMirror.backendRef.kind",
         "ServicePolicy.spec.targetRef.kind",
     ] {

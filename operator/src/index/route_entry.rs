@@ -16,7 +16,7 @@ pub(crate) struct RouteEntry {
     route: Route,
     /// The contract rules.
     pub(super) rules: Vec<contract::RouteRule>,
-    /// Every Service port the rules send to (backends and mirrors).
+    /// Every Service port the rules send to (backends, aggregated backends and mirrors).
     pub(super) refs: Wanted,
     /// Why the contract refuses the Route, if it does.
     pub(super) problem: Option<String>,
@@ -65,7 +65,7 @@ pub(super) const NOT_PERMITTED_BODY: &str = "backend reference not permitted (no
 impl RouteEntry {
     /// The rules to send to proxies and the Service ports they send to, given which Service ports
     /// the Route may refer to (`permitted`; see the `grants` module). A rule with a refused
-    /// backend ref answers 500 itself, as the Gateway API asks, rather than sending a share of
+    /// backend ref (or aggregated backend) answers 500 itself, as the Gateway API asks, rather than sending a share of
     /// its requests to a Service it may not use; a refused mirror is dropped from its rule.
     /// Without refusals (the common case) the stored rules are lent, not copied.
     pub(super) fn served(
@@ -85,8 +85,14 @@ impl RouteEntry {
         let mut rules = self.rules.clone();
         let mut wanted = Wanted::new();
         for (rule, spec) in rules.iter_mut().zip(&self.route.spec.rules) {
-            if rule.backends.iter().any(|b| refused.contains(&b.backend)) {
+            let aggregates_refused = rule
+                .aggregate
+                .iter()
+                .flat_map(|a| &a.backends)
+                .any(|b| refused.contains(&b.backend));
+            if aggregates_refused || rule.backends.iter().any(|b| refused.contains(&b.backend)) {
                 rule.backends.clear();
+                rule.aggregate = None;
                 rule.filters = vec![contract::Filter::DirectResponse(contract::DirectResponse {
                     status: 500,
                     body: NOT_PERMITTED_BODY.to_owned(),

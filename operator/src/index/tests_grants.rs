@@ -393,3 +393,81 @@ fn a_certificate_in_another_namespace_is_read_only_with_a_grant() {
     assert!(sub.routes.borrow().listeners.is_empty());
     refused(&index);
 }
+
+/// Route shop/combined with one aggregate rule over shop/orders:80 (key `orders`) and
+/// other/pay:80 (top level), on the setup of [`cross_namespace_route`].
+fn aggregate_route(index: &mut Index) {
+    index.apply(Object::Route(from(json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+        "metadata": {"namespace": "shop", "name": "combined", "generation": 1},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "hostnames": ["combined.example.com"],
+            "rules": [{"name": "both", "aggregate": {"timeout": "2s", "backends": [
+                {"name": "orders", "port": 80, "key": "orders", "path": "/orders"},
+                {"name": "pay", "namespace": "other", "port": 80}
+            ]}}]
+        }
+    }))));
+}
+
+#[test]
+fn aggregated_backends_are_sent_with_their_endpoints_and_need_a_grant_like_backend_refs() {
+    let (mut index, sub) = cross_namespace_route();
+    aggregate_route(&mut index);
+    let combined = |sub: &Subscription| {
+        let routes = sub.routes.borrow();
+        let route = routes
+            .routes
+            .iter()
+            .find(|r| r.name == "shop/combined")
+            .expect("the aggregate Route is served");
+        route.rules[0].clone()
+    };
+    // Without a grant the rule answers 500 itself, like a rule with a refused backend ref.
+    let rule = combined(&sub);
+    assert_eq!(rule.aggregate, None, "{rule:?}");
+    assert!(matches!(
+        rule.filters.as_slice(),
+        [contract::Filter::DirectResponse(d)] if d.status == 500
+    ));
+    let cond = resolved_refs(&index, &Key::new("shop", "combined"));
+    assert_eq!(
+        (cond.status, cond.reason.as_str()),
+        (false, "RefNotPermitted"),
+        "{cond:?}"
+    );
+
+    index.apply(routes_of_shop_to_services(None));
+    let rule = combined(&sub);
+    let agg = rule.aggregate.expect("permitted: aggregated");
+    assert_eq!(agg.timeout, contract::Duration::from_secs(2));
+    assert_eq!(
+        agg.backends,
+        [
+            contract::AggregateBackend {
+                backend: "shop/orders:80".into(),
+                path: Some("/orders".into()),
+                key: Some("orders".into()),
+            },
+            contract::AggregateBackend {
+                backend: "other/pay:80".into(),
+                path: None,
+                key: None,
+            },
+        ]
+    );
+    assert_eq!(backend_names(&sub), ["other/pay:80", "shop/orders:80"]);
+    let endpoints: Vec<String> = sub
+        .backends
+        .borrow()
+        .backends
+        .iter()
+        .map(|b| b.endpoints[0].address.clone())
+        .collect();
+    assert_eq!(endpoints, ["198.18.66.2:80", "198.18.66.1:80"]);
+    assert!(resolved_refs(&index, &Key::new("shop", "combined")).status);
+    let routes = sub.routes.borrow().clone();
+    let config = ProxyConfig::from_parts((*routes).clone(), (**sub.backends.borrow()).clone());
+    config.validate().expect("the aggregate rule is valid");
+}

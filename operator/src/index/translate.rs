@@ -289,6 +289,30 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
         // Filled in when the rule is served: its credentials come from Secrets (see the
         // `credentials` module).
         authentication: None,
+        aggregate: r.aggregate.as_ref().map(|a| aggregate(route_ns, a)),
+    }
+}
+
+/// The time each backend of an aggregate rule may take when the rule sets none.
+pub const DEFAULT_AGGREGATE_TIMEOUT: contract::Duration = contract::Duration::from_secs(5);
+
+/// A rule's aggregate: its backends by their `namespace/service:port` names, like backend refs.
+fn aggregate(route_ns: &str, a: &api::Aggregate) -> contract::Aggregate {
+    contract::Aggregate {
+        backends: a
+            .backends
+            .iter()
+            .map(|b| contract::AggregateBackend {
+                backend: backend_name(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port),
+                path: b.path.clone(),
+                key: b.key.clone(),
+            })
+            .collect(),
+        timeout: a
+            .timeout
+            .as_ref()
+            .and_then(nonzero_duration)
+            .unwrap_or(DEFAULT_AGGREGATE_TIMEOUT),
     }
 }
 
@@ -331,12 +355,16 @@ fn compression(c: &api::RouteCompression) -> contract::Compression {
     }
 }
 
-/// Every Service port a Route rule sends to: its backend refs, then its mirrors.
+/// Every Service port a Route rule sends to: its backend refs, its aggregate's backends, then
+/// its mirrors.
 pub fn rule_backend_refs<'a>(
     route_ns: &'a str,
     r: &'a api::RouteRule,
 ) -> impl Iterator<Item = ServicePort> + 'a {
     let refs = r.backend_refs.iter().map(move |b| {
+        ServicePort::new(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port)
+    });
+    let aggregated = r.aggregate.iter().flat_map(|a| &a.backends).map(move |b| {
         ServicePort::new(b.namespace.as_deref().unwrap_or(route_ns), &b.name, b.port)
     });
     let mirrors = r.filters.iter().filter_map(move |f| {
@@ -347,7 +375,7 @@ pub fn rule_backend_refs<'a>(
             b.port,
         ))
     });
-    refs.chain(mirrors)
+    refs.chain(aggregated).chain(mirrors)
 }
 
 /// Applies a ServicePolicy to a contract backend: protocol, load balancer, outlier detection,
@@ -505,6 +533,44 @@ mod tests {
             vec![contract::RetryOn::RetriableStatusCodes]
         );
         assert_eq!(retry.status_codes, vec![409, 503]);
+    }
+
+    #[test]
+    fn an_aggregate_names_its_backends_like_backend_refs_with_a_5s_default_timeout() {
+        let r: api::RouteRule = serde_json::from_value(serde_json::json!({
+            "aggregate": {"backends": [
+                {"name": "users", "port": 8080, "path": "/v1/users", "key": "user"},
+                {"name": "pay", "namespace": "billing", "port": 80}
+            ]}
+        }))
+        .unwrap();
+        let c = rule("shop", &r);
+        assert!(c.backends.is_empty());
+        let agg = c.aggregate.expect("aggregate");
+        assert_eq!(agg.timeout, DEFAULT_AGGREGATE_TIMEOUT);
+        assert_eq!(
+            agg.backends,
+            vec![
+                contract::AggregateBackend {
+                    backend: "shop/users:8080".into(),
+                    path: Some("/v1/users".into()),
+                    key: Some("user".into()),
+                },
+                contract::AggregateBackend {
+                    backend: "billing/pay:80".into(),
+                    path: None,
+                    key: None,
+                },
+            ]
+        );
+        let refs: Vec<_> = rule_backend_refs("shop", &r).collect();
+        assert_eq!(
+            refs,
+            vec![
+                ServicePort::new("shop", "users", 8080),
+                ServicePort::new("billing", "pay", 80)
+            ]
+        );
     }
 
     #[test]

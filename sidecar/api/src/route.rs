@@ -64,6 +64,45 @@ pub struct RouteRule {
     /// requests get `429`. None when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::RateLimit>,
+    /// Answer with one JSON object merged from several backends asked in parallel, instead of
+    /// forwarding to one; `backends` is then empty. None when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
+}
+
+/// A rule that fans a GET out to several backends and answers with their JSON objects merged:
+/// `200 application/json`. A backend that fails (no connection or endpoint, timeout, non-2xx,
+/// a body over 1 MiB or not a JSON object) is left out and the answer carries
+/// `x-portico-aggregate: incomplete` and `x-portico-aggregate-failed` naming the failed ones;
+/// when all fail the answer is 502 `aggregate_failed`. Methods other than GET and HEAD get 405.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Aggregate {
+    /// The backends asked, 1–8, in merge order: a later top-level field replaces an earlier
+    /// one of the same name.
+    pub backends: Vec<AggregateBackend>,
+    /// How long each backend may take, from the request to the end of its body.
+    #[serde(default = "five_seconds")]
+    pub timeout: Duration,
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// One backend of an [`Aggregate`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregateBackend {
+    /// A backend name.
+    pub backend: String,
+    /// The path sent to it (`/...`, no query; the request's query is appended); the request's
+    /// own path when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The answer's key its object goes under; absent merges its fields into the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A rule's CORS policy (the Fetch standard's CORS protocol).

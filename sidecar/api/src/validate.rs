@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use crate::{
-    API_VERSION, Authentication, Backend, Filter, HashOn, Header, HeaderModifier, InboundPolicy,
-    Listener, MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimit, RateLimitKey,
-    Route, RouteRule, ValueMatch,
+    API_VERSION, Aggregate, Authentication, Backend, Filter, HashOn, Header, HeaderModifier,
+    InboundPolicy, Listener, MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimit,
+    RateLimitKey, Route, RouteRule, ValueMatch,
 };
 
 /// Why a config was refused: the element at fault and what is wrong with it.
@@ -411,7 +411,25 @@ fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()
             return fail(el, format!("backend {:?} is not defined", b.backend));
         }
     }
-    if !answers_itself {
+    if let Some(agg) = &rule.aggregate {
+        check_aggregate(&format!("{el} aggregate"), agg, backends)?;
+        if !rule.backends.is_empty() {
+            return fail(el, "has both backends and an aggregate");
+        }
+        if answers_itself {
+            return fail(el, "has an aggregate and a redirect or direct response");
+        }
+        if rule
+            .filters
+            .iter()
+            .any(|f| matches!(f, Filter::RequestMirror(_)))
+        {
+            return fail(el, "has an aggregate and a request mirror");
+        }
+        if rule.retry.is_some() {
+            return fail(el, "has an aggregate and a retry policy");
+        }
+    } else if !answers_itself {
         if rule.backends.is_empty() {
             return fail(el, "has no backends and no redirect or direct response");
         }
@@ -481,6 +499,48 @@ fn check_authentication(el: &str, a: &Authentication) -> Result<()> {
     }
     if let Some(k) = &a.api_key {
         check_header_name(el, &k.header)?;
+    }
+    Ok(())
+}
+
+/// The most backends one aggregate rule asks: each request costs that many upstream requests.
+pub const MAX_AGGREGATE_BACKENDS: usize = 8;
+
+fn check_aggregate(el: &str, agg: &Aggregate, backends: &HashSet<&str>) -> Result<()> {
+    if agg.backends.is_empty() || agg.backends.len() > MAX_AGGREGATE_BACKENDS {
+        return fail(
+            el,
+            format!(
+                "has {} backends, not 1–{MAX_AGGREGATE_BACKENDS}",
+                agg.backends.len()
+            ),
+        );
+    }
+    if agg.timeout.get().is_zero() {
+        return fail(el, "timeout must be longer than 0s");
+    }
+    let mut keys = HashSet::new();
+    for (i, b) in agg.backends.iter().enumerate() {
+        let bel = format!("{el} backend {}", i + 1);
+        if !backends.contains(b.backend.as_str()) {
+            return fail(bel, format!("backend {:?} is not defined", b.backend));
+        }
+        if let Some(p) = &b.path {
+            let ok = p.starts_with('/')
+                && !p.contains(['?', '#'])
+                && p.bytes().all(|c| c.is_ascii_graphic());
+            if !ok {
+                return fail(
+                    bel,
+                    format!("path {p:?} is not an absolute path without query"),
+                );
+            }
+        }
+        if let Some(k) = &b.key
+            && !keys.insert(k.as_str())
+        {
+            return fail(bel, format!("key {k:?} is used twice"));
+        }
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request ─► route ─► request stages ─┬─► answer (redirect, direct response)
-//!                     (in rule order)  └─► backend by weight ─► mirrors ─► attempts ─► response stages ─► client
+//!                     (in rule order)  ├─► aggregate: every backend at once ─► merged JSON ─► client
+//!                                      └─► backend by weight ─► mirrors ─► attempts ─► response stages ─► client
 //!                                                                          ▲      │   (in rule order)
 //!                                                                          └ retry┘ (policy, budget, backoff,
 //!                                                                                    request and per-try timeouts)
@@ -37,11 +38,13 @@ use crate::wire::headers as http_rules;
 
 pub use crate::forward::body::MAX_REPLAY_BODY;
 
+mod aggregate;
 pub mod attempts;
 pub mod inbound;
 mod log;
 mod mirror;
 
+pub(crate) use aggregate::Aggregated;
 use attempts::{AttemptPolicy, Attempts};
 pub(crate) use log::{Outcome, RequestLog};
 pub(crate) use mirror::mirror;
@@ -135,6 +138,8 @@ pub(crate) enum Plan<'a> {
     Answer(Response<Body>),
     /// The request goes upstream.
     Forward(Forward<'a>),
+    /// The request goes to each of the rule's aggregated backends; the proxy merges the answers.
+    Aggregate(Aggregated<'a>),
 }
 
 /// A request to forward: its rule, backend, and the backends it is mirrored to.
@@ -250,6 +255,10 @@ pub(crate) fn plan<'a>(
     http_rules::strip_hop_by_hop(&mut parts.headers, upgrade);
     http_rules::add_forwarded(&mut parts.headers, &conn.client_ip, conn.scheme);
 
+    if let Some(spec) = &hit.rule.rule.aggregate {
+        let agg = Aggregated::new(snap, hit, spec, &parts.method, cors_origin)?;
+        return Ok(Plan::Aggregate(agg));
+    }
     let backend = pick_backend(snap, &hit.rule.rule.backends)?;
     out.backend = Some(backend.name.clone());
     Ok(Plan::Forward(Forward {
@@ -273,6 +282,7 @@ async fn route_and_forward(
     let (mut parts, body) = req.into_parts();
     let fwd = match plan(&snap, conn, &mut parts, upgrade, out)? {
         Plan::Answer(resp) => return Ok(resp),
+        Plan::Aggregate(agg) => return agg.respond(shared, &parts, conn.client, out).await,
         Plan::Forward(f) => f,
     };
     let policy = AttemptPolicy::new(&fwd, &parts.method, upgrade);

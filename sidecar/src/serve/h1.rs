@@ -388,6 +388,17 @@ async fn request(
             // An HTTP/2 upstream is hyper's.
             _ => return Flow::HandOff(data),
         },
+        // Answered from memory like the proxy's own answers: the merged body is built whole.
+        Ok(Plan::Aggregate(agg)) => {
+            ctx.close |= !complete;
+            match agg.respond(shared, &parts, info.client, &mut out).await {
+                Ok(resp) => {
+                    log.finish(shared, info, resp.status().as_u16(), &out);
+                    answer(client, resp, ctx.head_request, ctx.close).await
+                }
+                Err(e) => fail(&ctx, client, e, log, out).await,
+            }
+        }
         Ok(Plan::Answer(resp)) => {
             ctx.close |= !complete;
             log.finish(shared, info, resp.status().as_u16(), &out);
@@ -604,7 +615,10 @@ async fn answer(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let mut headers = parts.headers;
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // An answer to HEAD may come without its body but with the length a GET would get.
+    if !(head_request && headers.contains_key(header::CONTENT_LENGTH)) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     codec::add_date(&mut headers);
     let mut wire = Vec::with_capacity(256 + body.len());
     codec::write_response(&mut wire, parts.status, &headers, false, close);

@@ -283,3 +283,64 @@ fn outlier_and_retry_bounds_are_checked() {
         r#"route "api" rule 1 retry: 99 is not a gRPC status code"#
     );
 }
+
+#[test]
+fn an_aggregate_rule_validates_and_its_bad_shapes_are_refused() {
+    let mut cfg = good();
+    let agg: RouteRule = serde_yaml::from_str(
+        r#"
+aggregate:
+  backends:
+    - { backend: pay, path: /users }
+    - { backend: shadow, key: orders }
+"#,
+    )
+    .expect("parses");
+    assert_eq!(
+        agg.aggregate.as_ref().map(|a| a.timeout),
+        Some(Duration::from_secs(5)),
+        "the timeout defaults to 5s"
+    );
+    cfg.routes[0].rules.push(agg);
+    cfg.validate()
+        .expect("an aggregate rule without backends is valid");
+    let refused = |edit: &dyn Fn(&mut RouteRule)| {
+        let mut cfg = cfg.clone();
+        edit(cfg.routes[0].rules.last_mut().expect("rule"));
+        err(&cfg)
+    };
+    assert_eq!(
+        refused(&|r| r.backends = vec![BackendRef {
+            backend: "pay".into(),
+            weight: 1
+        }]),
+        r#"route "api" rule 4: has both backends and an aggregate"#
+    );
+    assert_eq!(
+        refused(
+            &|r| r.aggregate.as_mut().expect("aggregate").backends[0].key = Some("orders".into())
+        ),
+        r#"route "api" rule 4 aggregate backend 2: key "orders" is used twice"#
+    );
+    assert_eq!(
+        refused(&|r| r.aggregate.as_mut().expect("aggregate").backends[1].backend = "gone".into()),
+        r#"route "api" rule 4 aggregate backend 2: backend "gone" is not defined"#
+    );
+    assert_eq!(
+        refused(
+            &|r| r.aggregate.as_mut().expect("aggregate").backends[0].path = Some("/u?x=1".into())
+        ),
+        r#"route "api" rule 4 aggregate backend 1: path "/u?x=1" is not an absolute path without query"#
+    );
+    assert_eq!(
+        refused(&|r| r.aggregate.as_mut().expect("aggregate").backends.clear()),
+        r#"route "api" rule 4 aggregate: has 0 backends, not 1–8"#
+    );
+    assert_eq!(
+        refused(&|r| r.filters = vec![Filter::RequestMirror(Mirror {
+            backend: "pay".into(),
+            percent: 100
+        })]),
+        r#"route "api" rule 4: has an aggregate and a request mirror"#
+    );
+}
