@@ -379,13 +379,13 @@ mod tests {
     fn unsupported_fields_are_admitted_with_a_warning_naming_them() {
         let route = mk_route(
             serde_json::json!([{"backendRefs": [{"name": "a", "port": 80}],
-            "cache": {"ttl": "30s"}}]),
+            "authentication": {"apiKey": {"secretRef": {"name": "keys"}}}}]),
         );
         let fields = crate::index::unsupported::route_fields(&route);
         assert_eq!(
             unsupported_warnings(&fields, "Route"),
             [
-                "portico: spec.rules[0].cache is not supported yet: the Route will not be served \
+                "portico: spec.rules[0].authentication is not supported yet: the Route will not be served \
               (Accepted=False, reason Unsupported)"
             ]
         );

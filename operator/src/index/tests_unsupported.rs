@@ -95,8 +95,9 @@ fn a_route_with_an_unsupported_field_is_unsupported_and_not_served_until_it_is_r
 #[test]
 fn every_unsupported_route_field_is_named_in_one_message() {
     let mut index = shop_with_defaults(json!({}));
+    // cache and fallback are served: only the unsupported field is named.
     let fields = json!({
-        "rateLimit": {"requests": 5, "unit": "Minute"},
+        "authentication": {"apiKey": {"secretRef": {"name": "keys"}}},
         "cache": {"ttl": "30s"},
         "fallback": {"directResponse": {"statusCode": 503}}
     });
@@ -105,8 +106,7 @@ fn every_unsupported_route_field_is_named_in_one_message() {
     assert_eq!(cond.reason, "Unsupported");
     assert_eq!(
         cond.message,
-        "spec.rules[1].rateLimit, spec.rules[1].cache, spec.rules[1].fallback are not \
-         supported yet"
+        "spec.rules[1].authentication is not supported yet"
     );
 }
 
@@ -114,9 +114,9 @@ fn every_unsupported_route_field_is_named_in_one_message() {
 fn a_mesh_route_with_an_unsupported_field_is_unsupported_and_not_given_to_sidecars() {
     let mut index = shop_with_defaults(json!({}));
     let sub = index.subscribe_mesh();
-    let cache = json!({"cache": {"ttl": "30s"}});
+    let auth = json!({"authentication": {"apiKey": {"secretRef": {"name": "keys"}}}});
     let parent = json!({"kind": "Service", "name": "pay"});
-    index.apply(mk_route_rules("canary", parent.clone(), Some(cache)));
+    index.apply(mk_route_rules("canary", parent.clone(), Some(auth)));
     assert!(served(&sub).is_empty());
     let pay = |sub: &Subscription| {
         sub.routes
@@ -133,7 +133,7 @@ fn a_mesh_route_with_an_unsupported_field_is_unsupported_and_not_given_to_sideca
         (
             false,
             "Unsupported",
-            "spec.rules[1].cache is not supported yet"
+            "spec.rules[1].authentication is not supported yet"
         )
     );
     index.apply(mk_route_rules("canary", parent, None));
