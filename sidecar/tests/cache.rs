@@ -176,3 +176,79 @@ async fn an_unreachable_backend_gets_the_default_answer_and_other_statuses_pass(
     assert_eq!(r.status, 502, "502 is not listed in onStatus");
     assert_eq!(header(&r, "x-portico-fallback"), "");
 }
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_reaches_the_client_whole_and_is_not_stored() {
+    // `/chunked` streams its body in two frames with no length; others declare it.
+    let app = upstream(handler(|req: Request<Incoming>| async move {
+        let body = "x".repeat(100);
+        if req.uri().path() == "/chunked" {
+            let frames = futures_util::stream::iter(
+                [body[..50].to_owned(), body[50..].to_owned()].map(|s| {
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(s)))
+                }),
+            );
+            return http::Response::new(http_body_util::BodyExt::boxed_unsync(
+                http_body_util::BodyExt::map_err(
+                    http_body_util::StreamBody::new(frames),
+                    |never| match never {},
+                ),
+            ));
+        }
+        http::Response::new(full(body))
+    }))
+    .await;
+    let proxy = start(&one_route(
+        "        cache: { ttl: 60s, maxBodyBytes: 64 }",
+        app.addr,
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    for path in ["/declared", "/chunked"] {
+        for _ in 0..2 {
+            let r = get(addr, path).await;
+            assert_eq!(r.body.len(), 100, "{path}: the whole body");
+            assert_eq!(
+                header(&r, "x-portico-cache"),
+                "miss",
+                "{path}: never stored"
+            );
+        }
+    }
+    assert_eq!(app.hits(), 4);
+}
+
+#[tokio::test]
+async fn vary_headers_keep_one_answer_per_value() {
+    let app = upstream(handler(|req: Request<Incoming>| async move {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        let mut resp = http::Response::new(full(lang));
+        resp.headers_mut()
+            .insert("vary", http::HeaderValue::from_static("accept-language"));
+        resp
+    }))
+    .await;
+    let proxy = start(&one_route(
+        "        cache: { ttl: 60s, varyHeaders: [accept-language] }",
+        app.addr,
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    for lang in ["en", "fr", "en", "fr"] {
+        let r = get_with(addr, "GET", "/", &[("accept-language", lang)]).await;
+        assert_eq!(r.body, lang);
+    }
+    assert_eq!(app.hits(), 2, "one upstream request per language");
+
+    // Without the header in varyHeaders, an answer that varies by it is not stored.
+    let proxy = start(&one_route("        cache: { ttl: 60s }", app.addr)).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    get_with(addr, "GET", "/", &[("accept-language", "en")]).await;
+    let fr = get_with(addr, "GET", "/", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.body, "fr");
+    assert_eq!(app.hits(), 4);
+}

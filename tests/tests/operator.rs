@@ -28,6 +28,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// The response cache and fallback on Route rules.
+#[path = "operator/cache.rs"]
+mod cache;
 /// Response compression on Route rules.
 #[path = "operator/compression.rs"]
 mod compression;
@@ -140,6 +143,10 @@ fn main() -> ExitCode {
             test(
                 "a_route_answers_cors_preflights_and_marks_allowed_origins",
                 cors::cors,
+            ),
+            test(
+                "a_route_caches_coalesces_and_falls_back_to_stale_or_default_answers",
+                cache::cache,
             ),
             test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
