@@ -130,12 +130,26 @@ pub(crate) async fn serve(
         }
     }
     let resp = result?;
-    let Some(key) = plan.key.as_ref().filter(|_| !plan.head) else {
-        return Ok(label(resp, caches, &plan));
+    let resp = match plan.key.as_ref().filter(|_| !plan.head) {
+        Some(key) => keep(shared, fwd, key, leader.as_ref(), resp).await,
+        None => resp,
     };
+    Ok(label(resp, caches, &plan))
+}
+
+/// Stores a GET's upstream answer if it may be stored (and shares it with the requests waiting
+/// for it); returns the answer for the client, its body read into memory when it was stored.
+async fn keep(
+    shared: &Shared,
+    fwd: &Forward<'_>,
+    key: &Key,
+    leader: Option<&cache::Leader<'_>>,
+    resp: Response<Body>,
+) -> Response<Body> {
+    let stages = &fwd.hit.rule.stages;
     let vary = stages.cache.as_ref().map_or(&[][..], |c| &c.vary_headers);
     if !cache::storable(resp.status(), resp.headers(), vary) {
-        return Ok(label(resp, caches, &plan));
+        return resp;
     }
     let fresh_for = stages.cache.as_ref().map_or(Duration::ZERO, |c| {
         cache::freshness(resp.headers(), c.ttl.get())
@@ -146,7 +160,7 @@ pub(crate) async fn serve(
         .and_then(|f| f.stale_for)
         .map_or(Duration::ZERO, |d| d.get());
     if fresh_for.is_zero() && stale_for.is_zero() {
-        return Ok(label(resp, caches, &plan));
+        return resp;
     }
     let max = stages
         .cache
@@ -158,12 +172,12 @@ pub(crate) async fn serve(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Ok(label(Response::from_parts(parts, body), caches, &plan));
+        return Response::from_parts(parts, body);
     }
     let bytes = match read_up_to(body, max).await {
         Ok(bytes) => bytes,
         // Too big (or trailers, or a broken body): the client gets it as it comes.
-        Err(body) => return Ok(label(Response::from_parts(parts, body), caches, &plan)),
+        Err(body) => return Response::from_parts(parts, body),
     };
     http_rules::strip_hop_by_hop(&mut parts.headers, false);
     let entry = Arc::new(Entry::new(
@@ -172,10 +186,10 @@ pub(crate) async fn serve(
         bytes.clone(),
         Instant::now(),
         (fresh_for, stale_for),
-        (route, rule),
+        (fwd.hit.route, &fwd.hit.rule.name),
     ));
     shared.cache.insert(key.clone(), entry.clone());
-    if let Some(l) = &leader {
+    if let Some(l) = leader {
         l.share(cache::Shared {
             entry,
             stale: false,
@@ -184,11 +198,7 @@ pub(crate) async fn serve(
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    Ok(label(
-        Response::from_parts(parts, full(bytes)),
-        caches,
-        &plan,
-    ))
+    Response::from_parts(parts, full(bytes))
 }
 
 /// Labels an answer that did not come from the store: `miss` when the cache was asked,
