@@ -115,7 +115,7 @@ pub(crate) async fn serve(
         {
             metrics.fallback(route, rule, true);
             if let Some(l) = &leader {
-                l.share(cache::Shared {
+                l.share(cache::Answer {
                     entry: entry.clone(),
                     stale: true,
                 });
@@ -190,7 +190,7 @@ async fn keep(
     ));
     shared.cache.insert(key.clone(), entry.clone());
     if let Some(l) = leader {
-        l.share(cache::Shared {
+        l.share(cache::Answer {
             entry,
             stale: false,
         });

@@ -260,7 +260,7 @@ fn directives(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
 
 /// An answer shared with the requests that waited for it.
 #[derive(Debug, Clone)]
-pub struct Shared {
+pub struct Answer {
     /// The answer.
     pub entry: Arc<Entry>,
     /// It is a stale answer served because the backend failed.
@@ -283,12 +283,12 @@ pub enum Lookup<'a> {
 
 /// A request waiting for an identical one's answer.
 #[derive(Debug)]
-pub struct Waiter(watch::Receiver<Option<Shared>>);
+pub struct Waiter(watch::Receiver<Option<Answer>>);
 
 impl Waiter {
     /// The answer the leading request shared, or `None` when it had none to share (not
     /// storable, failed, or the request was dropped): then this request asks upstream itself.
-    pub async fn answer(mut self) -> Option<Shared> {
+    pub async fn answer(mut self) -> Option<Answer> {
         self.0.wait_for(Option::is_some).await.ok()?.clone()
     }
 }
@@ -302,7 +302,7 @@ pub struct Leader<'a> {
 
 impl Leader<'_> {
     /// Hands `answer` to the requests waiting for this one.
-    pub fn share(&self, answer: Shared) {
+    pub fn share(&self, answer: Answer) {
         let inner = self.store.lock();
         if let Some(tx) = inner.pending.get(&self.key) {
             tx.send_replace(Some(answer));
@@ -333,7 +333,7 @@ struct Inner {
     tick: u64,
     bytes: usize,
     /// Requests being asked upstream, with the channel their waiters listen on.
-    pending: HashMap<Key, watch::Sender<Option<Shared>>>,
+    pending: HashMap<Key, watch::Sender<Option<Answer>>>,
 }
 
 impl Inner {
@@ -638,7 +638,7 @@ mod tests {
                 other => panic!("later misses wait: {other:?}"),
             })
             .collect();
-        leader.share(Shared {
+        leader.share(Answer {
             entry: entry("one answer", now, 10, 0),
             stale: false,
         });
