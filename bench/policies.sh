@@ -3,8 +3,10 @@
 # with rules to the same nginx upstream, a plain one (`/plain`) and one with the policies
 # the request pipeline runs (`/policy`: request header edits, a response header edit, a 10%
 # mirror to a second backend and a retry policy — 2 attempts on 5xx, none needed here), and a
-# 16 KB JSON document as it is (`/json`) and gzip-compressed (`/jsonz`), loaded alternately by
-# oha at a fixed rate on the other core. Reports the proxy's CPU-seconds per
+# 16 KB JSON document as it is (`/json`) and gzip-compressed (`/jsonz`), and the 1 KiB page
+# answered from the rule's response cache (`/cached`) next to nginx's `proxy_cache` answering it
+# from its cache (same core, one worker), loaded alternately by oha at a fixed rate on the other
+# core. Reports the proxy's CPU-seconds per
 # 1,000 requests and p50/p99, medians of interleaved repetitions. Writes
 # docs/benchmarks-policies.md. Loopback only.
 #
@@ -23,6 +25,7 @@ LOAD_CPU=1
 UP_PORT=18280
 PROXY_PORT=18281
 ADMIN_PORT=19281
+NGX_CACHE_PORT=18282
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy}
 WORK=$(mktemp -d /tmp/portico-policies.XXXXXX)
 source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
@@ -64,11 +67,41 @@ routes:
         matches: [{ path: { type: PathPrefix, value: /jsonz } }]
         compression: { encodings: [gzip] }
         backends: [{ backend: up }]
+      - name: cached
+        matches: [{ path: { type: PathPrefix, value: /cached } }]
+        cache: { ttl: 1h }
+        backends: [{ backend: up }]
 backends:
   - { name: up, endpoints: [{ address: "127.0.0.1:$UP_PORT" }] }
   - { name: shadow, endpoints: [{ address: "127.0.0.1:$UP_PORT" }] }
 YAML
+# nginx's own response cache in front of the same upstream: one process (no master, so its CPU
+# time is this PID's), on the proxy's core, answering from its cache after the first request.
+mkdir -p "$WORK/ngx/logs" "$WORK/ngx/cache"
+{
+    echo "master_process off;"
+    nginx_head "$WORK/ngx"
+    cat <<CONF
+    proxy_cache_path $WORK/ngx/cache keys_zone=c:10m;
+    upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 10000000; }
+    server {
+        listen 127.0.0.1:$NGX_CACHE_PORT;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache c;
+            proxy_cache_valid 200 1h;
+        }
+    }
+}
+CONF
+} > "$WORK/ngx/nginx.conf"
+taskset -c $PROXY_CPU nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" &
+NGX_CACHE=$!
+PIDS+=("$NGX_CACHE")
 wait_port $UP_PORT
+wait_port $NGX_CACHE_PORT
 taskset -c $PROXY_CPU "$PROXY_BIN" --config "$WORK/portico.yaml" --workers 1 \
     --admin-addr 127.0.0.1:$ADMIN_PORT --log-level warn &
 PROXY=$!
@@ -86,12 +119,20 @@ for rep in $(seq 1 "$REPS"); do
         -H "accept-encoding: gzip" | tee -a "$RESULTS"
     rate_run gzip "http://127.0.0.1:$PROXY_PORT/jsonz" "$PROXY" "$RATE" "$DURATION" \
         -H "accept-encoding: gzip" | tee -a "$RESULTS"
+    # The 1 KiB page from portico's response cache and from nginx's (hits after the warm-up).
+    rate_run cached "http://127.0.0.1:$PROXY_PORT/cached" "$PROXY" "$RATE" "$DURATION" |
+        tee -a "$RESULTS"
+    rate_run nginx-cache "http://127.0.0.1:$NGX_CACHE_PORT/cached" "$NGX_CACHE" "$RATE" "$DURATION" |
+        tee -a "$RESULTS"
 done
+# Every answer of the cached rule after the first was a hit.
+cache_lookups=$(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$ADMIN_PORT/metrics').read().decode())" |
+    awk '/^portico_cache_lookups_total/ && /result="miss"/ {m += $NF} /^portico_cache_lookups_total/ && /result="hit"/ {h += $NF} END {print h + 0, "hits,", m + 0, "misses"}')
 # No retry was needed: the policy's cost is its bookkeeping, not extra attempts.
 retries=$(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$ADMIN_PORT/metrics').read().decode())" |
     awk '/^portico_retries_total/ {s += $NF} END {print s + 0}')
 
-for rule in plain policy json gzip; do
+for rule in plain policy json gzip cached nginx-cache; do
     for col in 3 5 7; do awk -v r=$rule -v c=$col '$1 == r {print $c}' "$RESULTS" | median > "$WORK/$rule.$col"; done
 done
 v() { cat "$WORK/$1.$(( $2 * 2 - 1 ))"; }
@@ -127,5 +168,18 @@ OUT=docs/benchmarks-policies.md
     echo "| json | $(v json 2) | $(v json 3) | $(v json 4) |"
     echo "| gzip | $(v gzip 2) | $(v gzip 3) | $(v gzip 4) |"
     echo "| ratio | $(ratio "$(v gzip 2)" "$(v json 2)") | | $(ratio "$(v gzip 4)" "$(v json 4)") |"
+    echo
+    echo "The 1 KiB page answered from a response cache: \`cached\`, the rule's \`cache\` (\`ttl: 1h\`;"
+    echo "such rules run on hyper's path; $cache_lookups), next to \`plain\` above (forwarded on the"
+    echo "fast path), and \`nginx-cache\`, nginx's \`proxy_cache\` (one process, \`master_process off\`,"
+    echo "pinned to the proxy's core) in front of the same upstream."
+    echo
+    echo "| target | CPU-s per 1,000 req | p50 (ms) | p99 (ms) |"
+    echo "|---|---:|---:|---:|"
+    echo "| plain (forwarded) | $(v plain 2) | $(v plain 3) | $(v plain 4) |"
+    echo "| cached (portico hit) | $(v cached 2) | $(v cached 3) | $(v cached 4) |"
+    echo "| nginx-cache (nginx hit) | $(v nginx-cache 2) | $(v nginx-cache 3) | $(v nginx-cache 4) |"
+    echo "| cached / plain | $(ratio "$(v cached 2)" "$(v plain 2)") | | $(ratio "$(v cached 4)" "$(v plain 4)") |"
+    echo "| cached / nginx-cache | $(ratio "$(v cached 2)" "$(v nginx-cache 2)") | | $(ratio "$(v cached 4)" "$(v nginx-cache 4)") |"
 } > "$OUT"
 cat "$OUT"

@@ -25,6 +25,8 @@ pub struct Options {
     pub access_log: bool,
     /// The workload certificate (shown by the admin server).
     pub identity: Option<Arc<identity::Store>>,
+    /// The response cache's byte cap; [`crate::policy::cache::DEFAULT_MAX_BYTES`] when `None`.
+    pub cache_max_bytes: Option<usize>,
 }
 
 /// A running proxy. Cheap to clone; all clones control the same proxy.
@@ -50,7 +52,13 @@ impl Proxy {
 
     /// Validates `config`, binds its listeners (and the admin server) and starts serving.
     pub async fn start(config: ProxyConfig, options: Options) -> Result<Self, StartError> {
-        let shared = Arc::new(Shared::new(options.access_log, options.identity.clone()));
+        let shared = Arc::new(Shared::new(
+            options.access_log,
+            options.identity.clone(),
+            options
+                .cache_max_bytes
+                .unwrap_or(crate::policy::cache::DEFAULT_MAX_BYTES),
+        ));
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin_addr = match options.admin_addr {
             Some(addr) => {

@@ -11,6 +11,7 @@ use crate::config::snapshot;
 use crate::forward::connect;
 use crate::mesh::identity;
 use crate::observe::metrics;
+use crate::policy::cache;
 
 /// State shared by every connection and request.
 #[derive(Debug)]
@@ -29,19 +30,28 @@ pub struct Shared {
     pub active: watch::Sender<usize>,
     /// The workload certificate, when the proxy has an identity.
     pub identity: Option<Arc<identity::Store>>,
+    /// The response cache every caching rule shares (one byte cap per proxy).
+    pub cache: cache::Store,
 }
 
 impl Shared {
     /// The state of a proxy that has no config yet.
-    pub(crate) fn new(access_log: bool, identity: Option<Arc<identity::Store>>) -> Self {
+    /// `cache_max_bytes` caps the response cache.
+    pub(crate) fn new(
+        access_log: bool,
+        identity: Option<Arc<identity::Store>>,
+        cache_max_bytes: usize,
+    ) -> Self {
+        let metrics = metrics::Metrics::new(
+            identity
+                .as_ref()
+                .map(|s| s.handshakes.clone())
+                .unwrap_or_default(),
+        );
         Self {
             snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-            metrics: metrics::Metrics::new(
-                identity
-                    .as_ref()
-                    .map(|s| s.handshakes.clone())
-                    .unwrap_or_default(),
-            ),
+            cache: cache::Store::new(cache_max_bytes, metrics.cache().clone()),
+            metrics,
             access_log,
             ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,

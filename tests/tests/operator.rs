@@ -34,6 +34,9 @@ mod aggregate;
 /// Authentication and rate limits on Route rules.
 #[path = "operator/auth.rs"]
 mod auth;
+/// The response cache and fallback on Route rules.
+#[path = "operator/cache.rs"]
+mod cache;
 /// Response compression on Route rules.
 #[path = "operator/compression.rs"]
 mod compression;
@@ -58,9 +61,6 @@ mod rules;
 /// Sidecar streams: pod-bound tokens, inbound policies, token re-checks.
 #[path = "operator/sidecar.rs"]
 mod sidecar;
-/// Objects that set a field the proxies do not enforce yet.
-#[path = "operator/unsupported.rs"]
-mod unsupported;
 
 fn main() -> ExitCode {
     portico_operator::init_logging(
@@ -156,6 +156,10 @@ fn main() -> ExitCode {
                 aggregate::aggregate,
             ),
             test(
+                "a_route_caches_coalesces_and_falls_back_to_stale_or_default_answers",
+                cache::cache,
+            ),
+            test(
                 "a_service_policy_retry_budget_caps_the_retries_to_its_service",
                 retry_budget,
             ),
@@ -186,10 +190,6 @@ fn main() -> ExitCode {
             test(
                 "an_open_stream_ends_soon_after_its_service_account_is_deleted",
                 sidecar::a_stream_ends_soon_after_its_service_account_is_deleted,
-            ),
-            test(
-                "a_route_with_an_unsupported_field_is_not_served_until_the_field_is_removed",
-                unsupported::a_route_with_an_unsupported_field_is_not_served,
             ),
             test(
                 "a_service_policy_connect_timeout_bounds_the_wait_for_an_endpoint",

@@ -46,8 +46,6 @@ use tokio_rustls::TlsAcceptor;
 use inject::{InjectConfig, InjectError};
 use validate::FieldError;
 
-use crate::index::unsupported;
-
 /// Largest AdmissionReview accepted: the apiserver's own object limit is 3 MiB, and a review
 /// carries the object (and on UPDATE the old object) once each.
 const MAX_REVIEW_BYTES: usize = 8 << 20;
@@ -292,21 +290,15 @@ impl Webhooks {
                 (
                     validate::route_errors(&spec),
                     validate::route_secret_refs(&spec, &namespace),
-                    unsupported::route_fields(&spec),
                 )
             }),
-            "Gateway" => serde_json::from_value::<portico_api::GatewaySpec>(spec).map(|spec| {
-                (
-                    Vec::new(),
-                    validate::secret_refs(&spec, &namespace),
-                    Vec::new(),
-                )
-            }),
+            "Gateway" => serde_json::from_value::<portico_api::GatewaySpec>(spec)
+                .map(|spec| (Vec::new(), validate::secret_refs(&spec, &namespace))),
             "ServicePolicy" => serde_json::from_value::<portico_api::ServicePolicySpec>(spec)
-                .map(|_| (Vec::new(), Vec::new(), Vec::new())),
+                .map(|_| (Vec::new(), Vec::new())),
             _ => return response,
         };
-        let (mut errors, refs, unsupported_fields) = match decoded {
+        let (mut errors, refs) = match decoded {
             Ok(x) => x,
             Err(e) => {
                 // The schema already passed; a spec this build cannot read is a version skew
@@ -319,7 +311,7 @@ impl Webhooks {
                 return response;
             }
         };
-        let mut warnings = validate::unsupported_warnings(&unsupported_fields, kind);
+        let mut warnings = Vec::new();
         for reference in &refs {
             match self.secret_type(reference).await {
                 Ok(Some(actual)) => {

@@ -14,20 +14,6 @@ use portico_api::common::{Authentication, SecretObjectReference};
 use portico_api::route::{PathMatchType, RouteMatch, RouteSpec, ValueMatchType};
 use portico_api::{GatewaySpec, gateway::ListenerProtocol};
 
-/// The admission warnings for the fields of a Route the proxies do not enforce yet: the object
-/// is admitted (its shape is final) but will not be served, and `kubectl apply` says so at once
-/// rather than leaving it to the status.
-pub fn unsupported_warnings(fields: &[String], kind: &str) -> Vec<String> {
-    if fields.is_empty() {
-        return Vec::new();
-    }
-    let effect = format!("the {kind} will not be served");
-    vec![format!(
-        "portico: {}: {effect} (Accepted=False, reason Unsupported)",
-        crate::index::unsupported::message(fields)
-    )]
-}
-
 /// Largest compiled size accepted for one expression: well above any routing expression, and it
 /// keeps a pasted-in monster from costing the proxy memory on every request.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -378,23 +364,6 @@ mod tests {
             {"matches": [{"headers": [{"name": "x-v", "value": "2"}]}]},
         ]));
         assert_eq!(route_errors(&spec), []);
-    }
-
-    #[test]
-    fn unsupported_fields_are_admitted_with_a_warning_naming_them() {
-        let route = mk_route(
-            serde_json::json!([{"backendRefs": [{"name": "a", "port": 80}],
-            "cache": {"ttl": "30s"}}]),
-        );
-        let fields = crate::index::unsupported::route_fields(&route);
-        assert_eq!(
-            unsupported_warnings(&fields, "Route"),
-            [
-                "portico: spec.rules[0].cache is not supported yet: the Route will not be served \
-              (Accepted=False, reason Unsupported)"
-            ]
-        );
-        assert!(unsupported_warnings(&[], "Route").is_empty());
     }
 
     #[test]

@@ -48,11 +48,7 @@ impl Index {
                 .iter()
                 .filter(|p| p.kind == ParentKind::Service)
                 .collect();
-            if parents.is_empty()
-                || route.problem.is_some()
-                || !route.unsupported.is_empty()
-                || route.rules.is_empty()
-            {
+            if parents.is_empty() || route.problem.is_some() || route.rules.is_empty() {
                 continue;
             }
             let name = rkey.to_string();

@@ -36,7 +36,6 @@
 //! | `refresh`     | recomputing and publishing only what changed                          |
 //! | `status`      | the status every object should carry                                  |
 //! | `inbound`     | per-pod inbound policies                                              |
-//! | `unsupported` | fields the schema accepts but the proxies do not enforce yet          |
 
 mod attach;
 mod backends;
@@ -55,7 +54,6 @@ mod routes;
 mod status;
 mod tls;
 pub mod translate;
-pub mod unsupported;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -540,4 +538,4 @@ mod tests_grants;
 #[cfg(test)]
 mod tests_inbound;
 #[cfg(test)]
-mod tests_unsupported;
+mod tests_policies;

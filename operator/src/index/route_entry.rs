@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use portico_api::Route;
 use portico_proxy_api::{self as contract, ProxyConfig};
 
-use super::{Key, ServicePort, Wanted, empty_backend, translate, unsupported};
+use super::{Key, ServicePort, Wanted, empty_backend, translate};
 
 /// A Route with its translation, done once when it arrives rather than on every recompute.
 pub(crate) struct RouteEntry {
@@ -20,8 +20,6 @@ pub(crate) struct RouteEntry {
     pub(super) refs: Wanted,
     /// Why the contract refuses the Route, if it does.
     pub(super) problem: Option<String>,
-    /// The unsupported fields it sets (see the `unsupported` module): it is then not served.
-    pub(super) unsupported: Vec<String>,
 }
 
 impl RouteEntry {
@@ -47,13 +45,11 @@ impl RouteEntry {
             },
             &refs,
         );
-        let unsupported = unsupported::route_fields(&route.spec);
         Self {
             route,
             rules,
             refs,
             problem,
-            unsupported,
         }
     }
 }

@@ -63,7 +63,7 @@ impl Index {
             // without taking the others down; status reports it. A Route with a field the
             // proxies cannot enforce is not served at all (an auth-requiring rule served open
             // would be worse than a 404).
-            if route.problem.is_some() || !route.unsupported.is_empty() {
+            if route.problem.is_some() {
                 continue;
             }
             let (rules, refs) = self.served_rules(rkey, route);

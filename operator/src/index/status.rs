@@ -13,7 +13,7 @@ use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
 use super::grants::{GATEWAY, REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
-use super::{Attachment, Index, Key, ServicePort, proxy_name, translate, unsupported};
+use super::{Attachment, Index, Key, ServicePort, proxy_name, translate};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,20 +196,12 @@ impl Index {
             } else {
                 Cond::no("ResolvedRefs", INVALID_CREDENTIALS, problems.join("; "))
             };
-            // What the Route's own content says, whatever its parent: a field the proxies
-            // cannot enforce, else a value the contract refuses. Either way it is not served.
-            let own_content = if !route.unsupported.is_empty() {
-                Some(Cond::no(
-                    "Accepted",
-                    unsupported::REASON,
-                    unsupported::message(&route.unsupported),
-                ))
-            } else {
-                route
-                    .problem
-                    .as_ref()
-                    .map(|p| Cond::no("Accepted", "UnsupportedValue", p.clone()))
-            };
+            // What the Route's own content says, whatever its parent: a value the contract
+            // refuses keeps it from being served.
+            let own_content = route
+                .problem
+                .as_ref()
+                .map(|p| Cond::no("Accepted", "UnsupportedValue", p.clone()));
             let own_content = own_content.as_ref();
             let mut parents = Vec::new();
             for parent in &route.spec.parent_refs {

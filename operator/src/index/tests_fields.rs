@@ -160,6 +160,38 @@ fn every_retry_field_reaches_the_contract() {
     assert_eq!(none.retry, None, "attempts 0 turns retries off");
 }
 
+#[test]
+fn every_cache_and_fallback_field_reaches_the_contract() {
+    let r = rule(json!({
+        "backendRefs": [{"name": "orders", "port": 80}],
+        "cache": {"ttl": "30s", "maxBodyBytes": 4096, "varyHeaders": ["Accept-Language"]},
+        "fallback": {"onStatus": [500, 503], "staleFor": "5m",
+                     "directResponse": {"statusCode": 503, "body": "later",
+                                        "contentType": "application/json"}}
+    }));
+    let cache = r.cache.expect("a cache");
+    assert_eq!(cache.ttl, contract::Duration::from_secs(30));
+    assert_eq!(cache.max_body_bytes, 4096);
+    assert_eq!(cache.vary_headers, ["accept-language"], "lower-cased");
+    let fallback = r.fallback.expect("a fallback");
+    assert_eq!(fallback.on_status, [500, 503]);
+    assert_eq!(fallback.stale_for, Some(contract::Duration::from_secs(300)));
+    let direct = fallback.direct_response.expect("a direct response");
+    assert_eq!((direct.status, direct.body.as_str()), (503, "later"));
+    assert_eq!(direct.headers[0].value, "application/json");
+
+    let defaults = rule(json!({
+        "backendRefs": [{"name": "orders", "port": 80}],
+        "cache": {"ttl": "1m"},
+        "fallback": {"staleFor": "1m"}
+    }));
+    assert_eq!(defaults.cache.expect("a cache").max_body_bytes, 1 << 20);
+    assert_eq!(
+        defaults.fallback.expect("a fallback").on_status,
+        [502, 503, 504]
+    );
+}
+
 fn policy_backend(spec: Value) -> contract::Backend {
     let mut spec = spec;
     spec["targetRef"] = json!({"group": "", "kind": "Service", "name": "orders"});

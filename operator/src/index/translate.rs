@@ -146,21 +146,60 @@ fn filter(route_ns: &str, f: &api::RouteFilter) -> Option<contract::Filter> {
             })
         }
         RouteFilterType::DirectResponse => {
-            let d = f.direct_response.as_ref()?;
-            contract::Filter::DirectResponse(contract::DirectResponse {
-                status: u16::try_from(d.status_code).unwrap_or(500),
-                body: d.body.clone().unwrap_or_default(),
-                headers: d
-                    .content_type
-                    .iter()
-                    .map(|ct| contract::Header {
-                        name: "content-type".to_owned(),
-                        value: ct.clone(),
-                    })
-                    .collect(),
-            })
+            contract::Filter::DirectResponse(direct_response(f.direct_response.as_ref()?))
         }
     })
+}
+
+/// A fixed answer (a `DirectResponse` filter's, a fallback's), its content type as a header.
+fn direct_response(d: &api::DirectResponse) -> contract::DirectResponse {
+    contract::DirectResponse {
+        status: u16::try_from(d.status_code).unwrap_or(500),
+        body: d.body.clone().unwrap_or_default(),
+        headers: d
+            .content_type
+            .iter()
+            .map(|ct| contract::Header {
+                name: "content-type".to_owned(),
+                value: ct.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A rule's response cache: header names lower-cased (the proxy compares them as such), the
+/// body limit 1 MiB when absent.
+fn cache(c: &api::Cache) -> contract::Cache {
+    contract::Cache {
+        ttl: duration(&c.ttl).unwrap_or_default(),
+        max_body_bytes: c
+            .max_body_bytes
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(1 << 20),
+        vary_headers: c
+            .vary_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+/// A rule's fallback: 502, 503 and 504 when `onStatus` is empty.
+fn fallback(f: &api::Fallback) -> contract::Fallback {
+    let on_status = f
+        .on_status
+        .iter()
+        .filter_map(|c| u16::try_from(c.0).ok())
+        .collect::<Vec<_>>();
+    contract::Fallback {
+        on_status: if on_status.is_empty() {
+            vec![502, 503, 504]
+        } else {
+            on_status
+        },
+        stale_for: f.stale_for.as_ref().and_then(duration),
+        direct_response: f.direct_response.as_ref().map(direct_response),
+    }
 }
 
 fn duration(d: &portico_api::Duration) -> Option<contract::Duration> {
@@ -290,6 +329,8 @@ pub fn rule(route_ns: &str, r: &api::RouteRule) -> contract::RouteRule {
         // `credentials` module).
         authentication: None,
         aggregate: r.aggregate.as_ref().map(|a| aggregate(route_ns, a)),
+        cache: r.cache.as_ref().map(cache),
+        fallback: r.fallback.as_ref().map(fallback),
     }
 }
 

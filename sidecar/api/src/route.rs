@@ -68,6 +68,13 @@ pub struct RouteRule {
     /// forwarding to one; `backends` is then empty. None when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<Aggregate>,
+    /// Response cache for GET and HEAD requests; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Cache>,
+    /// What clients get when the backends fail: the last good answer, or a fixed one; none
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
 }
 
 /// A rule that fans a GET out to several backends and answers with their JSON objects merged:
@@ -103,6 +110,48 @@ pub struct AggregateBackend {
     /// The answer's key its object goes under; absent merges its fields into the top level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// A rule's response cache. GET and HEAD answers are stored per host, path, query and the
+/// values of `vary_headers`; a HEAD may be answered from a stored GET.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cache {
+    /// How long an answer stays fresh; a shorter `Cache-Control: max-age`/`s-maxage` on the
+    /// answer wins.
+    pub ttl: Duration,
+    /// Answers with a larger body are passed through and not stored.
+    #[serde(default = "default_cache_body")]
+    pub max_body_bytes: u64,
+    /// Request headers whose values are part of the key (lower case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vary_headers: Vec<String>,
+}
+
+fn default_cache_body() -> u64 {
+    1 << 20
+}
+
+/// A rule's fallback: backend failures (the statuses listed, timeouts, connection failures)
+/// answered with the last good answer for the same request if it expired at most `stale_for`
+/// ago, else with `direct_response`, else as they came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fallback {
+    /// Upstream statuses treated as failures (500–599); 502, 503 and 504 when absent.
+    #[serde(default = "default_fallback_statuses")]
+    pub on_status: Vec<u16>,
+    /// How long past its expiry a stored answer may still be served (stale-if-error). With it,
+    /// the rule stores its good GET answers even without a `cache` (fresh for no time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_for: Option<Duration>,
+    /// The answer when no stored one may be served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+fn default_fallback_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
 }
 
 /// A rule's CORS policy (the Fetch standard's CORS protocol).

@@ -443,6 +443,33 @@ fn check_rule(el: &str, rule: &RouteRule, backends: &HashSet<&str>) -> Result<()
     if let Some(a) = &rule.authentication {
         check_authentication(&format!("{el} authentication"), a)?;
     }
+    if let Some(c) = &rule.cache {
+        let cel = format!("{el} cache");
+        if c.max_body_bytes == 0 {
+            return fail(cel, "maxBodyBytes must be at least 1");
+        }
+        for h in &c.vary_headers {
+            check_header_name(&cel, h)?;
+        }
+    }
+    if let Some(f) = &rule.fallback {
+        let fel = format!("{el} fallback");
+        if rule.backends.is_empty() {
+            return fail(fel, "has no backends whose failures it masks");
+        }
+        if let Some(c) = f.on_status.iter().find(|c| !(500..=599).contains(*c)) {
+            return fail(fel, format!("{c} is not a 5xx status"));
+        }
+        if f.stale_for.is_none() && f.direct_response.is_none() {
+            return fail(fel, "sets neither staleFor nor directResponse");
+        }
+        if let Some(d) = &f.direct_response {
+            if !(200..=599).contains(&d.status) {
+                return fail(fel, format!("status {} is not 200–599", d.status));
+            }
+            check_headers(&fel, &d.headers)?;
+        }
+    }
     if let Some(retry) = &rule.retry {
         let rel = format!("{el} retry");
         if retry.attempts > 10 {

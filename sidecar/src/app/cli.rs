@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "15s")]
     pub drain_timeout: Duration,
+    /// The response cache's memory cap in bytes, for all rules together (least recently used
+    /// answers are evicted beyond it).
+    #[arg(long, env = "PORTICO_CACHE_MAX_BYTES", default_value_t = crate::policy::cache::DEFAULT_MAX_BYTES)]
+    pub cache_max_bytes: usize,
 }
 
 /// The config server and the proxy's credentials for it.
@@ -431,6 +435,7 @@ impl RunArgs {
             access_log,
             workers,
             drain_timeout,
+            cache_max_bytes,
         } = self;
         let filter = tracing_subscriber::EnvFilter::try_new(&log_level)
             .with_context(|| format!("--log-level {log_level:?}"))?;
@@ -464,6 +469,7 @@ impl RunArgs {
                 admin_addr: Some(admin_addr),
                 access_log,
                 identity: None,
+                cache_max_bytes: Some(cache_max_bytes),
             };
             let mut signals = Signals::new()?;
             let started = tokio::select! {

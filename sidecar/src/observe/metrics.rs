@@ -119,6 +119,93 @@ impl HealthMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    route: Arc<str>,
+    rule: Arc<str>,
+    result: &'static str,
+}
+
+/// The response cache and fallbacks, by route and rule: `portico_cache_lookups_total`
+/// (`result`: `hit`, `miss`), `portico_cache_stores_total`, `portico_cache_evictions_total`
+/// (entries pushed out by the byte cap), `portico_cache_bytes`, and
+/// `portico_fallbacks_total` (`result`: `stale`, `default`). Cheap to clone; clones count
+/// together (the cache store holds one).
+#[derive(Clone, Debug, Default)]
+pub struct CacheMetrics {
+    lookups: Family<CacheLabels, Counter>,
+    stores: Family<RouteLabels, Counter>,
+    evictions: Family<RouteLabels, Counter>,
+    bytes: Gauge,
+    fallbacks: Family<CacheLabels, Counter>,
+}
+
+impl CacheMetrics {
+    fn labels(route: &Arc<str>, rule: &Arc<str>, result: &'static str) -> CacheLabels {
+        CacheLabels {
+            route: route.clone(),
+            rule: rule.clone(),
+            result,
+        }
+    }
+
+    /// Counts a lookup that found a fresh answer (`hit`) or asked upstream.
+    pub fn lookup(&self, route: &Arc<str>, rule: &Arc<str>, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.lookups
+            .get_or_create(&Self::labels(route, rule, result))
+            .inc();
+    }
+
+    /// Counts an answer stored.
+    pub fn store(&self, route: &Arc<str>, rule: &Arc<str>) {
+        let l = RouteLabels {
+            route: route.clone(),
+            rule: rule.clone(),
+        };
+        self.stores.get_or_create(&l).inc();
+    }
+
+    /// Counts an answer evicted to make room.
+    pub fn eviction(&self, route: &Arc<str>, rule: &Arc<str>) {
+        let l = RouteLabels {
+            route: route.clone(),
+            rule: rule.clone(),
+        };
+        self.evictions.get_or_create(&l).inc();
+    }
+
+    /// Sets the bytes the store holds.
+    pub fn set_bytes(&self, bytes: usize) {
+        self.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a failure masked with a stale answer (`stale: true`) or the default answer.
+    pub fn fallback(&self, route: &Arc<str>, rule: &Arc<str>, stale: bool) {
+        let result = if stale { "stale" } else { "default" };
+        self.fallbacks
+            .get_or_create(&Self::labels(route, rule, result))
+            .inc();
+    }
+
+    /// Evictions so far, all rules together (for tests).
+    pub fn evictions(&self) -> u64 {
+        let mut total = 0;
+        // `Family` has no iterator; the encoded text is the stable way to read it back.
+        let mut registry = Registry::default();
+        registry.register("e", "", self.evictions.clone());
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
+            total = text
+                .lines()
+                .filter(|l| l.starts_with("e_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+        }
+        total
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     direction: &'static str,
     result: &'static str,
@@ -167,6 +254,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
     health: HealthMetrics,
+    cache: CacheMetrics,
     /// The label value for "none" (no route matched, no backend chosen).
     none: Arc<str>,
 }
@@ -195,6 +283,7 @@ impl Metrics {
             reloads: Family::default(),
             identity_expiry: Gauge::default(),
             health: HealthMetrics::default(),
+            cache: CacheMetrics::default(),
             registry: Registry::default(),
             none: Arc::from(""),
         };
@@ -273,7 +362,37 @@ impl Metrics {
             "Endpoints that became healthy or unhealthy by active health checks, by backend",
             m.health.transitions.clone(),
         );
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups, by route, rule and result (hit, miss)",
+            m.cache.lookups.clone(),
+        );
+        registry.register(
+            "cache_stores",
+            "Answers stored in the response cache, by route and rule",
+            m.cache.stores.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Answers evicted from the response cache to stay under its byte cap, by route and rule",
+            m.cache.evictions.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the response cache (bodies, headers, keys)",
+            m.cache.bytes.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Backend failures masked by a rule's fallback, by route, rule and result (stale, default)",
+            m.cache.fallbacks.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The response cache's counters, for the cache store and the pipeline.
+    pub fn cache(&self) -> &CacheMetrics {
+        &self.cache
     }
 
     /// The health check counters, for the probing tasks.

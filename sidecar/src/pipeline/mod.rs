@@ -11,8 +11,9 @@
 //!
 //! [`plan`] routes a request and runs its rule's request stages ([`crate::policy::stages`]);
 //! [`attempts::AttemptPolicy::run`] makes the attempts; [`Forward::response_headers`] runs the
-//! response stages. hyper's path ([`handle`]) and the fast HTTP/1 path ([`crate::serve::h1`])
-//! both go through these; they differ only in how bytes move.
+//! response stages; [`cached`] puts the rule's response cache and fallback around the attempts
+//! (hyper's path only). hyper's path ([`handle`]) and the fast HTTP/1 path
+//! ([`crate::serve::h1`]) both go through these; they differ only in how bytes move.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub use crate::forward::body::MAX_REPLAY_BODY;
 
 mod aggregate;
 pub mod attempts;
+mod cached;
 pub mod inbound;
 mod log;
 mod mirror;
@@ -285,7 +287,42 @@ async fn route_and_forward(
         Plan::Aggregate(agg) => return agg.respond(shared, &parts, conn.client, out).await,
         Plan::Forward(f) => f,
     };
-    let policy = AttemptPolicy::new(&fwd, &parts.method, upgrade);
+    // Chosen now: the request's headers move into the attempt below.
+    let compression = fwd.hit.rule.stages.compression.as_ref().and_then(|c| {
+        let encoding = compress::negotiate(&parts.headers, c)?;
+        Some((encoding, c, parts.method == http::Method::HEAD))
+    });
+    let mut resp = match cached::Plan::new(&fwd, &parts, upgrade) {
+        Some(plan) => {
+            let upstream = attempts(shared, conn, &fwd, parts, body, upgrade, out);
+            cached::serve(shared, &fwd, plan, upstream).await?
+        }
+        None => attempts(shared, conn, &fwd, parts, body, upgrade, out).await?,
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_side) = client_upgrade {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_side, upstream_side));
+    }
+    fwd.response_headers(resp.headers_mut(), switching);
+    if let Some((encoding, cfg, head)) = compression {
+        resp = compress::apply(resp, encoding, cfg, head);
+    }
+    Ok(resp)
+}
+
+/// Sends a request upstream under its rule's attempt policy (mirrors, retries, timeouts).
+async fn attempts(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    fwd: &Forward<'_>,
+    mut parts: Parts,
+    body: Incoming,
+    upgrade: bool,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let policy = AttemptPolicy::new(fwd, &parts.method, upgrade);
     let mut body = if policy.may_retry() || !fwd.mirrors.is_empty() {
         RequestBody::buffer(body).await?
     } else {
@@ -296,11 +333,6 @@ async fn route_and_forward(
     }
     let replayable = body.replayable().is_some();
 
-    // Chosen now: the request's headers move into the attempt below.
-    let compression = fwd.hit.rule.stages.compression.as_ref().and_then(|c| {
-        let encoding = compress::negotiate(&parts.headers, c)?;
-        Some((encoding, c, parts.method == http::Method::HEAD))
-    });
     // A request that cannot be retried is sent once: its headers move into that attempt
     // instead of being copied.
     let mut headers = (!policy.may_retry()).then(|| std::mem::take(&mut parts.headers));
@@ -318,25 +350,14 @@ async fn route_and_forward(
         attempts.once(body, headers.take())
     };
     let failure = |r: &Response<Body>| attempts::response_failure(r.status(), r.headers());
-    let mut resp = policy
-        .run(shared, &fwd, out, replayable, attempt, failure)
+    policy
+        .run(shared, fwd, out, replayable, attempt, failure)
         .await
         .map_err(|e| match e {
             // The limit is the rule's; the connection layer only saw it passed.
             ProxyError::BodyTooLarge(_) => ProxyError::BodyTooLarge(limit.unwrap_or_default()),
             e => e,
-        })?;
-
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && let Some(client_side) = client_upgrade {
-        let upstream_side = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client_side, upstream_side));
-    }
-    fwd.response_headers(resp.headers_mut(), switching);
-    if let Some((encoding, cfg, head)) = compression {
-        resp = compress::apply(resp, encoding, cfg, head);
-    }
-    Ok(resp)
+        })
 }
 
 /// Chooses a backend by weight.

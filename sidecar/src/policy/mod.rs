@@ -1,9 +1,12 @@
 //! Traffic policies that decide about a request without forwarding it: request and response
-//! filters, retry policy and budget, rate limits, authentication, and inbound authorization.
+//! filters, retry policy and budget, rate limits, authentication, inbound authorization, the
+//! response cache and fallbacks.
 
 pub mod authn;
+pub mod cache;
 pub mod compress;
 pub mod cors;
+pub mod fallback;
 pub mod filters;
 pub mod ids;
 pub mod inbound;

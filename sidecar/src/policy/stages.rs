@@ -5,15 +5,15 @@
 //!
 //! Both request paths run the same stages — the fast HTTP/1 path on the head it parsed, hyper's
 //! path on its request — so a policy is written once, as a stage here, for every transport. A
-//! stage that needs a response body rather than its head (none yet) would say so with
-//! [`Stages::fast_path`], and the fast path would hand such requests to hyper.
+//! stage that needs a response body rather than its head (compression, the cache, fallback)
+//! says so with [`Stages::fast_path`], and the fast path hands such requests to hyper.
 
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response};
 use portico_proxy_api::{
-    Compression, Cors, DirectResponse, Filter, HeaderModifier, Mirror, Redirect, RouteRule,
-    UrlRewrite,
+    Cache, Compression, Cors, DirectResponse, Fallback, Filter, HeaderModifier, Mirror, Redirect,
+    RouteRule, UrlRewrite,
 };
 
 use std::net::IpAddr;
@@ -69,6 +69,10 @@ pub struct Stages {
     pub auth: Option<Authenticator>,
     /// The rule's token buckets, after authentication.
     pub rate_limit: Option<RuleLimit>,
+    /// The response cache ([`super::cache`]).
+    pub cache: Option<Cache>,
+    /// What masks backend failures ([`super::fallback`]).
+    pub fallback: Option<Fallback>,
 }
 
 /// A rule's rate limit and its buckets (carried over to the next config while the limit stays
@@ -130,6 +134,8 @@ impl Stages {
                 config: rl.clone(),
                 limiter: Arc::new(RateLimiter::new(rl.requests, rl.period.get(), rl.burst)),
             }),
+            cache: rule.cache.clone(),
+            fallback: rule.fallback.clone(),
             ..Self::default()
         };
         if let Some(limit) = rule.max_request_body_bytes {
@@ -161,9 +167,20 @@ impl Stages {
     }
 
     /// Whether the fast HTTP/1 path can run these stages: it relays the response's body bytes
-    /// as they are, so a stage that rewrites the body (compression) runs on hyper's path.
+    /// as they are, so a stage that rewrites the body (compression), keeps it (the cache, a
+    /// fallback's stale answers) or replaces the answer (fallback) runs on hyper's path.
     pub fn fast_path(&self) -> bool {
-        self.compression.is_none()
+        self.compression.is_none() && self.cache.is_none() && self.fallback.is_none()
+    }
+
+    /// Whether the rule keeps answers in the response cache: to serve them fresh (`cache`) or
+    /// as stale fallbacks (`fallback.staleFor`).
+    pub fn keeps_answers(&self) -> bool {
+        self.cache.is_some()
+            || self
+                .fallback
+                .as_ref()
+                .is_some_and(|f| f.stale_for.is_some())
     }
 
     /// Runs the request stages in order; `Some` is the answer of the stage that answered.

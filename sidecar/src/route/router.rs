@@ -16,6 +16,7 @@ use http::request::Parts;
 use portico_proxy_api::{MatchKind, PathMatch, ProxyConfig, Route, RouteRule, ValueMatch};
 use regex::Regex;
 
+use crate::policy::cache::Scope;
 use crate::policy::retry::RetryBudget;
 use crate::policy::stages::Stages;
 
@@ -51,6 +52,8 @@ pub struct CompiledRule {
     pub budget: Option<RetryBudget>,
     /// The rule's policies, in order.
     pub stages: Stages,
+    /// Its part of the response cache: its route, position and cache settings.
+    pub cache_scope: Scope,
     matches: Vec<CompiledMatch>,
 }
 
@@ -218,7 +221,8 @@ fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
     let rules = r
         .rules
         .iter()
-        .map(|rule| {
+        .enumerate()
+        .map(|(index, rule)| {
             let mut matches = rule
                 .matches
                 .iter()
@@ -260,6 +264,12 @@ fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
                 name: rule.name.as_deref().unwrap_or("").into(),
                 budget: rule.retry.as_ref().map(RetryBudget::new),
                 stages: Stages::compile(rule),
+                cache_scope: Scope::new(
+                    &r.name,
+                    index,
+                    rule.cache.as_ref(),
+                    rule.fallback.as_ref(),
+                ),
                 matches,
             })
         })

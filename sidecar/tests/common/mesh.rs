@@ -86,6 +86,7 @@ pub async fn start_as(yaml: &str, store: Arc<Store>) -> Proxy {
         admin_addr: Some("127.0.0.1:0".parse().unwrap()),
         access_log: false,
         identity: Some(store),
+        cache_max_bytes: None,
     };
     Proxy::start(super::config(yaml), opts)
         .await

@@ -156,6 +156,7 @@ pub async fn start(yaml: &str) -> Proxy {
         admin_addr: Some("127.0.0.1:0".parse().unwrap()),
         access_log: false,
         identity: None,
+        cache_max_bytes: None,
     };
     Proxy::start(config(yaml), opts)
         .await

@@ -344,3 +344,53 @@ aggregate:
         r#"route "api" rule 4: has an aggregate and a request mirror"#
     );
 }
+
+#[test]
+fn cache_and_fallback_parse_with_defaults_and_bad_values_are_refused() {
+    let rule: RouteRule = serde_yaml::from_str(
+        "backends: [{ backend: pay }]\n\
+         cache: { ttl: 30s }\n\
+         fallback: { staleFor: 1m }\n",
+    )
+    .expect("parses");
+    let cache = rule.cache.as_ref().expect("cache");
+    assert_eq!(cache.max_body_bytes, 1 << 20, "1 MiB by default");
+    assert_eq!(
+        rule.fallback.as_ref().expect("fallback").on_status,
+        [502, 503, 504]
+    );
+
+    let mut cfg = good();
+    cfg.routes[0].rules[0].cache = Some(Cache {
+        vary_headers: vec!["bad header".into()],
+        ..cache.clone()
+    });
+    assert_eq!(
+        err(&cfg),
+        r#"route "api" rule 1 cache: header name "bad header" is not a valid token"#
+    );
+    let mut cfg = good();
+    cfg.routes[0].rules[0].fallback = Some(Fallback {
+        on_status: vec![404],
+        ..rule.fallback.clone().expect("fallback")
+    });
+    assert_eq!(
+        err(&cfg),
+        r#"route "api" rule 1 fallback: 404 is not a 5xx status"#
+    );
+    let mut cfg = good();
+    cfg.routes[0].rules[2].fallback = rule.fallback.clone();
+    assert_eq!(
+        err(&cfg),
+        r#"route "api" rule 3 fallback: has no backends whose failures it masks"#
+    );
+    let mut cfg = good();
+    cfg.routes[0].rules[0].fallback = Some(Fallback {
+        stale_for: None,
+        ..rule.fallback.clone().expect("fallback")
+    });
+    assert_eq!(
+        err(&cfg),
+        r#"route "api" rule 1 fallback: sets neither staleFor nor directResponse"#
+    );
+}

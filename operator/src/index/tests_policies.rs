@@ -1,9 +1,8 @@
-//! Objects that set a field the proxies cannot enforce yet: refused with `Unsupported`, named in
-//! the message, and never served.
-
-use serde_json::{Value, json};
+//! Route rule policies as the index serves them: a Gateway's defaults filling rules without
+//! their own, credentials read from labelled Secrets, and Routes the contract refuses.
 
 use base64::Engine;
+use serde_json::{Value, json};
 
 use super::*;
 
@@ -50,94 +49,8 @@ fn mk_route_rules(name: &str, parent: Value, extra: Option<Value>) -> Object {
     })))
 }
 
-fn served(sub: &Subscription) -> Vec<String> {
-    sub.routes
-        .borrow()
-        .routes
-        .iter()
-        .map(|r| r.name.clone())
-        .collect()
-}
-
 fn accepted(index: &Index, route: &str) -> Cond {
     index.statuses().borrow().routes[&Key::new("shop", route)].parents[0].conditions[0].clone()
-}
-
-#[test]
-fn a_route_with_an_unsupported_field_is_unsupported_and_not_served_until_it_is_removed() {
-    let mut index = shop_with_defaults(json!({}));
-    let sub = index.subscribe(&Key::new("shop", "gw"));
-    let api_key = json!({"cache": {"ttl": "10s"}});
-    index.apply(mk_route_rules(
-        "admin",
-        json!({"name": "gw"}),
-        Some(api_key),
-    ));
-    assert!(
-        served(&sub).is_empty(),
-        "a rule whose cache the proxies cannot apply is not served"
-    );
-    let cond = accepted(&index, "admin");
-    assert!(!cond.status);
-    assert_eq!(cond.reason, "Unsupported");
-    assert_eq!(cond.message, "spec.rules[1].cache is not supported yet");
-    assert_eq!(
-        index.statuses().borrow().gateways[&Key::new("shop", "gw")].listeners[0].attached_routes,
-        0,
-        "a refused Route is not counted as attached"
-    );
-    index.apply(mk_route_rules("admin", json!({"name": "gw"}), None));
-    assert_eq!(served(&sub), ["shop/admin"]);
-    assert!(accepted(&index, "admin").status);
-}
-
-#[test]
-fn every_unsupported_route_field_is_named_in_one_message() {
-    let mut index = shop_with_defaults(json!({}));
-    let fields = json!({
-        "cache": {"ttl": "30s"},
-        "fallback": {"directResponse": {"statusCode": 503}}
-    });
-    index.apply(mk_route_rules("all", json!({"name": "gw"}), Some(fields)));
-    let cond = accepted(&index, "all");
-    assert_eq!(cond.reason, "Unsupported");
-    assert_eq!(
-        cond.message,
-        "spec.rules[1].cache, spec.rules[1].fallback are not \
-         supported yet"
-    );
-}
-
-#[test]
-fn a_mesh_route_with_an_unsupported_field_is_unsupported_and_not_given_to_sidecars() {
-    let mut index = shop_with_defaults(json!({}));
-    let sub = index.subscribe_mesh();
-    let cache = json!({"cache": {"ttl": "30s"}});
-    let parent = json!({"kind": "Service", "name": "pay"});
-    index.apply(mk_route_rules("canary", parent.clone(), Some(cache)));
-    assert!(served(&sub).is_empty());
-    let pay = |sub: &Subscription| {
-        sub.routes
-            .borrow()
-            .services
-            .iter()
-            .find(|s| s.name == "shop/pay:80")
-            .map(|s| s.routes.clone())
-    };
-    assert_eq!(pay(&sub), Some(Vec::new()));
-    let cond = accepted(&index, "canary");
-    assert_eq!(
-        (cond.status, cond.reason.as_str(), cond.message.as_str()),
-        (
-            false,
-            "Unsupported",
-            "spec.rules[1].cache is not supported yet"
-        )
-    );
-    index.apply(mk_route_rules("canary", parent, None));
-    assert_eq!(served(&sub), ["shop/canary"]);
-    assert_eq!(pay(&sub), Some(vec!["shop/canary".to_owned()]));
-    assert!(accepted(&index, "canary").status);
 }
 
 #[test]
