@@ -2,7 +2,8 @@
 # What a rule's policies cost (`make bench`): one portico-proxy (one worker, pinned to one core)
 # with rules to the same nginx upstream, a plain one (`/plain`) and one with the policies
 # the request pipeline runs (`/policy`: request header edits, a response header edit, a 10%
-# mirror to a second backend and a retry policy — 2 attempts on 5xx, none needed here), and a
+# mirror to a second backend and a retry policy — 2 attempts on 5xx, none needed here), one
+# that checks an RS256 JWT (`/jwt`, the token sent on every request), and a
 # 16 KB JSON document as it is (`/json`) and gzip-compressed (`/jsonz`), and the 1 KiB page
 # answered from the rule's response cache (`/cached`) next to nginx's `proxy_cache` answering it
 # from its cache (same core, one worker), loaded alternately by oha at a fixed rate on the other
@@ -43,6 +44,25 @@ fi
 upstream_conf "$WORK/up" $UP_PORT
 taskset -c $LOAD_CPU nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" &
 PIDS+=($!)
+# A JWT-checked rule: an RS256 key made here (openssl), its JWKS inline in the config as the
+# operator sends a Secret's, and one token valid for a day.
+openssl genrsa -out "$WORK/jwt.key" 2048 2>/dev/null
+read -r JWKS TOKEN < <(python3 - "$WORK/jwt.key" <<'PY'
+import base64, json, subprocess, sys, time
+key = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+modulus = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"],
+                         capture_output=True, check=True, text=True).stdout.strip().split("=", 1)[1]
+jwks = {"keys": [{"kty": "RSA", "kid": "bench", "use": "sig", "alg": "RS256",
+                  "n": b64(bytes.fromhex(modulus)), "e": "AQAB"}]}
+header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
+claims = {"iss": "https://bench.example", "sub": "bench", "exp": int(time.time()) + 86400}
+signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing_input.encode(),
+                     capture_output=True, check=True).stdout
+print(json.dumps(jwks, separators=(",", ":")), signing_input + "." + b64(sig))
+PY
+)
 cat > "$WORK/portico.yaml" <<YAML
 apiVersion: portico.dev/proxy/v1
 listeners: [{ name: web, address: "127.0.0.1:$PROXY_PORT", protocol: HTTP }]
@@ -59,6 +79,10 @@ routes:
           - { type: ResponseHeaderModifier, set: [{ name: x-served-by, value: portico }] }
           - { type: RequestMirror, backend: shadow, percent: 10 }
         retry: { attempts: 2, retryOn: [5xx] }
+        backends: [{ backend: up }]
+      - name: jwt
+        matches: [{ path: { type: PathPrefix, value: /jwt } }]
+        authentication: { jwt: { issuer: "https://bench.example", jwks: '$JWKS' } }
         backends: [{ backend: up }]
       - name: json
         matches: [{ path: { type: PathPrefix, value: /json } }]
@@ -107,6 +131,10 @@ taskset -c $PROXY_CPU "$PROXY_BIN" --config "$WORK/portico.yaml" --workers 1 \
 PROXY=$!
 PIDS+=("$PROXY")
 wait_port $PROXY_PORT
+# The JWT rule must pass the token and refuse without it, or its row would measure 401s.
+code() { curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$PROXY_PORT/jwt"; }
+[[ $(code -H "authorization: Bearer $TOKEN") == 200 && $(code) == 401 ]] ||
+    { echo "policies.sh: the jwt rule does not check the token as expected" >&2; exit 1; }
 
 RESULTS=$WORK/results.txt
 for rep in $(seq 1 "$REPS"); do
@@ -114,6 +142,8 @@ for rep in $(seq 1 "$REPS"); do
         rate_run "$rule" "http://127.0.0.1:$PROXY_PORT/$rule" "$PROXY" "$RATE" "$DURATION" |
             tee -a "$RESULTS"
     done
+    rate_run jwt "http://127.0.0.1:$PROXY_PORT/jwt" "$PROXY" "$RATE" "$DURATION" \
+        -H "authorization: Bearer $TOKEN" | tee -a "$RESULTS"
     # The 16 KB JSON document as it is, and gzip-compressed for a client that accepts it.
     rate_run json "http://127.0.0.1:$PROXY_PORT/json" "$PROXY" "$RATE" "$DURATION" \
         -H "accept-encoding: gzip" | tee -a "$RESULTS"
@@ -132,7 +162,7 @@ cache_lookups=$(python3 -c "import urllib.request as u; print(u.urlopen('http://
 retries=$(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$ADMIN_PORT/metrics').read().decode())" |
     awk '/^portico_retries_total/ {s += $NF} END {print s + 0}')
 
-for rule in plain policy json gzip cached nginx-cache; do
+for rule in plain policy jwt json gzip cached nginx-cache; do
     for col in 3 5 7; do awk -v r=$rule -v c=$col '$1 == r {print $c}' "$RESULTS" | median > "$WORK/$rule.$col"; done
 done
 v() { cat "$WORK/$1.$(( $2 * 2 - 1 ))"; }
@@ -151,13 +181,16 @@ OUT=docs/benchmarks-policies.md
     echo "latency-corrected) on core $LOAD_CPU; $REPS interleaved repetitions of ${DURATION} s per rule,"
     echo "medians. \`policy\`: request header set/add/remove, a response header set, a 10% mirror to a"
     echo "second backend, a retry policy (2 attempts on 5xx; the upstream never fails, retries sent:"
-    echo "$retries). Both rules run on the fast HTTP/1 path."
+    echo "$retries). \`jwt\`: an RS256 token (2048-bit key, JWKS inline as from a Secret) checked on"
+    echo "every request (signature, \`iss\`, \`exp\`). All three run on the fast HTTP/1 path."
     echo
     echo "| rule | CPU-s per 1,000 req | p50 (ms) | p99 (ms) |"
     echo "|---|---:|---:|---:|"
     echo "| plain | $(v plain 2) | $(v plain 3) | $(v plain 4) |"
     echo "| policy | $(v policy 2) | $(v policy 3) | $(v policy 4) |"
-    echo "| ratio | $(ratio "$(v policy 2)" "$(v plain 2)") | | $(ratio "$(v policy 4)" "$(v plain 4)") |"
+    echo "| policy / plain | $(ratio "$(v policy 2)" "$(v plain 2)") | | $(ratio "$(v policy 4)" "$(v plain 4)") |"
+    echo "| jwt | $(v jwt 2) | $(v jwt 3) | $(v jwt 4) |"
+    echo "| jwt / plain | $(ratio "$(v jwt 2)" "$(v plain 2)") | | $(ratio "$(v jwt 4)" "$(v plain 4)") |"
     echo
     echo "The same proxy, a 16 KB JSON document (\`accept-encoding: gzip\` sent): \`json\` as it is,"
     echo "\`gzip\` compressed by the rule's \`compression\` (gzip level 5; $gz_size bytes on the wire)."

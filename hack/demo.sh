@@ -127,6 +127,7 @@ YAML
   gateway_request "GET /api/orders with x-canary: true (x5)" 5 -H 'host: shop.example.com' -H 'x-canary: true' "http://$gw:8080/api/orders"
   gateway_request "GET /catalogue/shoes (redirect)" 1 -H 'host: shop.example.com' "http://$gw:8080/catalogue/shoes"
   gateway_request "GET /robots.txt (direct response)" 1 -H 'host: shop.example.com' "http://$gw:8080/robots.txt"
+  gateway_request "GET /api/catalog (x5: cached 30s, x-portico-cache)" 5 -H 'host: shop.example.com' "http://$gw:8080/api/catalog"
   gateway_request "GET /admin/ without an API key" 1 -H 'host: shop.example.com' "http://$gw:8080/admin/"
   gateway_request "GET /admin/ with x-api-key (x8: 5/s per key, then 429)" 8 -H 'host: shop.example.com' -H 'x-api-key: demo-key-ops-0f3a9c' "http://$gw:8080/admin/"
   gateway_request "GET /nowhere on another host (no route)" 1 -H 'host: other.example.com' "http://$gw:8080/nowhere"
@@ -156,7 +157,7 @@ gateway_request() {
   shift 2
   local tally
   tally=$(for ((i = 0; i < count; i++)); do
-    $IN_NS curl -s -o /dev/null -w '%{http_code} %header{x-backend}%header{location}%header{x-portico-error}\n' "$@"
+    $IN_NS curl -s -o /dev/null -w '%{http_code} %header{x-backend}%header{location}%header{x-portico-error} %header{x-portico-cache}\n' "$@"
   done | sort | uniq -c | awk '{c=$1; $1=""; sub(/^ /,""); printf "%s×%s; ", c, $0}')
   printf '  %-58s %s\n' "$label" "$tally"
 }

@@ -7,7 +7,6 @@
 //! | Field | Effect | Proving test(s) |
 //! |---|---|---|
 //! | `Route.spec.rules[].timeouts.request` | … | `tests/operator: name`; `unit index::tests::name` |
-//! | `Route.spec.rules[].authentication.*` | **Unsupported** … | `unit …unsupported…` |
 //! ```
 //!
 //! * Field cell: one or more backticked paths. A path is a leaf (`Kind.spec.a[].b`); `X.*`
@@ -21,9 +20,6 @@
 //!   `unit <module path>::<name>` — `fn <name>` in the operator crates (`operator/`);
 //!   `proxy <module path>::<name>` — `fn <name>` in the proxy crate (`sidecar/`). The module
 //!   path must be where the function is (see [`test_paths`]), so a moved test is caught.
-//! * An Effect cell that starts with `**Unsupported**` marks fields the proxies do not enforce
-//!   yet; such a row must name a test with `unsupported` in its name (the one proving the
-//!   `Accepted=False`/`Unsupported` condition).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -70,7 +66,6 @@ fn walk(path: &str, schema: &Value, out: &mut BTreeSet<String>) {
 struct Row {
     line: usize,
     fields: Vec<String>,
-    unsupported: bool,
     tests: Vec<String>,
 }
 
@@ -110,7 +105,6 @@ fn rows(doc: &str) -> Vec<Row> {
         out.push(Row {
             line: i + 1,
             fields: ticked(cells[0]),
-            unsupported: cells[1].trim().starts_with("**Unsupported**"),
             tests: ticked(cells[2]),
         });
     }
@@ -307,13 +301,6 @@ fn every_spec_field_is_listed_in_docs_fields_md_with_tests_that_exist() {
                 Ok(name) => names.push(name),
                 Err(e) => problems.push(format!("line {}: {e}", row.line)),
             }
-        }
-        if row.unsupported && !names.iter().any(|n| n.contains("unsupported")) {
-            problems.push(format!(
-                "line {}: an Unsupported field needs a test (with `unsupported` in its name) \
-                 proving the Unsupported condition",
-                row.line
-            ));
         }
     }
     for leaf in leaves.difference(&covered) {
