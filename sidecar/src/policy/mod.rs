@@ -1,5 +1,5 @@
 //! Traffic policies that decide about a request without forwarding it: request and response
-//! filters, retry policy and budget, rate limits, authentication, and inbound authorization.
+//! filters, retry policy and budget, rate limits (local, or shared in Redis), authentication, and inbound authorization.
 
 pub mod authn;
 pub mod compress;
@@ -9,6 +9,8 @@ pub mod ids;
 pub mod inbound;
 pub mod jwks;
 pub mod jwt;
+pub mod limit_store;
 pub mod ratelimit;
+pub mod redis;
 pub mod retry;
 pub mod stages;
