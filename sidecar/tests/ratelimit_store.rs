@@ -152,7 +152,10 @@ async fn the_script_is_sent_again_after_redis_forgets_it() {
     assert_eq!(get_via(&proxy, false).await.status, 200);
     // As after a Redis restart: EVALSHA answers NOSCRIPT, the proxy falls back to EVAL.
     let flushed = redis.client().call(&[b"SCRIPT", b"FLUSH"]).await;
-    assert_eq!(flushed.expect("SCRIPT FLUSH"), RedisReply::Simple("OK".into()));
+    assert_eq!(
+        flushed.expect("SCRIPT FLUSH"),
+        RedisReply::Simple("OK".into())
+    );
     let r = get_via(&proxy, false).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.headers["ratelimit-remaining"], "0", "the same bucket");
@@ -170,7 +173,10 @@ async fn a_failing_store_that_fails_open_lets_requests_through_and_counts_them()
     redis.signal("-STOP");
     let r = get_via(&proxy, false).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.headers.get("ratelimit-limit").is_none(), "nothing was counted");
+    assert!(
+        r.headers.get("ratelimit-limit").is_none(),
+        "nothing was counted"
+    );
     redis.signal("-CONT");
     // Gone: the pooled connection breaks, new ones are refused.
     redis.stop();

@@ -170,28 +170,51 @@ impl Client {
     }
 
     async fn call_untimed(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let mut out = Vec::with_capacity(128);
+        encode(args, &mut out);
         let idle = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => {
-                let stream = TcpStream::connect(&self.address)
-                    .await
-                    .map_err(|e| RedisError::Io(self.address.clone(), e))?;
-                let _ = stream.set_nodelay(true);
-                Conn {
-                    stream,
-                    buf: BytesMut::with_capacity(256),
-                }
+        if let Some(conn) = idle {
+            match self.exchange(conn, &out).await {
+                // An idle connection the server closed meanwhile (Redis restarted, or timed it
+                // out): the command never ran, so it is sent once more on a new connection.
+                Err(Stale::Closed) => {}
+                Err(Stale::Failed(e)) => return Err(e),
+                Ok(reply) => return Ok(reply),
+            }
+        }
+        let stream = TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| RedisError::Io(self.address.clone(), e))?;
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            stream,
+            buf: BytesMut::with_capacity(256),
+        };
+        self.exchange(conn, &out).await.map_err(|e| match e {
+            Stale::Failed(e) => e,
+            Stale::Closed => RedisError::Io(
+                self.address.clone(),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ),
+        })
+    }
+
+    /// Writes a command on `conn` and reads its reply; puts `conn` back in the pool when
+    /// nothing is left unread.
+    async fn exchange(&self, mut conn: Conn, command: &[u8]) -> Result<Reply, Stale> {
+        let io = |e: std::io::Error| {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+            if matches!(e.kind(), BrokenPipe | ConnectionReset | UnexpectedEof) {
+                Stale::Closed
+            } else {
+                Stale::Failed(RedisError::Io(self.address.clone(), e))
             }
         };
-        let mut out = Vec::with_capacity(128);
-        encode(args, &mut out);
-        let io = |e| RedisError::Io(self.address.clone(), e);
-        conn.stream.write_all(&out).await.map_err(io)?;
+        conn.stream.write_all(command).await.map_err(io)?;
         let reply = loop {
             match parse(&conn.buf) {
                 Ok(Some((reply, used))) => {
@@ -199,11 +222,19 @@ impl Client {
                     break reply;
                 }
                 Ok(None) if conn.buf.len() < MAX_REPLY => {}
-                _ => return Err(RedisError::Protocol(self.address.clone())),
+                _ => {
+                    return Err(Stale::Failed(RedisError::Protocol(self.address.clone())));
+                }
             }
             let n = conn.stream.read_buf(&mut conn.buf).await.map_err(io)?;
             if n == 0 {
-                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+                // Closed before the whole reply: the command may have run only if part of the
+                // reply came.
+                return Err(if conn.buf.is_empty() {
+                    Stale::Closed
+                } else {
+                    Stale::Failed(RedisError::Protocol(self.address.clone()))
+                });
             }
         };
         // Only a connection with nothing left unread goes back to the pool.
@@ -215,6 +246,14 @@ impl Client {
         }
         Ok(reply)
     }
+}
+
+/// How an exchange on a connection failed.
+enum Stale {
+    /// The server had closed the connection (no reply came).
+    Closed,
+    /// Anything else.
+    Failed(RedisError),
 }
 
 #[cfg(test)]
@@ -275,5 +314,45 @@ mod tests {
         for bad in [&b"?x\r\n"[..], b":x\r\n", b"$3\r\nabcd\r\n", b"\r\n"] {
             assert_eq!(parse(bad), Err(()), "{bad:?}");
         }
+    }
+
+    /// A server that answers one command per connection, then closes it (as Redis does to
+    /// idle clients after `timeout`, or when it restarts).
+    async fn one_reply_per_connection() -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(format!(":{i}\r\n").as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced_without_failing_the_command() {
+        let addr = one_reply_per_connection().await;
+        let client = Client::new(&addr.to_string(), Duration::from_secs(2));
+        for want in 0..3 {
+            let reply = client.call(&[b"PING"]).await.expect("answered");
+            assert_eq!(reply, Reply::Integer(want), "a new connection each time");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_is_a_timeout() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = Client::new(
+            &l.local_addr().unwrap().to_string(),
+            Duration::from_millis(50),
+        );
+        let e = client.call(&[b"PING"]).await.expect_err("no answer");
+        assert!(
+            matches!(e, RedisError::Timeout(_, d) if d == Duration::from_millis(50)),
+            "{e}"
+        );
     }
 }

@@ -354,21 +354,48 @@ fn a_rule_limit_kept_in_a_store_needs_an_address_a_prefix_and_a_short_timeout() 
         cfg
     };
     let ok = with_store("{ address: 'redis.cache:6379', prefix: p, timeout: 50ms }");
-    ok.validate().expect("a store with address, prefix and timeout");
-    let store = ok.routes[0].rules[0].rate_limit.as_ref().unwrap().store.as_ref();
+    ok.validate()
+        .expect("a store with address, prefix and timeout");
+    let store = ok.routes[0].rules[0]
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .store
+        .as_ref();
     assert!(!store.unwrap().fail_open, "fails closed unless it says");
     with_store("{ address: '[fd00::5]:6379', prefix: p, timeout: 10s, failOpen: true }")
         .validate()
         .expect("an IPv6 address");
     for (store, want) in [
-        ("{ address: redis, prefix: p, timeout: 50ms }", "is not host:port"),
-        ("{ address: 'redis:0', prefix: p, timeout: 50ms }", "is not host:port"),
-        ("{ address: ':6379', prefix: p, timeout: 50ms }", "is not host:port"),
-        ("{ address: 'redis:6379', prefix: '', timeout: 50ms }", "prefix must be"),
-        ("{ address: 'redis:6379', prefix: p, timeout: 0s }", "timeout must be"),
-        ("{ address: 'redis:6379', prefix: p, timeout: 11s }", "timeout must be"),
+        (
+            "{ address: redis, prefix: p, timeout: 50ms }",
+            "is not host:port",
+        ),
+        (
+            "{ address: 'redis:0', prefix: p, timeout: 50ms }",
+            "is not host:port",
+        ),
+        (
+            "{ address: ':6379', prefix: p, timeout: 50ms }",
+            "is not host:port",
+        ),
+        (
+            "{ address: 'redis:6379', prefix: '', timeout: 50ms }",
+            "prefix must be",
+        ),
+        (
+            "{ address: 'redis:6379', prefix: p, timeout: 0s }",
+            "timeout must be",
+        ),
+        (
+            "{ address: 'redis:6379', prefix: p, timeout: 11s }",
+            "timeout must be",
+        ),
     ] {
         let e = err(&with_store(store));
-        assert!(e.contains("rateLimit store") && e.contains(want), "{store}: {e}");
+        assert!(
+            e.contains("rateLimit store") && e.contains(want),
+            "{store}: {e}"
+        );
     }
 }
