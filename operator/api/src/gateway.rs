@@ -57,8 +57,9 @@ pub struct GatewaySpec {
     /// Where the rate limits of this Gateway's Routes are counted. Absent, each proxy replica
     /// keeps its own buckets (N replicas let in up to N times a limit); set, every replica takes
     /// from one budget kept in the store.
+    // Boxed: every watched object is an `Object` enum as large as its largest variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit_store: Option<RateLimitStore>,
+    pub rate_limit_store: Option<Box<RateLimitStore>>,
 }
 
 /// A store of rate-limit buckets shared by a Gateway's proxy replicas.

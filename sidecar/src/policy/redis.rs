@@ -52,6 +52,11 @@ pub enum RedisError {
     Server(String, String),
 }
 
+/// Bytes that are not a RESP2 reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed RESP2 reply")]
+pub struct Malformed;
+
 /// Encodes a command as RESP2: an array of bulk strings.
 pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -64,31 +69,31 @@ pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
 
 /// Parses one reply from the start of `buf`: `Ok(None)` when more bytes are needed, else the
 /// reply and how many bytes it took.
-pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ()> {
+pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, Malformed> {
     let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
-    let (&kind, line) = buf[..end].split_first().ok_or(())?;
-    let line = std::str::from_utf8(line).map_err(|_| ())?;
+    let (&kind, line) = buf[..end].split_first().ok_or(Malformed)?;
+    let line = std::str::from_utf8(line).map_err(|_| Malformed)?;
     let mut used = end + 2;
     let reply = match kind {
         b'+' => Reply::Simple(line.to_owned()),
         b'-' => Reply::Error(line.to_owned()),
-        b':' => Reply::Integer(line.parse().map_err(|_| ())?),
+        b':' => Reply::Integer(line.parse().map_err(|_| Malformed)?),
         b'$' => {
-            let len: i64 = line.parse().map_err(|_| ())?;
+            let len: i64 = line.parse().map_err(|_| Malformed)?;
             if len < 0 {
                 Reply::Bulk(None)
             } else {
-                let len = usize::try_from(len).map_err(|_| ())?;
+                let len = usize::try_from(len).map_err(|_| Malformed)?;
                 if len > MAX_REPLY {
-                    return Err(());
+                    return Err(Malformed);
                 }
                 if buf.len() < used + len + 2 {
                     return Ok(None);
                 }
                 if &buf[used + len..used + len + 2] != b"\r\n" {
-                    return Err(());
+                    return Err(Malformed);
                 }
                 let data = buf[used..used + len].to_vec();
                 used += len + 2;
@@ -96,13 +101,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ()> {
             }
         }
         b'*' => {
-            let n: i64 = line.parse().map_err(|_| ())?;
+            let n: i64 = line.parse().map_err(|_| Malformed)?;
             if n < 0 {
                 Reply::Array(None)
             } else {
-                let n = usize::try_from(n).map_err(|_| ())?;
+                let n = usize::try_from(n).map_err(|_| Malformed)?;
                 if n > MAX_REPLY {
-                    return Err(());
+                    return Err(Malformed);
                 }
                 let mut items = Vec::with_capacity(n.min(16));
                 for _ in 0..n {
@@ -117,7 +122,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ()> {
                 Reply::Array(Some(items))
             }
         }
-        _ => return Err(()),
+        _ => return Err(Malformed),
     };
     Ok(Some((reply, used)))
 }
@@ -312,7 +317,7 @@ mod tests {
             assert_eq!(parse(partial), Ok(None), "{partial:?}");
         }
         for bad in [&b"?x\r\n"[..], b":x\r\n", b"$3\r\nabcd\r\n", b"\r\n"] {
-            assert_eq!(parse(bad), Err(()), "{bad:?}");
+            assert_eq!(parse(bad), Err(Malformed), "{bad:?}");
         }
     }
 
