@@ -372,10 +372,10 @@ fn cases() -> Vec<Case> {
             "key has no meaning here",
         ),
         (
-            "gateway_rate_limit_store_address_without_a_port",
+            "gateway_rate_limit_store_address_without_a_valid_port",
             "Gateway",
             "/rateLimitStore",
-            json!({"redis": {"address": "redis.cache"}}),
+            json!({"redis": {"address": "redis.cache:65536"}}),
             "spec.rateLimitStore.redis.address",
             "should match",
         ),

@@ -80,11 +80,11 @@ pub struct RateLimitStore {
 ]))]
 pub struct RedisStore {
     /// The server, `host:port` (`redis.cache.svc.cluster.local:6379`, `10.0.0.5:6379`,
-    /// `[fd00::5]:6379`).
+    /// `[fd00::5]:6379`); the port is 1 to 65535, so the proxies never refuse the config.
     #[schemars(
         length(min = 3, max = 261),
         regex(
-            pattern = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$"
+            pattern = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
         )
     )]
     pub address: String,

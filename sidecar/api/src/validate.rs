@@ -129,8 +129,9 @@ fn check_store(el: &str, store: &RateLimitStore) -> Result<()> {
     if !port_ok {
         return fail(el, format!("address {:?} is not host:port", store.address));
     }
-    if store.prefix.is_empty() || store.prefix.len() > 512 {
-        return fail(el, "prefix must be 1 to 512 bytes");
+    // The operator's prefixes name a Gateway, a Route and a rule: at most about 710 bytes.
+    if store.prefix.is_empty() || store.prefix.len() > 1024 {
+        return fail(el, "prefix must be 1 to 1024 bytes");
     }
     if store.timeout.get().is_zero() || store.timeout.get() > std::time::Duration::from_secs(10) {
         return fail(el, "timeout must be longer than 0 and at most 10s");

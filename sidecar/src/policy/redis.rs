@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per client; more are opened under load and closed after use.
-const IDLE_CONNECTIONS: usize = 4;
+const IDLE_CONNECTIONS: usize = 16;
 /// The longest reply accepted (the script's replies are a few bytes).
 const MAX_REPLY: usize = 64 * 1024;
 
