@@ -213,7 +213,8 @@ EOF
 
 # Debian packages the node needs: CNI plugins (bridge, host-local, portmap in /usr/lib/cni),
 # iptables (kube-proxy, the sidecar's init container), libseccomp (runc), busybox-static
-# (a shell for test images), gcc (the pause image), nginx (a real backend image).
+# (a shell for test images), gcc (the pause image), nginx (a real backend image), redis-server
+# (the store of shared rate limits, started by the tests).
 node_packages() {
   local need=()
   [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
@@ -223,6 +224,7 @@ node_packages() {
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
   command -v nsenter >/dev/null || need+=(util-linux)
   [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+  command -v redis-server >/dev/null || need+=(redis-server)
   command -v curl >/dev/null || need+=(curl)
   ((${#need[@]})) || return 0
   log "installing Debian packages: ${need[*]}"

@@ -80,6 +80,9 @@ pub enum ProxyError {
         /// Sent as `retry-after` (whole seconds, rounded up).
         retry_after: Duration,
     },
+    /// A rule's rate limit is kept in a store that failed, and the store fails closed.
+    #[error("the rate limit cannot be checked: its store is unavailable")]
+    RateLimitStoreUnavailable,
 }
 
 impl ProxyError {
@@ -97,6 +100,7 @@ impl ProxyError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,6 +120,7 @@ impl ProxyError {
             Self::AggregateFailed => "aggregate_failed",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimitStoreUnavailable => "rate_limit_store_unavailable",
         }
     }
 

@@ -55,6 +55,9 @@ mod health;
 /// Request limits on Route rules.
 #[path = "operator/limits.rs"]
 mod limits;
+/// Rate limits shared by a Gateway's replicas in Redis.
+#[path = "operator/ratelimit_store.rs"]
+mod ratelimit_store;
 /// Route rule names in metrics.
 #[path = "operator/rules.rs"]
 mod rules;
@@ -194,6 +197,10 @@ fn main() -> ExitCode {
             test(
                 "a_service_policy_connect_timeout_bounds_the_wait_for_an_endpoint",
                 connect::a_connect_timeout_bounds_the_wait_for_an_endpoint,
+            ),
+            test(
+                "two_gateway_replicas_share_one_rate_limit_budget_in_redis_and_fail_closed_or_open",
+                ratelimit_store::two_gateway_replicas_share_one_budget,
             ),
             test(
                 "a_backend_in_another_namespace_answers_500_until_a_reference_grant_permits_it",

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Authentication, Cors, RateLimit, SecretObjectReference};
+use crate::common::{Authentication, Cors, Duration, RateLimit, SecretObjectReference};
 
 /// Desired state of a Gateway: its listeners, how it is deployed, and defaults for the Routes
 /// attached to it.
@@ -54,6 +54,58 @@ pub struct GatewaySpec {
     /// Policies applied to every Route attached to this Gateway unless the Route sets its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<GatewayDefaults>,
+    /// Where the rate limits of this Gateway's Routes are counted. Absent, each proxy replica
+    /// keeps its own buckets (N replicas let in up to N times a limit); set, every replica takes
+    /// from one budget kept in the store.
+    // Boxed: every watched object is an `Object` enum as large as its largest variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_store: Option<Box<RateLimitStore>>,
+}
+
+/// A store of rate-limit buckets shared by a Gateway's proxy replicas.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitStore {
+    /// A Redis server (standalone; no password, no TLS): each request runs one atomic script
+    /// there, with Redis's clock.
+    pub redis: RedisStore,
+}
+
+/// A Redis server that keeps rate-limit buckets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.timeout) || (duration(self.timeout) > duration('0s') && duration(self.timeout) <= duration('10s'))",
+     "message": "timeout must be longer than 0s and at most 10s", "fieldPath": ".timeout"}
+]))]
+pub struct RedisStore {
+    /// The server, `host:port` (`redis.cache.svc.cluster.local:6379`, `10.0.0.5:6379`,
+    /// `[fd00::5]:6379`); the port is 1 to 65535, so the proxies never refuse the config.
+    #[schemars(
+        length(min = 3, max = 261),
+        regex(
+            pattern = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+        )
+    )]
+    pub address: String,
+    /// What a request gets when Redis fails or answers later than `timeout`: `FailOpen` (the
+    /// default) lets it through unlimited, `FailClosed` answers `503`. Either way the proxy
+    /// counts it in `portico_rate_limit_store_errors_total`.
+    #[serde(default)]
+    pub failure_mode: StoreFailureMode,
+    /// How long a request waits for Redis, connecting included. Defaults to `50ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// What a request gets when the rate-limit store fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StoreFailureMode {
+    /// Let the request through: an outage of Redis does not take the routes down.
+    #[default]
+    FailOpen,
+    /// Answer `503`: no request passes unless its limit was checked.
+    FailClosed,
 }
 
 /// One port the Gateway listens on.

@@ -333,5 +333,6 @@ pub fn rate_limit(rl: &portico_api::common::RateLimit) -> Option<contract::RateL
         period,
         burst,
         key,
+        store: None,
     })
 }

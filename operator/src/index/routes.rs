@@ -10,7 +10,8 @@
 //!
 //! A Route is left out when it attaches to nothing, when the contract refuses its content or
 //! when it sets a field the proxies do not enforce yet. Status (the `status` module) says why
-//! in each case. The Gateway's `defaults` fill in each served rule's missing policies.
+//! in each case. The Gateway's `defaults` fill in each served rule's missing policies, and its
+//! `rateLimitStore` moves every rule's rate limit into the store its replicas share.
 
 use std::collections::BTreeSet;
 
@@ -88,7 +89,7 @@ impl Index {
             let mut rules = rules.into_owned();
             // The Gateway's defaults for every rule that has no policy of its own. A rate-limit
             // default gives each rule its own buckets (as a rule's own limit would).
-            for rule in &mut rules {
+            for (i, rule) in rules.iter_mut().enumerate() {
                 if rule.cors.is_none() {
                     rule.cors.clone_from(&cors_default);
                 }
@@ -97,6 +98,12 @@ impl Index {
                 }
                 if rule.authentication.is_none() {
                     rule.authentication.clone_from(&auth_default);
+                }
+                if let (Some(limit), Some(store)) =
+                    (&mut rule.rate_limit, &gw.spec.rate_limit_store)
+                {
+                    let rule_id = rule.name.clone().unwrap_or_else(|| i.to_string());
+                    limit.store = Some(rate_limit_store(store, key, rkey, &rule_id));
                 }
             }
             routes.push(contract::Route {
@@ -118,3 +125,29 @@ impl Index {
         )
     }
 }
+
+/// The contract store of a Gateway's `rateLimitStore`, for the limit of rule `rule` (its name,
+/// or its position) of Route `route`. The key prefix names all three, so Gateways that share a
+/// Redis, and rules that share a Gateway, never share buckets.
+pub fn rate_limit_store(
+    store: &portico_api::gateway::RateLimitStore,
+    gateway: &Key,
+    route: &Key,
+    rule: &str,
+) -> contract::RateLimitStore {
+    let redis = &store.redis;
+    contract::RateLimitStore {
+        address: redis.address.clone(),
+        prefix: format!("portico:{gateway}:{route}:{rule}"),
+        timeout: redis
+            .timeout
+            .as_ref()
+            .and_then(|t| t.to_std())
+            .filter(|t| !t.is_zero())
+            .map_or(DEFAULT_STORE_TIMEOUT, contract::Duration),
+        fail_open: redis.failure_mode == portico_api::gateway::StoreFailureMode::FailOpen,
+    }
+}
+
+/// How long a request waits for the rate-limit store unless the Gateway says.
+pub const DEFAULT_STORE_TIMEOUT: contract::Duration = contract::Duration::from_millis(50);

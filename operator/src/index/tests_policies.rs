@@ -242,3 +242,42 @@ fn route_credentials_come_from_labelled_secrets_and_a_missing_one_is_named() {
         .map(|b| b.users.len());
     assert_eq!(users, Some(1));
 }
+
+#[test]
+fn a_gateway_rate_limit_store_holds_every_rule_limit_under_its_own_prefix() {
+    let mut index = shop_with_defaults(json!({"rateLimit": {"requests": 10, "unit": "Second"}}));
+    index.apply(Object::Gateway(from(json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"namespace": "shop", "name": "gw", "generation": 4},
+        "spec": {"listeners": [{"name": "web", "port": 8080, "protocol": "HTTP"}],
+                 "defaults": {"rateLimit": {"requests": 10, "unit": "Second"}},
+                 "rateLimitStore": {"redis": {"address": "redis.cache:6379",
+                                              "failureMode": "FailClosed"}}}
+    }))));
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let own = json!({"name": "admin",
+                     "rateLimit": {"requests": 1, "unit": "Minute", "key": "Global"}});
+    index.apply(mk_route_rules("shop", json!({"name": "gw"}), Some(own)));
+    let routes = sub.routes.borrow();
+    let stores: Vec<_> = routes.routes[0]
+        .rules
+        .iter()
+        .map(|r| r.rate_limit.as_ref().and_then(|l| l.store.clone()))
+        .collect();
+    let want = |prefix: &str| {
+        Some(portico_proxy_api::RateLimitStore {
+            address: "redis.cache:6379".into(),
+            prefix: prefix.into(),
+            timeout: portico_proxy_api::Duration::from_millis(50),
+            fail_open: false,
+        })
+    };
+    assert_eq!(
+        stores,
+        [
+            want("portico:shop/gw:shop/shop:0"),
+            want("portico:shop/gw:shop/shop:admin")
+        ],
+        "the default's limit and the rule's own, each named by rule position or name"
+    );
+}

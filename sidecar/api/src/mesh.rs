@@ -149,7 +149,9 @@ pub struct InboundAuthorization {
 /// On a sidecar's inbound port it is the pod's own, so a Service with N pods takes up to N times
 /// the rate in total (as Envoy's local rate limit); for opaque TCP every new connection counts as
 /// one request and is closed when over the limit. On a route rule each gateway replica keeps its
-/// own bucket. Over the limit, HTTP requests get `429` with `retry-after`.
+/// own bucket, unless the limit names a [`RateLimitStore`]: then every proxy with the same store
+/// and prefix takes from one bucket kept there. Over the limit, HTTP requests get `429` with
+/// `retry-after`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
@@ -162,6 +164,28 @@ pub struct RateLimit {
     /// What one bucket counts.
     #[serde(default)]
     pub key: RateLimitKey,
+    /// Where the buckets are kept when they are shared by several proxies (route rules only;
+    /// absent: in each proxy's memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<RateLimitStore>,
+}
+
+/// A Redis server that keeps rate-limit buckets for several proxies (the replicas of a gateway),
+/// so they share one budget. Each request runs one script in Redis, atomically, with Redis's
+/// clock; when Redis cannot answer within `timeout`, `fail_open` decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitStore {
+    /// The Redis server, `host:port`.
+    pub address: String,
+    /// Starts the name of every key of this limit's buckets: limits with the same store and
+    /// prefix share buckets (the operator makes it unique per Gateway, Route and rule).
+    pub prefix: String,
+    /// How long a request waits for Redis (connecting included) before `fail_open` decides.
+    pub timeout: Duration,
+    /// When Redis fails or is too slow: `true` lets the request through, `false` answers `503`.
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 /// What one rate-limit bucket counts.

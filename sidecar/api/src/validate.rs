@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use crate::{
     API_VERSION, Aggregate, Authentication, Backend, Filter, HashOn, Header, HeaderModifier,
     InboundPolicy, Listener, MatchKind, PathMatch, PathRewrite, Protocol, ProxyConfig, RateLimit,
-    RateLimitKey, Route, RouteRule, ValueMatch,
+    RateLimitKey, RateLimitStore, Route, RouteRule, ValueMatch,
 };
 
 /// Why a config was refused: the element at fault and what is wrong with it.
@@ -93,6 +93,9 @@ fn check_inbound(policy: &InboundPolicy) -> Result<()> {
         }
         if let Some(rl) = &p.rate_limit {
             check_rate_limit(&format!("{el} rateLimit"), rl)?;
+            if rl.store.is_some() {
+                return fail(format!("{el} rateLimit"), "a port's limit has no store");
+            }
         }
     }
     Ok(())
@@ -110,6 +113,28 @@ fn check_rate_limit(el: &str, rl: &RateLimit) -> Result<()> {
     }
     if let RateLimitKey::Header { name } = &rl.key {
         check_header_name(el, name)?;
+    }
+    if let Some(store) = &rl.store {
+        check_store(&format!("{el} store"), store)?;
+    }
+    Ok(())
+}
+
+/// A store's address is `host:port` with a port that is a number, and it answers in time.
+fn check_store(el: &str, store: &RateLimitStore) -> Result<()> {
+    let port_ok = store
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return fail(el, format!("address {:?} is not host:port", store.address));
+    }
+    // The operator's prefixes name a Gateway, a Route and a rule: at most about 710 bytes.
+    if store.prefix.is_empty() || store.prefix.len() > 1024 {
+        return fail(el, "prefix must be 1 to 1024 bytes");
+    }
+    if store.timeout.get().is_zero() || store.timeout.get() > std::time::Duration::from_secs(10) {
+        return fail(el, "timeout must be longer than 0 and at most 10s");
     }
     Ok(())
 }

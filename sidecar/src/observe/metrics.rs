@@ -35,6 +35,14 @@ struct RouteBackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreErrorLabels {
+    route: Arc<str>,
+    rule: Arc<str>,
+    /// `allowed` (the store fails open) or `refused` (it fails closed).
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     backend: Arc<str>,
 }
@@ -250,6 +258,7 @@ pub struct Metrics {
     inbound_refused: Family<InboundRefusedLabels, Counter>,
     authorizations: Family<AuthorizationLabels, Counter>,
     authentications: Family<AuthnLabels, Counter>,
+    store_errors: Family<StoreErrorLabels, Counter>,
     config_version: Gauge,
     reloads: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
@@ -279,6 +288,7 @@ impl Metrics {
             inbound_refused: Family::default(),
             authorizations: Family::default(),
             authentications: Family::default(),
+            store_errors: Family::default(),
             config_version: Gauge::default(),
             reloads: Family::default(),
             identity_expiry: Gauge::default(),
@@ -331,6 +341,12 @@ impl Metrics {
             "Route authentication results, by route, method (jwt, api_key, basic), client (API key \
              name or basic user; empty for JWTs) and result (ok, refused)",
             m.authentications.clone(),
+        );
+        registry.register(
+            "rate_limit_store_errors",
+            "Requests whose rate limit could not be checked in its store (Redis failed or was too \
+             slow), by route, rule and decision (allowed: the store fails open; refused: closed)",
+            m.store_errors.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -526,6 +542,17 @@ impl Metrics {
                 method,
                 client,
                 result,
+            })
+            .inc();
+    }
+
+    /// Counts a request whose rate-limit store failed; `let_in`: it fails open.
+    pub fn rate_limit_store_error(&self, route: &Arc<str>, rule: Option<&Arc<str>>, let_in: bool) {
+        self.store_errors
+            .get_or_create(&StoreErrorLabels {
+                route: route.clone(),
+                rule: rule.unwrap_or(&self.none).clone(),
+                decision: if let_in { "allowed" } else { "refused" },
             })
             .inc();
     }

@@ -26,6 +26,8 @@ pub(crate) struct Outcome {
     pub(crate) principal: Option<crate::policy::authn::Principal>,
     /// The rule's authentication refused the request.
     pub(crate) unauthenticated: bool,
+    /// The rule's rate-limit store failed, and what was done about it.
+    pub(crate) store_failure: Option<crate::policy::stages::StoreFailure>,
 }
 
 impl Outcome {
@@ -86,6 +88,12 @@ impl RequestLog {
         {
             let who = out.principal.as_ref().map(|p| (p.method, &p.client));
             shared.metrics.authentication(route, who);
+        }
+        if let (Some(route), Some(failure)) = (&out.route, out.store_failure) {
+            let let_in = failure == crate::policy::stages::StoreFailure::LetIn;
+            shared
+                .metrics
+                .rate_limit_store_error(route, out.rule.as_ref(), let_in);
         }
         if shared.access_log {
             accesslog::write(&accesslog::Entry {

@@ -203,7 +203,10 @@ impl Forward<'_> {
 
 /// Routes a request and runs its rule's request stages on `parts`: the headers and URI are then
 /// those to send upstream (hop-by-hop headers gone, `X-Forwarded-*` and `Host` set).
-pub(crate) fn plan<'a>(
+///
+/// It waits only for a rule whose rate limit is kept in a store (Redis); for every other
+/// request it completes without yielding.
+pub(crate) async fn plan<'a>(
     snap: &'a Snapshot,
     conn: &ConnInfo,
     parts: &mut Parts,
@@ -231,9 +234,11 @@ pub(crate) fn plan<'a>(
         client: conn.client.ip(),
         principal: None,
         quota: None,
+        store_failure: None,
     };
-    let answer = hit.rule.stages.on_request(&mut view);
+    let answer = hit.rule.stages.on_request(&mut view).await;
     out.principal = view.principal.take();
+    out.store_failure = view.store_failure;
     // A preflight is answered before authentication: only the stage's 401 is a refusal.
     out.unauthenticated = hit.rule.stages.auth.is_some()
         && out.principal.is_none()
@@ -282,7 +287,7 @@ async fn route_and_forward(
     let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let fwd = match plan(&snap, conn, &mut parts, upgrade, out)? {
+    let fwd = match plan(&snap, conn, &mut parts, upgrade, out).await? {
         Plan::Answer(resp) => return Ok(resp),
         Plan::Aggregate(agg) => return agg.respond(shared, &parts, conn.client, out).await,
         Plan::Forward(f) => f,

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use portico_proxy_api::{RateLimit, RateLimitKey};
 
 use super::authn::{Authenticator, Principal};
-use super::ratelimit::{Key, Quota, RateLimiter};
+use super::limit_store::StoreLimiter;
+use super::ratelimit::{Key, Quota, RateLimited, RateLimiter};
 use super::{cors, filters};
 use crate::error::{Body, ProxyError};
 
@@ -81,8 +82,19 @@ pub struct Stages {
 pub struct RuleLimit {
     /// The limit as configured.
     pub config: RateLimit,
-    /// Its buckets.
+    /// Its buckets, when each proxy keeps its own.
     pub limiter: Arc<RateLimiter>,
+    /// Its buckets in a store shared with other proxies (instead of `limiter`).
+    pub store: Option<Arc<StoreLimiter>>,
+}
+
+/// The rate-limit store failed for a request, and what was done about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The request went on (`fail_open`).
+    LetIn,
+    /// The request was refused with `503`.
+    Refused,
 }
 
 /// What a request stage decided.
@@ -118,6 +130,8 @@ pub struct RequestView<'p, 's> {
     pub principal: Option<Principal>,
     /// What is left of the rate-limit bucket the request took from (marked on its answer).
     pub quota: Option<(u64, Quota)>,
+    /// The rate-limit store failed for this request.
+    pub store_failure: Option<StoreFailure>,
 }
 
 impl Stages {
@@ -133,6 +147,10 @@ impl Stages {
             rate_limit: rule.rate_limit.as_ref().map(|rl| RuleLimit {
                 config: rl.clone(),
                 limiter: Arc::new(RateLimiter::new(rl.requests, rl.period.get(), rl.burst)),
+                store: rl
+                    .store
+                    .as_ref()
+                    .map(|store| Arc::new(StoreLimiter::new(rl, store))),
             }),
             cache: rule.cache.clone(),
             fallback: rule.fallback.clone(),
@@ -184,7 +202,8 @@ impl Stages {
     }
 
     /// Runs the request stages in order; `Some` is the answer of the stage that answered.
-    pub fn on_request<'s>(&'s self, req: &mut RequestView<'_, 's>) -> Option<Response<Body>> {
+    /// Nothing here waits unless the rule's rate limit is kept in a store.
+    pub async fn on_request<'s>(&'s self, req: &mut RequestView<'_, 's>) -> Option<Response<Body>> {
         // A CORS preflight is the proxy's to answer, before anything else the rule does.
         if let Some(c) = &self.cors {
             if let Some(answer) = cors::preflight(c, &req.parts.method, &req.parts.headers) {
@@ -192,7 +211,7 @@ impl Stages {
             }
             req.cors_origin = cors::origin_to_mark(c, &req.parts.headers);
         }
-        if let Some(answer) = self.admit(req) {
+        if let Some(answer) = self.admit(req).await {
             let mut resp = answer;
             if let Some(c) = &self.cors {
                 cors::mark(c, req.cors_origin.as_ref(), resp.headers_mut());
@@ -217,7 +236,7 @@ impl Stages {
     }
 
     /// Authentication, then the rate limit: `Some` is the refusal.
-    fn admit(&self, req: &mut RequestView<'_, '_>) -> Option<Response<Body>> {
+    async fn admit(&self, req: &mut RequestView<'_, '_>) -> Option<Response<Body>> {
         if let Some(auth) = &self.auth {
             match auth.check(&mut req.parts.headers) {
                 Ok(who) => req.principal = Some(who),
@@ -236,8 +255,22 @@ impl Stages {
                     .map(HeaderValue::as_bytes),
             ),
         };
-        let capacity = rl.limiter.capacity();
-        match rl.limiter.take(key) {
+        let (capacity, taken) = match &rl.store {
+            None => (rl.limiter.capacity(), rl.limiter.take(key)),
+            // Boxed: the wait for Redis does not grow every request's future.
+            Some(store) => match Box::pin(store.take(key)).await {
+                Ok(taken) => (store.capacity(), taken),
+                Err(_) if store.fail_open => {
+                    req.store_failure = Some(StoreFailure::LetIn);
+                    return None;
+                }
+                Err(_) => {
+                    req.store_failure = Some(StoreFailure::Refused);
+                    return Some(ProxyError::RateLimitStoreUnavailable.into_response());
+                }
+            },
+        };
+        match taken {
             Ok(quota) => {
                 req.quota = Some((capacity, quota));
                 None
@@ -250,7 +283,7 @@ impl Stages {
                 .into_response();
                 let quota = Quota {
                     remaining: 0,
-                    full_in: rl.limiter.full_in(limited.0),
+                    full_in: rl.full_in(limited),
                 };
                 mark_quota(resp.headers_mut(), capacity, quota);
                 Some(resp)
@@ -259,12 +292,14 @@ impl Stages {
     }
 
     /// Takes the buckets of `old` (the same rule in the previous config) when its limit is the
-    /// same, so a config change does not hand every client a fresh burst.
+    /// same, so a config change does not hand every client a fresh burst (and a store's open
+    /// connections are kept).
     pub fn keep_buckets(&mut self, old: &Stages) {
         if let (Some(new), Some(old)) = (&mut self.rate_limit, &old.rate_limit)
             && new.config == old.config
         {
             new.limiter = old.limiter.clone();
+            new.store.clone_from(&old.store);
         }
     }
 
@@ -278,6 +313,16 @@ impl Stages {
     /// Whether any response stage would change a response.
     pub fn edits_responses(&self) -> bool {
         !self.response.is_empty() || self.cors.is_some() || self.rate_limit.is_some()
+    }
+}
+
+impl RuleLimit {
+    /// How long until a refused request's bucket is full again.
+    fn full_in(&self, limited: RateLimited) -> std::time::Duration {
+        match &self.store {
+            Some(store) => store.full_in(limited.0),
+            None => self.limiter.full_in(limited.0),
+        }
     }
 }
 
@@ -370,8 +415,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn stages_run_in_the_order_the_rule_lists_them_and_an_answer_ends_the_request_side() {
+    #[tokio::test]
+    async fn stages_run_in_the_order_the_rule_lists_them_and_an_answer_ends_the_request_side() {
         let filters = vec![
             Filter::RequestHeaderModifier(set("x-step", "one")),
             Filter::RequestHeaderModifier(set("x-step", "two")),
@@ -408,9 +453,11 @@ mod tests {
             client: IpAddr::from([127, 0, 0, 1]),
             principal: None,
             quota: None,
+            store_failure: None,
         };
         let answer = stages
             .on_request(&mut view)
+            .await
             .expect("the direct response answers");
         assert_eq!(answer.status(), 418);
         assert_eq!(

@@ -378,7 +378,7 @@ async fn request(
     );
     let mut out = Outcome::default();
     let snap = shared.snapshot.load_full();
-    let result = match pipeline::plan(&snap, info, &mut parts, false, &mut out) {
+    let result = match pipeline::plan(&snap, info, &mut parts, false, &mut out).await {
         Ok(Plan::Forward(fwd)) => match fwd.backend.clients.fast_h1() {
             Some(pool) if fwd.hit.rule.stages.fast_path() => {
                 let pool = pool.clone();

@@ -87,7 +87,7 @@ async fn credential(ctx: &Ctx, name: &str, data: &[(&str, &str)]) -> anyhow::Res
 }
 
 /// One request to the gateway: status, the lower-cased head, and the body.
-async fn request(
+pub(super) async fn request(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],

@@ -187,6 +187,10 @@ fn a_bad_inbound_policy_is_refused_naming_the_port() {
             "ports: [{ port: 80, policy: p, rateLimit: { requests: 5, period: 1s, burst: 5, key: { type: Header, name: 'a b' } } }]",
             "header name \"a b\" is not a valid token",
         ),
+        (
+            "ports: [{ port: 80, policy: p, rateLimit: { requests: 5, period: 1s, burst: 5, store: { address: 'r:6379', prefix: p, timeout: 50ms } } }]",
+            "inbound port 80 rateLimit: a port's limit has no store",
+        ),
     ];
     for (yaml, want) in cases {
         let e = with_inbound(yaml).validate().expect_err(yaml).to_string();

@@ -394,3 +394,58 @@ fn cache_and_fallback_parse_with_defaults_and_bad_values_are_refused() {
         r#"route "api" rule 1 fallback: sets neither staleFor nor directResponse"#
     );
 }
+
+#[test]
+fn a_rule_limit_kept_in_a_store_needs_an_address_a_prefix_and_a_short_timeout() {
+    let with_store = |store: &str| {
+        let mut cfg = good();
+        let yaml = format!("{{ requests: 5, period: 1s, burst: 5, store: {store} }}");
+        cfg.routes[0].rules[0].rate_limit = Some(serde_yaml::from_str(&yaml).expect(&yaml));
+        cfg
+    };
+    let ok = with_store("{ address: 'redis.cache:6379', prefix: p, timeout: 50ms }");
+    ok.validate()
+        .expect("a store with address, prefix and timeout");
+    let store = ok.routes[0].rules[0]
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .store
+        .as_ref();
+    assert!(!store.unwrap().fail_open, "fails closed unless it says");
+    with_store("{ address: '[fd00::5]:6379', prefix: p, timeout: 10s, failOpen: true }")
+        .validate()
+        .expect("an IPv6 address");
+    for (store, want) in [
+        (
+            "{ address: redis, prefix: p, timeout: 50ms }",
+            "is not host:port",
+        ),
+        (
+            "{ address: 'redis:0', prefix: p, timeout: 50ms }",
+            "is not host:port",
+        ),
+        (
+            "{ address: ':6379', prefix: p, timeout: 50ms }",
+            "is not host:port",
+        ),
+        (
+            "{ address: 'redis:6379', prefix: '', timeout: 50ms }",
+            "prefix must be",
+        ),
+        (
+            "{ address: 'redis:6379', prefix: p, timeout: 0s }",
+            "timeout must be",
+        ),
+        (
+            "{ address: 'redis:6379', prefix: p, timeout: 11s }",
+            "timeout must be",
+        ),
+    ] {
+        let e = err(&with_store(store));
+        assert!(
+            e.contains("rateLimit store") && e.contains(want),
+            "{store}: {e}"
+        );
+    }
+}
