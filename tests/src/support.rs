@@ -174,6 +174,42 @@ pub async fn backend(
     }))
 }
 
+/// As [`backend`], but each answer waits until the request's body has been read to its end (as
+/// a server that handles uploads does), so a broken request body is the proxy's to refuse
+/// before any answer exists (h2spec's malformed-body cases).
+pub async fn backend_after_body(
+    addr: SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding backend {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let read = req.into_body().collect().await;
+                        let mut resp =
+                            http::Response::new(http_body_util::Full::new(Bytes::from(name)));
+                        if read.is_err() {
+                            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }))
+}
+
 /// `GET path` with `Host: host` over a fresh HTTP/1.1 connection, optionally from a given
 /// source address; returns status, the `x-portico-error` header (empty when absent) and the
 /// body.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use portico_proxy::{Options, Proxy};
 use portico_tests::cluster::{bin_dir, free_port};
-use portico_tests::support::backend;
+use portico_tests::support::backend_after_body;
 
 /// Runs h2spec against `port` (with TLS when `tls`) and returns its summary line.
 async fn h2spec(port: u16, tls: bool) -> String {
@@ -46,7 +46,7 @@ async fn h2spec_passes_every_test_on_h2c_and_tls_listeners() {
     // h2spec's flow-control cases need a response bigger than a window (64 KiB); with a small
     // one it skips them.
     let body: &'static str = Box::leak("x".repeat(100_000).into_boxed_str());
-    let _backend = backend(up, body).await.unwrap();
+    let _backend = backend_after_body(up, body).await.unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let yaml = format!(
         r#"
