@@ -152,34 +152,23 @@ pub async fn backend(
     addr: SocketAddr,
     name: &'static str,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding backend {addr}"))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(Bytes::from(name)),
-                    ))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    }))
+    serve_name(addr, name, false).await
 }
 
 /// As [`backend`], but each answer waits until the request's body has been read to its end (as
 /// a server that handles uploads does), so a broken request body is the proxy's to refuse
-/// before any answer exists (h2spec's malformed-body cases).
+/// before any answer exists (h2spec's malformed-body cases); a body that fails to read gets 400.
 pub async fn backend_after_body(
     addr: SocketAddr,
     name: &'static str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    serve_name(addr, name, true).await
+}
+
+async fn serve_name(
+    addr: SocketAddr,
+    name: &'static str,
+    read_body: bool,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -193,7 +182,11 @@ pub async fn backend_after_body(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: http::Request<hyper::body::Incoming>| async move {
-                        let read = req.into_body().collect().await;
+                        let read = if read_body {
+                            req.into_body().collect().await.map(drop)
+                        } else {
+                            Ok(())
+                        };
                         let mut resp =
                             http::Response::new(http_body_util::Full::new(Bytes::from(name)));
                         if read.is_err() {

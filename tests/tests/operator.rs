@@ -1158,22 +1158,32 @@ impl Drop for GatewayProxy {
     }
 }
 
-async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
-    let dir = ctx.plane.dir().join(format!("proxy-{}", ctx.namespace));
+/// How a gateway proxy of Gateway `gw` reaches `op`'s config server: a token of the gateway's
+/// ServiceAccount written under the test's directory (`dir`-namespace), the operator's CA.
+async fn gateway_control_plane(
+    ctx: &Ctx,
+    op: &Operator,
+    dir: &str,
+) -> anyhow::Result<portico_proxy::mesh::operator::ControlPlane> {
+    let dir = ctx.plane.dir().join(format!("{dir}-{}", ctx.namespace));
     std::fs::create_dir_all(&dir)?;
     let token_file = dir.join("token");
     std::fs::write(
         &token_file,
         token(ctx, "portico-gateway-gw", "portico").await?,
     )?;
-    let cp = portico_proxy::mesh::operator::ControlPlane {
+    Ok(portico_proxy::mesh::operator::ControlPlane {
         identity: None,
         url: format!("https://{}", op.config_addr).parse()?,
         stream: portico_proxy::mesh::operator::Stream::Gateway(format!("{}/gw", ctx.namespace)),
         token_file,
         ca_pem: std::fs::read(&op.tls.cert)?,
         extra_listeners: Vec::new(),
-    };
+    })
+}
+
+async fn start_proxy(ctx: &Ctx, op: &Operator) -> anyhow::Result<GatewayProxy> {
+    let cp = gateway_control_plane(ctx, op, "proxy").await?;
     let (config, session) = tokio::time::timeout(
         Duration::from_secs(20),
         portico_proxy::app::control::first_config(&cp),

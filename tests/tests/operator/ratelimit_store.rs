@@ -61,21 +61,7 @@ async fn second_proxy(
     ctx: &Ctx,
     op: &Operator,
 ) -> anyhow::Result<(portico_proxy::Proxy, SocketAddr)> {
-    let dir = ctx.plane.dir().join(format!("proxy-b-{}", ctx.namespace));
-    std::fs::create_dir_all(&dir)?;
-    let token_file = dir.join("token");
-    std::fs::write(
-        &token_file,
-        token(ctx, "portico-gateway-gw", "portico").await?,
-    )?;
-    let cp = portico_proxy::mesh::operator::ControlPlane {
-        identity: None,
-        url: format!("https://{}", op.config_addr).parse()?,
-        stream: portico_proxy::mesh::operator::Stream::Gateway(format!("{}/gw", ctx.namespace)),
-        token_file,
-        ca_pem: std::fs::read(&op.tls.cert)?,
-        extra_listeners: Vec::new(),
-    };
+    let cp = gateway_control_plane(ctx, op, "proxy-b").await?;
     let (mut config, _session) = tokio::time::timeout(
         Duration::from_secs(20),
         portico_proxy::app::control::first_config(&cp),
