@@ -155,6 +155,10 @@ fn main() -> ExitCode {
                 auth::authentication_and_rate_limits,
             ),
             test(
+                "a_jwks_uri_is_fetched_over_https_refetched_on_an_unknown_kid_and_kept_when_the_issuer_fails",
+                auth::jwks_uri,
+            ),
+            test(
                 "a_route_aggregates_services_json_and_marks_answers_missing_a_failed_one",
                 aggregate::aggregate,
             ),

@@ -362,3 +362,104 @@ pub(super) async fn authentication_and_rate_limits(ctx: Ctx) -> anyhow::Result<(
     ensure!(!text.contains("key-b"), "a key in the metrics");
     Ok(())
 }
+
+/// `Route.spec.rules[].authentication.jwt.jwksUri`: the gateway proxy fetches the key set from
+/// a real nginx over HTTPS, accepts tokens it signs, fetches again when a token names a key it
+/// has not seen (the issuer rotated), and keeps the last good set once the issuer is gone.
+pub(super) async fn jwks_uri(ctx: Ctx) -> anyhow::Result<()> {
+    use std::process::Stdio;
+    let dir = ctx.plane.dir().join(format!("issuer-{}", ctx.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let (k1, k2) = (Signer::new("k1")?, Signer::new("k2")?);
+    std::fs::write(dir.join("jwks.json"), k1.jwks())?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem())?;
+    // The in-process proxy trusts the issuer's certificate (the binary would read SSL_CERT_FILE).
+    portico_proxy::policy::jwks::use_roots_file(dir.join("cert.pem"));
+    let port = free_port()?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context("nginx is not installed (hack/k8s-bins.sh installs Debian's nginx)")?;
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "master_process off; daemon off; worker_processes 1;\n\
+             pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; server_name localhost;\n\
+               ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
+               location = /jwks.json {{ root {d}; default_type application/json; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let mut issuer = tokio::process::Command::new(nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nginx")?;
+
+    let _api = backend("198.18.65.131:8080".parse()?, "api").await?;
+    gateway_on_free_port(&ctx).await?;
+    create::<Service>(&ctx, service("api")).await?;
+    create::<EndpointSlice>(&ctx, slice("api-1", "api", &["198.18.65.131"])).await?;
+    create::<Route>(
+        &ctx,
+        json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "Route",
+            "metadata": {"name": "api"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["shop.example.com"], "rules": [{
+                "backendRefs": [{"name": "api", "port": 80}],
+                "authentication": {"jwt": {
+                    "issuer": "https://issuer.example", "audiences": ["shop"],
+                    "jwksUri": format!("https://localhost:{port}/jwks.json")}}}]}
+        }),
+    )
+    .await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    let gw = proxy.addr;
+    let with = |signer: &Signer| format!("Bearer {}", signer.token("alice", json!({})));
+    let (t1, t2) = (with(&k1), with(&k2));
+    eventually(
+        "a token of the fetched key set passes",
+        Duration::from_secs(20),
+        || async {
+            let (status, _, _) = request(gw, "/", &[("authorization", &t1)]).await?;
+            Ok((status == 200).then_some(()))
+        },
+    )
+    .await?;
+    let (status, head, _) = request(gw, "/", &[("authorization", &t2)]).await?;
+    ensure!(
+        status == 401 && head.contains("unknown signing key"),
+        "a key not published yet: {status}\n{head}"
+    );
+    // The issuer rotates to k2: the unknown kid makes the proxy fetch again (at most every 10 s).
+    std::fs::write(dir.join("jwks.json"), k2.jwks())?;
+    eventually(
+        "the rotated key accepted",
+        Duration::from_secs(30),
+        || async {
+            let (status, _, _) = request(gw, "/", &[("authorization", &t2)]).await?;
+            Ok((status == 200).then_some(()))
+        },
+    )
+    .await?;
+    // The issuer goes away: the last good key set stays in use.
+    issuer.kill().await?;
+    let (status, _, _) = request(gw, "/", &[("authorization", &t1)]).await?;
+    ensure!(status == 401, "the rotated-out key is refused: {status}");
+    for _ in 0..3 {
+        let (status, _, _) = request(gw, "/", &[("authorization", &t2)]).await?;
+        ensure!(status == 200, "after the issuer went away: {status}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
