@@ -367,7 +367,6 @@ pub(super) async fn authentication_and_rate_limits(ctx: Ctx) -> anyhow::Result<(
 /// a real nginx over HTTPS, accepts tokens it signs, fetches again when a token names a key it
 /// has not seen (the issuer rotated), and keeps the last good set once the issuer is gone.
 pub(super) async fn jwks_uri(ctx: Ctx) -> anyhow::Result<()> {
-    use std::process::Stdio;
     let dir = ctx.plane.dir().join(format!("issuer-{}", ctx.namespace));
     std::fs::create_dir_all(&dir)?;
     let (k1, k2) = (Signer::new("k1")?, Signer::new("k2")?);
@@ -378,32 +377,17 @@ pub(super) async fn jwks_uri(ctx: Ctx) -> anyhow::Result<()> {
     // The in-process proxy trusts the issuer's certificate (the binary would read SSL_CERT_FILE).
     portico_proxy::policy::jwks::use_roots_file(dir.join("cert.pem"));
     let port = free_port()?;
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .context("nginx is not installed (hack/k8s-bins.sh installs Debian's nginx)")?;
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "master_process off; daemon off; worker_processes 1;\n\
-             pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; server_name localhost;\n\
+    let issuer = Nginx::serve(
+        dir.clone(),
+        &format!(
+            "server {{ listen 127.0.0.1:{port} ssl; server_name localhost;\n\
                ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
-               location = /jwks.json {{ root {d}; default_type application/json; }} }} }}\n",
+               location = /jwks.json {{ root {d}; default_type application/json; }} }}\n",
             d = dir.display()
         ),
-    )?;
-    let mut issuer = tokio::process::Command::new(nginx)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting nginx")?;
+        format!("127.0.0.1:{port}").parse()?,
+    )
+    .await?;
 
     let _api = backend("198.18.65.131:8080".parse()?, "api").await?;
     gateway_on_free_port(&ctx).await?;
@@ -453,7 +437,7 @@ pub(super) async fn jwks_uri(ctx: Ctx) -> anyhow::Result<()> {
     )
     .await?;
     // The issuer goes away: the last good key set stays in use.
-    issuer.kill().await?;
+    drop(issuer);
     let (status, _, _) = request(gw, "/", &[("authorization", &t1)]).await?;
     ensure!(status == 401, "the rotated-out key is refused: {status}");
     for _ in 0..3 {

@@ -29,10 +29,6 @@ impl Nginx {
         endpoints: &[(&str, &str)],
         locations: &str,
     ) -> anyhow::Result<Self> {
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .context("nginx is not installed (hack/k8s-bins.sh installs Debian's nginx)")?;
         std::fs::create_dir_all(&dir)?;
         let mut servers = String::new();
         for (letter, addr) in endpoints {
@@ -48,6 +44,22 @@ impl Nginx {
                 root = root.display()
             ));
         }
+        let first: SocketAddr = endpoints[0].1.parse()?;
+        Self::serve(dir, &servers, first).await
+    }
+
+    /// One nginx with `servers` (nginx `server` blocks) in its `http` block, ready once `first`
+    /// accepts connections; its pid file, logs and config live in `dir`.
+    pub(super) async fn serve(
+        dir: PathBuf,
+        servers: &str,
+        first: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .context("nginx is not installed (hack/k8s-bins.sh installs Debian's nginx)")?;
+        std::fs::create_dir_all(&dir)?;
         let conf = format!(
             "master_process off; daemon off; worker_processes 1;\n\
              pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
@@ -66,7 +78,6 @@ impl Nginx {
             .kill_on_drop(true)
             .spawn()
             .context("starting nginx")?;
-        let first: SocketAddr = endpoints[0].1.parse()?;
         eventually("nginx listening", Duration::from_secs(10), || async move {
             Ok(tokio::net::TcpStream::connect(first).await.ok().map(drop))
         })
