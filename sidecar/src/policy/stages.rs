@@ -82,10 +82,17 @@ pub struct Stages {
 pub struct RuleLimit {
     /// The limit as configured.
     pub config: RateLimit,
-    /// Its buckets, when each proxy keeps its own.
-    pub limiter: Arc<RateLimiter>,
-    /// Its buckets in a store shared with other proxies (instead of `limiter`).
-    pub store: Option<Arc<StoreLimiter>>,
+    /// Its buckets.
+    pub buckets: Buckets,
+}
+
+/// Where a rule's buckets are kept.
+#[derive(Clone, Debug)]
+pub enum Buckets {
+    /// In this proxy, its own.
+    Local(Arc<RateLimiter>),
+    /// In a store shared with the other proxies.
+    Store(Arc<StoreLimiter>),
 }
 
 /// The rate-limit store failed for a request, and what was done about it.
@@ -146,11 +153,14 @@ impl Stages {
             auth: rule.authentication.as_ref().map(Authenticator::compile),
             rate_limit: rule.rate_limit.as_ref().map(|rl| RuleLimit {
                 config: rl.clone(),
-                limiter: Arc::new(RateLimiter::new(rl.requests, rl.period.get(), rl.burst)),
-                store: rl
-                    .store
-                    .as_ref()
-                    .map(|store| Arc::new(StoreLimiter::new(rl, store))),
+                buckets: match &rl.store {
+                    None => Buckets::Local(Arc::new(RateLimiter::new(
+                        rl.requests,
+                        rl.period.get(),
+                        rl.burst,
+                    ))),
+                    Some(store) => Buckets::Store(Arc::new(StoreLimiter::new(rl, store))),
+                },
             }),
             cache: rule.cache.clone(),
             fallback: rule.fallback.clone(),
@@ -255,10 +265,10 @@ impl Stages {
                     .map(HeaderValue::as_bytes),
             ),
         };
-        let (capacity, taken) = match &rl.store {
-            None => (rl.limiter.capacity(), rl.limiter.take(key)),
+        let (capacity, taken) = match &rl.buckets {
+            Buckets::Local(limiter) => (limiter.capacity(), limiter.take(key)),
             // Boxed: the wait for Redis does not grow every request's future.
-            Some(store) => match Box::pin(store.take(key)).await {
+            Buckets::Store(store) => match Box::pin(store.take(key)).await {
                 Ok(taken) => (store.capacity(), taken),
                 Err(_) if store.fail_open => {
                     req.store_failure = Some(StoreFailure::LetIn);
@@ -298,8 +308,7 @@ impl Stages {
         if let (Some(new), Some(old)) = (&mut self.rate_limit, &old.rate_limit)
             && new.config == old.config
         {
-            new.limiter = old.limiter.clone();
-            new.store.clone_from(&old.store);
+            new.buckets = old.buckets.clone();
         }
     }
 
@@ -319,9 +328,9 @@ impl Stages {
 impl RuleLimit {
     /// How long until a refused request's bucket is full again.
     fn full_in(&self, limited: RateLimited) -> std::time::Duration {
-        match &self.store {
-            Some(store) => store.full_in(limited.0),
-            None => self.limiter.full_in(limited.0),
+        match &self.buckets {
+            Buckets::Store(store) => store.full_in(limited.0),
+            Buckets::Local(limiter) => limiter.full_in(limited.0),
         }
     }
 }
