@@ -69,6 +69,31 @@ async fn h2c_client_reaches_http1_backend() {
     assert_eq!(reply.json()["headers"]["host"], "example.com");
 }
 
+/// An HTTP/2 GET whose stream stays open after its headers carries a body of unknown length;
+/// hyper's HTTP/1.1 client would drop it (it assumes a GET has none), so the proxy sends it
+/// chunked, and the upstream answers only once the body has ended.
+#[tokio::test]
+async fn an_h2_get_with_an_open_body_reaches_an_http1_backend_with_its_body() {
+    let up = echo("a").await;
+    let proxy = start(&one_backend(up.addr, "http1")).await;
+    let (tx, rx) = mpsc::channel(4);
+    let req = Request::get("http://example.com/search")
+        .body(ChannelBody(rx).boxed_unsync())
+        .unwrap();
+    let sent = tokio::spawn(async move {
+        tx.send(Frame::data(Bytes::from("query body")))
+            .await
+            .unwrap();
+    });
+    let reply = read(send(proxy.listener_addr("web").unwrap(), req, true).await).await;
+    sent.await.unwrap();
+    assert_eq!(reply.status, 200);
+    let j = reply.json();
+    assert_eq!(j["version"], "HTTP/1.1");
+    assert_eq!(j["body"], "query body");
+    assert_eq!(j["headers"]["transfer-encoding"], "chunked");
+}
+
 #[tokio::test]
 async fn auto_upstream_protocol_follows_the_client() {
     let up = echo("a").await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use portico_proxy_api::RetryPolicy;
 use tokio::time::Instant;
@@ -227,6 +228,21 @@ pub(crate) fn upstream_request(
     }
     uri.path_and_query = Some(pq);
     let uri = http::Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut headers = headers;
+    // hyper's HTTP/1.1 client assumes a GET or HEAD of unknown length has no body and drops
+    // it. Such a request only comes from an HTTP/2 client that left its stream open; its body
+    // is streamed on, chunked, as for any other method.
+    if version != Version::HTTP_2
+        && matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        headers.insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
