@@ -222,7 +222,15 @@ pub async fn run(
             if applied.get(key) == Some(gateway) {
                 continue;
             }
-            let objects = desired(key, &gateway.uid, &gateway.spec, &settings);
+            let mut objects = desired(key, &gateway.uid, &gateway.spec, &settings);
+            if gateway.gateway_api {
+                // The owner is the Gateway API's Gateway: an owner reference naming Portico's
+                // kind would point at nothing, and the garbage collector would delete the proxies.
+                for o in &mut objects {
+                    o["metadata"]["ownerReferences"][0]["apiVersion"] =
+                        format!("{}/v1", portico_api::grant::GATEWAY_API_GROUP).into();
+                }
+            }
             match apply(&client, key, objects).await {
                 Ok(()) => {
                     tracing::info!(gateway = %key, "gateway proxy objects applied");

@@ -11,9 +11,15 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use portico_api::gateway::{GatewayAddress, GatewayStatus, ListenerStatus};
+use portico_api::gateway_api::{
+    ApiGateway, ApiGatewayAddress, ApiGatewayStatus, ApiListenerStatus, ApiRouteParentStatus,
+    ApiRouteStatus, GatewayClass, GatewayClassStatus, GrpcRoute, HttpRoute, RouteGroupKind,
+    SupportedFeature,
+};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{RouteParentStatus, RouteStatus};
 use portico_api::{Gateway, Route, ServicePolicy};
@@ -117,6 +123,88 @@ pub fn policy_status(state: &crate::index::PolicyState) -> ServicePolicyStatus {
     }
 }
 
+/// The Gateway API Gateway status to write for `state`.
+pub fn api_gateway_status(state: &crate::index::ApiGatewayState) -> ApiGatewayStatus {
+    let current = state.current.clone().unwrap_or_default();
+    ApiGatewayStatus {
+        addresses: state
+            .addresses
+            .iter()
+            .map(|a| ApiGatewayAddress {
+                type_: "IPAddress".to_owned(),
+                value: a.clone(),
+            })
+            .collect(),
+        conditions: conditions(&state.conditions, state.generation, &current.conditions),
+        listeners: state
+            .listeners
+            .iter()
+            .map(|l| {
+                let cur = current
+                    .listeners
+                    .iter()
+                    .find(|c| c.name == l.name)
+                    .map(|c| c.conditions.as_slice())
+                    .unwrap_or_default();
+                ApiListenerStatus {
+                    name: l.name.clone(),
+                    supported_kinds: l
+                        .supported_kinds
+                        .iter()
+                        .map(|k| RouteGroupKind {
+                            group: Some(portico_api::grant::GATEWAY_API_GROUP.to_owned()),
+                            kind: (*k).to_owned(),
+                        })
+                        .collect(),
+                    attached_routes: l.attached_routes,
+                    conditions: conditions(&l.conditions, state.generation, cur),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The HTTPRoute or GRPCRoute status to write for `state`: Portico's entries, after the entries
+/// of other controllers, which are kept as they are.
+pub fn api_route_status(state: &crate::index::ApiRouteState) -> ApiRouteStatus {
+    let current = state.current.clone().unwrap_or_default();
+    let ours = portico_api::gateway_api::CONTROLLER_NAME;
+    let mut parents: Vec<ApiRouteParentStatus> = current
+        .parents
+        .iter()
+        .filter(|p| p.controller_name != ours)
+        .cloned()
+        .collect();
+    parents.extend(state.parents.iter().map(|(parent_ref, conds)| {
+        let cur = current
+            .parents
+            .iter()
+            .find(|c| c.controller_name == ours && c.parent_ref == *parent_ref)
+            .map(|c| c.conditions.as_slice())
+            .unwrap_or_default();
+        ApiRouteParentStatus {
+            parent_ref: parent_ref.clone(),
+            controller_name: ours.to_owned(),
+            conditions: conditions(conds, state.generation, cur),
+        }
+    }));
+    ApiRouteStatus { parents }
+}
+
+/// The GatewayClass status to write for `state`, with the features Portico supports.
+pub fn class_status(state: &crate::index::ClassState) -> GatewayClassStatus {
+    let current = state.current.clone().unwrap_or_default();
+    GatewayClassStatus {
+        conditions: conditions(&state.conditions, state.generation, &current.conditions),
+        supported_features: crate::index::gateway_api::SUPPORTED_FEATURES
+            .iter()
+            .map(|f| SupportedFeature {
+                name: (*f).to_owned(),
+            })
+            .collect(),
+    }
+}
+
 /// Conditions that became false (or changed reason) between `old` and `new`: worth an Event.
 fn newly_failing<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter()
@@ -167,10 +255,96 @@ impl Writer {
         Ok(())
     }
 
+    async fn patch_class(
+        &self,
+        name: &str,
+        status: &GatewayClassStatus,
+    ) -> Result<(), kube::Error> {
+        let api: Api<GatewayClass> = Api::all(self.client.clone());
+        let body = serde_json::json!({
+            "apiVersion": GatewayClass::api_version(&()),
+            "kind": GatewayClass::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        self.metrics
+            .status_patches
+            .get_or_create(&[("kind", "GatewayClass")])
+            .inc();
+        Ok(())
+    }
+
+    /// Writes the status of the Gateway API kinds that differs.
+    async fn write_api(&self, statuses: &Statuses) -> bool {
+        let mut ok = true;
+        for (name, state) in &statuses.classes {
+            let desired = class_status(state);
+            if state.current.as_ref() == Some(&desired) {
+                continue;
+            }
+            if let Err(e) = self.patch_class(name, &desired).await {
+                ok = false;
+                tracing::warn!(class = %name, error = %e, "status write failed");
+            }
+        }
+        for (key, state) in &statuses.api_gateways {
+            let desired = api_gateway_status(state);
+            let current = state.current.clone().unwrap_or_default();
+            if desired == current {
+                continue;
+            }
+            match self
+                .patch::<ApiGateway, _>(key, "Gateway.gateway.networking.k8s.io", &desired)
+                .await
+            {
+                Ok(()) => {
+                    self.event_for(
+                        ApiGateway::api_version(&()).as_ref(),
+                        "Gateway",
+                        key,
+                        newly_failing(&current.conditions, &desired.conditions),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(gateway = %key, error = %e, "status write failed");
+                }
+            }
+        }
+        for ((kind, key), state) in &statuses.api_routes {
+            let desired = api_route_status(state);
+            if state.current.as_ref() == Some(&desired)
+                || (state.current.is_none() && desired.parents.is_empty())
+            {
+                continue;
+            }
+            let result = match *kind {
+                "GRPCRoute" => self.patch::<GrpcRoute, _>(key, "GRPCRoute", &desired).await,
+                _ => self.patch::<HttpRoute, _>(key, "HTTPRoute", &desired).await,
+            };
+            if let Err(e) = result {
+                ok = false;
+                tracing::warn!(route = %key, kind, error = %e, "status write failed");
+            }
+        }
+        ok
+    }
+
     async fn event(&self, kind: &str, key: &Key, failing: Vec<&Condition>) {
+        let api_version = format!("{}/{}", portico_api::GROUP, portico_api::VERSION);
+        self.event_for(&api_version, kind, key, failing).await;
+    }
+
+    async fn event_for(&self, api_version: &str, kind: &str, key: &Key, failing: Vec<&Condition>) {
         for c in failing {
             let reference = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some(format!("{}/{}", portico_api::GROUP, portico_api::VERSION)),
+                api_version: Some(api_version.to_owned()),
                 kind: Some(kind.to_owned()),
                 name: Some(key.name.clone()),
                 namespace: Some(key.namespace.clone()),
@@ -264,7 +438,7 @@ impl Writer {
                 }
             }
         }
-        ok
+        self.write_api(statuses).await && ok
     }
 }
 

@@ -18,6 +18,7 @@ use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
+use portico_api::gateway_api::{ApiGateway, GatewayClass, GrpcRoute, HttpRoute};
 use portico_api::{Gateway, ReferenceGrant, Route, ServicePolicy};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -71,6 +72,10 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::ReferenceGrant => ApiResource::erase::<ReferenceGrant>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::Pod => ApiResource::erase::<Pod>(&()),
+        Kind::GatewayClass => ApiResource::erase::<GatewayClass>(&()),
+        Kind::ApiGateway => ApiResource::erase::<ApiGateway>(&()),
+        Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
+        Kind::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
     }
 }
 
@@ -102,6 +107,10 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::Deployment => parse(obj, |d| Object::Deployment(Box::new(d))),
         // Decoded, reduced to its compact record at once, and the Pod dropped.
         Kind::Pod => parse(obj, |p: Pod| Object::Pod(PodInfo::of(&p))),
+        Kind::GatewayClass => parse(obj, Object::GatewayClass),
+        Kind::ApiGateway => parse(obj, |g| Object::ApiGateway(Box::new(g))),
+        Kind::HttpRoute => parse(obj, |r| Object::HttpRoute(Box::new(r))),
+        Kind::GrpcRoute => parse(obj, |r| Object::GrpcRoute(Box::new(r))),
     }
 }
 
@@ -128,6 +137,10 @@ pub async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
         ApiResource::erase::<Route>(&()),
         ApiResource::erase::<ServicePolicy>(&()),
         ApiResource::erase::<ReferenceGrant>(&()),
+        ApiResource::erase::<GatewayClass>(&()),
+        ApiResource::erase::<ApiGateway>(&()),
+        ApiResource::erase::<HttpRoute>(&()),
+        ApiResource::erase::<GrpcRoute>(&()),
     ] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api
@@ -161,7 +174,8 @@ pub fn spawn(
     };
     let mut watches = Vec::new();
     for kind in Kind::ALL {
-        if kind == Kind::Namespace {
+        // Cluster-scoped kinds are watched once, whatever the namespaces.
+        if matches!(kind, Kind::Namespace | Kind::GatewayClass) {
             watches.push((kind, None));
         } else {
             watches.extend(scopes.iter().map(|s| (kind, s.clone())));

@@ -92,8 +92,9 @@ async fn crds_established(ctx: Ctx) -> anyhow::Result<()> {
     // The harness installed them already; applying again must be a clean no-op.
     let names =
         portico_tests::crds::apply_with_client(&ctx.client, &repo_root().join("crds")).await?;
-    // Portico's own, and the Gateway API's ReferenceGrant, vendored as it is upstream (its
-    // categories, columns and status are the Gateway API's, not checked here).
+    // Portico's own, and the Gateway API's standard-channel kinds Portico serves, vendored as
+    // they are upstream (their categories, columns and status are the Gateway API's, not
+    // checked here).
     let (portico, vendored): (Vec<String>, Vec<String>) =
         names.into_iter().partition(|n| n.ends_with(".portico.dev"));
     ensure!(
@@ -106,7 +107,14 @@ async fn crds_established(ctx: Ctx) -> anyhow::Result<()> {
         "unexpected CRDs: {portico:?}"
     );
     ensure!(
-        vendored == ["referencegrants.gateway.networking.k8s.io"],
+        vendored
+            == [
+                "gatewayclasses.gateway.networking.k8s.io",
+                "gateways.gateway.networking.k8s.io",
+                "grpcroutes.gateway.networking.k8s.io",
+                "httproutes.gateway.networking.k8s.io",
+                "referencegrants.gateway.networking.k8s.io"
+            ],
         "unexpected vendored CRDs: {vendored:?}"
     );
     let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());

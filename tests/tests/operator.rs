@@ -46,6 +46,9 @@ mod connect;
 /// CORS on Route rules.
 #[path = "operator/cors.rs"]
 mod cors;
+/// The Gateway API's own kinds.
+#[path = "operator/gateway_api.rs"]
+mod gateway_api;
 /// Cross-namespace references and the ReferenceGrants that permit them.
 #[path = "operator/grants.rs"]
 mod grants;
@@ -149,6 +152,10 @@ fn main() -> ExitCode {
             test(
                 "a_route_answers_cors_preflights_and_marks_allowed_origins",
                 cors::cors,
+            ),
+            test(
+                "gateway_api_classes_gateways_and_httproutes_are_served_with_their_status",
+                gateway_api::gateway_api_kinds,
             ),
             test(
                 "route_rules_authenticate_with_api_keys_jwts_and_basic_and_rate_limit",

@@ -17,6 +17,7 @@
 pub mod common;
 pub mod crds;
 pub mod gateway;
+pub mod gateway_api;
 pub mod grant;
 pub mod policy;
 pub mod route;

@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
+use portico_api::Gateway;
 use portico_api::gateway::{Listener, RouteNamespaces};
 use portico_api::route::{ParentKind, ParentReference};
-use portico_api::{Gateway, Route};
 
-use super::{Index, Key, hostnames};
+use super::{Index, Key, RouteEntry, gateway_api, hostnames};
 
 /// The outcome of one parent ref against one Gateway.
 pub(super) enum Attachment {
@@ -30,6 +30,10 @@ pub(super) enum Attachment {
 impl Index {
     /// Whether `route`'s namespace may attach to `listener` of `gw`.
     fn namespace_allowed(&self, gw: &Gateway, listener: &Listener, route_ns: &str) -> bool {
+        let gw_key = Key::of(gw);
+        if self.api_gateway_keys.contains(&gw_key) {
+            return self.api_namespace_allowed(&gw_key, &listener.name, route_ns);
+        }
         let allowed = listener.allowed_routes.clone().unwrap_or_default();
         match allowed.from {
             RouteNamespaces::Same => gw.namespace().as_deref() == Some(route_ns),
@@ -48,20 +52,76 @@ impl Index {
         }
     }
 
+    /// Whether a Gateway API listener allows routes from `route_ns`: `Same`, `All`, or a
+    /// `Selector` with labels and expressions.
+    fn api_namespace_allowed(&self, gw_key: &Key, listener: &str, route_ns: &str) -> bool {
+        let Some(l) = self
+            .api_gateways
+            .get(gw_key)
+            .and_then(|e| e.listener(listener))
+        else {
+            return false;
+        };
+        let namespaces = l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.clone())
+            .unwrap_or_default();
+        match namespaces.from.as_deref().unwrap_or("Same") {
+            "All" => true,
+            "Selector" => self
+                .namespaces
+                .get(route_ns)
+                .is_some_and(|ns| namespaces.selector.unwrap_or_default().matches(ns.labels())),
+            _ => gw_key.namespace == route_ns,
+        }
+    }
+
+    /// Whether a listener of `gw` takes routes of `route`'s kind: a Portico Gateway takes
+    /// Portico Routes; a Gateway API listener takes its `allowedRoutes.kinds` (by default
+    /// HTTPRoute and GRPCRoute).
+    fn kind_allowed(&self, gw_key: &Key, listener: &Listener, route: &RouteEntry) -> bool {
+        if !self.api_gateway_keys.contains(gw_key) {
+            return !route.is_api();
+        }
+        self.api_gateways
+            .get(gw_key)
+            .and_then(|e| e.listener(&listener.name))
+            .is_some_and(|l| gateway_api::listener_kinds(l).contains(&route.origin))
+    }
+
+    /// Whether `parent` of `route` names Gateway `gw_key` of the route's own API: a Portico
+    /// Route's Gateway parents are Portico Gateways, a Gateway API route's are the Gateway
+    /// API's.
+    pub(super) fn parent_names(
+        &self,
+        route: &RouteEntry,
+        parent: &ParentReference,
+        route_ns: &str,
+        gw_key: &Key,
+    ) -> bool {
+        parent.kind == ParentKind::Gateway
+            && parent.name == gw_key.name
+            && parent.namespace.as_deref().unwrap_or(route_ns) == gw_key.namespace
+            && route.is_api() == self.api_gateway_keys.contains(gw_key)
+    }
+
     /// Which listeners (by index) of `gw` one parent ref of `route` attaches to, or why none.
     pub(super) fn attach(
         &self,
         gw: &Gateway,
-        route: &Route,
+        route: &RouteEntry,
         parent: &ParentReference,
     ) -> Attachment {
         let route_ns = route.namespace().unwrap_or_default();
+        let gw_key = Key::of(gw);
         let by_section: Vec<usize> = gw
             .spec
             .listeners
             .iter()
             .enumerate()
             .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+            .filter(|(_, l)| parent.port.is_none_or(|p| p == l.port))
             .map(|(i, _)| i)
             .collect();
         if by_section.is_empty() {
@@ -78,6 +138,7 @@ impl Index {
         let allowed: Vec<usize> = by_section
             .into_iter()
             .filter(|i| self.namespace_allowed(gw, &gw.spec.listeners[*i], &route_ns))
+            .filter(|i| self.kind_allowed(&gw_key, &gw.spec.listeners[*i], route))
             .collect();
         if allowed.is_empty() {
             return Attachment::Rejected {
@@ -106,18 +167,14 @@ impl Index {
         &self,
         gw_key: &Key,
         gw: &Gateway,
-        route: &Route,
+        route: &RouteEntry,
     ) -> BTreeSet<usize> {
         let route_ns = route.namespace().unwrap_or_default();
         route
             .spec
             .parent_refs
             .iter()
-            .filter(|p| {
-                p.kind == ParentKind::Gateway
-                    && p.name == gw_key.name
-                    && p.namespace.as_deref().unwrap_or(&route_ns) == gw_key.namespace
-            })
+            .filter(|p| self.parent_names(route, p, &route_ns, gw_key))
             .filter_map(|p| match self.attach(gw, route, p) {
                 Attachment::Attached(ls) => Some(ls),
                 Attachment::Rejected { .. } => None,

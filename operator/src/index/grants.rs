@@ -24,7 +24,7 @@ pub(super) const REF_NOT_PERMITTED: &str = "RefNotPermitted";
 
 /// A kind, by API group and name (`""` is the core group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct GroupKind {
+pub struct GroupKind {
     /// API group.
     pub group: &'static str,
     /// Kind.

@@ -7,6 +7,7 @@
 //! an HTTPS listener without a usable certificate, a TCP listener no Route feeds. Their status
 //! says why.
 
+use kube::ResourceExt;
 use portico_api::Gateway;
 use portico_api::gateway::ListenerProtocol;
 use portico_proxy_api as contract;
@@ -26,7 +27,7 @@ impl Index {
             .iter()
             .map(|l| {
                 let tls = if l.protocol == ListenerProtocol::HTTPS {
-                    Some(self.listener_tls(gw_ns, l).ok()?)
+                    Some(self.listener_tls(gw_ns, &gw.name_any(), l).ok()?)
                 } else {
                     None
                 };

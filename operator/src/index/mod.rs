@@ -41,6 +41,7 @@ mod attach;
 mod backends;
 pub mod credentials;
 mod endpoints;
+pub mod gateway_api;
 mod grants;
 mod hostnames;
 mod inbound;
@@ -62,6 +63,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use portico_api::gateway_api::GatewayClass;
 use portico_api::{Gateway, ReferenceGrant, ServicePolicy};
 use portico_proxy_api::{self as contract, BackendSet, RouteTable};
 use tokio::sync::watch;
@@ -69,6 +71,7 @@ use tokio::sync::watch;
 use attach::Attachment;
 use backends::Memo;
 pub(crate) use backends::{Wanted, empty_backend};
+use gateway_api::{ApiGatewayEntry, GRPCROUTE, HTTPROUTE};
 use object::SERVICE_NAME_LABEL;
 use route_entry::RouteEntry;
 
@@ -78,7 +81,8 @@ pub use mesh::mesh_key;
 pub use object::{Key, Kind, Object};
 pub use pods::PodInfo;
 pub use status::{
-    Cond, GatewayState, ListenerState, ParentState, PolicyState, RouteState, Statuses,
+    ApiGatewayState, ApiListenerState, ApiRouteState, ClassState, Cond, GatewayState,
+    ListenerState, ParentState, PolicyState, RouteState, Statuses,
 };
 
 /// Name of the ServiceAccount, Service and Deployment of a Gateway's proxies:
@@ -119,7 +123,17 @@ pub struct IndexStats {
 
 /// The index. Wrap it in a mutex to share it; no method awaits.
 pub struct Index {
+    /// The Gateways served: Portico's, and the Gateway API's of a Portico class translated
+    /// (see [`Index::merge_gateways`]).
     gateways: BTreeMap<Key, Arc<Gateway>>,
+    /// Portico's own Gateways.
+    own_gateways: BTreeMap<Key, Arc<Gateway>>,
+    /// The Gateway API's Gateways (of any class), translated.
+    api_gateways: BTreeMap<Key, Arc<ApiGatewayEntry>>,
+    /// The keys in `gateways` that are Gateway API Gateways.
+    api_gateway_keys: BTreeSet<Key>,
+    /// GatewayClasses, by name.
+    classes: BTreeMap<String, Arc<GatewayClass>>,
     routes: BTreeMap<Key, Arc<RouteEntry>>,
     policies: BTreeMap<Key, Arc<ServicePolicy>>,
     services: BTreeMap<Key, Arc<Service>>,
@@ -174,6 +188,9 @@ impl Default for MeshSettings {
 pub struct GatewaySpec {
     /// The Gateway's `metadata.uid`, for the owner references of the proxy objects.
     pub uid: String,
+    /// The Gateway is the Gateway API's kind (`gateway.networking.k8s.io`), not Portico's: the
+    /// owner references name that kind.
+    pub gateway_api: bool,
     /// The Gateway's spec.
     pub spec: portico_api::GatewaySpec,
 }
@@ -192,6 +209,10 @@ impl Index {
     pub fn new() -> Self {
         Self {
             gateways: BTreeMap::new(),
+            own_gateways: BTreeMap::new(),
+            api_gateways: BTreeMap::new(),
+            api_gateway_keys: BTreeSet::new(),
+            classes: BTreeMap::new(),
             routes: BTreeMap::new(),
             policies: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -290,6 +311,10 @@ impl Index {
             Object::ReferenceGrant(o) => Key::of(o),
             Object::Deployment(o) => Key::of(&**o),
             Object::Pod(o) => o.key.clone(),
+            Object::GatewayClass(o) => Key::of(o),
+            Object::ApiGateway(o) => Key::of(&**o),
+            Object::HttpRoute(o) => Key::of(&**o),
+            Object::GrpcRoute(o) => Key::of(&**o),
         };
         self.delete_key(obj.kind(), &key);
     }
@@ -328,9 +353,20 @@ impl Index {
     /// `objects`, after a watch's (re)list. Objects missing from the list were deleted meanwhile.
     pub fn reset(&mut self, kind: Kind, namespace: Option<&str>, objects: Vec<Object>) {
         let keep = |k: &Key| namespace.is_some_and(|ns| ns != k.namespace);
+        let route_kind = |k: &Key| gateway_api::split_route_key(k).map(|(kind, _)| kind.kind);
         match kind {
-            Kind::Gateway => self.gateways.retain(|k, _| keep(k)),
-            Kind::Route => self.routes.retain(|k, _| keep(k)),
+            Kind::Gateway => self.own_gateways.retain(|k, _| keep(k)),
+            Kind::ApiGateway => self.api_gateways.retain(|k, _| keep(k)),
+            Kind::GatewayClass => self.classes.clear(),
+            Kind::Route => self
+                .routes
+                .retain(|k, _| keep(k) || route_kind(k).is_some()),
+            Kind::HttpRoute => self
+                .routes
+                .retain(|k, _| keep(k) || route_kind(k) != Some(HTTPROUTE.kind)),
+            Kind::GrpcRoute => self
+                .routes
+                .retain(|k, _| keep(k) || route_kind(k) != Some(GRPCROUTE.kind)),
             Kind::ServicePolicy => self.policies.retain(|k, _| keep(k)),
             Kind::Service => self.services.retain(|k, _| keep(k)),
             Kind::Secret => self.secrets.retain(|k, _| keep(k)),
@@ -347,6 +383,7 @@ impl Index {
         for obj in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(obj);
         }
+        self.merge_gateways();
         self.stats.events += 1;
         // Pods feed nothing but inbound policies; a relist of 10,000 pods must not recompute
         // every route and status.
@@ -363,7 +400,42 @@ impl Index {
     fn insert(&mut self, obj: Object) {
         match obj {
             Object::Gateway(o) => {
-                self.gateways.insert(Key::of(&o), Arc::new(o));
+                self.own_gateways.insert(Key::of(&o), Arc::new(o));
+                self.merge_gateways();
+            }
+            Object::ApiGateway(o) => {
+                self.api_gateways
+                    .insert(Key::of(&*o), Arc::new(ApiGatewayEntry::new(*o)));
+                self.merge_gateways();
+            }
+            Object::GatewayClass(o) => {
+                self.classes
+                    .insert(gateway_api::class_name(&o), Arc::new(o));
+                self.merge_gateways();
+            }
+            Object::HttpRoute(o) => {
+                let key = gateway_api::route_key(
+                    HTTPROUTE,
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                );
+                let t = gateway_api::http_route(&o);
+                self.routes.insert(
+                    key.clone(),
+                    Arc::new(RouteEntry::from_api(&key, HTTPROUTE, t)),
+                );
+            }
+            Object::GrpcRoute(o) => {
+                let key = gateway_api::route_key(
+                    GRPCROUTE,
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                );
+                let t = gateway_api::grpc_route(&o);
+                self.routes.insert(
+                    key.clone(),
+                    Arc::new(RouteEntry::from_api(&key, GRPCROUTE, t)),
+                );
             }
             Object::Route(o) => {
                 let key = Key::of(&o);
@@ -413,7 +485,30 @@ impl Index {
     fn remove(&mut self, kind: Kind, key: &Key) {
         match kind {
             Kind::Gateway => {
-                self.gateways.remove(key);
+                self.own_gateways.remove(key);
+                self.merge_gateways();
+            }
+            Kind::ApiGateway => {
+                self.api_gateways.remove(key);
+                self.merge_gateways();
+            }
+            Kind::GatewayClass => {
+                self.classes.remove(&key.name);
+                self.merge_gateways();
+            }
+            Kind::HttpRoute => {
+                self.routes.remove(&gateway_api::route_key(
+                    HTTPROUTE,
+                    &key.namespace,
+                    &key.name,
+                ));
+            }
+            Kind::GrpcRoute => {
+                self.routes.remove(&gateway_api::route_key(
+                    GRPCROUTE,
+                    &key.namespace,
+                    &key.name,
+                ));
             }
             Kind::Route => {
                 self.routes.remove(key);
@@ -506,7 +601,9 @@ impl Index {
 
     /// Counters for the admin endpoint.
     pub fn stats(&self) -> IndexStats {
-        let objects = self.gateways.len()
+        let objects = self.own_gateways.len()
+            + self.api_gateways.len()
+            + self.classes.len()
             + self.routes.len()
             + self.policies.len()
             + self.services.len()
@@ -520,6 +617,39 @@ impl Index {
         IndexStats {
             objects: objects as u64,
             ..self.stats
+        }
+    }
+
+    /// Rebuilds the served Gateways: Portico's, and each Gateway API Gateway whose class names
+    /// Portico's controller and whose name no Portico Gateway holds.
+    fn merge_gateways(&mut self) {
+        let mut gateways = self.own_gateways.clone();
+        let mut api_keys = BTreeSet::new();
+        for (key, entry) in &self.api_gateways {
+            if gateways.contains_key(key) || !self.class_is_ours(gateway_api::class_of(&entry.api))
+            {
+                continue;
+            }
+            gateways.insert(key.clone(), Arc::new(entry.translated.clone()));
+            api_keys.insert(key.clone());
+        }
+        self.gateways = gateways;
+        self.api_gateway_keys = api_keys;
+    }
+
+    /// Whether GatewayClass `name` exists and names Portico's controller.
+    fn class_is_ours(&self, name: &str) -> bool {
+        self.classes
+            .get(name)
+            .is_some_and(|c| gateway_api::is_ours(c))
+    }
+
+    /// The kind of the served Gateway `key`, as grants name it.
+    pub(super) fn gateway_kind(&self, key: &Key) -> grants::GroupKind {
+        if self.api_gateway_keys.contains(key) {
+            gateway_api::API_GATEWAY
+        } else {
+            grants::GATEWAY
         }
     }
 

@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use portico_api::gateway_api::{ApiGateway, GatewayClass, GrpcRoute, HttpRoute};
 use portico_api::{Gateway, ReferenceGrant, Route, ServicePolicy};
 
 use super::PodInfo;
@@ -60,6 +61,14 @@ pub enum Object {
     Deployment(Box<Deployment>),
     /// The compact record of a Pod (see the `pods` module).
     Pod(PodInfo),
+    /// The Gateway API's GatewayClass (see the `gateway_api` module).
+    GatewayClass(GatewayClass),
+    /// The Gateway API's Gateway.
+    ApiGateway(Box<ApiGateway>),
+    /// The Gateway API's HTTPRoute.
+    HttpRoute(Box<HttpRoute>),
+    /// The Gateway API's GRPCRoute.
+    GrpcRoute(Box<GrpcRoute>),
 }
 
 /// The kinds of watched objects.
@@ -79,12 +88,17 @@ pub enum Kind {
     ReferenceGrant,
     Deployment,
     Pod,
+    GatewayClass,
+    ApiGateway,
+    HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
     /// Every kind, in the order the watches start.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
+        Kind::GatewayClass,
         Kind::ReferenceGrant,
         Kind::Deployment,
         Kind::Service,
@@ -94,6 +108,9 @@ impl Kind {
         Kind::ServicePolicy,
         Kind::Route,
         Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::ApiGateway,
         Kind::Pod,
     ];
 
@@ -111,6 +128,10 @@ impl Kind {
             Kind::ReferenceGrant => "referencegrants",
             Kind::Deployment => "deployments",
             Kind::Pod => "pods",
+            Kind::GatewayClass => "gatewayclasses",
+            Kind::ApiGateway => "gateways.gateway.networking.k8s.io",
+            Kind::HttpRoute => "httproutes",
+            Kind::GrpcRoute => "grpcroutes",
         }
     }
 }
@@ -130,6 +151,10 @@ impl Object {
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Deployment(_) => Kind::Deployment,
             Object::Pod(_) => Kind::Pod,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::ApiGateway(_) => Kind::ApiGateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
         }
     }
 }

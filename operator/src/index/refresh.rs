@@ -142,6 +142,7 @@ impl Index {
             .map(|(k, g)| {
                 let spec = GatewaySpec {
                     uid: g.uid().unwrap_or_default(),
+                    gateway_api: self.api_gateway_keys.contains(k),
                     spec: g.spec.clone(),
                 };
                 (k.clone(), spec)

@@ -7,8 +7,11 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use portico_api::Route;
+use portico_api::gateway_api::{ApiParentRef, ApiRouteStatus};
 use portico_proxy_api::{self as contract, ProxyConfig};
 
+use super::gateway_api::ApiRoute;
+use super::grants::{GroupKind, ROUTE};
 use super::{Key, ServicePort, Wanted, empty_backend, translate};
 
 /// A Route with its translation, done once when it arrives rather than on every recompute.
@@ -18,8 +21,17 @@ pub(crate) struct RouteEntry {
     pub(super) rules: Vec<contract::RouteRule>,
     /// Every Service port the rules send to (backends, aggregated backends and mirrors).
     pub(super) refs: Wanted,
-    /// Why the contract refuses the Route, if it does.
+    /// Why the contract refuses the Route, if it does (or, for a Gateway API route, what of it
+    /// Portico's model cannot express).
     pub(super) problem: Option<String>,
+    /// The route's kind: Portico's Route, or the Gateway API's HTTPRoute or GRPCRoute.
+    pub(super) origin: GroupKind,
+    /// A Gateway API route's parent refs as written, one per `spec.parent_refs` entry.
+    pub(super) api_parents: Vec<ApiParentRef>,
+    /// A Gateway API route's backend refs of kinds Portico cannot send to.
+    pub(super) invalid_kinds: Vec<String>,
+    /// A Gateway API route's status as on the object.
+    pub(super) api_status: Option<ApiRouteStatus>,
 }
 
 impl RouteEntry {
@@ -50,7 +62,29 @@ impl RouteEntry {
             rules,
             refs,
             problem,
+            origin: ROUTE,
+            api_parents: Vec::new(),
+            invalid_kinds: Vec::new(),
+            api_status: None,
         }
+    }
+
+    /// A Gateway API route, translated (see the `gateway_api` module), under index key `key`.
+    pub(super) fn from_api(key: &Key, origin: GroupKind, t: ApiRoute) -> Self {
+        let mut entry = Self::new(key, t.route);
+        if !t.unsupported.is_empty() {
+            entry.problem = Some(t.unsupported.join("; "));
+        }
+        entry.origin = origin;
+        entry.api_parents = t.parents;
+        entry.invalid_kinds = t.invalid_kinds;
+        entry.api_status = t.status;
+        entry
+    }
+
+    /// Whether the route is one of the Gateway API's kinds.
+    pub(super) fn is_api(&self) -> bool {
+        self.origin != ROUTE
     }
 }
 

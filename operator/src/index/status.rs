@@ -12,8 +12,12 @@ use portico_api::gateway::{GatewayStatus, ListenerProtocol};
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{ParentKind, ParentReference, RouteStatus};
 
-use super::grants::{GATEWAY, REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
-use super::{Attachment, Index, Key, ServicePort, proxy_name, translate};
+use portico_api::gateway_api::{
+    ApiGatewayStatus, ApiParentRef, ApiRouteStatus, GatewayClassStatus,
+};
+
+use super::grants::{GATEWAY, GroupKind, REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
+use super::{Attachment, Index, Key, ServicePort, gateway_api, proxy_name, translate};
 
 /// One desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,9 +118,67 @@ pub struct PolicyState {
     pub current: Option<ServicePolicyStatus>,
 }
 
+/// Desired status of one Gateway API Gateway.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ApiGatewayState {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `Accepted`, `Programmed`.
+    pub conditions: Vec<Cond>,
+    /// The proxy Service's cluster IPs.
+    pub addresses: Vec<String>,
+    /// One per listener, in spec order.
+    pub listeners: Vec<ApiListenerState>,
+    /// The status on the object now.
+    pub current: Option<ApiGatewayStatus>,
+}
+
+/// Desired status of one Gateway API listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiListenerState {
+    /// The listener's name.
+    pub name: String,
+    /// The route kinds it takes.
+    pub supported_kinds: Vec<&'static str>,
+    /// Routes attached (accepted ones).
+    pub attached_routes: i32,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    pub conditions: Vec<Cond>,
+}
+
+/// Desired status of one HTTPRoute or GRPCRoute: Portico's entries of `status.parents`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ApiRouteState {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: &'static str,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// One per parent ref that names a Gateway of Portico's (or a Service), as written.
+    pub parents: Vec<(ApiParentRef, Vec<Cond>)>,
+    /// The status on the object now (other controllers' entries are kept).
+    pub current: Option<ApiRouteStatus>,
+}
+
+/// Desired status of one GatewayClass naming Portico's controller.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassState {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `Accepted`, `SupportedVersion`.
+    pub conditions: Vec<Cond>,
+    /// The status on the object now.
+    pub current: Option<GatewayClassStatus>,
+}
+
 /// Desired status of everything the index holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Statuses {
+    /// By Gateway API Gateway.
+    pub api_gateways: BTreeMap<Key, ApiGatewayState>,
+    /// By HTTPRoute or GRPCRoute (namespace and real name; the kind is in the state).
+    pub api_routes: BTreeMap<(&'static str, Key), ApiRouteState>,
+    /// By GatewayClass name.
+    pub classes: BTreeMap<String, ClassState>,
     /// By Gateway.
     pub gateways: BTreeMap<Key, GatewayState>,
     /// By Route.
@@ -129,10 +191,15 @@ impl Index {
     /// Why a backend ref of a Route in `route_ns` does not resolve, if it does not, and whether
     /// that is because no ReferenceGrant permits it (then nothing else is said of the Service:
     /// a namespace that did not grant access does not tell what it holds).
-    fn backend_problem(&self, route_ns: &str, sp: &ServicePort) -> Option<(String, bool)> {
+    fn backend_problem(
+        &self,
+        from: GroupKind,
+        route_ns: &str,
+        sp: &ServicePort,
+    ) -> Option<(String, bool)> {
         let key = sp.service_key();
         let reference = Reference {
-            from: ROUTE,
+            from,
             from_namespace: route_ns,
             to_kind: SERVICE,
             to: &key,
@@ -173,7 +240,8 @@ impl Index {
                     }
                 }
                 for sp in translate::rule_backend_refs(&rkey.namespace, rule) {
-                    let Some((problem, refused)) = self.backend_problem(&rkey.namespace, &sp)
+                    let Some((problem, refused)) =
+                        self.backend_problem(route.origin, &rkey.namespace, &sp)
                     else {
                         continue;
                     };
@@ -187,8 +255,11 @@ impl Index {
             }
             // One reason for all problems: `RefNotPermitted` when any ref is refused, as that
             // changes what the proxies do most (its rule answers 500); the message lists all.
-            let resolved = if problems.is_empty() {
+            let resolved = if problems.is_empty() && route.invalid_kinds.is_empty() {
                 Cond::yes("ResolvedRefs", "ResolvedRefs")
+            } else if !route.invalid_kinds.is_empty() {
+                problems.extend(route.invalid_kinds.iter().cloned());
+                Cond::no("ResolvedRefs", "InvalidKind", problems.join("; "))
             } else if not_permitted {
                 Cond::no("ResolvedRefs", REF_NOT_PERMITTED, problems.join("; "))
             } else if missing_backend {
@@ -204,11 +275,20 @@ impl Index {
                 .map(|p| Cond::no("Accepted", "UnsupportedValue", p.clone()));
             let own_content = own_content.as_ref();
             let mut parents = Vec::new();
-            for parent in &route.spec.parent_refs {
+            let mut api_parents = Vec::new();
+            for (i, parent) in route.spec.parent_refs.iter().enumerate() {
                 let pkey = Key::new(
                     parent.namespace.as_deref().unwrap_or(&rkey.namespace),
                     &parent.name,
                 );
+                // A Gateway API route's entry for a Gateway that is not Portico's is another
+                // controller's to write (or nobody's, when it does not exist).
+                if route.is_api()
+                    && parent.kind == ParentKind::Gateway
+                    && !self.api_gateway_keys.contains(&pkey)
+                {
+                    continue;
+                }
                 let accepted = match parent.kind {
                     ParentKind::Service => {
                         if !self.services.contains_key(&pkey) {
@@ -223,7 +303,11 @@ impl Index {
                             Cond::yes("Accepted", "Accepted")
                         }
                     }
-                    ParentKind::Gateway => match self.gateways.get(&pkey) {
+                    ParentKind::Gateway => match self
+                        .gateways
+                        .get(&pkey)
+                        .filter(|_| route.is_api() == self.api_gateway_keys.contains(&pkey))
+                    {
                         None => Cond::no(
                             "Accepted",
                             "NoSuchParent",
@@ -247,10 +331,28 @@ impl Index {
                         },
                     },
                 };
-                parents.push(ParentState {
-                    parent_ref: parent.clone(),
-                    conditions: vec![accepted, resolved.clone()],
-                });
+                let conditions = vec![accepted, resolved.clone()];
+                match route.api_parents.get(i) {
+                    Some(written) if route.is_api() => {
+                        api_parents.push((written.clone(), conditions));
+                    }
+                    _ => parents.push(ParentState {
+                        parent_ref: parent.clone(),
+                        conditions,
+                    }),
+                }
+            }
+            if let Some((kind, key)) = gateway_api::split_route_key(rkey) {
+                out.api_routes.insert(
+                    (kind.kind, key),
+                    ApiRouteState {
+                        kind: kind.kind,
+                        generation: route.metadata.generation,
+                        parents: api_parents,
+                        current: route.api_status.clone(),
+                    },
+                );
+                continue;
             }
             out.routes.insert(
                 rkey.clone(),
@@ -266,10 +368,12 @@ impl Index {
             for (i, l) in gw.spec.listeners.iter().enumerate() {
                 let mut conds = vec![Cond::yes("Accepted", "Accepted")];
                 let refs = match l.protocol {
-                    ListenerProtocol::HTTPS => match self.listener_tls(&gkey.namespace, l) {
-                        Ok(_) => Cond::yes("ResolvedRefs", "ResolvedRefs"),
-                        Err(e) => Cond::no("ResolvedRefs", e.reason, e.message),
-                    },
+                    ListenerProtocol::HTTPS => {
+                        match self.listener_tls(&gkey.namespace, &gkey.name, l) {
+                            Ok(_) => Cond::yes("ResolvedRefs", "ResolvedRefs"),
+                            Err(e) => Cond::no("ResolvedRefs", e.reason, e.message),
+                        }
+                    }
                     _ => Cond::yes("ResolvedRefs", "ResolvedRefs"),
                 };
                 let programmed = if refs.status {
@@ -325,6 +429,17 @@ impl Index {
             } else {
                 Cond::yes("Programmed", "Programmed")
             };
+            if let Some(entry) = self
+                .api_gateways
+                .get(gkey)
+                .filter(|_| self.api_gateway_keys.contains(gkey))
+            {
+                out.api_gateways.insert(
+                    gkey.clone(),
+                    api_gateway_state(entry, listeners, addresses, programmed),
+                );
+                continue;
+            }
             out.gateways.insert(
                 gkey.clone(),
                 GatewayState {
@@ -333,6 +448,58 @@ impl Index {
                     addresses,
                     listeners,
                     current: gw.status.clone(),
+                },
+            );
+        }
+        // Gateway API Gateways of Portico's class that are not served: a Portico Gateway holds
+        // the name (and the proxies' names).
+        for (gkey, entry) in &self.api_gateways {
+            if self.api_gateway_keys.contains(gkey)
+                || !self.class_is_ours(gateway_api::class_of(&entry.api))
+            {
+                continue;
+            }
+            out.api_gateways.insert(
+                gkey.clone(),
+                ApiGatewayState {
+                    generation: entry.api.metadata.generation,
+                    conditions: vec![
+                        Cond::no(
+                            "Accepted",
+                            "Invalid",
+                            format!("the Portico Gateway {gkey} has this name"),
+                        ),
+                        Cond::no(
+                            "Programmed",
+                            "Invalid",
+                            format!("the Portico Gateway {gkey} has this name"),
+                        ),
+                    ],
+                    addresses: Vec::new(),
+                    listeners: Vec::new(),
+                    current: entry.api.status.clone(),
+                },
+            );
+        }
+        for (name, class) in &self.classes {
+            if !gateway_api::is_ours(class) {
+                continue;
+            }
+            let accepted = if class.spec.parameters_ref.is_some() {
+                Cond::no(
+                    "Accepted",
+                    "InvalidParameters",
+                    "Portico's GatewayClass takes no parametersRef".to_owned(),
+                )
+            } else {
+                Cond::yes("Accepted", "Accepted")
+            };
+            out.classes.insert(
+                name.clone(),
+                ClassState {
+                    generation: class.metadata.generation,
+                    conditions: vec![accepted, Cond::yes("SupportedVersion", "SupportedVersion")],
+                    current: class.status.clone(),
                 },
             );
         }
@@ -399,5 +566,69 @@ impl Index {
             });
         }
         conds
+    }
+}
+
+/// The status of a served Gateway API Gateway: its served listeners' states (computed as for
+/// Portico's Gateways) in spec order, with the listeners left out and the kinds each takes.
+fn api_gateway_state(
+    entry: &gateway_api::ApiGatewayEntry,
+    served: Vec<ListenerState>,
+    addresses: Vec<String>,
+    programmed: Cond,
+) -> ApiGatewayState {
+    let mut listeners = Vec::new();
+    for l in &entry.api.spec.listeners {
+        let kinds: Vec<&'static str> = gateway_api::listener_kinds(l)
+            .iter()
+            .map(|k| k.kind)
+            .collect();
+        let mut conditions = match (
+            entry.refused.get(&l.name),
+            served.iter().find(|s| s.name == l.name),
+        ) {
+            (Some(p), _) => vec![
+                Cond::no("Accepted", p.reason, p.message.clone()),
+                Cond::yes("ResolvedRefs", "ResolvedRefs"),
+                Cond::no("Programmed", "Invalid", p.message.clone()),
+            ],
+            (None, Some(s)) => s.conditions.clone(),
+            (None, None) => Vec::new(),
+        };
+        if let Some(message) = entry.invalid_kinds.get(&l.name) {
+            for c in &mut conditions {
+                if c.type_ == "ResolvedRefs" {
+                    *c = Cond::no("ResolvedRefs", "InvalidRouteKinds", message.clone());
+                }
+            }
+        }
+        listeners.push(ApiListenerState {
+            name: l.name.clone(),
+            supported_kinds: kinds,
+            attached_routes: served
+                .iter()
+                .find(|s| s.name == l.name)
+                .map_or(0, |s| s.attached_routes),
+            conditions,
+        });
+    }
+    let accepted = if entry.refused.is_empty() {
+        Cond::yes("Accepted", "Accepted")
+    } else {
+        // Some listeners are served: the Gateway is accepted, and says which are not.
+        let names: Vec<&str> = entry.refused.keys().map(String::as_str).collect();
+        Cond {
+            type_: "Accepted",
+            status: true,
+            reason: "ListenersNotValid".to_owned(),
+            message: format!("listeners not served: {}", names.join(", ")),
+        }
+    };
+    ApiGatewayState {
+        generation: entry.api.metadata.generation,
+        conditions: vec![accepted, programmed],
+        addresses,
+        listeners,
+        current: entry.api.status.clone(),
     }
 }

@@ -7,7 +7,7 @@ use portico_api::common::SecretObjectReference;
 use portico_api::gateway::{Listener, TlsVersion};
 use portico_proxy_api as contract;
 
-use super::grants::{GATEWAY, REF_NOT_PERMITTED, Reference, SECRET};
+use super::grants::{REF_NOT_PERMITTED, Reference, SECRET};
 use super::{Index, Key};
 
 /// Why a listener's certificates cannot be used: the `ResolvedRefs` reason and message.
@@ -34,6 +34,7 @@ impl Index {
     pub(super) fn listener_tls(
         &self,
         gw_ns: &str,
+        gw_name: &str,
         l: &Listener,
     ) -> Result<contract::Tls, CertificateProblem> {
         let refs = l
@@ -50,7 +51,7 @@ impl Index {
         let pair = |r: &SecretObjectReference| {
             let key = Key::new(r.namespace.as_deref().unwrap_or(gw_ns), &r.name);
             let reference = Reference {
-                from: GATEWAY,
+                from: self.gateway_kind(&Key::new(gw_ns, gw_name)),
                 from_namespace: gw_ns,
                 to_kind: SECRET,
                 to: &key,
