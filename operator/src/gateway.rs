@@ -80,15 +80,14 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
         GatewayServiceType::NodePort => "NodePort",
         GatewayServiceType::LoadBalancer => "LoadBalancer",
     };
-    let ports: Vec<Value> = spec
-        .listeners
+    let named = port_names(spec);
+    let ports: Vec<Value> = named
         .iter()
-        .map(|l| json!({"name": l.name, "port": l.port, "targetPort": l.port, "protocol": "TCP"}))
+        .map(|(port, name)| json!({"name": name, "port": port, "targetPort": port, "protocol": "TCP"}))
         .collect();
-    let container_ports: Vec<Value> = spec
-        .listeners
+    let container_ports: Vec<Value> = named
         .iter()
-        .map(|l| json!({"name": l.name, "containerPort": l.port, "protocol": "TCP"}))
+        .map(|(port, name)| json!({"name": name, "containerPort": port, "protocol": "TCP"}))
         .collect();
     let sa = json!({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
@@ -144,6 +143,7 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
                 "spec": {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": false,
+                    "securityContext": pod_security(spec),
                     // The preStop pause below plus the proxy's own drain of in-flight requests.
                     "terminationGracePeriodSeconds": 40,
                     "containers": [{
@@ -178,6 +178,45 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
         }
     });
     [sa, ca, service, deployment]
+}
+
+/// One port per distinct listener port (HTTPS listeners chosen by SNI share one), named after
+/// its listener when that name is a valid port name (at most 15 lowercase letters, digits and
+/// dashes), else `port-<number>`: Gateway API listener names may be longer or hold dots.
+fn port_names(spec: &GatewaySpec) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = Vec::new();
+    for l in &spec.listeners {
+        if out.iter().any(|(p, _)| *p == l.port) {
+            continue;
+        }
+        let valid = l.name.len() <= 15
+            && l.name.chars().any(|c| c.is_ascii_lowercase())
+            && l.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.name.starts_with('-')
+            && !l.name.ends_with('-')
+            && !l.name.contains("--");
+        let name = if valid {
+            l.name.clone()
+        } else {
+            format!("port-{}", l.port)
+        };
+        out.push((l.port, name));
+    }
+    out
+}
+
+/// The pod security context of a Gateway's proxies: listeners below port 1024 (HTTP on 80,
+/// HTTPS on 443) are bound by the non-root proxy through the pod's own
+/// `net.ipv4.ip_unprivileged_port_start` (a safe, per-pod sysctl), not a capability.
+fn pod_security(spec: &GatewaySpec) -> Value {
+    let lowest = spec.listeners.iter().map(|l| l.port).min().unwrap_or(1024);
+    if lowest < 1024 {
+        json!({"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": lowest.to_string()}]})
+    } else {
+        json!({})
+    }
 }
 
 async fn apply(client: &kube::Client, key: &Key, objects: [Value; 4]) -> Result<(), kube::Error> {

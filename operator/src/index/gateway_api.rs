@@ -221,14 +221,17 @@ fn listener(l: &ApiListener) -> Result<Listener, ListenerProblem> {
                     "TLS mode Passthrough is not served on HTTPS listeners".to_owned(),
                 ));
             }
+            // A ref to anything but a core Secret cannot be a certificate: the listener keeps
+            // no refs, so it reports `InvalidCertificateRef` and is not served.
+            let all_secrets = tls.certificate_refs.iter().all(|r| {
+                r.group.as_deref().unwrap_or("").is_empty()
+                    && r.kind.as_deref().unwrap_or("Secret") == "Secret"
+            });
             let refs: Vec<Value> = tls
                 .certificate_refs
                 .iter()
-                .map(|r| {
-                    json!({"group": r.group.clone().unwrap_or_default(),
-                           "kind": r.kind.clone().unwrap_or_else(|| "Secret".to_owned()),
-                           "name": r.name, "namespace": r.namespace})
-                })
+                .filter(|_| all_secrets)
+                .map(|r| json!({"name": r.name, "namespace": r.namespace}))
                 .collect();
             Some(
                 serde_json::from_value::<ListenerTls>(json!({ "certificateRefs": refs })).map_err(
@@ -402,6 +405,17 @@ fn rule_common(
                 invalid_kinds.push(e);
             }
         }
+    }
+    let answers = filters
+        .iter()
+        .any(|f| f.type_ == "RequestRedirect" || f.type_ == "DirectResponse");
+    if bs.is_empty() && !invalid && !answers {
+        // A rule that forwards nowhere answers 500, as the Gateway API asks (not 404: the
+        // request matched).
+        fs.push(json!({"type": "DirectResponse",
+                       "directResponse": {"statusCode": 500, "body": "no backend\n",
+                                          "contentType": "text/plain"}}));
+        return (fs, bs);
     }
     if invalid {
         // Sending the valid share on would still fail the invalid share's requests; the Gateway

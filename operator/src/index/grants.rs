@@ -118,11 +118,11 @@ impl Index {
             .any(|(_, g)| permits(g, r))
     }
 
-    /// Whether a Route in `route_ns` may send to Service port `sp`.
-    pub(super) fn route_may_use(&self, route_ns: &str, sp: &ServicePort) -> bool {
+    /// Whether a route of kind `from` in `route_ns` may send to Service port `sp`.
+    pub(super) fn route_may_use(&self, from: GroupKind, route_ns: &str, sp: &ServicePort) -> bool {
         sp.namespace == route_ns
             || self.permitted(&Reference {
-                from: ROUTE,
+                from,
                 from_namespace: route_ns,
                 to_kind: SERVICE,
                 to: &sp.service_key(),
@@ -136,8 +136,11 @@ impl Index {
         rkey: &Key,
         route: &'a RouteEntry,
     ) -> (Cow<'a, [contract::RouteRule]>, Cow<'a, Wanted>) {
+        // A Gateway API route's rule answers 500 for a Service (or port) that does not exist
+        // too, as the Gateway API asks; a Portico Route's waits for it (503, no endpoints).
         let (mut rules, refs) = route.served(&rkey.namespace, |sp| {
-            self.route_may_use(&rkey.namespace, sp)
+            self.route_may_use(route.origin, &rkey.namespace, sp)
+                && (!route.is_api() || self.service_has_port(sp))
         });
         // Authentication reads Secrets, which change apart from the Route: resolved here, on
         // every recompute, not when the Route arrived.

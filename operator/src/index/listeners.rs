@@ -71,3 +71,117 @@ pub(super) fn served(listeners: Vec<Option<contract::Listener>>) -> Vec<contract
         })
         .collect()
 }
+
+/// Listeners that share a port become one socket: the first listener of each port keeps its
+/// name and the routes of the others are moved onto it (each route is still served only for the
+/// hostnames its own listeners allow), and HTTPS listeners add their certificates to its SNI
+/// choices. A later listener of another protocol on a taken port is left out (the Gateway API
+/// calls it conflicted). Without shared ports, nothing changes.
+pub(super) fn merge_by_port(
+    listeners: Vec<contract::Listener>,
+    routes: &mut [contract::Route],
+) -> Vec<contract::Listener> {
+    let mut merged: Vec<contract::Listener> = Vec::with_capacity(listeners.len());
+    let mut renamed: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    for l in listeners {
+        let Some(first) = merged.iter_mut().find(|m| m.address == l.address) else {
+            merged.push(l);
+            continue;
+        };
+        if first.protocol != l.protocol || first.protocol == contract::Protocol::Tcp {
+            renamed.insert(l.name, None);
+            continue;
+        }
+        if let (Some(tls), Some(more)) = (first.tls.as_mut(), l.tls) {
+            tls.sni.push(contract::CertificateKey {
+                cert: more.cert,
+                key: more.key,
+            });
+            tls.sni.extend(more.sni);
+        }
+        renamed.insert(l.name, Some(first.name.clone()));
+    }
+    if renamed.is_empty() {
+        return merged;
+    }
+    for route in routes {
+        let mut names: Vec<String> = Vec::new();
+        for name in std::mem::take(&mut route.listeners) {
+            let name = match renamed.get(&name) {
+                Some(Some(to)) => to.clone(),
+                Some(None) => continue,
+                None => name,
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        route.listeners = names;
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(name: &str, port: u16, tls: Option<&str>) -> contract::Listener {
+        let pem = |t: &str| contract::Pem::Inline {
+            inline: t.to_owned(),
+        };
+        contract::Listener {
+            name: name.to_owned(),
+            address: format!("0.0.0.0:{port}"),
+            protocol: if tls.is_some() {
+                contract::Protocol::Https
+            } else {
+                contract::Protocol::Http
+            },
+            tls: tls.map(|t| contract::Tls {
+                cert: pem(t),
+                key: pem(t),
+                min_version: Default::default(),
+                sni: Vec::new(),
+            }),
+            backend: None,
+            backends: Vec::new(),
+        }
+    }
+
+    fn route(name: &str, listeners: &[&str]) -> contract::Route {
+        contract::Route {
+            name: name.to_owned(),
+            listeners: listeners.iter().map(|l| (*l).to_owned()).collect(),
+            hostnames: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn listeners_sharing_a_port_become_one_socket_with_every_certificate() {
+        let mut routes = vec![
+            route("a", &["foo"]),
+            route("b", &["bar", "foo"]),
+            route("c", &["plain"]),
+            route("d", &["clash"]),
+        ];
+        let merged = merge_by_port(
+            vec![
+                listener("foo", 443, Some("foo-cert")),
+                listener("bar", 443, Some("bar-cert")),
+                listener("plain", 80, None),
+                listener("clash", 443, None),
+            ],
+            &mut routes,
+        );
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].name, "foo");
+        assert_eq!(merged[0].tls.as_ref().unwrap().sni.len(), 1);
+        assert_eq!(routes[1].listeners, ["foo"]);
+        assert_eq!(routes[2].listeners, ["plain"]);
+        assert!(
+            routes[3].listeners.is_empty(),
+            "a conflicted listener serves nothing"
+        );
+    }
+}

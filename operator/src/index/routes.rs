@@ -114,10 +114,12 @@ impl Index {
             });
             wanted.extend(refs.iter().cloned());
         }
+        let listeners = listeners::merge_by_port(listeners::served(listeners), &mut routes);
+        routes.retain(|r| !r.listeners.is_empty());
         (
             RouteTable {
                 generation: 0,
-                listeners: listeners::served(listeners),
+                listeners,
                 routes,
                 ..RouteTable::default()
             },

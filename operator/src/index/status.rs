@@ -208,15 +208,19 @@ impl Index {
             return Some((reference.refusal(), true));
         }
         let port = sp.port;
-        let Some(service) = self.services.get(&key) else {
+        if !self.services.contains_key(&key) {
             return Some((format!("Service {key} not found"), false));
-        };
-        let has_port = service
-            .spec
-            .as_ref()
+        }
+        (!self.service_has_port(sp)).then(|| (format!("Service {key} has no port {port}"), false))
+    }
+
+    /// Whether the Service of `sp` exists and has its port.
+    pub(super) fn service_has_port(&self, sp: &ServicePort) -> bool {
+        self.services
+            .get(&sp.service_key())
+            .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.ports.as_ref())
-            .is_some_and(|ps| ps.iter().any(|p| p.port == port));
-        (!has_port).then(|| (format!("Service {key} has no port {port}"), false))
+            .is_some_and(|ps| ps.iter().any(|p| p.port == sp.port))
     }
 
     pub(super) fn compute_statuses(&self) -> Statuses {
@@ -579,10 +583,15 @@ fn api_gateway_state(
 ) -> ApiGatewayState {
     let mut listeners = Vec::new();
     for l in &entry.api.spec.listeners {
-        let kinds: Vec<&'static str> = gateway_api::listener_kinds(l)
-            .iter()
-            .map(|k| k.kind)
-            .collect();
+        // A listener that is not served takes no kind.
+        let kinds: Vec<&'static str> = if entry.refused.contains_key(&l.name) {
+            Vec::new()
+        } else {
+            gateway_api::listener_kinds(l)
+                .iter()
+                .map(|k| k.kind)
+                .collect()
+        };
         let mut conditions = match (
             entry.refused.get(&l.name),
             served.iter().find(|s| s.name == l.name),
@@ -614,6 +623,12 @@ fn api_gateway_state(
     }
     let accepted = if entry.refused.is_empty() {
         Cond::yes("Accepted", "Accepted")
+    } else if entry.refused.len() == entry.api.spec.listeners.len() {
+        Cond::no(
+            "Accepted",
+            "ListenersNotValid",
+            "no listener can be served".to_owned(),
+        )
     } else {
         // Some listeners are served: the Gateway is accepted, and says which are not.
         let names: Vec<&str> = entry.refused.keys().map(String::as_str).collect();
