@@ -252,3 +252,23 @@ async fn vary_headers_keep_one_answer_per_value() {
     assert_eq!(fr.body, "fr");
     assert_eq!(app.hits(), 4);
 }
+
+/// A rule served on hyper's path (its cache needs it) runs its request stages once for an
+/// HTTP/1.1 request, not once on the fast path and again after the hand-off: a limit of three
+/// lets three requests through, then answers 429.
+#[tokio::test]
+async fn a_cached_rule_s_rate_limit_counts_each_http1_request_once() {
+    let app = switchable(Arc::new(AtomicBool::new(false))).await;
+    let proxy = start(&one_route(
+        "        cache: { ttl: 60s }\n        rateLimit: { requests: 3, period: 1h, burst: 3, key: { type: Global } }",
+        app.addr,
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    for i in 0..3 {
+        let r = get_with(addr, "GET", &format!("/p{i}"), &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    let limited = get_with(addr, "GET", "/p9", &[]).await;
+    assert_eq!(limited.status, 429, "{limited:?}");
+}

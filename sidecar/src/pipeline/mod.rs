@@ -142,6 +142,11 @@ pub(crate) enum Plan<'a> {
     Forward(Forward<'a>),
     /// The request goes to each of the rule's aggregated backends; the proxy merges the answers.
     Aggregate(Aggregated<'a>),
+    /// Asked for by the HTTP/1 fast path only: the rule needs hyper's path (response stages
+    /// such as cache or compression, or an upstream the fast path does not speak). Decided
+    /// before any request stage runs, so hyper's path runs them once (a rate limit counts the
+    /// request once).
+    HandOff,
 }
 
 /// A request to forward: its rule, backend, and the backends it is mirrored to.
@@ -205,12 +210,14 @@ impl Forward<'_> {
 /// those to send upstream (hop-by-hop headers gone, `X-Forwarded-*` and `Host` set).
 ///
 /// It waits only for a rule whose rate limit is kept in a store (Redis); for every other
-/// request it completes without yielding.
+/// request it completes without yielding. With `fast`, the caller is the HTTP/1 fast path: a
+/// rule it cannot serve is [`Plan::HandOff`], before its stages run.
 pub(crate) async fn plan<'a>(
     snap: &'a Snapshot,
     conn: &ConnInfo,
     parts: &mut Parts,
     upgrade: bool,
+    fast: bool,
     out: &mut Outcome,
 ) -> Result<Plan<'a>, ProxyError> {
     out.ids = Some(ids::stamp(&mut parts.headers));
@@ -220,6 +227,9 @@ pub(crate) async fn plan<'a>(
         None => snap.router.route(&conn.listener, &host, parts),
     }
     .ok_or(ProxyError::NoRoute)?;
+    if fast && !fast_path_serves(snap, &hit) {
+        return Ok(Plan::HandOff);
+    }
     out.route = Some(hit.route.clone());
     out.rule = hit.rule.named();
 
@@ -287,10 +297,12 @@ async fn route_and_forward(
     let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let fwd = match plan(&snap, conn, &mut parts, upgrade, out).await? {
+    let fwd = match plan(&snap, conn, &mut parts, upgrade, false, out).await? {
         Plan::Answer(resp) => return Ok(resp),
         Plan::Aggregate(agg) => return agg.respond(shared, &parts, conn.client, out).await,
         Plan::Forward(f) => f,
+        // Only the fast path (`fast`) is handed off; this is hyper's path.
+        Plan::HandOff => return Err(ProxyError::NoRoute),
     };
     // Chosen now: the request's headers move into the attempt below.
     let compression = fwd.hit.rule.stages.compression.as_ref().and_then(|c| {
@@ -363,6 +375,19 @@ async fn attempts(
             ProxyError::BodyTooLarge(_) => ProxyError::BodyTooLarge(limit.unwrap_or_default()),
             e => e,
         })
+}
+
+/// Whether the HTTP/1 fast path can serve a request of `hit`'s rule: no response stages that
+/// need hyper's path, and every backend the rule may pick spoken over the fast path's pools.
+fn fast_path_serves(snap: &Snapshot, hit: &RouteHit<'_>) -> bool {
+    let rule = &hit.rule;
+    rule.stages.fast_path()
+        && (rule.rule.aggregate.is_some()
+            || rule.rule.backends.iter().all(|b| {
+                snap.backends
+                    .get(&b.backend)
+                    .is_none_or(|s| s.clients.fast_h1().is_some())
+            }))
 }
 
 /// Chooses a backend by weight.

@@ -378,15 +378,21 @@ async fn request(
     );
     let mut out = Outcome::default();
     let snap = shared.snapshot.load_full();
-    let result = match pipeline::plan(&snap, info, &mut parts, false, &mut out).await {
+    let result = match pipeline::plan(&snap, info, &mut parts, false, true, &mut out).await {
+        // Decided before the rule's stages ran: hyper's path runs them, once.
+        Ok(Plan::HandOff) => return Flow::HandOff(data),
         Ok(Plan::Forward(fwd)) => match fwd.backend.clients.fast_h1() {
-            Some(pool) if fwd.hit.rule.stages.fast_path() => {
+            Some(pool) => {
                 let pool = pool.clone();
                 let request = (&mut data, len, end);
                 forward(&mut ctx, client, &fwd, pool, &parts, request, log, out).await
             }
-            // An HTTP/2 upstream is hyper's.
-            _ => return Flow::HandOff(data),
+            // `plan` hands off a rule with a backend the fast path does not speak; a backend
+            // missing from the snapshot fails in `plan` before this.
+            None => {
+                ctx.close |= !complete;
+                fail(&ctx, client, ProxyError::NoRoute, log, out).await
+            }
         },
         // Answered from memory like the proxy's own answers: the merged body is built whole.
         Ok(Plan::Aggregate(agg)) => {
