@@ -22,7 +22,7 @@ use portico_api::gateway_api::{
 };
 use portico_api::policy::ServicePolicyStatus;
 use portico_api::route::{RouteParentStatus, RouteStatus};
-use portico_api::{Gateway, Route, ServicePolicy};
+use portico_api::{Gateway, Route, RoutePolicy, RoutePolicyStatus, ServicePolicy};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -279,9 +279,36 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the status of the Gateway API kinds that differs.
+    /// Writes the status of the Gateway API kinds (and the RoutePolicies attached to them) that
+    /// differs.
     async fn write_api(&self, statuses: &Statuses) -> bool {
         let mut ok = true;
+        for (key, state) in &statuses.route_policies {
+            let current = state.current.clone().unwrap_or_default();
+            let desired = RoutePolicyStatus {
+                conditions: conditions(&state.conditions, state.generation, &current.conditions),
+            };
+            if desired == current {
+                continue;
+            }
+            match self
+                .patch::<RoutePolicy, _>(key, "RoutePolicy", &desired)
+                .await
+            {
+                Ok(()) => {
+                    self.event(
+                        "RoutePolicy",
+                        key,
+                        newly_failing(&current.conditions, &desired.conditions),
+                    )
+                    .await
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(policy = %key, error = %e, "status write failed");
+                }
+            }
+        }
         for (name, state) in &statuses.classes {
             let desired = class_status(state);
             if state.current.as_ref() == Some(&desired) {

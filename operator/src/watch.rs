@@ -19,7 +19,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use portico_api::gateway_api::{ApiGateway, GatewayClass, GrpcRoute, HttpRoute};
-use portico_api::{Gateway, ReferenceGrant, Route, ServicePolicy};
+use portico_api::{Gateway, ReferenceGrant, Route, RoutePolicy, ServicePolicy};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -76,6 +76,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::ApiGateway => ApiResource::erase::<ApiGateway>(&()),
         Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
         Kind::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
+        Kind::RoutePolicy => ApiResource::erase::<RoutePolicy>(&()),
     }
 }
 
@@ -111,6 +112,7 @@ pub fn decode(kind: Kind, mut obj: DynamicObject) -> Result<Object, String> {
         Kind::ApiGateway => parse(obj, |g| Object::ApiGateway(Box::new(g))),
         Kind::HttpRoute => parse(obj, |r| Object::HttpRoute(Box::new(r))),
         Kind::GrpcRoute => parse(obj, |r| Object::GrpcRoute(Box::new(r))),
+        Kind::RoutePolicy => parse(obj, |p| Object::RoutePolicy(Box::new(p))),
     }
 }
 
@@ -136,6 +138,7 @@ pub async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
         ApiResource::erase::<Gateway>(&()),
         ApiResource::erase::<Route>(&()),
         ApiResource::erase::<ServicePolicy>(&()),
+        ApiResource::erase::<RoutePolicy>(&()),
         ApiResource::erase::<ReferenceGrant>(&()),
         ApiResource::erase::<GatewayClass>(&()),
         ApiResource::erase::<ApiGateway>(&()),

@@ -47,6 +47,7 @@ fn api_resource(kind: &str) -> ApiResource {
     let plural = match kind {
         "Gateway" => "gateways",
         "Route" => "routes",
+        "RoutePolicy" => "routepolicies",
         _ => "servicepolicies",
     };
     ApiResource {
@@ -101,6 +102,7 @@ async fn crds_established(ctx: Ctx) -> anyhow::Result<()> {
         portico
             == [
                 "gateways.portico.dev",
+                "routepolicies.portico.dev",
                 "routes.portico.dev",
                 "servicepolicies.portico.dev"
             ],
@@ -335,6 +337,10 @@ fn base(kind: &str) -> Value {
         "Route" => json!({
             "parentRefs": [{"kind": "Gateway", "name": "public"}],
             "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]
+        }),
+        "RoutePolicy" => json!({
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
+            "cors": {"allowOrigins": ["https://shop.example.com"]}
         }),
         _ => json!({"targetRef": {"group": "", "kind": "Service", "name": "web"},
                     "protocol": "HTTP1"}),
@@ -641,6 +647,31 @@ fn cases() -> Vec<Case> {
             json!({"targetRef": {"group": "", "kind": "Service", "name": "web"}}),
             "spec",
             "at least one policy",
+        ),
+        (
+            "route_policy_cache_on_a_gateway",
+            "RoutePolicy",
+            "",
+            json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}],
+                   "cache": {"ttl": "1m"}}),
+            "spec.targetRefs",
+            "cache and fallback apply to routes",
+        ),
+        (
+            "route_policy_without_any_policy",
+            "RoutePolicy",
+            "",
+            json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}]}),
+            "spec",
+            "at least one policy besides targetRefs",
+        ),
+        (
+            "route_policy_section_name_on_a_gateway",
+            "RoutePolicy",
+            "/targetRefs/0",
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web", "sectionName": "x"}),
+            "spec.targetRefs[0].sectionName",
+            "a Gateway is targeted whole",
         ),
         (
             "policy_target_kind_not_service",

@@ -158,6 +158,10 @@ fn main() -> ExitCode {
                 gateway_api::gateway_api_kinds,
             ),
             test(
+                "route_policies_attach_authentication_limits_cors_cache_and_fallback_to_httproutes_and_gateways",
+                gateway_api::route_policies,
+            ),
+            test(
                 "route_rules_authenticate_with_api_keys_jwts_and_basic_and_rate_limit",
                 auth::authentication_and_rate_limits,
             ),

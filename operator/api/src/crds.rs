@@ -3,11 +3,16 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{Gateway, Route, ServicePolicy};
+use crate::{Gateway, Route, RoutePolicy, ServicePolicy};
 
 /// Every Portico CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Gateway::crd(), Route::crd(), ServicePolicy::crd()]
+    vec![
+        Gateway::crd(),
+        Route::crd(),
+        ServicePolicy::crd(),
+        RoutePolicy::crd(),
+    ]
 }
 
 /// File name of a CRD's manifest, e.g. `portico.dev_gateways.yaml`.

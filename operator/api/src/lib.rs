@@ -21,9 +21,11 @@ pub mod gateway_api;
 pub mod grant;
 pub mod policy;
 pub mod route;
+pub mod route_policy;
 
 pub use common::{Duration, GROUP, VERSION};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
 pub use grant::{ReferenceGrant, ReferenceGrantSpec};
 pub use policy::{ServicePolicy, ServicePolicySpec, ServicePolicyStatus};
 pub use route::{Route, RouteSpec, RouteStatus};
+pub use route_policy::{RoutePolicy, RoutePolicySpec, RoutePolicyStatus};

@@ -29,6 +29,10 @@ use portico_api::route::{ParentKind, ParentReference};
 use portico_api::{Gateway, GatewaySpec, Route, RouteSpec};
 use serde_json::{Value, json};
 
+use portico_api::RoutePolicy;
+use portico_api::gateway::GatewayDefaults;
+use portico_api::route_policy::TargetKind;
+
 use super::grants::GroupKind;
 
 /// The Gateway API's Gateway, as grants and parent refs name it.
@@ -46,6 +50,83 @@ pub(super) const GRPCROUTE: GroupKind = GroupKind {
     group: GATEWAY_API_GROUP,
     kind: "GRPCRoute",
 };
+
+/// Portico's RoutePolicy, as grants name the referrer of a credential Secret it names.
+pub(super) const ROUTE_POLICY: GroupKind = GroupKind {
+    group: portico_api::GROUP,
+    kind: "RoutePolicy",
+};
+
+/// A Gateway API route as watched, kept so it can be translated again when the RoutePolicies
+/// attached to it change.
+#[derive(Clone, Debug)]
+pub(crate) enum ApiSource {
+    /// An HTTPRoute.
+    Http(Box<HttpRoute>),
+    /// A GRPCRoute.
+    Grpc(Box<GrpcRoute>),
+}
+
+impl ApiSource {
+    /// The route's kind, as policies target it.
+    pub(super) fn target_kind(&self) -> TargetKind {
+        match self {
+            Self::Http(_) => TargetKind::HTTPRoute,
+            Self::Grpc(_) => TargetKind::GRPCRoute,
+        }
+    }
+
+    /// The route's kind, as grants and keys name it.
+    pub(super) fn kind(&self) -> GroupKind {
+        match self {
+            Self::Http(_) => HTTPROUTE,
+            Self::Grpc(_) => GRPCROUTE,
+        }
+    }
+
+    /// Translates the route, with the policies `policy` finds for each target (rule names
+    /// first, then the whole route) filled into its rules.
+    pub(super) fn translate<'a>(
+        &self,
+        policy: impl Fn(Option<&str>) -> Option<&'a RoutePolicy>,
+    ) -> ApiRoute {
+        let mut t = match self {
+            Self::Http(r) => http_route(r),
+            Self::Grpc(r) => grpc_route(r),
+        };
+        let whole = policy(None);
+        for rule in &mut t.route.spec.rules {
+            let own = rule.name.as_deref().and_then(|n| policy(Some(n)));
+            let pick =
+                |f: fn(&RoutePolicy) -> bool| own.filter(|p| f(p)).or(whole.filter(|p| f(p)));
+            if let Some(p) = pick(|p| p.spec.authentication.is_some()) {
+                rule.authentication.clone_from(&p.spec.authentication);
+            }
+            if let Some(p) = pick(|p| p.spec.rate_limit.is_some()) {
+                rule.rate_limit.clone_from(&p.spec.rate_limit);
+            }
+            if let Some(p) = pick(|p| p.spec.cors.is_some()) {
+                rule.cors.clone_from(&p.spec.cors);
+            }
+            if let Some(p) = pick(|p| p.spec.cache.is_some()) {
+                rule.cache.clone_from(&p.spec.cache);
+            }
+            if let Some(p) = pick(|p| p.spec.fallback.is_some()) {
+                rule.fallback.clone_from(&p.spec.fallback);
+            }
+        }
+        t
+    }
+}
+
+/// The defaults a RoutePolicy targeting a whole Gateway gives every rule on it.
+pub(super) fn gateway_defaults(p: &RoutePolicy) -> GatewayDefaults {
+    GatewayDefaults {
+        authentication: p.spec.authentication.clone(),
+        rate_limit: p.spec.rate_limit.clone(),
+        cors: p.spec.cors.clone(),
+    }
+}
 
 /// The Gateway API features Portico supports, as `GatewayClass.status.supportedFeatures` names
 /// them (sorted, as the spec asks).

@@ -146,7 +146,7 @@ impl Index {
         // every recompute, not when the Route arrived.
         for (i, rule) in route.spec.rules.iter().enumerate() {
             if let Some(a) = &rule.authentication {
-                let (auth, _) = self.authentication(ROUTE, &rkey.namespace, a);
+                let (auth, _) = self.authentication(route.credentials_from(), &rkey.namespace, a);
                 if let Some(r) = rules.to_mut().get_mut(i) {
                     r.authentication = Some(auth);
                 }

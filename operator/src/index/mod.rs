@@ -64,14 +64,15 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use portico_api::gateway_api::GatewayClass;
-use portico_api::{Gateway, ReferenceGrant, ServicePolicy};
+use portico_api::route_policy::TargetKind;
+use portico_api::{Gateway, ReferenceGrant, RoutePolicy, ServicePolicy};
 use portico_proxy_api::{self as contract, BackendSet, RouteTable};
 use tokio::sync::watch;
 
 use attach::Attachment;
 use backends::Memo;
 pub(crate) use backends::{Wanted, empty_backend};
-use gateway_api::{ApiGatewayEntry, GRPCROUTE, HTTPROUTE};
+use gateway_api::{ApiGatewayEntry, ApiSource, GRPCROUTE, HTTPROUTE};
 use object::SERVICE_NAME_LABEL;
 use route_entry::RouteEntry;
 
@@ -82,7 +83,7 @@ pub use object::{Key, Kind, Object};
 pub use pods::PodInfo;
 pub use status::{
     ApiGatewayState, ApiListenerState, ApiRouteState, ClassState, Cond, GatewayState,
-    ListenerState, ParentState, PolicyState, RouteState, Statuses,
+    ListenerState, ParentState, PolicyState, RoutePolicyState, RouteState, Statuses,
 };
 
 /// Name of the ServiceAccount, Service and Deployment of a Gateway's proxies:
@@ -134,6 +135,10 @@ pub struct Index {
     api_gateway_keys: BTreeSet<Key>,
     /// GatewayClasses, by name.
     classes: BTreeMap<String, Arc<GatewayClass>>,
+    /// The Gateway API routes as watched, by index key (see `gateway_api::route_key`).
+    api_sources: BTreeMap<Key, ApiSource>,
+    /// RoutePolicies, attached to Gateway API routes and Gateways.
+    route_policies: BTreeMap<Key, Arc<RoutePolicy>>,
     routes: BTreeMap<Key, Arc<RouteEntry>>,
     policies: BTreeMap<Key, Arc<ServicePolicy>>,
     services: BTreeMap<Key, Arc<Service>>,
@@ -213,6 +218,8 @@ impl Index {
             api_gateways: BTreeMap::new(),
             api_gateway_keys: BTreeSet::new(),
             classes: BTreeMap::new(),
+            api_sources: BTreeMap::new(),
+            route_policies: BTreeMap::new(),
             routes: BTreeMap::new(),
             policies: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -315,6 +322,7 @@ impl Index {
             Object::ApiGateway(o) => Key::of(&**o),
             Object::HttpRoute(o) => Key::of(&**o),
             Object::GrpcRoute(o) => Key::of(&**o),
+            Object::RoutePolicy(o) => Key::of(&**o),
         };
         self.delete_key(obj.kind(), &key);
     }
@@ -361,12 +369,19 @@ impl Index {
             Kind::Route => self
                 .routes
                 .retain(|k, _| keep(k) || route_kind(k).is_some()),
-            Kind::HttpRoute => self
-                .routes
-                .retain(|k, _| keep(k) || route_kind(k) != Some(HTTPROUTE.kind)),
-            Kind::GrpcRoute => self
-                .routes
-                .retain(|k, _| keep(k) || route_kind(k) != Some(GRPCROUTE.kind)),
+            Kind::HttpRoute => {
+                self.routes
+                    .retain(|k, _| keep(k) || route_kind(k) != Some(HTTPROUTE.kind));
+                self.api_sources
+                    .retain(|k, _| keep(k) || route_kind(k) != Some(HTTPROUTE.kind));
+            }
+            Kind::GrpcRoute => {
+                self.routes
+                    .retain(|k, _| keep(k) || route_kind(k) != Some(GRPCROUTE.kind));
+                self.api_sources
+                    .retain(|k, _| keep(k) || route_kind(k) != Some(GRPCROUTE.kind));
+            }
+            Kind::RoutePolicy => self.route_policies.retain(|k, _| keep(k)),
             Kind::ServicePolicy => self.policies.retain(|k, _| keep(k)),
             Kind::Service => self.services.retain(|k, _| keep(k)),
             Kind::Secret => self.secrets.retain(|k, _| keep(k)),
@@ -382,6 +397,9 @@ impl Index {
         }
         for obj in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(obj);
+        }
+        if kind == Kind::RoutePolicy {
+            self.retranslate_api_routes();
         }
         self.merge_gateways();
         self.stats.events += 1;
@@ -419,11 +437,7 @@ impl Index {
                     &o.namespace().unwrap_or_default(),
                     &o.name_any(),
                 );
-                let t = gateway_api::http_route(&o);
-                self.routes.insert(
-                    key.clone(),
-                    Arc::new(RouteEntry::from_api(&key, HTTPROUTE, t)),
-                );
+                self.insert_api_route(key, ApiSource::Http(o));
             }
             Object::GrpcRoute(o) => {
                 let key = gateway_api::route_key(
@@ -431,11 +445,12 @@ impl Index {
                     &o.namespace().unwrap_or_default(),
                     &o.name_any(),
                 );
-                let t = gateway_api::grpc_route(&o);
-                self.routes.insert(
-                    key.clone(),
-                    Arc::new(RouteEntry::from_api(&key, GRPCROUTE, t)),
-                );
+                self.insert_api_route(key, ApiSource::Grpc(o));
+            }
+            Object::RoutePolicy(o) => {
+                self.route_policies.insert(Key::of(&*o), Arc::new(*o));
+                self.retranslate_api_routes();
+                self.merge_gateways();
             }
             Object::Route(o) => {
                 let key = Key::of(&o);
@@ -496,19 +511,20 @@ impl Index {
                 self.classes.remove(&key.name);
                 self.merge_gateways();
             }
-            Kind::HttpRoute => {
-                self.routes.remove(&gateway_api::route_key(
-                    HTTPROUTE,
-                    &key.namespace,
-                    &key.name,
-                ));
+            Kind::HttpRoute | Kind::GrpcRoute => {
+                let kind = if kind == Kind::HttpRoute {
+                    HTTPROUTE
+                } else {
+                    GRPCROUTE
+                };
+                let key = gateway_api::route_key(kind, &key.namespace, &key.name);
+                self.routes.remove(&key);
+                self.api_sources.remove(&key);
             }
-            Kind::GrpcRoute => {
-                self.routes.remove(&gateway_api::route_key(
-                    GRPCROUTE,
-                    &key.namespace,
-                    &key.name,
-                ));
+            Kind::RoutePolicy => {
+                self.route_policies.remove(key);
+                self.retranslate_api_routes();
+                self.merge_gateways();
             }
             Kind::Route => {
                 self.routes.remove(key);
@@ -604,6 +620,7 @@ impl Index {
         let objects = self.own_gateways.len()
             + self.api_gateways.len()
             + self.classes.len()
+            + self.route_policies.len()
             + self.routes.len()
             + self.policies.len()
             + self.services.len()
@@ -630,11 +647,73 @@ impl Index {
             {
                 continue;
             }
-            gateways.insert(key.clone(), Arc::new(entry.translated.clone()));
+            let mut translated = entry.translated.clone();
+            translated.spec.defaults = self
+                .route_policy_for(&key.namespace, TargetKind::Gateway, &key.name, None)
+                .map(gateway_api::gateway_defaults);
+            gateways.insert(key.clone(), Arc::new(translated));
             api_keys.insert(key.clone());
         }
         self.gateways = gateways;
         self.api_gateway_keys = api_keys;
+    }
+
+    /// Stores a Gateway API route and translates it with the RoutePolicies attached to it.
+    fn insert_api_route(&mut self, key: Key, source: ApiSource) {
+        let entry = self.api_route_entry(&key, &source);
+        self.routes.insert(key.clone(), Arc::new(entry));
+        self.api_sources.insert(key, source);
+    }
+
+    fn api_route_entry(&self, key: &Key, source: &ApiSource) -> RouteEntry {
+        let (_, real) = gateway_api::split_route_key(key).unwrap_or((source.kind(), key.clone()));
+        let t = source.translate(|section| {
+            self.route_policy_for(&real.namespace, source.target_kind(), &real.name, section)
+        });
+        RouteEntry::from_api(key, source.kind(), t)
+    }
+
+    /// Translates every Gateway API route again (a RoutePolicy changed).
+    fn retranslate_api_routes(&mut self) {
+        let entries: Vec<(Key, RouteEntry)> = self
+            .api_sources
+            .iter()
+            .map(|(k, s)| (k.clone(), self.api_route_entry(k, s)))
+            .collect();
+        for (k, e) in entries {
+            self.routes.insert(k, Arc::new(e));
+        }
+    }
+
+    /// The RoutePolicy that applies to target `kind`/`name` (and rule `section`, or the whole
+    /// object) in `namespace`: of those naming exactly that target, the oldest, then the first
+    /// by name.
+    pub(super) fn route_policy_for(
+        &self,
+        namespace: &str,
+        kind: TargetKind,
+        name: &str,
+        section: Option<&str>,
+    ) -> Option<&RoutePolicy> {
+        self.route_policies
+            .range(Key::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(_, p)| &**p)
+            .filter(|p| {
+                p.spec.target_refs.iter().any(|t| {
+                    t.kind == kind && t.name == name && t.section_name.as_deref() == section
+                })
+            })
+            .min_by(|a, b| {
+                (
+                    a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    a.name_any(),
+                )
+                    .cmp(&(
+                        b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                        b.name_any(),
+                    ))
+            })
     }
 
     /// Whether GatewayClass `name` exists and names Portico's controller.

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use portico_api::gateway_api::{ApiGateway, GatewayClass, GrpcRoute, HttpRoute};
-use portico_api::{Gateway, ReferenceGrant, Route, ServicePolicy};
+use portico_api::{Gateway, ReferenceGrant, Route, RoutePolicy, ServicePolicy};
 
 use super::PodInfo;
 
@@ -69,6 +69,8 @@ pub enum Object {
     HttpRoute(Box<HttpRoute>),
     /// The Gateway API's GRPCRoute.
     GrpcRoute(Box<GrpcRoute>),
+    /// Route policies attached to Gateway API objects (see the `gateway_api` module).
+    RoutePolicy(Box<RoutePolicy>),
 }
 
 /// The kinds of watched objects.
@@ -92,11 +94,12 @@ pub enum Kind {
     ApiGateway,
     HttpRoute,
     GrpcRoute,
+    RoutePolicy,
 }
 
 impl Kind {
     /// Every kind, in the order the watches start.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::ReferenceGrant,
@@ -108,6 +111,7 @@ impl Kind {
         Kind::ServicePolicy,
         Kind::Route,
         Kind::Gateway,
+        Kind::RoutePolicy,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::ApiGateway,
@@ -132,6 +136,7 @@ impl Kind {
             Kind::ApiGateway => "gateways.gateway.networking.k8s.io",
             Kind::HttpRoute => "httproutes",
             Kind::GrpcRoute => "grpcroutes",
+            Kind::RoutePolicy => "routepolicies",
         }
     }
 }
@@ -155,6 +160,7 @@ impl Object {
             Object::ApiGateway(_) => Kind::ApiGateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::RoutePolicy(_) => Kind::RoutePolicy,
         }
     }
 }

@@ -82,6 +82,16 @@ impl RouteEntry {
         entry
     }
 
+    /// The kind that names the credential Secrets of the route's rules, for grants: the Route
+    /// itself, or for a Gateway API route the RoutePolicy its authentication came from.
+    pub(super) fn credentials_from(&self) -> GroupKind {
+        if self.is_api() {
+            super::gateway_api::ROUTE_POLICY
+        } else {
+            ROUTE
+        }
+    }
+
     /// Whether the route is one of the Gateway API's kinds.
     pub(super) fn is_api(&self) -> bool {
         self.origin != ROUTE

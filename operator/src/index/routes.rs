@@ -42,9 +42,15 @@ impl Index {
         let rate_limit_default = defaults
             .and_then(|d| d.rate_limit.as_ref())
             .and_then(super::inbound::rate_limit);
-        let auth_default = defaults
-            .and_then(|d| d.authentication.as_ref())
-            .map(|a| self.authentication(GATEWAY, &key.namespace, a).0);
+        let auth_default = defaults.and_then(|d| d.authentication.as_ref()).map(|a| {
+            // A Gateway API Gateway's defaults come from a RoutePolicy: that names the Secrets.
+            let from = if self.api_gateway_keys.contains(key) {
+                super::gateway_api::ROUTE_POLICY
+            } else {
+                GATEWAY
+            };
+            self.authentication(from, &key.namespace, a).0
+        });
         let mut listeners = self.gateway_listeners(&key.namespace, gw);
         let mut wanted = Wanted::new();
         let mut routes = Vec::new();

@@ -16,7 +16,7 @@ use portico_api::gateway_api::{
     ApiGatewayStatus, ApiParentRef, ApiRouteStatus, GatewayClassStatus,
 };
 
-use super::grants::{GATEWAY, GroupKind, REF_NOT_PERMITTED, ROUTE, Reference, SERVICE};
+use super::grants::{GATEWAY, GroupKind, REF_NOT_PERMITTED, Reference, SERVICE};
 use super::{Attachment, Index, Key, ServicePort, gateway_api, proxy_name, translate};
 
 /// One desired condition.
@@ -170,6 +170,17 @@ pub struct ClassState {
     pub current: Option<GatewayClassStatus>,
 }
 
+/// Desired status of one RoutePolicy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoutePolicyState {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `Accepted`, and `ResolvedRefs` when it names credential Secrets.
+    pub conditions: Vec<Cond>,
+    /// The status on the object now.
+    pub current: Option<portico_api::RoutePolicyStatus>,
+}
+
 /// Desired status of everything the index holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Statuses {
@@ -179,6 +190,8 @@ pub struct Statuses {
     pub api_routes: BTreeMap<(&'static str, Key), ApiRouteState>,
     /// By GatewayClass name.
     pub classes: BTreeMap<String, ClassState>,
+    /// By RoutePolicy.
+    pub route_policies: BTreeMap<Key, RoutePolicyState>,
     /// By Gateway.
     pub gateways: BTreeMap<Key, GatewayState>,
     /// By Route.
@@ -238,7 +251,10 @@ impl Index {
                     None => format!("rule {}: {problem}", i + 1),
                 };
                 if let Some(a) = &rule.authentication {
-                    for problem in self.authentication(ROUTE, &rkey.namespace, a).1 {
+                    for problem in self
+                        .authentication(route.credentials_from(), &rkey.namespace, a)
+                        .1
+                    {
                         not_permitted |= problem.contains("needs a ReferenceGrant");
                         problems.push(named(&problem));
                     }
@@ -485,6 +501,10 @@ impl Index {
                 },
             );
         }
+        for (pkey, policy) in &self.route_policies {
+            out.route_policies
+                .insert(pkey.clone(), self.route_policy_state(pkey, policy));
+        }
         for (name, class) in &self.classes {
             if !gateway_api::is_ours(class) {
                 continue;
@@ -645,5 +665,84 @@ fn api_gateway_state(
         addresses,
         listeners,
         current: entry.api.status.clone(),
+    }
+}
+
+impl Index {
+    /// A RoutePolicy's conditions: `Accepted` when each target exists (and the rule its
+    /// `sectionName` names) and no older policy holds it; `ResolvedRefs` for its credentials.
+    fn route_policy_state(&self, key: &Key, policy: &portico_api::RoutePolicy) -> RoutePolicyState {
+        use portico_api::route_policy::TargetKind;
+        let mut missing = Vec::new();
+        let mut conflicted = Vec::new();
+        for t in &policy.spec.target_refs {
+            let what = match &t.section_name {
+                Some(s) => format!("{:?} {}/{} rule {s}", t.kind, key.namespace, t.name),
+                None => format!("{:?} {}/{}", t.kind, key.namespace, t.name),
+            };
+            let exists = match t.kind {
+                TargetKind::Gateway => self
+                    .api_gateways
+                    .contains_key(&Key::new(&key.namespace, &t.name)),
+                TargetKind::HTTPRoute | TargetKind::GRPCRoute => {
+                    let kind = if t.kind == TargetKind::HTTPRoute {
+                        gateway_api::HTTPROUTE
+                    } else {
+                        gateway_api::GRPCROUTE
+                    };
+                    let rkey = gateway_api::route_key(kind, &key.namespace, &t.name);
+                    self.routes.get(&rkey).is_some_and(|r| {
+                        t.section_name.as_ref().is_none_or(|s| {
+                            r.spec
+                                .rules
+                                .iter()
+                                .any(|rule| rule.name.as_ref() == Some(s))
+                        })
+                    })
+                }
+            };
+            if !exists {
+                missing.push(format!("{what} not found"));
+                continue;
+            }
+            let winner =
+                self.route_policy_for(&key.namespace, t.kind, &t.name, t.section_name.as_deref());
+            if let Some(w) = winner.filter(|w| w.name_any() != key.name) {
+                conflicted.push(format!(
+                    "RoutePolicy {}/{} already targets {what}",
+                    key.namespace,
+                    w.name_any()
+                ));
+            }
+        }
+        let accepted = if !missing.is_empty() {
+            missing.extend(conflicted);
+            Cond::no("Accepted", "TargetNotFound", missing.join("; "))
+        } else if !conflicted.is_empty() {
+            Cond::no("Accepted", "Conflicted", conflicted.join("; "))
+        } else {
+            Cond::yes("Accepted", "Accepted")
+        };
+        let mut conditions = vec![accepted];
+        if let Some(a) = &policy.spec.authentication {
+            let problems = self
+                .authentication(gateway_api::ROUTE_POLICY, &key.namespace, a)
+                .1;
+            conditions.push(if problems.is_empty() {
+                Cond::yes("ResolvedRefs", "ResolvedRefs")
+            } else if problems
+                .iter()
+                .any(|p| p.contains("needs a ReferenceGrant"))
+            {
+                Cond::no("ResolvedRefs", REF_NOT_PERMITTED, problems.join("; "))
+            } else {
+                Cond::no("ResolvedRefs", INVALID_CREDENTIALS, problems.join("; "))
+            });
+        }
+        RoutePolicyState {
+            generation: policy.metadata.generation,
+            conditions,
+            current: policy.status.clone(),
+        }
     }
 }

@@ -71,7 +71,7 @@ fn now() -> u64 {
 }
 
 /// A credential Secret (labelled so the operator reads it) with `data` as text.
-async fn credential(ctx: &Ctx, name: &str, data: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(super) async fn credential(ctx: &Ctx, name: &str, data: &[(&str, &str)]) -> anyhow::Result<()> {
     let data: serde_json::Map<String, Value> = data
         .iter()
         .map(|(k, v)| ((*k).to_owned(), Value::from(support::base64(v.as_bytes()))))

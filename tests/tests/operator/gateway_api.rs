@@ -2,6 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::PostParams;
+use portico_api::RoutePolicy;
 use portico_api::gateway_api::{ApiGateway, GatewayClass, HttpRoute};
 
 use super::health::Nginx;
@@ -280,5 +281,226 @@ pub(super) async fn gateway_api_kinds(ctx: Ctx) -> anyhow::Result<()> {
     for name in [&ours, &theirs] {
         classes.delete(name, &Default::default()).await?;
     }
+    Ok(())
+}
+
+/// A GatewayClass naming Portico and a Gateway of it on a free port, named `gw`.
+async fn portico_gateway(ctx: &Ctx, class: &str) -> anyhow::Result<()> {
+    let classes: Api<GatewayClass> = Api::all(ctx.client.clone());
+    let gc: GatewayClass = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": class}, "spec": {"controllerName": "portico.dev/gateway-controller"}
+    }))?;
+    classes.create(&PostParams::default(), &gc).await?;
+    create::<ApiGateway>(
+        ctx,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {"gatewayClassName": class, "listeners": [
+                {"name": "web", "port": free_port()?, "protocol": "HTTP"}]}
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `RoutePolicy` attached to Gateway API objects: a policy on one rule (`sectionName`) asks
+/// that rule for an API key and limits it (401, 200, 429); a policy on the whole HTTPRoute gives
+/// every rule CORS, a cache and a fallback (allowed origin marked, second answer a cache hit, a
+/// dead backend masked by the default answer); a policy on the Gateway gives CORS to another
+/// route's rules; a later policy on the same route is `Conflicted` and one naming a missing
+/// route `TargetNotFound`.
+pub(super) async fn route_policies(ctx: Ctx) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("portico-rtpol-{}", ctx.namespace));
+    let _nginx = Nginx::start(dir, &[("v1", "198.18.65.141:8080")]).await?;
+    create::<Service>(&ctx, service("app")).await?;
+    create::<EndpointSlice>(&ctx, slice("app-1", "app", &["198.18.65.141"])).await?;
+    // Nothing listens there: every request to it fails to connect.
+    create::<Service>(&ctx, service("down")).await?;
+    create::<EndpointSlice>(&ctx, slice("down-1", "down", &["198.18.65.149"])).await?;
+    super::auth::credential(&ctx, "api-keys", &[("alice", "key-a")]).await?;
+    let class = format!("portico-rtpol-{}", ctx.namespace);
+    portico_gateway(&ctx, &class).await?;
+    let prefix = |p: &str| json!([{"path": {"type": "PathPrefix", "value": p}}]);
+    let app = json!([{"name": "app", "port": 80}]);
+    create::<HttpRoute>(
+        &ctx,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "shop"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["shop.example.com"], "rules": [
+                {"name": "keys", "matches": prefix("/keys"), "backendRefs": app},
+                {"name": "open", "matches": prefix("/open"), "backendRefs": app},
+                {"name": "down", "matches": prefix("/down"),
+                 "backendRefs": [{"name": "down", "port": 80}]}
+            ]}
+        }),
+    )
+    .await?;
+    create::<HttpRoute>(
+        &ctx,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "other"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["other.example.com"],
+                     "rules": [{"backendRefs": app}]}
+        }),
+    )
+    .await?;
+    let policy = |name: &str, targets: Value, spec: Value| {
+        let mut spec = spec;
+        spec["targetRefs"] = targets;
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "RoutePolicy",
+               "metadata": {"name": name}, "spec": spec})
+    };
+    let target = |kind: &str, name: &str| json!({"group": "gateway.networking.k8s.io", "kind": kind, "name": name});
+    let mut keys_rule = target("HTTPRoute", "shop");
+    keys_rule["sectionName"] = json!("keys");
+    create::<RoutePolicy>(
+        &ctx,
+        policy(
+            "keys",
+            json!([keys_rule]),
+            json!({"authentication": {"apiKey": {"secretRef": {"name": "api-keys"}}},
+                   "rateLimit": {"requests": 2, "unit": "Minute", "key": "Global"}}),
+        ),
+    )
+    .await?;
+    create::<RoutePolicy>(
+        &ctx,
+        policy(
+            "route-wide",
+            json!([target("HTTPRoute", "shop")]),
+            json!({"cors": {"allowOrigins": ["https://shop.example.com"]},
+                   "cache": {"ttl": "1m"},
+                   "fallback": {"directResponse": {"statusCode": 200, "body": "fallback",
+                                                   "contentType": "text/plain"}}}),
+        ),
+    )
+    .await?;
+    create::<RoutePolicy>(
+        &ctx,
+        policy(
+            "gateway-wide",
+            json!([target("Gateway", "gw")]),
+            json!({"cors": {"allowOrigins": ["https://gw.example.com"]}}),
+        ),
+    )
+    .await?;
+    create::<RoutePolicy>(
+        &ctx,
+        policy(
+            "zz-late",
+            json!([target("HTTPRoute", "shop")]),
+            json!({"cors": {"allowOrigins": ["https://late.example.com"]}}),
+        ),
+    )
+    .await?;
+    create::<RoutePolicy>(
+        &ctx,
+        policy(
+            "ghost",
+            json!([target("HTTPRoute", "nope")]),
+            json!({"cors": {"allowOrigins": ["https://x.example.com"]}}),
+        ),
+    )
+    .await?;
+
+    let op = start_operator(&ctx, "op-a").await?;
+    let proxy = start_proxy(&ctx, &op).await?;
+    until_rule(&proxy, "the rule policy in the proxy's config", |r| {
+        r.authentication.is_some()
+    })
+    .await?;
+    let gw = proxy.addr;
+    let get = |host: &'static str, path: &'static str, headers: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(gw).await?;
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{headers}connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await?;
+        anyhow::Ok(text.to_ascii_lowercase())
+    };
+    let shop = "shop.example.com";
+    // Authentication runs first: a refused request does not count against the limit.
+    ensure!(get(shop, "/keys", "").await?.starts_with("http/1.1 401"));
+    for i in 0..2 {
+        let ok = get(shop, "/keys", "x-api-key: key-a\r\n").await?;
+        ensure!(
+            ok.starts_with("http/1.1 200") && ok.ends_with("v1"),
+            "request {i}: {ok}"
+        );
+    }
+    let limited = get(shop, "/keys", "x-api-key: key-a\r\n").await?;
+    ensure!(limited.starts_with("http/1.1 429"), "{limited}");
+    let open = get(shop, "/open", "origin: https://shop.example.com\r\n").await?;
+    ensure!(
+        open.starts_with("http/1.1 200")
+            && open.contains("access-control-allow-origin: https://shop.example.com")
+            && open.contains("x-portico-cache: miss"),
+        "the route-wide policy (not the later one): {open}"
+    );
+    let again = get(shop, "/open", "").await?;
+    ensure!(again.contains("x-portico-cache: hit"), "{again}");
+    let down = get(shop, "/down", "").await?;
+    ensure!(
+        down.starts_with("http/1.1 200")
+            && down.contains("x-portico-fallback: default")
+            && down.ends_with("fallback"),
+        "{down}"
+    );
+    let other = get(
+        "other.example.com",
+        "/",
+        "origin: https://gw.example.com\r\n",
+    )
+    .await?;
+    ensure!(
+        other.contains("access-control-allow-origin: https://gw.example.com")
+            && get("other.example.com", "/x", "")
+                .await?
+                .contains("x-portico-cache")
+                == false,
+        "the Gateway's policy, and no route policy: {other}"
+    );
+
+    let policies: Api<RoutePolicy> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let accepted = |name: &'static str| {
+        let policies = policies.clone();
+        async move {
+            eventually(
+                &format!("RoutePolicy {name}'s status"),
+                Duration::from_secs(15),
+                || async {
+                    let p = policies.get(name).await?;
+                    Ok(p.status.and_then(|s| {
+                        s.conditions
+                            .into_iter()
+                            .find(|c| c.type_ == "Accepted")
+                            .map(|c| (c.status, c.reason))
+                    }))
+                },
+            )
+            .await
+        }
+    };
+    for name in ["keys", "route-wide", "gateway-wide"] {
+        let got = accepted(name).await?;
+        ensure!(got == ("True".into(), "Accepted".into()), "{name}: {got:?}");
+    }
+    let late = accepted("zz-late").await?;
+    ensure!(late == ("False".into(), "Conflicted".into()), "{late:?}");
+    let ghost = accepted("ghost").await?;
+    ensure!(
+        ghost == ("False".into(), "TargetNotFound".into()),
+        "{ghost:?}"
+    );
+    Api::<GatewayClass>::all(ctx.client.clone())
+        .delete(&class, &Default::default())
+        .await?;
     Ok(())
 }
