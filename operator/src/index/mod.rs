@@ -743,6 +743,8 @@ mod tests;
 #[cfg(test)]
 mod tests_fields;
 #[cfg(test)]
+mod tests_gateway_api;
+#[cfg(test)]
 mod tests_grants;
 #[cfg(test)]
 mod tests_inbound;
