@@ -85,33 +85,32 @@ lap suite
 step "CoreDNS $COREDNS_VERSION with the plugins of the suite's DNS backend (cached)"
 # The base manifests run CoreDNS (registry.k8s.io/coredns/coredns) as the UDPRoute tests'
 # backend, and the suite waits for every pod of its namespaces to be ready before any test,
-# so it must run here too. Its Corefile uses `forward`, `log` and `errors`: the cluster's own
-# CoreDNS build lacks `forward`, hence this one. (Its upstreams, 8.8.8.8 and 9.9.9.9, are
-# unreachable from the network namespace, which has no link out; only a UDP test queries it.)
-COREDNS="$CACHE/coredns-$COREDNS_VERSION/coredns"
+# so it must run here too. Its Corefile uses `forward`, `log`, `errors` and `whoami`: the
+# cluster's own CoreDNS build has none of `forward` and `whoami`, hence this one. (Its upstreams,
+# 8.8.8.8 and 9.9.9.9, are unreachable from the network namespace, which has no link out; only
+# a UDP test queries it.) The plugins in the order a query passes them (CoreDNS's plugin.cfg
+# order); a change to the list builds anew.
+DNS_PLUGINS=(errors log forward whoami)
+COREDNS="$CACHE/coredns-$COREDNS_VERSION-$(IFS=-; echo "${DNS_PLUGINS[*]}")/coredns"
 if [[ ! -x $COREDNS ]]; then
-  work="$CACHE/coredns-$COREDNS_VERSION/build"
+  work="$(dirname "$COREDNS")/build"
   mkdir -p "$work"
-  cat >"$work/main.go" <<'EOF'
-// CoreDNS with the plugins the Gateway API conformance suite's DNS backend uses.
-package main
-
-import (
-	"github.com/coredns/coredns/core/dnsserver"
-	"github.com/coredns/coredns/coremain"
-
-	_ "github.com/coredns/coredns/plugin/errors"
-	_ "github.com/coredns/coredns/plugin/forward"
-	_ "github.com/coredns/coredns/plugin/log"
-)
-
-func init() {
-	// The order a query passes the plugins in (CoreDNS's plugin.cfg order, these only).
-	dnsserver.Directives = []string{"errors", "log", "forward"}
-}
-
-func main() { coremain.Run() }
-EOF
+  {
+    echo "// CoreDNS with the plugins the Gateway API conformance suite's DNS backend uses."
+    echo "package main"
+    echo
+    echo "import ("
+    echo '	"github.com/coredns/coredns/core/dnsserver"'
+    echo '	"github.com/coredns/coredns/coremain"'
+    echo
+    printf '\t_ "github.com/coredns/coredns/plugin/%s"\n' "${DNS_PLUGINS[@]}"
+    echo ")"
+    echo
+    printf 'func init() { dnsserver.Directives = []string{%s} }\n' \
+      "$(printf '"%s", ' "${DNS_PLUGINS[@]}" | sed 's/, $//')"
+    echo
+    echo "func main() { coremain.Run() }"
+  } >"$work/main.go"
   gomod=$(cd "$work" && go mod download -json "github.com/coredns/coredns@$COREDNS_VERSION" |
     sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   {
@@ -258,7 +257,7 @@ set +e
 (cd "$OUT" && $IN_NS env KUBECONFIG="$KC" PORTICO_VERSION="$APP_VERSION" \
   CONFORMANCE_FEATURES="${CONFORMANCE_FEATURES:-}" \
   "$SUITE" -test.v -test.timeout="${CONFORMANCE_TIMEOUT:-90m}" -report-output="$REPORT" \
-  "${args[@]}") 2>&1 | tee "$LOG" | grep --line-buffered -E '^\s*(=== RUN|--- (PASS|FAIL|SKIP)|PASS|FAIL|ok )|Test Setup|Error Trace|Error:|conformance_test.go'
+  "${args[@]}") 2>&1 | tee "$LOG" | grep --line-buffered -E '^\s*(=== RUN|--- (PASS|FAIL|SKIP)|PASS|FAIL|ok )|Test Setup|Error:|Messages:'
 SUITE_RC=${PIPESTATUS[0]}
 set -e
 lap suite-run
@@ -275,8 +274,17 @@ observedGeneration current) from a controller named portico.dev/gateway-controll
 ran. Status now: $(gwc_status)
 The operator must serve the Gateway API kinds for this to pass (see docs/conformance/README.md).
 MSG
+elif grep -q 'namespaces to be ready' "$LOG"; then
+  # The suite polls each namespace's Gateways (Accepted, then Programmed, both with the current
+  # observedGeneration) and then its pods; its last complaint says which one held it up.
+  last=$(grep -E 'Gateway not (Accepted|Programmed) yet|Gateway .* expected observedGeneration|Pod .* not ready|ready yet' "$LOG" | tail -n 1 | sed 's/^ *//')
+  cat <<MSG
+The suite stopped in its setup: the base manifests' Gateways and pods did not all get ready
+within its timeout, so no test ran. Its last complaint: ${last:-none logged}
+State of the Gateways and pods: $OUT/cluster-state.txt (written on exit).
+MSG
 fi
-if [[ -s $REPORT ]] && grep -q '^profiles:' "$REPORT"; then
+if [[ -s $REPORT ]] && grep -qE '^  name: ' "$REPORT"; then
   if ((FILTERED)); then
     echo "report (a filtered run, kept out of docs/): $REPORT"
   else
