@@ -70,7 +70,7 @@ demo-down:
 
 ## conformance: the upstream Gateway API conformance suite (GATEWAY-HTTP, v1.6.3) against Portico
 ## installed by its chart on the local cluster with a real node; report in docs/conformance/.
-## Not part of `make test` (cold about 15 min, warm about 6; docs/conformance/README.md).
+## Not part of `make test`: minutes long (docs/conformance/README.md has the figures).
 ## CONFORMANCE_RUN=HTTPRouteSimpleSameNamespace runs one test, CONFORMANCE_ARGS passes flags to
 ## the suite, KEEP=1 leaves the cluster up.
 conformance: k8s-bins
