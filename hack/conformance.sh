@@ -38,7 +38,9 @@ OUT="$ROOT/target/conformance"
 HARNESS="$ROOT/hack/conformance"
 CACHE="${PORTICO_CACHE:-$HOME/.cache/portico}/conformance"
 KEEP=${KEEP:-0}
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+# The harness builds from its committed go.mod and go.sum as they are (-mod=readonly: a
+# missing entry fails instead of editing the checkout).
+export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 
 START=$(date +%s)
 LAST=$START
@@ -120,7 +122,7 @@ if [[ ! -x $COREDNS ]]; then
     echo
     echo "require github.com/coredns/coredns $COREDNS_VERSION"
   } >"$work/go.mod"
-  (cd "$work" && go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$COREDNS.tmp" .)
+  (cd "$work" && GOFLAGS=-mod=mod go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$COREDNS.tmp" .)
   mv "$COREDNS.tmp" "$COREDNS"
 fi
 lap coredns
