@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down bench bench-control-plane images
+.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench bench-control-plane images
 
 all: build
 
@@ -67,6 +67,14 @@ demo:
 
 demo-down:
 	hack/demo.sh down
+
+## conformance: the upstream Gateway API conformance suite (GATEWAY-HTTP, v1.6.3) against Portico
+## installed by its chart on the local cluster with a real node; report in docs/conformance/.
+## Not part of `make test`: minutes long (docs/conformance/README.md has the figures).
+## CONFORMANCE_RUN=HTTPRouteSimpleSameNamespace runs one test, CONFORMANCE_ARGS passes flags to
+## the suite, KEEP=1 leaves the cluster up.
+conformance: k8s-bins
+	hack/conformance.sh
 
 ## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy), then sidecar to
 ## sidecar with mTLS vs plaintext (bench/mesh.sh, in a private network namespace), then the

@@ -7,14 +7,9 @@
 # and prints which backend answered what. Everything keeps running; `make demo-down` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETNS=portico-dev
-DIR="$(pwd)/target/dev-cluster"
-KC="$DIR/kubeconfig"
-BIN="${PORTICO_BIN_DIR:-$HOME/.cache/portico/bin}"
-IN_NS="nsenter --net=/run/netns/$NETNS"
-k() { $IN_NS "$BIN/kubectl" --kubeconfig "$KC" "$@"; }
-helm() { $IN_NS "$BIN/helm" --kubeconfig "$KC" "$@"; }
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# NETNS, DIR, KC, BIN, IN_NS, k, helm, step, install_portico
+# shellcheck source=hack/dev-cluster-lib.sh
+source hack/dev-cluster-lib.sh
 
 down() {
   hack/cluster.sh down
@@ -56,9 +51,7 @@ up() {
   hack/cluster.sh up
 
   step "helm install portico charts/portico"
-  helm upgrade --install portico charts/portico -n portico-system --create-namespace \
-    --wait --timeout 5m
-  k -n portico-system get pods -o wide
+  install_portico
 
   step "demo backends (portico-echo pods) and examples/ (Gateway, Routes, ServicePolicy)"
   k create namespace demo --dry-run=client -o yaml | k apply -f - >/dev/null

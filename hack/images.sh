@@ -9,6 +9,12 @@
 #             portico-proxy.tar, echo.tar, nginx.tar) and images.txt, one line per image:
 #             `<tarball path> <full reference>`. Import them with hack/images-import.sh.
 #
+# hack/images.sh OUTDIR binary BINARY USER REF...: instead, one image per REF holding just
+# BINARY (at /<its name>, the entrypoint, run as USER; empty for root), in OUTDIR/<name>-<tag>.tar,
+# listed in OUTDIR/images.txt the same way. For other projects' test servers built from Go
+# modules under the references their manifests name (the Gateway API conformance suite's
+# echo-basic: hack/conformance.sh).
+#
 # Each root filesystem is the binary plus its `ldd` dependencies copied to the same paths (the
 # host's /lib -> usr/lib style symlinks and the loader's symlink included), a minimal
 # /etc/passwd, /etc/group and /etc/nsswitch.conf, and /tmp (1777). The output is reproducible:
@@ -28,10 +34,15 @@ export LC_ALL=C
 die() { echo "images.sh: $*" >&2; exit 1; }
 log() { echo "images.sh: $*" >&2; }
 
-[ $# -eq 2 ] || die "usage: $0 OUTDIR debug|release"
+USAGE="usage: $0 OUTDIR debug|release, or $0 OUTDIR binary BINARY USER REF..."
+[ $# -ge 2 ] || die "$USAGE"
 OUTDIR=$1
 PROFILE=$2
-case $PROFILE in debug | release) ;; *) die "PROFILE must be debug or release, not '$PROFILE'" ;; esac
+case $PROFILE in
+debug | release) [ $# -eq 2 ] || die "$USAGE" ;;
+binary) [ $# -ge 5 ] || die "$USAGE" ;;
+*) die "PROFILE must be debug, release or binary, not '$PROFILE'" ;;
+esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF="$ROOT/hack/images.sh"
@@ -305,6 +316,13 @@ write_image() {
 	log "$ref: $tarball ($(du -h "$tarball" | cut -f1), layer sha256:${layer_digest:0:12})"
 }
 
+# write_list: OUTDIR/images.txt, the images of this run, for hack/images-import.sh.
+write_list() {
+	printf '%s\n' "${IMAGES[@]}" >"$OUTDIR/images.txt.tmp"
+	mv "$OUTDIR/images.txt.tmp" "$OUTDIR/images.txt"
+	log "wrote $OUTDIR/images.txt"
+}
+
 # start_image NAME: resets the description for the next image.
 start_image() {
 	CUR=$1
@@ -348,6 +366,25 @@ pause_binary() {
 
 # ---------------------------------------------------------------------------------------------
 # The images.
+
+# The `binary` form: one image of BINARY per reference (a few MB each: simpler than an index
+# naming one manifest several times, and hack/images-import.sh imports each as it is).
+if [ "$PROFILE" = binary ]; then
+	src=$3 user=$4
+	shift 4
+	[ -x "$src" ] || die "$src is not an executable file"
+	for ref in "$@"; do
+		case $ref in */*:*) ;; *) die "$ref: not a full reference (registry/name:tag)" ;; esac
+		name="$(basename "$src")-${ref##*:}"
+		start_image "$name"
+		add_binary "$src" "/$(basename "$src")"
+		USER_=$user
+		ENTRYPOINT_=("/$(basename "$src")")
+		write_image "$name" "$ref"
+	done
+	write_list
+	exit 0
+fi
 
 for b in portico-operator portico-proxy portico-echo; do need_bin "$b"; done
 
@@ -466,6 +503,4 @@ USER_=65534:65534
 ENTRYPOINT_=(/usr/sbin/nginx -c /etc/nginx/nginx.conf)
 write_image nginx localhost/portico/nginx:v1
 
-printf '%s\n' "${IMAGES[@]}" >"$OUTDIR/images.txt.tmp"
-mv "$OUTDIR/images.txt.tmp" "$OUTDIR/images.txt"
-log "wrote $OUTDIR/images.txt"
+write_list
