@@ -32,8 +32,8 @@ var profiles = []suite.ConformanceProfileName{suite.GatewayHTTPConformanceProfil
 
 // extendedFeatures are the GATEWAY-HTTP features beyond core that Portico claims: the ones its
 // proxy implements (DESIGN.md: matches on method and query, header filters on both sides,
-// redirects, rewrites, mirrors, timeouts, CORS, WebSocket and h2c upstreams, any listener
-// port). The profile's core features (Gateway, HTTPRoute, ReferenceGrant) are implied. A claimed
+// redirects, rewrites, mirrors, timeouts, WebSocket and h2c upstreams, any listener
+// port; not the CORS filter, which the translation reports as unsupported). The profile's core features (Gateway, HTTPRoute, ReferenceGrant) are implied. A claimed
 // feature whose translation is missing fails its tests rather than being skipped: trim this list
 // to what the controller translates, or let the suite read the GatewayClass's
 // status.supportedFeatures (CONFORMANCE_FEATURES=inferred).
@@ -56,7 +56,6 @@ var extendedFeatures = []features.FeatureName{
 	features.SupportHTTPRouteBackendTimeout,
 	features.SupportHTTPRouteBackendProtocolH2C,
 	features.SupportHTTPRouteBackendProtocolWebSocket,
-	features.SupportHTTPRouteCORS,
 }
 
 // TestPortico runs the suite with Portico's defaults for every option not set by a flag.
