@@ -517,14 +517,45 @@ fn other_fields(other: &BTreeMap<String, Value>, unsupported: &mut Vec<String>) 
     }
 }
 
-/// Builds the Portico Route from rules already in Portico's JSON shape.
-fn finish(
+/// One rule of an HTTPRoute or GRPCRoute, its matches already in Portico's shape.
+struct RuleIn<'a> {
+    name: &'a Option<String>,
+    other: &'a BTreeMap<String, Value>,
+    filters: &'a [HttpRouteFilter],
+    backends: &'a [HttpBackendRef],
+    matches: Vec<Value>,
+    timeouts: Value,
+}
+
+/// The translation of a Gateway API route of either kind: its parent refs, hostnames and
+/// rules carried into Portico's Route, what cannot be expressed collected on the way.
+fn api_route<'a>(
     m: &ObjectMeta,
-    parent_refs: Vec<ParentReference>,
+    parent_refs: &[ApiParentRef],
     hostnames: &[String],
-    rules: Vec<Value>,
-    unsupported: &mut Vec<String>,
-) -> Route {
+    status: Option<portico_api::gateway_api::ApiRouteStatus>,
+    rules_in: impl Iterator<Item = RuleIn<'a>>,
+) -> ApiRoute {
+    let mut unsupported = Vec::new();
+    let mut invalid_kinds = Vec::new();
+    let (parent_refs, written) = parents(parent_refs);
+    let mut rules = Vec::new();
+    for rule in rules_in {
+        other_fields(rule.other, &mut unsupported);
+        let (filters, backends) = rule_common(
+            rule.filters,
+            rule.backends,
+            &mut unsupported,
+            &mut invalid_kinds,
+        );
+        rules.push(json!({
+            "name": rule.name,
+            "matches": rule.matches,
+            "filters": filters,
+            "backendRefs": backends,
+            "timeouts": rule.timeouts,
+        }));
+    }
     let spec = json!({"parentRefs": [], "hostnames": hostnames, "rules": rules});
     let mut spec: RouteSpec = match serde_json::from_value(spec) {
         Ok(s) => s,
@@ -534,72 +565,51 @@ fn finish(
         }
     };
     spec.parent_refs = parent_refs;
-    Route {
-        metadata: meta(m),
-        spec,
-        status: None,
+    ApiRoute {
+        route: Route {
+            metadata: meta(m),
+            spec,
+            status: None,
+        },
+        parents: written,
+        unsupported,
+        invalid_kinds,
+        status,
     }
 }
 
 /// Translates an HTTPRoute.
 pub(crate) fn http_route(r: &HttpRoute) -> ApiRoute {
-    let mut unsupported = Vec::new();
-    let mut invalid_kinds = Vec::new();
-    let (parent_refs, written) = parents(&r.spec.parent_refs);
-    let mut rules = Vec::new();
-    for rule in &r.spec.rules {
-        other_fields(&rule.other, &mut unsupported);
-        let (filters, backends) = rule_common(
-            &rule.filters,
-            &rule.backend_refs,
-            &mut unsupported,
-            &mut invalid_kinds,
-        );
-        let matches: Vec<Value> = rule
+    let rules = r.spec.rules.iter().map(|rule| RuleIn {
+        name: &rule.name,
+        other: &rule.other,
+        filters: &rule.filters,
+        backends: &rule.backend_refs,
+        matches: rule
             .matches
             .iter()
             .map(|m| serde_json::to_value(m).unwrap_or_default())
-            .collect();
-        rules.push(json!({
-            "name": rule.name,
-            "matches": matches,
-            "filters": filters,
-            "backendRefs": backends,
-            "timeouts": rule.timeouts,
-        }));
-    }
-    let route = finish(
+            .collect(),
+        timeouts: serde_json::to_value(&rule.timeouts).unwrap_or_default(),
+    });
+    api_route(
         &r.metadata,
-        parent_refs,
+        &r.spec.parent_refs,
         &r.spec.hostnames,
+        r.status.clone(),
         rules,
-        &mut unsupported,
-    );
-    ApiRoute {
-        route,
-        parents: written,
-        unsupported,
-        invalid_kinds,
-        status: r.status.clone(),
-    }
+    )
 }
 
 /// Translates a GRPCRoute: a method match is a match on the request path
 /// (`/<service>/<method>`), header matches carry over.
 pub(crate) fn grpc_route(r: &GrpcRoute) -> ApiRoute {
-    let mut unsupported = Vec::new();
-    let mut invalid_kinds = Vec::new();
-    let (parent_refs, written) = parents(&r.spec.parent_refs);
-    let mut rules = Vec::new();
-    for rule in &r.spec.rules {
-        other_fields(&rule.other, &mut unsupported);
-        let (filters, backends) = rule_common(
-            &rule.filters,
-            &rule.backend_refs,
-            &mut unsupported,
-            &mut invalid_kinds,
-        );
-        let matches: Vec<Value> = rule
+    let rules = r.spec.rules.iter().map(|rule| RuleIn {
+        name: &rule.name,
+        other: &rule.other,
+        filters: &rule.filters,
+        backends: &rule.backend_refs,
+        matches: rule
             .matches
             .iter()
             .map(|m| {
@@ -613,28 +623,16 @@ pub(crate) fn grpc_route(r: &GrpcRoute) -> ApiRoute {
                 }
                 out
             })
-            .collect();
-        rules.push(json!({
-            "name": rule.name,
-            "matches": matches,
-            "filters": filters,
-            "backendRefs": backends,
-        }));
-    }
-    let route = finish(
+            .collect(),
+        timeouts: Value::Null,
+    });
+    api_route(
         &r.metadata,
-        parent_refs,
+        &r.spec.parent_refs,
         &r.spec.hostnames,
+        r.status.clone(),
         rules,
-        &mut unsupported,
-    );
-    ApiRoute {
-        route,
-        parents: written,
-        unsupported,
-        invalid_kinds,
-        status: r.status.clone(),
-    }
+    )
 }
 
 /// The path match of a gRPC method match.

@@ -612,10 +612,8 @@ fn api_gateway_state(
                 .map(|k| k.kind)
                 .collect()
         };
-        let mut conditions = match (
-            entry.refused.get(&l.name),
-            served.iter().find(|s| s.name == l.name),
-        ) {
+        let state = served.iter().find(|s| s.name == l.name);
+        let mut conditions = match (entry.refused.get(&l.name), state) {
             (Some(p), _) => vec![
                 Cond::no("Accepted", p.reason, p.message.clone()),
                 Cond::yes("ResolvedRefs", "ResolvedRefs"),
@@ -634,10 +632,7 @@ fn api_gateway_state(
         listeners.push(ApiListenerState {
             name: l.name.clone(),
             supported_kinds: kinds,
-            attached_routes: served
-                .iter()
-                .find(|s| s.name == l.name)
-                .map_or(0, |s| s.attached_routes),
+            attached_routes: state.map_or(0, |s| s.attached_routes),
             conditions,
         });
     }
