@@ -299,7 +299,19 @@ impl Index {
                 self.refresh_inbound(pods);
             }
             obj => {
+                let kind = obj.kind();
                 self.insert(obj);
+                // Done here, once per event, not in `insert`: a relist inserts many objects and
+                // then derives these once (see `reset`).
+                if kind == Kind::RoutePolicy {
+                    self.retranslate_api_routes();
+                }
+                if matches!(
+                    kind,
+                    Kind::Gateway | Kind::ApiGateway | Kind::GatewayClass | Kind::RoutePolicy
+                ) {
+                    self.merge_gateways();
+                }
                 self.refresh();
             }
         }
@@ -419,17 +431,14 @@ impl Index {
         match obj {
             Object::Gateway(o) => {
                 self.own_gateways.insert(Key::of(&o), Arc::new(o));
-                self.merge_gateways();
             }
             Object::ApiGateway(o) => {
                 self.api_gateways
                     .insert(Key::of(&*o), Arc::new(ApiGatewayEntry::new(*o)));
-                self.merge_gateways();
             }
             Object::GatewayClass(o) => {
                 self.classes
                     .insert(gateway_api::class_name(&o), Arc::new(o));
-                self.merge_gateways();
             }
             Object::HttpRoute(o) => {
                 let key = gateway_api::route_key(
@@ -449,8 +458,6 @@ impl Index {
             }
             Object::RoutePolicy(o) => {
                 self.route_policies.insert(Key::of(&*o), Arc::new(*o));
-                self.retranslate_api_routes();
-                self.merge_gateways();
             }
             Object::Route(o) => {
                 let key = Key::of(&o);
