@@ -152,6 +152,7 @@ impl Index {
             .and_then(|s| s.ports.as_ref())
             .and_then(|ps| ps.iter().find(|p| p.port == port));
         if let Some(sp) = service_port {
+            b.protocol = protocol_of(sp.app_protocol.as_deref());
             let slices = self.slices.get(&key);
             b.endpoints = endpoints::endpoints(
                 sp,
@@ -163,6 +164,17 @@ impl Index {
             translate::apply_policy(&mut b, &p.spec);
         }
         b
+    }
+}
+
+/// The protocol a Service port's `appProtocol` names: HTTP/2 with prior knowledge for
+/// `kubernetes.io/h2c` (the Gateway API's name) and the common `h2c`, `http2` and `grpc`;
+/// HTTP/1.1 otherwise (`kubernetes.io/ws` upgrades over HTTP/1.1). A ServicePolicy's
+/// `protocol` still decides when set.
+fn protocol_of(app_protocol: Option<&str>) -> contract::UpstreamProtocol {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("kubernetes.io/h2c" | "h2c" | "http2" | "grpc") => contract::UpstreamProtocol::Http2,
+        _ => contract::UpstreamProtocol::Http1,
     }
 }
 

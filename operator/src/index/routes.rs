@@ -4,16 +4,14 @@
 //! ```text
 //!  Gateway shop/gw ─listeners─► gateway_listeners (TLS read, unusable ones left out)
 //!  Routes naming shop/gw ─attached_listeners─► TCP listeners: feed_tcp (first rule's backends)
-//!                                              HTTP(S) listeners: contract Route with
-//!                                                                 served_hostnames
+//!                                              HTTP(S) listeners: contract Route per
+//!                                                                 hostname intersection
 //! ```
 //!
 //! A Route is left out when it attaches to nothing, when the contract refuses its content or
 //! when it sets a field the proxies do not enforce yet. Status (the `status` module) says why
 //! in each case. The Gateway's `defaults` fill in each served rule's missing policies, and its
 //! `rateLimitStore` moves every rule's rate limit into the store its replicas share.
-
-use std::collections::BTreeSet;
 
 use portico_api::gateway::ListenerProtocol;
 use portico_proxy_api::{self as contract, RouteTable};
@@ -88,10 +86,6 @@ impl Index {
             if http_listeners.is_empty() || rules.is_empty() {
                 continue;
             }
-            let listener_hosts: BTreeSet<Option<&str>> = http_listeners
-                .iter()
-                .map(|l| l.hostname.as_deref())
-                .collect();
             let mut rules = rules.into_owned();
             // The Gateway's defaults for every rule that has no policy of its own. A rate-limit
             // default gives each rule its own buckets (as a rule's own limit would).
@@ -112,12 +106,28 @@ impl Index {
                     limit.store = Some(rate_limit_store(store, key, rkey, &rule_id));
                 }
             }
-            routes.push(contract::Route {
-                name: rkey.to_string(),
-                listeners: http_listeners.iter().map(|l| l.name.clone()).collect(),
-                hostnames: hostnames::served_hostnames(&route.spec.hostnames, &listener_hosts),
-                rules,
-            });
+            // One contract route per set of hostnames: a Route attached to listeners for
+            // different hostnames (`*.bar.com` and `*.foo.com`) is served on each for that
+            // listener's names only. The first keeps the Route's name (metrics and logs); the
+            // rare others add their first listener's.
+            let groups = hostnames::groups_by_served_hostnames(
+                &route.spec.hostnames,
+                http_listeners
+                    .iter()
+                    .map(|l| (l.name.as_str(), l.hostname.as_deref())),
+            );
+            for (n, (hostnames, listener_names)) in groups.into_iter().enumerate() {
+                let name = match n {
+                    0 => rkey.to_string(),
+                    _ => format!("{rkey}#{}", listener_names[0]),
+                };
+                routes.push(contract::Route {
+                    name,
+                    listeners: listener_names,
+                    hostnames,
+                    rules: rules.clone(),
+                });
+            }
             wanted.extend(refs.iter().cloned());
         }
         let listeners = listeners::merge_by_port(listeners::served(listeners), &mut routes);

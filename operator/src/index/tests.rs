@@ -411,19 +411,13 @@ fn an_https_listener_carries_its_secret_inline_or_is_left_out() {
         gw.listeners[1].conditions[1].reason,
         "InvalidCertificateRef"
     );
-    index.apply(Object::Secret(from(json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"namespace": "shop", "name": "cert"},
-        // "CERT" and "KEY", base64.
-        "data": {"tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}
-    }))));
+    let (secret, cert) = super::tls::test_secret("shop", "cert");
+    index.apply(Object::Secret(from(secret)));
     let routes = sub.routes.borrow().clone();
     assert_eq!(routes.listeners.len(), 2);
     assert_eq!(
         routes.listeners[1].tls.as_ref().map(|t| t.cert.clone()),
-        Some(contract::Pem::Inline {
-            inline: "CERT".into()
-        })
+        Some(contract::Pem::Inline { inline: cert })
     );
 }
 

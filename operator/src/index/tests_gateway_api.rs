@@ -174,3 +174,88 @@ fn a_gateway_api_gateway_named_like_a_portico_gateway_is_not_served_and_says_why
     );
     assert!(statuses.gateways.contains_key(&Key::new("shop", "gw")));
 }
+
+#[test]
+fn a_route_on_listeners_for_different_hostnames_is_served_on_each_for_its_names_only() {
+    let mut index = shop();
+    index.apply(api_gateway(
+        "gw",
+        json!([{"name": "bar", "port": 80, "protocol": "HTTP", "hostname": "*.bar.com"},
+               {"name": "foo", "port": 80, "protocol": "HTTP", "hostname": "*.foo.com"},
+               {"name": "exact", "port": 80, "protocol": "HTTP", "hostname": "very.specific.com"}]),
+    ));
+    index.apply(http_route(
+        "wild",
+        json!({"parentRefs": [{"name": "gw", "sectionName": "bar"},
+                              {"name": "gw", "sectionName": "foo"}],
+               "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}),
+    ));
+    // The route's `*.specific.com` meets the listener's exact name: only that name is served.
+    index.apply(http_route(
+        "narrowed",
+        json!({"parentRefs": [{"name": "gw", "sectionName": "exact"}],
+               "hostnames": ["*.specific.com"],
+               "rules": [{"backendRefs": [{"name": "pay", "port": 80}]}]}),
+    ));
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let table = sub.routes.borrow().clone();
+    let hosts: Vec<(&str, Vec<&str>)> = table
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_str(),
+                r.hostnames.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("shop/httproute:narrowed", vec!["very.specific.com"]),
+            ("shop/httproute:wild", vec!["*.bar.com"]),
+            ("shop/httproute:wild#foo", vec!["*.foo.com"]),
+        ]
+    );
+    assert!(table.routes.iter().all(|r| r.listeners == ["bar"]));
+}
+
+#[test]
+fn a_service_port_s_app_protocol_h2c_makes_its_backend_http2() {
+    let mut index = shop();
+    index.apply(Object::Service(from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "shop", "name": "grpc"},
+        "spec": {"clusterIP": "198.19.0.12",
+                 "ports": [{"port": 80, "appProtocol": "kubernetes.io/h2c"},
+                           {"port": 81, "appProtocol": "kubernetes.io/ws"}]}
+    }))));
+    index.apply(api_gateway(
+        "gw",
+        json!([{"name": "web", "port": 80, "protocol": "HTTP"}]),
+    ));
+    index.apply(http_route(
+        "r",
+        json!({"parentRefs": [{"name": "gw"}],
+               "rules": [{"backendRefs": [{"name": "grpc", "port": 80}]},
+                         {"matches": [{"path": {"type": "PathPrefix", "value": "/ws"}}],
+                          "backendRefs": [{"name": "grpc", "port": 81}]}]}),
+    ));
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let backends = sub.backends.borrow().clone();
+    let protocol = |name: &str| {
+        backends
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.protocol)
+    };
+    assert_eq!(
+        protocol("shop/grpc:80"),
+        Some(portico_proxy_api::UpstreamProtocol::Http2)
+    );
+    assert_eq!(
+        protocol("shop/grpc:81"),
+        Some(portico_proxy_api::UpstreamProtocol::Http1)
+    );
+}

@@ -74,10 +74,17 @@ impl Index {
                     .filter(|s| !s.is_empty())
             };
             match (text("tls.crt"), text("tls.key")) {
-                (Some(cert), Some(key_pem)) => Ok(contract::CertificateKey {
-                    cert: contract::Pem::Inline { inline: cert },
-                    key: contract::Pem::Inline { inline: key_pem },
-                }),
+                (Some(cert), Some(key_pem)) => {
+                    // The proxies would refuse the whole config for one unusable pair (and
+                    // keep serving the previous one): the listener is refused here instead.
+                    usable_pair(&cert, &key_pem).map_err(|why| {
+                        CertificateProblem::invalid(format!("Secret {key}: {why}"))
+                    })?;
+                    Ok(contract::CertificateKey {
+                        cert: contract::Pem::Inline { inline: cert },
+                        key: contract::Pem::Inline { inline: key_pem },
+                    })
+                }
                 _ => Err(CertificateProblem::invalid(format!(
                     "Secret {key} lacks tls.crt or tls.key"
                 ))),
@@ -93,5 +100,72 @@ impl Index {
             },
             sni: more.iter().map(pair).collect::<Result<_, _>>()?,
         })
+    }
+}
+
+/// Whether a PEM certificate chain and key are what a proxy can serve: at least one
+/// certificate, a private key of a kind rustls signs with, and the key belonging to the first
+/// certificate (the checks the proxy makes when it loads them).
+fn usable_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.crt is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.crt has no CERTIFICATE block".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("tls.key holds no private key: {e}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider)
+        .map(drop)
+        .map_err(|e| format!("tls.key does not fit tls.crt: {e}"))
+}
+
+/// A `kubernetes.io/tls` Secret (JSON) holding a fresh self-signed certificate for
+/// `example.com` and its key, for tests; and the certificate's PEM.
+#[cfg(test)]
+pub(super) fn test_secret(namespace: &str, name: &str) -> (serde_json::Value, String) {
+    use base64::Engine as _;
+    let c = rcgen::generate_simple_self_signed(vec!["example.com".to_owned()]).expect("rcgen");
+    let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"namespace": namespace, "name": name},
+        "data": {"tls.crt": b64(&cert), "tls.key": b64(&key)}
+    });
+    (secret, cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable_pair;
+
+    #[test]
+    fn only_a_certificate_with_its_own_key_is_usable() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.example".to_owned()]).unwrap();
+        let (cert, key) = (a.cert.pem(), a.signing_key.serialize_pem());
+        assert_eq!(usable_pair(&cert, &key), Ok(()));
+        let hello = "Hello world\n";
+        assert!(
+            usable_pair(hello, hello)
+                .unwrap_err()
+                .contains("no CERTIFICATE")
+        );
+        assert!(
+            usable_pair(&cert, hello)
+                .unwrap_err()
+                .contains("no private key")
+        );
+        let other = b.signing_key.serialize_pem();
+        assert!(
+            usable_pair(&cert, &other)
+                .unwrap_err()
+                .contains("does not fit")
+        );
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! 1. host: exact hostname > longer wildcard > shorter wildcard > route without hostnames;
 //! 2. path: exact > longest prefix > regular expression (a match without a path counts as `/`);
-//! 3. more header matches;
-//! 4. more query parameter matches;
-//! 5. a method match;
+//! 3. a method match;
+//! 4. more header matches;
+//! 5. more query parameter matches;
 //! 6. earlier route, then earlier rule, in the config.
 
 use std::sync::Arc;
@@ -121,9 +121,9 @@ pub struct RouteHit<'a> {
 type Rank = (
     (u8, usize),
     (u8, usize),
-    usize,
-    usize,
     bool,
+    usize,
+    usize,
     std::cmp::Reverse<(usize, usize)>,
 );
 
@@ -189,9 +189,9 @@ impl Router {
                     let rank = (
                         host_rank,
                         path_rank,
+                        m.method.is_some(),
                         m.headers.len(),
                         m.query.len(),
-                        m.method.is_some(),
                         std::cmp::Reverse((ri, ki)),
                     );
                     if best.as_ref().is_none_or(|(b, _)| rank > *b) {
@@ -421,18 +421,23 @@ routes:
     }
 
     #[test]
-    fn headers_then_query_then_method_break_ties() {
+    fn method_then_headers_then_query_break_ties() {
         let r = router(ROUTES);
         assert_eq!(
             pick(&r, "h", "GET", "/api/a", &[("x-canary", "yes")]),
             "any/canary"
         );
         assert_eq!(pick(&r, "h", "GET", "/api/a?debug=1", &[]), "any/debug");
-        assert_eq!(pick(&r, "h", "POST", "/api/a?debug=1", &[]), "any/debug");
+        assert_eq!(
+            pick(&r, "h", "GET", "/api/a?debug=1", &[("x-canary", "yes")]),
+            "any/canary"
+        );
+        // The Gateway API ranks a method match above any number of header or query matches.
+        assert_eq!(pick(&r, "h", "POST", "/api/a?debug=1", &[]), "any/post");
         assert_eq!(pick(&r, "h", "POST", "/api/a", &[]), "any/post");
         assert_eq!(
             pick(&r, "h", "POST", "/api/a?debug=1", &[("x-canary", "yes")]),
-            "any/canary"
+            "any/post"
         );
     }
 
