@@ -19,8 +19,8 @@
 #   CONFORMANCE_ARGS="..." more flags for the suite (e.g. -debug, -skip-tests=A,B,
 #                          -supported-features=..., -timeout-config-overrides=...,
 #                          -test.run=...); the report then stays in target/ too.
-#   CONFORMANCE_FEATURES   "inferred" (features from the GatewayClass's status) or a list; the
-#                          default is the list in hack/conformance/conformance_test.go.
+#   CONFORMANCE_FEATURES   a comma-separated list of features to test instead of those the
+#                          GatewayClass publishes in status.supportedFeatures (the default).
 #   CONFORMANCE_TIMEOUT    the test binary's -test.timeout (default 90m).
 #   KEEP=1                 leave the cluster and the suite's base resources up afterwards.
 #   PORTICO_CACHE          build cache (default ~/.cache/portico), PORTICO_BIN_DIR, CARGO_TARGET_DIR.
@@ -241,6 +241,11 @@ FILTERED=0
 if [[ -n ${CONFORMANCE_RUN:-} ]]; then
   args+=("-run-test=$CONFORMANCE_RUN")
   FILTERED=1
+  # The suite infers features from the GatewayClass only for a whole run; one test gets the
+  # same list from here, so an extended test is run, not skipped.
+  if [[ -z ${CONFORMANCE_FEATURES:-} ]]; then
+    CONFORMANCE_FEATURES=$(k get gatewayclass portico -o jsonpath='{range .status.supportedFeatures[*]}{.name}{","}{end}' | sed 's/,$//')
+  fi
 fi
 if [[ -n ${CONFORMANCE_ARGS:-} ]]; then
   read -r -a extra <<<"$CONFORMANCE_ARGS"

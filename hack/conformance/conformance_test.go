@@ -16,53 +16,29 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/apimachinery/pkg/util/sets"
 	"sigs.k8s.io/gateway-api/conformance"
 	"sigs.k8s.io/gateway-api/conformance/utils/suite"
-	"sigs.k8s.io/gateway-api/pkg/features"
 )
 
 // gatewayClassName is the GatewayClass the chart creates with
 // `--set gatewayAPI.gatewayClass.create=true` (controllerName portico.dev/gateway-controller).
 const gatewayClassName = "portico"
 
-// profiles are the conformance profiles Portico reports on. GATEWAY-GRPC joins once GRPCRoute
-// is served.
-var profiles = []suite.ConformanceProfileName{suite.GatewayHTTPConformanceProfileName}
-
-// extendedFeatures are the GATEWAY-HTTP features beyond core that Portico claims: the ones its
-// proxy implements (DESIGN.md: matches on method and query, header filters on both sides,
-// redirects, rewrites, mirrors, timeouts, WebSocket and h2c upstreams, any listener
-// port; not the CORS filter, which the translation reports as unsupported). The profile's core features (Gateway, HTTPRoute, ReferenceGrant) are implied. A claimed
-// feature whose translation is missing fails its tests rather than being skipped: trim this list
-// to what the controller translates, or let the suite read the GatewayClass's
-// status.supportedFeatures (CONFORMANCE_FEATURES=inferred).
-var extendedFeatures = []features.FeatureName{
-	features.SupportGatewayPort8080,
-	features.SupportHTTPRouteQueryParamMatching,
-	features.SupportHTTPRouteMethodMatching,
-	features.SupportHTTPRouteResponseHeaderModification,
-	features.SupportHTTPRoutePortRedirect,
-	features.SupportHTTPRouteSchemeRedirect,
-	features.SupportHTTPRoutePathRedirect,
-	features.SupportHTTPRoute303RedirectStatusCode,
-	features.SupportHTTPRoute307RedirectStatusCode,
-	features.SupportHTTPRoute308RedirectStatusCode,
-	features.SupportHTTPRouteHostRewrite,
-	features.SupportHTTPRoutePathRewrite,
-	features.SupportHTTPRouteRequestMirror,
-	features.SupportHTTPRouteRequestMultipleMirrors,
-	features.SupportHTTPRouteRequestTimeout,
-	features.SupportHTTPRouteBackendTimeout,
-	features.SupportHTTPRouteBackendProtocolH2C,
-	features.SupportHTTPRouteBackendProtocolWebSocket,
+// profiles are the conformance profiles Portico reports on.
+var profiles = []suite.ConformanceProfileName{
+	suite.GatewayHTTPConformanceProfileName,
+	suite.GatewayGRPCConformanceProfileName,
 }
 
 // TestPortico runs the suite with Portico's defaults for every option not set by a flag.
 //
+// The features tested are the ones the GatewayClass publishes in status.supportedFeatures (the
+// operator's list, index/gateway_api.rs SUPPORTED_FEATURES), so the report and what a user's
+// cluster says can never disagree; a claimed feature that fails shows as a failure.
+//
 // Environment (set by hack/conformance.sh): PORTICO_VERSION (the chart's appVersion, for the
-// report), CONFORMANCE_FEATURES ("inferred": take the features from the GatewayClass's status
-// instead of extendedFeatures; a comma-separated list: exactly those).
+// report), CONFORMANCE_FEATURES (a comma-separated list: exactly those instead, e.g. to try a
+// feature before the operator claims it).
 func TestPortico(t *testing.T) {
 	opts := conformance.DefaultOptions(t)
 
@@ -76,15 +52,11 @@ func TestPortico(t *testing.T) {
 		opts.ConformanceProfiles = profiles
 	}
 	if !set["supported-features"] && !set["exempt-features"] && !set["all-features"] {
-		switch v := os.Getenv("CONFORMANCE_FEATURES"); v {
-		case "inferred":
-			// Left empty, the suite reads GatewayClass status.supportedFeatures (only when no
-			// single test is selected: -run-test turns inference off).
-			opts.SupportedFeatures = nil
-		case "":
-			opts.SupportedFeatures = sets.List(sets.New(extendedFeatures...))
-		default:
+		if v := os.Getenv("CONFORMANCE_FEATURES"); v != "" && v != "inferred" {
 			opts.SupportedFeatures = suite.ParseSupportedFeaturesSlice(v)
+		} else {
+			// Left empty, the suite reads GatewayClass status.supportedFeatures.
+			opts.SupportedFeatures = nil
 		}
 	}
 

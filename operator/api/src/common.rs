@@ -237,11 +237,13 @@ pub struct Cors {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allow_origins: Vec<String>,
-    /// Allowed methods for cross-origin requests.
+    /// Allowed methods for cross-origin requests; `*` allows any (a credentialed preflight is
+    /// then answered with the method it asked for, as the Fetch standard requires).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9))]
-    pub allow_methods: Vec<HttpMethod>,
-    /// Request headers a cross-origin request may send.
+    pub allow_methods: Vec<CorsMethod>,
+    /// Request headers a cross-origin request may send; `*` allows any (a credentialed
+    /// preflight is then answered with the headers it asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allow_headers: Vec<String>,
@@ -255,6 +257,25 @@ pub struct Cors {
     /// Whether credentials (cookies, authorization headers) may be sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_credentials: Option<bool>,
+}
+
+/// A method a CORS policy allows: an HTTP method, or `*` for any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+#[allow(missing_docs)]
+pub enum CorsMethod {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Connect,
+    Options,
+    Trace,
+    Patch,
+    /// Any method.
+    #[serde(rename = "*")]
+    Any,
 }
 
 /// An HTTP method.

@@ -407,8 +407,38 @@ pub struct HttpRouteFilter {
     /// With `URLRewrite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_rewrite: Option<UrlRewrite>,
-    /// The settings of filter types Portico does not serve (`extensionRef`, `cors`, …), kept so
-    /// the object reads back whole.
+    /// With `CORS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<HttpCors>,
+    /// The settings of filter types Portico does not serve (`extensionRef`, …), kept so the
+    /// object reads back whole.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// The `CORS` filter: which cross-origin requests the Gateway allows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCors {
+    /// Origins (`https://a.example`, `https://*.example.com`, `*`).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Whether credentials may be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// Methods, or `*`.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request headers, or `*`.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Seconds a preflight's answer may be cached (the API's default is 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<i32>,
+    /// Fields of later versions, kept so the object reads back whole.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }

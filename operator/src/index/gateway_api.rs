@@ -105,7 +105,8 @@ impl ApiSource {
             if let Some(p) = pick(|p| p.spec.rate_limit.is_some()) {
                 rule.rate_limit.clone_from(&p.spec.rate_limit);
             }
-            if let Some(p) = pick(|p| p.spec.cors.is_some()) {
+            // The route's own CORS filter is more specific than a policy attached to it.
+            if let Some(p) = pick(|p| p.spec.cors.is_some()).filter(|_| rule.cors.is_none()) {
                 rule.cors.clone_from(&p.spec.cors);
             }
             if let Some(p) = pick(|p| p.spec.cache.is_some()) {
@@ -131,18 +132,31 @@ pub(super) fn gateway_defaults(p: &RoutePolicy) -> GatewayDefaults {
 /// The Gateway API features Portico supports, as `GatewayClass.status.supportedFeatures` names
 /// them (sorted, as the spec asks).
 pub const SUPPORTED_FEATURES: &[&str] = &[
-    "Gateway",
-    "GatewayPort8080",
     "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
+    "Gateway",
+    "GatewayAddressEmpty",
+    "GatewayPort8080",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
+    "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
     "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
@@ -363,6 +377,8 @@ fn meta(m: &ObjectMeta) -> ObjectMeta {
         namespace: m.namespace.clone(),
         uid: m.uid.clone(),
         generation: m.generation,
+        // The tie-break between routes of equal precedence (the `routes` module).
+        creation_timestamp: m.creation_timestamp.clone(),
         ..ObjectMeta::default()
     }
 }
@@ -434,6 +450,8 @@ fn filter(f: &HttpRouteFilter, unsupported: &mut Vec<String>) -> Option<Value> {
         "RequestHeaderModifier" | "ResponseHeaderModifier" | "URLRewrite" | "RequestRedirect" => {
             Some(v)
         }
+        // A rule's CORS policy, not a filter in Portico's model: see `rule_cors`.
+        "CORS" => None,
         "RequestMirror" => {
             let m = f.request_mirror.as_ref()?;
             let group = m.backend_ref.group.as_deref().unwrap_or("");
@@ -511,6 +529,27 @@ fn rule_common(
     (fs, bs)
 }
 
+/// The rule's CORS policy in Portico's shape, from its `CORS` filter (the CRD allows one).
+/// The API's `maxAge` defaults to 5 seconds.
+fn rule_cors(filters: &[HttpRouteFilter], unsupported: &mut Vec<String>) -> Value {
+    let Some(c) = filters
+        .iter()
+        .find(|f| f.type_ == "CORS")
+        .and_then(|f| f.cors.as_ref())
+    else {
+        return Value::Null;
+    };
+    other_fields(&c.other, unsupported);
+    json!({
+        "allowOrigins": c.allow_origins,
+        "allowMethods": c.allow_methods,
+        "allowHeaders": c.allow_headers,
+        "exposeHeaders": c.expose_headers,
+        "maxAge": format!("{}s", c.max_age.unwrap_or(5)),
+        "allowCredentials": c.allow_credentials,
+    })
+}
+
 fn other_fields(other: &BTreeMap<String, Value>, unsupported: &mut Vec<String>) {
     for k in other.keys() {
         unsupported.push(format!("field {k} is not supported"));
@@ -554,6 +593,7 @@ fn api_route<'a>(
             "filters": filters,
             "backendRefs": backends,
             "timeouts": rule.timeouts,
+            "cors": rule_cors(rule.filters, &mut unsupported),
         }));
     }
     let spec = json!({"parentRefs": [], "hostnames": hostnames, "rules": rules});
@@ -672,6 +712,7 @@ pub(super) fn class_name(c: &GatewayClass) -> String {
 
 #[cfg(test)]
 mod tests {
+    use portico_proxy_api as contract;
     use serde_json::json;
 
     use super::*;
@@ -729,6 +770,39 @@ mod tests {
             "2s"
         );
         assert_eq!(t.route.metadata.generation, Some(3));
+    }
+
+    #[test]
+    fn a_cors_filter_becomes_the_rule_s_cors_policy_with_the_api_s_default_max_age() {
+        let r = http(json!({
+            "parentRefs": [{"name": "gw"}],
+            "rules": [{"filters": [{"type": "CORS", "cors": {
+                           "allowOrigins": ["*"], "allowMethods": ["*"], "allowHeaders": ["*"],
+                           "allowCredentials": true}}],
+                       "backendRefs": [{"name": "api", "port": 80}]},
+                      {"filters": [{"type": "CORS", "cors": {
+                           "allowOrigins": ["https://*.bar.com"], "allowMethods": ["GET"],
+                           "exposeHeaders": ["x-a"], "maxAge": 3600}}],
+                       "backendRefs": [{"name": "api", "port": 80}]}]
+        }));
+        let t = http_route(&r);
+        assert!(t.unsupported.is_empty(), "{:?}", t.unsupported);
+        let served: Vec<contract::Cors> = t
+            .route
+            .spec
+            .rules
+            .iter()
+            .map(|rule| super::super::translate::cors(rule.cors.as_ref().expect("cors")))
+            .collect();
+        assert_eq!(served[0].allow_methods, ["*"]);
+        assert_eq!(served[0].allow_headers, ["*"]);
+        assert!(served[0].allow_credentials);
+        assert_eq!(served[0].max_age, Some(contract::Duration::from_secs(5)));
+        assert_eq!(served[1].allow_origins, ["https://*.bar.com"]);
+        assert_eq!(served[1].expose_headers, ["x-a"]);
+        assert_eq!(served[1].max_age, Some(contract::Duration::from_secs(3600)));
+        assert!(!served[1].allow_credentials);
+        assert!(t.route.spec.rules.iter().all(|r| r.filters.is_empty()));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use portico_api::gateway::ListenerProtocol;
 use portico_proxy_api::{self as contract, RouteTable};
 
 use super::grants::GATEWAY;
-use super::{Index, Key, Wanted, hostnames, listeners, mesh_key, translate};
+use super::{Index, Key, RouteEntry, Wanted, hostnames, listeners, mesh_key, translate};
 
 impl Index {
     /// The route table of Gateway `key`'s proxies (generation 0; the caller stamps it) and the
@@ -52,10 +52,20 @@ impl Index {
         let mut listeners = self.gateway_listeners(&key.namespace, gw);
         let mut wanted = Wanted::new();
         let mut routes = Vec::new();
-        for (rkey, route) in candidates
+        let mut ordered: Vec<(&Key, &std::sync::Arc<RouteEntry>)> = candidates
             .iter()
             .filter_map(|k| self.routes.get_key_value(k))
-        {
+            .collect();
+        // The proxies break ties between equally specific matches by config order: the
+        // Gateway API's order is the oldest route first, then by namespace and name.
+        ordered.sort_by_cached_key(|(rkey, route)| {
+            (
+                route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                rkey.namespace.clone(),
+                route.metadata.name.clone(),
+            )
+        });
+        for (rkey, route) in ordered {
             let attached: Vec<usize> = self
                 .attached_listeners(key, gw, route)
                 .into_iter()

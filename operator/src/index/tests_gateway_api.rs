@@ -259,3 +259,35 @@ fn a_service_port_s_app_protocol_h2c_makes_its_backend_http2() {
         Some(portico_proxy_api::UpstreamProtocol::Http1)
     );
 }
+
+#[test]
+fn the_oldest_route_comes_first_so_it_wins_ties() {
+    let mut index = shop();
+    index.apply(api_gateway(
+        "gw",
+        json!([{"name": "web", "port": 80, "protocol": "HTTP"}]),
+    ));
+    for (name, created) in [
+        ("alpha", "2026-12-02T10:00:00Z"),
+        ("zeta", "2026-12-01T10:00:00Z"),
+    ] {
+        let mut route = http_route(
+            name,
+            json!({"parentRefs": [{"name": "gw"}],
+                   "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}),
+        );
+        if let Object::HttpRoute(r) = &mut route {
+            r.metadata.creation_timestamp = Some(from(json!(created)));
+        }
+        index.apply(route);
+    }
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let names: Vec<String> = sub
+        .routes
+        .borrow()
+        .routes
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(names, ["shop/httproute:zeta", "shop/httproute:alpha"]);
+}

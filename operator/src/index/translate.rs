@@ -4,7 +4,6 @@
 //! Pure functions: they read CRD values and return contract values, so they are tested without
 //! any index around them.
 
-use portico_api::common::HttpMethod;
 use portico_api::gateway::{Listener as GwListener, ListenerProtocol};
 use portico_api::policy::{LoadBalancerType, ServicePolicySpec, ServiceProtocol};
 use portico_api::route::{
@@ -37,7 +36,8 @@ pub fn listener(l: &GwListener, tls: Option<contract::Tls>) -> contract::Listene
     }
 }
 
-fn method(m: HttpMethod) -> String {
+/// A method (or CORS `*`) as it is written.
+fn method(m: &impl serde::Serialize) -> String {
     serde_json::to_value(m)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -64,7 +64,7 @@ fn route_match(m: &api::RouteMatch) -> contract::RouteMatch {
                 contract::PathMatch::RegularExpression(p.value.clone())
             }
         }),
-        method: m.method.map(method),
+        method: m.method.as_ref().map(method),
         headers: m
             .headers
             .iter()
@@ -361,7 +361,7 @@ fn aggregate(route_ns: &str, a: &api::Aggregate) -> contract::Aggregate {
 pub(crate) fn cors(c: &portico_api::common::Cors) -> contract::Cors {
     contract::Cors {
         allow_origins: c.allow_origins.clone(),
-        allow_methods: c.allow_methods.iter().map(|m| method(*m)).collect(),
+        allow_methods: c.allow_methods.iter().map(method).collect(),
         allow_headers: c.allow_headers.clone(),
         expose_headers: c.expose_headers.clone(),
         max_age: c.max_age.as_ref().and_then(duration),

@@ -80,13 +80,32 @@ pub fn preflight(cors: &Cors, method: &Method, headers: &HeaderMap) -> Option<Re
         ACCESS_CONTROL_ALLOW_ORIGIN,
         allow_origin_value(cors, origin),
     );
-    if let Ok(v) = HeaderValue::from_str(&cors.allow_methods.join(", ")) {
+    // A browser reads `*` literally in a credentialed answer (the Fetch standard), so a
+    // wildcard then names what the preflight asked for.
+    let any = |list: &[String]| list.iter().any(|a| a == "*");
+    let methods = match (any(&cors.allow_methods), cors.allow_credentials) {
+        (true, true) => Some(requested.clone()),
+        (true, false) => Some(HeaderValue::from_static("*")),
+        (false, _) => HeaderValue::from_str(&cors.allow_methods.join(", ")).ok(),
+    };
+    if let Some(v) = methods {
         h.insert(ACCESS_CONTROL_ALLOW_METHODS, v);
     }
-    if !cors.allow_headers.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&cors.allow_headers.join(", "))
-    {
+    let allow_headers = match (any(&cors.allow_headers), cors.allow_credentials) {
+        (true, true) => headers.get(ACCESS_CONTROL_REQUEST_HEADERS).cloned(),
+        (true, false) => Some(HeaderValue::from_static("*")),
+        (false, _) if cors.allow_headers.is_empty() => None,
+        (false, _) => HeaderValue::from_str(&cors.allow_headers.join(", ")).ok(),
+    };
+    if let Some(v) = allow_headers {
         h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    // Expose-Headers belongs on the actual response; the Gateway API asks for it on the
+    // preflight's too, and browsers ignore it there.
+    if !cors.expose_headers.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(", "))
+    {
+        h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, v);
     }
     if let Some(age) = cors.max_age {
         h.insert(
@@ -208,6 +227,7 @@ mod tests {
         assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example.org");
         assert_eq!(h[ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
         assert_eq!(h[ACCESS_CONTROL_MAX_AGE], "600");
+        assert_eq!(h[ACCESS_CONTROL_EXPOSE_HEADERS], "x-total");
         assert_eq!(h[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert_eq!(h[VARY], "origin");
         for refused in [
@@ -272,5 +292,33 @@ mod tests {
         let origin = origin_to_mark(&any, &request(&[("origin", "https://x.io")]));
         mark(&any, origin.as_ref(), &mut h);
         assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    }
+
+    #[test]
+    fn wildcards_answer_star_or_echo_what_a_credentialed_preflight_asked_for() {
+        let mut any = Cors {
+            allow_origins: vec!["*".into()],
+            allow_methods: vec!["*".into()],
+            allow_headers: vec!["*".into()],
+            ..Cors::default()
+        };
+        let asked = request(&[
+            ("origin", "https://other.foo.com"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-header-1, x-header-2"),
+        ]);
+        let open = preflight(&any, &Method::OPTIONS, &asked).expect("a preflight");
+        let h = open.headers();
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_METHODS], "*");
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_HEADERS], "*");
+        assert!(!h.contains_key(ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        any.allow_credentials = true;
+        let credentialed = preflight(&any, &Method::OPTIONS, &asked).expect("a preflight");
+        let h = credentialed.headers();
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], "https://other.foo.com");
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_METHODS], "PUT");
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_HEADERS], "x-header-1, x-header-2");
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
     }
 }
