@@ -654,6 +654,47 @@ async fn injection(ctx: Ctx) -> anyhow::Result<()> {
         "nginx answered: {nginx}"
     );
 
+    // GAMMA: an HTTPRoute whose parent is the orders Service configures the callers' sidecars,
+    // as a Portico Route with a Service parent does: /to-web goes to nginx (its prefix
+    // rewritten to /), the rest to orders still.
+    apply_json(
+        &ctx,
+        &[json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "orders-split"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "orders", "port": 80}],
+                     "rules": [
+                        {"matches": [{"path": {"type": "PathPrefix", "value": "/to-web"}}],
+                         "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+                             "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+                         "backendRefs": [{"name": "web", "port": 80}]},
+                        {"backendRefs": [{"name": "orders", "port": 80}]}]}
+        })],
+    )?;
+    let split = eventually(
+        "frontend → orders/to-web answered by nginx (HTTPRoute on the Service)",
+        Duration::from_secs(60),
+        || async {
+            let v = call_from(&frontend_ip, "http://orders/to-web").await?;
+            let by_nginx = v["status"] == 200
+                && v["body"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("portico nginx backend");
+            Ok(by_nginx.then_some(v))
+        },
+    )
+    .await?;
+    ensure!(split["status"] == 200, "{split}");
+    let rest = call_from(&frontend_ip, "http://orders/east-west").await?;
+    ensure!(
+        rest["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"backend\":\"orders\""),
+        "the rest of orders' traffic went elsewhere: {rest}"
+    );
+
     // The sidecars talk mTLS: the orders app was told the caller's verified identity, and on
     // the node's bridge the frontend↔orders bytes are TLS records naming orders' identity in
     // the ClientHello, with not a byte of the request in the clear.
