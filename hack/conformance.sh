@@ -295,7 +295,7 @@ if [[ -s $REPORT ]] && grep -qE '^  name: ' "$REPORT"; then
   if ((FILTERED)); then
     echo "report (a filtered run, kept out of docs/): $REPORT"
   else
-    profiles=$(sed -n 's/^  name: \(.*\)$/\1/p' "$REPORT" | paste -sd+)
+    profiles=$(sed -n 's/^  name: \(.*\)$/\1/p' "$REPORT" | sort | paste -sd+)
     dest="docs/conformance/portico-v${APP_VERSION}-${profiles:-GATEWAY-HTTP}.yaml"
     mkdir -p docs/conformance
     cp "$REPORT" "$dest"

@@ -42,8 +42,15 @@ pub fn labels(name: &str) -> Value {
     json!({
         "app.kubernetes.io/name": "portico-gateway",
         "app.kubernetes.io/managed-by": "portico-operator",
-        "portico.dev/gateway": name,
+        "portico.dev/gateway": gateway_label(name),
     })
+}
+
+/// The `portico.dev/gateway` label value of Gateway `name`'s objects and the selector of its
+/// pods: the name itself, or a label-safe form of a name over 63 characters or with dots
+/// (unchanged for every name that fits, so existing Deployments' immutable selectors stay).
+fn gateway_label(name: &str) -> String {
+    portico_proxy_api::label_safe(name)
 }
 
 /// A stable hash of the Gateway spec (FNV-1a over its JSON), for the pod template annotation.
@@ -100,7 +107,7 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
         "apiVersion": "v1", "kind": "Service", "metadata": metadata,
         "spec": {
             "type": service_type,
-            "selector": {"portico.dev/gateway": key.name},
+            "selector": {"portico.dev/gateway": gateway_label(&key.name)},
             "ports": ports,
         }
     });
@@ -129,7 +136,7 @@ pub fn desired(key: &Key, uid: &str, spec: &GatewaySpec, settings: &ProxySetting
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
         "spec": {
             "replicas": spec.replicas.unwrap_or(1),
-            "selector": {"matchLabels": {"portico.dev/gateway": key.name}},
+            "selector": {"matchLabels": {"portico.dev/gateway": gateway_label(&key.name)}},
             "template": {
                 "metadata": {
                     "labels": labels(&key.name),

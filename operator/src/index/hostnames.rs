@@ -58,23 +58,52 @@ pub(super) fn served_on(route_hosts: &[Hostname], listener: Option<&str>) -> Vec
     hosts
 }
 
-/// The Route's listeners grouped by the hostnames it is served for on each ([`served_on`]),
-/// in the order of `listeners`: one group when they agree, as they usually do. A listener
-/// whose hostname the Route does not intersect is left out.
+/// Whether listener hostname `more` takes some of the hosts of listener hostname `than`
+/// (`None`: any host) and is more specific: the request for such a host belongs to `more`'s
+/// listener when both share a port (the Gateway API's listener isolation).
+pub(super) fn more_specific(more: &str, than: Option<&str>) -> bool {
+    than.is_none_or(|than| more != than && covers(than, more))
+}
+
+/// One contract route's share of a Route: the listeners that serve it for the same hostnames
+/// and exclude the same more specific listeners' hostnames.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct ServedGroup {
+    /// The hostnames served ([`served_on`]), sorted; empty for any host.
+    pub hostnames: Vec<String>,
+    /// The hostnames of more specific listeners on the same ports, sorted.
+    pub excluded: Vec<String>,
+    /// The listeners, in the order given.
+    pub listeners: Vec<String>,
+}
+
+/// The Route's listeners (name, hostname, the more specific hostnames sharing its port)
+/// grouped by what the Route is served for on each, in the order given: one group when they
+/// agree, as they usually do. A listener whose hostname the Route does not intersect is left
+/// out.
 pub(super) fn groups_by_served_hostnames<'l>(
     route_hosts: &[Hostname],
-    listeners: impl IntoIterator<Item = (&'l str, Option<&'l str>)>,
-) -> Vec<(Vec<String>, Vec<String>)> {
-    let mut groups: Vec<(Vec<String>, Vec<String>)> = Vec::new();
-    for (name, hostname) in listeners {
+    listeners: impl IntoIterator<Item = (&'l str, Option<&'l str>, Vec<String>)>,
+) -> Vec<ServedGroup> {
+    let mut groups: Vec<ServedGroup> = Vec::new();
+    for (name, hostname, mut excluded) in listeners {
         let mut hosts = served_on(route_hosts, hostname);
         if hosts.is_empty() && hostname.is_some() {
             continue;
         }
         hosts.sort();
-        match groups.iter_mut().find(|(h, _)| *h == hosts) {
-            Some((_, names)) => names.push(name.to_owned()),
-            None => groups.push((hosts, vec![name.to_owned()])),
+        excluded.sort();
+        excluded.dedup();
+        match groups
+            .iter_mut()
+            .find(|g| g.hostnames == hosts && g.excluded == excluded)
+        {
+            Some(g) => g.listeners.push(name.to_owned()),
+            None => groups.push(ServedGroup {
+                hostnames: hosts,
+                excluded,
+                listeners: vec![name.to_owned()],
+            }),
         }
     }
     groups
@@ -119,38 +148,47 @@ mod tests {
 
     #[test]
     fn listeners_that_serve_a_route_for_different_names_are_grouped_apart() {
+        let names = |g: &ServedGroup| (g.hostnames.clone(), g.listeners.clone());
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let groups = groups_by_served_hostnames(
             &[],
             [
-                ("l3", Some("*.bar.com")),
-                ("l4", Some("*.foo.com")),
-                ("l5", Some("*.bar.com")),
+                ("l3", Some("*.bar.com"), vec![]),
+                ("l4", Some("*.foo.com"), vec![]),
+                ("l5", Some("*.bar.com"), vec![]),
             ],
         );
         assert_eq!(
-            groups,
+            groups.iter().map(names).collect::<Vec<_>>(),
             [
-                (
-                    vec!["*.bar.com".to_owned()],
-                    vec!["l3".to_owned(), "l5".to_owned()]
-                ),
-                (vec!["*.foo.com".to_owned()], vec!["l4".to_owned()]),
+                (strings(&["*.bar.com"]), strings(&["l3", "l5"])),
+                (strings(&["*.foo.com"]), strings(&["l4"])),
             ]
         );
         let one = groups_by_served_hostnames(
             &hosts(&["a.bar.com"]),
             [
-                ("l3", Some("*.bar.com")),
-                ("any", None),
-                ("l4", Some("*.foo.com")),
+                ("l3", Some("*.bar.com"), vec![]),
+                ("any", None, vec![]),
+                ("l4", Some("*.foo.com"), vec![]),
             ],
         );
         assert_eq!(
-            one,
-            [(
-                vec!["a.bar.com".to_owned()],
-                vec!["l3".to_owned(), "any".to_owned()]
-            )]
+            one.iter().map(names).collect::<Vec<_>>(),
+            [(strings(&["a.bar.com"]), strings(&["l3", "any"]))]
         );
+    }
+
+    #[test]
+    fn a_more_specific_listener_is_one_whose_hosts_the_other_covers() {
+        assert!(more_specific(
+            "abc.foo.example.com",
+            Some("*.foo.example.com")
+        ));
+        assert!(more_specific("*.foo.example.com", Some("*.example.com")));
+        assert!(more_specific("*.example.com", None));
+        assert!(!more_specific("*.example.com", Some("*.example.com")));
+        assert!(!more_specific("*.example.com", Some("*.foo.example.com")));
+        assert!(!more_specific("other.org", Some("*.example.com")));
     }
 }

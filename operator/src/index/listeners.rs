@@ -153,6 +153,7 @@ mod tests {
             name: name.to_owned(),
             listeners: listeners.iter().map(|l| (*l).to_owned()).collect(),
             hostnames: Vec::new(),
+            excluded_hostnames: Vec::new(),
             rules: Vec::new(),
         }
     }

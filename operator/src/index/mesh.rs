@@ -57,6 +57,7 @@ impl Index {
                 name: name.clone(),
                 listeners: Vec::new(),
                 hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
+                excluded_hostnames: Vec::new(),
                 rules: rules.into_owned(),
             });
             wanted.extend(refs.iter().cloned());

@@ -53,6 +53,7 @@ impl RouteEntry {
                 name: key.to_string(),
                 listeners: Vec::new(),
                 hostnames: route.spec.hostnames.iter().map(|h| h.0.clone()).collect(),
+                excluded_hostnames: Vec::new(),
                 rules: rules.clone(),
             },
             &refs,

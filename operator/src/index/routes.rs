@@ -50,6 +50,15 @@ impl Index {
             self.authentication(from, &key.namespace, a).0
         });
         let mut listeners = self.gateway_listeners(&key.namespace, gw);
+        // The served HTTP(S) listeners' ports and hostnames, for listener isolation.
+        let http_on_port: Vec<(i32, &str)> = gw
+            .spec
+            .listeners
+            .iter()
+            .zip(&listeners)
+            .filter(|(l, served)| served.is_some() && l.protocol != ListenerProtocol::TCP)
+            .filter_map(|(l, _)| Some((l.port, l.hostname.as_deref()?)))
+            .collect();
         let mut wanted = Wanted::new();
         let mut routes = Vec::new();
         let mut ordered: Vec<(&Key, &std::sync::Arc<RouteEntry>)> = candidates
@@ -118,23 +127,32 @@ impl Index {
             }
             // One contract route per set of hostnames: a Route attached to listeners for
             // different hostnames (`*.bar.com` and `*.foo.com`) is served on each for that
-            // listener's names only. The first keeps the Route's name (metrics and logs); the
-            // rare others add their first listener's.
+            // listener's names only, and never for the hosts of a more specific listener on
+            // the same port (isolation). The first keeps the Route's name (metrics and logs);
+            // the rare others add their first listener's.
             let groups = hostnames::groups_by_served_hostnames(
                 &route.spec.hostnames,
-                http_listeners
-                    .iter()
-                    .map(|l| (l.name.as_str(), l.hostname.as_deref())),
+                http_listeners.iter().map(|l| {
+                    let excluded = http_on_port
+                        .iter()
+                        .filter(|(port, h)| {
+                            *port == l.port && hostnames::more_specific(h, l.hostname.as_deref())
+                        })
+                        .map(|(_, h)| (*h).to_owned())
+                        .collect();
+                    (l.name.as_str(), l.hostname.as_deref(), excluded)
+                }),
             );
-            for (n, (hostnames, listener_names)) in groups.into_iter().enumerate() {
+            for (n, g) in groups.into_iter().enumerate() {
                 let name = match n {
                     0 => rkey.to_string(),
-                    _ => format!("{rkey}#{}", listener_names[0]),
+                    _ => format!("{rkey}#{}", g.listeners[0]),
                 };
                 routes.push(contract::Route {
                     name,
-                    listeners: listener_names,
-                    hostnames,
+                    listeners: g.listeners,
+                    hostnames: g.hostnames,
+                    excluded_hostnames: g.excluded,
                     rules: rules.clone(),
                 });
             }

@@ -291,3 +291,43 @@ fn the_oldest_route_comes_first_so_it_wins_ties() {
         .collect();
     assert_eq!(names, ["shop/httproute:zeta", "shop/httproute:alpha"]);
 }
+
+#[test]
+fn routes_of_a_listener_exclude_the_hosts_of_more_specific_listeners_on_its_port() {
+    let mut index = shop();
+    index.apply(api_gateway(
+        "gw",
+        json!([{"name": "empty", "port": 80, "protocol": "HTTP"},
+               {"name": "wild", "port": 80, "protocol": "HTTP", "hostname": "*.example.com"},
+               {"name": "foo", "port": 80, "protocol": "HTTP", "hostname": "*.foo.example.com"},
+               {"name": "abc", "port": 80, "protocol": "HTTP", "hostname": "abc.foo.example.com"},
+               {"name": "other-port", "port": 8080, "protocol": "HTTP", "hostname": "x.example.com"}]),
+    ));
+    for section in ["empty", "wild", "foo", "abc"] {
+        index.apply(http_route(
+            section,
+            json!({"parentRefs": [{"name": "gw", "sectionName": section}],
+                   "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}),
+        ));
+    }
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let table = sub.routes.borrow().clone();
+    let excluded = |name: &str| {
+        table
+            .routes
+            .iter()
+            .find(|r| r.name == format!("shop/httproute:{name}"))
+            .map(|r| r.excluded_hostnames.clone())
+            .expect("the route")
+    };
+    assert_eq!(
+        excluded("empty"),
+        ["*.example.com", "*.foo.example.com", "abc.foo.example.com"]
+    );
+    assert_eq!(
+        excluded("wild"),
+        ["*.foo.example.com", "abc.foo.example.com"]
+    );
+    assert_eq!(excluded("foo"), ["abc.foo.example.com"]);
+    assert!(excluded("abc").is_empty());
+}

@@ -59,8 +59,48 @@ pub struct IdentityAnnouncement {
 
 /// The name of the ServiceAccount (and Service and Deployment) of Gateway `gateway`'s proxies,
 /// in the Gateway's namespace: the operator makes them, a gateway proxy asks for its identity.
+/// `portico-gateway-<gateway>`, or, when that is no Service name (over 63 characters, or a
+/// Gateway name with dots), its first characters and a hash of the whole ([`label_safe`]).
 pub fn gateway_proxy_name(gateway: &str) -> String {
-    format!("portico-gateway-{gateway}")
+    label_safe(&format!("portico-gateway-{gateway}"))
+}
+
+/// `name` when it is a DNS label (at most 63 lower-case letters, digits and `-`, starting
+/// with a letter and ending with a letter or digit, as Service names and label values must
+/// be); otherwise its label-safe first characters, `-`, and 8 hex digits of an FNV-1a hash of
+/// the whole name, so long names that differ only at their end stay apart.
+pub fn label_safe(name: &str) -> String {
+    const MAX: usize = 63;
+    let is_label = name.len() <= MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if is_label {
+        return name.to_owned();
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let mut head: String = name
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .take(MAX - 9)
+        .collect();
+    while head.ends_with('-') {
+        head.pop();
+    }
+    if !head.starts_with(|c: char| c.is_ascii_lowercase()) {
+        head.insert(0, 'x');
+        head.truncate(MAX - 9);
+    }
+    format!("{head}-{hash:08x}")
 }
 
 /// The SPIFFE ID of ServiceAccount `sa` in namespace `ns`.
@@ -91,5 +131,37 @@ pub fn identity_matches(pattern: &str, identity: &str) -> bool {
             .strip_prefix(prefix)
             .is_some_and(|sa| !sa.is_empty() && !sa.contains('/')),
         None => pattern == identity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_s_proxy_name_is_a_dns_label_however_long_the_gateway_s_name() {
+        assert_eq!(gateway_proxy_name("edge"), "portico-gateway-edge");
+        let long = "http-listener-isolation-with-hostname-intersection";
+        let name = gateway_proxy_name(long);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.starts_with("portico-gateway-http-listener-isolation-with-host"));
+        assert_ne!(name, gateway_proxy_name(&format!("{long}-2")));
+        assert_eq!(name, gateway_proxy_name(long), "stable");
+        let dotted = gateway_proxy_name("api.example.com");
+        assert!(
+            dotted.starts_with("portico-gateway-api-example-com-") && dotted.len() == 40,
+            "{dotted}"
+        );
+        assert_eq!(
+            label_safe("9lives"),
+            format!("x9lives-{:08x}", {
+                let mut h: u32 = 0x811c_9dc5;
+                for b in b"9lives" {
+                    h ^= u32::from(*b);
+                    h = h.wrapping_mul(0x0100_0193);
+                }
+                h
+            })
+        );
     }
 }

@@ -17,6 +17,12 @@ pub struct Route {
     /// empty matches any host. Exact beats wildcard; a longer wildcard beats a shorter one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
+    /// Hosts (exact or wildcard, as `hostnames`) this route never serves even when `hostnames`
+    /// takes them: those of more specific listeners sharing its listener's port, which the
+    /// Gateway API isolates (a request belongs to the most specific listener that takes its
+    /// host). Empty for most routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_hostnames: Vec<String>,
     /// Rules; the most specific matching rule wins (see the proxy's `router` module).
     pub rules: Vec<RouteRule>,
 }

@@ -31,6 +31,8 @@ struct CompiledRoute {
     name: Arc<str>,
     listeners: Vec<String>,
     hosts: Vec<HostMatch>,
+    /// Hosts a more specific listener on the same port takes (listener isolation).
+    excluded: Vec<HostMatch>,
     rules: Vec<CompiledRule>,
 }
 
@@ -175,6 +177,9 @@ impl Router {
             if !route.listeners.is_empty() && !route.listeners.iter().any(|l| l == listener) {
                 continue;
             }
+            if !route.excluded.is_empty() && host_rank(&route.excluded, &host).is_some() {
+                continue;
+            }
             let Some(host_rank) = host_rank(&route.hosts, &host) else {
                 continue;
             };
@@ -209,15 +214,19 @@ impl Router {
     }
 }
 
-fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
-    let hosts = r
-        .hostnames
+fn host_matches(names: &[String]) -> Vec<HostMatch> {
+    names
         .iter()
         .map(|h| match h.strip_prefix('*') {
             Some(suffix) => HostMatch::Wildcard(suffix.to_ascii_lowercase()),
             None => HostMatch::Exact(h.to_ascii_lowercase()),
         })
-        .collect();
+        .collect()
+}
+
+fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
+    let hosts = host_matches(&r.hostnames);
+    let excluded = host_matches(&r.excluded_hostnames);
     let rules = r
         .rules
         .iter()
@@ -278,6 +287,7 @@ fn compile_route(r: &Route) -> Result<CompiledRoute, regex::Error> {
         name: r.name.as_str().into(),
         listeners: r.listeners.clone(),
         hosts,
+        excluded,
         rules,
     })
 }
@@ -464,5 +474,29 @@ routes:
             "routes: [{ name: a, listeners: [other], rules: [{ backends: [{ backend: b }] }] }]",
         );
         assert_eq!(pick(&r, "h", "GET", "/", &[]), "none");
+    }
+
+    #[test]
+    fn a_route_never_serves_the_hosts_a_more_specific_listener_takes() {
+        let r = router(
+            r#"
+routes:
+  - name: any
+    excludedHostnames: ["*.example.com"]
+    rules: [{ backends: [{ backend: any }] }]
+  - name: wild
+    hostnames: ["*.example.com"]
+    excludedHostnames: ["*.foo.example.com", "abc.foo.example.com"]
+    rules: [{ matches: [{ path: { type: PathPrefix, value: /wild } }], backends: [{ backend: wild }] }]
+"#,
+        );
+        assert_eq!(
+            pick(&r, "bar.example.com", "GET", "/wild", &[]),
+            "wild/wild"
+        );
+        assert_eq!(pick(&r, "bar.example.com", "GET", "/other", &[]), "none");
+        assert_eq!(pick(&r, "x.foo.example.com", "GET", "/wild", &[]), "none");
+        assert_eq!(pick(&r, "ABC.foo.example.com", "GET", "/wild", &[]), "none");
+        assert_eq!(pick(&r, "example.org", "GET", "/", &[]), "any/any");
     }
 }

@@ -58,6 +58,7 @@ impl ServiceTable {
                 name: s.name.clone(),
                 listeners: Vec::new(),
                 hostnames: Vec::new(),
+                excluded_hostnames: Vec::new(),
                 rules: vec![RouteRule {
                     backends: vec![BackendRef {
                         backend: s.backend.clone(),
