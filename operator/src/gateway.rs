@@ -14,6 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use portico_api::GatewaySpec;
 use portico_api::gateway::GatewayServiceType;
 use serde_json::{Value, json};
@@ -245,6 +246,33 @@ async fn apply(client: &kube::Client, key: &Key, objects: [Value; 4]) -> Result<
     Ok(())
 }
 
+/// A Warning Event on the Gateway saying why its proxies' objects were refused (the
+/// apiserver's words), so `kubectl describe` shows it next to `Programmed=False`.
+async fn tell_refusal(recorder: &Recorder, key: &Key, gateway_api: bool, message: &str) {
+    let api_version = if gateway_api {
+        format!("{}/v1", portico_api::grant::GATEWAY_API_GROUP)
+    } else {
+        format!("{}/{}", portico_api::GROUP, portico_api::VERSION)
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(api_version),
+        kind: Some("Gateway".to_owned()),
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ProxyObjectsRefused".to_owned(),
+        note: Some(message.chars().take(1024).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, gateway = %key, "cannot record an Event");
+    }
+}
+
 /// Applies the proxy objects of every Gateway while `leader` is true, whenever a Gateway is
 /// added or its spec changes. Removal is left to the garbage collector (owner references).
 pub async fn run(
@@ -254,6 +282,15 @@ pub async fn run(
     mut leader: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut applied: GatewaySpecs = GatewaySpecs::new();
+    // The last refusal told each Gateway as an Event (a retry every 2 s would repeat it).
+    let mut refused: std::collections::HashMap<Key, String> = Default::default();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: None,
+        },
+    );
     let mut was_leader = false;
     loop {
         leader.wait_for(|l| *l).await?;
@@ -281,10 +318,16 @@ pub async fn run(
                 Ok(()) => {
                     tracing::info!(gateway = %key, "gateway proxy objects applied");
                     applied.insert(key.clone(), gateway.clone());
+                    refused.remove(key);
                 }
                 Err(e) => {
                     ok = false;
                     tracing::warn!(gateway = %key, error = %e, "applying gateway proxy objects failed");
+                    let message = e.to_string();
+                    if refused.get(key) != Some(&message) {
+                        tell_refusal(&recorder, key, gateway.gateway_api, &message).await;
+                        refused.insert(key.clone(), message);
+                    }
                 }
             }
         }
