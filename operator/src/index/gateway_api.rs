@@ -233,7 +233,7 @@ impl ApiGatewayEntry {
                     format!("route kinds not served: {}", bad_kinds.join(", ")),
                 );
             }
-            match listener(l) {
+            match listener(l).and_then(|t| no_conflict(&listeners, t)) {
                 Ok(t) => listeners.push(t),
                 Err(p) => {
                     refused.insert(l.name.clone(), p);
@@ -267,6 +267,38 @@ impl ApiGatewayEntry {
     pub(super) fn listener(&self, name: &str) -> Option<&ApiListener> {
         self.api.spec.listeners.iter().find(|l| l.name == name)
     }
+}
+
+/// The `Conflicted` reasons: a listener that has one is refused, and says so.
+pub(super) const CONFLICTS: [&str; 2] = ["ProtocolConflict", "HostnameConflict"];
+
+/// `l`, unless an earlier served listener on its port speaks another protocol
+/// (`ProtocolConflict`) or takes the same hostname (`HostnameConflict`). The earlier one keeps
+/// the port, so adding a conflicting listener never takes a working one down.
+fn no_conflict(earlier: &[Listener], l: Listener) -> Result<Listener, ListenerProblem> {
+    for e in earlier.iter().filter(|e| e.port == l.port) {
+        if e.protocol != l.protocol {
+            return Err(ListenerProblem {
+                reason: CONFLICTS[0],
+                message: format!(
+                    "port {} is listener {}'s, with protocol {:?}",
+                    l.port, e.name, e.protocol
+                ),
+            });
+        }
+        if e.hostname == l.hostname {
+            return Err(ListenerProblem {
+                reason: CONFLICTS[1],
+                message: format!(
+                    "listener {} already takes {} on port {}",
+                    e.name,
+                    l.hostname.as_deref().unwrap_or("every hostname"),
+                    l.port
+                ),
+            });
+        }
+    }
+    Ok(l)
 }
 
 /// The route kind a listener's `allowedRoutes.kinds` entry names, if Portico serves it.

@@ -614,11 +614,22 @@ fn api_gateway_state(
         };
         let state = served.iter().find(|s| s.name == l.name);
         let mut conditions = match (entry.refused.get(&l.name), state) {
-            (Some(p), _) => vec![
-                Cond::no("Accepted", p.reason, p.message.clone()),
-                Cond::yes("ResolvedRefs", "ResolvedRefs"),
-                Cond::no("Programmed", "Invalid", p.message.clone()),
-            ],
+            (Some(p), _) => {
+                let mut c = vec![
+                    Cond::no("Accepted", p.reason, p.message.clone()),
+                    Cond::yes("ResolvedRefs", "ResolvedRefs"),
+                    Cond::no("Programmed", "Invalid", p.message.clone()),
+                ];
+                if gateway_api::CONFLICTS.contains(&p.reason) {
+                    c.push(Cond {
+                        type_: "Conflicted",
+                        status: true,
+                        reason: p.reason.to_owned(),
+                        message: p.message.clone(),
+                    });
+                }
+                c
+            }
             (None, Some(s)) => s.conditions.clone(),
             (None, None) => Vec::new(),
         };

@@ -331,3 +331,43 @@ fn routes_of_a_listener_exclude_the_hosts_of_more_specific_listeners_on_its_port
     assert_eq!(excluded("foo"), ["abc.foo.example.com"]);
     assert!(excluded("abc").is_empty());
 }
+
+#[test]
+fn a_later_listener_that_conflicts_on_a_port_is_conflicted_and_the_earlier_keeps_serving() {
+    let mut index = shop();
+    index.apply(api_gateway(
+        "gw",
+        json!([{"name": "web", "port": 80, "protocol": "HTTP", "hostname": "a.example.com"},
+               {"name": "same-host", "port": 80, "protocol": "HTTP", "hostname": "a.example.com"},
+               {"name": "tls-on-80", "port": 80, "protocol": "HTTPS", "hostname": "b.example.com",
+                "tls": {"certificateRefs": [{"name": "cert"}]}},
+               {"name": "other", "port": 80, "protocol": "HTTP", "hostname": "c.example.com"}]),
+    ));
+    let statuses = index.statuses().borrow().clone();
+    let api = &statuses.api_gateways[&Key::new("shop", "gw")];
+    let conflicted = |name: &str| {
+        api.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.conditions.iter().find(|c| c.type_ == "Conflicted"))
+            .map(|c| (c.status, c.reason.clone()))
+    };
+    assert_eq!(conflicted("web"), None);
+    assert_eq!(conflicted("other"), None);
+    assert_eq!(
+        conflicted("same-host"),
+        Some((true, "HostnameConflict".to_owned()))
+    );
+    assert_eq!(
+        conflicted("tls-on-80"),
+        Some((true, "ProtocolConflict".to_owned()))
+    );
+    assert_eq!(api.conditions[0].reason, "ListenersNotValid");
+    let sub = index.subscribe(&Key::new("shop", "gw"));
+    let table = sub.routes.borrow().clone();
+    assert_eq!(table.listeners.len(), 1, "one socket on port 80");
+    assert_eq!(
+        table.listeners[0].protocol,
+        portico_proxy_api::Protocol::Http
+    );
+}
