@@ -143,17 +143,24 @@ impl Index {
                     (l.name.as_str(), l.hostname.as_deref(), excluded)
                 }),
             );
+            let count = groups.len();
             for (n, g) in groups.into_iter().enumerate() {
                 let name = match n {
                     0 => rkey.to_string(),
                     _ => format!("{rkey}#{}", g.listeners[0]),
+                };
+                // The last (usually the only) group takes the rules; others copy them.
+                let rules = if n + 1 == count {
+                    std::mem::take(&mut rules)
+                } else {
+                    rules.clone()
                 };
                 routes.push(contract::Route {
                     name,
                     listeners: g.listeners,
                     hostnames: g.hostnames,
                     excluded_hostnames: g.excluded,
-                    rules: rules.clone(),
+                    rules,
                 });
             }
             wanted.extend(refs.iter().cloned());
