@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench bench-control-plane images
+.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench profile bench-control-plane images
 
 all: build
 
@@ -85,6 +85,11 @@ bench:
 	bench/policies.sh
 	bench/mesh.sh
 	python3 bench/reload-stall.py $(or $(CARGO_TARGET_DIR),target/proxy)/release/portico-proxy 10000
+
+## profile: where portico-proxy's and nginx's CPU goes at a fixed rate (perf stat, strace -c,
+## perf record; RATE=2000 DURATION=10), written to docs/profile.md
+profile:
+	bench/profile.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control

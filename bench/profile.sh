@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Where a proxy's CPU goes at a fixed request rate (`make profile`): portico-proxy and nginx,
+# each one worker pinned to one core in front of the same upstream (as `make bench` runs them),
+# loaded by oha at RATE req/s from the other core. For each proxy, three separate phases of
+# DURATION seconds, so one tool does not distort another's figures:
+#
+#   perf stat    CPU time, context switches and migrations of the proxy per request
+#   strace -c    system calls per request, by call
+#   perf record  sampled call stacks (cpu-clock, DWARF unwinding): the functions and
+#                libraries the time is spent in
+#
+# Writes docs/profile.md (the setup, the machine's load, and the tables). Loopback only.
+#
+#   RATE=2000 DURATION=10 bench/profile.sh
+#   PROXY_BIN=path/to/portico-proxy bench/profile.sh   # skip the build
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LOADAVG_START=$(cut -d" " -f1-3 /proc/loadavg)
+RATE=${RATE:-2000}
+DURATION=${DURATION:-10}
+PROXY_CPU=0
+LOAD_CPU=1
+UP_PORT=18080
+UP_H2_PORT=18084
+ADMIN_PORT=19901
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy}
+WORK=$(mktemp -d /tmp/portico-profile.XXXXXX)
+source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
+OUT=${OUT:-$ROOT/docs/profile.md}
+
+log() { echo "[profile] $*" >&2; }
+
+for tool in perf strace nginx taskset python3; do
+    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install linux-perf strace nginx util-linux python3)"; exit 1; }
+done
+OHA=$(find_oha)
+[[ -n $OHA ]] || { log "oha not found: make bench builds it into ~/.cache/portico/bin"; exit 1; }
+if [[ -z ${PROXY_BIN:-} ]]; then
+    log "building portico-proxy (release)"
+    cargo build --release -q -p portico-proxy
+    PROXY_BIN=$CARGO_TARGET_DIR/release/portico-proxy
+fi
+
+upstream_conf "$WORK/up" $UP_PORT $UP_H2_PORT
+taskset -c $LOAD_CPU nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" &
+PIDS+=($!)
+portico_conf "$WORK/portico.yaml" 18081 $UP_PORT $UP_H2_PORT
+nginx_proxy_conf "$WORK/ngx" 18082 $UP_PORT
+read -r PORTICO_PID _ < <(python3 "$ROOT/bench/conns.py" ready taskset -c $PROXY_CPU "$PROXY_BIN" \
+    --config "$WORK/portico.yaml" --workers 1 --admin-addr 127.0.0.1:$ADMIN_PORT --log-level warn)
+PIDS+=("$PORTICO_PID")
+taskset -c $PROXY_CPU nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" &
+NGINX_MASTER=$!
+PIDS+=("$NGINX_MASTER")
+for p in $UP_PORT 18081 18082; do wait_port "$p"; done
+sleep 1
+declare -A PID=([portico]=$PORTICO_PID [nginx]=$(pgrep -P "$NGINX_MASTER" | head -1))
+declare -A PORT=([portico]=18081 [nginx]=18082)
+
+# load PORT: oha at RATE req/s for DURATION s in the background (64 connections); its JSON
+# goes to $WORK/oha.json. Sets LOAD.
+load() {
+    taskset -c $LOAD_CPU "$OHA" --no-tui -z "${DURATION}s" -c 64 -q "$RATE" --output-format json \
+        "http://127.0.0.1:$1/" > "$WORK/oha.json" 2>/dev/null &
+    LOAD=$!
+}
+# requests: the successful requests of the last load.
+requests() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2")))' "$WORK/oha.json"; }
+
+declare -A CPU_MS CSW MIG REQS SYSCALLS
+for t in portico nginx; do
+    pid=${PID[$t]}
+    log "$t (PID $pid): warm-up"
+    taskset -c $LOAD_CPU "$OHA" --no-tui -z 2s -c 64 -q "$RATE" "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 || true
+
+    log "$t: perf stat, ${DURATION}s at $RATE req/s"
+    load "${PORT[$t]}"
+    perf stat -x, -e task-clock,context-switches,cpu-migrations -p "$pid" -o "$WORK/$t.stat" -- sleep "$DURATION" || true
+    wait "$LOAD" || true
+    REQS[$t]=$(requests)
+    CPU_MS[$t]=$(awk -F, '$3 == "task-clock" {printf "%.1f", $1}' "$WORK/$t.stat")
+    CSW[$t]=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/$t.stat")
+    MIG[$t]=$(awk -F, '$3 == "cpu-migrations" {print $1}' "$WORK/$t.stat")
+
+    log "$t: strace -c"
+    load "${PORT[$t]}"
+    timeout -s INT "$DURATION" strace -c -f -q -p "$pid" -o "$WORK/$t.strace" || true
+    wait "$LOAD" || true
+    SYSCALLS[$t]=$(requests)
+
+    log "$t: perf record"
+    load "${PORT[$t]}"
+    perf record -q -e cpu-clock -F 997 --call-graph dwarf,16384 -p "$pid" -o "$WORK/$t.data" -- sleep "$DURATION" 2>/dev/null || true
+    wait "$LOAD" || true
+    perf report -i "$WORK/$t.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -n 30 > "$WORK/$t.self" || true
+    perf report -i "$WORK/$t.data" --no-children --sort dso --stdio 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -n 8 > "$WORK/$t.dso" || true
+done
+
+# The table rows: per request figures from the perf stat phase.
+per() { awk -v a="$1" -v n="$2" -v s="$3" 'BEGIN { if (n > 0) printf "%.*f", s, a / n; else print "—" }'; }
+# syscalls PROXY: "call calls/request" for the ten busiest calls of the strace phase.
+syscalls() {
+    # Columns: % time, seconds, usecs/call, calls, [errors], syscall.
+    awk -v n="$2" 'NR > 2 && $1 ~ /^[0-9.]+$/ && $NF != "total" { c[$NF] = $4 } END { for (k in c) printf "%s %.2f\n", k, (n > 0 ? c[k] / n : 0) }' "$WORK/$1.strace" |
+        sort -k2 -gr | head -n 10
+}
+
+{
+    echo "# Where the CPU goes: portico-proxy and nginx at $RATE req/s"
+    echo
+    echo "Written by \`bench/profile.sh\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?');"
+    echo "portico-proxy binary built $(date -u -r "$PROXY_BIN" '+%Y-%m-%d %H:%M UTC'))."
+    echo "Each proxy runs one worker pinned to core $PROXY_CPU in front of the same nginx upstream"
+    echo "(1 KiB body, keep-alive), loaded by oha at $RATE req/s over 64 connections from core $LOAD_CPU,"
+    echo "as \`make bench\` runs them. Three separate ${DURATION}-second phases per proxy: perf stat, strace -c,"
+    echo "perf record (cpu-clock at 997 Hz, DWARF call stacks). Load average at start: $LOADAVG_START;"
+    echo "$(nproc) cores; $(uname -r)."
+    echo
+    echo "| | portico | nginx | portico / nginx |"
+    echo "|---|---:|---:|---:|"
+    pc=$(per "${CPU_MS[portico]}" "${REQS[portico]}" 4); nc=$(per "${CPU_MS[nginx]}" "${REQS[nginx]}" 4)
+    echo "| requests in the perf stat phase | ${REQS[portico]} | ${REQS[nginx]} | |"
+    echo "| CPU ms per request | $pc | $nc | $(ratio "$pc" "$nc") |"
+    ps=$(per "${CSW[portico]}" "${REQS[portico]}" 3); ns=$(per "${CSW[nginx]}" "${REQS[nginx]}" 3)
+    echo "| context switches per request | $ps | $ns | $(ratio "$ps" "$ns") |"
+    echo "| CPU migrations in the phase | ${MIG[portico]} | ${MIG[nginx]} | |"
+    echo
+    for t in portico nginx; do
+        echo "## $t"
+        echo
+        echo "System calls per request (strace -c, ${SYSCALLS[$t]} requests; strace slows the proxy, the counts hold):"
+        echo
+        echo '| call | per request |'
+        echo '|---|---:|'
+        syscalls "$t" "${SYSCALLS[$t]}" | awk '{printf "| %s | %s |\n", $1, $2}'
+        echo
+        echo "Self time by library (perf record):"
+        echo
+        echo '```'
+        sed -E 's/^ +//; s/ +$//' "$WORK/$t.dso"
+        echo '```'
+        echo
+        echo "Self time by function, top 30:"
+        echo
+        echo '```'
+        # perf pads columns (and adds empty srcline columns for some binaries).
+        sed -E 's/^ +//; s/( +-)+ *$//; s/ +$//; s/   +/  /g' "$WORK/$t.self" | cut -c1-150
+        echo '```'
+        echo
+    done
+} > "$OUT"
+log "wrote $OUT"
