@@ -5,13 +5,14 @@
 # DURATION seconds, so one tool does not distort another's figures:
 #
 #   perf stat    CPU time, context switches and migrations of the proxy per request
+#                (REPS interleaved rounds, medians)
 #   strace -c    system calls per request, by call
 #   perf record  sampled call stacks (cpu-clock, DWARF unwinding): the functions and
 #                libraries the time is spent in
 #
 # Writes docs/profile.md (the setup, the machine's load, and the tables). Loopback only.
 #
-#   RATE=2000 DURATION=10 bench/profile.sh
+#   RATE=2000 DURATION=10 REPS=5 bench/profile.sh
 #   PROXY_BIN=path/to/portico-proxy bench/profile.sh   # skip the build
 set -euo pipefail
 
@@ -20,6 +21,7 @@ ROOT=$PWD
 LOADAVG_START=$(cut -d" " -f1-3 /proc/loadavg)
 RATE=${RATE:-2000}
 DURATION=${DURATION:-10}
+REPS=${REPS:-5}
 PROXY_CPU=0
 LOAD_CPU=1
 UP_PORT=18080
@@ -69,21 +71,29 @@ load() {
 # requests: the successful requests of the last load.
 requests() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2")))' "$WORK/oha.json"; }
 
-declare -A CPU_MS CSW MIG REQS SYSCALLS
+declare -A SYSCALLS MIG
+for t in portico nginx; do
+    log "$t (PID ${PID[$t]}): warm-up"
+    taskset -c $LOAD_CPU "$OHA" --no-tui -z 2s -c 64 -q "$RATE" "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 || true
+    MIG[$t]=0
+done
+# perf stat: REPS interleaved rounds (portico, nginx, portico, ...); the table takes medians
+# of the per-request figures, as single runs here differ by ±10%.
+for rep in $(seq 1 "$REPS"); do
+    for t in portico nginx; do
+        log "$t: perf stat $rep/$REPS, ${DURATION}s at $RATE req/s"
+        load "${PORT[$t]}"
+        perf stat -x, -e task-clock,context-switches,cpu-migrations -p "${PID[$t]}" -o "$WORK/$t.stat" -- sleep "$DURATION" || true
+        wait "$LOAD" || true
+        n=$(requests)
+        awk -F, -v n="$n" '$3 == "task-clock" && n > 0 {printf "%.5f\n", $1 / n}' "$WORK/$t.stat" >> "$WORK/$t.cpu"
+        awk -F, -v n="$n" '$3 == "context-switches" && n > 0 {printf "%.4f\n", $1 / n}' "$WORK/$t.stat" >> "$WORK/$t.csw"
+        MIG[$t]=$((MIG[$t] + $(awk -F, '$3 == "cpu-migrations" {print $1 + 0}' "$WORK/$t.stat")))
+    done
+done
+
 for t in portico nginx; do
     pid=${PID[$t]}
-    log "$t (PID $pid): warm-up"
-    taskset -c $LOAD_CPU "$OHA" --no-tui -z 2s -c 64 -q "$RATE" "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 || true
-
-    log "$t: perf stat, ${DURATION}s at $RATE req/s"
-    load "${PORT[$t]}"
-    perf stat -x, -e task-clock,context-switches,cpu-migrations -p "$pid" -o "$WORK/$t.stat" -- sleep "$DURATION" || true
-    wait "$LOAD" || true
-    REQS[$t]=$(requests)
-    CPU_MS[$t]=$(awk -F, '$3 == "task-clock" {printf "%.1f", $1}' "$WORK/$t.stat")
-    CSW[$t]=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/$t.stat")
-    MIG[$t]=$(awk -F, '$3 == "cpu-migrations" {print $1}' "$WORK/$t.stat")
-
     log "$t: strace -c"
     load "${PORT[$t]}"
     timeout -s INT "$DURATION" strace -c -f -q -p "$pid" -o "$WORK/$t.strace" || true
@@ -100,8 +110,6 @@ for t in portico nginx; do
         grep -E '^ +[0-9.]+%' | head -n 8 > "$WORK/$t.dso" || true
 done
 
-# The table rows: per request figures from the perf stat phase.
-per() { awk -v a="$1" -v n="$2" -v s="$3" 'BEGIN { if (n > 0) printf "%.*f", s, a / n; else print "—" }'; }
 # syscalls PROXY: "call calls/request" for the ten busiest calls of the strace phase.
 syscalls() {
     # Columns: % time, seconds, usecs/call, calls, [errors], syscall.
@@ -116,18 +124,19 @@ syscalls() {
     echo "portico-proxy binary built $(date -u -r "$PROXY_BIN" '+%Y-%m-%d %H:%M UTC'))."
     echo "Each proxy runs one worker pinned to core $PROXY_CPU in front of the same nginx upstream"
     echo "(1 KiB body, keep-alive), loaded by oha at $RATE req/s over 64 connections from core $LOAD_CPU,"
-    echo "as \`make bench\` runs them. Three separate ${DURATION}-second phases per proxy: perf stat, strace -c,"
+    echo "as \`make bench\` runs them. Separate ${DURATION}-second phases per proxy: perf stat ($REPS rounds), strace -c,"
     echo "perf record (cpu-clock at 997 Hz, DWARF call stacks). Load average at start: $LOADAVG_START;"
     echo "$(nproc) cores; $(uname -r)."
     echo
+    echo "Medians of $REPS interleaved perf stat rounds (each round's figure in brackets):"
+    echo
     echo "| | portico | nginx | portico / nginx |"
     echo "|---|---:|---:|---:|"
-    pc=$(per "${CPU_MS[portico]}" "${REQS[portico]}" 4); nc=$(per "${CPU_MS[nginx]}" "${REQS[nginx]}" 4)
-    echo "| requests in the perf stat phase | ${REQS[portico]} | ${REQS[nginx]} | |"
-    echo "| CPU ms per request | $pc | $nc | $(ratio "$pc" "$nc") |"
-    ps=$(per "${CSW[portico]}" "${REQS[portico]}" 3); ns=$(per "${CSW[nginx]}" "${REQS[nginx]}" 3)
+    pc=$(med portico.cpu); nc=$(med nginx.cpu)
+    echo "| CPU ms per request | $pc [$(paste -sd' ' "$WORK/portico.cpu")] | $nc [$(paste -sd' ' "$WORK/nginx.cpu")] | $(ratio "$pc" "$nc") |"
+    ps=$(med portico.csw); ns=$(med nginx.csw)
     echo "| context switches per request | $ps | $ns | $(ratio "$ps" "$ns") |"
-    echo "| CPU migrations in the phase | ${MIG[portico]} | ${MIG[nginx]} | |"
+    echo "| CPU migrations, all rounds | ${MIG[portico]} | ${MIG[nginx]} | |"
     echo
     for t in portico nginx; do
         echo "## $t"
