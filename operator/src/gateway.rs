@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use portico_api::GatewaySpec;
 use portico_api::gateway::GatewayServiceType;
 use serde_json::{Value, json};
@@ -254,23 +254,14 @@ async fn tell_refusal(recorder: &Recorder, key: &Key, gateway_api: bool, message
     } else {
         format!("{}/{}", portico_api::GROUP, portico_api::VERSION)
     };
-    let reference = k8s_openapi::api::core::v1::ObjectReference {
-        api_version: Some(api_version),
-        kind: Some("Gateway".to_owned()),
-        name: Some(key.name.clone()),
-        namespace: Some(key.namespace.clone()),
-        ..Default::default()
-    };
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "ProxyObjectsRefused".to_owned(),
-        note: Some(message.chars().take(1024).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &reference).await {
-        tracing::debug!(error = %e, gateway = %key, "cannot record an Event");
-    }
+    let note = message.chars().take(1024).collect();
+    crate::status::warn(
+        recorder,
+        (&api_version, "Gateway", key),
+        "ProxyObjectsRefused",
+        note,
+    )
+    .await;
 }
 
 /// Applies the proxy objects of every Gateway while `leader` is true, whenever a Gateway is

@@ -205,6 +205,33 @@ pub fn class_status(state: &crate::index::ClassState) -> GatewayClassStatus {
     }
 }
 
+/// Records a Warning Event with `reason` and `note` on the object `(apiVersion, kind, key)`;
+/// a failure to record it is only logged at debug (Events are best effort).
+pub(crate) async fn warn(
+    recorder: &Recorder,
+    (api_version, kind, key): (&str, &str, &Key),
+    reason: &str,
+    note: String,
+) {
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(api_version.to_owned()),
+        kind: Some(kind.to_owned()),
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, object = %key, "cannot record an Event");
+    }
+}
+
 /// Conditions that became false (or changed reason) between `old` and `new`: worth an Event.
 fn newly_failing<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter()
@@ -291,23 +318,10 @@ impl Writer {
             if desired == current {
                 continue;
             }
-            match self
-                .patch::<RoutePolicy, _>(key, "RoutePolicy", &desired)
-                .await
-            {
-                Ok(()) => {
-                    self.event(
-                        "RoutePolicy",
-                        key,
-                        newly_failing(&current.conditions, &desired.conditions),
-                    )
-                    .await
-                }
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(policy = %key, error = %e, "status write failed");
-                }
-            }
+            let failing = newly_failing(&current.conditions, &desired.conditions);
+            ok &= self
+                .write::<RoutePolicy, _>(key, "RoutePolicy", &desired, failing)
+                .await;
         }
         for (name, state) in &statuses.classes {
             let desired = class_status(state);
@@ -325,24 +339,10 @@ impl Writer {
             if desired == current {
                 continue;
             }
-            match self
-                .patch::<ApiGateway, _>(key, "Gateway.gateway.networking.k8s.io", &desired)
-                .await
-            {
-                Ok(()) => {
-                    self.event_for(
-                        ApiGateway::api_version(&()).as_ref(),
-                        "Gateway",
-                        key,
-                        newly_failing(&current.conditions, &desired.conditions),
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(gateway = %key, error = %e, "status write failed");
-                }
-            }
+            let failing = newly_failing(&current.conditions, &desired.conditions);
+            ok &= self
+                .write::<ApiGateway, _>(key, "Gateway.gateway.networking.k8s.io", &desired, failing)
+                .await;
         }
         for ((kind, key), state) in &statuses.api_routes {
             let desired = api_route_status(state);
@@ -351,42 +351,55 @@ impl Writer {
             {
                 continue;
             }
-            let result = match *kind {
-                "GRPCRoute" => self.patch::<GrpcRoute, _>(key, "GRPCRoute", &desired).await,
-                _ => self.patch::<HttpRoute, _>(key, "HTTPRoute", &desired).await,
+            // Route parents' conditions are not told as Events (as before the fold).
+            ok &= match *kind {
+                "GRPCRoute" => {
+                    self.write::<GrpcRoute, _>(key, "GRPCRoute", &desired, Vec::new())
+                        .await
+                }
+                _ => {
+                    self.write::<HttpRoute, _>(key, "HTTPRoute", &desired, Vec::new())
+                        .await
+                }
             };
-            if let Err(e) = result {
-                ok = false;
-                tracing::warn!(route = %key, kind, error = %e, "status write failed");
-            }
         }
         ok
     }
 
-    async fn event(&self, kind: &str, key: &Key, failing: Vec<&Condition>) {
-        let api_version = format!("{}/{}", portico_api::GROUP, portico_api::VERSION);
-        self.event_for(&api_version, kind, key, failing).await;
+    /// Writes `desired` as the status of the `K` at `key` (`label` names the kind in metrics);
+    /// once written, each condition in `failing` is told as a Warning Event on the object, and a
+    /// failed write is logged. Whether the status was written.
+    async fn write<K, S>(
+        &self,
+        key: &Key,
+        label: &'static str,
+        desired: &S,
+        failing: Vec<&Condition>,
+    ) -> bool
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize,
+    {
+        match self.patch::<K, S>(key, label, desired).await {
+            Ok(()) => {
+                self.event(&K::api_version(&()), &K::kind(&()), key, failing)
+                    .await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(kind = label, object = %key, error = %e, "status write failed");
+                false
+            }
+        }
     }
 
-    async fn event_for(&self, api_version: &str, kind: &str, key: &Key, failing: Vec<&Condition>) {
+    async fn event(&self, api_version: &str, kind: &str, key: &Key, failing: Vec<&Condition>) {
         for c in failing {
-            let reference = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some(api_version.to_owned()),
-                kind: Some(kind.to_owned()),
-                name: Some(key.name.clone()),
-                namespace: Some(key.namespace.clone()),
-                ..Default::default()
-            };
-            let event = Event {
-                type_: EventType::Warning,
-                reason: c.reason.clone(),
-                note: Some(format!("{}: {}", c.type_, c.message)),
-                action: "Reconcile".to_owned(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, object = %key, "cannot record an Event");
-            }
+            let note = format!("{}: {}", c.type_, c.message);
+            warn(&self.recorder, (api_version, kind, key), &c.reason, note).await;
         }
     }
 
@@ -399,20 +412,10 @@ impl Writer {
             if desired == current {
                 continue;
             }
-            match self.patch::<Gateway, _>(key, "Gateway", &desired).await {
-                Ok(()) => {
-                    self.event(
-                        "Gateway",
-                        key,
-                        newly_failing(&current.conditions, &desired.conditions),
-                    )
-                    .await
-                }
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(gateway = %key, error = %e, "status write failed");
-                }
-            }
+            let failing = newly_failing(&current.conditions, &desired.conditions);
+            ok &= self
+                .write::<Gateway, _>(key, "Gateway", &desired, failing)
+                .await;
         }
         for (key, state) in &statuses.routes {
             let desired = route_status(state);
@@ -420,26 +423,20 @@ impl Writer {
             if desired == current {
                 continue;
             }
-            match self.patch::<Route, _>(key, "Route", &desired).await {
-                Ok(()) => {
-                    let old: Vec<Condition> = current
-                        .parents
-                        .into_iter()
-                        .flat_map(|p| p.conditions)
-                        .collect();
-                    let new: Vec<&Condition> =
-                        desired.parents.iter().flat_map(|p| &p.conditions).collect();
-                    let failing = new
-                        .into_iter()
-                        .filter(|n| newly_failing(&old, std::slice::from_ref(*n)).len() == 1)
-                        .collect();
-                    self.event("Route", key, failing).await;
-                }
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(route = %key, error = %e, "status write failed");
-                }
-            }
+            let old: Vec<Condition> = current
+                .parents
+                .into_iter()
+                .flat_map(|p| p.conditions)
+                .collect();
+            let failing = desired
+                .parents
+                .iter()
+                .flat_map(|p| &p.conditions)
+                .filter(|n| newly_failing(&old, std::slice::from_ref(*n)).len() == 1)
+                .collect();
+            ok &= self
+                .write::<Route, _>(key, "Route", &desired, failing)
+                .await;
         }
         for (key, state) in &statuses.policies {
             let desired = policy_status(state);
@@ -447,23 +444,10 @@ impl Writer {
             if desired == current {
                 continue;
             }
-            match self
-                .patch::<ServicePolicy, _>(key, "ServicePolicy", &desired)
-                .await
-            {
-                Ok(()) => {
-                    self.event(
-                        "ServicePolicy",
-                        key,
-                        newly_failing(&current.conditions, &desired.conditions),
-                    )
-                    .await
-                }
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(policy = %key, error = %e, "status write failed");
-                }
-            }
+            let failing = newly_failing(&current.conditions, &desired.conditions);
+            ok &= self
+                .write::<ServicePolicy, _>(key, "ServicePolicy", &desired, failing)
+                .await;
         }
         self.write_api(statuses).await && ok
     }
