@@ -146,7 +146,8 @@ pub struct Index {
     slices: BTreeMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
     /// The Service each stored slice is filed under (for deletes and relabels).
     slice_service: BTreeMap<Key, Key>,
-    secrets: BTreeMap<Key, Arc<Secret>>,
+    /// `kubernetes.io/tls` Secrets, read and checked as listener certificates.
+    secrets: BTreeMap<Key, Arc<tls::TlsPair>>,
     /// Secrets labelled as credentials, for authentication policies.
     credentials: BTreeMap<Key, Arc<Secret>>,
     namespaces: BTreeMap<String, Arc<Namespace>>,
@@ -471,7 +472,8 @@ impl Index {
                 self.services.insert(Key::of(&o), Arc::new(o));
             }
             Object::Secret(o) => {
-                self.secrets.insert(Key::of(&o), Arc::new(o));
+                self.secrets
+                    .insert(Key::of(&o), Arc::new(tls::tls_pair(&o)));
             }
             Object::Credential(o) => {
                 self.credentials.insert(Key::of(&o), Arc::new(o));

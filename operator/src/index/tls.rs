@@ -3,6 +3,7 @@
 //! when a ReferenceGrant there permits it (see the `grants` module): otherwise any Gateway owner
 //! could serve, and hand its proxies, another namespace's private key.
 
+use k8s_openapi::api::core::v1::Secret;
 use portico_api::common::SecretObjectReference;
 use portico_api::gateway::{Listener, TlsVersion};
 use portico_proxy_api as contract;
@@ -67,27 +68,9 @@ impl Index {
                     "Secret {key} not found (or not of type kubernetes.io/tls)"
                 )));
             };
-            let data = secret.data.clone().unwrap_or_default();
-            let text = |k: &str| {
-                data.get(k)
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
-                    .filter(|s| !s.is_empty())
-            };
-            match (text("tls.crt"), text("tls.key")) {
-                (Some(cert), Some(key_pem)) => {
-                    // The proxies would refuse the whole config for one unusable pair (and
-                    // keep serving the previous one): the listener is refused here instead.
-                    usable_pair(&cert, &key_pem).map_err(|why| {
-                        CertificateProblem::invalid(format!("Secret {key}: {why}"))
-                    })?;
-                    Ok(contract::CertificateKey {
-                        cert: contract::Pem::Inline { inline: cert },
-                        key: contract::Pem::Inline { inline: key_pem },
-                    })
-                }
-                _ => Err(CertificateProblem::invalid(format!(
-                    "Secret {key} lacks tls.crt or tls.key"
-                ))),
+            match &**secret {
+                Ok(pair) => Ok(pair.clone()),
+                Err(why) => Err(CertificateProblem::invalid(format!("Secret {key}{why}"))),
             }
         };
         let default = pair(first)?;
@@ -101,6 +84,32 @@ impl Index {
             sni: more.iter().map(pair).collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// A `kubernetes.io/tls` Secret as listeners use it: its chain and key, read and checked once
+/// when the Secret arrives (not at each recomputation), or why they cannot be served (the end
+/// of a message that starts with the Secret's name).
+pub(super) type TlsPair = Result<contract::CertificateKey, String>;
+
+/// Reads and checks a `kubernetes.io/tls` Secret. The proxies would refuse the whole config
+/// for one unusable pair (and keep serving the previous one): the listener is refused instead.
+pub(super) fn tls_pair(secret: &Secret) -> TlsPair {
+    let text = |k: &str| {
+        secret
+            .data
+            .as_ref()?
+            .get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(cert), Some(key)) = (text("tls.crt"), text("tls.key")) else {
+        return Err(" lacks tls.crt or tls.key".to_owned());
+    };
+    usable_pair(&cert, &key).map_err(|why| format!(": {why}"))?;
+    Ok(contract::CertificateKey {
+        cert: contract::Pem::Inline { inline: cert },
+        key: contract::Pem::Inline { inline: key },
+    })
 }
 
 /// Whether a PEM certificate chain and key are what a proxy can serve: at least one
