@@ -209,6 +209,17 @@ impl Attempts<'_> {
 /// The request sent upstream: HTTP/1.1 gets the origin-form URI the client sent (no new URI is
 /// built), HTTP/2 an absolute URI naming the endpoint (hyper-util's pool key; `:authority` comes
 /// from it).
+/// The `:authority` of a request to an HTTP/2 upstream: the request's `Host` (the client's, or
+/// what a filter rewrote it to), which leaves the headers, as virtual hosts upstream expect;
+/// the endpoint's address only when there is none. A `Host` next to a different `:authority`
+/// is a malformed request (RFC 9113 §8.3.1): nginx answers it with 400.
+fn h2_authority(headers: &mut HeaderMap, endpoint: &http::uri::Authority) -> http::uri::Authority {
+    headers
+        .remove(http::header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| endpoint.clone())
+}
+
 pub(crate) fn upstream_request(
     parts: &Parts,
     headers: HeaderMap,
@@ -222,13 +233,13 @@ pub(crate) fn upstream_request(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
+    let mut headers = headers;
     if version == Version::HTTP_2 {
         uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(authority.clone());
+        uri.authority = Some(h2_authority(&mut headers, authority));
     }
     uri.path_and_query = Some(pq);
     let uri = http::Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let mut headers = headers;
     // hyper's HTTP/1.1 client assumes a GET or HEAD of unknown length has no body and drops
     // it. Such a request only comes from an HTTP/2 client that left its stream open; its body
     // is streamed on, chunked, as for any other method.
@@ -249,4 +260,61 @@ pub(crate) fn upstream_request(
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts_with_host(host: Option<&'static str>) -> Parts {
+        let mut b = Request::get("/v1/items?x=1");
+        if let Some(h) = host {
+            b = b.header(http::header::HOST, h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn an_http2_upstream_gets_the_request_s_host_as_authority_and_no_host_header() {
+        let ep = http::uri::Authority::from_static("10.0.0.7:8080");
+        let parts = parts_with_host(Some("api.example.com"));
+        let req = upstream_request(
+            &parts,
+            parts.headers.clone(),
+            &ep,
+            Version::HTTP_2,
+            Body::default(),
+        )
+        .unwrap();
+        assert_eq!(req.uri().to_string(), "http://api.example.com/v1/items?x=1");
+        assert!(req.headers().get(http::header::HOST).is_none());
+
+        // No Host at all: the endpoint's address is the authority.
+        let parts = parts_with_host(None);
+        let req = upstream_request(
+            &parts,
+            HeaderMap::new(),
+            &ep,
+            Version::HTTP_2,
+            Body::default(),
+        )
+        .unwrap();
+        assert_eq!(req.uri().authority(), Some(&ep));
+    }
+
+    #[test]
+    fn an_http1_upstream_keeps_the_host_header_and_an_origin_form_target() {
+        let ep = http::uri::Authority::from_static("10.0.0.7:8080");
+        let parts = parts_with_host(Some("api.example.com"));
+        let req = upstream_request(
+            &parts,
+            parts.headers.clone(),
+            &ep,
+            Version::HTTP_11,
+            Body::default(),
+        )
+        .unwrap();
+        assert_eq!(req.uri().to_string(), "/v1/items?x=1");
+        assert_eq!(req.headers()[http::header::HOST], "api.example.com");
+    }
 }
