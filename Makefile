@@ -76,12 +76,14 @@ demo-down:
 conformance: k8s-bins
 	hack/conformance.sh
 
-## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy), then sidecar to
+## bench: data-plane benchmark (portico-proxy vs direct, nginx, haproxy), then HTTP/2, TLS
+## termination and two workers against the same (bench/protocols.sh), then sidecar to
 ## sidecar with mTLS vs plaintext (bench/mesh.sh, in a private network namespace), then the
 ## serving stall while a 10,000-route config is reloaded (bench/reload-stall.py), and what a rule's
 ## policies cost (bench/policies.sh: plain rule vs header edits + mirror + retry policy)
 bench:
 	bench/run.sh
+	bench/protocols.sh
 	bench/policies.sh
 	bench/mesh.sh
 	python3 bench/reload-stall.py $(or $(CARGO_TARGET_DIR),target/proxy)/release/portico-proxy 10000
