@@ -7,6 +7,7 @@
 #   bench/compare.sh peak BIN_A BIN_B [nginx]        # wrk, closed loop
 #   bench/compare.sh rate 2000 BIN_A BIN_B [nginx]   # oha, open loop at 2,000 req/s
 #   REPS=8 DURATION=8 bench/compare.sh ...
+#   WORKERS=2 bench/compare.sh rate 10000 BIN_A BIN_B   # portico with two workers
 #
 # peak reports req/s, the proxy's share of its core, and context switches per request on the
 # load core (generator + upstream: the bottleneck of the closed-loop test, so how often a proxy
@@ -29,6 +30,9 @@ REPS=${REPS:-8}
 DURATION=${DURATION:-$([[ $MODE == peak ]] && echo 8 || echo 5)}
 PROXY_CPU=0
 LOAD_CPU=1
+# WORKERS=2: portico-proxy with two workers, allowed on both cores (the load stays on CPU 1).
+WORKERS=${WORKERS:-1}
+PROXY_CPUS=$([[ $WORKERS -gt 1 ]] && echo "0-$((WORKERS - 1))" || echo $PROXY_CPU)
 UP_PORT=18180
 PROXY_PORT=18181
 ADMIN_PORT=19981
@@ -59,7 +63,7 @@ start() {
         wait_port $PROXY_PORT
         WORKER=$(pgrep -P "$MAIN" | head -1)
     else
-        taskset -c $PROXY_CPU "$1" --config "$WORK/portico.yaml" --workers 1 \
+        taskset -c "$PROXY_CPUS" "$1" --config "$WORK/portico.yaml" --workers "$WORKERS" \
             --admin-addr 127.0.0.1:$ADMIN_PORT --log-level warn &
         MAIN=$!
         WORKER=$MAIN
@@ -75,7 +79,7 @@ stop() {
 load_busy() { awk -v c="cpu$LOAD_CPU" '$1 == c {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
 RESULTS=$WORK/results.txt
-for rep in $(seq 1 "$REPS"); do
+for _ in $(seq 1 "$REPS"); do
     for target in "$@"; do
         start "$target"
         name=$(basename "$target")

@@ -14,6 +14,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 LOADAVG_START=$(cut -d" " -f1-3 /proc/loadavg)
+# Steal and total jiffies of all cores: how much of the run the hypervisor gave to other guests.
+steal() { awk '$1 == "cpu" { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+read -r STEAL0 TOTAL0 < <(steal)
 ROOT=$PWD
 REPS=${REPS:-5}
 DURATION=${DURATION:-10}          # seconds per closed-loop run
@@ -152,8 +155,10 @@ stop_proxies() {
 TARGETS=(direct portico nginx haproxy)
 RATE_TARGETS=("${TARGETS[@]}" server)
 
-# Busy and total jiffies of one core, from /proc/stat ("busy total"; idle and iowait are not busy).
-core_jiffies() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+# Busy and total jiffies of one core, from /proc/stat ("busy total"): busy is user, nice,
+# system, irq and softirq; idle, iowait and steal (the hypervisor running someone else while
+# this guest wanted the core) are not (guest time is already counted in user).
+core_jiffies() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 
 to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
@@ -264,6 +269,8 @@ mb() { awk -v k="$1" 'BEGIN { if (k > 0) printf "%.1f", k / 1024; else print "â€
 RPS_DIRECT=$(med direct.rps)
 RPS_NGINX=$(med nginx.rps)
 CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+read -r STEAL1 TOTAL1 < <(steal)
+STEAL_PCT=$(awk -v s=$((STEAL1 - STEAL0)) -v t=$((TOTAL1 - TOTAL0)) 'BEGIN { if (t > 0) printf "%.1f", 100 * s / t; else print "?" }')
 {
     echo "# Benchmarks"
     echo
@@ -272,7 +279,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     echo "## Machine and method"
     echo
     echo "- $(nproc) CPUs ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)."
-    echo "- Load average when the run started: $LOADAVG_START (when other work runs on the machine, absolute figures move a lot between runs; compare rows of one run)."
+    echo "- Load average when the run started: $LOADAVG_START (when other work runs on the machine, absolute figures move a lot between runs; compare rows of one run). Time stolen by the hypervisor during the run: ${STEAL_PCT}% of both cores (/proc/stat)."
     echo "- Upstream: nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker, 1 KiB body, keep-alive, TCP_NODELAY, on CPU $LOAD_CPU."
     echo "- Proxies, each with one worker pinned to CPU $PROXY_CPU: portico-proxy (release, \`--workers 1\`: one current-thread runtime), nginx \`worker_processes 1\` (upstream keepalive, \`keepalive_requests\` raised), haproxy $(haproxy -v | awk 'NR==1 {print $3}') \`nbthread 1\` (\`http-reuse always\`)."
     echo "- Load generators on CPU $LOAD_CPU with the upstream. HTTP/1.1 keep-alive, $CONNS connections. $REPS repetitions of every measurement, interleaved across targets (repetition 1 of each, then 2â€¦); medians reported."
