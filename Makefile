@@ -88,10 +88,12 @@ bench:
 	bench/mesh.sh
 	python3 bench/reload-stall.py $(or $(CARGO_TARGET_DIR),target/proxy)/release/portico-proxy 10000
 
-## profile: where portico-proxy's and nginx's CPU goes at a fixed rate (perf stat, strace -c,
-## perf record; RATE=2000 DURATION=10), written to docs/profile.md
+## profile: where portico-proxy's and nginx's CPU goes at fixed rates (perf stat, strace -c,
+## perf record; DURATION=10), at 2,000 req/s to docs/profile.md and at 10,000 to
+## docs/profile-10k.md
 profile:
 	bench/profile.sh
+	RATE=10000 OUT=$(CURDIR)/docs/profile-10k.md bench/profile.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control
