@@ -51,6 +51,24 @@ CONF
     } > "$dir/nginx.conf"
 }
 
+# The top of a haproxy.cfg: NBTHREAD threads, keep-alive both ways, idle upstream connections
+# shared between clients (`http-reuse always`). The caller adds frontends and backends.
+# haproxy_head NBTHREAD MAXCONN
+haproxy_head() {
+    cat <<CONF
+global
+    nbthread $1
+    maxconn $2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    option http-keep-alive
+    http-reuse always
+CONF
+}
+
 # nginx as the reference proxy: one worker, upstream keep-alive, `keepalive_requests` raised.
 # nginx_proxy_conf DIR LISTEN_PORT UPSTREAM_PORT
 nginx_proxy_conf() {

@@ -130,17 +130,9 @@ sed -i "s|worker_processes 1;|worker_processes 2;|; s|listen 127.0.0.1:${HTTP_PO
 # haproxy: an HTTP bind (HTTP/1.1, and h2c detected by its preface), a TLS bind with ALPN;
 # `/grpc` to the upstream's h2c port (`proto h2`).
 haproxy_cfg() { # FILE NBTHREAD HTTP_PORT [TLS_PORT]
-    cat <<CONF > "$1"
-global
-    nbthread $2
-    maxconn 8000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    option http-keep-alive
-    http-reuse always
+    {
+        haproxy_head "$2" 8000
+        cat <<CONF
 frontend fe
     bind 127.0.0.1:$3
 ${4:+    bind 127.0.0.1:$4 ssl crt $WORK/tls.pem alpn h2,http/1.1}
@@ -151,6 +143,7 @@ backend be
 backend be_h2
     server up_h2 127.0.0.1:$UP_H2_PORT proto h2
 CONF
+    } > "$1"
 }
 haproxy_cfg "$WORK/haproxy.cfg" 1 "${HTTP_PORT[haproxy]}" "${TLS_PORT[haproxy]}"
 haproxy_cfg "$WORK/haproxy2.cfg" 2 "${HTTP_PORT[haproxy2]}"

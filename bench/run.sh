@@ -99,23 +99,16 @@ nginx_proxy_conf "$WORK/ngx-tls" 18082 $UP_PORT
 sed -i "s|listen 127.0.0.1:18082;|&\n        listen 127.0.0.1:18087 ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;|" \
     "$WORK/ngx-tls/nginx.conf"
 
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-    nbthread 1
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    option http-keep-alive
-    http-reuse always
+{
+    haproxy_head 1 4000
+    cat <<CONF
 frontend fe
     bind 127.0.0.1:18083
     default_backend be
 backend be
     server up 127.0.0.1:$UP_PORT
 CONF
+} > "$WORK/haproxy.cfg"
 sed "s|bind 127.0.0.1:18083|&\n    bind 127.0.0.1:18088 ssl crt $WORK/tls.pem|" "$WORK/haproxy.cfg" > "$WORK/haproxy-tls.cfg"
 
 wait_port $UP_PORT
