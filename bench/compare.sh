@@ -76,7 +76,7 @@ stop() {
     wait "$MAIN" 2>/dev/null || true
 }
 # Busy jiffies of the load core.
-load_busy() { awk -v c="cpu$LOAD_CPU" '$1 == c {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+load_busy() { core_jiffies $LOAD_CPU | cut -d' ' -f1; }
 
 RESULTS=$WORK/results.txt
 for _ in $(seq 1 "$REPS"); do

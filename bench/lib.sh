@@ -128,6 +128,16 @@ wait_port() {
 # CPU time on all threads of a process, in ns (schedstat is exact; /proc/PID/stat counts ticks).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
+# Busy and total jiffies of one core, from /proc/stat ("busy total"): busy is user, nice,
+# system, irq and softirq; idle, iowait and steal (the hypervisor running someone else while
+# this guest wanted the core) are not (guest time is already counted in user).
+core_jiffies() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+
+# wrk and h2load latencies like 812.00us / 1.23ms / 1.01s, in ms.
+to_ms() {
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
 # User and system CPU ticks of a process ("user system"): coarse (a tick is 10 ms and short runs
 # between ticks go uncounted), used only for the kernel's share of a proxy's CPU time.
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }

@@ -242,9 +242,6 @@ cpu_of() { # INSTANCE: CPU ns of its processes, all threads (0 for none)
     echo "$s"
 }
 per1k() { awk -v d="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.4f\n", d / 1e9 / n * 1000; else print "nan" }'; }
-to_ms() { # h2load/wrk times like 812us / 1.23ms / 1.01s -> ms
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
 
 # Cases. Section 1: CLIENT_UPSTREAM; section 2: tls11_ka, tls11_new, tls2_new (h2 over TLS
 # keep-alive is section 1's tls_h1); section 3: w1, w2 (HTTP/1.1, one and two workers).

@@ -148,14 +148,6 @@ stop_proxies() {
 TARGETS=(direct portico nginx haproxy)
 RATE_TARGETS=("${TARGETS[@]}" server)
 
-# Busy and total jiffies of one core, from /proc/stat ("busy total"): busy is user, nice,
-# system, irq and softirq; idle, iowait and steal (the hypervisor running someone else while
-# this guest wanted the core) are not (guest time is already counted in user).
-core_jiffies() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-
-to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
 
 declare -A IDLE_ANON IDLE_FILE LOAD_ANON LOAD_FILE CONN_ANON CONN_FILE TLS_IDLE_ANON TLS_IDLE_FILE TLS_CONN_ANON
 start_proxies
@@ -261,6 +253,8 @@ mb() { awk -v k="$1" 'BEGIN { if (k > 0) printf "%.1f", k / 1024; else print "�
 
 RPS_DIRECT=$(med direct.rps)
 RPS_NGINX=$(med nginx.rps)
+RPS_HAPROXY=$(med haproxy.rps)
+PER_CPU_S_NGINX=$(med nginx.per_cpu_s)
 CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 read -r STEAL1 TOTAL1 < <(steal)
 STEAL_PCT=$(awk -v s=$((STEAL1 - STEAL0)) -v t=$((TOTAL1 - TOTAL0)) 'BEGIN { if (t > 0) printf "%.1f", 100 * s / t; else print "?" }')
@@ -288,12 +282,12 @@ STEAL_PCT=$(awk -v s=$((STEAL1 - STEAL0)) -v t=$((TOTAL1 - TOTAL0)) 'BEGIN { if 
     for t in "${TARGETS[@]}"; do
         r=$(med $t.rps)
         e=$(med $t.per_cpu_s)
-        echo "| $t | $r | $(ratio "$r" "$RPS_DIRECT") | $(ratio "$r" "$RPS_NGINX") | $(ratio "$r" "$(med haproxy.rps)") | $e | $(ratio "$e" "$(med nginx.per_cpu_s)") | $(med $t.proxy_busy)% | $(med $t.load_busy)% | $(med $t.wrk_p50) | $(med $t.wrk_p99) |"
+        echo "| $t | $r | $(ratio "$r" "$RPS_DIRECT") | $(ratio "$r" "$RPS_NGINX") | $(ratio "$r" "$RPS_HAPROXY") | $e | $(ratio "$e" "$PER_CPU_S_NGINX") | $(med $t.proxy_busy)% | $(med $t.load_busy)% | $(med $t.wrk_p50) | $(med $t.wrk_p99) |"
     done
     echo
     echo "Requests per proxy CPU-second: the requests of a run divided by the CPU time (user + system)"
-    echo "of the proxy's worker in it. Core busy: the share of the core's time not idle during the"
-    echo "runs (/proc/stat), for CPU $PROXY_CPU (the proxy) and CPU $LOAD_CPU (wrk and the upstream). When the load"
+    echo "of the proxy's worker in it. Core busy: the share of the core's time neither idle nor stolen by"
+    echo "the hypervisor during the runs (/proc/stat), for CPU $PROXY_CPU (the proxy) and CPU $LOAD_CPU (wrk and the upstream). When the load"
     echo "core is near 100%, wrk and the upstream capped the req/s figure and a proxy's headroom shows"
     echo "in its own core's busy share and its requests per CPU-second, not in req/s."
     echo
@@ -382,13 +376,11 @@ STEAL_PCT=$(awk -v s=$((STEAL1 - STEAL0)) -v t=$((TOTAL1 - TOTAL0)) 'BEGIN { if 
         pc=$(med portico.$rate.cpu); nc=$(med nginx.$rate.cpu)
         echo "| CPU per request at $rate req/s ≤ 0.85× nginx's | $(ratio "$pc" "$nc")× ($pc vs $nc CPU-s per 1,000; runs: portico $(paste -sd' ' "$WORK/portico.$rate.cpu"), nginx $(paste -sd' ' "$WORK/nginx.$rate.cpu")) | $(verdict "$(awk -v a="$pc" -v b="$nc" 'BEGIN { print (a <= 0.85 * b) }')") |"
     done
-    H_RPS=$(med haproxy.rps)
-    echo "| peak req/s ≥ haproxy's | $(ratio "$P_RPS" "$H_RPS")× ($P_RPS vs $H_RPS; load core busy $(med portico.load_busy)% and $(med haproxy.load_busy)%) | $(verdict "$(awk -v a="$P_RPS" -v b="$H_RPS" 'BEGIN { print (a >= b) }')") |"
+    echo "| peak req/s ≥ haproxy's | $(ratio "$P_RPS" "$RPS_HAPROXY")× ($P_RPS vs $RPS_HAPROXY; load core busy $(med portico.load_busy)% and $(med haproxy.load_busy)%) | $(verdict "$(awk -v a="$P_RPS" -v b="$RPS_HAPROXY" 'BEGIN { print (a >= b) }')") |"
     pe=$(med portico.per_cpu_s); he=$(med haproxy.per_cpu_s)
-    echo "| requests per proxy CPU-second at peak ≥ haproxy's | $(ratio "$pe" "$he")× ($pe vs $he; nginx $(med nginx.per_cpu_s)) | $(verdict "$(awk -v a="$pe" -v b="$he" 'BEGIN { print (a >= b) }')") |"
+    echo "| requests per proxy CPU-second at peak ≥ haproxy's | $(ratio "$pe" "$he")× ($pe vs $he; nginx $PER_CPU_S_NGINX) | $(verdict "$(awk -v a="$pe" -v b="$he" 'BEGIN { print (a >= b) }')") |"
     echo
     echo "HTTP/2, TLS termination and two workers: \`bench/protocols.sh\` (docs/benchmarks-protocols.md)."
-
 } > "$WORK/report.md"
 cp "$WORK/report.md" "$ROOT/docs/benchmarks.md"
 log "wrote docs/benchmarks.md"

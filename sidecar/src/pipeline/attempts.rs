@@ -206,9 +206,6 @@ impl Attempts<'_> {
     }
 }
 
-/// The request sent upstream: HTTP/1.1 gets the origin-form URI the client sent (no new URI is
-/// built), HTTP/2 an absolute URI naming the endpoint (hyper-util's pool key; `:authority` comes
-/// from it).
 /// The `:authority` of a request to an HTTP/2 upstream: the request's `Host` (the client's, or
 /// what a filter rewrote it to), which leaves the headers, as virtual hosts upstream expect;
 /// the endpoint's address only when there is none. A `Host` next to a different `:authority`
@@ -220,6 +217,9 @@ fn h2_authority(headers: &mut HeaderMap, endpoint: &http::uri::Authority) -> htt
         .unwrap_or_else(|| endpoint.clone())
 }
 
+/// The request sent upstream: HTTP/1.1 gets the origin-form URI the client sent (no new URI is
+/// built), HTTP/2 an absolute URI whose authority becomes `:authority` ([`h2_authority`]). The
+/// connection is chosen by the endpoint's address, never by the URI.
 pub(crate) fn upstream_request(
     parts: &Parts,
     headers: HeaderMap,
