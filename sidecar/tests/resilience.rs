@@ -428,3 +428,40 @@ backends: [{{ name: app, endpoints: [{{ address: "{}" }}, {{ address: "{}" }}] }
         assert_eq!(r.status, 200, "{}", r.body);
     }
 }
+
+/// A connection an endpoint refuses carries nothing upstream: the request (any method, no retry
+/// policy) goes once more, to another endpoint, and that endpoint is passed over for a while, on
+/// the HTTP/1 fast path and on the HTTP/2 path alike.
+#[tokio::test]
+async fn a_refused_connection_is_tried_once_more_on_another_endpoint() {
+    let (closed, up) = (closed_port().await, echo("live").await);
+    let proxy = start(&route_to(
+        &format!(
+            "  - {{ name: app, loadBalancer: {{ type: RoundRobin }}, endpoints: [{{ address: \"{closed}\" }}, {{ address: \"{}\" }}] }}",
+            up.addr
+        ),
+        "",
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    for h2 in [false, true] {
+        for method in ["GET", "POST"] {
+            let req = request(method, "example.com", "/").body(full("")).unwrap();
+            let r = read(send(addr, req, h2).await).await;
+            assert_eq!(
+                (r.status, r.server().as_str()),
+                (200, "live"),
+                "{method} over {}",
+                if h2 { "HTTP/2" } else { "HTTP/1.1" }
+            );
+        }
+    }
+    // The first request found the refusal and was retried; round robin then kept offering the
+    // closed endpoint, which was passed over: every request reached the live one once.
+    assert_eq!(up.hits(), 4);
+    let text = proxy.metrics_text();
+    assert!(
+        text.contains(r#"portico_retries_total{route="r",rule="",backend="app"} 1"#),
+        "one retry: {text}"
+    );
+}

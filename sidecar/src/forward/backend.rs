@@ -125,21 +125,25 @@ impl BackendState {
             && !lock(&e.stats.outlier).is_ejected(now)
     }
 
-    /// Chooses an endpoint for one attempt.
+    /// Chooses an endpoint for one attempt. An endpoint that just refused a connection is
+    /// passed over while another is healthy (and chosen when none is: it may be back).
     pub fn pick(&self, ctx: &PickContext<'_>) -> Result<&Endpoint, ProxyError> {
         let now = Instant::now();
+        let cost = |i: usize| {
+            let s = &self.endpoints[i].stats;
+            let load = s.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
+            lock(&s.ewma).rtt_ns(now) * load
+        };
+        let n = self.endpoints.len();
         let i = self
             .balancer
             .pick(
-                self.endpoints.len(),
+                n,
                 ctx,
-                |i| self.healthy(i, now),
-                |i| {
-                    let s = &self.endpoints[i].stats;
-                    let load = s.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
-                    lock(&s.ewma).rtt_ns(now) * load
-                },
+                |i| self.healthy(i, now) && !self.endpoints[i].stats.refused(now),
+                cost,
             )
+            .or_else(|| self.balancer.pick(n, ctx, |i| self.healthy(i, now), cost))
             .ok_or_else(|| ProxyError::NoHealthyEndpoint(self.name.clone()))?;
         Ok(&self.endpoints[i])
     }

@@ -2,14 +2,19 @@
 //! latency, failures (outlier detection) and health (active checks).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Duration;
 
 use http::uri::Authority;
 use portico_proxy_api::HealthCheck;
 
 use super::balance::PeakEwma;
 use super::outlier::OutlierState;
+
+/// How long an endpoint that refused a connection is passed over while others are healthy: a
+/// pod that is shutting down stops listening before every proxy has heard it is gone.
+pub const REFUSED_FOR: Duration = Duration::from_secs(1);
 
 /// Load and health of one endpoint, shared across reloads.
 #[derive(Debug, Default)]
@@ -22,6 +27,36 @@ pub struct EndpointStats {
     pub outlier: Mutex<OutlierState>,
     /// Active health check results.
     pub health: Health,
+    /// When a connection to the endpoint last failed (see [`EndpointStats::refused`]).
+    refused_at: RefusedAt,
+}
+
+/// A time as milliseconds after a process-wide base, plus one (0: never), so the check on every
+/// pick is one atomic load.
+#[derive(Debug, Default)]
+struct RefusedAt(AtomicU64);
+
+/// The base of [`RefusedAt`] (tokio's clock, so paused-time tests move it).
+static BASE: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
+
+impl EndpointStats {
+    /// Notes that a connection to the endpoint could not be opened at `now`.
+    pub fn mark_refused(&self, now: tokio::time::Instant) {
+        let ms = now.saturating_duration_since(*BASE).as_millis();
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1;
+        self.refused_at.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether a connection to the endpoint failed within [`REFUSED_FOR`] before `now`.
+    pub fn refused(&self, now: tokio::time::Instant) -> bool {
+        match self.refused_at.0.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let at = *BASE + Duration::from_millis(at - 1);
+                now.saturating_duration_since(at) < REFUSED_FOR
+            }
+        }
+    }
 }
 
 /// One endpoint of a backend.

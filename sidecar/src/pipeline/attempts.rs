@@ -78,35 +78,61 @@ impl<'a> AttemptPolicy<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<R, ProxyError>>,
     {
+        let count_retry = || {
+            shared
+                .metrics
+                .retry(fwd.hit.route, &fwd.hit.rule.name, &fwd.backend.name);
+        };
         // Most requests: one attempt, no deadline. No loop or timer state to carry.
         if self.retry.is_none() && self.overall.is_none() {
             out.attempts = 1;
+            let result = attempt().await;
+            if !(replayable && refused(&result)) {
+                return result;
+            }
+            // Nothing reached the upstream: safe to send again, whatever the method, and the
+            // balancer now passes over the endpoint that refused.
+            drop(result);
+            count_retry();
+            out.attempts = 2;
             return attempt().await;
         }
         let attempts = async {
             let mut retries_done = 0u32;
+            let mut refusal_retry = replayable;
             loop {
-                out.attempts = retries_done + 1;
+                out.attempts += 1;
                 let result = attempt().await;
                 let failed = match &result {
                     Ok(r) => failure(r),
                     Err(e) => error_failure(e),
                 };
-                let (Some(policy), Some(failed)) = (self.retry, failed) else {
-                    return result;
+                let policy_retries = match (self.retry, failed) {
+                    (Some(policy), Some(failed)) => {
+                        retries_done < policy.attempts
+                            && replayable
+                            && retry::retries(policy, failed)
+                    }
+                    _ => false,
                 };
-                if retries_done >= policy.attempts
-                    || !replayable
-                    || !retry::retries(policy, failed)
-                    || !self.budget.is_none_or(|b| b.withdraw())
-                {
+                if !policy_retries {
+                    // The one free attempt after a refused connection (see above).
+                    if refusal_retry && refused(&result) {
+                        refusal_retry = false;
+                        drop(result);
+                        count_retry();
+                        continue;
+                    }
+                    return result;
+                }
+                if !self.budget.is_none_or(|b| b.withdraw()) {
                     return result;
                 }
                 drop(result);
-                shared
-                    .metrics
-                    .retry(fwd.hit.route, &fwd.hit.rule.name, &fwd.backend.name);
-                tokio::time::sleep(retry::backoff(policy, retries_done)).await;
+                count_retry();
+                if let Some(policy) = self.retry {
+                    tokio::time::sleep(retry::backoff(policy, retries_done)).await;
+                }
                 retries_done += 1;
             }
         };
@@ -117,6 +143,12 @@ impl<'a> AttemptPolicy<'a> {
             None => attempts.await,
         }
     }
+}
+
+/// Whether an attempt failed because its connection could not be opened: the request never
+/// left the proxy.
+fn refused<R>(result: &Result<R, ProxyError>) -> bool {
+    matches!(result, Err(ProxyError::Connect(_)))
 }
 
 /// The retryable failure an error is, if it is one.
@@ -191,6 +223,9 @@ impl Attempts<'_> {
             Err(e) => {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
                 let err = e.to_proxy_error();
+                if matches!(err, ProxyError::Connect(_)) {
+                    ep.stats.mark_refused(Instant::now());
+                }
                 // A client's broken or oversized body (400, 413) is nothing to hold against
                 // the endpoint.
                 if !matches!(err, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_)) {

@@ -342,6 +342,9 @@ async fn attempts(
     let policy = AttemptPolicy::new(fwd, &parts.method, upgrade);
     let mut body = if policy.may_retry() || !fwd.mirrors.is_empty() {
         RequestBody::buffer(body).await?
+    } else if http_body::Body::is_end_stream(&body) {
+        // No body: replayable for free, so a refused connection can be tried again.
+        RequestBody::Buffered(bytes::Bytes::new())
     } else {
         RequestBody::Streaming(Some(body))
     };
@@ -350,9 +353,9 @@ async fn attempts(
     }
     let replayable = body.replayable().is_some();
 
-    // A request that cannot be retried is sent once: its headers move into that attempt
+    // A request that cannot be sent again is sent once: its headers move into that attempt
     // instead of being copied.
-    let mut headers = (!policy.may_retry()).then(|| std::mem::take(&mut parts.headers));
+    let mut headers = (!replayable).then(|| std::mem::take(&mut parts.headers));
     let attempts = Attempts {
         shared,
         backend: &fwd.backend,

@@ -900,6 +900,9 @@ impl Exchange<'_, '_> {
                     Some(c) => c,
                     None => self.pool.connect(&dest).await.map_err(|e| {
                         tracing::debug!(endpoint = %addr, error = %e, "upstream connect failed");
+                        if let Some((_, ep)) = picked {
+                            ep.stats.mark_refused(Instant::now());
+                        }
                         ProxyError::Connect(addr)
                     })?,
                 };
