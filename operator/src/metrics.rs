@@ -31,6 +31,8 @@ pub struct Metrics {
     pub config_streams: Gauge,
     /// `portico_operator_config_messages_total{message}`: messages sent to proxies.
     pub config_messages: Family<KindLabel, Counter>,
+    /// `portico_operator_config_bytes_total{message}`: bytes of those messages.
+    pub config_bytes: Family<KindLabel, Counter>,
     /// `portico_operator_config_auth_failures_total{reason}`: refused connections.
     pub config_auth_failures: Family<KindLabel, Counter>,
     /// `portico_operator_config_streams_revoked_total{reason}`: open streams ended because
@@ -71,6 +73,7 @@ impl Metrics {
             ]),
             config_streams: Gauge::default(),
             config_messages: Family::default(),
+            config_bytes: Family::default(),
             config_auth_failures: Family::default(),
             config_streams_revoked: Family::default(),
             identity_certificates: Family::default(),
@@ -122,6 +125,11 @@ impl Metrics {
             "config_messages",
             "Config messages sent to proxies",
             m.config_messages.clone(),
+        );
+        registry.register(
+            "config_bytes",
+            "Bytes of the config messages sent to proxies",
+            m.config_bytes.clone(),
         );
         registry.register(
             "config_auth_failures",

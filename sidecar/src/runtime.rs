@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use portico_proxy_api::ProxyConfig;
+use portico_proxy_api::{BackendUpdate, ProxyConfig};
 use tokio::sync::watch;
 
 use crate::config::snapshot::{self, ApplyError};
@@ -120,6 +120,36 @@ impl Proxy {
         result
     }
 
+    /// Applies backends that changed to the config in force: only they are rebuilt (their
+    /// endpoints keep their load, latency and ejection state; their pools stay warm), routes
+    /// and everything else are shared with the config in force. A bad backend, or the removal
+    /// of one that is still used, is refused and the config in force keeps serving.
+    pub async fn apply_backends(&self, update: BackendUpdate) -> Result<(), ApplyError> {
+        let shared = &self.inner.shared;
+        let generation = update.generation;
+        // Serialized with whole applies, which hold the same lock.
+        let _listeners = self.inner.listeners.lock().await;
+        let old = shared.snapshot.load_full();
+        let names: Vec<String> = update.backends.iter().map(|b| b.name.clone()).collect();
+        let result = old.with_update(update).map(|snap| {
+            let snap = Arc::new(snap);
+            shared.snapshot.store(snap.clone());
+            let ctx = ProbeContext {
+                identity: shared.identity.clone(),
+                metrics: shared.metrics.health(),
+            };
+            for backend in names.iter().filter_map(|n| snap.backends.get(n.as_str())) {
+                if let Some(checker) = &backend.health {
+                    checker.start(&backend.endpoints, &ctx);
+                }
+            }
+        });
+        shared
+            .metrics
+            .reload(result.is_ok(), result.is_ok().then_some(generation));
+        result
+    }
+
     /// Counts a config that was refused before it reached [`Proxy::apply`] (unreadable file).
     pub fn count_refused(&self) {
         self.inner.shared.metrics.reload(false, None);
@@ -144,9 +174,9 @@ impl Proxy {
         self.inner.admin_addr
     }
 
-    /// The config in force.
-    pub fn config(&self) -> Arc<ProxyConfig> {
-        self.inner.shared.snapshot.load().config.clone()
+    /// The config in force (with the backend updates applied since the last whole config).
+    pub fn config(&self) -> ProxyConfig {
+        self.inner.shared.snapshot.load().full_config()
     }
 
     /// Metrics in Prometheus text format (what `/metrics` serves).

@@ -104,11 +104,30 @@ pub fn unique_dir(parent: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A TCP port free on every address now, for something this process binds later. It lies
+/// below the kernel's ephemeral range (32768–60999 by default): a port from that range (what
+/// binding port 0 gives) can be taken by any outgoing connection before the later bind, and was
+/// in CI. Ports are handed out in turn from a per-process random start, so two tests of one
+/// process never get the same one.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let _ = NEXT.compare_exchange(u32::MAX, seed % COUNT, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let port = u16::try_from(FIRST + n)?;
+        if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {FIRST}–{}", FIRST + COUNT - 1)
 }
 
 /// One child process of the control plane.

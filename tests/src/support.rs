@@ -339,6 +339,20 @@ pub async fn config_server_get(
     http::Response<hyper::body::Incoming>,
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
 )> {
+    config_server_get_with(addr, ca, path, token, &[]).await
+}
+
+/// [`config_server_get`] with more request headers (e.g. the stream features a proxy asks for).
+pub async fn config_server_get_with(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(
+    http::Response<hyper::body::Incoming>,
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+)> {
     let config = tls_client_config(ca, b"h2")?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let tls = tokio_rustls::TlsConnector::from(config)
@@ -350,6 +364,9 @@ pub async fn config_server_get(
     let mut req = http::Request::get(format!("https://127.0.0.1{path}"));
     if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
     Ok((resp, send))

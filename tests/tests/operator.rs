@@ -22,7 +22,7 @@ use portico_proxy_api::ConfigMessage;
 use portico_proxy_api::{BackendSet, RouteTable};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
-use portico_tests::support::{self, backend, config_server_get, create, eventually, http_get};
+use portico_tests::support::{self, backend, config_server_get_with, create, eventually, http_get};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,6 +87,10 @@ fn main() -> ExitCode {
             test(
                 "a_proxy_without_a_valid_token_for_its_gateway_is_refused",
                 tokens_are_checked,
+            ),
+            test(
+                "a_proxy_that_asks_gets_backend_updates_and_an_older_one_whole_sets",
+                mesh_stream_updates,
             ),
             test(
                 "a_route_to_a_missing_service_or_port_says_so_in_its_status",
@@ -483,7 +487,28 @@ async fn open_path(
     path: &str,
     token: Option<&str>,
 ) -> anyhow::Result<Result<ConfigStream, (u16, String)>> {
-    let (resp, send) = config_server_get(op.config_addr, &op.ca, path, token).await?;
+    open_path_with(op, path, token, &[]).await
+}
+
+/// Opens a config stream at `path` with more request headers.
+async fn open_path_with(
+    op: &Operator,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Result<ConfigStream, (u16, String)>> {
+    let (resp, send) = config_server_get_with(op.config_addr, &op.ca, path, token, headers).await?;
+    let offered = resp.headers().get(portico_proxy_api::FEATURES_HEADER);
+    let asked = headers
+        .iter()
+        .any(|(name, _)| *name == portico_proxy_api::FEATURES_HEADER);
+    if resp.status().is_success()
+        && asked
+            != (offered.map(|v| v.as_bytes())
+                == Some(portico_proxy_api::BACKEND_UPDATES.as_bytes()))
+    {
+        bail!("asked for backend updates: {asked}; the operator answered {offered:?}");
+    }
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
@@ -698,6 +723,9 @@ async fn endpoint_change_reaches_stream(ctx: Ctx) -> anyhow::Result<()> {
                 }
                 ConfigMessage::RouteTable(r) => {
                     bail!("an endpoint change resent the route table: {r:?}")
+                }
+                ConfigMessage::BackendUpdate(u) => {
+                    bail!("a stream that did not ask for backend updates got one: {u:?}")
                 }
                 ConfigMessage::InboundPolicy(p) => {
                     bail!("a gateway stream carried an inbound policy: {p:?}")
@@ -1150,6 +1178,84 @@ async fn mesh_stream(ctx: Ctx) -> anyhow::Result<()> {
         open_path(&op, "/v1/mesh/config", None).await?,
         Err((401, _))
     ));
+    Ok(())
+}
+
+/// A proxy that asks for backend updates gets the whole set once, then only the backend that
+/// changed; one that does not ask (an older proxy) keeps getting whole sets.
+async fn mesh_stream_updates(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    create::<Service>(&ctx, service("payments")).await?;
+    create::<EndpointSlice>(&ctx, slice("payments-1", "payments", &["198.18.64.20"])).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let token = token(&ctx, "some-app", "portico").await?;
+    let features = [(
+        portico_proxy_api::FEATURES_HEADER,
+        portico_proxy_api::BACKEND_UPDATES,
+    )];
+    let mut new = open_path_with(&op, "/v1/mesh/config", Some(&token), &features)
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    let mut old = open_path(&op, "/v1/mesh/config", Some(&token))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    let (_, mut set) = new.full_state().await?;
+    let (_, old_set) = old.full_state().await?;
+    let ns = &ctx.namespace;
+    let orders = format!("{ns}/orders:80");
+    ensure!(
+        set.backends.iter().any(|b| b.name == orders) && set.backends.len() >= 2,
+        "the whole set first: {:?}",
+        set.backends.iter().map(|b| &b.name).collect::<Vec<_>>()
+    );
+    ensure!(set == old_set, "both streams start from the same set");
+
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    slices
+        .patch(
+            "orders-1",
+            &PatchParams::apply("portico-e2e").force(),
+            &Patch::Apply(&slice(
+                "orders-1",
+                "orders",
+                &["198.18.64.10", "198.18.64.11"],
+            )),
+        )
+        .await?;
+    let has_new = |b: &portico_proxy_api::Backend| {
+        b.name == orders && b.endpoints.iter().any(|e| e.address == "198.18.64.11:8080")
+    };
+    let update = loop {
+        match new.next(Duration::from_secs(5)).await?.1 {
+            ConfigMessage::BackendUpdate(u) if u.backends.iter().any(has_new) => break u,
+            ConfigMessage::BackendUpdate(_) => {}
+            other => bail!("expected backend updates only, got {other:?}"),
+        }
+    };
+    ensure!(
+        update.backends.len() == 1 && update.removed.is_empty(),
+        "the update carries only the changed backend: {update:?}"
+    );
+    set.apply(&update);
+    loop {
+        match old.next(Duration::from_secs(5)).await?.1 {
+            ConfigMessage::BackendSet(b) if b.backends.iter().any(has_new) => {
+                // Applying the update gives what the whole set says.
+                ensure!(
+                    set.backends.iter().find(|b| b.name == orders)
+                        == b.backends.iter().find(|b| b.name == orders),
+                    "the update and the set disagree"
+                );
+                break;
+            }
+            ConfigMessage::BackendSet(_) => {}
+            other => bail!("expected whole sets only, got {other:?}"),
+        }
+    }
+    ensure!(
+        metric(&op, "portico_operator_config_bytes_total").await? > 0.0,
+        "bytes sent are counted"
+    );
     Ok(())
 }
 

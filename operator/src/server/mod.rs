@@ -22,6 +22,12 @@
 //! `ProxyConfig::from_parts`. On reconnect the client gets the full state again, so it never
 //! needs to remember anything but the last good config.
 //!
+//! A proxy that sends `portico-config-features: backend-updates` gets, after the first whole
+//! BackendSet, `{"backendUpdate":{…}}` lines with only the backends that changed (the operator
+//! answers with the same header; see `portico_proxy_api::stream` for how versions one apart
+//! work together). The update between two sets is computed and encoded once and shared by every
+//! stream that moves between the same two sets.
+//!
 //! A change is sent as soon as it is seen; after each send the stream waits `debounce` before
 //! looking again, so a burst of endpoint changes becomes one message per window while a lone
 //! change is never delayed.
@@ -80,7 +86,7 @@ pub struct ConfigServer {
     /// How often an open stream's token is checked again.
     pub token_recheck: Duration,
     /// Lines shared by the streams that send the same value.
-    lines: Arc<stream::LineCache>,
+    lines: Arc<stream::SharedLines>,
     /// Signs workload certificates; `None`: this operator issues no identities (404).
     issuer: Option<Arc<IssuerSource>>,
 }
@@ -270,13 +276,22 @@ impl ConfigServer {
                 Target::Pod(key) => (index.subscribe_mesh(), Some(index.subscribe_pod(key))),
             }
         };
-        tracing::info!(%peer, %target, "proxy connected");
+        // Backend updates for a proxy that reads them (see `portico_proxy_api::stream`).
+        let updates = req
+            .headers()
+            .get_all(portico_proxy_api::FEATURES_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|f| f.trim() == portico_proxy_api::BACKEND_UPDATES);
+        tracing::info!(%peer, %target, updates, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
         let pump = stream::pump(
             sub,
             inbound,
             self.issuer.as_ref().map(|s| s.subscribe()),
             tx,
+            updates,
             self.debounce,
             self.metrics.clone(),
             self.lines.clone(),
@@ -300,6 +315,12 @@ impl ConfigServer {
             header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-ndjson"),
         );
+        if updates {
+            resp.headers_mut().insert(
+                portico_proxy_api::FEATURES_HEADER,
+                http::HeaderValue::from_static(portico_proxy_api::BACKEND_UPDATES),
+            );
+        }
         resp
     }
 

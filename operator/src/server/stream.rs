@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
-use portico_proxy_api::{BackendSet, IdentityAnnouncement, InboundPolicy, RouteTable};
+use portico_proxy_api::{
+    BackendSet, BackendUpdate, IdentityAnnouncement, InboundPolicy, RouteTable,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Subscription;
@@ -55,6 +57,46 @@ impl LineCache {
     }
 }
 
+/// `backendUpdate` lines by the pair of sets they lead from and to: the streams that had the
+/// same set and now get the same next one (nearly all of them, after one change) share one
+/// diff and one encoding. Entries hold `Weak`s to both sets, as in [`LineCache`].
+#[derive(Default)]
+pub(crate) struct UpdateCache {
+    lines: Mutex<HashMap<(usize, usize), CachedUpdate>>,
+}
+
+/// A cached update line (`None`: a whole set is the better message) and the sets it joins.
+type CachedUpdate = (Weak<BackendSet>, Weak<BackendSet>, Option<Bytes>);
+
+impl UpdateCache {
+    /// The `backendUpdate` line from `from` to `to`, or `None` when most backends changed and
+    /// the whole set is sent instead.
+    fn line(&self, from: &Arc<BackendSet>, to: &Arc<BackendSet>) -> Option<Bytes> {
+        let key = (Arc::as_ptr(from) as usize, Arc::as_ptr(to) as usize);
+        {
+            let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((a, b, line)) = lines.get(&key)
+                && a.strong_count() > 0
+                && b.strong_count() > 0
+            {
+                return line.clone();
+            }
+        }
+        let line = from.update_to(to).and_then(|update| {
+            // An update that carries most of the set saves nothing over the set itself.
+            (update.backends.len() * 2 <= to.backends.len().max(1))
+                .then(|| Line::BackendUpdate(&update).to_bytes())
+        });
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.retain(|_, (a, b, _)| a.strong_count() > 0 && b.strong_count() > 0);
+        lines.insert(
+            key,
+            (Arc::downgrade(from), Arc::downgrade(to), line.clone()),
+        );
+        line
+    }
+}
+
 /// One line of the stream, borrowing what it encodes: the same JSON as
 /// [`ConfigMessage`](portico_proxy_api::ConfigMessage) without cloning the config first.
 #[derive(serde::Serialize)]
@@ -62,6 +104,7 @@ impl LineCache {
 pub(crate) enum Line<'a> {
     RouteTable(&'a RouteTable),
     BackendSet(&'a BackendSet),
+    BackendUpdate(&'a BackendUpdate),
     InboundPolicy(&'a InboundPolicy),
     Identity(IdentityAnnouncement),
 }
@@ -97,48 +140,80 @@ impl Drop for StreamGuard {
     }
 }
 
+/// The lines shared by every stream: whole values, and backend updates.
+#[derive(Default)]
+pub(crate) struct SharedLines {
+    /// Whole RouteTables and BackendSets.
+    pub(crate) values: LineCache,
+    /// Backend updates between two BackendSets.
+    pub(crate) updates: UpdateCache,
+}
+
 /// Sends the full state, then each change, until the client goes away. `inbound` is the pod's
 /// inbound policy for a sidecar's own stream: always sent once on connect (empty or not), so
 /// the proxy knows it has it. `issuer` is the identity issuer's epoch when the operator issues
-/// identities: sent after the full state, and again when it changes.
+/// identities: sent after the full state, and again when it changes. With `updates` (the proxy
+/// asked for them), backends after the first set go as `backendUpdate`s of what changed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump(
     mut sub: Subscription,
     mut inbound: Option<watch::Receiver<Arc<InboundPolicy>>>,
     mut issuer: Option<watch::Receiver<Arc<str>>>,
     tx: mpsc::Sender<Bytes>,
+    updates: bool,
     debounce: Duration,
     metrics: Arc<Metrics>,
-    lines: Arc<LineCache>,
+    lines: Arc<SharedLines>,
     target: String,
 ) {
     let _guard = StreamGuard::new(metrics.clone(), target);
     let mut sent_routes = None;
-    let mut sent_backends = None;
+    // The last set the proxy has (whole or through updates).
+    let mut sent_backends: Option<Arc<BackendSet>> = None;
     let mut sent_inbound = false;
     let mut inbound_changed_seen = false;
     let mut sent_epoch: Option<Arc<str>> = None;
-    let count = |label: &'static str| {
+    let count = |label: &'static str, line: &Bytes| {
         metrics
             .config_messages
             .get_or_create(&[("message", label)])
             .inc();
+        metrics
+            .config_bytes
+            .get_or_create(&[("message", label)])
+            .inc_by(line.len() as u64);
     };
     loop {
         let routes = sub.routes.borrow_and_update().clone();
         if sent_routes != Some(routes.generation) {
             sent_routes = Some(routes.generation);
-            count("routeTable");
-            let line = lines.line(&routes, |r| Line::RouteTable(r));
+            let line = lines.values.line(&routes, |r| Line::RouteTable(r));
+            count("routeTable", &line);
             if tx.send(line).await.is_err() {
                 break;
             }
         }
         let backends = sub.backends.borrow_and_update().clone();
-        if sent_backends != Some(backends.generation) {
-            sent_backends = Some(backends.generation);
-            count("backendSet");
-            let line = lines.line(&backends, |b| Line::BackendSet(b));
+        if sent_backends
+            .as_ref()
+            .is_none_or(|s| s.generation != backends.generation)
+        {
+            let update = match &sent_backends {
+                Some(from) if updates => lines.updates.line(from, &backends),
+                _ => None,
+            };
+            let line = match update {
+                Some(line) => {
+                    count("backendUpdate", &line);
+                    line
+                }
+                None => {
+                    let line = lines.values.line(&backends, |b| Line::BackendSet(b));
+                    count("backendSet", &line);
+                    line
+                }
+            };
+            sent_backends = Some(backends);
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -149,8 +224,8 @@ pub(crate) async fn pump(
             sent_inbound = true;
             inbound_changed_seen = false;
             let policy = rx.borrow_and_update().clone();
-            count("inboundPolicy");
             let line = Line::InboundPolicy(&policy).to_bytes();
+            count("inboundPolicy", &line);
             if tx.send(line).await.is_err() {
                 break;
             }
@@ -158,11 +233,11 @@ pub(crate) async fn pump(
         if let Some(rx) = &mut issuer {
             let epoch = rx.borrow_and_update().clone();
             if sent_epoch.as_ref() != Some(&epoch) {
-                count("identity");
                 let line = Line::Identity(IdentityAnnouncement {
                     issuer_epoch: epoch.to_string(),
                 })
                 .to_bytes();
+                count("identity", &line);
                 sent_epoch = Some(epoch);
                 if tx.send(line).await.is_err() {
                     break;
@@ -294,6 +369,7 @@ mod tests {
             None,
             None,
             tx,
+            false,
             debounce,
             Arc::new(Metrics::new()),
             Arc::default(),
@@ -324,6 +400,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_the_first_set_a_stream_that_asked_gets_only_the_changed_backend() {
+        let mut index = shop();
+        index.apply(Object::Service(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "shop", "name": "payments"},
+                "spec": {"clusterIP": "198.19.0.2", "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        ));
+        index.apply(Object::Service(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "shop", "name": "orders"},
+                "spec": {"clusterIP": "198.19.0.1", "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        ));
+        let lines = Arc::new(SharedLines::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut streams = Vec::new();
+        for updates in [true, true, false] {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(pump(
+                index.subscribe_mesh(),
+                None,
+                None,
+                tx,
+                updates,
+                Duration::from_millis(10),
+                metrics.clone(),
+                lines.clone(),
+                "mesh".into(),
+            ));
+            streams.push(rx);
+        }
+        for rx in &mut streams {
+            assert!(matches!(next(rx).await, ConfigMessage::RouteTable(_)));
+            match next(rx).await {
+                ConfigMessage::BackendSet(b) => assert_eq!(b.backends.len(), 2),
+                other => panic!("expected the whole set first, got {other:?}"),
+            }
+        }
+        index.apply(slice(&["198.18.64.1".to_owned()]));
+        let mut sent = Vec::new();
+        for rx in &mut streams {
+            let line = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            sent.push(line);
+        }
+        match ConfigMessage::from_line(&sent[0]).unwrap() {
+            ConfigMessage::BackendUpdate(u) => {
+                assert_eq!(u.backends.len(), 1);
+                assert_eq!(u.backends[0].name, "shop/orders:80");
+                assert_eq!(u.backends[0].endpoints.len(), 1);
+                assert!(u.removed.is_empty());
+            }
+            other => panic!("expected an update, got {other:?}"),
+        }
+        // Both streams that asked share one encoded line; the one that did not gets the set.
+        assert_eq!(sent[0].as_ptr(), sent[1].as_ptr(), "one encoding for both");
+        assert!(matches!(
+            ConfigMessage::from_line(&sent[2]).unwrap(),
+            ConfigMessage::BackendSet(b) if b.backends.len() == 2
+        ));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"portico_operator_config_messages_total{message="backendUpdate"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_pod_stream_sends_its_inbound_policy_even_empty_then_each_change() {
         let mut index = shop();
         let pod = |name: &str, sa: &str, ip: &str| {
@@ -344,6 +495,7 @@ mod tests {
             Some(index.subscribe_pod(&key)),
             None,
             tx,
+            false,
             Duration::from_millis(10),
             Arc::new(Metrics::new()),
             Arc::default(),
@@ -390,6 +542,7 @@ mod tests {
             None,
             Some(epochs),
             tx,
+            false,
             Duration::from_millis(10),
             Arc::new(Metrics::new()),
             Arc::default(),
@@ -517,7 +670,7 @@ mod tests {
         index.reset(Kind::Gateway, None, gateways);
         index.reset(Kind::Route, None, routes);
         let metrics = Arc::new(Metrics::new());
-        let lines: Arc<LineCache> = Arc::default();
+        let lines: Arc<SharedLines> = Arc::default();
         let mut streams = Vec::new();
         for g in 0..50 {
             let key = Key::new("scale", format!("gw-{g}"));
@@ -528,6 +681,7 @@ mod tests {
                 None,
                 None,
                 tx,
+                false,
                 Duration::from_millis(20),
                 metrics.clone(),
                 lines.clone(),

@@ -33,7 +33,7 @@ pub use duration::{Duration, ParseDurationError};
 pub use identity::*;
 pub use mesh::*;
 pub use route::*;
-pub use stream::ConfigMessage;
+pub use stream::{BACKEND_UPDATES, ConfigMessage, FEATURES_HEADER};
 pub use validate::ValidationError;
 
 /// The contract version this crate reads and writes. A config with another `apiVersion` is
@@ -136,6 +136,97 @@ pub struct BackendSet {
     /// See [`ProxyConfig::backends`].
     #[serde(default)]
     pub backends: Vec<Backend>,
+}
+
+/// Backends that changed since the previous message of a stream: each backend in `backends`
+/// replaces the one of the same name (or is new), each name in `removed` is gone, every other
+/// backend stays as it was. A stream sends one only to a proxy that asked for them (see
+/// [`stream`](crate::FEATURES_HEADER)), and only after a whole [`BackendSet`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendUpdate {
+    /// See [`ProxyConfig::generation`].
+    #[serde(default)]
+    pub generation: u64,
+    /// Backends added or replaced whole (all their endpoints and settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Backend>,
+    /// Names of backends removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl BackendSet {
+    /// The set with `update` applied: replaced backends keep their place, new ones go last.
+    pub fn apply(&mut self, update: &BackendUpdate) {
+        self.generation = update.generation;
+        self.backends.retain(|b| !update.removed.contains(&b.name));
+        for b in &update.backends {
+            match self.backends.iter_mut().find(|old| old.name == b.name) {
+                Some(old) => *old = b.clone(),
+                None => self.backends.push(b.clone()),
+            }
+        }
+    }
+
+    /// What turns `self` into `next`: the backends that differ or are new, and the names that
+    /// are gone. `None` when nothing changed.
+    pub fn update_to(&self, next: &BackendSet) -> Option<BackendUpdate> {
+        let before: std::collections::HashMap<&str, &Backend> =
+            self.backends.iter().map(|b| (b.name.as_str(), b)).collect();
+        let backends: Vec<Backend> = next
+            .backends
+            .iter()
+            .filter(|b| before.get(b.name.as_str()) != Some(b))
+            .cloned()
+            .collect();
+        let after: std::collections::HashSet<&str> =
+            next.backends.iter().map(|b| b.name.as_str()).collect();
+        let removed: Vec<String> = self
+            .backends
+            .iter()
+            .filter(|b| !after.contains(b.name.as_str()))
+            .map(|b| b.name.clone())
+            .collect();
+        (!backends.is_empty() || !removed.is_empty()).then_some(BackendUpdate {
+            generation: next.generation,
+            backends,
+            removed,
+        })
+    }
+}
+
+/// The backend names that `listeners`, `routes` and `services` send traffic to (a rule's
+/// backends, mirrors and aggregated backends; a TCP listener's; a service's), repeats included.
+pub fn backend_refs<'a>(
+    listeners: &'a [Listener],
+    routes: &'a [Route],
+    services: &'a [Service],
+) -> impl Iterator<Item = &'a str> {
+    let rules = routes.iter().flat_map(|r| &r.rules).flat_map(|rule| {
+        let mirrors = rule.filters.iter().filter_map(|f| match f {
+            Filter::RequestMirror(m) => Some(m.backend.as_str()),
+            _ => None,
+        });
+        let aggregated = rule
+            .aggregate
+            .iter()
+            .flat_map(|a| a.backends.iter().map(|b| b.backend.as_str()));
+        rule.backends
+            .iter()
+            .map(|b| b.backend.as_str())
+            .chain(mirrors)
+            .chain(aggregated)
+    });
+    let listeners = listeners.iter().flat_map(|l| {
+        l.backend
+            .as_deref()
+            .into_iter()
+            .chain(l.backends.iter().map(|b| b.backend.as_str()))
+    });
+    rules
+        .chain(listeners)
+        .chain(services.iter().map(|s| s.backend.as_str()))
 }
 
 impl ProxyConfig {

@@ -12,10 +12,32 @@
 //!
 //! Each message replaces the previous one of its kind; the proxy joins the latest of each into a
 //! [`ProxyConfig`](crate::ProxyConfig), validates it as a whole and only then applies it.
+//!
+//! ## Backend updates
+//!
+//! A proxy that sends `portico-config-features: backend-updates` with its request gets, after
+//! the first whole `backendSet`, only what changed:
+//!
+//! ```text
+//!  {"backendUpdate":{"generation":9,"backends":[{…one backend, whole…}],"removed":["ns/gone:80"]}}
+//! ```
+//!
+//! and applies it to that backend alone. An operator that honours the header says so by
+//! answering with the same header and value; one that does not (an older one) ignores it and
+//! sends whole sets, which the proxy still reads. An older proxy sends no header and gets whole
+//! sets. So a proxy and an operator one version apart work either way round; a whole
+//! `backendSet` may still come at any time (when most backends changed at once) and replaces
+//! everything, as before.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BackendSet, IdentityAnnouncement, InboundPolicy, RouteTable};
+use crate::{BackendSet, BackendUpdate, IdentityAnnouncement, InboundPolicy, RouteTable};
+
+/// The request (and response) header that names the optional stream features a proxy reads
+/// (and the operator will send), comma-separated.
+pub const FEATURES_HEADER: &str = "portico-config-features";
+/// The feature: `backendUpdate` messages after the first whole `backendSet`.
+pub const BACKEND_UPDATES: &str = "backend-updates";
 
 /// One line of the config stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +47,8 @@ pub enum ConfigMessage {
     RouteTable(RouteTable),
     /// Backends and endpoints, replacing the previous ones.
     BackendSet(BackendSet),
+    /// Some backends changed: applied to the last set (see the module's "Backend updates").
+    BackendUpdate(BackendUpdate),
     /// The pod's inbound policy (sidecars only), replacing the previous one.
     InboundPolicy(InboundPolicy),
     /// The operator's identity issuer (not part of the proxy's config: it says when to renew
@@ -71,5 +95,43 @@ mod tests {
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         assert!(line.starts_with(br#"{"inboundPolicy":{"ports":[{"port":8080"#));
         assert_eq!(ConfigMessage::from_line(&line).unwrap(), msg);
+    }
+
+    fn backend(name: &str, addresses: &[&str]) -> crate::Backend {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "endpoints": addresses.iter().map(|a| serde_json::json!({"address": a})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_update_carries_only_what_changed_and_applies_back_to_the_same_set() {
+        let before = BackendSet {
+            generation: 1,
+            backends: vec![
+                backend("a", &["10.0.0.1:80"]),
+                backend("b", &["10.0.0.2:80"]),
+                backend("c", &["10.0.0.3:80"]),
+            ],
+        };
+        let after = BackendSet {
+            generation: 2,
+            backends: vec![
+                backend("a", &["10.0.0.1:80"]),
+                backend("b", &["10.0.0.2:80", "10.0.0.9:80"]),
+                backend("d", &["10.0.0.4:80"]),
+            ],
+        };
+        let update = before.update_to(&after).unwrap();
+        let names: Vec<&str> = update.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(update.removed, ["c"]);
+        let line = ConfigMessage::BackendUpdate(update.clone()).to_line();
+        assert!(line.starts_with(br#"{"backendUpdate":{"generation":2,"backends":[{"name":"b""#));
+        let mut applied = before.clone();
+        applied.apply(&update);
+        assert_eq!(applied, after);
+        assert_eq!(after.update_to(&after), None);
     }
 }

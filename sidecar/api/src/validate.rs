@@ -72,6 +72,24 @@ impl ProxyConfig {
     }
 }
 
+impl crate::BackendUpdate {
+    /// Checks each backend of the update as [`ProxyConfig::validate`] would, and that no name
+    /// comes twice (replaced twice, or replaced and removed).
+    pub fn validate(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for b in &self.backends {
+            if !names.insert(b.name.as_str()) {
+                return fail(format!("backend {:?}", b.name), "name is used twice");
+            }
+            check_backend(b)?;
+        }
+        if let Some(both) = self.removed.iter().find(|n| names.contains(n.as_str())) {
+            return fail(format!("backend {both:?}"), "is both updated and removed");
+        }
+        Ok(())
+    }
+}
+
 /// Inbound policy: one entry per port, and rate limits that can let a request through.
 fn check_inbound(policy: &InboundPolicy) -> Result<()> {
     let mut ports = HashSet::new();

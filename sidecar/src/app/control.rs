@@ -11,7 +11,13 @@
 //!  ← {"inboundPolicy":{…}}\n                        (pod streams only: part of the full state)
 //!  ← {"identity":{"issuerEpoch":…}}\n               when the operator issues identities
 //!  ← {"backendSet":{…}}\n …                          then each changed part, replacing the old one
+//!  ← {"backendUpdate":{…}}\n                         or only the backends that changed (asked for
+//!                                                     with `portico-config-features`)
 //! ```
+//!
+//! A backend update goes to [`Proxy::apply_backends`], which rebuilds those backends alone;
+//! after a refused config the stream's whole config is applied again instead, so an update is
+//! never applied to a config other than the one it follows.
 //!
 //! An `identity` line is not config: it is handed to the identity store
 //! ([`identity::Store::announce`](crate::mesh::identity::Store::announce)), which renews the
@@ -31,7 +37,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use portico_proxy_api::{
-    BackendSet, ConfigMessage, Filter, IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
+    BACKEND_UPDATES, BackendSet, BackendUpdate, ConfigMessage, FEATURES_HEADER,
+    IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
 };
 
 use crate::mesh::operator::{self, ControlError, ControlPlane};
@@ -48,6 +55,10 @@ pub struct Session {
     inbound: Option<InboundPolicy>,
     /// The operator's last identity announcement on this stream.
     identity: Option<IdentityAnnouncement>,
+    /// A whole config was handed out on this stream: later backend updates can go alone.
+    whole_sent: bool,
+    /// The last route table names backends not received yet: it waits for them.
+    held: bool,
     // Keeps the HTTP/2 connection open while the body is read.
     _send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
 }
@@ -57,6 +68,8 @@ pub struct Session {
 enum Update {
     /// A whole config to apply.
     Config(ProxyConfig),
+    /// Backends that changed, to apply to the config in force.
+    Backends(BackendUpdate),
     /// The operator's identity issuer.
     Identity(IdentityAnnouncement),
 }
@@ -70,6 +83,7 @@ impl Session {
         let path = cp.stream.path();
         let req = http::Request::get(format!("https://{host}:{port}{path}"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(FEATURES_HEADER, BACKEND_UPDATES)
             .body(Empty::new())
             .map_err(|_| ControlError::Url(url.clone()))?;
         let resp = send.send_request(req).await?;
@@ -88,6 +102,8 @@ impl Session {
             backends: None,
             inbound: (!cp.stream.has_inbound()).then(InboundPolicy::default),
             identity: None,
+            whole_sent: false,
+            held: false,
             _send: send,
         })
     }
@@ -102,30 +118,45 @@ impl Session {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let mut held = false;
                 match ConfigMessage::from_line(&line)? {
                     ConfigMessage::RouteTable(r) => {
-                        // A table that starts using a Service comes just before the backend
-                        // set that has it: applied with that set, not refused in between.
-                        held = self
+                        // A table that starts using a Service comes just before the backends
+                        // that have it: applied with them, not refused in between.
+                        self.held = self
                             .backends
                             .as_ref()
                             .is_some_and(|b| needs_more_backends(&r, b));
                         self.routes = Some(r);
                     }
-                    ConfigMessage::BackendSet(b) => self.backends = Some(b),
+                    ConfigMessage::BackendSet(b) => {
+                        self.held = false;
+                        self.backends = Some(b);
+                    }
+                    ConfigMessage::BackendUpdate(u) => {
+                        let set = self
+                            .backends
+                            .as_mut()
+                            .ok_or(ControlError::OutOfOrder("a backend update before any set"))?;
+                        set.apply(&u);
+                        if self.whole_sent && !self.held {
+                            return Ok(Update::Backends(u));
+                        }
+                        self.held = self
+                            .routes
+                            .as_ref()
+                            .is_some_and(|r| needs_more_backends(r, set));
+                    }
                     ConfigMessage::InboundPolicy(p) => self.inbound = Some(p),
                     ConfigMessage::Identity(a) => {
                         self.identity = Some(a.clone());
                         return Ok(Update::Identity(a));
                     }
                 }
-                if held {
+                if self.held {
                     continue;
                 }
-                if let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) {
-                    let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
-                    config.inbound = i.clone();
+                if let Some(config) = self.config() {
+                    self.whole_sent = true;
                     return Ok(Update::Config(config));
                 }
             }
@@ -141,34 +172,23 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The whole config this stream has delivered so far, once it has every part.
+    fn config(&self) -> Option<ProxyConfig> {
+        let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) else {
+            return None;
+        };
+        let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
+        config.inbound = i.clone();
+        Some(config)
+    }
+}
+
 /// Whether `routes` names a backend that `backends` lacks.
 fn needs_more_backends(routes: &RouteTable, backends: &BackendSet) -> bool {
     let have: std::collections::HashSet<&str> =
         backends.backends.iter().map(|b| b.name.as_str()).collect();
-    let rules = routes
-        .routes
-        .iter()
-        .flat_map(|r| &r.rules)
-        .flat_map(|rule| {
-            let mirrors = rule.filters.iter().filter_map(|f| match f {
-                Filter::RequestMirror(m) => Some(m.backend.as_str()),
-                _ => None,
-            });
-            rule.backends
-                .iter()
-                .map(|b| b.backend.as_str())
-                .chain(mirrors)
-        });
-    let listeners = routes.listeners.iter().flat_map(|l| {
-        l.backend
-            .as_deref()
-            .into_iter()
-            .chain(l.backends.iter().map(|b| b.backend.as_str()))
-    });
-    let services = routes.services.iter().map(|s| s.backend.as_str());
-    rules
-        .chain(listeners)
-        .chain(services)
+    portico_proxy_api::backend_refs(&routes.listeners, &routes.routes, &routes.services)
         .any(|name| !have.contains(name))
 }
 
@@ -205,7 +225,8 @@ pub async fn first_config(cp: &ControlPlane) -> (ProxyConfig, Session) {
             Ok(mut session) => loop {
                 match session.next().await {
                     Ok(Update::Config(config)) => return (with_extras(config, cp), session),
-                    Ok(Update::Identity(_)) => {}
+                    // Only after a whole config: not before the first.
+                    Ok(Update::Identity(_) | Update::Backends(_)) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "config stream broke before the first config");
                         break;
@@ -230,23 +251,55 @@ pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
     if let Some(a) = &session.identity {
         announce(a);
     }
+    // Whether the proxy runs exactly what this stream delivered: only then does a backend
+    // update apply to it alone; otherwise the stream's whole config is applied again.
+    let mut in_step = true;
     loop {
         loop {
-            match session.next().await {
+            let next =
+                match session.next().await {
+                    Ok(Update::Backends(_)) if !in_step => session
+                        .config()
+                        .map(Update::Config)
+                        .ok_or(ControlError::OutOfOrder(
+                            "a backend update without a whole config",
+                        )),
+                    other => other,
+                };
+            match next {
                 Ok(Update::Identity(a)) => announce(&a),
+                Ok(Update::Backends(update)) => {
+                    let generation = update.generation;
+                    let changed = update.backends.len() + update.removed.len();
+                    match proxy.apply_backends(update).await {
+                        Ok(()) => tracing::debug!(generation, changed, "backend update applied"),
+                        Err(e) => {
+                            in_step = false;
+                            tracing::error!(
+                                generation,
+                                error = %e,
+                                "backend update refused; the previous backends keep serving"
+                            );
+                        }
+                    }
+                }
                 Ok(Update::Config(config)) => {
                     backoff.attempt = 0;
                     let config = with_extras(config, &cp);
                     let generation = config.generation;
                     match proxy.apply(config).await {
                         Ok(()) => {
+                            in_step = true;
                             tracing::info!(generation, "config from the control plane applied")
                         }
-                        Err(e) => tracing::error!(
-                            generation,
-                            error = %e,
-                            "config from the control plane refused; the previous config keeps serving"
-                        ),
+                        Err(e) => {
+                            in_step = false;
+                            tracing::error!(
+                                generation,
+                                error = %e,
+                                "config from the control plane refused; the previous config keeps serving"
+                            )
+                        }
                     }
                 }
                 Err(e) => {

@@ -1,10 +1,10 @@
 //! A config compiled for serving. Requests load the current snapshot once (an `ArcSwap`) and
 //! use it to the end, so a swap never changes the rules under a request in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use portico_proxy_api::{Protocol, ProxyConfig, ValidationError};
+use portico_proxy_api::{BackendUpdate, Protocol, ProxyConfig, ValidationError};
 use rustls::ServerConfig;
 
 use crate::config::tls::{self, TlsError};
@@ -50,28 +50,37 @@ impl From<ValidationError> for ApplyError {
 }
 
 /// Everything a request needs, compiled from one config.
+///
+/// The parts that change rarely (routes, services, TLS, inbound policy) sit behind `Arc`s, so a
+/// [`BackendUpdate`] makes a new snapshot that shares them and rebuilds only the backends it
+/// names ([`Snapshot::with_update`]).
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// The config as given.
+    /// The config as given, without its backends: each is kept with its state in
+    /// [`Snapshot::backends`] (see [`Snapshot::full_config`]).
     pub config: Arc<ProxyConfig>,
+    /// The generation in force (the config's, or a later update's).
+    pub generation: u64,
     /// Routes compiled for matching.
-    pub router: Router,
+    pub router: Arc<Router>,
     /// Backends by name.
-    pub backends: HashMap<String, Arc<BackendState>>,
+    pub backends: HashMap<Arc<str>, Arc<BackendState>>,
     /// TLS server configs by listener name.
-    pub tls: HashMap<String, Arc<ServerConfig>>,
+    pub tls: Arc<HashMap<String, Arc<ServerConfig>>>,
     /// Sidecar mode: services by virtual address, for the OUTBOUND listener.
-    pub services: crate::route::services::ServiceTable,
+    pub services: Arc<crate::route::services::ServiceTable>,
     /// Sidecar mode: the policies of the pod's ports, for the INBOUND listener.
-    pub inbound: crate::policy::inbound::InboundPolicies,
+    pub inbound: Arc<crate::policy::inbound::InboundPolicies>,
     /// Sidecar mode: connection pools to the application, shared by every snapshot (created
     /// on first use).
     pub app_clients: Arc<std::sync::OnceLock<crate::forward::upstream::Clients>>,
+    /// The backends that listeners, routes and services name: an update may not remove them.
+    referenced: Arc<HashSet<String>>,
 }
 
 impl Snapshot {
     /// Validates and compiles `config`, carrying backend state over from `old`.
-    pub fn build(config: ProxyConfig, old: &Snapshot) -> Result<Self, ApplyError> {
+    pub fn build(mut config: ProxyConfig, old: &Snapshot) -> Result<Self, ApplyError> {
         config.validate()?;
         let mut router = Router::new(&config).map_err(|e| ValidationError {
             element: "routes".into(),
@@ -85,14 +94,6 @@ impl Snapshot {
                     message: e.to_string(),
                 }
             })?;
-        let backends = config
-            .backends
-            .iter()
-            .map(|b| {
-                let prev = old.backends.get(&b.name).map(|s| &**s);
-                (b.name.clone(), Arc::new(BackendState::new(b, prev)))
-            })
-            .collect();
         let mut tls = HashMap::new();
         for l in &config.listeners {
             if let (Protocol::Https, Some(t)) = (l.protocol, &l.tls) {
@@ -104,14 +105,88 @@ impl Snapshot {
             }
         }
         let inbound = crate::policy::inbound::InboundPolicies::new(&config.inbound, &old.inbound);
+        let referenced = referenced(&config);
+        let backends = std::mem::take(&mut config.backends)
+            .into_iter()
+            .map(|b| {
+                let prev = old.backends.get(b.name.as_str()).map(|s| &**s);
+                let state = BackendState::new(b, prev);
+                (state.name.clone(), Arc::new(state))
+            })
+            .collect();
         Ok(Self {
-            inbound,
+            inbound: Arc::new(inbound),
             app_clients: old.app_clients.clone(),
+            generation: config.generation,
             config: Arc::new(config),
-            router,
+            router: Arc::new(router),
             backends,
-            tls,
-            services,
+            tls: Arc::new(tls),
+            services: Arc::new(services),
+            referenced: Arc::new(referenced),
         })
     }
+
+    /// This snapshot with `update` applied: the named backends rebuilt (carrying their
+    /// endpoints' state over), removed ones gone, everything else shared. Refused, leaving this
+    /// one in force, when a backend is invalid or a removed one is still named by a route,
+    /// listener or service.
+    pub fn with_update(&self, update: BackendUpdate) -> Result<Self, ApplyError> {
+        update.validate()?;
+        if let Some(name) = update.removed.iter().find(|n| self.referenced.contains(*n)) {
+            return Err(ApplyError::Invalid(ValidationError {
+                element: format!("backend {name:?}"),
+                message: "is removed but still referenced".into(),
+            }));
+        }
+        let mut backends = self.backends.clone();
+        for name in &update.removed {
+            backends.remove(name.as_str());
+        }
+        for b in update.backends {
+            let prev = self.backends.get(b.name.as_str()).map(|s| &**s);
+            let state = BackendState::new(b, prev);
+            backends.insert(state.name.clone(), Arc::new(state));
+        }
+        Ok(Self {
+            config: self.config.clone(),
+            generation: update.generation.max(self.generation),
+            router: self.router.clone(),
+            backends,
+            tls: self.tls.clone(),
+            services: self.services.clone(),
+            inbound: self.inbound.clone(),
+            app_clients: self.app_clients.clone(),
+            referenced: self.referenced.clone(),
+        })
+    }
+
+    /// The config in force as one document: [`Snapshot::config`] with the generation in force
+    /// and every backend (by name).
+    pub fn full_config(&self) -> ProxyConfig {
+        let mut config = (*self.config).clone();
+        config.generation = self.generation;
+        let mut backends: Vec<&Arc<BackendState>> = self.backends.values().collect();
+        backends.sort_by(|a, b| a.name.cmp(&b.name));
+        config.backends = backends.iter().map(|b| b.config.clone()).collect();
+        config
+    }
+
+    /// The identity of the meshed endpoint at `addr`, if a backend has one there (an app that
+    /// dials a pod's address rather than a Service's, such as a StatefulSet peer, reaches it
+    /// over mTLS too).
+    pub fn meshed_identity(&self, addr: std::net::SocketAddr) -> Option<&Arc<str>> {
+        self.backends
+            .values()
+            .flat_map(|b| &b.endpoints)
+            .find(|e| e.addr == addr)
+            .and_then(|e| e.identity.as_ref())
+    }
+}
+
+/// The names of the backends a config's listeners, routes and services send to.
+fn referenced(config: &ProxyConfig) -> HashSet<String> {
+    portico_proxy_api::backend_refs(&config.listeners, &config.routes, &config.services)
+        .map(str::to_owned)
+        .collect()
 }

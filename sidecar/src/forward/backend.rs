@@ -28,6 +28,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct BackendState {
     /// Backend name.
     pub name: Arc<str>,
+    /// The backend as configured.
+    pub config: Backend,
     /// Endpoints in config order.
     pub endpoints: Vec<Endpoint>,
     /// Chooses among healthy endpoints.
@@ -52,7 +54,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl BackendState {
     /// Builds the state for `cfg` (already validated), reusing what it can from `old`.
-    pub fn new(cfg: &Backend, old: Option<&BackendState>) -> Self {
+    pub fn new(cfg: Backend, old: Option<&BackendState>) -> Self {
         let old_stats: HashMap<SocketAddr, Arc<EndpointStats>> = old
             .map(|o| {
                 o.endpoints
@@ -95,6 +97,20 @@ impl BackendState {
             }
             _ => Clients::new(cfg.protocol, connect_timeout, idle_timeout),
         };
+        let health =
+            cfg.health_check
+                .as_ref()
+                .map(|hc| match old.and_then(|o| o.health.as_ref()) {
+                    Some(kept) if kept.config() == hc => kept.clone(),
+                    _ => Arc::new(HealthChecker::new(cfg.name.as_str().into(), hc.clone())),
+                });
+        let retry_budget =
+            cfg.retry_budget
+                .as_ref()
+                .map(|b| match old.and_then(|o| o.retry_budget.as_ref()) {
+                    Some(kept) if kept.config() == b => kept.clone(),
+                    _ => Arc::new(crate::policy::retry::RetryBudget::of(b)),
+                });
         Self {
             name: cfg.name.as_str().into(),
             endpoints,
@@ -102,19 +118,9 @@ impl BackendState {
             outlier: cfg.outlier_detection.clone(),
             limiter,
             clients,
-            retry_budget: cfg.retry_budget.as_ref().map(|b| {
-                match old.and_then(|o| o.retry_budget.as_ref()) {
-                    Some(kept) if kept.config() == b => kept.clone(),
-                    _ => Arc::new(crate::policy::retry::RetryBudget::of(b)),
-                }
-            }),
-            health: cfg
-                .health_check
-                .as_ref()
-                .map(|hc| match old.and_then(|o| o.health.as_ref()) {
-                    Some(kept) if kept.config() == hc => kept.clone(),
-                    _ => Arc::new(HealthChecker::new(cfg.name.as_str().into(), hc.clone())),
-                }),
+            retry_budget,
+            health,
+            config: cfg,
         }
     }
 

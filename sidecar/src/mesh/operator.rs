@@ -102,6 +102,9 @@ pub enum ControlError {
     /// The stream ended.
     #[error("the config stream ended")]
     Ended,
+    /// A message that cannot come where it came (a backend update before any backend set).
+    #[error("config stream out of order: {0}")]
+    OutOfOrder(&'static str),
 }
 
 /// Reads a whole file (the token is re-read on every connect: projected tokens rotate).

@@ -97,7 +97,7 @@ impl<'a> Aggregated<'a> {
         let backends = spec
             .backends
             .iter()
-            .map(|b| snap.backends.get(&b.backend).cloned())
+            .map(|b| snap.backends.get(b.backend.as_str()).cloned())
             .collect();
         Ok(Self {
             hit,

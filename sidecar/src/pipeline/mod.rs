@@ -388,7 +388,7 @@ fn fast_path_serves(snap: &Snapshot, hit: &RouteHit<'_>) -> bool {
         && (rule.rule.aggregate.is_some()
             || rule.rule.backends.iter().all(|b| {
                 snap.backends
-                    .get(&b.backend)
+                    .get(b.backend.as_str())
                     .is_none_or(|s| s.clients.fast_h1().is_some())
             }))
 }
@@ -417,7 +417,7 @@ pub(crate) fn pick_backend(
         .or(refs.first())
         .ok_or(ProxyError::NoRoute)?;
     snap.backends
-        .get(&chosen.backend)
+        .get(chosen.backend.as_str())
         .cloned()
         .ok_or_else(|| ProxyError::NoHealthyEndpoint(chosen.backend.as_str().into()))
 }

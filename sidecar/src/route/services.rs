@@ -1,6 +1,7 @@
 //! The mesh's Services as a sidecar routes them: by the virtual address an application dialled
-//! and by name, each with its attached routes and a catch-all to the Service's own backend; and
-//! the identities of meshed endpoints, for applications that dial a pod's address directly.
+//! and by name, each with its attached routes and a catch-all to the Service's own backend. (The
+//! identities of meshed endpoints, for applications that dial a pod's address directly, come
+//! from the backends: [`Snapshot::meshed_identity`](crate::config::snapshot::Snapshot::meshed_identity).)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,15 +27,11 @@ pub struct ServiceRoutes {
     pub opaque: bool,
 }
 
-/// The services of a config, by virtual address and by name, and the identities of meshed
-/// endpoints by address.
+/// The services of a config, by virtual address and by name.
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     by_addr: HashMap<SocketAddr, Arc<ServiceRoutes>>,
     by_name: HashMap<Arc<str>, Arc<ServiceRoutes>>,
-    /// An app that dials a pod's address rather than a Service's (a StatefulSet peer, a
-    /// headless Service) reaches it over mTLS too when the address is a meshed endpoint.
-    meshed: HashMap<SocketAddr, Arc<str>>,
 }
 
 impl ServiceTable {
@@ -91,17 +88,7 @@ impl ServiceTable {
             }
             table.by_name.insert(compiled.name.clone(), compiled);
         }
-        for ep in cfg.backends.iter().flat_map(|b| &b.endpoints) {
-            if let (Some(identity), Ok(addr)) = (&ep.identity, ep.address.parse()) {
-                table.meshed.insert(addr, identity.as_str().into());
-            }
-        }
         Ok(table)
-    }
-
-    /// The identity of the meshed endpoint at `addr`, if it is one.
-    pub fn meshed_identity(&self, addr: SocketAddr) -> Option<&Arc<str>> {
-        self.meshed.get(&addr)
     }
 
     /// The service dialled at `addr`, if any.

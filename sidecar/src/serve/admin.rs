@@ -62,8 +62,8 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             r
         }
         "/config" => {
-            let cfg = shared.snapshot.load().config.clone();
-            let json = serde_json::to_string_pretty(&*cfg).unwrap_or_default();
+            let cfg = shared.snapshot.load().full_config();
+            let json = serde_json::to_string_pretty(&cfg).unwrap_or_default();
             let mut r = text(StatusCode::OK, json);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -56,7 +56,6 @@ pub async fn outbound(
     let snap = shared.snapshot.load_full();
     let Some(svc) = snap.services.lookup(dst).cloned() else {
         let mesh = snap
-            .services
             .meshed_identity(dst)
             .and_then(|identity| shared.mesh_dest(identity));
         drop(snap);
@@ -81,7 +80,12 @@ pub async fn outbound(
         .intercepted(&listener, Some(&svc.name), detected.label());
     if detected == Detected::Opaque {
         // Load again: detection may have waited across a config swap.
-        let backend = shared.snapshot.load().backends.get(&svc.backend).cloned();
+        let backend = shared
+            .snapshot
+            .load()
+            .backends
+            .get(svc.backend.as_str())
+            .cloned();
         match backend {
             Some(b) => Box::pin(crate::serve::tcp::forward(&shared, b, stream, peer)).await,
             None => tracing::debug!(service = %svc.name, "service backend is gone; closed"),

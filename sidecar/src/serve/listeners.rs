@@ -208,7 +208,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
             let backend = if l.backends.is_empty() {
                 l.backend
                     .as_ref()
-                    .and_then(|b| snap.backends.get(b))
+                    .and_then(|b| snap.backends.get(b.as_str()))
                     .cloned()
             } else {
                 crate::pipeline::pick_backend(&snap, &l.backends).ok()
