@@ -96,16 +96,19 @@ profile:
 	RATE=10000 OUT=$(CURDIR)/docs/profile-10k.md bench/profile.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
-## 50 proxies), EndpointSlice → proxy propagation p50/p99 over 200 changes on a real control
-## plane, and the release operator binary at that scale against the real apiserver (RSS, CPU per
-## change, one and all 50 streams p50/p99; scale with PORTICO_BENCH_SERVICES, _ENDPOINTS,
-## _CLIENTS, _CHANGES)
+## 50 proxies), a proxy applying a one-endpoint backend update vs a whole config, EndpointSlice →
+## proxy propagation p50/p99 over 200 changes on a real control plane, and the release operator
+## binary at scale against the real apiserver: 1,000 mesh streams, 100 changes one at a time,
+## then 100 changes/s for 60 s (RSS, CPU and bytes per change, one/each/all streams p50/p99;
+## scale with PORTICO_BENCH_SERVICES, _ENDPOINTS, _CLIENTS, _CHANGES, _CHURN_RATE,
+## _CHURN_SECONDS, _UPDATES)
 # Optimized, but without the data plane's fat LTO: the propagation test links the whole
 # Kubernetes client into one test binary, and LTO there would add minutes and change nothing
 # measured here (one setting for every step, so everything is built once).
 BENCH_RELEASE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 bench-control-plane: k8s-bins
 	$(BENCH_RELEASE) $(CARGO) test --release -p portico-operator scale -- --nocapture --test-threads=1
+	$(BENCH_RELEASE) $(CARGO) test --release -p portico-proxy --test config a_one_endpoint_update -- --nocapture
 	$(BENCH_RELEASE) $(CARGO) test --release -p portico-tests --test operator --no-run
 	$(BENCH_RELEASE) hack/in-netns.sh $(CARGO) test --release --offline -p portico-tests --test operator -- --nocapture endpointslice_changes_reach_proxy_routing
 	$(BENCH_RELEASE) $(CARGO) build --release -p portico-operator -p portico-tests --bin portico-operator --bin portico-bench-control-plane

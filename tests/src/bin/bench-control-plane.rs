@@ -5,23 +5,32 @@
 //!  etcd + kube-apiserver + … ◄── N Services, N EndpointSlices × E endpoints, one probe slice
 //!          │ watch
 //!          ▼
-//!  portico-operator (release binary, its own process) ──► C mesh streams (/v1/mesh/config)
-//!          ▲                                                   │ each scans its lines for a
-//!  bench: rewrites the probe slice K times ───────────────────┘ marker address, reports arrival
+//!  portico-operator (release binary, its own process) ──► C mesh streams (/v1/mesh/config),
+//!          ▲                                              asking for backend updates
+//!  bench: 1. rewrites the probe slice K times, one at a time          │ each notes the
+//!         2. rewrites random Services' slices at R per second for D s │ generation and time
+//!                                                                     ▼ of every message
 //! ```
 //!
-//! Reports the operator's resident memory (VmRSS), CPU seconds per change (utime+stime over the
-//! K changes), the time for one change to reach one stream (p50/p99) and all C streams
-//! (p50/p99/max). Each change is written only after the previous one reached every stream.
+//! Client 0 also decodes every message and notes the generation that first carried each
+//! change's marker address; a change has reached a stream when a message of that generation or
+//! later has. Reports the operator's resident memory (VmRSS) and CPU seconds per change
+//! (utime+stime), the bytes it sent per change (its `config_bytes_total`) in all and per
+//! stream, and the time from each EndpointSlice write to one stream and to all C streams
+//! (p50/p99/max), for the one-at-a-time changes and under churn.
 //!
 //! Must run inside the any-IP network namespace (`hack/in-netns.sh`). Scale with
 //! `PORTICO_BENCH_SERVICES` (1000), `PORTICO_BENCH_ENDPOINTS` (per Service, 10),
-//! `PORTICO_BENCH_CLIENTS` (50), `PORTICO_BENCH_CHANGES` (200); the operator binary is
-//! `PORTICO_OPERATOR_BIN` (default `$CARGO_TARGET_DIR/release/portico-operator`).
+//! `PORTICO_BENCH_CLIENTS` (1000), `PORTICO_BENCH_CHANGES` (100), `PORTICO_BENCH_CHURN_RATE`
+//! (changes per second, 100), `PORTICO_BENCH_CHURN_SECONDS` (60), `PORTICO_BENCH_UPDATES`
+//! (1: streams ask for backend updates; 0: whole sets, as an older proxy); the operator binary
+//! is `PORTICO_OPERATOR_BIN` (default `$CARGO_TARGET_DIR/release/portico-operator`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -32,10 +41,10 @@ use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use portico_tests::cluster::{self, ControlPlane, free_port};
-use portico_tests::support::config_server_get;
+use portico_tests::support::config_server_get_with;
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 const NS: &str = "bench";
 
@@ -51,11 +60,18 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
 fn main() -> anyhow::Result<()> {
     let services = env_usize("PORTICO_BENCH_SERVICES", 1000)?;
     let endpoints = env_usize("PORTICO_BENCH_ENDPOINTS", 10)?;
-    let clients = env_usize("PORTICO_BENCH_CLIENTS", 50)?;
-    let changes = env_usize("PORTICO_BENCH_CHANGES", 200)?;
+    let clients = env_usize("PORTICO_BENCH_CLIENTS", 1000)?;
+    let changes = env_usize("PORTICO_BENCH_CHANGES", 100)?;
+    let churn_rate = env_usize("PORTICO_BENCH_CHURN_RATE", 100)?;
+    let churn_seconds = env_usize("PORTICO_BENCH_CHURN_SECONDS", 60)?;
+    let updates = env_usize("PORTICO_BENCH_UPDATES", 1)? == 1;
     ensure!(
-        endpoints <= 250 && services <= 60_000 && clients >= 1 && changes >= 1,
-        "at most 250 endpoints per Service and 60,000 Services; at least one client and change"
+        endpoints <= 250 && services <= 60_000 && clients >= 1 && changes >= 1 && changes <= 6000,
+        "at most 250 endpoints per Service and 60,000 Services; at least one client; 1–6,000 changes"
+    );
+    ensure!(
+        churn_rate * churn_seconds <= 12_000 && churn_rate <= 1000,
+        "at most 12,000 churn changes, at most 1,000 per second"
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let operator_bin = match std::env::var_os("PORTICO_OPERATOR_BIN") {
@@ -85,6 +101,9 @@ fn main() -> anyhow::Result<()> {
             endpoints,
             clients,
             changes,
+            churn_rate,
+            churn_seconds,
+            updates,
         },
     ));
     plane.stop();
@@ -97,6 +116,9 @@ struct Scale {
     endpoints: usize,
     clients: usize,
     changes: usize,
+    churn_rate: usize,
+    churn_seconds: usize,
+    updates: bool,
 }
 
 /// The operator process, killed when dropped.
@@ -167,7 +189,7 @@ async fn bench(
     let pid = op.0.id();
     let ready_from = Instant::now();
     loop {
-        if let Ok(200) = admin_status(admin, "/ready").await {
+        if let Ok((200, _)) = admin_request(admin, "/ready").await {
             break;
         }
         ensure!(
@@ -184,24 +206,23 @@ async fn bench(
 
     let token = token(&client).await?;
     let ca = ck.cert.der().clone();
-    let (target_tx, target_rx) = watch::channel::<Option<(usize, String)>>(None);
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(usize, usize, Instant)>();
+    let arrivals: Vec<Arrivals> = (0..scale.clients).map(|_| Arrivals::default()).collect();
+    let firsts = Firsts::default();
     let (full_tx, mut full_rx) = mpsc::unbounded_channel::<usize>();
-    for id in 0..scale.clients {
-        let body = open_stream(config, &ca, &token).await?;
+    for (id, log) in arrivals.iter().enumerate() {
+        let body = open_stream(config, &ca, &token, scale.updates).await?;
         tokio::spawn(read_stream(
-            id,
             body,
-            target_rx.clone(),
-            seen_tx.clone(),
+            log.clone(),
+            (id == 0).then(|| firsts.clone()),
             full_tx.clone(),
         ));
     }
     let connected = Instant::now();
     for _ in 0..scale.clients {
-        tokio::time::timeout(Duration::from_secs(60), full_rx.recv())
+        tokio::time::timeout(Duration::from_secs(120), full_rx.recv())
             .await
-            .context("a stream sent no full state within 60s")?;
+            .context("a stream sent no full state within 120s")?;
     }
     eprintln!(
         "{} streams connected and have the full state after {:?}",
@@ -210,17 +231,15 @@ async fn bench(
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid)?;
-    let cpu_before = cpu_seconds(pid)?;
-
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
-    let mut one = Vec::with_capacity(scale.changes);
-    let mut all = Vec::with_capacity(scale.changes);
+
+    // 1. One change at a time: each waits until every stream has it.
+    let before = Sample::take(pid, admin).await?;
+    let mut one_at_a_time = Vec::with_capacity(scale.changes);
     for change in 0..scale.changes {
-        let address = format!("198.18.{}.{}", 160 + change / 250, 1 + change % 250);
-        let marker = format!("\"{address}:8080\"");
-        target_tx.send_replace(Some((change, marker)));
+        let address = marker(change);
         let written = Instant::now();
-        let probe = slice("probe-a", "probe", &[address]);
+        let probe = slice("probe-a", "probe", std::slice::from_ref(&address));
         slices
             .patch(
                 "probe-a",
@@ -228,66 +247,301 @@ async fn bench(
                 &Patch::Apply(&probe),
             )
             .await?;
-        let mut arrivals = Vec::with_capacity(scale.clients);
-        while arrivals.len() < scale.clients {
-            let (client_id, seen_change, at) =
-                tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
-                    .await
-                    .with_context(|| format!("change {change} did not reach every stream in 30s"))?
-                    .context("every stream ended")?;
-            if seen_change == change {
-                arrivals.push((client_id, at));
-            }
+        let generation = firsts
+            .wait(&format!("{address}:8080"), Duration::from_secs(30))
+            .await
+            .with_context(|| format!("change {change} did not reach client 0 in 30s"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while arrivals.iter().any(|a| a.at(generation).is_none()) {
+            ensure!(
+                Instant::now() < deadline,
+                "change {change} did not reach every stream in 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let first_client = arrivals
-            .iter()
-            .find(|(c, _)| *c == 0)
-            .map(|(_, at)| *at - written)
-            .context("client 0 missing")?;
-        let last = arrivals.iter().map(|(_, at)| *at - written).max();
-        one.push(first_client);
-        all.push(last.unwrap_or_default());
+        one_at_a_time.push(Change {
+            written,
+            generation,
+        });
     }
-    let cpu = cpu_seconds(pid)? - cpu_before;
+    let after = Sample::take(pid, admin).await?;
+    let sequential = Report::of(&one_at_a_time, &arrivals, &before, &after);
+
+    // 2. Churn: changes to random Services at a fixed rate, not waiting for one another.
+    let total = scale.churn_rate * scale.churn_seconds;
+    let before = Sample::take(pid, admin).await?;
+    let mut written = Vec::with_capacity(total);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / scale.churn_rate.max(1) as u32);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut writes = tokio::task::JoinSet::new();
+    for change in 0..total {
+        tick.tick().await;
+        let service = (change * 7919) % scale.services;
+        let mut addresses = addresses(service, scale.endpoints);
+        let address = marker(scale.changes + change);
+        if let Some(first) = addresses.first_mut() {
+            *first = address.clone();
+        } else {
+            addresses.push(address.clone());
+        }
+        let name = format!("svc-{service}");
+        let body = slice(&format!("{name}-a"), &name, &addresses);
+        let slices = slices.clone();
+        written.push((address, Instant::now()));
+        writes.spawn(async move {
+            slices
+                .patch(
+                    &format!("{name}-a"),
+                    &PatchParams::apply("portico-bench").force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .map(drop)
+        });
+        while let Some(done) = writes.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = writes.join_next().await {
+        done??;
+    }
+    let write_span = before.at.elapsed();
+    let mut churned = Vec::with_capacity(total);
+    for (address, at) in written {
+        let generation = firsts
+            .wait(&format!("{address}:8080"), Duration::from_secs(30))
+            .await
+            .with_context(|| format!("churn change {address} did not reach client 0 in 30s"))?;
+        churned.push(Change {
+            written: at,
+            generation,
+        });
+    }
+    let last = churned.iter().map(|c| c.generation).max().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.iter().any(|a| a.at(last).is_none()) {
+        ensure!(
+            Instant::now() < deadline,
+            "the churn did not reach every stream within 60s of its end"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = Sample::take(pid, admin).await?;
+    let churn = Report::of(&churned, &arrivals, &before, &after);
     let rss_after = rss_kib(pid)?;
     drop(op);
 
-    one.sort();
-    all.sort();
-    let pct =
-        |v: &[Duration], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
     println!(
-        "control plane at scale: {} Services × {} endpoints ({} endpoints), {} mesh streams, {} changes, release operator binary",
+        "control plane at scale: {} Services × {} endpoints ({} endpoints), {} mesh streams {}, operator binary {}",
         scale.services,
         scale.endpoints,
         scale.services * scale.endpoints,
         scale.clients,
-        scale.changes
+        if scale.updates {
+            "asking for backend updates"
+        } else {
+            "taking whole backend sets (as an older proxy)"
+        },
+        operator_bin.display()
     );
     println!(
         "  operator RSS: {:.1} MiB with every stream connected, {:.1} MiB after the changes",
         rss_idle as f64 / 1024.0,
         rss_after as f64 / 1024.0
     );
-    println!(
-        "  operator CPU per change: {:.1} ms (user+system over {} changes, {} streams each)",
-        cpu * 1000.0 / scale.changes as f64,
-        scale.changes,
-        scale.clients
-    );
-    println!(
-        "  EndpointSlice write → one stream: p50 {:?}, p99 {:?} (includes the apiserver write)",
-        pct(&one, 0.50),
-        pct(&one, 0.99)
-    );
-    println!(
-        "  EndpointSlice write → all {} streams: p50 {:?}, p99 {:?}, max {:?}",
+    sequential.print(
+        &format!("{} changes one at a time", scale.changes),
         scale.clients,
-        pct(&all, 0.50),
-        pct(&all, 0.99),
-        all[all.len() - 1]
+    );
+    churn.print(
+        &format!(
+            "churn: {} changes at {}/s for {}s (writes took {:.1}s)",
+            total,
+            scale.churn_rate,
+            scale.churn_seconds,
+            write_span.as_secs_f64()
+        ),
+        scale.clients,
     );
     Ok(())
+}
+
+/// The address that marks change `n` (198.18.200.1 on: apart from the Services' own).
+fn marker(n: usize) -> String {
+    format!("198.18.{}.{}", 200 + n / 250, 1 + n % 250)
+}
+
+/// The `endpoints` addresses of Service `svc-{i}` (198.18.64.0 – 198.18.159.255 holds 24,576;
+/// reuse is harmless here).
+fn addresses(i: usize, endpoints: usize) -> Vec<String> {
+    (0..endpoints)
+        .map(|e| {
+            let n = (i * endpoints + e) % (96 * 256);
+            format!("198.18.{}.{}", 64 + n / 256, n % 256)
+        })
+        .collect()
+}
+
+/// One change: when its EndpointSlice write started, and the generation that first carried it.
+struct Change {
+    written: Instant,
+    generation: u64,
+}
+
+/// The operator's counters at one moment.
+struct Sample {
+    at: Instant,
+    cpu: f64,
+    bytes: f64,
+}
+
+impl Sample {
+    async fn take(pid: u32, admin: SocketAddr) -> anyhow::Result<Self> {
+        let (_, text) = admin_request(admin, "/metrics").await?;
+        let bytes = text
+            .lines()
+            .filter(|l| l.starts_with("portico_operator_config_bytes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Ok(Self {
+            at: Instant::now(),
+            cpu: cpu_seconds(pid)?,
+            bytes,
+        })
+    }
+}
+
+/// What one phase measured.
+struct Report {
+    changes: usize,
+    cpu: f64,
+    bytes: f64,
+    /// Write → client 0, per change.
+    one: Vec<Duration>,
+    /// Write → the last stream, per change.
+    all: Vec<Duration>,
+    /// Write → each stream, per change and stream.
+    each: Vec<Duration>,
+}
+
+impl Report {
+    fn of(changes: &[Change], arrivals: &[Arrivals], before: &Sample, after: &Sample) -> Self {
+        let mut report = Report {
+            changes: changes.len(),
+            cpu: after.cpu - before.cpu,
+            bytes: after.bytes - before.bytes,
+            one: Vec::new(),
+            all: Vec::new(),
+            each: Vec::new(),
+        };
+        let logs: Vec<Vec<(u64, Instant)>> = arrivals.iter().map(Arrivals::snapshot).collect();
+        for c in changes {
+            let mut last = Duration::ZERO;
+            for (i, log) in logs.iter().enumerate() {
+                // Generations only grow on a stream: the first message at or past the change's.
+                let k = log.partition_point(|(g, _)| *g < c.generation);
+                let Some((_, at)) = log.get(k) else {
+                    continue;
+                };
+                let d = at.saturating_duration_since(c.written);
+                if i == 0 {
+                    report.one.push(d);
+                }
+                report.each.push(d);
+                last = last.max(d);
+            }
+            report.all.push(last);
+        }
+        report.one.sort();
+        report.all.sort();
+        report.each.sort();
+        report
+    }
+
+    fn print(&self, what: &str, clients: usize) {
+        let pct = |v: &[Duration], p: f64| {
+            v.get(((v.len() as f64 * p).ceil() as usize).clamp(1, v.len().max(1)) - 1)
+                .copied()
+                .unwrap_or_default()
+        };
+        let n = self.changes.max(1) as f64;
+        println!("  {what}:");
+        println!(
+            "    operator CPU per change: {:.2} ms; bytes sent per change: {:.0} in all, {:.0} per stream",
+            self.cpu * 1000.0 / n,
+            self.bytes / n,
+            self.bytes / n / clients as f64
+        );
+        println!(
+            "    write → one stream: p50 {:?}, p99 {:?}; → each stream: p50 {:?}, p99 {:?}",
+            pct(&self.one, 0.50),
+            pct(&self.one, 0.99),
+            pct(&self.each, 0.50),
+            pct(&self.each, 0.99),
+        );
+        println!(
+            "    write → all {clients} streams: p50 {:?}, p99 {:?}, max {:?} (includes the apiserver write)",
+            pct(&self.all, 0.50),
+            pct(&self.all, 0.99),
+            self.all.last().copied().unwrap_or_default()
+        );
+    }
+}
+
+/// The generation and arrival time of every config message one stream received, in order.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<Vec<(u64, Instant)>>>);
+
+impl Arrivals {
+    fn push(&self, generation: u64, at: Instant) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((generation, at));
+    }
+
+    /// When a message of `generation` or later arrived.
+    fn at(&self, generation: u64) -> Option<Instant> {
+        let log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter()
+            .find(|(g, _)| *g >= generation)
+            .map(|(_, at)| *at)
+    }
+
+    fn snapshot(&self) -> Vec<(u64, Instant)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The generation that first carried each endpoint address (client 0 decodes every message).
+#[derive(Clone, Default)]
+struct Firsts(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Firsts {
+    fn note(&self, generation: u64, backends: &[portico_proxy_api::Backend]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for e in backends.iter().flat_map(|b| &b.endpoints) {
+            map.entry(e.address.clone()).or_insert(generation);
+        }
+    }
+
+    async fn wait(&self, address: &str, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(g) = self
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(address)
+            {
+                return Some(*g);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// One EndpointSlice of Service `service` with `addresses` on port 8080.
@@ -330,13 +584,7 @@ async fn populate(client: &kube::Client, scale: Scale) -> anyhow::Result<()> {
                     let addresses: Vec<String> = if name == "probe" {
                         vec!["198.18.159.1".to_owned()]
                     } else {
-                        // 198.18.64.0 – 198.18.159.255 holds 24,576 addresses; reuse is harmless here.
-                        (0..scale.endpoints)
-                            .map(|e| {
-                                let n = (i * scale.endpoints + e) % (96 * 256);
-                                format!("198.18.{}.{}", 64 + n / 256, n % 256)
-                            })
-                            .collect()
+                        addresses(i, scale.endpoints)
                     };
                     let s: EndpointSlice =
                         serde_json::from_value(slice(&format!("{name}-a"), &name, &addresses))?;
@@ -369,7 +617,8 @@ async fn token(client: &kube::Client) -> anyhow::Result<String> {
         .context("TokenRequest without token")
 }
 
-async fn admin_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+/// The status and body of `GET path` from the operator's admin server.
+async fn admin_request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.write_all(
@@ -378,19 +627,31 @@ async fn admin_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     .await?;
     let mut text = String::new();
     tcp.read_to_string(&mut text).await?;
-    text.split_whitespace()
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .context("no HTTP status")
+        .context("no HTTP status")?;
+    // Chunked or not, the metric lines read the same (chunk sizes are lines of their own).
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_owned()))
 }
 
-/// `GET /v1/mesh/config` over HTTP/2 + TLS: the response body.
+/// `GET /v1/mesh/config` over HTTP/2 + TLS (asking for backend updates if `updates`): the
+/// response body.
 async fn open_stream(
     addr: SocketAddr,
     ca: &CertificateDer<'static>,
     token: &str,
+    updates: bool,
 ) -> anyhow::Result<hyper::body::Incoming> {
-    let (resp, send) = config_server_get(addr, ca, "/v1/mesh/config", Some(token)).await?;
+    let features = [(
+        portico_proxy_api::FEATURES_HEADER,
+        portico_proxy_api::BACKEND_UPDATES,
+    )];
+    let headers: &[(&str, &str)] = if updates { &features } else { &[] };
+    let (resp, send) =
+        config_server_get_with(addr, ca, "/v1/mesh/config", Some(token), headers).await?;
     if !resp.status().is_success() {
         bail!("the mesh stream was refused: {}", resp.status());
     }
@@ -402,13 +663,14 @@ async fn open_stream(
     Ok(resp.into_body())
 }
 
-/// Reads one stream like a proxy would take its lines, without decoding them: reports once it
-/// has the full state (two lines), then every line that holds the current change's marker.
+/// Reads one stream: notes the generation and arrival time of each backend message (read from
+/// the line's head, without decoding the rest), and reports once the full state (two lines) is
+/// in. With `firsts` (client 0) it decodes every backend message and notes which generation
+/// first carried each endpoint address.
 async fn read_stream(
-    id: usize,
     mut body: hyper::body::Incoming,
-    target: watch::Receiver<Option<(usize, String)>>,
-    seen: mpsc::UnboundedSender<(usize, usize, Instant)>,
+    log: Arrivals,
+    firsts: Option<Firsts>,
     full: mpsc::UnboundedSender<usize>,
 ) {
     let mut buf: Vec<u8> = Vec::new();
@@ -427,16 +689,36 @@ async fn read_stream(
             let line: Vec<u8> = buf.drain(..=end).collect();
             lines += 1;
             if lines == 2 {
-                let _ = full.send(id);
+                let _ = full.send(0);
             }
-            let current = target.borrow().clone();
-            if let Some((change, marker)) = current
-                && line.windows(marker.len()).any(|w| w == marker.as_bytes())
-            {
-                let _ = seen.send((id, change, at));
+            if let Some(generation) = backend_generation(&line) {
+                if let Some(firsts) = &firsts {
+                    match portico_proxy_api::ConfigMessage::from_line(&line) {
+                        Ok(portico_proxy_api::ConfigMessage::BackendSet(b)) => {
+                            firsts.note(generation, &b.backends)
+                        }
+                        Ok(portico_proxy_api::ConfigMessage::BackendUpdate(u)) => {
+                            firsts.note(generation, &u.backends)
+                        }
+                        _ => {}
+                    }
+                }
+                log.push(generation, at);
             }
         }
     }
+}
+
+/// The generation of a `backendSet` or `backendUpdate` line, from its head.
+fn backend_generation(line: &[u8]) -> Option<u64> {
+    let rest = [
+        &br#"{"backendUpdate":{"generation":"#[..],
+        br#"{"backendSet":{"generation":"#,
+    ]
+    .iter()
+    .find_map(|head| line.strip_prefix(*head))?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// The resident set size of process `pid`, in KiB.
