@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     let churn_seconds = env_usize("PORTICO_BENCH_CHURN_SECONDS", 60)?;
     let updates = env_usize("PORTICO_BENCH_UPDATES", 1)? == 1;
     ensure!(
-        endpoints <= 250 && services <= 60_000 && clients >= 1 && changes >= 1 && changes <= 6000,
+        endpoints <= 250 && services <= 60_000 && clients >= 1 && (1..=6000).contains(&changes),
         "at most 250 endpoints per Service and 60,000 Services; at least one client; 1–6,000 changes"
     );
     ensure!(
