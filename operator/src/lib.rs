@@ -66,7 +66,8 @@ pub struct Args {
     #[arg(long, env = "PORTICO_CONFIG_TLS_KEY")]
     pub config_tls_key: PathBuf,
     /// Quiet time after each config message, in milliseconds, during which further changes are
-    /// coalesced. A lone change is never delayed.
+    /// coalesced (at least 50 µs per open stream: 50 ms at 1,000). A lone change is never
+    /// delayed.
     #[arg(long, env = "PORTICO_CONFIG_DEBOUNCE_MS", default_value_t = 20)]
     pub config_debounce_ms: u64,
     /// How often the token of an open config stream is checked again with a TokenReview

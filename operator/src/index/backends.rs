@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use portico_api::ServicePolicy;
-use portico_proxy_api::{self as contract, BackendSet};
+use portico_proxy_api::{self as contract, BackendSet, BackendUpdate};
 
 use super::{Index, Key, endpoints, inbound, translate};
 
@@ -50,12 +50,87 @@ impl ServicePort {
     }
 }
 
+/// The backends one proxy is sent. Each is shared (an `Arc`) with the sets before and after it
+/// that have it unchanged: a set costs a pointer per backend however many sets streams still
+/// hold, and what changed between two sets is found by comparing pointers.
+#[derive(Clone, Debug, Default)]
+pub struct Backends {
+    /// See [`contract::ProxyConfig::generation`].
+    pub generation: u64,
+    /// The backends, in [`Wanted`] order.
+    pub backends: Vec<Arc<contract::Backend>>,
+}
+
+impl Backends {
+    /// Whether both hold the same backends (by pointer, else by value).
+    pub fn same_backends(&self, other: &Backends) -> bool {
+        self.backends.len() == other.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&other.backends)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
+
+    /// The contract's form of the set.
+    pub fn to_set(&self) -> BackendSet {
+        BackendSet {
+            generation: self.generation,
+            backends: self.backends.iter().map(|b| (**b).clone()).collect(),
+        }
+    }
+
+    /// What turns `self` into `next` (see [`BackendSet::update_to`]); `None` when nothing
+    /// changed. Sets of the same Services (the usual case: an endpoint change) are compared
+    /// place by place and by pointer, without hashing a name.
+    pub fn update_to(&self, next: &Backends) -> Option<BackendUpdate> {
+        let aligned = self.backends.len() == next.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&next.backends)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        if !aligned {
+            return self.to_set().update_to(&next.to_set());
+        }
+        let backends: Vec<contract::Backend> = self
+            .backends
+            .iter()
+            .zip(&next.backends)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b) && a != b)
+            .map(|(_, b)| (**b).clone())
+            .collect();
+        (!backends.is_empty()).then_some(BackendUpdate {
+            generation: next.generation,
+            backends,
+            removed: Vec::new(),
+        })
+    }
+}
+
+impl serde::Serialize for Backends {
+    /// As the contract's [`BackendSet`].
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Seq<'a>(&'a [Arc<contract::Backend>]);
+        impl serde::Serialize for Seq<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|b| &**b))
+            }
+        }
+        let mut st = serializer.serialize_struct("BackendSet", 2)?;
+        st.serialize_field("generation", &self.generation)?;
+        st.serialize_field("backends", &Seq(&self.backends))?;
+        st.end()
+    }
+}
+
 /// Service ports a proxy needs, in the order their backends are published.
 pub(crate) type Wanted = BTreeSet<ServicePort>;
 
 /// Backends computed during one recompute, by Service port: one event that touches a Service
 /// many proxies use computes its endpoints once.
-pub(super) type Memo = HashMap<ServicePort, contract::Backend>;
+pub(super) type Memo = HashMap<ServicePort, Arc<contract::Backend>>;
 
 impl Index {
     /// The Services with an endpoint that is pod `pod` (by `targetRef`, else by address).
@@ -109,20 +184,20 @@ impl Index {
     }
 
     /// The backends for `wanted` (generation 0; the caller stamps it).
-    pub(super) fn backend_set(&self, wanted: &Wanted) -> BackendSet {
+    pub(super) fn backend_set(&self, wanted: &Wanted) -> Backends {
         self.backend_set_memo(wanted, &mut Memo::new())
     }
 
     /// Like [`Index::backend_set`], computing each Service port at most once per `memo`: one
     /// event that touches a Service many proxies use computes its endpoints once.
-    pub(super) fn backend_set_memo(&self, wanted: &Wanted, memo: &mut Memo) -> BackendSet {
-        BackendSet {
+    pub(super) fn backend_set_memo(&self, wanted: &Wanted, memo: &mut Memo) -> Backends {
+        Backends {
             generation: 0,
             backends: wanted
                 .iter()
                 .map(|w| {
                     memo.entry(w.clone())
-                        .or_insert_with(|| self.backend(w))
+                        .or_insert_with(|| Arc::new(self.backend(w)))
                         .clone()
                 })
                 .collect(),
@@ -191,5 +266,50 @@ pub(crate) fn empty_backend(name: String) -> contract::Backend {
         idle_timeout: None,
         retry_budget: None,
         health_check: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str, addresses: &[&str]) -> Arc<contract::Backend> {
+        let mut b = empty_backend(name.into());
+        b.endpoints = addresses
+            .iter()
+            .map(|a| serde_json::from_value(serde_json::json!({"address": a})).unwrap())
+            .collect();
+        Arc::new(b)
+    }
+
+    #[test]
+    fn an_update_between_sets_is_found_by_pointer_or_by_name() {
+        let (a, b) = (backend("a", &["10.0.0.1:80"]), backend("b", &["10.0.0.2:80"]));
+        let before = Backends {
+            generation: 1,
+            backends: vec![a.clone(), b.clone()],
+        };
+        // Same Services, one rebuilt with the same content, one changed: only the change goes.
+        let same_a = backend("a", &["10.0.0.1:80"]);
+        let new_b = backend("b", &["10.0.0.2:80", "10.0.0.3:80"]);
+        let after = Backends {
+            generation: 2,
+            backends: vec![same_a, new_b.clone()],
+        };
+        let update = before.update_to(&after).unwrap();
+        assert_eq!(update.generation, 2);
+        assert_eq!(update.backends, vec![(*new_b).clone()]);
+        assert!(before.same_backends(&before.clone()));
+        assert!(!before.same_backends(&after));
+        assert_eq!(before.update_to(&before), None);
+        // A Service gone and one new: by name.
+        let c = backend("c", &["10.0.0.4:80"]);
+        let other = Backends {
+            generation: 3,
+            backends: vec![a, c.clone()],
+        };
+        let update = before.update_to(&other).unwrap();
+        assert_eq!(update.backends, vec![(*c).clone()]);
+        assert_eq!(update.removed, ["b"]);
     }
 }

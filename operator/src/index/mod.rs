@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  watch events ──apply/delete/reset──► Index ──refresh──► per Gateway: watch::Sender<RouteTable>
-//!  (Gateway, Route, ServicePolicy,        │                             watch::Sender<BackendSet>
+//!  (Gateway, Route, ServicePolicy,        │                             watch::Sender<Backends>
 //!   Service, EndpointSlice, Secret,       ├──────────────► watch::Sender<Statuses> (status writer)
 //!   Namespace, ReferenceGrant, Pod)       └──────────────► per connected sidecar's pod:
 //!                                                          watch::Sender<InboundPolicy>
@@ -66,7 +66,7 @@ use kube::ResourceExt;
 use portico_api::gateway_api::GatewayClass;
 use portico_api::route_policy::TargetKind;
 use portico_api::{Gateway, ReferenceGrant, RoutePolicy, ServicePolicy};
-use portico_proxy_api::{self as contract, BackendSet, RouteTable};
+use portico_proxy_api::{self as contract, RouteTable};
 use tokio::sync::watch;
 
 use attach::Attachment;
@@ -76,7 +76,7 @@ use gateway_api::{ApiGatewayEntry, ApiSource, GRPCROUTE, HTTPROUTE};
 use object::SERVICE_NAME_LABEL;
 use route_entry::RouteEntry;
 
-pub use backends::ServicePort;
+pub use backends::{Backends, ServicePort};
 pub use inbound::rate_limit;
 pub use mesh::mesh_key;
 pub use object::{Key, Kind, Object};
@@ -95,7 +95,7 @@ pub fn proxy_name(gateway: &str) -> String {
 /// What one gateway proxy is subscribed to.
 struct ProxyChannels {
     routes: watch::Sender<Arc<RouteTable>>,
-    backends: watch::Sender<Arc<BackendSet>>,
+    backends: watch::Sender<Arc<Backends>>,
     /// The Service ports the last RouteTable refers to: what an endpoint change must touch.
     wanted: Wanted,
 }
@@ -106,7 +106,7 @@ pub struct Subscription {
     /// Listeners and routes.
     pub routes: watch::Receiver<Arc<RouteTable>>,
     /// Backends and endpoints.
-    pub backends: watch::Receiver<Arc<BackendSet>>,
+    pub backends: watch::Receiver<Arc<Backends>>,
 }
 
 /// Counters the admin endpoint reports.
@@ -588,7 +588,7 @@ impl Index {
                 generation: self.generation,
                 ..routes
             });
-            let backends = Arc::new(BackendSet {
+            let backends = Arc::new(Backends {
                 generation: self.generation,
                 ..backends
             });

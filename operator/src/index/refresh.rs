@@ -7,23 +7,23 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use portico_proxy_api::{BackendSet, RouteTable};
+use portico_proxy_api::RouteTable;
 use tokio::sync::watch;
 
-use super::{GatewaySpec, GatewaySpecs, Index, Key, Memo, ProxyChannels, Wanted};
+use super::{Backends, GatewaySpec, GatewaySpecs, Index, Key, Memo, ProxyChannels, Wanted};
 
 impl Index {
     /// Publishes `backends` to `key`'s channel if it differs from what was sent.
-    pub(super) fn publish_backends(&mut self, key: &Key, backends: BackendSet) {
+    pub(super) fn publish_backends(&mut self, key: &Key, backends: Backends) {
         let generation = self.generation + 1;
         let Some(ch) = self.proxies.get(key) else {
             return;
         };
         let sent = ch.backends.send_if_modified(|cur| {
-            if cur.backends == backends.backends {
+            if cur.same_backends(&backends) {
                 return false;
             }
-            *cur = Arc::new(BackendSet {
+            *cur = Arc::new(Backends {
                 generation,
                 ..backends
             });
@@ -71,14 +71,14 @@ impl Index {
                         Some(b) => b.clone(),
                         None => memo
                             .entry(w.clone())
-                            .or_insert_with(|| self.backend(w))
+                            .or_insert_with(|| Arc::new(self.backend(w)))
                             .clone(),
                     }
                 })
                 .collect();
             self.publish_backends(
                 &key,
-                BackendSet {
+                Backends {
                     generation: 0,
                     backends,
                 },
@@ -106,7 +106,7 @@ impl Index {
                 .entry(key.clone())
                 .or_insert_with(|| ProxyChannels {
                     routes: watch::Sender::new(Arc::new(RouteTable::default())),
-                    backends: watch::Sender::new(Arc::new(BackendSet::default())),
+                    backends: watch::Sender::new(Arc::new(Backends::default())),
                     wanted: Wanted::new(),
                 });
             ch.wanted = wanted;

@@ -139,7 +139,7 @@ fn a_gateway_proxy_gets_its_listeners_routes_and_endpoints() {
     assert_eq!(backends.backends.len(), 1);
     assert_eq!(backends.backends[0].name, "shop/orders:80");
     assert_eq!(addresses(&backends.backends[0]), ["198.18.64.1:8080"]);
-    let joined = ProxyConfig::from_parts((*routes).clone(), (*backends).clone());
+    let joined = ProxyConfig::from_parts((*routes).clone(), backends.to_set());
     joined.validate().expect("the published config is valid");
 }
 
@@ -606,7 +606,7 @@ fn sidecars_get_every_service_by_cluster_ip_with_its_mesh_routes() {
     assert_eq!(routes.routes.len(), 1);
     assert!(routes.listeners.is_empty());
     let backends = sub.backends.borrow_and_update().clone();
-    let config = ProxyConfig::from_parts((*routes).clone(), (*backends).clone());
+    let config = ProxyConfig::from_parts((*routes).clone(), backends.to_set());
     config.validate().expect("the mesh config is valid");
     assert_eq!(
         addresses(config.backend("shop/orders:80").unwrap()),

@@ -121,7 +121,7 @@ fn assert_refused(index: &Index, sub: &Subscription) {
         "shop/orders:80"
     );
     assert_eq!(backend_names(sub), ["shop/orders:80"]);
-    let config = ProxyConfig::from_parts((*routes).clone(), (**sub.backends.borrow()).clone());
+    let config = ProxyConfig::from_parts((*routes).clone(), sub.backends.borrow().to_set());
     config
         .validate()
         .expect("a refused rule keeps the config valid");
@@ -463,6 +463,6 @@ fn aggregated_backends_are_sent_with_their_endpoints_and_need_a_grant_like_backe
     assert_eq!(endpoints, ["198.18.66.2:80", "198.18.66.1:80"]);
     assert!(resolved_refs(&index, &Key::new("shop", "combined")).status);
     let routes = sub.routes.borrow().clone();
-    let config = ProxyConfig::from_parts((*routes).clone(), (**sub.backends.borrow()).clone());
+    let config = ProxyConfig::from_parts((*routes).clone(), sub.backends.borrow().to_set());
     config.validate().expect("the aggregate rule is valid");
 }

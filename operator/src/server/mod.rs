@@ -28,9 +28,10 @@
 //! work together). The update between two sets is computed and encoded once and shared by every
 //! stream that moves between the same two sets.
 //!
-//! A change is sent as soon as it is seen; after each send the stream waits `debounce` before
-//! looking again, so a burst of endpoint changes becomes one message per window while a lone
-//! change is never delayed.
+//! A change is sent as soon as it is seen; after each send the stream is quiet for `debounce`
+//! (or 50 µs per open stream when that is longer) before looking again, so a burst of endpoint
+//! changes becomes one message per window while a lone change is never delayed. Quiet times end
+//! on a clock every stream shares, so streams look again together and share one update line.
 //!
 //! Refusals (see [`crate::auth`]): no token 401, bad token or wrong audience 401, a valid
 //! identity that may not read the config 403, a pod the operator has not seen within a few
