@@ -284,7 +284,10 @@ mod tests {
 
     #[test]
     fn an_update_between_sets_is_found_by_pointer_or_by_name() {
-        let (a, b) = (backend("a", &["10.0.0.1:80"]), backend("b", &["10.0.0.2:80"]));
+        let (a, b) = (
+            backend("a", &["10.0.0.1:80"]),
+            backend("b", &["10.0.0.2:80"]),
+        );
         let before = Backends {
             generation: 1,
             backends: vec![a.clone(), b.clone()],
