@@ -64,7 +64,7 @@ pub struct Snapshot {
     /// Routes compiled for matching.
     pub router: Arc<Router>,
     /// Backends by name.
-    pub backends: HashMap<Arc<str>, Arc<BackendState>>,
+    pub backends: BackendMap,
     /// TLS server configs by listener name.
     pub tls: Arc<HashMap<String, Arc<ServerConfig>>>,
     /// Sidecar mode: services by virtual address, for the OUTBOUND listener.
@@ -106,14 +106,11 @@ impl Snapshot {
         }
         let inbound = crate::policy::inbound::InboundPolicies::new(&config.inbound, &old.inbound);
         let referenced = referenced(&config);
-        let backends = std::mem::take(&mut config.backends)
-            .into_iter()
-            .map(|b| {
-                let prev = old.backends.get(b.name.as_str()).map(|s| &**s);
-                let state = BackendState::new(b, prev);
-                (state.name.clone(), Arc::new(state))
-            })
-            .collect();
+        let mut backends = BackendMap::default();
+        for b in std::mem::take(&mut config.backends) {
+            let prev = old.backends.get(b.name.as_str()).map(|s| &**s);
+            backends.insert(Arc::new(BackendState::new(b, prev)));
+        }
         Ok(Self {
             inbound: Arc::new(inbound),
             app_clients: old.app_clients.clone(),
@@ -141,12 +138,11 @@ impl Snapshot {
         }
         let mut backends = self.backends.clone();
         for name in &update.removed {
-            backends.remove(name.as_str());
+            backends.remove(name);
         }
         for b in update.backends {
             let prev = self.backends.get(b.name.as_str()).map(|s| &**s);
-            let state = BackendState::new(b, prev);
-            backends.insert(state.name.clone(), Arc::new(state));
+            backends.insert(Arc::new(BackendState::new(b, prev)));
         }
         Ok(Self {
             config: self.config.clone(),
@@ -189,4 +185,93 @@ fn referenced(config: &ProxyConfig) -> HashSet<String> {
     portico_proxy_api::backend_refs(&config.listeners, &config.routes, &config.services)
         .map(str::to_owned)
         .collect()
+}
+
+/// Backends by name, in shards that are shared between snapshots: a snapshot made by an update
+/// copies the shard pointers and only the shards it changes, not every entry (a mesh-wide
+/// config holds a backend per Service port).
+#[derive(Clone, Debug, Default)]
+pub struct BackendMap {
+    shards: Vec<Arc<HashMap<Arc<str>, Arc<BackendState>>>>,
+}
+
+/// Shards of a [`BackendMap`]: about 16 entries each at 1,000 backends.
+const SHARDS: usize = 64;
+
+impl BackendMap {
+    fn shard(name: &str) -> usize {
+        // FNV-1a: names are short; any spread does.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in name.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        h as usize % SHARDS
+    }
+
+    /// The backend called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<BackendState>> {
+        self.shards.get(Self::shard(name))?.get(name)
+    }
+
+    /// Every backend, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<BackendState>> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+
+    /// Adds or replaces a backend (by its name).
+    pub fn insert(&mut self, backend: Arc<BackendState>) {
+        let shard = Self::shard(&backend.name);
+        self.shard_mut(shard).insert(backend.name.clone(), backend);
+    }
+
+    /// Removes the backend called `name`.
+    pub fn remove(&mut self, name: &str) {
+        let shard = Self::shard(name);
+        if self.shards.get(shard).is_some_and(|s| s.contains_key(name)) {
+            self.shard_mut(shard).remove(name);
+        }
+    }
+
+    fn shard_mut(&mut self, i: usize) -> &mut HashMap<Arc<str>, Arc<BackendState>> {
+        if self.shards.is_empty() {
+            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+        }
+        Arc::make_mut(&mut self.shards[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(name: &str) -> Arc<BackendState> {
+        let b = serde_yaml::from_str(&format!("{{ name: {name} }}")).unwrap();
+        Arc::new(BackendState::new(b, None))
+    }
+
+    #[test]
+    fn a_changed_backend_map_shares_every_shard_it_did_not_touch() {
+        let mut map = BackendMap::default();
+        for i in 0..1000 {
+            map.insert(state(&format!("ns/svc-{i}:80")));
+        }
+        assert_eq!(map.values().count(), 1000);
+        let mut next = map.clone();
+        next.insert(state("ns/svc-7:80"));
+        next.remove("ns/svc-8:80");
+        next.remove("not-there");
+        assert!(next.get("ns/svc-8:80").is_none() && map.get("ns/svc-8:80").is_some());
+        assert!(!Arc::ptr_eq(
+            next.get("ns/svc-7:80").unwrap(),
+            map.get("ns/svc-7:80").unwrap()
+        ));
+        let shared = map
+            .shards
+            .iter()
+            .zip(&next.shards)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert!(shared >= SHARDS - 2, "{shared} of {SHARDS} shards shared");
+        assert_eq!(next.values().count(), 999);
+    }
 }

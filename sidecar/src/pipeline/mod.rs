@@ -264,7 +264,7 @@ pub(crate) async fn plan<'a>(
     let mirrors = view
         .mirrors
         .iter()
-        .filter_map(|name| snap.backends.get(*name).cloned())
+        .filter_map(|name| snap.backends.get(name).cloned())
         .collect();
     let cors_origin = view.cors_origin.take();
     let quota = view.quota;
