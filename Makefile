@@ -98,10 +98,10 @@ profile:
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), a proxy applying a one-endpoint backend update vs a whole config, EndpointSlice →
 ## proxy propagation p50/p99 over 200 changes on a real control plane, and the release operator
-## binary at scale against the real apiserver: 1,000 mesh streams, 100 changes one at a time,
-## then 100 changes/s for 60 s (RSS, CPU and bytes per change, one/each/all streams p50/p99;
-## scale with PORTICO_BENCH_SERVICES, _ENDPOINTS, _CLIENTS, _CHANGES, _CHURN_RATE,
-## _CHURN_SECONDS, _UPDATES)
+## binary at scale against the real apiserver: 1,000 sidecar streams each subscribed on demand
+## to 10 Services, 100 changes one at a time, then 100 changes/s for 60 s (RSS, CPU and bytes
+## per change, first/each/every interested stream p50/p99; scale with PORTICO_BENCH_SERVICES,
+## _ENDPOINTS, _CLIENTS, _SUBSCRIBE, _CHANGES, _CHURN_RATE, _CHURN_SECONDS, _UPDATES)
 # Optimized, but without the data plane's fat LTO: the propagation test links the whole
 # Kubernetes client into one test binary, and LTO there would add minutes and change nothing
 # measured here (one setting for every step, so everything is built once).

@@ -353,14 +353,7 @@ pub async fn config_server_get_with(
     http::Response<hyper::body::Incoming>,
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
 )> {
-    let config = tls_client_config(ca, b"h2")?;
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-        .await?;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
+    let mut send = config_server_connect(addr, ca).await?;
     let mut req = http::Request::get(format!("https://127.0.0.1{path}"));
     if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
@@ -370,6 +363,42 @@ pub async fn config_server_get_with(
     }
     let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
     Ok((resp, send))
+}
+
+/// An HTTP/2 connection over TLS to a config server at `addr` whose certificate `ca` signed.
+async fn config_server_connect<B>(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let config = tls_client_config(ca, b"h2")?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
+        .await?;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// `POST path` with a JSON `body` to a config server: the status.
+pub async fn config_server_post(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<u16> {
+    let mut send = config_server_connect(addr, ca).await?;
+    let req = http::Request::post(format!("https://127.0.0.1{path}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(
+            body,
+        )?)))?;
+    Ok(send.send_request(req).await?.status().as_u16())
 }
 
 /// The value of the first series of `name` in Prometheus text `text` whose labels contain every

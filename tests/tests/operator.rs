@@ -22,7 +22,9 @@ use portico_proxy_api::ConfigMessage;
 use portico_proxy_api::{BackendSet, RouteTable};
 use portico_tests::cluster::free_port;
 use portico_tests::harness::{self, Ctx, test};
-use portico_tests::support::{self, backend, config_server_get_with, create, eventually, http_get};
+use portico_tests::support::{
+    self, backend, config_server_get_with, config_server_post, create, eventually, http_get,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,6 +93,10 @@ fn main() -> ExitCode {
             test(
                 "a_proxy_that_asks_gets_backend_updates_and_an_older_one_whole_sets",
                 mesh_stream_updates,
+            ),
+            test(
+                "an_on_demand_stream_gets_only_the_backends_it_subscribed_to",
+                on_demand_stream,
             ),
             test(
                 "a_route_to_a_missing_service_or_port_says_so_in_its_status",
@@ -450,6 +456,8 @@ async fn metric(op: &Operator, name: &str) -> anyhow::Result<f64> {
 /// An open config stream: messages with their arrival time.
 struct ConfigStream {
     rx: mpsc::UnboundedReceiver<(Instant, ConfigMessage)>,
+    /// An on-demand stream's id (its `portico-stream` header).
+    id: Option<String>,
 }
 
 impl ConfigStream {
@@ -501,14 +509,17 @@ async fn open_path_with(
     let offered = resp.headers().get(portico_proxy_api::FEATURES_HEADER);
     let asked = headers
         .iter()
-        .any(|(name, _)| *name == portico_proxy_api::FEATURES_HEADER);
-    if resp.status().is_success()
-        && asked
-            != (offered.map(|v| v.as_bytes())
-                == Some(portico_proxy_api::BACKEND_UPDATES.as_bytes()))
-    {
-        bail!("asked for backend updates: {asked}; the operator answered {offered:?}");
+        .find(|(name, _)| *name == portico_proxy_api::FEATURES_HEADER)
+        .map(|(_, v)| *v);
+    let answered = offered.and_then(|v| v.to_str().ok());
+    if resp.status().is_success() && asked.is_some() != answered.is_some() {
+        bail!("asked for stream features {asked:?}; the operator answered {answered:?}");
     }
+    let id = resp
+        .headers()
+        .get(portico_proxy_api::STREAM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
@@ -543,7 +554,7 @@ async fn open_path_with(
             }
         }
     });
-    Ok(Ok(ConfigStream { rx }))
+    Ok(Ok(ConfigStream { rx, id }))
 }
 
 async fn token(ctx: &Ctx, service_account: &str, audience: &str) -> anyhow::Result<String> {
@@ -1178,6 +1189,96 @@ async fn mesh_stream(ctx: Ctx) -> anyhow::Result<()> {
         open_path(&op, "/v1/mesh/config", None).await?,
         Err((401, _))
     ));
+    Ok(())
+}
+
+/// A sidecar stream on demand gets the mesh-wide route table but only the backends it
+/// subscribed to (on connect, then by posting to its stream id), and only their changes; an
+/// unknown stream id is 404.
+async fn on_demand_stream(ctx: Ctx) -> anyhow::Result<()> {
+    shop(&ctx).await?;
+    create::<Service>(&ctx, service("payments")).await?;
+    create::<EndpointSlice>(&ctx, slice("payments-1", "payments", &["198.18.64.20"])).await?;
+    let op = start_operator(&ctx, "op-a").await?;
+    let token = token(&ctx, "some-app", "portico").await?;
+    let ns = &ctx.namespace;
+    let (orders, payments) = (format!("{ns}/orders:80"), format!("{ns}/payments:80"));
+    let headers = [
+        (
+            portico_proxy_api::FEATURES_HEADER,
+            "backend-updates, on-demand",
+        ),
+        (portico_proxy_api::SUBSCRIBE_HEADER, orders.as_str()),
+    ];
+    let mut stream = open_path_with(&op, "/v1/mesh/config", Some(&token), &headers)
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e:?}"))?;
+    let id = stream
+        .id
+        .clone()
+        .context("an on-demand stream without an id")?;
+    let (routes, set) = stream.full_state().await?;
+    ensure!(
+        routes.services.iter().any(|s| s.backend == payments),
+        "the route table stays mesh-wide"
+    );
+    let names: Vec<&str> = set.backends.iter().map(|b| b.name.as_str()).collect();
+    ensure!(
+        names == [orders.as_str()],
+        "only the subscribed backend: {names:?}"
+    );
+
+    // A change to payments, not subscribed: nothing comes.
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let apply = |name: &'static str, service: &'static str, ips: &'static [&'static str]| {
+        let slices = slices.clone();
+        async move {
+            slices
+                .patch(
+                    name,
+                    &PatchParams::apply("portico-e2e").force(),
+                    &Patch::Apply(&slice(name, service, ips)),
+                )
+                .await
+        }
+    };
+    apply("payments-1", "payments", &["198.18.64.20", "198.18.64.21"]).await?;
+    apply("orders-1", "orders", &["198.18.64.10", "198.18.64.11"]).await?;
+    match stream.next(Duration::from_secs(5)).await?.1 {
+        ConfigMessage::BackendUpdate(u) => ensure!(
+            u.backends.len() == 1
+                && u.backends[0].name == orders
+                && u.backends[0].endpoints.len() == 2,
+            "only orders' change: {u:?}"
+        ),
+        other => bail!("expected orders' update, got {other:?}"),
+    }
+    let path = format!("/v1/streams/{id}/backends");
+    let status = config_server_post(
+        op.config_addr,
+        &op.ca,
+        &path,
+        &json!({"subscribe": [payments]}),
+    )
+    .await?;
+    ensure!(status == 204, "subscribing answered {status}");
+    match stream.next(Duration::from_secs(5)).await?.1 {
+        ConfigMessage::BackendUpdate(u) => ensure!(
+            u.backends.len() == 1
+                && u.backends[0].name == payments
+                && u.backends[0].endpoints.len() == 2,
+            "payments as it is now: {u:?}"
+        ),
+        other => bail!("expected payments, got {other:?}"),
+    }
+    let unknown = config_server_post(
+        op.config_addr,
+        &op.ca,
+        "/v1/streams/0123/backends",
+        &json!({"subscribe": [payments]}),
+    )
+    .await?;
+    ensure!(unknown == 404, "an unknown stream answered {unknown}");
     Ok(())
 }
 

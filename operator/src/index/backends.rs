@@ -59,9 +59,32 @@ pub struct Backends {
     pub generation: u64,
     /// The backends, in [`Wanted`] order.
     pub backends: Vec<Arc<contract::Backend>>,
+    /// Positions by name, made on first use by [`Backends::only`] (once per published set,
+    /// shared by every stream that filters it).
+    pub by_name: std::sync::OnceLock<HashMap<String, usize>>,
 }
 
 impl Backends {
+    /// The backends of `self` named in `names` (in `names`' order; names it lacks are left
+    /// out), sharing them.
+    pub fn only<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Backends {
+        let by_name = self.by_name.get_or_init(|| {
+            self.backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.name.clone(), i))
+                .collect()
+        });
+        Backends {
+            generation: self.generation,
+            backends: names
+                .into_iter()
+                .filter_map(|n| by_name.get(n).map(|i| self.backends[*i].clone()))
+                .collect(),
+            by_name: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Whether both hold the same backends (by pointer, else by value).
     pub fn same_backends(&self, other: &Backends) -> bool {
         self.backends.len() == other.backends.len()
@@ -201,6 +224,7 @@ impl Index {
                         .clone()
                 })
                 .collect(),
+            by_name: Default::default(),
         }
     }
 
@@ -291,6 +315,7 @@ mod tests {
         let before = Backends {
             generation: 1,
             backends: vec![a.clone(), b.clone()],
+            ..Default::default()
         };
         // Same Services, one rebuilt with the same content, one changed: only the change goes.
         let same_a = backend("a", &["10.0.0.1:80"]);
@@ -298,6 +323,7 @@ mod tests {
         let after = Backends {
             generation: 2,
             backends: vec![same_a, new_b.clone()],
+            ..Default::default()
         };
         let update = before.update_to(&after).unwrap();
         assert_eq!(update.generation, 2);
@@ -310,6 +336,7 @@ mod tests {
         let other = Backends {
             generation: 3,
             backends: vec![a, c.clone()],
+            ..Default::default()
         };
         let update = before.update_to(&other).unwrap();
         assert_eq!(update.backends, vec![(*c).clone()]);

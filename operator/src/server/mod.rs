@@ -7,6 +7,9 @@
 //!                                                 config plus the pod's inbound policy
 //!  POST /v1/identity/certificate                  any proxy: a workload certificate for its
 //!                                                 ServiceAccount (see [`crate::identity`])
+//!  POST /v1/streams/{id}/backends                 an on-demand sidecar stream: subscribe to or
+//!                                                 drop backends (the id is the stream's
+//!                                                 `portico-stream` response header)
 //!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
 //!
 //!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
@@ -39,6 +42,7 @@
 //! when it expires; the stream ends (the proxy reconnects with its fresh token) once it no
 //! longer passes.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -88,6 +92,8 @@ pub struct ConfigServer {
     pub token_recheck: Duration,
     /// Lines shared by the streams that send the same value.
     lines: Arc<stream::SharedLines>,
+    /// The subscriptions of on-demand streams, by stream id.
+    on_demand: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<stream::Wanted>>>>,
     /// Signs workload certificates; `None`: this operator issues no identities (404).
     issuer: Option<Arc<IssuerSource>>,
 }
@@ -110,6 +116,7 @@ impl ConfigServer {
             debounce,
             token_recheck,
             lines: Arc::default(),
+            on_demand: Arc::default(),
             issuer: None,
         }
     }
@@ -243,6 +250,10 @@ impl ConfigServer {
             return self.certificate(req, peer).await;
         }
         let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+        if let ["v1", "streams", id, "backends"] = path.as_slice() {
+            let id = (*id).to_owned();
+            return self.subscribe(req, &id).await;
+        }
         let target = match path.as_slice() {
             ["v1", "gateways", ns, name, "config"] if req.method() == http::Method::GET => {
                 Target::Gateway(Key::new(*ns, *name))
@@ -277,20 +288,47 @@ impl ConfigServer {
                 Target::Pod(key) => (index.subscribe_mesh(), Some(index.subscribe_pod(key))),
             }
         };
-        // Backend updates for a proxy that reads them (see `portico_proxy_api::stream`).
-        let updates = req
+        // Backend updates, and backends on demand, for a proxy that reads them (see
+        // `portico_proxy_api::stream`); on demand only for sidecars.
+        let features: Vec<&str> = req
             .headers()
             .get_all(portico_proxy_api::FEATURES_HEADER)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|f| f.trim() == portico_proxy_api::BACKEND_UPDATES);
-        tracing::info!(%peer, %target, updates, "proxy connected");
+            .map(str::trim)
+            .collect();
+        let updates = features.contains(&portico_proxy_api::BACKEND_UPDATES);
+        let on_demand = updates
+            && features.contains(&portico_proxy_api::ON_DEMAND)
+            && !matches!(target, Target::Gateway(_));
+        let wanted = on_demand.then(|| {
+            let names: std::collections::BTreeSet<String> = req
+                .headers()
+                .get_all(portico_proxy_api::SUBSCRIBE_HEADER)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let id = format!("{:032x}", rand::random::<u128>());
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(names));
+            self.on_demand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), tx);
+            (id, rx)
+        });
+        tracing::info!(%peer, %target, updates, on_demand, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
+        let stream_id = wanted.as_ref().map(|(id, _)| id.clone());
         let pump = stream::pump(
             sub,
             inbound,
             self.issuer.as_ref().map(|s| s.subscribe()),
+            wanted.map(|(_, rx)| rx),
             tx,
             updates,
             self.debounce,
@@ -299,6 +337,7 @@ impl ConfigServer {
             target.to_string(),
         );
         let this = self.clone();
+        let id = stream_id.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = pump => {}
@@ -310,6 +349,12 @@ impl ConfigServer {
                         .inc();
                 }
             }
+            if let Some(id) = id {
+                this.on_demand
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            }
         });
         let mut resp = Response::new(ChannelBody { rx }.boxed());
         resp.headers_mut().insert(
@@ -319,8 +364,16 @@ impl ConfigServer {
         if updates {
             resp.headers_mut().insert(
                 portico_proxy_api::FEATURES_HEADER,
-                http::HeaderValue::from_static(portico_proxy_api::BACKEND_UPDATES),
+                http::HeaderValue::from_static(if on_demand {
+                    "backend-updates, on-demand"
+                } else {
+                    portico_proxy_api::BACKEND_UPDATES
+                }),
             );
+        }
+        if let Some(id) = stream_id.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
+            resp.headers_mut()
+                .insert(portico_proxy_api::STREAM_HEADER, id);
         }
         resp
     }
@@ -418,6 +471,62 @@ impl ConfigServer {
 }
 
 impl ConfigServer {
+    /// `POST /v1/streams/{id}/backends`: changes the subscriptions of on-demand stream `id`.
+    /// The id is the credential: a random 128-bit value that only the proxy holding the stream
+    /// (over TLS, after its token passed) has seen; an unknown one is 404.
+    async fn subscribe(
+        &self,
+        req: Request<Incoming>,
+        id: &str,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        if req.method() != http::Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "POST a subscription\n");
+        }
+        let Some(sender) = self
+            .on_demand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+        else {
+            return text(StatusCode::NOT_FOUND, "no such stream\n");
+        };
+        let body = http_body_util::Limited::new(req.into_body(), 256 * 1024);
+        let change = match body.collect().await {
+            Ok(b) => serde_json::from_slice::<portico_proxy_api::Subscription>(&b.to_bytes()),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request: {e}\n"),
+                );
+            }
+        };
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("not a subscription: {e}\n"),
+                );
+            }
+        };
+        sender.send_if_modified(|names| {
+            let mut next = (**names).clone();
+            for n in &change.unsubscribe {
+                next.remove(n);
+            }
+            next.extend(change.subscribe.iter().cloned());
+            let modified = next != **names;
+            if modified {
+                *names = Arc::new(next);
+            }
+            modified
+        });
+        let mut resp = text(StatusCode::NO_CONTENT, "");
+        *resp.body_mut() = Full::new(Bytes::new()).boxed();
+        resp
+    }
+
     /// `POST /v1/identity/certificate`: a certificate for the token's ServiceAccount.
     async fn certificate(
         &self,

@@ -138,6 +138,9 @@ impl Drop for StreamGuard {
     }
 }
 
+/// The backend names an on-demand stream is subscribed to.
+pub(crate) type Wanted = Arc<std::collections::BTreeSet<String>>;
+
 /// The lines shared by every stream: whole values, and backend updates.
 #[derive(Default)]
 pub(crate) struct SharedLines {
@@ -157,6 +160,7 @@ pub(crate) async fn pump(
     mut sub: Subscription,
     mut inbound: Option<watch::Receiver<Arc<InboundPolicy>>>,
     mut issuer: Option<watch::Receiver<Arc<str>>>,
+    mut wanted: Option<watch::Receiver<Wanted>>,
     tx: mpsc::Sender<Bytes>,
     updates: bool,
     debounce: Duration,
@@ -191,12 +195,30 @@ pub(crate) async fn pump(
                 break;
             }
         }
-        let backends = sub.backends.borrow_and_update().clone();
-        if sent_backends
-            .as_ref()
-            .is_none_or(|s| s.generation != backends.generation)
-        {
+        let published = sub.backends.borrow_and_update().clone();
+        // On demand: only the subscribed backends, and only when one of them changed.
+        let (backends, changed) = match &mut wanted {
+            Some(rx) => {
+                let names = rx.borrow_and_update().clone();
+                let mine = Arc::new(published.only(names.iter()));
+                let changed = sent_backends
+                    .as_ref()
+                    .is_none_or(|s| !s.same_backends(&mine));
+                (mine, changed)
+            }
+            None => {
+                let changed = sent_backends
+                    .as_ref()
+                    .is_none_or(|s| s.generation != published.generation);
+                (published, changed)
+            }
+        };
+        if changed {
             let update = match &sent_backends {
+                // A stream's own subset: its own update (small, and sent only to it).
+                Some(from) if wanted.is_some() => from
+                    .update_to(&backends)
+                    .map(|u| Line::BackendUpdate(&u).to_bytes()),
                 Some(from) if updates => lines.updates.line(from, &backends),
                 _ => None,
             };
@@ -259,11 +281,18 @@ pub(crate) async fn pump(
                 None => std::future::pending().await,
             }
         };
+        let wanted_changed = async {
+            match wanted.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = sub.routes.changed() => if r.is_err() { break },
             // Compared with what was sent at the top of the loop.
             r = issuer_changed => if r.is_err() { break },
             r = sub.backends.changed() => if r.is_err() { break },
+            r = wanted_changed => if r.is_err() { break },
             // `changed` marks the value seen: remember that it is still to be sent.
             r = inbound_changed => if r.is_err() { break } else { inbound_changed_seen = true },
             _ = tx.closed() => break,
@@ -391,6 +420,7 @@ mod tests {
             sub,
             None,
             None,
+            None,
             tx,
             false,
             debounce,
@@ -472,6 +502,7 @@ mod tests {
                 index.subscribe_mesh(),
                 None,
                 None,
+                None,
                 tx,
                 updates,
                 Duration::from_millis(10),
@@ -520,6 +551,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_on_demand_stream_gets_only_its_subscribed_backends_and_their_changes() {
+        let mut index = shop();
+        for (name, ip) in [("orders", "198.19.0.1"), ("payments", "198.19.0.2")] {
+            index.apply(Object::Service(
+                serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"namespace": "shop", "name": name},
+                    "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+                }))
+                .unwrap(),
+            ));
+        }
+        let payments_slice = |ip: &str| {
+            Object::EndpointSlice(
+                serde_json::from_value(json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"namespace": "shop", "name": "payments-a",
+                                 "labels": {"kubernetes.io/service-name": "payments"}},
+                    "addressType": "IPv4", "ports": [{"port": 8080}],
+                    "endpoints": [{"addresses": [ip]}]
+                }))
+                .unwrap(),
+            )
+        };
+        let names = |n: &[&str]| Arc::new(n.iter().map(|s| (*s).to_owned()).collect());
+        let (subscribe, wanted) = watch::channel::<Wanted>(names(&["shop/orders:80"]));
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(pump(
+            index.subscribe_mesh(),
+            None,
+            None,
+            Some(wanted),
+            tx,
+            true,
+            Duration::from_millis(10),
+            Arc::new(Metrics::new()),
+            Arc::default(),
+            "pod".into(),
+        ));
+        assert!(
+            matches!(next(&mut rx).await, ConfigMessage::RouteTable(r) if r.services.len() == 2)
+        );
+        match next(&mut rx).await {
+            ConfigMessage::BackendSet(b) => {
+                let names: Vec<&str> = b.backends.iter().map(|b| b.name.as_str()).collect();
+                assert_eq!(names, ["shop/orders:80"]);
+            }
+            other => panic!("expected the subscribed set, got {other:?}"),
+        }
+        // A change to a Service the stream did not subscribe to sends nothing.
+        index.apply(payments_slice("198.18.64.9"));
+        let quiet = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+        assert!(quiet.is_err(), "sent {quiet:?}");
+        // One to a subscribed Service sends that backend.
+        index.apply(slice(&["198.18.64.1".to_owned()]));
+        match next(&mut rx).await {
+            ConfigMessage::BackendUpdate(u) => {
+                assert_eq!(u.backends.len(), 1);
+                assert_eq!(u.backends[0].name, "shop/orders:80");
+            }
+            other => panic!("expected an update, got {other:?}"),
+        }
+        // Subscribing adds the backend as it is now.
+        subscribe.send_replace(names(&["shop/orders:80", "shop/payments:80"]));
+        match next(&mut rx).await {
+            ConfigMessage::BackendUpdate(u) => {
+                assert_eq!(u.backends.len(), 1);
+                assert_eq!(u.backends[0].name, "shop/payments:80");
+                assert_eq!(u.backends[0].endpoints[0].address, "198.18.64.9:8080");
+            }
+            other => panic!("expected the new backend, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn a_pod_stream_sends_its_inbound_policy_even_empty_then_each_change() {
         let mut index = shop();
         let pod = |name: &str, sa: &str, ip: &str| {
@@ -538,6 +644,7 @@ mod tests {
         tokio::spawn(pump(
             index.subscribe_mesh(),
             Some(index.subscribe_pod(&key)),
+            None,
             None,
             tx,
             false,
@@ -586,6 +693,7 @@ mod tests {
             index.subscribe(&key),
             None,
             Some(epochs),
+            None,
             tx,
             false,
             Duration::from_millis(10),
@@ -630,6 +738,7 @@ mod tests {
         let ours = Backends {
             generation: 3,
             backends: vec![Arc::new(backend)],
+            ..Default::default()
         };
         assert_eq!(
             Line::BackendSet(&ours).to_bytes(),
@@ -726,6 +835,7 @@ mod tests {
             let (tx, mut rx) = mpsc::channel(4);
             tokio::spawn(pump(
                 sub,
+                None,
                 None,
                 None,
                 tx,

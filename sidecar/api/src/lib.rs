@@ -33,7 +33,10 @@ pub use duration::{Duration, ParseDurationError};
 pub use identity::*;
 pub use mesh::*;
 pub use route::*;
-pub use stream::{BACKEND_UPDATES, ConfigMessage, FEATURES_HEADER};
+pub use stream::{
+    BACKEND_UPDATES, ConfigMessage, FEATURES_HEADER, ON_DEMAND, STREAM_HEADER, SUBSCRIBE_HEADER,
+    Subscription,
+};
 pub use validate::ValidationError;
 
 /// The contract version this crate reads and writes. A config with another `apiVersion` is

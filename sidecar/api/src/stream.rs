@@ -38,6 +38,30 @@ use crate::{BackendSet, BackendUpdate, IdentityAnnouncement, InboundPolicy, Rout
 pub const FEATURES_HEADER: &str = "portico-config-features";
 /// The feature: `backendUpdate` messages after the first whole `backendSet`.
 pub const BACKEND_UPDATES: &str = "backend-updates";
+/// The feature (sidecar streams, with [`BACKEND_UPDATES`]): backends only for the names the
+/// proxy subscribed to, first with [`SUBSCRIBE_HEADER`], later with
+/// [`Subscription`](crate::Subscription)s posted to `/v1/streams/{id}/backends`, `id` being
+/// the [`STREAM_HEADER`] of the stream's response. The route table stays mesh-wide.
+pub const ON_DEMAND: &str = "on-demand";
+/// Request header of an on-demand stream: the backend names it starts subscribed to,
+/// comma-separated (a proxy that reconnects sends what it had).
+pub const SUBSCRIBE_HEADER: &str = "portico-subscribe";
+/// Response header of an on-demand stream: its id, a random 128-bit hex string that only the
+/// proxy holding the stream knows and that names it in subscription requests.
+pub const STREAM_HEADER: &str = "portico-stream";
+
+/// The body of `POST /v1/streams/{id}/backends`: backend names to add to and remove from an
+/// on-demand stream's subscriptions. Answered 204; the stream then sends what changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subscription {
+    /// Backend names to receive from now on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    /// Backend names no longer needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsubscribe: Vec<String>,
+}
 
 /// One line of the config stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

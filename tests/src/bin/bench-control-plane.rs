@@ -5,26 +5,29 @@
 //!  etcd + kube-apiserver + … ◄── N Services, N EndpointSlices × E endpoints, one probe slice
 //!          │ watch
 //!          ▼
-//!  portico-operator (release binary, its own process) ──► C mesh streams (/v1/mesh/config),
-//!          ▲                                              asking for backend updates
-//!  bench: 1. rewrites the probe slice K times, one at a time          │ each notes the
-//!         2. rewrites random Services' slices at R per second for D s │ generation and time
-//!                                                                     ▼ of every message
+//!  portico-operator (release binary, its own process) ──► C sidecar streams (/v1/mesh/config),
+//!          ▲                                              each subscribed on demand to S
+//!  bench: 1. rewrites the probe slice K times,            Services and the probe; plus one
+//!            one at a time (every stream uses it)         mesh-wide observer stream
+//!         2. rewrites random Services' slices at R per second for D s
 //! ```
 //!
-//! Client 0 also decodes every message and notes the generation that first carried each
-//! change's marker address; a change has reached a stream when a message of that generation or
-//! later has. Reports the operator's resident memory (VmRSS) and CPU seconds per change
-//! (utime+stime), the bytes it sent per change (its `config_bytes_total`) in all and per
-//! stream, and the time from each EndpointSlice write to one stream and to all C streams
-//! (p50/p99/max), for the one-at-a-time changes and under churn.
+//! Every stream notes the generation and arrival time of each backend message; the observer
+//! decodes every message and notes the generation that first carried each change's marker
+//! address. A change has reached a stream when a message of that generation or later has; only
+//! the streams that use the changed Service are counted. Reports the operator's resident memory
+//! (VmRSS), CPU seconds per change (utime+stime), the bytes it sent per change (its
+//! `config_bytes_total`, less the observer's copy) in all and per interested stream, and the
+//! time from each EndpointSlice write to the first, each and every interested stream (p50/p99/
+//! max), for the one-at-a-time changes and under churn.
 //!
 //! Must run inside the any-IP network namespace (`hack/in-netns.sh`). Scale with
 //! `PORTICO_BENCH_SERVICES` (1000), `PORTICO_BENCH_ENDPOINTS` (per Service, 10),
-//! `PORTICO_BENCH_CLIENTS` (1000), `PORTICO_BENCH_CHANGES` (100), `PORTICO_BENCH_CHURN_RATE`
-//! (changes per second, 100), `PORTICO_BENCH_CHURN_SECONDS` (60), `PORTICO_BENCH_UPDATES`
-//! (1: streams ask for backend updates; 0: whole sets, as an older proxy); the operator binary
-//! is `PORTICO_OPERATOR_BIN` (default `$CARGO_TARGET_DIR/release/portico-operator`).
+//! `PORTICO_BENCH_CLIENTS` (1000), `PORTICO_BENCH_SUBSCRIBE` (Services per stream, 10; 0: every
+//! Service, as before on-demand), `PORTICO_BENCH_CHANGES` (100), `PORTICO_BENCH_CHURN_RATE`
+//! (changes per second, 100), `PORTICO_BENCH_CHURN_SECONDS` (60), `PORTICO_BENCH_UPDATES` (1:
+//! backend updates; 0: whole sets, as an older proxy); the operator binary is
+//! `PORTICO_OPERATOR_BIN` (default `$CARGO_TARGET_DIR/release/portico-operator`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     let churn_rate = env_usize("PORTICO_BENCH_CHURN_RATE", 100)?;
     let churn_seconds = env_usize("PORTICO_BENCH_CHURN_SECONDS", 60)?;
     let updates = env_usize("PORTICO_BENCH_UPDATES", 1)? == 1;
+    let subscribe = env_usize("PORTICO_BENCH_SUBSCRIBE", 10)?;
     ensure!(
         endpoints <= 250 && services <= 60_000 && clients >= 1 && (1..=6000).contains(&changes),
         "at most 250 endpoints per Service and 60,000 Services; at least one client; 1–6,000 changes"
@@ -104,6 +108,7 @@ fn main() -> anyhow::Result<()> {
             churn_rate,
             churn_seconds,
             updates,
+            subscribe,
         },
     ));
     plane.stop();
@@ -119,6 +124,35 @@ struct Scale {
     churn_rate: usize,
     churn_seconds: usize,
     updates: bool,
+    /// Services each stream subscribes to on demand; 0: every Service (mesh-wide).
+    subscribe: usize,
+}
+
+impl Scale {
+    /// Whether stream `client` subscribes to Service `svc-{service}` (`None`: the probe, which
+    /// every stream uses).
+    fn interested(&self, client: usize, service: Option<usize>) -> bool {
+        match service {
+            Some(s) if self.subscribe > 0 && self.updates => {
+                (s + self.services - (client * self.subscribe) % self.services) % self.services
+                    < self.subscribe
+            }
+            _ => true,
+        }
+    }
+
+    /// The backend names stream `client` subscribes to, probe included.
+    fn subscriptions(&self, client: usize) -> Vec<String> {
+        (0..self.subscribe)
+            .map(|j| {
+                format!(
+                    "{NS}/svc-{}:80",
+                    (client * self.subscribe + j) % self.services
+                )
+            })
+            .chain([format!("{NS}/probe:80")])
+            .collect()
+    }
 }
 
 /// The operator process, killed when dropped.
@@ -209,17 +243,23 @@ async fn bench(
     let arrivals: Vec<Arrivals> = (0..scale.clients).map(|_| Arrivals::default()).collect();
     let firsts = Firsts::default();
     let (full_tx, mut full_rx) = mpsc::unbounded_channel::<usize>();
+    // The observer: a mesh-wide stream that decodes every message (not one of the measured).
+    let observer = open_stream(config, &ca, &token, scale.updates, None).await?;
+    let observed = Arrivals::default();
+    tokio::spawn(read_stream(
+        observer,
+        observed.clone(),
+        Some(firsts.clone()),
+        full_tx.clone(),
+    ));
+    let on_demand = scale.updates && scale.subscribe > 0;
     for (id, log) in arrivals.iter().enumerate() {
-        let body = open_stream(config, &ca, &token, scale.updates).await?;
-        tokio::spawn(read_stream(
-            body,
-            log.clone(),
-            (id == 0).then(|| firsts.clone()),
-            full_tx.clone(),
-        ));
+        let names = on_demand.then(|| scale.subscriptions(id).join(","));
+        let body = open_stream(config, &ca, &token, scale.updates, names.as_deref()).await?;
+        tokio::spawn(read_stream(body, log.clone(), None, full_tx.clone()));
     }
     let connected = Instant::now();
-    for _ in 0..scale.clients {
+    for _ in 0..=scale.clients {
         tokio::time::timeout(Duration::from_secs(120), full_rx.recv())
             .await
             .context("a stream sent no full state within 120s")?;
@@ -234,7 +274,7 @@ async fn bench(
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
 
     // 1. One change at a time: each waits until every stream has it.
-    let before = Sample::take(pid, admin).await?;
+    let before = Sample::take(pid, admin, &observed).await?;
     let mut one_at_a_time = Vec::with_capacity(scale.changes);
     for change in 0..scale.changes {
         let address = marker(change);
@@ -262,14 +302,15 @@ async fn bench(
         one_at_a_time.push(Change {
             written,
             generation,
+            service: None,
         });
     }
-    let after = Sample::take(pid, admin).await?;
-    let sequential = Report::of(&one_at_a_time, &arrivals, &before, &after);
+    let after = Sample::take(pid, admin, &observed).await?;
+    let sequential = Report::of(&scale, &one_at_a_time, &arrivals, &before, &after);
 
     // 2. Churn: changes to random Services at a fixed rate, not waiting for one another.
     let total = scale.churn_rate * scale.churn_seconds;
-    let before = Sample::take(pid, admin).await?;
+    let before = Sample::take(pid, admin, &observed).await?;
     let mut written = Vec::with_capacity(total);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / scale.churn_rate.max(1) as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -287,7 +328,7 @@ async fn bench(
         let name = format!("svc-{service}");
         let body = slice(&format!("{name}-a"), &name, &addresses);
         let slices = slices.clone();
-        written.push((address, Instant::now()));
+        written.push((address, service, Instant::now()));
         writes.spawn(async move {
             slices
                 .patch(
@@ -307,40 +348,51 @@ async fn bench(
     }
     let write_span = before.at.elapsed();
     let mut churned = Vec::with_capacity(total);
-    for (address, at) in written {
+    for (address, service, at) in written {
         let generation = firsts
             .wait(&format!("{address}:8080"), Duration::from_secs(30))
             .await
-            .with_context(|| format!("churn change {address} did not reach client 0 in 30s"))?;
+            .with_context(|| format!("churn change {address} did not reach the observer in 30s"))?;
         churned.push(Change {
             written: at,
             generation,
+            service: Some(service),
         });
     }
-    let last = churned.iter().map(|c| c.generation).max().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while arrivals.iter().any(|a| a.at(last).is_none()) {
+    let missing = |c: &Change| {
+        arrivals
+            .iter()
+            .enumerate()
+            .any(|(i, a)| scale.interested(i, c.service) && a.at(c.generation).is_none())
+    };
+    while churned.iter().rev().take(50).any(missing) {
         ensure!(
             Instant::now() < deadline,
             "the churn did not reach every stream within 60s of its end"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let after = Sample::take(pid, admin).await?;
-    let churn = Report::of(&churned, &arrivals, &before, &after);
+    let after = Sample::take(pid, admin, &observed).await?;
+    let churn = Report::of(&scale, &churned, &arrivals, &before, &after);
     let rss_after = rss_kib(pid)?;
     drop(op);
 
     println!(
-        "control plane at scale: {} Services × {} endpoints ({} endpoints), {} mesh streams {}, operator binary {}",
+        "control plane at scale: {} Services × {} endpoints ({} endpoints), {} sidecar streams {}, operator binary {}",
         scale.services,
         scale.endpoints,
         scale.services * scale.endpoints,
         scale.clients,
-        if scale.updates {
-            "asking for backend updates"
+        if on_demand {
+            format!(
+                "each subscribed on demand to {} Services and the probe, with backend updates",
+                scale.subscribe
+            )
+        } else if scale.updates {
+            "with every Service's backends, asking for backend updates".to_owned()
         } else {
-            "taking whole backend sets (as an older proxy)"
+            "with every Service's backends as whole sets (as an older proxy)".to_owned()
         },
         operator_bin.display()
     );
@@ -386,6 +438,8 @@ fn addresses(i: usize, endpoints: usize) -> Vec<String> {
 struct Change {
     written: Instant,
     generation: u64,
+    /// The Service changed (`None`: the probe).
+    service: Option<usize>,
 }
 
 /// The operator's counters at one moment.
@@ -396,13 +450,16 @@ struct Sample {
 }
 
 impl Sample {
-    async fn take(pid: u32, admin: SocketAddr) -> anyhow::Result<Self> {
+    /// The operator's CPU and bytes sent, less what `observer` received (the mesh-wide copy
+    /// that only serves to time the changes).
+    async fn take(pid: u32, admin: SocketAddr, observer: &Arrivals) -> anyhow::Result<Self> {
         let (_, text) = admin_request(admin, "/metrics").await?;
         let bytes = text
             .lines()
             .filter(|l| l.starts_with("portico_operator_config_bytes_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+            .sum::<f64>()
+            - observer.bytes();
         Ok(Self {
             at: Instant::now(),
             cpu: cpu_seconds(pid)?,
@@ -416,7 +473,9 @@ struct Report {
     changes: usize,
     cpu: f64,
     bytes: f64,
-    /// Write → client 0, per change.
+    /// Streams that use the changed Service, summed over the changes.
+    interested: usize,
+    /// Write → the first interested stream, per change.
     one: Vec<Duration>,
     /// Write → the last stream, per change.
     all: Vec<Duration>,
@@ -425,11 +484,18 @@ struct Report {
 }
 
 impl Report {
-    fn of(changes: &[Change], arrivals: &[Arrivals], before: &Sample, after: &Sample) -> Self {
+    fn of(
+        scale: &Scale,
+        changes: &[Change],
+        arrivals: &[Arrivals],
+        before: &Sample,
+        after: &Sample,
+    ) -> Self {
         let mut report = Report {
             changes: changes.len(),
             cpu: after.cpu - before.cpu,
             bytes: after.bytes - before.bytes,
+            interested: 0,
             one: Vec::new(),
             all: Vec::new(),
             each: Vec::new(),
@@ -437,20 +503,24 @@ impl Report {
         let logs: Vec<Vec<(u64, Instant)>> = arrivals.iter().map(Arrivals::snapshot).collect();
         for c in changes {
             let mut last = Duration::ZERO;
+            let mut first = None;
             for (i, log) in logs.iter().enumerate() {
+                if !scale.interested(i, c.service) {
+                    continue;
+                }
+                report.interested += 1;
                 // Generations only grow on a stream: the first message at or past the change's.
                 let k = log.partition_point(|(g, _)| *g < c.generation);
                 let Some((_, at)) = log.get(k) else {
                     continue;
                 };
                 let d = at.saturating_duration_since(c.written);
-                if i == 0 {
-                    report.one.push(d);
-                }
+                first.get_or_insert(d);
                 report.each.push(d);
                 last = last.max(d);
             }
             report.all.push(last);
+            report.one.extend(first);
         }
         report.one.sort();
         report.all.sort();
@@ -466,21 +536,24 @@ impl Report {
         };
         let n = self.changes.max(1) as f64;
         println!("  {what}:");
+        let interested = self.interested as f64 / n;
         println!(
-            "    operator CPU per change: {:.2} ms; bytes sent per change: {:.0} in all, {:.0} per stream",
+            "    operator CPU per change: {:.2} ms; bytes sent per change: {:.0} in all, {:.0} per \
+             interested stream ({:.1} of {clients} streams use the changed Service)",
             self.cpu * 1000.0 / n,
             self.bytes / n,
-            self.bytes / n / clients as f64
+            self.bytes / n / interested.max(1.0),
+            interested
         );
         println!(
-            "    write → one stream: p50 {:?}, p99 {:?}; → each stream: p50 {:?}, p99 {:?}",
+            "    write → one interested stream: p50 {:?}, p99 {:?}; → each: p50 {:?}, p99 {:?}",
             pct(&self.one, 0.50),
             pct(&self.one, 0.99),
             pct(&self.each, 0.50),
             pct(&self.each, 0.99),
         );
         println!(
-            "    write → all {clients} streams: p50 {:?}, p99 {:?}, max {:?} (includes the apiserver write)",
+            "    write → every interested stream: p50 {:?}, p99 {:?}, max {:?} (includes the apiserver write)",
             pct(&self.all, 0.50),
             pct(&self.all, 0.99),
             self.all.last().copied().unwrap_or_default()
@@ -488,11 +561,19 @@ impl Report {
     }
 }
 
-/// The generation and arrival time of every config message one stream received, in order.
+/// The generation and arrival time of every config message one stream received, in order,
+/// and the bytes of its lines.
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<Vec<(u64, Instant)>>>);
+struct Arrivals(
+    Arc<Mutex<Vec<(u64, Instant)>>>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
 
 impl Arrivals {
+    fn bytes(&self) -> f64 {
+        self.1.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+
     fn push(&self, generation: u64, at: Instant) {
         self.0
             .lock()
@@ -644,14 +725,25 @@ async fn open_stream(
     ca: &CertificateDer<'static>,
     token: &str,
     updates: bool,
+    on_demand: Option<&str>,
 ) -> anyhow::Result<hyper::body::Incoming> {
-    let features = [(
-        portico_proxy_api::FEATURES_HEADER,
-        portico_proxy_api::BACKEND_UPDATES,
-    )];
-    let headers: &[(&str, &str)] = if updates { &features } else { &[] };
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    match on_demand {
+        Some(names) => {
+            headers.push((
+                portico_proxy_api::FEATURES_HEADER,
+                "backend-updates, on-demand",
+            ));
+            headers.push((portico_proxy_api::SUBSCRIBE_HEADER, names));
+        }
+        None if updates => headers.push((
+            portico_proxy_api::FEATURES_HEADER,
+            portico_proxy_api::BACKEND_UPDATES,
+        )),
+        None => {}
+    }
     let (resp, send) =
-        config_server_get_with(addr, ca, "/v1/mesh/config", Some(token), headers).await?;
+        config_server_get_with(addr, ca, "/v1/mesh/config", Some(token), &headers).await?;
     if !resp.status().is_success() {
         bail!("the mesh stream was refused: {}", resp.status());
     }
@@ -687,6 +779,8 @@ async fn read_stream(
         }
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
+            log.1
+                .fetch_add(line.len() as u64, std::sync::atomic::Ordering::Relaxed);
             lines += 1;
             if lines == 2 {
                 let _ = full.send(0);
