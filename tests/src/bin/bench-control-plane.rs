@@ -7,17 +7,16 @@
 //!          ▼
 //!  portico-operator (release binary, its own process) ──► C sidecar streams (/v1/mesh/config),
 //!          ▲                                              each subscribed on demand to S
-//!  bench: 1. rewrites the probe slice K times,            Services and the probe; plus one
-//!            one at a time (every stream uses it)         mesh-wide observer stream
+//!  bench: 1. rewrites the probe slice K times,            Services and the probe
+//!            one at a time (every stream uses it)
 //!         2. rewrites random Services' slices at R per second for D s
 //! ```
 //!
-//! Every stream notes the generation and arrival time of each backend message; the observer
-//! decodes every message and notes the generation that first carried each change's marker
-//! address. A change has reached a stream when a message of that generation or later has; only
-//! the streams that use the changed Service are counted. Reports the operator's resident memory
-//! (VmRSS), CPU seconds per change (utime+stime), the bytes it sent per change (its
-//! `config_bytes_total`, less the observer's copy) in all and per interested stream, and the
+//! Each change puts a marker address of its own into the Service's endpoints; every stream
+//! decodes its backend updates and notes when each marker first came. Only the streams that
+//! use the changed Service are counted. Reports the operator's resident memory (VmRSS), CPU
+//! seconds per change (utime+stime), the bytes it sent per change (its `config_bytes_total`) in
+//! all and per interested stream, and the
 //! time from each EndpointSlice write to the first, each and every interested stream (p50/p99/
 //! max), for the one-at-a-time changes and under churn.
 //!
@@ -241,25 +240,15 @@ async fn bench(
     let token = token(&client).await?;
     let ca = ck.cert.der().clone();
     let arrivals: Vec<Arrivals> = (0..scale.clients).map(|_| Arrivals::default()).collect();
-    let firsts = Firsts::default();
     let (full_tx, mut full_rx) = mpsc::unbounded_channel::<usize>();
-    // The observer: a mesh-wide stream that decodes every message (not one of the measured).
-    let observer = open_stream(config, &ca, &token, scale.updates, None).await?;
-    let observed = Arrivals::default();
-    tokio::spawn(read_stream(
-        observer,
-        observed.clone(),
-        Some(firsts.clone()),
-        full_tx.clone(),
-    ));
     let on_demand = scale.updates && scale.subscribe > 0;
     for (id, log) in arrivals.iter().enumerate() {
         let names = on_demand.then(|| scale.subscriptions(id).join(","));
         let body = open_stream(config, &ca, &token, scale.updates, names.as_deref()).await?;
-        tokio::spawn(read_stream(body, log.clone(), None, full_tx.clone()));
+        tokio::spawn(read_stream(body, log.clone(), full_tx.clone()));
     }
     let connected = Instant::now();
-    for _ in 0..=scale.clients {
+    for _ in 0..scale.clients {
         tokio::time::timeout(Duration::from_secs(120), full_rx.recv())
             .await
             .context("a stream sent no full state within 120s")?;
@@ -274,7 +263,7 @@ async fn bench(
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
 
     // 1. One change at a time: each waits until every stream has it.
-    let before = Sample::take(pid, admin, &observed).await?;
+    let before = Sample::take(pid, admin).await?;
     let mut one_at_a_time = Vec::with_capacity(scale.changes);
     for change in 0..scale.changes {
         let address = marker(change);
@@ -287,12 +276,9 @@ async fn bench(
                 &Patch::Apply(&probe),
             )
             .await?;
-        let generation = firsts
-            .wait(&format!("{address}:8080"), Duration::from_secs(30))
-            .await
-            .with_context(|| format!("change {change} did not reach client 0 in 30s"))?;
+        let marker = format!("{address}:8080");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while arrivals.iter().any(|a| a.at(generation).is_none()) {
+        while arrivals.iter().any(|a| a.at(&marker).is_none()) {
             ensure!(
                 Instant::now() < deadline,
                 "change {change} did not reach every stream in 30s"
@@ -301,16 +287,16 @@ async fn bench(
         }
         one_at_a_time.push(Change {
             written,
-            generation,
+            marker,
             service: None,
         });
     }
-    let after = Sample::take(pid, admin, &observed).await?;
+    let after = Sample::take(pid, admin).await?;
     let sequential = Report::of(&scale, &one_at_a_time, &arrivals, &before, &after);
 
     // 2. Churn: changes to random Services at a fixed rate, not waiting for one another.
     let total = scale.churn_rate * scale.churn_seconds;
-    let before = Sample::take(pid, admin, &observed).await?;
+    let before = Sample::take(pid, admin).await?;
     let mut written = Vec::with_capacity(total);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / scale.churn_rate.max(1) as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -349,13 +335,9 @@ async fn bench(
     let write_span = before.at.elapsed();
     let mut churned = Vec::with_capacity(total);
     for (address, service, at) in written {
-        let generation = firsts
-            .wait(&format!("{address}:8080"), Duration::from_secs(30))
-            .await
-            .with_context(|| format!("churn change {address} did not reach the observer in 30s"))?;
         churned.push(Change {
             written: at,
-            generation,
+            marker: format!("{address}:8080"),
             service: Some(service),
         });
     }
@@ -364,16 +346,16 @@ async fn bench(
         arrivals
             .iter()
             .enumerate()
-            .any(|(i, a)| scale.interested(i, c.service) && a.at(c.generation).is_none())
+            .any(|(i, a)| scale.interested(i, c.service) && a.at(&c.marker).is_none())
     };
     while churned.iter().rev().take(50).any(missing) {
         ensure!(
             Instant::now() < deadline,
-            "the churn did not reach every stream within 60s of its end"
+            "the churn did not reach every interested stream within 60s of its end"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let after = Sample::take(pid, admin, &observed).await?;
+    let after = Sample::take(pid, admin).await?;
     let churn = Report::of(&scale, &churned, &arrivals, &before, &after);
     let rss_after = rss_kib(pid)?;
     drop(op);
@@ -434,10 +416,10 @@ fn addresses(i: usize, endpoints: usize) -> Vec<String> {
         .collect()
 }
 
-/// One change: when its EndpointSlice write started, and the generation that first carried it.
+/// One change: when its EndpointSlice write started, and the endpoint address that marks it.
 struct Change {
     written: Instant,
-    generation: u64,
+    marker: String,
     /// The Service changed (`None`: the probe).
     service: Option<usize>,
 }
@@ -450,16 +432,13 @@ struct Sample {
 }
 
 impl Sample {
-    /// The operator's CPU and bytes sent, less what `observer` received (the mesh-wide copy
-    /// that only serves to time the changes).
-    async fn take(pid: u32, admin: SocketAddr, observer: &Arrivals) -> anyhow::Result<Self> {
+    async fn take(pid: u32, admin: SocketAddr) -> anyhow::Result<Self> {
         let (_, text) = admin_request(admin, "/metrics").await?;
         let bytes = text
             .lines()
             .filter(|l| l.starts_with("portico_operator_config_bytes_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-            - observer.bytes();
+            .sum::<f64>();
         Ok(Self {
             at: Instant::now(),
             cpu: cpu_seconds(pid)?,
@@ -500,7 +479,7 @@ impl Report {
             all: Vec::new(),
             each: Vec::new(),
         };
-        let logs: Vec<Vec<(u64, Instant)>> = arrivals.iter().map(Arrivals::snapshot).collect();
+        let logs: Vec<HashMap<String, Instant>> = arrivals.iter().map(Arrivals::snapshot).collect();
         for c in changes {
             let mut last = Duration::ZERO;
             let mut first = None;
@@ -509,9 +488,7 @@ impl Report {
                     continue;
                 }
                 report.interested += 1;
-                // Generations only grow on a stream: the first message at or past the change's.
-                let k = log.partition_point(|(g, _)| *g < c.generation);
-                let Some((_, at)) = log.get(k) else {
+                let Some(at) = log.get(&c.marker) else {
                     continue;
                 };
                 let d = at.saturating_duration_since(c.written);
@@ -561,67 +538,31 @@ impl Report {
     }
 }
 
-/// The generation and arrival time of every config message one stream received, in order,
-/// and the bytes of its lines.
+/// When each marker address first came on one stream.
 #[derive(Clone, Default)]
-struct Arrivals(
-    Arc<Mutex<Vec<(u64, Instant)>>>,
-    Arc<std::sync::atomic::AtomicU64>,
-);
+struct Arrivals(Arc<Mutex<HashMap<String, Instant>>>);
 
 impl Arrivals {
-    fn bytes(&self) -> f64 {
-        self.1.load(std::sync::atomic::Ordering::Relaxed) as f64
+    fn note(&self, at: Instant, backends: &[portico_proxy_api::Backend]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for e in backends.iter().flat_map(|b| &b.endpoints) {
+            if e.address.starts_with("198.18.2") {
+                map.entry(e.address.clone()).or_insert(at);
+            }
+        }
     }
 
-    fn push(&self, generation: u64, at: Instant) {
+    /// When `marker` came.
+    fn at(&self, marker: &str) -> Option<Instant> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((generation, at));
+            .get(marker)
+            .copied()
     }
 
-    /// When a message of `generation` or later arrived.
-    fn at(&self, generation: u64) -> Option<Instant> {
-        let log = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        log.iter()
-            .find(|(g, _)| *g >= generation)
-            .map(|(_, at)| *at)
-    }
-
-    fn snapshot(&self) -> Vec<(u64, Instant)> {
+    fn snapshot(&self) -> HashMap<String, Instant> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// The generation that first carried each endpoint address (client 0 decodes every message).
-#[derive(Clone, Default)]
-struct Firsts(Arc<Mutex<HashMap<String, u64>>>);
-
-impl Firsts {
-    fn note(&self, generation: u64, backends: &[portico_proxy_api::Backend]) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for e in backends.iter().flat_map(|b| &b.endpoints) {
-            map.entry(e.address.clone()).or_insert(generation);
-        }
-    }
-
-    async fn wait(&self, address: &str, within: Duration) -> Option<u64> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(g) = self
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(address)
-            {
-                return Some(*g);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
     }
 }
 
@@ -755,14 +696,12 @@ async fn open_stream(
     Ok(resp.into_body())
 }
 
-/// Reads one stream: notes the generation and arrival time of each backend message (read from
-/// the line's head, without decoding the rest), and reports once the full state (two lines) is
-/// in. With `firsts` (client 0) it decodes every backend message and notes which generation
-/// first carried each endpoint address.
+/// Reads one stream: decodes each backend message (whole sets only while small: the first,
+/// mesh-wide one is skipped) and notes when each marker address came; reports once the full
+/// state (two lines) is in.
 async fn read_stream(
     mut body: hyper::body::Incoming,
     log: Arrivals,
-    firsts: Option<Firsts>,
     full: mpsc::UnboundedSender<usize>,
 ) {
     let mut buf: Vec<u8> = Vec::new();
@@ -779,40 +718,20 @@ async fn read_stream(
         }
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            log.1
-                .fetch_add(line.len() as u64, std::sync::atomic::Ordering::Relaxed);
             lines += 1;
             if lines == 2 {
                 let _ = full.send(0);
             }
-            if let Some(generation) = backend_generation(&line) {
-                if let Some(firsts) = &firsts {
-                    match portico_proxy_api::ConfigMessage::from_line(&line) {
-                        Ok(portico_proxy_api::ConfigMessage::BackendSet(b)) => {
-                            firsts.note(generation, &b.backends)
-                        }
-                        Ok(portico_proxy_api::ConfigMessage::BackendUpdate(u)) => {
-                            firsts.note(generation, &u.backends)
-                        }
-                        _ => {}
-                    }
-                }
-                log.push(generation, at);
+            if lines <= 2 && line.len() > 64 * 1024 {
+                continue;
+            }
+            match portico_proxy_api::ConfigMessage::from_line(&line) {
+                Ok(portico_proxy_api::ConfigMessage::BackendSet(b)) => log.note(at, &b.backends),
+                Ok(portico_proxy_api::ConfigMessage::BackendUpdate(u)) => log.note(at, &u.backends),
+                _ => {}
             }
         }
     }
-}
-
-/// The generation of a `backendSet` or `backendUpdate` line, from its head.
-fn backend_generation(line: &[u8]) -> Option<u64> {
-    let rest = [
-        &br#"{"backendUpdate":{"generation":"#[..],
-        br#"{"backendSet":{"generation":"#,
-    ]
-    .iter()
-    .find_map(|head| line.strip_prefix(*head))?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// The resident set size of process `pid`, in KiB.
