@@ -1192,6 +1192,17 @@ async fn mesh_stream(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The next message on `stream` that is not a route table (the mesh's changes as other tests'
+/// Services come and go).
+async fn next_backends(stream: &mut ConfigStream) -> anyhow::Result<ConfigMessage> {
+    loop {
+        match stream.next(Duration::from_secs(5)).await?.1 {
+            ConfigMessage::RouteTable(_) => {}
+            other => return Ok(other),
+        }
+    }
+}
+
 /// A sidecar stream on demand gets the mesh-wide route table but only the backends it
 /// subscribed to (on connect, then by posting to its stream id), and only their changes; an
 /// unknown stream id is 404.
@@ -1244,7 +1255,7 @@ async fn on_demand_stream(ctx: Ctx) -> anyhow::Result<()> {
     };
     apply("payments-1", "payments", &["198.18.64.20", "198.18.64.21"]).await?;
     apply("orders-1", "orders", &["198.18.64.10", "198.18.64.11"]).await?;
-    match stream.next(Duration::from_secs(5)).await?.1 {
+    match next_backends(&mut stream).await? {
         ConfigMessage::BackendUpdate(u) => ensure!(
             u.backends.len() == 1
                 && u.backends[0].name == orders
@@ -1262,7 +1273,7 @@ async fn on_demand_stream(ctx: Ctx) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(status == 204, "subscribing answered {status}");
-    match stream.next(Duration::from_secs(5)).await?.1 {
+    match next_backends(&mut stream).await? {
         ConfigMessage::BackendUpdate(u) => ensure!(
             u.backends.len() == 1
                 && u.backends[0].name == payments
@@ -1309,7 +1320,20 @@ async fn mesh_stream_updates(ctx: Ctx) -> anyhow::Result<()> {
         "the whole set first: {:?}",
         set.backends.iter().map(|b| &b.name).collect::<Vec<_>>()
     );
-    ensure!(set == old_set, "both streams start from the same set");
+    // The mesh set holds every namespace's Services, which other tests change meanwhile:
+    // compare this test's own.
+    let payments = format!("{ns}/payments:80");
+    let own = |s: &BackendSet| -> Vec<portico_proxy_api::Backend> {
+        s.backends
+            .iter()
+            .filter(|b| b.name == orders || b.name == payments)
+            .cloned()
+            .collect()
+    };
+    ensure!(
+        own(&set) == own(&old_set) && own(&set).len() == 2,
+        "both streams start with orders and payments as they are"
+    );
 
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     slices
@@ -1326,18 +1350,45 @@ async fn mesh_stream_updates(ctx: Ctx) -> anyhow::Result<()> {
     let has_new = |b: &portico_proxy_api::Backend| {
         b.name == orders && b.endpoints.iter().any(|e| e.address == "198.18.64.11:8080")
     };
-    let update = loop {
+    // Other tests change their own Services meanwhile: their backends may ride along, this
+    // test's only changed one must come alone.
+    let mine = |name: &str| name.starts_with(&format!("{ns}/"));
+    let mut updates = 0;
+    loop {
         match new.next(Duration::from_secs(5)).await?.1 {
-            ConfigMessage::BackendUpdate(u) if u.backends.iter().any(has_new) => break u,
-            ConfigMessage::BackendUpdate(_) => {}
-            other => bail!("expected backend updates only, got {other:?}"),
+            ConfigMessage::BackendUpdate(u) => {
+                updates += 1;
+                set.apply(&u);
+                if u.backends.iter().any(has_new) {
+                    let own: Vec<&str> = u
+                        .backends
+                        .iter()
+                        .map(|b| b.name.as_str())
+                        .chain(u.removed.iter().map(String::as_str))
+                        .filter(|n| mine(n))
+                        .collect();
+                    ensure!(
+                        own == [orders.as_str()],
+                        "only orders of ours changed: {own:?}"
+                    );
+                    break;
+                }
+            }
+            // A whole set comes when most of the mesh changed at once (other tests'
+            // namespaces going); our change may ride in it.
+            ConfigMessage::BackendSet(b) => {
+                let done = b.backends.iter().any(has_new);
+                set = b;
+                if done {
+                    break;
+                }
+            }
+            // The mesh's route table changes as other Services come and go.
+            ConfigMessage::RouteTable(_) => {}
+            other => bail!("expected backend sets and updates, got {other:?}"),
         }
-    };
-    ensure!(
-        update.backends.len() == 1 && update.removed.is_empty(),
-        "the update carries only the changed backend: {update:?}"
-    );
-    set.apply(&update);
+    }
+    ensure!(updates > 0, "the stream that asked got no backend update");
     loop {
         match old.next(Duration::from_secs(5)).await?.1 {
             ConfigMessage::BackendSet(b) if b.backends.iter().any(has_new) => {
@@ -1349,7 +1400,7 @@ async fn mesh_stream_updates(ctx: Ctx) -> anyhow::Result<()> {
                 );
                 break;
             }
-            ConfigMessage::BackendSet(_) => {}
+            ConfigMessage::BackendSet(_) | ConfigMessage::RouteTable(_) => {}
             other => bail!("expected whole sets only, got {other:?}"),
         }
     }

@@ -491,24 +491,15 @@ impl ConfigServer {
         else {
             return text(StatusCode::NOT_FOUND, "no such stream\n");
         };
-        let body = http_body_util::Limited::new(req.into_body(), 256 * 1024);
-        let change = match body.collect().await {
-            Ok(b) => serde_json::from_slice::<portico_proxy_api::Subscription>(&b.to_bytes()),
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading the request: {e}\n"),
-                );
-            }
-        };
-        let change = match change {
+        let change = match json_body::<portico_proxy_api::Subscription>(
+            req.into_body(),
+            256 * 1024,
+            "a subscription",
+        )
+        .await
+        {
             Ok(c) => c,
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("not a subscription: {e}\n"),
-                );
-            }
+            Err(why) => return text(StatusCode::BAD_REQUEST, &why),
         };
         sender.send_if_modified(|names| {
             let mut next = (**names).clone();
@@ -574,25 +565,17 @@ impl ConfigServer {
                 &format!("{user} is not a ServiceAccount\n"),
             );
         };
-        let body = http_body_util::Limited::new(req.into_body(), MAX_CSR_BYTES * 2);
-        let request = match body.collect().await {
-            Ok(b) => serde_json::from_slice::<portico_proxy_api::CertificateRequest>(&b.to_bytes()),
-            Err(e) => {
-                count("bad_request");
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading the request: {e}\n"),
-                );
-            }
-        };
-        let request = match request {
+        let request = match json_body::<portico_proxy_api::CertificateRequest>(
+            req.into_body(),
+            MAX_CSR_BYTES * 2,
+            "a certificate request",
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(e) => {
+            Err(why) => {
                 count("bad_request");
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("not a certificate request: {e}\n"),
-                );
+                return text(StatusCode::BAD_REQUEST, &why);
             }
         };
         match issuer.issue(&request.csr, ns, sa, std::time::SystemTime::now()) {
@@ -619,6 +602,21 @@ impl ConfigServer {
             }
         }
     }
+}
+
+/// A JSON body of at most `limit` bytes as a `T`, or the text of the 400 that says why not
+/// (`what` names what was expected).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    body: Incoming,
+    limit: usize,
+    what: &str,
+) -> Result<T, String> {
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the request: {e}\n"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| format!("not {what}: {e}\n"))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, Infallible>> {
