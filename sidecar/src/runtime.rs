@@ -104,7 +104,7 @@ impl Proxy {
             let cfg = snap.config.clone();
             let snap = Arc::new(snap);
             shared.snapshot.store(snap.clone());
-            start_health_checks(shared, &snap);
+            start_health_checks(shared, snap.backends.values());
             listeners.commit(shared, pending, &cfg);
             *self
                 .inner
@@ -134,15 +134,8 @@ impl Proxy {
         let result = old.with_update(update).map(|snap| {
             let snap = Arc::new(snap);
             shared.snapshot.store(snap.clone());
-            let ctx = ProbeContext {
-                identity: shared.identity.clone(),
-                metrics: shared.metrics.health(),
-            };
-            for backend in names.iter().filter_map(|n| snap.backends.get(n.as_str())) {
-                if let Some(checker) = &backend.health {
-                    checker.start(&backend.endpoints, &ctx);
-                }
-            }
+            let updated = names.iter().filter_map(|n| snap.backends.get(n.as_str()));
+            start_health_checks(shared, updated);
         });
         shared
             .metrics
@@ -216,14 +209,17 @@ impl Proxy {
     }
 }
 
-/// Starts the active health checks of a config now in force (each endpoint's probe runs
+/// Starts the active health checks of `backends`, now in force (each endpoint's probe runs
 /// once; a config that was refused never probes).
-fn start_health_checks(shared: &Shared, snap: &snapshot::Snapshot) {
+fn start_health_checks<'a>(
+    shared: &Shared,
+    backends: impl Iterator<Item = &'a Arc<crate::forward::backend::BackendState>>,
+) {
     let ctx = ProbeContext {
         identity: shared.identity.clone(),
         metrics: shared.metrics.health(),
     };
-    for backend in snap.backends.values() {
+    for backend in backends {
         if let Some(checker) = &backend.health {
             checker.start(&backend.endpoints, &ctx);
         }

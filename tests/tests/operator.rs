@@ -1203,6 +1203,20 @@ async fn next_backends(stream: &mut ConfigStream) -> anyhow::Result<ConfigMessag
     }
 }
 
+/// Checks that `msg` is a backend update of backend `name` alone, with `endpoints` endpoints.
+fn only_update_of(msg: ConfigMessage, name: &str, endpoints: usize) -> anyhow::Result<()> {
+    match msg {
+        ConfigMessage::BackendUpdate(u) => ensure!(
+            u.backends.len() == 1
+                && u.backends[0].name == name
+                && u.backends[0].endpoints.len() == endpoints,
+            "expected an update of {name} alone with {endpoints} endpoints: {u:?}"
+        ),
+        other => bail!("expected an update of {name}, got {other:?}"),
+    }
+    Ok(())
+}
+
 /// A sidecar stream on demand gets the mesh-wide route table but only the backends it
 /// subscribed to (on connect, then by posting to its stream id), and only their changes; an
 /// unknown stream id is 404.
@@ -1255,15 +1269,7 @@ async fn on_demand_stream(ctx: Ctx) -> anyhow::Result<()> {
     };
     apply("payments-1", "payments", &["198.18.64.20", "198.18.64.21"]).await?;
     apply("orders-1", "orders", &["198.18.64.10", "198.18.64.11"]).await?;
-    match next_backends(&mut stream).await? {
-        ConfigMessage::BackendUpdate(u) => ensure!(
-            u.backends.len() == 1
-                && u.backends[0].name == orders
-                && u.backends[0].endpoints.len() == 2,
-            "only orders' change: {u:?}"
-        ),
-        other => bail!("expected orders' update, got {other:?}"),
-    }
+    only_update_of(next_backends(&mut stream).await?, &orders, 2)?;
     let path = format!("/v1/streams/{id}/backends");
     let status = config_server_post(
         op.config_addr,
@@ -1273,15 +1279,8 @@ async fn on_demand_stream(ctx: Ctx) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(status == 204, "subscribing answered {status}");
-    match next_backends(&mut stream).await? {
-        ConfigMessage::BackendUpdate(u) => ensure!(
-            u.backends.len() == 1
-                && u.backends[0].name == payments
-                && u.backends[0].endpoints.len() == 2,
-            "payments as it is now: {u:?}"
-        ),
-        other => bail!("expected payments, got {other:?}"),
-    }
+    // Payments as it is now.
+    only_update_of(next_backends(&mut stream).await?, &payments, 2)?;
     let unknown = config_server_post(
         op.config_addr,
         &op.ca,

@@ -290,29 +290,17 @@ impl ConfigServer {
         };
         // Backend updates, and backends on demand, for a proxy that reads them (see
         // `portico_proxy_api::stream`); on demand only for sidecars.
-        let features: Vec<&str> = req
-            .headers()
-            .get_all(portico_proxy_api::FEATURES_HEADER)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
+        let features: Vec<&str> =
+            header_list(req.headers(), portico_proxy_api::FEATURES_HEADER).collect();
         let updates = features.contains(&portico_proxy_api::BACKEND_UPDATES);
         let on_demand = updates
             && features.contains(&portico_proxy_api::ON_DEMAND)
             && !matches!(target, Target::Gateway(_));
         let wanted = on_demand.then(|| {
-            let names: std::collections::BTreeSet<String> = req
-                .headers()
-                .get_all(portico_proxy_api::SUBSCRIBE_HEADER)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let names: std::collections::BTreeSet<String> =
+                header_list(req.headers(), portico_proxy_api::SUBSCRIBE_HEADER)
+                    .map(str::to_owned)
+                    .collect();
             let id = format!("{:032x}", rand::random::<u128>());
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(names));
             self.on_demand
@@ -513,9 +501,7 @@ impl ConfigServer {
             }
             modified
         });
-        let mut resp = text(StatusCode::NO_CONTENT, "");
-        *resp.body_mut() = Full::new(Bytes::new()).boxed();
-        resp
+        text(StatusCode::NO_CONTENT, "")
     }
 
     /// `POST /v1/identity/certificate`: a certificate for the token's ServiceAccount.
@@ -602,6 +588,17 @@ impl ConfigServer {
             }
         }
     }
+}
+
+/// The comma-separated items of every `name` header, trimmed, empty ones left out.
+fn header_list<'a>(headers: &'a http::HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 /// A JSON body of at most `limit` bytes as a `T`, or the text of the 400 that says why not

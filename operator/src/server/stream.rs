@@ -228,7 +228,12 @@ pub(crate) async fn pump(
                     line
                 }
                 None => {
-                    let line = lines.values.line(&backends, |b| Line::BackendSet(b));
+                    // A stream's own subset is nobody else's: encoded for it, not cached.
+                    let line = if wanted.is_some() {
+                        Line::BackendSet(&backends).to_bytes()
+                    } else {
+                        lines.values.line(&backends, |b| Line::BackendSet(b))
+                    };
                     count("backendSet", &line);
                     line
                 }
@@ -269,32 +274,14 @@ pub(crate) async fn pump(
             _ = tokio::time::sleep_until(next_tick(tokio::time::Instant::now(), quiet)) => {}
             _ = tx.closed() => break,
         }
-        let inbound_changed = async {
-            match inbound.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let issuer_changed = async {
-            match issuer.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let wanted_changed = async {
-            match wanted.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = sub.routes.changed() => if r.is_err() { break },
             // Compared with what was sent at the top of the loop.
-            r = issuer_changed => if r.is_err() { break },
+            r = next_change(issuer.as_mut()) => if r.is_err() { break },
             r = sub.backends.changed() => if r.is_err() { break },
-            r = wanted_changed => if r.is_err() { break },
+            r = next_change(wanted.as_mut()) => if r.is_err() { break },
             // `changed` marks the value seen: remember that it is still to be sent.
-            r = inbound_changed => if r.is_err() { break } else { inbound_changed_seen = true },
+            r = next_change(inbound.as_mut()) => if r.is_err() { break } else { inbound_changed_seen = true },
             _ = tx.closed() => break,
         }
     }
@@ -308,6 +295,16 @@ pub(crate) async fn pump(
 fn quiet_time(debounce: Duration, streams: i64) -> Duration {
     let per_stream = Duration::from_micros(50) * u32::try_from(streams.max(0)).unwrap_or(u32::MAX);
     debounce.max(per_stream)
+}
+
+/// `rx`'s next change; never, for a stream without that channel.
+async fn next_change<T>(
+    rx: Option<&mut watch::Receiver<T>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The end of the quiet time that starts at `now`: the next multiple of `quiet` on a clock that
@@ -389,6 +386,23 @@ mod tests {
             }))
             .unwrap(),
         ));
+        index
+    }
+
+    /// [`shop`] with cluster IPs on `orders` and a second Service `payments`: two Services in
+    /// the mesh-wide config.
+    fn meshed_shop() -> Index {
+        let mut index = shop();
+        for (name, ip) in [("orders", "198.19.0.1"), ("payments", "198.19.0.2")] {
+            index.apply(Object::Service(
+                serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"namespace": "shop", "name": name},
+                    "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+                }))
+                .unwrap(),
+            ));
+        }
         index
     }
 
@@ -476,23 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_the_first_set_a_stream_that_asked_gets_only_the_changed_backend() {
-        let mut index = shop();
-        index.apply(Object::Service(
-            serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"namespace": "shop", "name": "payments"},
-                "spec": {"clusterIP": "198.19.0.2", "ports": [{"port": 80}]}
-            }))
-            .unwrap(),
-        ));
-        index.apply(Object::Service(
-            serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"namespace": "shop", "name": "orders"},
-                "spec": {"clusterIP": "198.19.0.1", "ports": [{"port": 80}]}
-            }))
-            .unwrap(),
-        ));
+        let mut index = meshed_shop();
         let lines = Arc::new(SharedLines::default());
         let metrics = Arc::new(Metrics::new());
         let mut streams = Vec::new();
@@ -552,17 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_on_demand_stream_gets_only_its_subscribed_backends_and_their_changes() {
-        let mut index = shop();
-        for (name, ip) in [("orders", "198.19.0.1"), ("payments", "198.19.0.2")] {
-            index.apply(Object::Service(
-                serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "Service",
-                    "metadata": {"namespace": "shop", "name": name},
-                    "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
-                }))
-                .unwrap(),
-            ));
-        }
+        let mut index = meshed_shop();
         let payments_slice = |ip: &str| {
             Object::EndpointSlice(
                 serde_json::from_value(json!({
