@@ -27,6 +27,8 @@ pub struct Options {
     pub identity: Option<Arc<identity::Store>>,
     /// The response cache's byte cap; [`crate::policy::cache::DEFAULT_MAX_BYTES`] when `None`.
     pub cache_max_bytes: Option<usize>,
+    /// A sidecar's backends on demand: connections to a Service wait for its backends.
+    pub demand: Option<Arc<crate::mesh::demand::Demand>>,
 }
 
 /// A running proxy. Cheap to clone; all clones control the same proxy.
@@ -58,6 +60,7 @@ impl Proxy {
             options
                 .cache_max_bytes
                 .unwrap_or(crate::policy::cache::DEFAULT_MAX_BYTES),
+            options.demand.clone(),
         ));
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin_addr = match options.admin_addr {
@@ -141,6 +144,11 @@ impl Proxy {
             .metrics
             .reload(result.is_ok(), result.is_ok().then_some(generation));
         result
+    }
+
+    /// The Services of the config in force.
+    pub(crate) fn services(&self) -> Arc<crate::route::services::ServiceTable> {
+        self.inner.shared.snapshot.load().services.clone()
     }
 
     /// Counts a config that was refused before it reached [`Proxy::apply`] (unreadable file).

@@ -32,6 +32,8 @@ pub struct Shared {
     pub identity: Option<Arc<identity::Store>>,
     /// The response cache every caching rule shares (one byte cap per proxy).
     pub cache: cache::Store,
+    /// A sidecar's backends on demand (see [`crate::mesh::demand`]).
+    pub demand: Option<Arc<crate::mesh::demand::Demand>>,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
         access_log: bool,
         identity: Option<Arc<identity::Store>>,
         cache_max_bytes: usize,
+        demand: Option<Arc<crate::mesh::demand::Demand>>,
     ) -> Self {
         let metrics = metrics::Metrics::new(
             identity
@@ -57,6 +60,7 @@ impl Shared {
             shutdown: watch::channel(false).0,
             active: watch::channel(0).0,
             identity,
+            demand,
         }
     }
 }

@@ -385,20 +385,25 @@ where
     Ok(send)
 }
 
-/// `POST path` with a JSON `body` to a config server: the status.
+/// `POST path` with a JSON `body` to a config server: the status and the answer's body.
 pub async fn config_server_post(
     addr: SocketAddr,
     ca: &CertificateDer<'static>,
     path: &str,
     body: &serde_json::Value,
-) -> anyhow::Result<u16> {
+) -> anyhow::Result<(u16, String)> {
     let mut send = config_server_connect(addr, ca).await?;
     let req = http::Request::post(format!("https://127.0.0.1{path}"))
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(
             body,
         )?)))?;
-    Ok(send.send_request(req).await?.status().as_u16())
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The value of the first series of `name` in Prometheus text `text` whose labels contain every

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use portico_api::ServicePolicy;
 use portico_operator::admission::AdmissionArgs;
@@ -406,6 +407,32 @@ impl Drop for Redirect {
 // Tests.
 
 /// Service `orders` (selector `app: orders`, port 80 → 8080); returns its ClusterIP:80.
+/// Waits until an EndpointSlice of Service `service` has `ip` ready (the endpoints controller
+/// of the real controller-manager writes it), so the operator can have it.
+async fn ready_endpoint(ctx: &Ctx, service: &str, ip: std::net::IpAddr) -> anyhow::Result<()> {
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let selector = format!("kubernetes.io/service-name={service}");
+    eventually(
+        &format!("{service}'s EndpointSlice has {ip} ready"),
+        Duration::from_secs(30),
+        || async {
+            let list = slices
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await?;
+            let ready = list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .any(|e| {
+                    e.addresses.contains(&ip.to_string())
+                        && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                });
+            Ok(ready.then_some(()))
+        },
+    )
+    .await
+}
+
 async fn orders_service(ctx: &Ctx) -> anyhow::Result<SocketAddr> {
     let svc = create::<Service>(
         ctx,
@@ -437,8 +464,36 @@ async fn outbound_by_the_pod_stream(ctx: Ctx) -> anyhow::Result<()> {
         "{args:?}"
     );
 
+    // A second Service the app never calls.
+    create::<Service>(
+        &ctx,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "payments"},
+            "spec": {"selector": {"app": "payments"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }),
+    )
+    .await?;
+    let (_, payments_ip) = running_pod(&ctx, "payments-0", "payments", "payments").await?;
+    ready_endpoint(&ctx, "orders", orders_ip).await?;
+    ready_endpoint(&ctx, "payments", payments_ip).await?;
+
     let sidecar = start_sidecar(&ctx, &client).await?;
     let config: Value = serde_json::from_str(&sidecar_admin("/config").await?)?;
+    // Backends on demand: every Service's address is known, no endpoint was sent yet.
+    ensure!(
+        config["services"]
+            .to_string()
+            .contains(&cluster_ip.to_string()),
+        "the route table is mesh-wide: {config}"
+    );
+    ensure!(
+        !config["backends"]
+            .to_string()
+            .contains(&orders_ip.to_string()),
+        "no endpoint before the app calls the Service: {config}"
+    );
     let listeners = config["listeners"].to_string();
     ensure!(
         listeners.contains("\"OUTBOUND\"") && listeners.contains("\"INBOUND\""),
@@ -447,15 +502,13 @@ async fn outbound_by_the_pod_stream(ctx: Ctx) -> anyhow::Result<()> {
 
     // The app dials the ClusterIP; the kernel sends the connection to the OUTBOUND listener.
     let _redirect = Redirect::new(cluster_ip, INJECTED_OUTBOUND_PORT)?;
-    eventually(
-        "the app reaches orders-0 through its sidecar",
-        Duration::from_secs(30),
-        || async {
-            let (status, _, body) = http_get_from(None, cluster_ip, "orders", "/orders/1").await?;
-            Ok((status == 200 && body == "orders-0").then_some(()))
-        },
-    )
-    .await?;
+    // The first connection subscribes to the Service's backends and waits for them: the first
+    // request already succeeds.
+    let (status, _, body) = http_get_from(None, cluster_ip, "orders", "/orders/1").await?;
+    ensure!(
+        status == 200 && body == "orders-0",
+        "the first request to a Service whose backends were not here yet: {status} {body}"
+    );
 
     // The route and the endpoint came from the operator's stream for this pod.
     let config: Value = serde_json::from_str(&sidecar_admin("/config").await?)?;
@@ -471,6 +524,12 @@ async fn outbound_by_the_pod_stream(ctx: Ctx) -> anyhow::Result<()> {
             .to_string()
             .contains(&format!("{orders_ip}:8080")),
         "the endpoint of orders-0 is in the config: {config}"
+    );
+    ensure!(
+        !config["backends"]
+            .to_string()
+            .contains(&payments_ip.to_string()),
+        "a Service the app never called sent no endpoint: {config}"
     );
     let metrics = sidecar_admin("/metrics").await?;
     let intercepted = metric(

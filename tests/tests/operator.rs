@@ -1271,17 +1271,20 @@ async fn on_demand_stream(ctx: Ctx) -> anyhow::Result<()> {
     apply("orders-1", "orders", &["198.18.64.10", "198.18.64.11"]).await?;
     only_update_of(next_backends(&mut stream).await?, &orders, 2)?;
     let path = format!("/v1/streams/{id}/backends");
-    let status = config_server_post(
+    let (status, body) = config_server_post(
         op.config_addr,
         &op.ca,
         &path,
-        &json!({"subscribe": [payments]}),
+        &json!({"subscribe": [payments], "addresses": ["198.18.64.99:8080"]}),
     )
     .await?;
-    ensure!(status == 204, "subscribing answered {status}");
+    ensure!(
+        status == 200 && serde_json::from_str::<Value>(&body)?["found"] == json!([]),
+        "subscribing answered {status} {body} (no meshed pod is at the address)"
+    );
     // Payments as it is now.
     only_update_of(next_backends(&mut stream).await?, &payments, 2)?;
-    let unknown = config_server_post(
+    let (unknown, _) = config_server_post(
         op.config_addr,
         &op.ca,
         "/v1/streams/0123/backends",
@@ -1451,6 +1454,7 @@ async fn gateway_control_plane(
         token_file,
         ca_pem: std::fs::read(&op.tls.cert)?,
         extra_listeners: Vec::new(),
+        demand: None,
     })
 }
 

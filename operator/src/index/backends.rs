@@ -62,6 +62,9 @@ pub struct Backends {
     /// Positions by name, made on first use by [`Backends::only`] (once per published set,
     /// shared by every stream that filters it).
     pub by_name: std::sync::OnceLock<HashMap<String, usize>>,
+    /// The names of the backends with a meshed endpoint at each address, made on first use by
+    /// [`Backends::meshed_at`].
+    pub by_address: std::sync::OnceLock<HashMap<String, Vec<String>>>,
 }
 
 impl Backends {
@@ -82,7 +85,25 @@ impl Backends {
                 .filter_map(|n| by_name.get(n).map(|i| self.backends[*i].clone()))
                 .collect(),
             by_name: std::sync::OnceLock::new(),
+            by_address: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The names of the backends that have a meshed endpoint (one with an identity) at
+    /// `address` (`IP:port`).
+    pub fn meshed_at(&self, address: &str) -> &[String] {
+        let by_address = self.by_address.get_or_init(|| {
+            let mut map: HashMap<String, Vec<String>> = HashMap::new();
+            for b in &self.backends {
+                for e in b.endpoints.iter().filter(|e| e.identity.is_some()) {
+                    map.entry(e.address.clone())
+                        .or_default()
+                        .push(b.name.clone());
+                }
+            }
+            map
+        });
+        by_address.get(address).map_or(&[], Vec::as_slice)
     }
 
     /// Whether both hold the same backends (by pointer, else by value).
@@ -225,6 +246,7 @@ impl Index {
                 })
                 .collect(),
             by_name: Default::default(),
+            by_address: Default::default(),
         }
     }
 
@@ -279,18 +301,7 @@ fn protocol_of(app_protocol: Option<&str>) -> contract::UpstreamProtocol {
 
 /// A backend with no endpoints and default settings, which a policy then shapes.
 pub(crate) fn empty_backend(name: String) -> contract::Backend {
-    contract::Backend {
-        name,
-        endpoints: Vec::new(),
-        protocol: contract::UpstreamProtocol::default(),
-        load_balancer: contract::LoadBalancer::default(),
-        outlier_detection: None,
-        limits: contract::Limits::default(),
-        connect_timeout: None,
-        idle_timeout: None,
-        retry_budget: None,
-        health_check: None,
-    }
+    contract::Backend::named(name)
 }
 
 #[cfg(test)]
@@ -304,6 +315,29 @@ mod tests {
             .map(|a| serde_json::from_value(serde_json::json!({"address": a})).unwrap())
             .collect();
         Arc::new(b)
+    }
+
+    #[test]
+    fn a_meshed_address_names_the_backends_it_serves() {
+        let mut meshed = (*backend("shop/orders:80", &["10.0.0.1:8080"])).clone();
+        meshed.endpoints[0].identity = Some("spiffe://cluster.local/ns/shop/sa/orders".into());
+        let mut admin = meshed.clone();
+        admin.name = "shop/orders-admin:80".into();
+        let set = Backends {
+            generation: 1,
+            backends: vec![
+                Arc::new(meshed),
+                Arc::new(admin),
+                backend("shop/legacy:80", &["10.0.0.2:8080"]),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            set.meshed_at("10.0.0.1:8080"),
+            ["shop/orders:80", "shop/orders-admin:80"]
+        );
+        assert!(set.meshed_at("10.0.0.1:9090").is_empty(), "another port");
+        assert!(set.meshed_at("10.0.0.2:8080").is_empty(), "not meshed");
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Index {
                 Backends {
                     generation: 0,
                     backends,
-                    by_name: Default::default(),
+                    ..Default::default()
                 },
             );
         }

@@ -8,8 +8,9 @@
 //!  POST /v1/identity/certificate                  any proxy: a workload certificate for its
 //!                                                 ServiceAccount (see [`crate::identity`])
 //!  POST /v1/streams/{id}/backends                 an on-demand sidecar stream: subscribe to or
-//!                                                 drop backends (the id is the stream's
-//!                                                 `portico-stream` response header)
+//!                                                 drop backends, or subscribe to the backends
+//!                                                 of pods dialled directly (the id is the
+//!                                                 stream's `portico-stream` response header)
 //!  Authorization: Bearer <projected ServiceAccount token, audience "portico">
 //!
 //!  200, content-type application/x-ndjson, one JSON message per line, never-ending:
@@ -93,7 +94,7 @@ pub struct ConfigServer {
     /// Lines shared by the streams that send the same value.
     lines: Arc<stream::SharedLines>,
     /// The subscriptions of on-demand streams, by stream id.
-    on_demand: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<stream::Wanted>>>>,
+    on_demand: Arc<std::sync::Mutex<HashMap<String, OnDemand>>>,
     /// Signs workload certificates; `None`: this operator issues no identities (404).
     issuer: Option<Arc<IssuerSource>>,
 }
@@ -126,6 +127,14 @@ impl ConfigServer {
         self.issuer = issuer;
         self
     }
+}
+
+/// An on-demand stream's subscriptions, and the backends it filters them from (where addresses
+/// are looked up).
+#[derive(Clone)]
+struct OnDemand {
+    wanted: tokio::sync::watch::Sender<stream::Wanted>,
+    backends: tokio::sync::watch::Receiver<Arc<crate::index::Backends>>,
 }
 
 /// How long a sidecar's request waits for its pod to appear in the index before a 404.
@@ -303,10 +312,14 @@ impl ConfigServer {
                     .collect();
             let id = format!("{:032x}", rand::random::<u128>());
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(names));
+            let entry = OnDemand {
+                wanted: tx,
+                backends: sub.backends.clone(),
+            };
             self.on_demand
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), tx);
+                .insert(id.clone(), entry);
             (id, rx)
         });
         tracing::info!(%peer, %target, updates, on_demand, "proxy connected");
@@ -470,7 +483,7 @@ impl ConfigServer {
         if req.method() != http::Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "POST a subscription\n");
         }
-        let Some(sender) = self
+        let Some(stream) = self
             .on_demand
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -489,19 +502,41 @@ impl ConfigServer {
             Ok(c) => c,
             Err(why) => return text(StatusCode::BAD_REQUEST, &why),
         };
-        sender.send_if_modified(|names| {
+        // The addresses' backends in the set the stream filters now: a pod dialled directly is
+        // an endpoint of the Services it backs.
+        let found: Vec<String> = {
+            let backends = stream.backends.borrow();
+            let mut found: Vec<String> = change
+                .addresses
+                .iter()
+                .flat_map(|a| backends.meshed_at(a).iter().cloned())
+                .collect();
+            found.sort();
+            found.dedup();
+            found
+        };
+        stream.wanted.send_if_modified(|names| {
             let mut next = (**names).clone();
             for n in &change.unsubscribe {
                 next.remove(n);
             }
             next.extend(change.subscribe.iter().cloned());
+            next.extend(found.iter().cloned());
             let modified = next != **names;
             if modified {
                 *names = Arc::new(next);
             }
             modified
         });
-        text(StatusCode::NO_CONTENT, "")
+        let answer = portico_proxy_api::Subscribed { found };
+        let mut resp = Response::new(
+            Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())).boxed(),
+        );
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
     }
 
     /// `POST /v1/identity/certificate`: a certificate for the token's ServiceAccount.

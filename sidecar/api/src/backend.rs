@@ -41,6 +41,24 @@ pub struct Backend {
     pub health_check: Option<HealthCheck>,
 }
 
+impl Backend {
+    /// A backend with no endpoints and default settings.
+    pub fn named(name: String) -> Self {
+        Self {
+            name,
+            endpoints: Vec::new(),
+            protocol: UpstreamProtocol::default(),
+            load_balancer: LoadBalancer::default(),
+            outlier_detection: None,
+            limits: Limits::default(),
+            connect_timeout: None,
+            idle_timeout: None,
+            retry_budget: None,
+            health_check: None,
+        }
+    }
+}
+
 /// Active HTTP health checks of a backend's endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

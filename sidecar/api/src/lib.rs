@@ -35,7 +35,7 @@ pub use mesh::*;
 pub use route::*;
 pub use stream::{
     BACKEND_UPDATES, ConfigMessage, FEATURES_HEADER, ON_DEMAND, STREAM_HEADER, SUBSCRIBE_HEADER,
-    Subscription,
+    Subscribed, Subscription,
 };
 pub use validate::ValidationError;
 

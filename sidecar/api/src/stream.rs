@@ -51,7 +51,8 @@ pub const SUBSCRIBE_HEADER: &str = "portico-subscribe";
 pub const STREAM_HEADER: &str = "portico-stream";
 
 /// The body of `POST /v1/streams/{id}/backends`: backend names to add to and remove from an
-/// on-demand stream's subscriptions. Answered 204; the stream then sends what changed.
+/// on-demand stream's subscriptions, and addresses whose backends to add. Answered `200` with
+/// a [`Subscribed`]; the stream then sends what changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subscription {
@@ -61,6 +62,21 @@ pub struct Subscription {
     /// Backend names no longer needed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsubscribe: Vec<String>,
+    /// `IP:port`s an application dialled directly (not a Service's address): the backends
+    /// with a meshed endpoint there are subscribed too, so the proxy learns the identity to
+    /// dial it with over mTLS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+}
+
+/// The answer to a [`Subscription`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subscribed {
+    /// The backends found for [`Subscription::addresses`] (now subscribed); empty when no
+    /// meshed endpoint is at any of them.
+    #[serde(default)]
+    pub found: Vec<String>,
 }
 
 /// One line of the config stream.

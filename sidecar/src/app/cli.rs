@@ -177,6 +177,7 @@ impl ControlPlaneArgs {
             ca_pem,
             identity: None,
             extra_listeners: Vec::new(),
+            demand: None,
         })
     }
 }
@@ -278,6 +279,8 @@ pub fn run_sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|sa| spiffe_id(&trust_domain, &pod_namespace, sa));
     cp.extra_listeners = sidecar_listeners(inbound_addr, outbound_addr);
+    // A sidecar receives the backends of the Services its application uses, as it uses them.
+    cp.demand = Some(Arc::default());
     run.serve(admin_addr, move |options| async move {
         tracing::info!(
             pod = %format!("{pod_namespace}/{pod_name}"),
@@ -355,6 +358,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ca_pem: ca_pem(ca_file, control_plane_ca)?,
                 identity,
                 extra_listeners: Vec::new(),
+                demand: None,
             };
             run.serve(admin_addr, move |options| follow_control_plane(cp, options))
         }
@@ -397,6 +401,7 @@ async fn follow_control_plane(cp: ControlPlane, mut options: Options) -> anyhow:
             }
         }
     }
+    options.demand = cp.demand.clone();
     tracing::info!(control_plane = %cp.url, path = %cp.stream.path(), "waiting for the first config");
     let (cfg, session) = control::first_config(&cp).await;
     let proxy = Proxy::start(cfg, options)
@@ -470,6 +475,7 @@ impl RunArgs {
                 access_log,
                 identity: None,
                 cache_max_bytes: Some(cache_max_bytes),
+                demand: None,
             };
             let mut signals = Signals::new()?;
             let started = tokio::select! {

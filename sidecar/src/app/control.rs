@@ -31,16 +31,20 @@
 //! `[0, min(10 s, 100 ms · 2ⁿ)]`, so a fleet of proxies does not reconnect in lockstep). Each
 //! reconnect starts with a full state, so a change made while the operator was away is applied.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use portico_proxy_api::{
-    BACKEND_UPDATES, BackendSet, BackendUpdate, ConfigMessage, FEATURES_HEADER,
-    IdentityAnnouncement, InboundPolicy, ProxyConfig, RouteTable,
+    BACKEND_UPDATES, Backend, BackendSet, BackendUpdate, ConfigMessage, FEATURES_HEADER,
+    IdentityAnnouncement, InboundPolicy, ON_DEMAND, ProxyConfig, RouteTable, STREAM_HEADER,
+    SUBSCRIBE_HEADER, Subscribed, Subscription,
 };
 
+use crate::mesh::demand::{Ask, Demand};
 use crate::mesh::operator::{self, ControlError, ControlPlane};
 use crate::runtime::Proxy;
 
@@ -59,8 +63,19 @@ pub struct Session {
     whole_sent: bool,
     /// The last route table names backends not received yet: it waits for them.
     held: bool,
+    /// The operator sends backends on demand on this stream: the proxy's subscriptions, and
+    /// the task that sends them.
+    on_demand: Option<(Arc<Demand>, tokio::task::JoinHandle<()>)>,
     // Keeps the HTTP/2 connection open while the body is read.
-    _send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    _send: SendRequest<Full<Bytes>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some((_, asker)) = &self.on_demand {
+            asker.abort();
+        }
+    }
 }
 
 /// What a config stream delivers.
@@ -68,8 +83,12 @@ pub struct Session {
 enum Update {
     /// A whole config to apply.
     Config(ProxyConfig),
-    /// Backends that changed, to apply to the config in force.
-    Backends(BackendUpdate),
+    /// Backends that changed, to apply to the config in force; `pending` are backends this
+    /// proxy unsubscribed from, placeholders again (on demand).
+    Backends {
+        update: BackendUpdate,
+        pending: Vec<String>,
+    },
     /// The operator's identity issuer.
     Identity(IdentityAnnouncement),
 }
@@ -77,14 +96,21 @@ enum Update {
 impl Session {
     /// Connects and sends the config request; the full state is read by [`Session::next`].
     pub async fn open(cp: &ControlPlane) -> Result<Self, ControlError> {
-        let (mut send, token) = operator::connect::<Empty<Bytes>>(cp).await?;
+        let (mut send, token) = operator::connect::<Full<Bytes>>(cp).await?;
         let url = cp.url.to_string();
         let (host, port) = operator::host_port(cp)?;
         let path = cp.stream.path();
-        let req = http::Request::get(format!("https://{host}:{port}{path}"))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(FEATURES_HEADER, BACKEND_UPDATES)
-            .body(Empty::new())
+        let mut req = http::Request::get(format!("https://{host}:{port}{path}"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        let demand = cp.demand.as_ref().filter(|_| cp.stream.has_inbound());
+        req = match demand {
+            Some(d) => req
+                .header(FEATURES_HEADER, format!("{BACKEND_UPDATES}, {ON_DEMAND}"))
+                .header(SUBSCRIBE_HEADER, d.subscriptions().join(",")),
+            None => req.header(FEATURES_HEADER, BACKEND_UPDATES),
+        };
+        let req = req
+            .body(Full::default())
             .map_err(|_| ControlError::Url(url.clone()))?;
         let resp = send.send_request(req).await?;
         let status = resp.status();
@@ -95,6 +121,24 @@ impl Session {
                 body: String::from_utf8_lossy(&body).trim().to_owned(),
             });
         }
+        // On demand only when the operator says so (an older one sends every backend).
+        let answered = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let id = answered(STREAM_HEADER).filter(|_| {
+            answered(FEATURES_HEADER).is_some_and(|f| f.split(',').any(|f| f.trim() == ON_DEMAND))
+        });
+        let on_demand = match (demand, id) {
+            (Some(d), Some(id)) => {
+                let uri = format!("https://{host}:{port}/v1/streams/{id}/backends");
+                let asker = tokio::spawn(ask_operator(d.clone(), send.clone(), uri));
+                Some((d.clone(), asker))
+            }
+            _ => None,
+        };
         Ok(Self {
             body: resp.into_body(),
             buf: Vec::new(),
@@ -104,6 +148,7 @@ impl Session {
             identity: None,
             whole_sent: false,
             held: false,
+            on_demand,
             _send: send,
         })
     }
@@ -121,11 +166,13 @@ impl Session {
                 match ConfigMessage::from_line(&line)? {
                     ConfigMessage::RouteTable(r) => {
                         // A table that starts using a Service comes just before the backends
-                        // that have it: applied with them, not refused in between.
-                        self.held = self
-                            .backends
-                            .as_ref()
-                            .is_some_and(|b| needs_more_backends(&r, b));
+                        // that have it: applied with them, not refused in between. (On demand
+                        // the table names backends never sent: placeholders stand in.)
+                        self.held = self.on_demand.is_none()
+                            && self
+                                .backends
+                                .as_ref()
+                                .is_some_and(|b| needs_more_backends(&r, b));
                         self.routes = Some(r);
                     }
                     ConfigMessage::BackendSet(b) => {
@@ -139,7 +186,7 @@ impl Session {
                             .ok_or(ControlError::OutOfOrder("a backend update before any set"))?;
                         set.apply(&u);
                         if self.whole_sent && !self.held {
-                            return Ok(Update::Backends(u));
+                            return Ok(self.to_apply(u));
                         }
                         self.held = self
                             .routes
@@ -173,14 +220,141 @@ impl Session {
 }
 
 impl Session {
-    /// The whole config this stream has delivered so far, once it has every part.
+    /// The whole config this stream has delivered so far, once it has every part. On demand,
+    /// each backend the route table names that was not sent is an empty placeholder.
     fn config(&self) -> Option<ProxyConfig> {
         let (Some(r), Some(b), Some(i)) = (&self.routes, &self.backends, &self.inbound) else {
             return None;
         };
-        let mut config = ProxyConfig::from_parts(r.clone(), b.clone());
+        let mut backends = b.clone();
+        if self.on_demand.is_some() {
+            let have: std::collections::HashSet<&str> =
+                b.backends.iter().map(|b| b.name.as_str()).collect();
+            let mut missing: Vec<&str> =
+                portico_proxy_api::backend_refs(&r.listeners, &r.routes, &r.services)
+                    .filter(|n| !have.contains(n))
+                    .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            backends
+                .backends
+                .extend(missing.into_iter().map(|n| Backend::named(n.to_owned())));
+        }
+        let mut config = ProxyConfig::from_parts(r.clone(), backends);
         config.inbound = i.clone();
         Some(config)
+    }
+
+    /// The subscriptions of this stream, when the operator sends backends on demand on it.
+    fn demand(&self) -> Option<&Arc<Demand>> {
+        self.on_demand.as_ref().map(|(d, _)| d)
+    }
+
+    /// The backends this stream sent (placeholders aside).
+    fn sent_backends(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.backends
+            .iter()
+            .flat_map(|b| &b.backends)
+            .map(|b| Arc::from(b.name.as_str()))
+    }
+
+    /// `update` as the proxy applies it: on demand, a backend the proxy unsubscribed from that
+    /// the route table still names becomes a placeholder again instead of being removed.
+    fn to_apply(&self, mut update: BackendUpdate) -> Update {
+        let mut pending = Vec::new();
+        if let (Some(_), Some(r)) = (&self.on_demand, &self.routes) {
+            let named: std::collections::HashSet<&str> =
+                portico_proxy_api::backend_refs(&r.listeners, &r.routes, &r.services).collect();
+            let (keep, gone): (Vec<String>, Vec<String>) = update
+                .removed
+                .into_iter()
+                .partition(|n| named.contains(n.as_str()));
+            update.removed = gone;
+            update
+                .backends
+                .extend(keep.iter().map(|n| Backend::named(n.clone())));
+            pending = keep;
+        }
+        Update::Backends { update, pending }
+    }
+}
+
+/// What each Service of `services` needs (see [`crate::mesh::demand`]).
+fn needs_of(
+    services: &crate::route::services::ServiceTable,
+) -> impl Fn(&str) -> Option<Arc<[Arc<str>]>> + '_ {
+    |name| services.get(name).map(|s| s.needs.clone())
+}
+
+/// Sends the proxy's subscription changes (see [`crate::mesh::demand`]) to the operator at
+/// `uri` on the stream's own HTTP/2 connection, in order, for as long as the stream lasts.
+async fn ask_operator(demand: Arc<Demand>, mut send: SendRequest<Full<Bytes>>, uri: String) {
+    let mut asks = demand.asks_rx.lock().await;
+    // Declared after the lock, so dropped before it: the next stream's task finds the demand
+    // disconnected when it takes over.
+    struct Disconnect<'a>(&'a Demand);
+    impl Drop for Disconnect<'_> {
+        fn drop(&mut self) {
+            self.0.connected(false);
+        }
+    }
+    demand.connected(true);
+    let _disconnect = Disconnect(&demand);
+    while let Some(ask) = asks.recv().await {
+        let (body, answer) = match ask {
+            Ask::Subscribe(subscribe) => (
+                Subscription {
+                    subscribe,
+                    ..Default::default()
+                },
+                None,
+            ),
+            Ask::Unsubscribe(unsubscribe) => (
+                Subscription {
+                    unsubscribe,
+                    ..Default::default()
+                },
+                None,
+            ),
+            Ask::Resolve(addr, answer) => (
+                Subscription {
+                    addresses: vec![addr.to_string()],
+                    ..Default::default()
+                },
+                Some(answer),
+            ),
+        };
+        let Ok(req) = http::Request::post(&uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )))
+        else {
+            return;
+        };
+        let result = async {
+            let resp = send.send_request(req).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, bytes))
+        };
+        match result.await {
+            Ok((status, bytes)) if status.is_success() => {
+                if let Some(answer) = answer {
+                    // 204 from an operator that knows no addresses: none found.
+                    let found = serde_json::from_slice::<Subscribed>(&bytes)
+                        .map(|s| s.found)
+                        .unwrap_or_default();
+                    let _ = answer.send(found);
+                }
+            }
+            Ok((status, bytes)) => tracing::warn!(
+                status = status.as_u16(),
+                body = %String::from_utf8_lossy(&bytes).trim(),
+                "the operator refused a subscription"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sending a subscription failed"),
+        }
     }
 }
 
@@ -226,7 +400,7 @@ pub async fn first_config(cp: &ControlPlane) -> (ProxyConfig, Session) {
                 match session.next().await {
                     Ok(Update::Config(config)) => return (with_extras(config, cp), session),
                     // Only after a whole config: not before the first.
-                    Ok(Update::Identity(_) | Update::Backends(_)) => {}
+                    Ok(Update::Identity(_) | Update::Backends { .. }) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "config stream broke before the first config");
                         break;
@@ -251,28 +425,56 @@ pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
     if let Some(a) = &session.identity {
         announce(a);
     }
+    // The first config was applied by `Proxy::start`.
+    if let Some(d) = session.demand() {
+        d.applied_whole(session.sent_backends(), needs_of(&proxy.services()));
+    }
     // Whether the proxy runs exactly what this stream delivered: only then does a backend
     // update apply to it alone; otherwise the stream's whole config is applied again.
     let mut in_step = true;
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         loop {
-            let next =
-                match session.next().await {
-                    Ok(Update::Backends(_)) if !in_step => session
-                        .config()
-                        .map(Update::Config)
-                        .ok_or(ControlError::OutOfOrder(
-                            "a backend update without a whole config",
-                        )),
-                    other => other,
-                };
+            let next = tokio::select! {
+                next = session.next() => next,
+                _ = sweep.tick() => {
+                    if let Some(d) = &cp.demand {
+                        d.sweep(std::time::Instant::now());
+                    }
+                    continue;
+                }
+            };
+            let next = match next {
+                Ok(Update::Backends { .. }) if !in_step => session
+                    .config()
+                    .map(Update::Config)
+                    .ok_or(ControlError::OutOfOrder(
+                        "a backend update without a whole config",
+                    )),
+                other => other,
+            };
             match next {
                 Ok(Update::Identity(a)) => announce(&a),
-                Ok(Update::Backends(update)) => {
+                Ok(Update::Backends { update, pending }) => {
                     let generation = update.generation;
                     let changed = update.backends.len() + update.removed.len();
+                    let arrived: Vec<String> = update
+                        .backends
+                        .iter()
+                        .map(|b| b.name.clone())
+                        .filter(|n| !pending.contains(n))
+                        .collect();
                     match proxy.apply_backends(update).await {
-                        Ok(()) => tracing::debug!(generation, changed, "backend update applied"),
+                        Ok(()) => {
+                            if let Some(d) = session.demand() {
+                                d.applied_update(
+                                    arrived.iter().map(String::as_str),
+                                    pending.iter().map(String::as_str),
+                                );
+                            }
+                            tracing::debug!(generation, changed, "backend update applied")
+                        }
                         Err(e) => {
                             in_step = false;
                             tracing::error!(
@@ -290,6 +492,12 @@ pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
                     match proxy.apply(config).await {
                         Ok(()) => {
                             in_step = true;
+                            if let Some(d) = session.demand() {
+                                d.applied_whole(
+                                    session.sent_backends(),
+                                    needs_of(&proxy.services()),
+                                );
+                            }
                             tracing::info!(generation, "config from the control plane applied")
                         }
                         Err(e) => {

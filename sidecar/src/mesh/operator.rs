@@ -28,6 +28,8 @@ pub struct ControlPlane {
     /// Listeners the proxy adds to every config it receives (sidecar mode: its INBOUND and
     /// OUTBOUND listeners, which come from its own flags, not from the operator).
     pub extra_listeners: Vec<portico_proxy_api::Listener>,
+    /// A sidecar's backends on demand (see [`super::demand`]); `None`: every backend.
+    pub demand: Option<Arc<super::demand::Demand>>,
 }
 
 /// Which of the config server's streams a proxy follows.

@@ -25,6 +25,9 @@ pub struct ServiceRoutes {
     pub backend: String,
     /// Skip detection.
     pub opaque: bool,
+    /// Every backend a connection to the service may use: its own and those of its attached
+    /// routes (sorted; what a sidecar subscribes to on demand, see [`crate::mesh::demand`]).
+    pub needs: Arc<[Arc<str>]>,
 }
 
 /// The services of a config, by virtual address and by name.
@@ -42,7 +45,7 @@ impl ServiceTable {
         for s in &cfg.services {
             // Attached routes apply to whatever listener the connection came in on: the service,
             // not the listener, selected them.
-            let routes = cfg
+            let routes: Vec<Route> = cfg
                 .routes
                 .iter()
                 .filter(|r| s.routes.contains(&r.name))
@@ -51,6 +54,12 @@ impl ServiceTable {
                     ..r.clone()
                 })
                 .collect();
+            let mut needs: Vec<Arc<str>> =
+                portico_proxy_api::backend_refs(&[], &routes, std::slice::from_ref(s))
+                    .map(Arc::from)
+                    .collect();
+            needs.sort();
+            needs.dedup();
             let fallback = Route {
                 name: s.name.clone(),
                 listeners: Vec::new(),
@@ -80,6 +89,7 @@ impl ServiceTable {
                 })?,
                 backend: s.backend.clone(),
                 opaque: s.opaque,
+                needs: needs.into(),
             });
             for a in &s.addresses {
                 if let Ok(addr) = a.parse() {
@@ -94,6 +104,11 @@ impl ServiceTable {
     /// The service dialled at `addr`, if any.
     pub fn lookup(&self, addr: SocketAddr) -> Option<&Arc<ServiceRoutes>> {
         self.by_addr.get(&addr)
+    }
+
+    /// Service `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Arc<ServiceRoutes>> {
+        self.by_name.get(name)
     }
 
     /// The best rule of service `name` for a request: its attached routes first, then the

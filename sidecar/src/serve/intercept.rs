@@ -8,6 +8,8 @@
 //!            a meshed pod's address (an endpoint ──────► that pod, bytes untouched, over mTLS
 //!            with an identity, dialled directly)           (ALPN `portico.mesh/tcp`)
 //!            anything else ───────────────────────► the original destination, bytes untouched
+//!  (on demand, a Service's first connection waits for its backends, and an address no backend
+//!   has is looked up once: see [`crate::mesh::demand`])
 //!  INBOUND   ─► the port's inbound policy (see [`super::inbound`]) ─► 127.0.0.1:<original port>
 //! ```
 //!
@@ -53,12 +55,19 @@ pub async fn outbound(
         tracing::debug!(listener = %listener, client = %peer, "not a redirected connection; closed");
         return;
     };
-    let snap = shared.snapshot.load_full();
-    let Some(svc) = snap.services.lookup(dst).cloned() else {
-        let mesh = snap
-            .meshed_identity(dst)
-            .and_then(|identity| shared.mesh_dest(identity));
+    let mut snap = shared.snapshot.load_full();
+    let Some(mut svc) = snap.services.lookup(dst).cloned() else {
+        let mut identity = snap.meshed_identity(dst).cloned();
         drop(snap);
+        // On demand: a pod dialled directly may back a Service whose backends this proxy does
+        // not have; the operator knows.
+        if identity.is_none()
+            && let Some(demand) = &shared.demand
+            && Box::pin(demand.resolve(dst)).await
+        {
+            identity = shared.snapshot.load().meshed_identity(dst).cloned();
+        }
+        let mesh = identity.and_then(|identity| shared.mesh_dest(&identity));
         shared
             .metrics
             .intercepted(&listener, None, Detected::Opaque.label());
@@ -73,6 +82,21 @@ pub async fn outbound(
             None => Box::pin(super::tcp::passthrough(stream, dst)).await,
         }
         return;
+    };
+    // On demand: the Service stays subscribed while this connection is open, and the first
+    // connection waits until its backends are here (see `crate::mesh::demand`).
+    let _in_use = match &shared.demand {
+        Some(demand) => {
+            let (in_use, missing) = demand.enter(&svc.name, &svc.needs);
+            if missing {
+                // Boxed: only first connections wait, the others' tasks stay small.
+                Box::pin(demand.wait_for(&svc.needs)).await;
+                snap = shared.snapshot.load_full();
+                svc = snap.services.lookup(dst).cloned().unwrap_or(svc);
+            }
+            Some(in_use)
+        }
+        None => None,
     };
     let detected = detect::protocol(&stream, snap, dst.port(), svc.opaque).await;
     shared

@@ -321,7 +321,7 @@ mod tests {
     /// build; release is smaller).
     #[tokio::test]
     async fn an_http1_connection_task_is_small() {
-        let shared = Arc::new(Shared::new(false, None, 1 << 20));
+        let shared = Arc::new(Shared::new(false, None, 1 << 20, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();

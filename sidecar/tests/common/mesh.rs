@@ -87,6 +87,7 @@ pub async fn start_as(yaml: &str, store: Arc<Store>) -> Proxy {
         access_log: false,
         identity: Some(store),
         cache_max_bytes: None,
+        demand: None,
     };
     Proxy::start(super::config(yaml), opts)
         .await

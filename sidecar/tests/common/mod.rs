@@ -157,6 +157,7 @@ pub async fn start(yaml: &str) -> Proxy {
         access_log: false,
         identity: None,
         cache_max_bytes: None,
+        demand: None,
     };
     Proxy::start(config(yaml), opts)
         .await
