@@ -1106,6 +1106,27 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
         200,
     )
     .await?;
+    // Backends on demand: shop's sidecar never called the client Service, so it was not sent
+    // its endpoints. Dialling a client pod's address directly makes it ask the operator who is
+    // there (a meshed pod of `client`), and the call goes over mTLS.
+    let shop_ip = first_pod_ip(&ctx, &ctx.namespace, "app=shop").await?;
+    let (_, config) = http_get(format!("{shop_ip}:4191").parse()?, "admin", "/config").await?;
+    ensure!(
+        !config.contains(&format!("{client_ip}:8080")),
+        "shop's sidecar has the client's endpoint without having used it: {config}"
+    );
+    let out_before = handshakes_ok(&shop_ip, "outbound").await?;
+    let direct = call_from(&shop_ip, &format!("http://{client_ip}:8080/direct")).await?;
+    ensure!(
+        direct["status"] == 200,
+        "shop → a client pod's address: {direct}"
+    );
+    let out_after = handshakes_ok(&shop_ip, "outbound").await?;
+    ensure!(
+        out_after > out_before,
+        "a direct call to a meshed pod whose Service the caller never used made no mTLS \
+         handshake (shop out {out_before}→{out_after})"
+    );
 
     // North–south from here, east–west from the meshed client app (its own loop), while the
     // backend Deployment rolls twice.
