@@ -5,8 +5,10 @@
 //!  etcd + kube-apiserver + … ◄── N Services, N EndpointSlices × E endpoints, one probe slice
 //!          │ watch
 //!          ▼
-//!  portico-operator (release binary, its own process) ──► C sidecar streams (/v1/mesh/config),
-//!          ▲                                              each subscribed on demand to S
+//!  portico-operator (release binary, its own process) ──► C sidecar streams, one per pod
+//!          ▲                                              (/v1/mesh/pods/bench/client-N/config,
+//!          │                                              C pods on kwok, pod-bound tokens),
+//!          │                                              each subscribed on demand to S
 //!  bench: 1. rewrites the probe slice K times,            Services and the probe
 //!            one at a time (every stream uses it)
 //!         2. rewrites random Services' slices at R per second for D s
@@ -39,7 +41,7 @@ use anyhow::{Context, bail, ensure};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use portico_tests::cluster::{self, ControlPlane, free_port};
@@ -237,14 +239,22 @@ async fn bench(
         ready_from.elapsed()
     );
 
-    let token = token(&client).await?;
+    let started = Instant::now();
+    let pods = sidecar_pods(&client, scale.clients).await?;
+    eprintln!(
+        "{} sidecar pods Running (kwok) with pod-bound tokens in {:?}",
+        scale.clients,
+        started.elapsed()
+    );
     let ca = ck.cert.der().clone();
     let arrivals: Vec<Arrivals> = (0..scale.clients).map(|_| Arrivals::default()).collect();
     let (full_tx, mut full_rx) = mpsc::unbounded_channel::<usize>();
     let on_demand = scale.updates && scale.subscribe > 0;
     for (id, log) in arrivals.iter().enumerate() {
         let names = on_demand.then(|| scale.subscriptions(id).join(","));
-        let body = open_stream(config, &ca, &token, scale.updates, names.as_deref()).await?;
+        let (pod, token) = &pods[id];
+        let path = format!("/v1/mesh/pods/{NS}/{pod}/config");
+        let body = open_stream(config, &ca, &path, token, scale.updates, names.as_deref()).await?;
         tokio::spawn(read_stream(body, log.clone(), full_tx.clone()));
     }
     let connected = Instant::now();
@@ -620,23 +630,89 @@ async fn populate(client: &kube::Client, scale: Scale) -> anyhow::Result<()> {
     results.into_iter().collect()
 }
 
-/// A token of ServiceAccount `bench-client` for audience `portico`.
-async fn token(client: &kube::Client) -> anyhow::Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+/// Pods `client-0` … `client-{n-1}` of ServiceAccount `bench-client` on the kwok node (Running,
+/// running nothing), and for each a token for audience `portico` bound to it, as the kubelet
+/// projects one into a sidecar: what a pod's config stream is authorized with.
+async fn sidecar_pods(client: &kube::Client, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
     let sa: ServiceAccount = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bench-client"}
     }))?;
-    api.create(&PostParams::default(), &sa).await?;
-    let request: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["portico"], "expirationSeconds": 3600}
-    }))?;
-    api.create_token_request("bench-client", &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest without status")?
-        .token
-        .context("TokenRequest without token")
+    accounts.create(&PostParams::default(), &sa).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let created: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("client-{i}"), "labels": {"app": "bench-client"}},
+                    "spec": {"nodeName": cluster::NODE_NAME, "serviceAccountName": "bench-client",
+                             "containers": [{"name": "app", "image": "app:1"}]}
+                }))?;
+                pods.create(&PostParams::default(), &pod).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    created.into_iter().collect::<anyhow::Result<()>>()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let uids: HashMap<String, String> = loop {
+        let list = pods.list(&Default::default()).await?;
+        let running: HashMap<String, String> = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter_map(|p| Some((p.metadata.name.clone()?, p.metadata.uid.clone()?)))
+            .collect();
+        if running.len() >= n {
+            break running;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} pods Running after 300s",
+            running.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let tokens: Vec<anyhow::Result<(String, String)>> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let accounts = accounts.clone();
+            let name = format!("client-{i}");
+            let uid = uids.get(&name).cloned().unwrap_or_default();
+            async move {
+                let request: TokenRequest = serde_json::from_value(json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                    "spec": {"audiences": ["portico"], "expirationSeconds": 3600,
+                             "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                                "name": name, "uid": uid}}
+                }))?;
+                let token = accounts
+                    .create_token_request("bench-client", &PostParams::default(), &request)
+                    .await?
+                    .status
+                    .context("TokenRequest without status")?
+                    .token
+                    .context("TokenRequest without token")?;
+                anyhow::Ok((name, token))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut tokens: Vec<(usize, (String, String))> = tokens
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|(name, token)| {
+            let i = name["client-".len()..].parse().unwrap_or(usize::MAX);
+            (i, (name, token))
+        })
+        .collect();
+    tokens.sort_by_key(|(i, _)| *i);
+    Ok(tokens.into_iter().map(|(_, t)| t).collect())
 }
 
 /// The status and body of `GET path` from the operator's admin server.
@@ -659,11 +735,12 @@ async fn admin_request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Str
     Ok((status, body.to_owned()))
 }
 
-/// `GET /v1/mesh/config` over HTTP/2 + TLS (asking for backend updates if `updates`): the
-/// response body.
+/// `GET path` (a pod's stream) over HTTP/2 + TLS (asking for backend updates if `updates`):
+/// the response body.
 async fn open_stream(
     addr: SocketAddr,
     ca: &CertificateDer<'static>,
+    path: &str,
     token: &str,
     updates: bool,
     on_demand: Option<&str>,
@@ -683,10 +760,9 @@ async fn open_stream(
         )),
         None => {}
     }
-    let (resp, send) =
-        config_server_get_with(addr, ca, "/v1/mesh/config", Some(token), &headers).await?;
+    let (resp, send) = config_server_get_with(addr, ca, path, Some(token), &headers).await?;
     if !resp.status().is_success() {
-        bail!("the mesh stream was refused: {}", resp.status());
+        bail!("the stream {path} was refused: {}", resp.status());
     }
     // The connection lives as long as the body is read.
     tokio::spawn(async move {
@@ -698,7 +774,7 @@ async fn open_stream(
 
 /// Reads one stream: decodes each backend message (whole sets only while small: the first,
 /// mesh-wide one is skipped) and notes when each marker address came; reports once the full
-/// state (two lines) is in.
+/// state (route table, backends, the pod's inbound policy: three lines) is in.
 async fn read_stream(
     mut body: hyper::body::Incoming,
     log: Arrivals,
@@ -719,7 +795,7 @@ async fn read_stream(
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
             lines += 1;
-            if lines == 2 {
+            if lines == 3 {
                 let _ = full.send(0);
             }
             if lines <= 2 && line.len() > 64 * 1024 {
