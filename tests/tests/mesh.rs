@@ -504,10 +504,20 @@ async fn outbound_by_the_pod_stream(ctx: Ctx) -> anyhow::Result<()> {
     let _redirect = Redirect::new(cluster_ip, INJECTED_OUTBOUND_PORT)?;
     // The first connection subscribes to the Service's backends and waits for them: the first
     // request already succeeds.
+    let first = Instant::now();
     let (status, _, body) = http_get_from(None, cluster_ip, "orders", "/orders/1").await?;
+    let first = first.elapsed();
     ensure!(
         status == 200 && body == "orders-0",
         "the first request to a Service whose backends were not here yet: {status} {body}"
+    );
+    let next = Instant::now();
+    let (status, _, _) = http_get_from(None, cluster_ip, "orders", "/orders/2").await?;
+    let next = next.elapsed();
+    ensure!(status == 200, "the second request: {status}");
+    eprintln!(
+        "first request to a Service (subscribes, waits for its backends): {first:?}; the next \
+         one (new connection): {next:?}"
     );
 
     // The route and the endpoint came from the operator's stream for this pod.

@@ -1529,14 +1529,46 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn upgrade_and_uninstall(ctx: Ctx) -> anyhow::Result<()> {
     ensure_portico(&ctx).await?;
+    mesh_namespace(&ctx).await?;
     let mut objects = echo("shop", 1, None).to_vec();
+    objects.extend(echo("client", 1, None));
+    objects.extend(echo("other", 1, None));
     objects.extend(gateway_and_route("shop"));
     apply_json(&ctx, &objects)?;
-    rollout(&ctx, &ctx.namespace, "shop")?;
+    for app in ["shop", "client", "other"] {
+        rollout(&ctx, &ctx.namespace, app)?;
+    }
     let addr = gateway_ready(&ctx, "shop").await?;
-    // A changed value rolls the operator pods; the gateway keeps serving from its last config
-    // and its config stream moves to the new operator pods.
+    let client_ip = first_pod_ip(&ctx, &ctx.namespace, "app=client").await?;
+    call_until(
+        "client → shop through the sidecar",
+        &client_ip,
+        "http://shop/",
+        200,
+    )
+    .await?;
+    // A changed value rolls the operator pods; the gateway and the sidecars keep serving from
+    // their last config and their config streams move to the new operator pods (a sidecar's
+    // with its on-demand subscriptions).
     let load = Load::start(addr, "shop.example.com", "/upgrade");
+    let mesh_load = {
+        let url = format!("{client_ip}:8080");
+        tokio::spawn(async move {
+            let addr: SocketAddr = url.parse()?;
+            let (status, body) = tokio::time::timeout(
+                Duration::from_secs(240),
+                http_get_unbounded(
+                    addr,
+                    "client",
+                    "/load?url=http://shop/upgrade&n=2500&interval_ms=20",
+                ),
+            )
+            .await
+            .context("the client's load loop did not finish in 240s")??;
+            ensure!(status == 200, "client /load answered {status}");
+            anyhow::Ok(serde_json::from_str::<Value>(body.trim())?)
+        })
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     tool(
         &ctx,
@@ -1560,6 +1592,19 @@ async fn upgrade_and_uninstall(ctx: Ctx) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.finish("through the gateway during helm upgrade")
         .await?;
+    let mesh = mesh_load.await??;
+    eprintln!("through a sidecar during helm upgrade: {mesh}");
+    ensure!(
+        mesh["failed"] == 0,
+        "requests through the sidecar failed while the operator pods were replaced: {mesh}"
+    );
+    // A Service the client never called before: its sidecar subscribes on the stream it now has
+    // with a new operator pod, and the first call already succeeds.
+    let first = call_from(&client_ip, "http://other/").await?;
+    ensure!(
+        first["status"] == 200,
+        "the first call to a Service after the operator pods were replaced: {first}"
+    );
     // The gateway still follows changes after the upgrade (its config stream reconnected to
     // one of the new operator pods): a second route appears.
     apply_json(
