@@ -72,9 +72,7 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if let Some((_, asker)) = &self.on_demand {
-            asker.abort();
-        }
+        self.stop_asking();
     }
 }
 
@@ -243,6 +241,14 @@ impl Session {
         let mut config = ProxyConfig::from_parts(r.clone(), backends);
         config.inbound = i.clone();
         Some(config)
+    }
+
+    /// Stops the task that sends subscriptions on this stream (its end marks the demand
+    /// disconnected).
+    fn stop_asking(&self) {
+        if let Some((_, asker)) = &self.on_demand {
+            asker.abort();
+        }
     }
 
     /// The subscriptions of this stream, when the operator sends backends on demand on it.
@@ -512,6 +518,8 @@ pub async fn follow(proxy: Proxy, cp: ControlPlane, mut session: Session) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "config stream lost; serving the last good config");
+                    // Nothing is asked of a stream that is gone; connections stop waiting.
+                    session.stop_asking();
                     break;
                 }
             }

@@ -7,7 +7,7 @@
 //!                                         └─ no ─► POST /v1/streams/{id}/backends {"subscribe":[…]}
 //!                                                  wait (≤ 5 s) until the stream brought them
 //!                                                  and they are applied ─► served
-//!  app connects to a pod's address ─────► asked before (≤ 30 s ago)? ─► as found then
+//!  app connects to a pod's address ─────► asked before (≤ 10 s ago)? ─► as found then
 //!                                         └─ no ─► POST {"addresses":["10.1.2.3:8080"]} ─► the
 //!                                                  backends with a meshed endpoint there are
 //!                                                  subscribed; their identity dials it over mTLS
@@ -38,7 +38,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a Service (or a directly dialled pod) is kept subscribed after its last use.
 pub const IDLE: Duration = Duration::from_secs(300);
 /// How long "no meshed pod there" is remembered for an address dialled directly.
-pub const UNMESHED_FOR: Duration = Duration::from_secs(30);
+pub const UNMESHED_FOR: Duration = Duration::from_secs(10);
 /// How long a connection waits for the operator to look an address up.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
