@@ -1131,24 +1131,7 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
     // North–south from here, east–west from the meshed client app (its own loop), while the
     // backend Deployment rolls twice.
     let gateway_load = Load::start(addr, "shop.example.com", "/rolling");
-    let mesh_load = {
-        let url = format!("{client_ip}:8080");
-        tokio::spawn(async move {
-            let addr: SocketAddr = url.parse()?;
-            let (status, body) = tokio::time::timeout(
-                Duration::from_secs(120),
-                http_get_unbounded(
-                    addr,
-                    "client",
-                    "/load?url=http://shop/rolling&n=1500&interval_ms=20",
-                ),
-            )
-            .await
-            .context("the client's load loop did not finish in 120s")??;
-            ensure!(status == 200, "client /load answered {status}");
-            anyhow::Ok(serde_json::from_str::<Value>(body.trim())?)
-        })
-    };
+    let mesh_load = mesh_load(&client_ip, "http://shop/rolling", 1500);
     for round in 0..2 {
         tool(
             &ctx,
@@ -1176,6 +1159,23 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
         "requests through the sidecar failed: {mesh}"
     );
     Ok(())
+}
+
+/// Starts `n` requests to `url`, one every 20 ms, from the meshed app at `client_ip` (its
+/// `/load` loop, through its sidecar); the app's tally when done (within 2 minutes plus the
+/// loop's own time).
+fn mesh_load(client_ip: &str, url: &str, n: u32) -> tokio::task::JoinHandle<anyhow::Result<Value>> {
+    let app = format!("{client_ip}:8080");
+    let path = format!("/load?url={url}&n={n}&interval_ms=20");
+    let limit = Duration::from_secs(120) + Duration::from_millis(20) * n;
+    tokio::spawn(async move {
+        let addr: SocketAddr = app.parse()?;
+        let (status, body) = tokio::time::timeout(limit, http_get_unbounded(addr, "client", &path))
+            .await
+            .with_context(|| format!("the client's load loop did not finish in {limit:?}"))??;
+        ensure!(status == 200, "client /load answered {status}");
+        anyhow::Ok(serde_json::from_str::<Value>(body.trim())?)
+    })
 }
 
 /// Successful mesh mTLS handshakes the sidecar of the pod at `pod_ip` counted in `direction`
@@ -1551,24 +1551,7 @@ async fn upgrade_and_uninstall(ctx: Ctx) -> anyhow::Result<()> {
     // their last config and their config streams move to the new operator pods (a sidecar's
     // with its on-demand subscriptions).
     let load = Load::start(addr, "shop.example.com", "/upgrade");
-    let mesh_load = {
-        let url = format!("{client_ip}:8080");
-        tokio::spawn(async move {
-            let addr: SocketAddr = url.parse()?;
-            let (status, body) = tokio::time::timeout(
-                Duration::from_secs(240),
-                http_get_unbounded(
-                    addr,
-                    "client",
-                    "/load?url=http://shop/upgrade&n=2500&interval_ms=20",
-                ),
-            )
-            .await
-            .context("the client's load loop did not finish in 240s")??;
-            ensure!(status == 200, "client /load answered {status}");
-            anyhow::Ok(serde_json::from_str::<Value>(body.trim())?)
-        })
-    };
+    let mesh_load = mesh_load(&client_ip, "http://shop/upgrade", 2500);
     tokio::time::sleep(Duration::from_secs(1)).await;
     tool(
         &ctx,
