@@ -541,6 +541,15 @@ async fn outbound_by_the_pod_stream(ctx: Ctx) -> anyhow::Result<()> {
             .contains(&payments_ip.to_string()),
         "a Service the app never called sent no endpoint: {config}"
     );
+    // The sidecar's own account of it.
+    let subscriptions: Value = serde_json::from_str(&sidecar_admin("/subscriptions").await?)?;
+    let orders_backend = format!("{}/orders:80", ctx.namespace);
+    ensure!(
+        subscriptions["connected"] == true
+            && subscriptions["backends"] == json!([orders_backend])
+            && subscriptions["services"][&orders_backend]["open"] == 0,
+        "/subscriptions: {subscriptions:#}"
+    );
     let metrics = sidecar_admin("/metrics").await?;
     let intercepted = metric(
         &metrics,

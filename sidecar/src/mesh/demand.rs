@@ -266,6 +266,44 @@ impl Demand {
         names
     }
 
+    /// The subscriptions as the admin server's `/subscriptions` shows them: whether an
+    /// on-demand stream is open, the backends here and those asked for, the Services in use
+    /// (open connections, seconds since the last) and the pods dialled directly.
+    pub fn report(&self, now: Instant) -> serde_json::Value {
+        let state = self.lock();
+        fn sorted(set: &HashSet<Arc<str>>) -> Vec<&str> {
+            let mut v: Vec<&str> = set.iter().map(|n| &**n).collect();
+            v.sort_unstable();
+            v
+        }
+        let services: serde_json::Map<String, serde_json::Value> = state
+            .services
+            .iter()
+            .map(|(name, u)| {
+                let idle = now.saturating_duration_since(u.last).as_secs();
+                let needs: Vec<&str> = u.needs.iter().map(|n| &**n).collect();
+                let value =
+                    serde_json::json!({"open": u.open, "idleSeconds": idle, "needs": needs});
+                (name.to_string(), value)
+            })
+            .collect();
+        let addresses: serde_json::Map<String, serde_json::Value> = state
+            .addresses
+            .iter()
+            .map(|(addr, r)| {
+                let names: Vec<&str> = r.names.iter().map(|n| &**n).collect();
+                (addr.to_string(), serde_json::json!(names))
+            })
+            .collect();
+        serde_json::json!({
+            "connected": state.connected,
+            "backends": sorted(&state.have),
+            "waitingFor": sorted(&state.asked),
+            "services": services,
+            "addresses": addresses,
+        })
+    }
+
     /// An on-demand stream opened (`true`) or ended (`false`). While none is open nothing is
     /// asked and nobody waits; a new stream starts with [`Demand::subscriptions`].
     pub fn connected(&self, connected: bool) {

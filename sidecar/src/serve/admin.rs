@@ -1,7 +1,8 @@
 //! The admin server, on its own port so it is never exposed with the data plane:
 //! `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (the config in force, JSON) and
 //! `/identity` (the workload identity, its certificate chain and expiry, the trust anchors, the
-//! issuer epoch it is from and the one the operator announced last; JSON).
+//! issuer epoch it is from and the one the operator announced last; JSON) and, for a sidecar,
+//! `/subscriptions` (its backends on demand, see [`crate::mesh::demand`]; JSON).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -92,6 +93,21 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             );
             r
         }
+        "/subscriptions" => match &shared.demand {
+            Some(demand) => {
+                let body = demand.report(std::time::Instant::now());
+                let mut r = text(StatusCode::OK, format!("{body:#}\n"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this proxy receives every backend (not a sidecar)\n",
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
