@@ -415,13 +415,14 @@ fn marker(n: usize) -> String {
     format!("198.18.{}.{}", 200 + n / 250, 1 + n % 250)
 }
 
-/// The `endpoints` addresses of Service `svc-{i}` (198.18.64.0 – 198.18.159.255 holds 24,576;
-/// reuse is harmless here).
+/// The `endpoints` addresses of Service `svc-{i}` (198.18.128.0 – 198.18.199.255 holds 18,432;
+/// reuse is harmless here): outside kwok's pod addresses (198.18.64.0/18), so no client pod
+/// looks like an endpoint of a Service, and below the markers.
 fn addresses(i: usize, endpoints: usize) -> Vec<String> {
     (0..endpoints)
         .map(|e| {
-            let n = (i * endpoints + e) % (96 * 256);
-            format!("198.18.{}.{}", 64 + n / 256, n % 256)
+            let n = (i * endpoints + e) % (72 * 256);
+            format!("198.18.{}.{}", 128 + n / 256, n % 256)
         })
         .collect()
 }
