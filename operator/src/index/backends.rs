@@ -124,6 +124,38 @@ impl Backends {
         }
     }
 
+    /// The names of the backends that differ between `self` and `next` (changed, added or
+    /// removed), found by pointer where the two sets hold the same Services in the same order.
+    pub fn changed_names<'a>(&'a self, next: &'a Backends) -> Vec<&'a str> {
+        let aligned = self.backends.len() == next.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&next.backends)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        if aligned {
+            return self
+                .backends
+                .iter()
+                .zip(&next.backends)
+                .filter(|(a, b)| !Arc::ptr_eq(a, b) && a != b)
+                .map(|(_, b)| b.name.as_str())
+                .collect();
+        }
+        let before: HashMap<&str, &Arc<contract::Backend>> =
+            self.backends.iter().map(|b| (b.name.as_str(), b)).collect();
+        let after: HashMap<&str, &Arc<contract::Backend>> =
+            next.backends.iter().map(|b| (b.name.as_str(), b)).collect();
+        let mut names: Vec<&str> = after
+            .iter()
+            .filter(|(n, b)| before.get(*n).is_none_or(|a| !Arc::ptr_eq(a, b) && a != *b))
+            .map(|(n, _)| *n)
+            .chain(before.keys().filter(|n| !after.contains_key(*n)).copied())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// What turns `self` into `next` (see [`BackendSet::update_to`]); `None` when nothing
     /// changed. Sets of the same Services (the usual case: an endpoint change) are compared
     /// place by place and by pointer, without hashing a name.
@@ -338,6 +370,26 @@ mod tests {
         );
         assert!(set.meshed_at("10.0.0.1:9090").is_empty(), "another port");
         assert!(set.meshed_at("10.0.0.2:8080").is_empty(), "not meshed");
+    }
+
+    #[test]
+    fn the_changed_names_are_those_added_removed_or_rebuilt_differently() {
+        let (a, b) = (
+            backend("a", &["10.0.0.1:80"]),
+            backend("b", &["10.0.0.2:80"]),
+        );
+        let set = |backends: Vec<Arc<contract::Backend>>| Backends {
+            generation: 1,
+            backends,
+            ..Default::default()
+        };
+        let before = set(vec![a.clone(), b.clone()]);
+        let same_content = set(vec![backend("a", &["10.0.0.1:80"]), b.clone()]);
+        assert!(before.changed_names(&same_content).is_empty());
+        let changed = set(vec![a.clone(), backend("b", &["10.0.0.3:80"])]);
+        assert_eq!(before.changed_names(&changed), ["b"]);
+        let reshaped = set(vec![b.clone(), backend("c", &[])]);
+        assert_eq!(before.changed_names(&reshaped), ["a", "c"]);
     }
 
     #[test]

@@ -65,6 +65,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+mod interest;
 mod stream;
 
 use stream::ChannelBody;
@@ -95,6 +96,12 @@ pub struct ConfigServer {
     lines: Arc<stream::SharedLines>,
     /// The subscriptions of on-demand streams, by stream id.
     on_demand: Arc<std::sync::Mutex<HashMap<String, OnDemand>>>,
+    /// Which on-demand streams use which backends (see [`interest`]), and whether the task
+    /// that wakes them follows the mesh-wide sets yet.
+    interest: Arc<interest::Interest>,
+    interest_follows: Arc<std::sync::OnceLock<()>>,
+    /// Numbers the on-demand streams for [`interest`].
+    stream_keys: Arc<std::sync::atomic::AtomicU64>,
     /// Signs workload certificates; `None`: this operator issues no identities (404).
     issuer: Option<Arc<IssuerSource>>,
 }
@@ -118,6 +125,9 @@ impl ConfigServer {
             token_recheck,
             lines: Arc::default(),
             on_demand: Arc::default(),
+            interest: Arc::default(),
+            interest_follows: Arc::default(),
+            stream_keys: Arc::default(),
             issuer: None,
         }
     }
@@ -135,6 +145,9 @@ impl ConfigServer {
 struct OnDemand {
     wanted: tokio::sync::watch::Sender<stream::Wanted>,
     backends: tokio::sync::watch::Receiver<Arc<crate::index::Backends>>,
+    /// The stream's key in [`ConfigServer::interest`], and what wakes it.
+    key: u64,
+    poke: Arc<tokio::sync::Notify>,
 }
 
 /// How long a sidecar's request waits for its pod to appear in the index before a 404.
@@ -306,21 +319,37 @@ impl ConfigServer {
             && features.contains(&portico_proxy_api::ON_DEMAND)
             && !matches!(target, Target::Gateway(_));
         let wanted = on_demand.then(|| {
-            let names: std::collections::BTreeSet<String> =
+            let names: Vec<String> =
                 header_list(req.headers(), portico_proxy_api::SUBSCRIBE_HEADER)
                     .map(str::to_owned)
                     .collect();
+            self.interest_follows.get_or_init(|| {
+                tokio::spawn(interest::follow(
+                    sub.backends.clone(),
+                    self.interest.clone(),
+                ));
+            });
             let id = format!("{:032x}", rand::random::<u128>());
-            let (tx, rx) = tokio::sync::watch::channel(Arc::new(names));
+            let (tx, rx) = tokio::sync::watch::channel(stream::Wanted::default());
             let entry = OnDemand {
                 wanted: tx,
                 backends: sub.backends.clone(),
+                key: self
+                    .stream_keys
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                poke: Arc::new(tokio::sync::Notify::new()),
+            };
+            self.interest
+                .resubscribe(entry.key, &entry.poke, &entry.wanted, names, &[]);
+            let demand = stream::OnDemandRx {
+                wanted: rx,
+                poke: Some(entry.poke.clone()),
             };
             self.on_demand
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone(), entry);
-            (id, rx)
+            (id, demand)
         });
         tracing::info!(%peer, %target, updates, on_demand, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
@@ -351,10 +380,15 @@ impl ConfigServer {
                 }
             }
             if let Some(id) = id {
-                this.on_demand
+                let gone = this
+                    .on_demand
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&id);
+                if let Some(stream) = gone {
+                    this.interest
+                        .forget(stream.key, stream.wanted.borrow().iter());
+                }
             }
         });
         let mut resp = Response::new(ChannelBody { rx }.boxed());
@@ -515,19 +549,13 @@ impl ConfigServer {
             found.dedup();
             found
         };
-        stream.wanted.send_if_modified(|names| {
-            let mut next = (**names).clone();
-            for n in &change.unsubscribe {
-                next.remove(n);
-            }
-            next.extend(change.subscribe.iter().cloned());
-            next.extend(found.iter().cloned());
-            let modified = next != **names;
-            if modified {
-                *names = Arc::new(next);
-            }
-            modified
-        });
+        self.interest.resubscribe(
+            stream.key,
+            &stream.poke,
+            &stream.wanted,
+            change.subscribe.into_iter().chain(found.iter().cloned()),
+            &change.unsubscribe,
+        );
         let answer = portico_proxy_api::Subscribed { found };
         let mut resp = Response::new(
             Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())).boxed(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Frame;
 use portico_proxy_api::{BackendUpdate, IdentityAnnouncement, InboundPolicy, RouteTable};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::index::{Backends, Subscription};
 use crate::metrics::Metrics;
@@ -141,6 +141,15 @@ impl Drop for StreamGuard {
 /// The backend names an on-demand stream is subscribed to.
 pub(crate) type Wanted = Arc<std::collections::BTreeSet<String>>;
 
+/// An on-demand stream's side of its subscriptions.
+pub(crate) struct OnDemandRx {
+    /// The backend names it sends.
+    pub(crate) wanted: watch::Receiver<Wanted>,
+    /// Notified when a backend it uses changed (see [`super::interest`]); `None`: every
+    /// published set wakes it, to filter it.
+    pub(crate) poke: Option<Arc<Notify>>,
+}
+
 /// The lines shared by every stream: whole values, and backend updates.
 #[derive(Default)]
 pub(crate) struct SharedLines {
@@ -160,7 +169,7 @@ pub(crate) async fn pump(
     mut sub: Subscription,
     mut inbound: Option<watch::Receiver<Arc<InboundPolicy>>>,
     mut issuer: Option<watch::Receiver<Arc<str>>>,
-    mut wanted: Option<watch::Receiver<Wanted>>,
+    mut demand: Option<OnDemandRx>,
     tx: mpsc::Sender<Bytes>,
     updates: bool,
     debounce: Duration,
@@ -169,6 +178,7 @@ pub(crate) async fn pump(
     target: String,
 ) {
     let _guard = StreamGuard::new(metrics.clone(), target);
+    let poke = demand.as_ref().and_then(|d| d.poke.clone());
     let mut sent_routes = None;
     // The last set the proxy has (whole or through updates).
     let mut sent_backends: Option<Arc<Backends>> = None;
@@ -197,9 +207,9 @@ pub(crate) async fn pump(
         }
         let published = sub.backends.borrow_and_update().clone();
         // On demand: only the subscribed backends, and only when one of them changed.
-        let (backends, changed) = match &mut wanted {
-            Some(rx) => {
-                let names = rx.borrow_and_update().clone();
+        let (backends, changed) = match &mut demand {
+            Some(d) => {
+                let names = d.wanted.borrow_and_update().clone();
                 let mine = Arc::new(published.only(names.iter()));
                 let changed = sent_backends
                     .as_ref()
@@ -216,7 +226,7 @@ pub(crate) async fn pump(
         if changed {
             let update = match &sent_backends {
                 // A stream's own subset: its own update (small, and sent only to it).
-                Some(from) if wanted.is_some() => from
+                Some(from) if demand.is_some() => from
                     .update_to(&backends)
                     .map(|u| Line::BackendUpdate(&u).to_bytes()),
                 Some(from) if updates => lines.updates.line(from, &backends),
@@ -229,7 +239,7 @@ pub(crate) async fn pump(
                 }
                 None => {
                     // A stream's own subset is nobody else's: encoded for it, not cached.
-                    let line = if wanted.is_some() {
+                    let line = if demand.is_some() {
                         Line::BackendSet(&backends).to_bytes()
                     } else {
                         lines.values.line(&backends, |b| Line::BackendSet(b))
@@ -278,8 +288,10 @@ pub(crate) async fn pump(
             r = sub.routes.changed() => if r.is_err() { break },
             // Compared with what was sent at the top of the loop.
             r = next_change(issuer.as_mut()) => if r.is_err() { break },
-            r = sub.backends.changed() => if r.is_err() { break },
-            r = next_change(wanted.as_mut()) => if r.is_err() { break },
+            // An on-demand stream with a poke is woken only by changes to its own backends.
+            r = sub.backends.changed(), if poke.is_none() => if r.is_err() { break },
+            r = next_change(demand.as_mut().map(|d| &mut d.wanted)) => if r.is_err() { break },
+            () = poked(poke.as_deref()) => {}
             // `changed` marks the value seen: remember that it is still to be sent.
             r = next_change(inbound.as_mut()) => if r.is_err() { break } else { inbound_changed_seen = true },
             _ = tx.closed() => break,
@@ -295,6 +307,14 @@ pub(crate) async fn pump(
 fn quiet_time(debounce: Duration, streams: i64) -> Duration {
     let per_stream = Duration::from_micros(50) * u32::try_from(streams.max(0)).unwrap_or(u32::MAX);
     debounce.max(per_stream)
+}
+
+/// `poke`'s next notification; never, without one.
+async fn poked(poke: Option<&Notify>) {
+    match poke {
+        Some(p) => p.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `rx`'s next change; never, for a stream without that channel.
@@ -570,7 +590,7 @@ mod tests {
             index.subscribe_mesh(),
             None,
             None,
-            Some(wanted),
+            Some(OnDemandRx { wanted, poke: None }),
             tx,
             true,
             Duration::from_millis(10),
