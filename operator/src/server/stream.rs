@@ -205,8 +205,10 @@ pub(crate) async fn pump(
                 break;
             }
         }
+        // On demand: only the subscribed backends, and only when one of them changed. The
+        // published set is not held past this (an on-demand stream may sleep long, and a set
+        // kept by each sleeping stream would keep every old set alive).
         let published = sub.backends.borrow_and_update().clone();
-        // On demand: only the subscribed backends, and only when one of them changed.
         let (backends, changed) = match &mut demand {
             Some(d) => {
                 let names = d.wanted.borrow_and_update().clone();
@@ -220,9 +222,10 @@ pub(crate) async fn pump(
                 let changed = sent_backends
                     .as_ref()
                     .is_none_or(|s| s.generation != published.generation);
-                (published, changed)
+                (published.clone(), changed)
             }
         };
+        drop(published);
         if changed {
             let update = match &sent_backends {
                 // A stream's own subset: its own update (small, and sent only to it).
