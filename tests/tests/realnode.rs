@@ -1088,17 +1088,27 @@ async fn certificate_requests(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
-    ensure_portico(&ctx).await?;
-    mesh_namespace(&ctx).await?;
-    let mut objects = echo("shop", 2, None).to_vec();
-    objects.extend(echo("client", 1, None));
+/// Portico installed, the test's namespace meshed, echo Deployments `shop` (`shop_replicas`
+/// pods, behind a Gateway), `client` and each of `more` rolled out: the gateway's address and
+/// the client pod's, once the client reaches shop through its sidecar.
+async fn meshed_shop(
+    ctx: &Ctx,
+    shop_replicas: u32,
+    more: &[&str],
+) -> anyhow::Result<(SocketAddr, String)> {
+    ensure_portico(ctx).await?;
+    mesh_namespace(ctx).await?;
+    let mut objects = echo("shop", shop_replicas, None).to_vec();
+    for app in ["client"].iter().chain(more) {
+        objects.extend(echo(app, 1, None));
+    }
     objects.extend(gateway_and_route("shop"));
-    apply_json(&ctx, &objects)?;
-    rollout(&ctx, &ctx.namespace, "shop")?;
-    rollout(&ctx, &ctx.namespace, "client")?;
-    let addr = gateway_ready(&ctx, "shop").await?;
-    let client_ip = first_pod_ip(&ctx, &ctx.namespace, "app=client").await?;
+    apply_json(ctx, &objects)?;
+    for app in ["shop", "client"].iter().chain(more) {
+        rollout(ctx, &ctx.namespace, app)?;
+    }
+    let addr = gateway_ready(ctx, "shop").await?;
+    let client_ip = first_pod_ip(ctx, &ctx.namespace, "app=client").await?;
     call_until(
         "client → shop through the sidecar",
         &client_ip,
@@ -1106,6 +1116,11 @@ async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
         200,
     )
     .await?;
+    Ok((addr, client_ip))
+}
+
+async fn rolling_update(ctx: Ctx) -> anyhow::Result<()> {
+    let (addr, client_ip) = meshed_shop(&ctx, 2, &[]).await?;
     // Backends on demand: shop's sidecar never called the client Service, so it was not sent
     // its endpoints. Dialling a client pod's address directly makes it ask the operator who is
     // there (a meshed pod of `client`), and the call goes over mTLS.
@@ -1528,25 +1543,7 @@ async fn identity_rotation(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 async fn upgrade_and_uninstall(ctx: Ctx) -> anyhow::Result<()> {
-    ensure_portico(&ctx).await?;
-    mesh_namespace(&ctx).await?;
-    let mut objects = echo("shop", 1, None).to_vec();
-    objects.extend(echo("client", 1, None));
-    objects.extend(echo("other", 1, None));
-    objects.extend(gateway_and_route("shop"));
-    apply_json(&ctx, &objects)?;
-    for app in ["shop", "client", "other"] {
-        rollout(&ctx, &ctx.namespace, app)?;
-    }
-    let addr = gateway_ready(&ctx, "shop").await?;
-    let client_ip = first_pod_ip(&ctx, &ctx.namespace, "app=client").await?;
-    call_until(
-        "client → shop through the sidecar",
-        &client_ip,
-        "http://shop/",
-        200,
-    )
-    .await?;
+    let (addr, client_ip) = meshed_shop(&ctx, 1, &["other"]).await?;
     // A changed value rolls the operator pods; the gateway and the sidecars keep serving from
     // their last config and their config streams move to the new operator pods (a sidecar's
     // with its on-demand subscriptions).

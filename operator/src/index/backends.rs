@@ -124,15 +124,21 @@ impl Backends {
         }
     }
 
-    /// The names of the backends that differ between `self` and `next` (changed, added or
-    /// removed), found by pointer where the two sets hold the same Services in the same order.
-    pub fn changed_names<'a>(&'a self, next: &'a Backends) -> Vec<&'a str> {
-        let aligned = self.backends.len() == next.backends.len()
+    /// Whether `next` holds the same Services as `self` in the same order (the usual case: only
+    /// endpoints changed), so the two compare place by place.
+    fn aligned_with(&self, next: &Backends) -> bool {
+        self.backends.len() == next.backends.len()
             && self
                 .backends
                 .iter()
                 .zip(&next.backends)
-                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name)
+    }
+
+    /// The names of the backends that differ between `self` and `next` (changed, added or
+    /// removed), found by pointer where the two sets hold the same Services in the same order.
+    pub fn changed_names<'a>(&'a self, next: &'a Backends) -> Vec<&'a str> {
+        let aligned = self.aligned_with(next);
         if aligned {
             return self
                 .backends
@@ -160,12 +166,7 @@ impl Backends {
     /// changed. Sets of the same Services (the usual case: an endpoint change) are compared
     /// place by place and by pointer, without hashing a name.
     pub fn update_to(&self, next: &Backends) -> Option<BackendUpdate> {
-        let aligned = self.backends.len() == next.backends.len()
-            && self
-                .backends
-                .iter()
-                .zip(&next.backends)
-                .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name);
+        let aligned = self.aligned_with(next);
         if !aligned {
             return self.to_set().update_to(&next.to_set());
         }
