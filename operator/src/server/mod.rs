@@ -343,7 +343,7 @@ impl ConfigServer {
                 .resubscribe(entry.key, &entry.poke, &entry.wanted, names, &[]);
             let demand = stream::OnDemandRx {
                 wanted: rx,
-                poke: Some(entry.poke.clone()),
+                poke: entry.poke.clone(),
             };
             self.on_demand
                 .lock()
@@ -556,15 +556,7 @@ impl ConfigServer {
             change.subscribe.into_iter().chain(found.iter().cloned()),
             &change.unsubscribe,
         );
-        let answer = portico_proxy_api::Subscribed { found };
-        let mut resp = Response::new(
-            Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())).boxed(),
-        );
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        resp
+        json(&portico_proxy_api::Subscribed { found })
     }
 
     /// `POST /v1/identity/certificate`: a certificate for the token's ServiceAccount.
@@ -631,13 +623,7 @@ impl ConfigServer {
             Ok(issued) => {
                 count("issued");
                 tracing::info!(%peer, identity = %issued.identity, not_after = issued.not_after, "workload certificate issued");
-                let body = serde_json::to_vec(&issued).unwrap_or_default();
-                let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                resp
+                json(&issued)
             }
             Err(e @ IdentityError::Signing(_)) => {
                 count("error");
@@ -677,6 +663,17 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("reading the request: {e}\n"))?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| format!("not {what}: {e}\n"))
+}
+
+/// A 200 with `value` as JSON.
+fn json(value: &impl serde::Serialize) -> Response<BoxBody<Bytes, Infallible>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, Infallible>> {

@@ -145,9 +145,9 @@ pub(crate) type Wanted = Arc<std::collections::BTreeSet<String>>;
 pub(crate) struct OnDemandRx {
     /// The backend names it sends.
     pub(crate) wanted: watch::Receiver<Wanted>,
-    /// Notified when a backend it uses changed (see [`super::interest`]); `None`: every
-    /// published set wakes it, to filter it.
-    pub(crate) poke: Option<Arc<Notify>>,
+    /// Notified when a backend it uses changed (see [`super::interest`]): what wakes it for
+    /// backends, instead of every published set.
+    pub(crate) poke: Arc<Notify>,
 }
 
 /// The lines shared by every stream: whole values, and backend updates.
@@ -178,7 +178,7 @@ pub(crate) async fn pump(
     target: String,
 ) {
     let _guard = StreamGuard::new(metrics.clone(), target);
-    let poke = demand.as_ref().and_then(|d| d.poke.clone());
+    let poke = demand.as_ref().map(|d| d.poke.clone());
     let mut sent_routes = None;
     // The last set the proxy has (whole or through updates).
     let mut sent_backends: Option<Arc<Backends>> = None;
@@ -291,7 +291,7 @@ pub(crate) async fn pump(
             r = sub.routes.changed() => if r.is_err() { break },
             // Compared with what was sent at the top of the loop.
             r = next_change(issuer.as_mut()) => if r.is_err() { break },
-            // An on-demand stream with a poke is woken only by changes to its own backends.
+            // An on-demand stream is woken only by changes to its own backends.
             r = sub.backends.changed(), if poke.is_none() => if r.is_err() { break },
             r = next_change(demand.as_mut().map(|d| &mut d.wanted)) => if r.is_err() { break },
             () = poked(poke.as_deref()) => {}
@@ -586,14 +586,24 @@ mod tests {
                 .unwrap(),
             )
         };
-        let names = |n: &[&str]| Arc::new(n.iter().map(|s| (*s).to_owned()).collect());
-        let (subscribe, wanted) = watch::channel::<Wanted>(names(&["shop/orders:80"]));
+        // Woken as the config server wakes it: through the streams' interest in backends.
+        let interest = Arc::new(super::super::interest::Interest::default());
+        tokio::spawn(super::super::interest::follow(
+            index.subscribe_mesh().backends,
+            interest.clone(),
+        ));
+        let poke = Arc::new(Notify::new());
+        let (subscribe, wanted) = watch::channel::<Wanted>(Wanted::default());
+        interest.resubscribe(0, &poke, &subscribe, ["shop/orders:80".into()], &[]);
         let (tx, mut rx) = mpsc::channel(4);
         tokio::spawn(pump(
             index.subscribe_mesh(),
             None,
             None,
-            Some(OnDemandRx { wanted, poke: None }),
+            Some(OnDemandRx {
+                wanted,
+                poke: poke.clone(),
+            }),
             tx,
             true,
             Duration::from_millis(10),
@@ -625,7 +635,7 @@ mod tests {
             other => panic!("expected an update, got {other:?}"),
         }
         // Subscribing adds the backend as it is now.
-        subscribe.send_replace(names(&["shop/orders:80", "shop/payments:80"]));
+        interest.resubscribe(0, &poke, &subscribe, ["shop/payments:80".into()], &[]);
         match next(&mut rx).await {
             ConfigMessage::BackendUpdate(u) => {
                 assert_eq!(u.backends.len(), 1);

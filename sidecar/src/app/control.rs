@@ -31,6 +31,7 @@
 //! `[0, min(10 s, 100 ms · 2ⁿ)]`, so a fleet of proxies does not reconnect in lockstep). Each
 //! reconnect starts with a full state, so a change made while the operator was away is applied.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,17 +227,8 @@ impl Session {
         };
         let mut backends = b.clone();
         if self.on_demand.is_some() {
-            let have: std::collections::HashSet<&str> =
-                b.backends.iter().map(|b| b.name.as_str()).collect();
-            let mut missing: Vec<&str> =
-                portico_proxy_api::backend_refs(&r.listeners, &r.routes, &r.services)
-                    .filter(|n| !have.contains(n))
-                    .collect();
-            missing.sort_unstable();
-            missing.dedup();
-            backends
-                .backends
-                .extend(missing.into_iter().map(|n| Backend::named(n.to_owned())));
+            let placeholders = missing_backends(r, b).into_iter().map(str::to_owned);
+            backends.backends.extend(placeholders.map(Backend::named));
         }
         let mut config = ProxyConfig::from_parts(r.clone(), backends);
         config.inbound = i.clone();
@@ -269,8 +261,7 @@ impl Session {
     fn to_apply(&self, mut update: BackendUpdate) -> Update {
         let mut pending = Vec::new();
         if let (Some(_), Some(r)) = (&self.on_demand, &self.routes) {
-            let named: std::collections::HashSet<&str> =
-                portico_proxy_api::backend_refs(&r.listeners, &r.routes, &r.services).collect();
+            let named = referenced(r);
             let (keep, gone): (Vec<String>, Vec<String>) = update
                 .removed
                 .into_iter()
@@ -366,10 +357,23 @@ async fn ask_operator(demand: Arc<Demand>, mut send: SendRequest<Full<Bytes>>, u
 
 /// Whether `routes` names a backend that `backends` lacks.
 fn needs_more_backends(routes: &RouteTable, backends: &BackendSet) -> bool {
-    let have: std::collections::HashSet<&str> =
-        backends.backends.iter().map(|b| b.name.as_str()).collect();
-    portico_proxy_api::backend_refs(&routes.listeners, &routes.routes, &routes.services)
-        .any(|name| !have.contains(name))
+    !missing_backends(routes, backends).is_empty()
+}
+
+/// The backends `routes` names that `backends` lacks, sorted, each once.
+fn missing_backends<'a>(routes: &'a RouteTable, backends: &BackendSet) -> Vec<&'a str> {
+    let have: HashSet<&str> = backends.backends.iter().map(|b| b.name.as_str()).collect();
+    let mut missing: Vec<&str> = referenced(routes)
+        .into_iter()
+        .filter(|n| !have.contains(n))
+        .collect();
+    missing.sort_unstable();
+    missing
+}
+
+/// Every backend `routes` names (rules, mirrors, aggregates, listeners, services).
+fn referenced(routes: &RouteTable) -> HashSet<&str> {
+    portico_proxy_api::backend_refs(&routes.listeners, &routes.routes, &routes.services).collect()
 }
 
 /// Exponential backoff with full jitter.

@@ -42,7 +42,7 @@ pub const UNMESHED_FOR: Duration = Duration::from_secs(10);
 /// How long a connection waits for the operator to look an address up.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
-/// What the proxy asks the operator, in order (see [`Demand::next_ask`]).
+/// What the proxy asks the operator, in order (read by the task that holds the stream).
 #[derive(Debug)]
 pub enum Ask {
     /// Backend names to receive from now on.
@@ -108,6 +108,12 @@ impl Default for Demand {
     }
 }
 
+/// An address lookup: answered before, or asked of the operator now.
+enum Lookup {
+    Known(Vec<Arc<str>>),
+    Asked(oneshot::Receiver<Vec<String>>),
+}
+
 /// A Service in use by one connection: dropping it ends the use.
 #[derive(Debug)]
 pub struct InUse {
@@ -130,24 +136,9 @@ impl Demand {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks `service` in use for as long as the returned guard lives, and waits (at most
-    /// [`WAIT`]) until every backend it needs has arrived. Returns whether it had to wait.
-    pub async fn use_service(
-        self: &Arc<Self>,
-        service: &Arc<str>,
-        needs: &Arc<[Arc<str>]>,
-    ) -> (InUse, bool) {
-        let (guard, missing) = self.enter(service, needs);
-        if missing {
-            self.wait_for(needs).await;
-        }
-        (guard, missing)
-    }
-
     /// Marks `service` in use for as long as the returned guard lives and subscribes to the
     /// backends it `needs` (under the routes in force) that are not here; whether any is
-    /// missing (then [`Demand::wait_for`] them). The part of [`Demand::use_service`] that never
-    /// waits.
+    /// missing (then [`Demand::wait_for`] them, as a connection does).
     pub fn enter(self: &Arc<Self>, service: &Arc<str>, needs: &Arc<[Arc<str>]>) -> (InUse, bool) {
         let guard = InUse {
             demand: self.clone(),
@@ -174,7 +165,7 @@ impl Demand {
     /// which backends have a meshed endpoint there (remembering "none" for [`UNMESHED_FOR`]),
     /// and waits until those have arrived. Returns whether any were found.
     pub async fn resolve(&self, addr: SocketAddr) -> bool {
-        let (names, rx) = {
+        let asked = {
             let mut state = self.lock();
             let now = Instant::now();
             let connected = state.connected;
@@ -183,7 +174,7 @@ impl Demand {
                     r.last = now;
                     let names = r.names.clone();
                     state.ask_for(&names, &self.asks);
-                    (Some(names), None)
+                    Lookup::Known(names)
                 }
                 _ if !connected => return false,
                 _ => {
@@ -191,13 +182,13 @@ impl Demand {
                     if self.asks.send(Ask::Resolve(addr, tx)).is_err() {
                         return false;
                     }
-                    (None, Some(rx))
+                    Lookup::Asked(rx)
                 }
             }
         };
-        let names = match (names, rx) {
-            (Some(names), _) => names,
-            (None, Some(rx)) => {
+        let names = match asked {
+            Lookup::Known(names) => names,
+            Lookup::Asked(rx) => {
                 let Ok(Ok(found)) = tokio::time::timeout(RESOLVE_WAIT, rx).await else {
                     return false;
                 };
@@ -220,7 +211,6 @@ impl Demand {
                 );
                 names
             }
-            (None, None) => return false,
         };
         if names.is_empty() {
             return false;
@@ -427,8 +417,13 @@ mod tests {
     use crate::route::services::{ServiceRoutes, ServiceTable};
 
     impl Demand {
+        /// What a connection to `s` does: enter, and wait if anything is missing.
         async fn use_routes(self: &Arc<Self>, s: &ServiceRoutes) -> (InUse, bool) {
-            self.use_service(&s.name, &s.needs).await
+            let (in_use, missing) = self.enter(&s.name, &s.needs);
+            if missing {
+                self.wait_for(&s.needs).await;
+            }
+            (in_use, missing)
         }
     }
 

@@ -64,13 +64,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         }
         "/config" => {
             let cfg = shared.snapshot.load().full_config();
-            let json = serde_json::to_string_pretty(&cfg).unwrap_or_default();
-            let mut r = text(StatusCode::OK, json);
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
+            json(serde_json::to_string_pretty(&cfg).unwrap_or_default())
         }
         "/identity" => {
             let now = std::time::SystemTime::now();
@@ -86,23 +80,10 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 }),
                 None => serde_json::json!({"identity": null}),
             };
-            let mut r = text(StatusCode::OK, format!("{body:#}\n"));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
+            json(format!("{body:#}\n"))
         }
         "/subscriptions" => match &shared.demand {
-            Some(demand) => {
-                let body = demand.report(std::time::Instant::now());
-                let mut r = text(StatusCode::OK, format!("{body:#}\n"));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
+            Some(demand) => json(format!("{:#}\n", demand.report(std::time::Instant::now()))),
             None => text(
                 StatusCode::NOT_FOUND,
                 "this proxy receives every backend (not a sidecar)\n",
@@ -110,6 +91,16 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A 200 with JSON text `body`.
+fn json(body: String) -> Response<Body> {
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {

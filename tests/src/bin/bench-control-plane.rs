@@ -700,20 +700,11 @@ async fn sidecar_pods(client: &kube::Client, n: usize) -> anyhow::Result<Vec<(St
                 anyhow::Ok((name, token))
             }
         })
-        .buffer_unordered(16)
+        // In order: stream i is pod client-i's.
+        .buffered(16)
         .collect()
         .await;
-    let mut tokens: Vec<(usize, (String, String))> = tokens
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?
-        .into_iter()
-        .map(|(name, token)| {
-            let i = name["client-".len()..].parse().unwrap_or(usize::MAX);
-            (i, (name, token))
-        })
-        .collect();
-    tokens.sort_by_key(|(i, _)| *i);
-    Ok(tokens.into_iter().map(|(_, t)| t).collect())
+    tokens.into_iter().collect()
 }
 
 /// The status and body of `GET path` from the operator's admin server.
