@@ -8,6 +8,8 @@
 #   bench/compare.sh rate 2000 BIN_A BIN_B [nginx]   # oha, open loop at 2,000 req/s
 #   REPS=8 DURATION=8 bench/compare.sh ...
 #   WORKERS=2 bench/compare.sh rate 10000 BIN_A BIN_B   # portico with two workers
+#   CONNS=4 OHA_ARGS="--http2 -p 16" bench/compare.sh rate 5000 BIN_A BIN_B   # h2c clients
+#       (portico builds only: the nginx here has no h2c port)
 #
 # peak reports req/s, the proxy's share of its core, and context switches per request on the
 # load core (generator + upstream: the bottleneck of the closed-loop test, so how often a proxy
@@ -101,7 +103,8 @@ for _ in $(seq 1 "$REPS"); do
                     printf "%s rps %.0f proxy_cpu %.2f load_busy %.2f load_cs_per_req %.3f\n",
                         t, rps, c / 1e9 / d, b / hz / d, cs / n }' | tee -a "$RESULTS"
         else
-            rate_run "$name" "$URL" "$WORKER" "$RATE" "$DURATION" | tee -a "$RESULTS"
+            # shellcheck disable=SC2086 # OHA_ARGS is a list of options
+            rate_run "$name" "$URL" "$WORKER" "$RATE" "$DURATION" ${OHA_ARGS:-} | tee -a "$RESULTS"
         fi
         stop
     done

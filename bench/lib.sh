@@ -159,7 +159,7 @@ median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (
 med() { if [[ -s "$WORK/$1" ]]; then median < "$WORK/$1"; else echo nan; fi; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "—" }'; }
 
-# One fixed-rate run: oha at RATE req/s (64 connections, latency-corrected) for DURATION s
+# One fixed-rate run: oha at RATE req/s (CONNS connections, 64 unless set; latency-corrected) for DURATION s
 # against URL, after a 1 s warm-up, on the load core; prints
 # `LABEL cpu_s_per_1k X p50_ms Y p99_ms Z` with the CPU time of process PID per 1,000 requests.
 # Needs OHA, LOAD_CPU, ROOT and WORK.
@@ -167,9 +167,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f
 rate_run() {
     local label=$1 url=$2 pid=$3 rate=$4 duration=$5 c0 c1 n p50 p99
     shift 5
-    taskset -c "$LOAD_CPU" "$OHA" --no-tui -z 1s -c 64 -q "$rate" "$@" "$url" >/dev/null 2>&1 || true
+    taskset -c "$LOAD_CPU" "$OHA" --no-tui -z 1s -c "${CONNS:-64}" -q "$rate" "$@" "$url" >/dev/null 2>&1 || true
     c0=$(cpu_ns "$pid")
-    taskset -c "$LOAD_CPU" "$OHA" --no-tui --output-format json -z "${duration}s" -c 64 \
+    taskset -c "$LOAD_CPU" "$OHA" --no-tui --output-format json -z "${duration}s" -c "${CONNS:-64}" \
         -q "$rate" --latency-correction "$@" "$url" > "$WORK/oha.json" 2>/dev/null || true
     c1=$(cpu_ns "$pid")
     read -r n p50 p99 _ < <(python3 "$ROOT/bench/conns.py" oha "$WORK/oha.json")

@@ -4,8 +4,9 @@
 # loaded by oha at RATE req/s from the other core. For each proxy, three separate phases of
 # DURATION seconds, so one tool does not distort another's figures:
 #
-#   perf stat    CPU time, context switches and migrations of the proxy per request
-#                (REPS interleaved rounds, medians)
+#   perf stat    CPU time, context switches and migrations of the proxy per request, its user
+#                and kernel time (/proc/PID/stat) and the TCP segments sent on the machine
+#                (nstat) per request (REPS interleaved rounds, medians)
 #   strace -c    system calls per request, by call
 #   perf record  sampled call stacks (cpu-clock, DWARF unwinding): the functions and
 #                libraries the time is spent in
@@ -34,8 +35,8 @@ OUT=${OUT:-$ROOT/docs/profile.md}
 
 log() { echo "[profile] $*" >&2; }
 
-for tool in perf strace nginx taskset python3; do
-    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install linux-perf strace nginx util-linux python3)"; exit 1; }
+for tool in perf strace nginx taskset python3 nstat; do
+    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install linux-perf strace nginx util-linux python3 iproute2)"; exit 1; }
 done
 OHA=$(find_oha)
 [[ -n $OHA ]] || { log "oha not found: make bench builds it into ~/.cache/portico/bin"; exit 1; }
@@ -72,6 +73,10 @@ load() {
 requests() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2")))' "$WORK/oha.json"; }
 
 declare -A SYSCALLS MIG
+# col PROXY N: the median of column N of the per-round user/kernel/segments figures.
+col() { awk -v c="$2" '{print $c}' "$WORK/$1.split" | median; }
+# ticks PID: the user and system clock ticks the process has used (/proc/PID/stat, all threads).
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 for t in portico nginx; do
     log "$t (PID ${PID[$t]}): warm-up"
     taskset -c $LOAD_CPU "$OHA" --no-tui -z 2s -c 64 -q "$RATE" "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 || true
@@ -82,10 +87,16 @@ done
 for rep in $(seq 1 "$REPS"); do
     for t in portico nginx; do
         log "$t: perf stat $rep/$REPS, ${DURATION}s at $RATE req/s"
+        read -r u0 s0 < <(ticks "${PID[$t]}")
+        nstat -n >/dev/null 2>&1 || true
         load "${PORT[$t]}"
         perf stat -x, -e task-clock,context-switches,cpu-migrations -p "${PID[$t]}" -o "$WORK/$t.stat" -- sleep "$DURATION" || true
         wait "$LOAD" || true
+        read -r u1 s1 < <(ticks "${PID[$t]}")
+        segs=$(nstat -z 2>/dev/null | awk '$1 == "TcpOutSegs" {print $2}')
         n=$(requests)
+        awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$n" -v hz="$(getconf CLK_TCK)" -v g="${segs:-0}" \
+            'BEGIN { if (n > 0) printf "%.5f %.5f %.2f\n", u * 1000 / hz / n, s * 1000 / hz / n, g / n }' >> "$WORK/$t.split"
         awk -F, -v n="$n" '$3 == "task-clock" && n > 0 {printf "%.5f\n", $1 / n}' "$WORK/$t.stat" >> "$WORK/$t.cpu"
         awk -F, -v n="$n" '$3 == "context-switches" && n > 0 {printf "%.4f\n", $1 / n}' "$WORK/$t.stat" >> "$WORK/$t.csw"
         MIG[$t]=$((MIG[$t] + $(awk -F, '$3 == "cpu-migrations" {print $1 + 0}' "$WORK/$t.stat")))
@@ -128,7 +139,8 @@ syscalls() {
     echo "perf record (cpu-clock at 997 Hz, DWARF call stacks). Load average at start: $LOADAVG_START;"
     echo "$(nproc) cores; $(uname -r)."
     echo
-    echo "Medians of $REPS interleaved perf stat rounds (each round's figure in brackets):"
+    echo "Medians of $REPS interleaved perf stat rounds (each round's figure in brackets; user and kernel"
+    echo "time from /proc/PID/stat and the machine's TCP segments from nstat over the same rounds):"
     echo
     echo "| | portico | nginx | portico / nginx |"
     echo "|---|---:|---:|---:|"
@@ -137,6 +149,21 @@ syscalls() {
     ps=$(med portico.csw); ns=$(med nginx.csw)
     echo "| context switches per request | $ps | $ns | $(ratio "$ps" "$ns") |"
     echo "| CPU migrations, all rounds | ${MIG[portico]} | ${MIG[nginx]} | |"
+    pu=$(col portico 1); nu=$(col nginx 1); pk=$(col portico 2); nk=$(col nginx 2)
+    echo "| user CPU ms per request (/proc/PID/stat, $((1000 / $(getconf CLK_TCK))) ms ticks) | $pu | $nu | $(ratio "$pu" "$nu") |"
+    echo "| kernel CPU ms per request (same) | $pk | $nk | $(ratio "$pk" "$nk") |"
+    pg=$(col portico 3); ng=$(col nginx 3)
+    echo "| TCP segments sent per request, all sockets on the machine (nstat) | $pg | $ng | $(ratio "$pg" "$ng") |"
+    echo
+    # The floor: the kernel's share is work both proxies do alike (the same segments), so the
+    # goal of issue 18 (0.85× nginx's CPU) leaves portico-proxy this much for its own code.
+    awk -v nc="$nc" -v pk="$pk" -v nk="$nk" -v pu="$pu" -v nu="$nu" 'BEGIN {
+        if (nc > 0 && pu > 0 && nu > 0) {
+            goal = 0.85 * nc
+            printf "0.85× nginx'"'"'s CPU per request is %.5f ms. Less the kernel time portico-proxy spends per request\n", goal
+            printf "(%.5f ms; nginx %.5f ms), that leaves %.5f ms per request for its own code: %.0f%% of the\n", pk, nk, goal - pk, 100 * (goal - pk) / pu
+            printf "%.5f ms it uses now, and %.0f%% of nginx'"'"'s own %.5f ms.\n", pu, 100 * (goal - pk) / nu, nu
+        } }'
     echo
     for t in portico nginx; do
         echo "## $t"

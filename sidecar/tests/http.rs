@@ -840,3 +840,101 @@ backends: [{{ name: app, endpoints: [{{ address: "{}" }}] }}]
         "bodies within the limit still reach the app"
     );
 }
+
+/// A raw HTTP/1.1 upstream for HTTP/2 clients: it answers each request on a connection
+/// by its path (`/chunked`: two chunks, an extension and a trailer; `/length`; `/close`: the
+/// body ends with the connection; `/stale`: answers, then closes the connection while idle), and
+/// counts the connections it accepted.
+async fn raw_h1_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sock = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = sock.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while find_bytes(&buf, b"\r\n\r\n").is_none() {
+                        let mut chunk = [0u8; 1024];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let end = find_bytes(&buf, b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    buf.drain(..end);
+                    let head_request = head.starts_with("head ");
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let answer: &[u8] = match path.as_str() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+                        "/close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+                        _ if head_request => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength",
+                    };
+                    if conn.write_all(answer).await.is_err() || path == "/close" {
+                        return;
+                    }
+                    if path == "/stale" {
+                        // Closed while idle in the proxy's pool, after a whole answer.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An HTTP/2 client's requests to an HTTP/1.1 upstream get answers of every framing:
+/// chunked bodies decoded into data, lengths and close-delimited bodies whole, HEAD without a
+/// body; the upstream connection is reused while it can carry on and replaced when the
+/// upstream closed it while idle.
+#[tokio::test]
+async fn h2_clients_get_http1_answers_of_every_framing_on_reused_connections() {
+    use std::sync::atomic::Ordering;
+    let (up, accepted) = raw_h1_upstream().await;
+    let proxy = start(&one_backend(up, "http1")).await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let h2 = |method: &str, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://example.com{path}"))
+            .body(full(""))
+            .unwrap()
+    };
+    // The upstream connection goes back to the pool just after the client has the end of the
+    // body; the next request waits a moment so that it finds it there.
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
+    let reply = read(send(addr, h2("GET", "/chunked"), true).await).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "hello, world");
+    assert_eq!(reply.headers["x-up"], "chunked");
+    assert!(reply.headers.get("transfer-encoding").is_none());
+    settle().await;
+    let reply = read(send(addr, h2("GET", "/length"), true).await).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "length"));
+    settle().await;
+    let reply = read(send(addr, h2("HEAD", "/length"), true).await).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, ""));
+    assert_eq!(reply.headers["content-length"], "6");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection carried the three answers"
+    );
+    let reply = read(send(addr, h2("GET", "/close"), true).await).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "until the end"));
+    let reply = read(send(addr, h2("GET", "/stale"), true).await).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "length"));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The pooled connection was closed by the upstream: the request goes on a new one.
+    let before = accepted.load(Ordering::SeqCst);
+    let reply = read(send(addr, h2("GET", "/length"), true).await).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "length"));
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 1);
+}
