@@ -856,17 +856,7 @@ async fn raw_h1_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) 
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                loop {
-                    while find_bytes(&buf, b"\r\n\r\n").is_none() {
-                        let mut chunk = [0u8; 1024];
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
-                    }
-                    let end = find_bytes(&buf, b"\r\n\r\n").unwrap() + 4;
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    buf.drain(..end);
+                while let Some(head) = read_head(&mut conn, &mut buf).await {
                     let head_request = head.starts_with("head ");
                     let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                     let answer: &[u8] = match path.as_str() {

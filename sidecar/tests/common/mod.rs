@@ -293,22 +293,16 @@ pub async fn expect_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             let strays = strays.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while find_bytes(&buf, b"\r\n\r\n").is_none() {
-                    let mut chunk = [0u8; 1024];
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let end = find_bytes(&buf, b"\r\n\r\n").unwrap() + 4;
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let Some(head) = read_head(&mut conn, &mut buf).await else {
+                    return;
+                };
                 assert!(head.contains("expect: 100-continue"), "{head}");
                 let want: usize = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .map(|v| v.trim().parse().unwrap())
                     .unwrap();
-                let mut body = buf[end..].to_vec();
+                let mut body = buf;
                 if head.starts_with("post /refuse") {
                     let _ = conn
                         .write_all(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n")
@@ -351,6 +345,22 @@ pub async fn expect_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, stray)
+}
+
+/// Reads from `conn` until `buf` holds a whole request head, and takes it out of `buf` (what
+/// came after it stays): the head in lowercase, or `None` when the connection closed first.
+pub async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    while find_bytes(buf, b"\r\n\r\n").is_none() {
+        let mut chunk = [0u8; 1024];
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    let end = find_bytes(buf, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    buf.drain(..end);
+    Some(head)
 }
 
 /// Reads from `conn` until `text` holds `want` (or 5 s pass).
