@@ -4,13 +4,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 fn one_backend(addr: SocketAddr) -> String {
     format!(
@@ -20,91 +19,6 @@ routes: [{{ name: all, rules: [{{ backends: [{{ backend: app }}] }}] }}]
 backends: [{{ name: app, protocol: http1, endpoints: [{{ address: "{addr}" }}] }}]
 "#
     )
-}
-
-/// An upstream speaking raw bytes: for each request head (and its `content-length` body) it
-/// calls `reply` with the head and the number of requests seen before on that connection, and
-/// writes what it returns; `None` closes the connection without answering. A reply that ends
-/// with [`THEN_CLOSE`] is written without it and the connection closed.
-struct Raw {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-async fn raw_upstream<F>(reply: F) -> Raw
-where
-    F: Fn(&str, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
-{
-    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let reply = Arc::new(reply);
-    let (count, seen) = (accepted.clone(), heads.clone());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = sock.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let (reply, seen) = (reply.clone(), seen.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut n = 0;
-                loop {
-                    let Some(end) = find(&buf, b"\r\n\r\n") else {
-                        let mut chunk = [0u8; 4096];
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-                    let body_len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + body_len {
-                        let mut chunk = [0u8; 4096];
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
-                    }
-                    buf.drain(..end + 4 + body_len);
-                    seen.lock().unwrap().push(head.clone());
-                    match reply(&head, n) {
-                        Some(bytes) => {
-                            let (bytes, close) = match bytes.strip_suffix(THEN_CLOSE) {
-                                Some(b) => (b, true),
-                                None => (&bytes[..], false),
-                            };
-                            if conn.write_all(bytes).await.is_err() || close {
-                                return;
-                            }
-                        }
-                        None => return,
-                    }
-                    n += 1;
-                }
-            });
-        }
-    });
-    Raw {
-        addr,
-        accepted,
-        heads,
-    }
-}
-
-/// Appended to a raw reply: close the connection after writing it.
-const THEN_CLOSE: &[u8] = b"<close>";
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Writes `bytes` on a new connection and reads until the proxy closes it.
@@ -127,7 +41,7 @@ async fn read_to_close(conn: &mut TcpStream) -> String {
 /// Reads from `conn` until `out` contains `marker`.
 async fn read_until(conn: &mut TcpStream, marker: &str) -> String {
     let mut out = Vec::new();
-    while find(&out, marker.as_bytes()).is_none() {
+    while find_bytes(&out, marker.as_bytes()).is_none() {
         let mut chunk = [0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
             .await
@@ -149,11 +63,6 @@ fn ok(body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-/// The request target of a raw head.
-fn target(head: &str) -> &str {
-    head.split(' ').nth(1).unwrap_or("")
 }
 
 #[tokio::test]

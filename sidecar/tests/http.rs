@@ -841,45 +841,6 @@ backends: [{{ name: app, endpoints: [{{ address: "{}" }}] }}]
     );
 }
 
-/// A raw HTTP/1.1 upstream for HTTP/2 clients: it answers each request on a connection
-/// by its path (`/chunked`: two chunks, an extension and a trailer; `/length`; `/close`: the
-/// body ends with the connection; `/stale`: answers, then closes the connection while idle), and
-/// counts the connections it accepted.
-async fn raw_h1_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let sock = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = sock.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(head) = read_head(&mut conn, &mut buf).await {
-                    let head_request = head.starts_with("head ");
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                    let answer: &[u8] = match path.as_str() {
-                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
-                        "/close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
-                        _ if head_request => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n",
-                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength",
-                    };
-                    if conn.write_all(answer).await.is_err() || path == "/close" {
-                        return;
-                    }
-                    if path == "/stale" {
-                        // Closed while idle in the proxy's pool, after a whole answer.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 /// An HTTP/2 client's requests to an HTTP/1.1 upstream get answers of every framing:
 /// chunked bodies decoded into data, lengths and close-delimited bodies whole, HEAD without a
 /// body; the upstream connection is reused while it can carry on and replaced when the
@@ -887,8 +848,21 @@ async fn raw_h1_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) 
 #[tokio::test]
 async fn h2_clients_get_http1_answers_of_every_framing_on_reused_connections() {
     use std::sync::atomic::Ordering;
-    let (up, accepted) = raw_h1_upstream().await;
-    let proxy = start(&one_backend(up, "http1")).await;
+    // `/chunked`: two chunks, an extension and a trailer; `/close`: the body ends with the
+    // connection; `/stale`: answered, then the connection closed while idle in the pool.
+    let up = raw_upstream(|head, _| {
+        let answer: &[u8] = match target(head) {
+            "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+            "/close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end<close>",
+            "/stale" => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength<close>",
+            _ if head.starts_with("HEAD ") => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength",
+        };
+        Some(answer.to_vec())
+    })
+    .await;
+    let accepted = up.accepted.clone();
+    let proxy = start(&one_backend(up.addr, "http1")).await;
     let addr = proxy.listener_addr("web").unwrap();
     let h2 = |method: &str, path: &str| {
         Request::builder()

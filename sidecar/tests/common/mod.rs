@@ -296,6 +296,7 @@ pub async fn expect_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 let Some(head) = read_head(&mut conn, &mut buf).await else {
                     return;
                 };
+                let head = head.to_lowercase();
                 assert!(head.contains("expect: 100-continue"), "{head}");
                 let want: usize = head
                     .lines()
@@ -348,19 +349,98 @@ pub async fn expect_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// Reads from `conn` until `buf` holds a whole request head, and takes it out of `buf` (what
-/// came after it stays): the head in lowercase, or `None` when the connection closed first.
+/// came after it stays): the head as it came, or `None` when the connection closed first.
 pub async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    while find_bytes(buf, b"\r\n\r\n").is_none() {
-        let mut chunk = [0u8; 1024];
+    let end = loop {
+        if let Some(i) = find_bytes(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
         match conn.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
             Ok(k) => buf.extend_from_slice(&chunk[..k]),
         }
-    }
-    let end = find_bytes(buf, b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     buf.drain(..end);
     Some(head)
+}
+
+/// An upstream speaking raw bytes: for each request head (and its `content-length` body) it
+/// calls `reply` with the head and the number of requests seen before on that connection, and
+/// writes what it returns; `None` closes the connection without answering. A reply that ends
+/// with [`THEN_CLOSE`] is written without it and the connection closed.
+pub struct Raw {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub async fn raw_upstream<F>(reply: F) -> Raw
+where
+    F: Fn(&str, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+{
+    let sock = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reply = Arc::new(reply);
+    let (count, seen) = (accepted.clone(), heads.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = sock.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (reply, seen) = (reply.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut n = 0;
+                while let Some(head) = read_head(&mut conn, &mut buf).await {
+                    let body_len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < body_len {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.drain(..body_len);
+                    seen.lock().unwrap().push(head.clone());
+                    match reply(&head, n) {
+                        Some(bytes) => {
+                            let (bytes, close) = match bytes.strip_suffix(THEN_CLOSE) {
+                                Some(b) => (b, true),
+                                None => (&bytes[..], false),
+                            };
+                            if conn.write_all(bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        None => return,
+                    }
+                    n += 1;
+                }
+            });
+        }
+    });
+    Raw {
+        addr,
+        accepted,
+        heads,
+    }
+}
+
+/// Appended to a raw reply: close the connection after writing it.
+pub const THEN_CLOSE: &[u8] = b"<close>";
+
+/// The request target of a raw head.
+pub fn target(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or("")
 }
 
 /// Reads from `conn` until `text` holds `want` (or 5 s pass).
