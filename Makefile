@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench profile bench-control-plane images
+.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench profile instructions bench-control-plane images
 
 all: build
 
@@ -94,6 +94,11 @@ bench:
 profile:
 	bench/profile.sh
 	RATE=10000 OUT=$(CURDIR)/docs/profile-10k.md bench/profile.sh
+
+## instructions: user-space instructions per request of portico-proxy and nginx (callgrind), a
+## figure the host's speed does not move; `bench/instructions.sh BIN_A BIN_B` is an A/B of builds
+instructions:
+	bench/instructions.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), a proxy applying a one-endpoint backend update vs a whole config, EndpointSlice →

@@ -192,8 +192,12 @@ fn referenced(config: &ProxyConfig) -> HashSet<String> {
 /// config holds a backend per Service port).
 #[derive(Clone, Debug, Default)]
 pub struct BackendMap {
-    shards: Vec<Arc<HashMap<Arc<str>, Arc<BackendState>>>>,
+    shards: Vec<Arc<Shard>>,
 }
+
+/// One shard: FNV, not SipHash, as the names come from the config (nothing to flood) and every
+/// request looks its backend up here.
+type Shard = HashMap<Arc<str>, Arc<BackendState>, fnv::FnvBuildHasher>;
 
 /// Shards of a [`BackendMap`]: about 16 entries each at 1,000 backends.
 const SHARDS: usize = 64;
@@ -232,7 +236,7 @@ impl BackendMap {
         }
     }
 
-    fn shard_mut(&mut self, i: usize) -> &mut HashMap<Arc<str>, Arc<BackendState>> {
+    fn shard_mut(&mut self, i: usize) -> &mut Shard {
         if self.shards.is_empty() {
             self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
         }

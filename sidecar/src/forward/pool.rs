@@ -56,8 +56,9 @@ struct Idle<C> {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Lists<C> {
-    /// Idle connections per endpoint, oldest first.
-    by_addr: HashMap<SocketAddr, Vec<Idle<C>>>,
+    /// Idle connections per endpoint, oldest first. FNV: endpoint addresses come from the
+    /// config, and every request looks one up twice (checkout and give-back).
+    by_addr: HashMap<SocketAddr, Vec<Idle<C>>, fnv::FnvBuildHasher>,
     /// When all lists were last swept.
     swept: Option<Instant>,
 }
@@ -79,7 +80,7 @@ impl<C: Reusable> IdleLists<C> {
     fn new(idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             lists: Mutex::new(Lists {
-                by_addr: HashMap::new(),
+                by_addr: HashMap::default(),
                 swept: None,
             }),
             idle_timeout,

@@ -2,7 +2,8 @@
 //! status class (`2xx`…), reload result — never paths or client addresses. Label values are
 //! `Arc<str>` shared with the config, so counting a request allocates nothing.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -245,9 +246,36 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
 }
 
+/// Where one kind of answered request is counted: the route, rule and backend names (by the
+/// address of their shared `Arc<str>`, which [`RequestHandles`] keeps alive, so no other name
+/// can take it) and the status class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct HandleKey {
+    route: usize,
+    rule: usize,
+    backend: usize,
+    class: u16,
+}
+
+/// The counter and histogram of one [`HandleKey`]: clones of the families' own (the same
+/// atomics). Counting a request through them builds no labels and hashes no strings: the
+/// families' lookups (two per request, SipHash over three names) were 3% of the proxy's
+/// instructions per request.
+#[derive(Debug)]
+struct RequestHandles {
+    _names: [Arc<str>; 3],
+    count: Counter,
+    duration: Histogram,
+}
+
+/// Handles kept before the cache starts over (names of configs long gone would otherwise stay).
+const MAX_HANDLES: usize = 4096;
+
 /// All of the proxy's metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Request counters and histograms by the names' addresses.
+    handles: RwLock<HashMap<HandleKey, RequestHandles, fnv::FnvBuildHasher>>,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -279,6 +307,7 @@ impl Metrics {
     pub fn new(handshakes: Handshakes) -> Self {
         let mut registry = Registry::with_prefix("portico");
         let m = Self {
+            handles: RwLock::default(),
             requests: Family::default(),
             durations: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
@@ -439,20 +468,51 @@ impl Metrics {
     ) {
         let route = route.unwrap_or(&self.none);
         let rule = rule.unwrap_or(&self.none);
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                rule: rule.clone(),
-                backend: backend.unwrap_or(&self.none).clone(),
-                status_class: status_class(status),
-            })
-            .inc();
-        self.durations
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-                rule: rule.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let backend = backend.unwrap_or(&self.none);
+        let class = status_class(status);
+        let key = HandleKey {
+            route: Arc::as_ptr(route).cast::<u8>() as usize,
+            rule: Arc::as_ptr(rule).cast::<u8>() as usize,
+            backend: Arc::as_ptr(backend).cast::<u8>() as usize,
+            class: status / 100,
+        };
+        let seconds = elapsed.as_secs_f64();
+        if let Some(h) = self
+            .handles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            h.count.inc();
+            h.duration.observe(seconds);
+            return;
+        }
+        let h = RequestHandles {
+            _names: [route.clone(), rule.clone(), backend.clone()],
+            count: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    rule: rule.clone(),
+                    backend: backend.clone(),
+                    status_class: class,
+                })
+                .clone(),
+            duration: self
+                .durations
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                    rule: rule.clone(),
+                })
+                .clone(),
+        };
+        h.count.inc();
+        h.duration.observe(seconds);
+        let mut handles = self.handles.write().unwrap_or_else(PoisonError::into_inner);
+        if handles.len() >= MAX_HANDLES {
+            handles.clear();
+        }
+        handles.insert(key, h);
     }
 
     /// Counts one retry.
@@ -578,5 +638,81 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, series: &str) -> Option<String> {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+    }
+
+    #[test]
+    fn requests_are_counted_by_label_values_whichever_names_carry_them() {
+        let m = Metrics::default();
+        let (route, rule, backend) = (Arc::from("r"), Arc::from("main"), Arc::from("b"));
+        let ms = Duration::from_millis(1);
+        m.request(Some(&route), Some(&rule), Some(&backend), 200, ms);
+        m.request(Some(&route), Some(&rule), Some(&backend), 204, ms);
+        m.request(Some(&route), Some(&rule), Some(&backend), 503, ms);
+        // The same values in other allocations (a new config's names): the same series.
+        let (route2, rule2, backend2) = (Arc::from("r"), Arc::from("main"), Arc::from("b"));
+        m.request(Some(&route2), Some(&rule2), Some(&backend2), 201, ms);
+        // Other values: another series.
+        m.request(Some(&route), None, None, 404, ms);
+        let series = |labels: &str| count(&m, &format!("portico_requests_total{{{labels}}}"));
+        assert_eq!(
+            series(r#"route="r",rule="main",backend="b",status_class="2xx""#).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            series(r#"route="r",rule="main",backend="b",status_class="5xx""#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            series(r#"route="r",rule="",backend="",status_class="4xx""#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            count(
+                &m,
+                r#"portico_request_duration_seconds_count{route="r",rule="main"}"#
+            )
+            .as_deref(),
+            Some("4")
+        );
+    }
+
+    #[test]
+    fn the_handle_cache_starts_over_when_full_and_counts_stay_whole() {
+        let m = Metrics::default();
+        let rule: Arc<str> = Arc::from("");
+        for i in 0..MAX_HANDLES + 10 {
+            let route: Arc<str> = Arc::from(format!("r{}", i % (MAX_HANDLES + 5)));
+            m.request(Some(&route), Some(&rule), None, 200, Duration::ZERO);
+        }
+        let cached = m.handles.read().map(|h| h.len()).unwrap_or_default();
+        assert!(cached <= MAX_HANDLES, "{cached} handles kept");
+        assert_eq!(
+            count(
+                &m,
+                r#"portico_requests_total{route="r3",rule="",backend="",status_class="2xx"}"#
+            )
+            .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            count(
+                &m,
+                r#"portico_requests_total{route="r9",rule="",backend="",status_class="2xx"}"#
+            )
+            .as_deref(),
+            Some("1")
+        );
     }
 }

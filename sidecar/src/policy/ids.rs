@@ -13,7 +13,9 @@
 //! through every proxy it crossed. The proxy exports no spans: it keeps the chain intact for
 //! the applications' tracers (W3C Trace Context §3, a "vendor" that only propagates).
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
 
 /// The request ID header (Envoy's and nginx's name for it).
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,31 +44,52 @@ impl RequestIds {
 
 /// Sets the request ID and this hop's trace context on a request's headers.
 pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
-    let request_id = match headers.get(&X_REQUEST_ID) {
-        Some(v) if usable_request_id(v) => v.clone(),
-        _ => {
-            let id = new_request_id();
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+    // One handle on the thread's generator for the three draws, and one lookup per header
+    // (entries, not a get then an insert): this runs for every request.
+    let mut rng = rand::rng();
+    let request_id = match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(e) if usable_request_id(e.get()) => e.get().clone(),
+        Entry::Occupied(mut e) => {
+            let id = new_request_id(rng.random());
+            e.insert(id.clone());
             id
         }
+        Entry::Vacant(e) => e.insert(new_request_id(rng.random())).clone(),
     };
-    let (trace_id, flags) = match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
-        Some(kept) => kept,
-        None => {
-            headers.remove(&TRACESTATE);
-            (hex::<32>(rand::random::<u128>().max(1)), *b"00")
+    let span = hex::<16>(u128::from(rng.random::<u64>().max(1)));
+    let mut new_trace = || (hex::<32>(rng.random::<u128>().max(1)), *b"00");
+    let mut value = [0u8; 55];
+    let mut fill = |trace_id: &[u8; 32], flags: &[u8; 2]| {
+        value[..3].copy_from_slice(b"00-");
+        value[3..35].copy_from_slice(trace_id);
+        value[35] = b'-';
+        value[36..52].copy_from_slice(&span);
+        value[52] = b'-';
+        value[53..].copy_from_slice(flags);
+        HeaderValue::from_bytes(&value).ok()
+    };
+    let (trace_id, restarted) = match headers.entry(&TRACEPARENT) {
+        Entry::Occupied(mut e) => {
+            let (kept, restarted) = match parse_traceparent(e.get()) {
+                Some(kept) => (kept, false),
+                None => (new_trace(), true),
+            };
+            if let Some(v) = fill(&kept.0, &kept.1) {
+                e.insert(v);
+            }
+            (kept.0, restarted)
+        }
+        Entry::Vacant(e) => {
+            let (trace_id, flags) = new_trace();
+            if let Some(v) = fill(&trace_id, &flags) {
+                e.insert(v);
+            }
+            (trace_id, true)
         }
     };
-    let span = hex::<16>(u128::from(rand::random::<u64>().max(1)));
-    let mut value = [0u8; 55];
-    value[..3].copy_from_slice(b"00-");
-    value[3..35].copy_from_slice(&trace_id);
-    value[35] = b'-';
-    value[36..52].copy_from_slice(&span);
-    value[52] = b'-';
-    value[53..].copy_from_slice(&flags);
-    if let Ok(v) = HeaderValue::from_bytes(&value) {
-        headers.insert(TRACEPARENT.clone(), v);
+    if restarted {
+        // A new trace: the old one's vendor state does not belong to it.
+        headers.remove(&TRACESTATE);
     }
     RequestIds {
         request_id,
@@ -79,23 +102,19 @@ fn usable_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// A random UUID v4, as Envoy generates them.
-fn new_request_id() -> HeaderValue {
-    let mut bits: u128 = rand::random();
+/// A UUID v4 from 128 random bits, as Envoy generates them.
+fn new_request_id(mut bits: u128) -> HeaderValue {
     // Version 4, variant 10xx (RFC 9562 §5.4).
     bits = (bits & !(0xf << 76)) | (0x4 << 76);
     bits = (bits & !(0x3 << 62)) | (0x2 << 62);
     let h = hex::<32>(bits);
-    let mut s = [0u8; 36];
-    let mut o = 0;
-    for (i, c) in h.iter().enumerate() {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            s[o] = b'-';
-            o += 1;
-        }
-        s[o] = *c;
-        o += 1;
-    }
+    // 8-4-4-4-12 digits.
+    let mut s = [b'-'; 36];
+    s[..8].copy_from_slice(&h[..8]);
+    s[9..13].copy_from_slice(&h[8..12]);
+    s[14..18].copy_from_slice(&h[12..16]);
+    s[19..23].copy_from_slice(&h[16..20]);
+    s[24..].copy_from_slice(&h[20..]);
     HeaderValue::from_bytes(&s).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
@@ -122,13 +141,15 @@ fn parse_traceparent(v: &HeaderValue) -> Option<([u8; 32], [u8; 2])> {
     Some((trace.try_into().ok()?, flags.try_into().ok()?))
 }
 
-/// The low `N * 4` bits of `n` as `N` lowercase hex digits.
+/// The low `N * 4` bits of `n` as `N` lowercase hex digits (`N` even).
 fn hex<const N: usize>(n: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let bytes = n.to_be_bytes();
     let mut out = [b'0'; N];
-    for (i, c) in out.iter_mut().enumerate() {
-        let shift = 4 * (N - 1 - i);
-        *c = DIGITS[((n >> shift) & 0xf) as usize];
+    // Two digits per byte, from the last N / 2 bytes.
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[16 - N / 2..]) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
     out
 }
@@ -200,6 +221,14 @@ mod tests {
     }
 
     #[test]
+    fn hex_writes_the_low_digits_in_order() {
+        assert_eq!(hex::<4>(0x1234_abcd), *b"abcd");
+        assert_eq!(hex::<16>(u128::from(u64::MAX) + 1), *b"0000000000000000");
+        assert_eq!(hex::<32>(u128::MAX), [b'f'; 32]);
+        assert_eq!(&hex::<32>(0x0102)[28..], b"0102");
+    }
+
+    #[test]
     fn a_request_id_is_kept_when_usable_else_a_uuid_v4() {
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
@@ -209,6 +238,9 @@ mod tests {
         let id = stamp(&mut h).request_id;
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);
+        let dashes: Vec<usize> = s.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23], "8-4-4-4-12: {s}");
+        assert!(s.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()), "{s}");
         assert_eq!(&s[14..15], "4", "version 4: {s}");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
         assert_eq!(h[&X_REQUEST_ID], id);

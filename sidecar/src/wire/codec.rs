@@ -131,16 +131,12 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// that does not end in `chunked` is refused: proxies that disagree on where a message ends are
 /// how requests get smuggled.
 fn framing_of<'a>(
-    fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    fields: impl Iterator<Item = (Known, &'a [u8])> + Clone,
     request: bool,
 ) -> Result<Framing, HeadError> {
-    let named = |n: &'static str| {
-        fields
-            .clone()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(n))
-    };
-    if let Some((_, last)) = named("transfer-encoding").last() {
-        if named("content-length").next().is_some() {
+    let named = |n: Known| fields.clone().filter(move |(k, _)| *k == n);
+    if let Some((_, last)) = named(Known::TransferEncoding).last() {
+        if named(Known::ContentLength).next().is_some() {
             return Err(HeadError::Framing(
                 "both transfer-encoding and content-length",
             ));
@@ -153,7 +149,7 @@ fn framing_of<'a>(
         };
     }
     let mut length: Option<u64> = None;
-    for (_, v) in named("content-length") {
+    for (_, v) in named(Known::ContentLength) {
         for part in v.split(|&b| b == b',') {
             let n = parse_length(part.trim_ascii())
                 .ok_or(HeadError::Framing("invalid content-length"))?;
@@ -169,6 +165,59 @@ fn framing_of<'a>(
         None if request => Framing::Empty,
         None => Framing::Close,
     })
+}
+
+/// The fields whose names the framing and hop-by-hop rules look for; the rest are `Other`.
+/// Each field of a head is classified once ([`known`]), so the rules compare small integers
+/// instead of each name with each of a dozen strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    Other,
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Date,
+    /// `te`, `upgrade`, `keep-alive`, `proxy-connection`, `proxy-authenticate`,
+    /// `proxy-authorization`: hop-by-hop fields with no other meaning here.
+    HopByHop,
+}
+
+impl Known {
+    /// Headers that describe one connection (RFC 9110 §7.6.1), dropped when relaying a head
+    /// as it is. `transfer-encoding` is written again for chunked bodies, which pass through.
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Self::Connection | Self::TransferEncoding | Self::HopByHop
+        )
+    }
+}
+
+/// What a field's name is, case-insensitively (by its length first: most names match none).
+fn known(name: &str) -> Known {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is("te") => Known::HopByHop,
+        4 if is("date") => Known::Date,
+        7 if is("upgrade") => Known::HopByHop,
+        10 if is("connection") => Known::Connection,
+        10 if is("keep-alive") => Known::HopByHop,
+        14 if is("content-length") => Known::ContentLength,
+        16 if is("proxy-connection") => Known::HopByHop,
+        17 if is("transfer-encoding") => Known::TransferEncoding,
+        18 if is("proxy-authenticate") => Known::HopByHop,
+        19 if is("proxy-authorization") => Known::HopByHop,
+        _ => Known::Other,
+    }
+}
+
+/// Each field's [`Known`] name, in a stack array (a head has at most [`MAX_HEADERS`]).
+fn classify(fields: &[httparse::Header<'_>]) -> [Known; MAX_HEADERS] {
+    let mut kinds = [Known::Other; MAX_HEADERS];
+    for (k, f) in kinds.iter_mut().zip(fields) {
+        *k = known(f.name);
+    }
+    kinds
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
@@ -216,7 +265,14 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
     if !target_ok {
         return Err(HeadError::Syntax("invalid request target"));
     }
-    let framing = framing_of(req.headers.iter().map(|f| (f.name, f.value)), true)?;
+    let kinds = classify(req.headers);
+    let framing = framing_of(
+        kinds
+            .iter()
+            .copied()
+            .zip(req.headers.iter().map(|f| f.value)),
+        true,
+    )?;
     let headers = header_map(buf, req.headers)?;
     // Host (RFC 9112 §3.2): one in every HTTP/1.1 request, with a valid value; proxies that
     // pick different ones of several would route one request two ways.
@@ -224,7 +280,7 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
     match (hosts.next(), hosts.next()) {
         (None, _) if version == Version::HTTP_11 => return Err(HeadError::Syntax("no host")),
         (Some(_), Some(_)) => return Err(HeadError::Syntax("more than one host")),
-        (Some(h), None) if !valid_host(h.as_bytes()) => {
+        (Some(h), None) if !valid_host(buf, h.as_bytes()) => {
             return Err(HeadError::Syntax("invalid host"));
         }
         _ => {}
@@ -248,22 +304,13 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
 }
 
 /// A `Host` value: `host[:port]` (RFC 9110 §7.2), or empty when the target has no authority.
-fn valid_host(v: &[u8]) -> bool {
-    v.is_empty() || (!v.contains(&b'@') && http::uri::Authority::try_from(v).is_ok())
+/// `v`, a value parsed from `buf`, is checked as a slice of `buf` (no copy; an empty value may
+/// point elsewhere, and is valid).
+fn valid_host(buf: &Bytes, v: &[u8]) -> bool {
+    v.is_empty()
+        || (!v.contains(&b'@')
+            && http::uri::Authority::from_maybe_shared(buf.slice(range_of(buf, v))).is_ok())
 }
-
-/// Headers that describe one connection (RFC 9110 §7.6.1), dropped when relaying a response
-/// head as it is. `transfer-encoding` is written again for chunked bodies, which pass through.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
 
 /// Parses a response head at the start of `buf` (`Ok(None)`: more bytes are needed) and, unless
 /// it is an interim (1xx) response, appends to `out` the head the client gets: hop-by-hop
@@ -290,16 +337,19 @@ pub fn parse_response(
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Syntax("invalid status"))?;
     let fields = &*resp.headers;
-    let token = |name: &str, token: &str| {
-        fields
+    let kinds = classify(fields);
+    let kinds = &kinds[..fields.len()];
+    let connection = || {
+        kinds
             .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case(name))
-            .flat_map(|f| f.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            .zip(fields)
+            .filter(|(k, _)| **k == Known::Connection)
+            .flat_map(|(_, f)| f.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
     };
     let reusable = match resp.version {
-        Some(0) => token("connection", "keep-alive"),
-        _ => !token("connection", "close"),
+        Some(0) => connection().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
+        _ => !connection().any(|t| t.eq_ignore_ascii_case(b"close")),
     };
     // RFC 9112 §6.3: these never have a body, whatever the headers say.
     let framing = if head_request
@@ -309,7 +359,10 @@ pub fn parse_response(
     {
         Framing::Empty
     } else {
-        framing_of(fields.iter().map(|f| (f.name, f.value)), false)?
+        framing_of(
+            kinds.iter().copied().zip(fields.iter().map(|f| f.value)),
+            false,
+        )?
     };
     let close = close || framing == Framing::Close;
     let head = ResponseHead {
@@ -323,7 +376,7 @@ pub fn parse_response(
         return Ok(Some(head));
     }
     match edit {
-        None => write_fields_as_they_are(out, status, fields, framing, close),
+        None => write_fields_as_they_are(out, status, buf, fields, kinds, framing, close),
         Some(edit) => {
             let mut headers = HeaderMap::with_capacity(fields.len());
             for f in fields {
@@ -345,55 +398,73 @@ pub fn parse_response(
     Ok(Some(head))
 }
 
-/// The client-facing head from parsed fields, copied except for hop-by-hop ones and those the
-/// `Connection` header names.
+/// The client-facing head from parsed fields (`kinds`: their [`Known`] names, `head`: the bytes
+/// they were parsed from), copied except for hop-by-hop ones and those the `Connection` header
+/// names.
 fn write_fields_as_they_are(
     out: &mut Vec<u8>,
     status: StatusCode,
+    head: &[u8],
     fields: &[httparse::Header<'_>],
+    kinds: &[Known],
     framing: Framing,
     close: bool,
 ) {
     write_status_line(out, status);
-    // The `Connection` values, found once (usually one: `keep-alive` or `close`); a head with
-    // more than a few falls back to scanning the fields for each name.
-    let mut connection: [&[u8]; 4] = [&[]; 4];
-    let mut found = 0;
-    for f in fields
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-    {
-        if let Some(slot) = connection.get_mut(found) {
-            *slot = f.value;
-        }
-        found += 1;
-    }
-    let listed = |name: &str| {
-        let is = |t: &[u8]| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes());
-        if found <= connection.len() {
-            connection[..found]
-                .iter()
-                .flat_map(|v| v.split(|&b| b == b','))
-                .any(is)
-        } else {
-            fields
-                .iter()
-                .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|f| f.value.split(|&b| b == b','))
-                .any(is)
+    let connection = || {
+        kinds
+            .iter()
+            .zip(fields)
+            .filter(|(k, _)| **k == Known::Connection)
+            .flat_map(|(_, f)| f.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    // `Connection` usually lists only `keep-alive` or `close`, which name no field to drop
+    // (`keep-alive` is hop-by-hop anyway); only other tokens are looked for in every name.
+    let names_others = connection().any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    });
+    let listed =
+        |name: &str| names_others && connection().any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
+    let mut date = false;
+    // Lines that came as `name: value\r\n` are copied as they are, a run of them in one copy
+    // (not four per field); a field spaced otherwise is written out in that form.
+    let mut run: Option<Range<usize>> = None;
+    let flush = |out: &mut Vec<u8>, run: &mut Option<Range<usize>>| {
+        if let Some(r) = run.take() {
+            out.extend_from_slice(&head[r]);
         }
     };
-    let mut date = false;
-    for f in fields {
-        if HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) || listed(f.name) {
+    for (f, kind) in fields.iter().zip(kinds) {
+        if kind.hop_by_hop() || listed(f.name) {
+            flush(out, &mut run);
             continue;
         }
-        date |= f.name.eq_ignore_ascii_case("date");
-        out.extend_from_slice(f.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(f.value);
-        out.extend_from_slice(b"\r\n");
+        date |= *kind == Known::Date;
+        let line = (!f.value.is_empty())
+            .then(|| (range_of(head, f.name.as_bytes()), range_of(head, f.value)))
+            .filter(|(name, value)| {
+                value.start == name.end + 2
+                    && head.get(name.end..value.start) == Some(b": ".as_slice())
+                    && head.get(value.end..value.end + 2) == Some(b"\r\n".as_slice())
+            })
+            .map(|(name, value)| name.start..value.end + 2);
+        match (line, &mut run) {
+            (Some(line), Some(r)) if r.end == line.start => r.end = line.end,
+            (Some(line), _) => {
+                flush(out, &mut run);
+                run = Some(line);
+            }
+            (None, _) => {
+                flush(out, &mut run);
+                out.extend_from_slice(f.name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(f.value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
+    flush(out, &mut run);
     if !date {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date::now().as_bytes());
@@ -858,6 +929,29 @@ mod tests {
         assert!(out.contains("date: "), "a Date is added: {out}");
         let (h, out) = resp("HTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\n", false, false);
         assert!(h.status.is_informational() && out.is_empty());
+    }
+
+    #[test]
+    fn relayed_fields_come_out_as_name_colon_space_value_crlf_however_they_came() {
+        let (_, out) = resp(
+            "HTTP/1.1 200 OK\r\nServer:nginx\r\nDate: d\r\nX-A:  b \t\r\nX-B: c\r\nX-Empty:\r\nX-C: d\r\nconnection: close\r\nX-D: e\r\ncontent-length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: d\r\nX-A: b\r\nX-B: c\r\nX-Empty: \r\nX-C: d\r\nX-D: e\r\ncontent-length: 0\r\n\r\n"
+        );
+        // Bare line feeds (which httparse accepts) become CRLF.
+        let (_, out) = resp(
+            "HTTP/1.1 200 OK\nDate: d\nX-A: b\ncontent-length: 0\n\n",
+            false,
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nDate: d\r\nX-A: b\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! HTTP rules a proxy must apply on every hop, in one place.
 
 use http::HeaderMap;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): a proxy removes
 /// them, plus every header named in `Connection`, before forwarding. `TE: trailers` is the one
@@ -36,6 +36,11 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// passed through), `Connection: upgrade` and `Upgrade` are kept, since the next hop must see
 /// them to agree to the switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these: one pass over the names (comparisons of standard
+    // names are an integer compare) instead of a hash lookup per hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -71,18 +76,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// and `X-Forwarded-Proto` (only when absent: an outer proxy that terminated TLS knows better).
 /// Without a previous list nothing is allocated: the value is shared with the connection.
 pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, scheme: &'static str) {
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+    // Entries: one lookup per header, on every request.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            let value = match e.get().to_str() {
+                Ok(prev) => {
+                    let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(client_ip.as_bytes());
+                    HeaderValue::from_bytes(&v).ok()
+                }
+                // An unreadable list is replaced.
+                Err(_) => Some(client_ip.clone()),
+            };
+            if let Some(v) = value {
+                e.insert(v);
+            }
         }
-        None => Some(client_ip.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
+        Entry::Vacant(e) => {
+            e.insert(client_ip.clone());
+        }
     }
     headers
         .entry(X_FORWARDED_PROTO)
