@@ -211,6 +211,20 @@ fn known(name: &str) -> Known {
     }
 }
 
+/// The comma-separated elements of the `Connection` fields, trimmed (`kinds`: the fields'
+/// [`Known`] names).
+fn connection_tokens<'a>(
+    fields: &'a [httparse::Header<'a>],
+    kinds: &'a [Known],
+) -> impl Iterator<Item = &'a [u8]> {
+    kinds
+        .iter()
+        .zip(fields)
+        .filter(|(k, _)| **k == Known::Connection)
+        .flat_map(|(_, f)| f.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 /// Each field's [`Known`] name, in a stack array (a head has at most [`MAX_HEADERS`]).
 fn classify(fields: &[httparse::Header<'_>]) -> [Known; MAX_HEADERS] {
     let mut kinds = [Known::Other; MAX_HEADERS];
@@ -339,14 +353,7 @@ pub fn parse_response(
     let fields = &*resp.headers;
     let kinds = classify(fields);
     let kinds = &kinds[..fields.len()];
-    let connection = || {
-        kinds
-            .iter()
-            .zip(fields)
-            .filter(|(k, _)| **k == Known::Connection)
-            .flat_map(|(_, f)| f.value.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-    };
+    let connection = || connection_tokens(fields, kinds);
     let reusable = match resp.version {
         Some(0) => connection().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
         _ => !connection().any(|t| t.eq_ignore_ascii_case(b"close")),
@@ -411,14 +418,7 @@ fn write_fields_as_they_are(
     close: bool,
 ) {
     write_status_line(out, status);
-    let connection = || {
-        kinds
-            .iter()
-            .zip(fields)
-            .filter(|(k, _)| **k == Known::Connection)
-            .flat_map(|(_, f)| f.value.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-    };
+    let connection = || connection_tokens(fields, kinds);
     // `Connection` usually lists only `keep-alive` or `close`, which name no field to drop
     // (`keep-alive` is hop-by-hop anyway); only other tokens are looked for in every name.
     let names_others = connection().any(|t| {
