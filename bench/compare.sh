@@ -41,11 +41,9 @@ ADMIN_PORT=19981
 WORK=$(mktemp -d /tmp/portico-compare.XXXXXX)
 source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
 
-for tool in wrk nginx python3 taskset; do
-    command -v $tool >/dev/null || { echo "compare.sh needs $tool (make bench installs it)" >&2; exit 1; }
-done
-OHA=$(find_oha)
-[[ $MODE == peak || -n $OHA ]] || { echo "compare.sh rate needs oha (make bench builds it)" >&2; exit 1; }
+require_tools "make bench installs it" wrk nginx python3 taskset
+# oha only loads the rate mode (rate_run).
+[[ $MODE == peak ]] || require_oha
 PERF=$(command -v perf || true)
 
 upstream_conf "$WORK/up" $UP_PORT

@@ -29,11 +29,8 @@ source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
 
 log() { echo "[instructions] $*" >&2; }
 
-for tool in valgrind callgrind_control callgrind_annotate nginx curl python3; do
-    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install valgrind nginx curl python3)"; exit 1; }
-done
-OHA=$(find_oha)
-[[ -n $OHA ]] || { log "oha not found: make bench builds it into ~/.cache/portico/bin"; exit 1; }
+require_tools "apt-get install valgrind nginx curl python3" valgrind callgrind_control callgrind_annotate nginx curl python3
+require_oha
 BINS=("$@")
 if [[ ${#BINS[@]} -eq 0 ]]; then
     log "building portico-proxy (release)"

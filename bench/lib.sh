@@ -153,6 +153,22 @@ find_oha() {
     if [[ -x $root/bin/oha ]]; then echo "$root/bin/oha"; fi
 }
 
+# require_tools HINT TOOL...: stops the script when a tool is missing, saying where to get it
+# (HINT: the apt packages, or the script that installs them).
+require_tools() {
+    local hint=$1
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "${0##*/}: $tool is missing ($hint)" >&2; exit 1; }
+    done
+}
+
+# require_oha: sets OHA to the oha binary, or stops the script (bench/run.sh builds it).
+require_oha() {
+    OHA=$(find_oha)
+    [[ -n $OHA ]] || { echo "${0##*/}: oha not found (bench/run.sh builds it into ~/.cache/portico/bin)" >&2; exit 1; }
+}
+
 # Report helpers: the median of numbers on stdin ("nan" for none); the median of a file of
 # numbers in $WORK; A / B to two places ("—" when B is 0 or A is not a number).
 median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }

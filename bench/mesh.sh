@@ -43,11 +43,8 @@ WORK=$(mktemp -d /tmp/portico-bench-mesh.XXXXXX)
 source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
 log() { echo "[bench mesh] $*" >&2; }
 
-for tool in wrk nginx openssl iptables taskset python3; do
-    command -v $tool >/dev/null || { echo "bench/mesh.sh needs $tool (bench/run.sh installs the tools)" >&2; exit 1; }
-done
-OHA=$(find_oha)
-[[ -n $OHA ]] || { echo "bench/mesh.sh needs oha (bench/run.sh builds it)" >&2; exit 1; }
+require_tools "bench/run.sh installs the tools" wrk nginx openssl iptables taskset python3
+require_oha
 if [[ -z ${PROXY_BIN:-} ]]; then
     log "building portico-proxy (release)"
     cargo build --release -q -p portico-proxy

@@ -31,11 +31,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy}
 WORK=$(mktemp -d /tmp/portico-policies.XXXXXX)
 source "$ROOT/bench/lib.sh" # also stops the processes in PIDS on exit
 
-for tool in nginx python3 taskset; do
-    command -v $tool >/dev/null || { echo "policies.sh needs $tool (bench/run.sh installs it)" >&2; exit 1; }
-done
-OHA=$(find_oha)
-[[ -n $OHA ]] || { echo "policies.sh needs oha (bench/run.sh builds it)" >&2; exit 1; }
+require_tools "bench/run.sh installs it" nginx python3 taskset
+require_oha
 if [[ -z ${PROXY_BIN:-} ]]; then
     cargo build --release -q -p portico-proxy
     PROXY_BIN=$CARGO_TARGET_DIR/release/portico-proxy

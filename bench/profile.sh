@@ -35,11 +35,8 @@ OUT=${OUT:-$ROOT/docs/profile.md}
 
 log() { echo "[profile] $*" >&2; }
 
-for tool in perf strace nginx taskset python3 nstat; do
-    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install linux-perf strace nginx util-linux python3 iproute2)"; exit 1; }
-done
-OHA=$(find_oha)
-[[ -n $OHA ]] || { log "oha not found: make bench builds it into ~/.cache/portico/bin"; exit 1; }
+require_tools "apt-get install linux-perf strace nginx util-linux python3 iproute2" perf strace nginx taskset python3 nstat
+require_oha
 if [[ -z ${PROXY_BIN:-} ]]; then
     log "building portico-proxy (release)"
     cargo build --release -q -p portico-proxy

@@ -48,11 +48,9 @@ taskset -cp $LOAD_CPU $$ >/dev/null
 log() { echo "[protocols] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-for tool in nginx haproxy h2load wrk curl openssl python3 taskset; do
-    command -v $tool >/dev/null || die "needs $tool (bench/run.sh installs it: nginx, haproxy, nghttp2-client, wrk, curl, openssl, python3, util-linux)"
-done
-OHA=$(find_oha)
-[[ -n $OHA ]] || die "needs oha (bench/run.sh builds it into ~/.cache/portico)"
+require_tools "bench/run.sh installs it: nginx, haproxy, nghttp2-client, wrk, curl, openssl, python3, util-linux" \
+    nginx haproxy h2load wrk curl openssl python3 taskset
+require_oha
 if [[ -z ${PROXY_BIN:-} ]]; then
     log "building portico-proxy (release)"
     cargo build --release -q -p portico-proxy

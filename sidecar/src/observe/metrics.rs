@@ -254,7 +254,7 @@ struct HandleKey {
     route: usize,
     rule: usize,
     backend: usize,
-    class: u16,
+    class: &'static str,
 }
 
 /// The counter and histogram of one [`HandleKey`]: clones of the families' own (the same
@@ -474,7 +474,7 @@ impl Metrics {
             route: Arc::as_ptr(route).cast::<u8>() as usize,
             rule: Arc::as_ptr(rule).cast::<u8>() as usize,
             backend: Arc::as_ptr(backend).cast::<u8>() as usize,
-            class: status / 100,
+            class,
         };
         let seconds = elapsed.as_secs_f64();
         if let Some(h) = self

@@ -1,7 +1,8 @@
-//! Read buffers and head buffers, reused per thread. Every request needs one for itself and one for its response
-//! while it is in progress, and none while its connection is idle; taking them from a short
-//! per-thread list instead of the allocator saves two large allocations per request (sizes that
-//! glibc serves from its slower bins). The list is bounded, so what a burst leaves behind is
+//! Read buffers and head buffers, reused per thread. Every request needs one for itself and one
+//! for its response while it is in progress, and none while its connection is idle; taking them
+//! from a short per-thread list instead of the allocator saves two large allocations per request
+//! (sizes that glibc serves from its slower bins). The list is bounded, so what a burst leaves
+//! behind is
 //! at most `KEEP` × `SIZE` per thread.
 
 use std::cell::RefCell;
@@ -85,7 +86,7 @@ impl std::ops::DerefMut for Head {
 impl Drop for Head {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() > HEAD_MAX || buf.capacity() == 0 {
+        if buf.capacity() > HEAD_MAX {
             return;
         }
         buf.clear();

@@ -129,13 +129,21 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// The body framing a message's headers declare (RFC 9112 §6.3). A message with both
 /// `Transfer-Encoding` and `Content-Length`, several different lengths, or a transfer coding
 /// that does not end in `chunked` is refused: proxies that disagree on where a message ends are
-/// how requests get smuggled.
-fn framing_of<'a>(
-    fields: impl Iterator<Item = (Known, &'a [u8])> + Clone,
+/// how requests get smuggled. (`kinds`: the fields' [`Known`] names.)
+fn framing_of(
+    fields: &[httparse::Header<'_>],
+    kinds: &[Known],
     request: bool,
 ) -> Result<Framing, HeadError> {
-    let named = |n: Known| fields.clone().filter(move |(k, _)| *k == n);
-    if let Some((_, last)) = named(Known::TransferEncoding).last() {
+    // The values of the fields named `n`.
+    let named = |n: Known| {
+        kinds
+            .iter()
+            .zip(fields)
+            .filter(move |(k, _)| **k == n)
+            .map(|(_, f)| f.value)
+    };
+    if let Some(last) = named(Known::TransferEncoding).next_back() {
         if named(Known::ContentLength).next().is_some() {
             return Err(HeadError::Framing(
                 "both transfer-encoding and content-length",
@@ -149,7 +157,7 @@ fn framing_of<'a>(
         };
     }
     let mut length: Option<u64> = None;
-    for (_, v) in named(Known::ContentLength) {
+    for v in named(Known::ContentLength) {
         for part in v.split(|&b| b == b',') {
             let n = parse_length(part.trim_ascii())
                 .ok_or(HeadError::Framing("invalid content-length"))?;
@@ -280,13 +288,7 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
         return Err(HeadError::Syntax("invalid request target"));
     }
     let kinds = classify(req.headers);
-    let framing = framing_of(
-        kinds
-            .iter()
-            .copied()
-            .zip(req.headers.iter().map(|f| f.value)),
-        true,
-    )?;
+    let framing = framing_of(req.headers, &kinds[..req.headers.len()], true)?;
     let headers = header_map(buf, req.headers)?;
     // Host (RFC 9112 §3.2): one in every HTTP/1.1 request, with a valid value; proxies that
     // pick different ones of several would route one request two ways.
@@ -366,10 +368,7 @@ pub fn parse_response(
     {
         Framing::Empty
     } else {
-        framing_of(
-            kinds.iter().copied().zip(fields.iter().map(|f| f.value)),
-            false,
-        )?
+        framing_of(fields, kinds, false)?
     };
     let close = close || framing == Framing::Close;
     let head = ResponseHead {
@@ -419,13 +418,15 @@ fn write_fields_as_they_are(
 ) {
     write_status_line(out, status);
     let connection = || connection_tokens(fields, kinds);
-    // `Connection` usually lists only `keep-alive` or `close`, which name no field to drop
-    // (`keep-alive` is hop-by-hop anyway); only other tokens are looked for in every name.
+    // `Connection` usually lists only `keep-alive` (hop-by-hop anyway) or `close`: then only a
+    // field named `close` can be one it names; other tokens are looked for in every name.
     let names_others = connection().any(|t| {
         !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
     });
-    let listed =
-        |name: &str| names_others && connection().any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
+    let listed = |name: &str| {
+        (names_others || name.eq_ignore_ascii_case("close"))
+            && connection().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    };
     let mut date = false;
     // Lines that came as `name: value\r\n` are copied as they are, a run of them in one copy
     // (not four per field); a field spaced otherwise is written out in that form.
@@ -941,6 +942,16 @@ mod tests {
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: d\r\nX-A: b\r\nX-B: c\r\nX-Empty: \r\nX-C: d\r\nX-D: e\r\ncontent-length: 0\r\n\r\n"
+        );
+        // `Connection: close` names a field `close` too (RFC 9110 §7.6.1).
+        let (_, out) = resp(
+            "HTTP/1.1 200 OK\r\nDate: d\r\nConnection: close\r\nClose: x\r\nX-A: b\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nDate: d\r\nX-A: b\r\nconnection: close\r\n\r\n"
         );
         // Bare line feeds (which httparse accepts) become CRLF.
         let (_, out) = resp(
