@@ -668,3 +668,116 @@ async fn expect_100_continue_is_decided_by_the_upstream() {
     read_into_until(&mut conn, &mut text, "read 5").await;
     assert!(text.ends_with("read 5"), "{text}");
 }
+
+/// The fields of an upstream request head (request line left out), by lowercased name with
+/// their values in order; the values the proxy makes at random are replaced by what they are.
+fn upstream_fields(head: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut fields = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in head.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').expect("a field line");
+        let name = name.to_ascii_lowercase();
+        let mut value = value.trim().to_owned();
+        if name == "x-via-map" {
+            continue;
+        }
+        let b = value.as_bytes();
+        if name == "x-request-id" && b.len() == 36 && b[8] == b'-' && b[14] == b'4' {
+            value = "<new uuid>".into();
+        }
+        if name == "traceparent" {
+            let parts: Vec<&str> = value.split('-').collect();
+            assert_eq!(parts.len(), 4, "{value}");
+            let trace = if parts[1] == CLIENT_TRACE {
+                parts[1]
+            } else {
+                "<new>"
+            };
+            value = format!("{}-{trace}-<span>-{}", parts[0], parts[3]);
+        }
+        fields.entry(name).or_default().push(value);
+    }
+    fields
+}
+
+/// A request whose rule only forwards it goes upstream from the bytes it came in (no header
+/// map: `wire::raw`); one whose rule edits headers gets its map after routing; one routed by a
+/// table that matches on headers gets it before. All three must carry the same fields: the
+/// client's, less the hop-by-hop ones, with the request ID, trace context and `X-Forwarded-*`
+/// set by the same rules.
+#[tokio::test]
+async fn requests_forwarded_as_they_came_carry_the_same_fields_as_through_the_header_map() {
+    let up = raw_upstream(|_, _| Some(ok("x"))).await;
+    let config = |header_match: &str| {
+        format!(
+            r#"
+listeners: [{{ name: web, address: "127.0.0.1:0", protocol: HTTP }}]
+routes:
+  - name: all
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /as-is }} }}]
+        backends: [{{ backend: app }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /map }} }}]
+        filters: [{{ type: RequestHeaderModifier, set: [{{ name: x-via-map, value: "1" }}] }}]
+        backends: [{{ backend: app }}]
+{header_match}
+backends: [{{ name: app, protocol: http1, endpoints: [{{ address: "{}" }}] }}]
+"#,
+            up.addr
+        )
+    };
+    let proxy = start(&config("")).await;
+    // A rule matching on a header: every request of this table is routed with its map.
+    let routed_by_map = start(&config(
+        "      - matches: [{ path: { type: PathPrefix, value: /other }, headers: [{ name: x-never, value: \"1\" }] }]\n        backends: [{ backend: app }]",
+    ))
+    .await;
+    let addr = proxy.listener_addr("web").unwrap();
+    let map_addr = routed_by_map.listener_addr("web").unwrap();
+    let variants: [&[u8]; 9] = [
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-123\r\n\
+          traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+          tracestate: v=1\r\nX-Forwarded-For: 10.1.1.1\r\nX-Forwarded-Proto: https\r\n\
+          Connection: keep-alive, close\r\n\r\n",
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nX-Request-Id: a b\r\ntraceparent: garbage\r\n\
+          tracestate: v=1\r\nConnection: close\r\n\r\n",
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\n\
+          X-Forwarded-For: 10.0.0.2\r\nConnection: close\r\n\r\n",
+        b"POST {P} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"GET http://a{P}/x?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-B: 2\r\nX-A: 3\r\nConnection: close\r\n\r\n",
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nX-S:v\r\nX-T:   w  \r\nX-E:\r\nConnection: close\r\n\r\n",
+        b"GET {P} HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: caf\xe9\r\nConnection: close\r\n\r\n",
+    ];
+    for (i, variant) in variants.iter().enumerate() {
+        let mut heads = Vec::new();
+        for (to, path) in [(addr, "/as-is"), (addr, "/map"), (map_addr, "/as-is")] {
+            let text = String::from_utf8_lossy(variant).replace("{P}", path);
+            // Back to bytes as sent (the one non-UTF-8 byte stays one byte).
+            let bytes: Vec<u8> = text
+                .chars()
+                .map(|c| if c == '\u{fffd}' { 0xe9 } else { c as u8 })
+                .collect();
+            let reply = exchange(to, &bytes).await;
+            assert!(
+                reply.starts_with("HTTP/1.1 200"),
+                "variant {i} {path}: {reply}"
+            );
+            heads.push(up.heads.lock().unwrap().last().unwrap().clone());
+        }
+        for other in &heads[1..] {
+            assert_eq!(
+                upstream_fields(&heads[0]),
+                upstream_fields(other),
+                "variant {i}:\n{}\n{other}",
+                heads[0],
+            );
+        }
+    }
+    // The first went as it came: field names keep their case (a header map lowercases them).
+    let heads = up.heads.lock().unwrap();
+    assert!(heads[0].contains("\r\nUser-Agent: t\r\n"), "{}", heads[0]);
+    assert!(heads[1].contains("\r\nuser-agent: t\r\n"), "{}", heads[1]);
+    assert!(heads[2].contains("\r\nuser-agent: t\r\n"), "{}", heads[2]);
+}

@@ -57,6 +57,17 @@ pub enum Balancer {
 }
 
 impl Balancer {
+    /// Whether picking looks at the request's headers (hashing on a header or a cookie).
+    pub fn reads_headers(&self) -> bool {
+        matches!(
+            self,
+            Self::Hash {
+                on: HashOn::Header { .. } | HashOn::Cookie { .. },
+                ..
+            }
+        )
+    }
+
     /// A balancer for endpoints given as `(address, weight)`.
     pub fn new<'a>(lb: &LoadBalancer, endpoints: impl Iterator<Item = (&'a str, u32)>) -> Self {
         match lb {

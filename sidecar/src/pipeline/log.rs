@@ -51,16 +51,22 @@ pub(crate) struct RequestLog {
 }
 
 impl RequestLog {
-    /// Starts timing a request. Host and path are copied only when access logs are on.
+    /// Starts timing a request. Host and path are copied only when access logs are on (`raw`:
+    /// the fields of a request without a header map, and the bytes they are in).
     pub(crate) fn new(
         shared: &Shared,
         parts_method: &http::Method,
         version: Version,
         uri: &http::Uri,
         headers: &HeaderMap,
+        raw: Option<(&crate::wire::raw::Fields, &[u8])>,
     ) -> Self {
         let (host, path) = if shared.access_log {
-            (request_host(uri, headers).to_owned(), uri.path().to_owned())
+            let host = match (uri.authority(), raw) {
+                (None, Some((fields, buf))) => fields.host(buf),
+                _ => request_host(uri, headers),
+            };
+            (host.to_owned(), uri.path().to_owned())
         } else {
             Default::default()
         };

@@ -36,6 +36,7 @@ use crate::policy::{compress, cors, ids, retry};
 use crate::route::router::RouteHit;
 use crate::shared::Shared;
 use crate::wire::headers as http_rules;
+use crate::wire::raw;
 
 pub use crate::forward::body::MAX_REPLAY_BODY;
 
@@ -118,6 +119,7 @@ pub async fn handle(
         req.version(),
         req.uri(),
         req.headers(),
+        None,
     );
     let mut out = Outcome::default();
     let resp = match route_and_forward(&shared, &conn, req, &mut out).await {
@@ -161,6 +163,30 @@ pub(crate) struct Forward<'a> {
     pub(crate) cors_origin: Option<HeaderValue>,
     /// The rate-limit bucket's size and what the request left of it, marked on the answer.
     pub(crate) quota: Option<(u64, crate::policy::ratelimit::Quota)>,
+    /// A request forwarded from its parsed fields ([`RawHead`]): what the proxy sets on it.
+    /// `None`: the request's header map is what goes upstream.
+    pub(crate) raw: Option<raw::Stamp>,
+}
+
+/// A request head the HTTP/1 fast path kept as parsed fields, without a header map
+/// ([`crate::wire::raw`]).
+#[derive(Clone, Copy)]
+pub(crate) struct RawHead<'b> {
+    /// The fields.
+    pub(crate) fields: &'b raw::Fields,
+    /// The bytes they were parsed from.
+    pub(crate) buf: &'b bytes::Bytes,
+}
+
+impl RawHead<'_> {
+    /// Builds the request's header map, for a request that needs one after all.
+    fn into_headers(self, parts: &mut Parts) -> Result<(), ProxyError> {
+        parts.headers = self
+            .fields
+            .header_map(self.buf)
+            .map_err(|e| ProxyError::BadRequest(e.to_owned()))?;
+        Ok(())
+    }
 }
 
 impl Forward<'_> {
@@ -212,19 +238,57 @@ impl Forward<'_> {
 /// It waits only for a rule whose rate limit is kept in a store (Redis); for every other
 /// request it completes without yielding. With `fast`, the caller is the HTTP/1 fast path: a
 /// rule it cannot serve is [`Plan::HandOff`], before its stages run.
+///
+/// `raw`: the fast path's request whose header map was not built. It stays that way when
+/// nothing looks at the headers (routing, the rule's stages, its backends' balancers): then
+/// the [`Forward`] carries the fields and what the proxy sets on them. Otherwise the map is
+/// built first.
 pub(crate) async fn plan<'a>(
     snap: &'a Snapshot,
     conn: &ConnInfo,
     parts: &mut Parts,
+    mut raw: Option<RawHead<'_>>,
     upgrade: bool,
     fast: bool,
     out: &mut Outcome,
 ) -> Result<Plan<'a>, ProxyError> {
-    out.ids = Some(ids::stamp(&mut parts.headers));
-    let host = log::request_host(&parts.uri, &parts.headers).to_owned();
+    let routing_reads_headers = match &conn.service {
+        Some(svc) => snap.services.reads_headers(svc),
+        None => snap.router.reads_headers(),
+    };
+    if let Some(r) = raw.take_if(|_| routing_reads_headers) {
+        r.into_headers(parts)?;
+    }
+    // Stamped before routing either way: the proxy's own answers name the request too.
+    let stamped = match raw {
+        Some(r) => {
+            let stamped = ids::stamp_raw(r.fields.request_id(r.buf), r.fields.traceparent(r.buf));
+            out.ids = Some(stamped.ids.clone());
+            Some(stamped)
+        }
+        None => {
+            out.ids = Some(ids::stamp(&mut parts.headers));
+            None
+        }
+    };
+    // The host as a reference-counted handle on the request's own bytes (no copy): the view
+    // below edits the parts while routing and stages read it.
+    let authority = parts.uri.authority().cloned();
+    let host_field = match (&authority, &raw) {
+        (None, None) => parts.headers.get(HOST).cloned(),
+        _ => None,
+    };
+    let host = match (&authority, &raw) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(r)) => r.fields.host(r.buf),
+        (None, None) => host_field
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    };
     let hit = match &conn.service {
-        Some(svc) => snap.services.route(svc, &host, parts),
-        None => snap.router.route(&conn.listener, &host, parts),
+        Some(svc) => snap.services.route(svc, host, parts),
+        None => snap.router.route(&conn.listener, host, parts),
     }
     .ok_or(ProxyError::NoRoute)?;
     if fast && !fast_path_serves(snap, &hit) {
@@ -232,12 +296,26 @@ pub(crate) async fn plan<'a>(
     }
     out.route = Some(hit.route.clone());
     out.rule = hit.rule.named();
+    if let (Some(r), Some(stamped)) = (raw, stamped) {
+        // No request stage looks at the request and it is not an aggregation: it goes as it
+        // came unless its backend's balancer hashes on a header (then the backend is drawn
+        // again below, by the same weights).
+        if hit.rule.stages.forwards_as_is() && hit.rule.rule.aggregate.is_none() {
+            let backend = pick_backend(snap, &hit.rule.rule.backends)?;
+            if !backend.balancer.reads_headers() {
+                return Ok(forward_as_is(conn, hit, backend, r, stamped, out));
+            }
+        }
+        // The headers are needed after all: the map gets the IDs the request already has.
+        r.into_headers(parts)?;
+        stamped.apply(&mut parts.headers);
+    }
 
     let mut view = RequestView {
         host_changed: parts.headers.get(HOST).is_none(),
         parts: &mut *parts,
         scheme: conn.scheme,
-        host,
+        host: host.into(),
         matched_prefix: hit.matched_prefix,
         mirrors: Vec::new(),
         cors_origin: None,
@@ -284,7 +362,38 @@ pub(crate) async fn plan<'a>(
         mirrors,
         cors_origin,
         quota,
+        raw: None,
     }))
+}
+
+/// [`plan`] for a request that goes upstream from its parsed fields to `backend`, with the IDs
+/// [`ids::stamp_raw`] gave it: `X-Forwarded-*` are worked out as
+/// [`http_rules::add_forwarded`] sets them in a header map, and all of these are written after
+/// the client's fields ([`raw::Fields::write_request`]).
+fn forward_as_is<'a>(
+    conn: &ConnInfo,
+    hit: RouteHit<'a>,
+    backend: Arc<BackendState>,
+    r: RawHead<'_>,
+    stamped: ids::Stamped,
+    out: &mut Outcome,
+) -> Plan<'a> {
+    let stamp = raw::Stamp {
+        request_id: stamped.new_request_id,
+        traceparent: stamped.traceparent,
+        drop_tracestate: stamped.restarted,
+        forwarded_for: http_rules::forwarded_for(r.fields.forwarded_for(r.buf), &conn.client_ip),
+        scheme: conn.scheme,
+    };
+    out.backend = Some(backend.name.clone());
+    Plan::Forward(Forward {
+        hit,
+        backend,
+        mirrors: Vec::new(),
+        cors_origin: None,
+        quota: None,
+        raw: Some(stamp),
+    })
 }
 
 async fn route_and_forward(
@@ -297,7 +406,7 @@ async fn route_and_forward(
     let upgrade = req.version() == Version::HTTP_11 && http_rules::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let fwd = match plan(&snap, conn, &mut parts, upgrade, false, out).await? {
+    let fwd = match plan(&snap, conn, &mut parts, None, upgrade, false, out).await? {
         Plan::Answer(resp) => return Ok(resp),
         Plan::Aggregate(agg) => return agg.respond(shared, &parts, conn.client, out).await,
         Plan::Forward(f) => f,

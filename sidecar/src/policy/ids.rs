@@ -13,6 +13,7 @@
 //! through every proxy it crossed. The proxy exports no spans: it keeps the chain intact for
 //! the applications' tracers (W3C Trace Context §3, a "vendor" that only propagates).
 
+use bytes::{Bytes, BytesMut};
 use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
@@ -44,46 +45,34 @@ impl RequestIds {
 
 /// Sets the request ID and this hop's trace context on a request's headers.
 pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
-    // One handle on the thread's generator for the three draws, and one lookup per header
-    // (entries, not a get then an insert): this runs for every request.
+    // One handle on the thread's generator for the three draws, one lookup per header (entries,
+    // not a get then an insert), and the new values cut from the thread's slab (no allocation):
+    // this runs for every request.
     let mut rng = rand::rng();
     let request_id = match headers.entry(&X_REQUEST_ID) {
         Entry::Occupied(e) if usable_request_id(e.get()) => e.get().clone(),
         Entry::Occupied(mut e) => {
-            let id = new_request_id(rng.random());
+            let id = value(&uuid(rng.random()));
             e.insert(id.clone());
             id
         }
-        Entry::Vacant(e) => e.insert(new_request_id(rng.random())).clone(),
+        Entry::Vacant(e) => e.insert(value(&uuid(rng.random()))).clone(),
     };
     let span = hex::<16>(u128::from(rng.random::<u64>().max(1)));
     let mut new_trace = || (hex::<32>(rng.random::<u128>().max(1)), *b"00");
-    let mut value = [0u8; 55];
-    let mut fill = |trace_id: &[u8; 32], flags: &[u8; 2]| {
-        value[..3].copy_from_slice(b"00-");
-        value[3..35].copy_from_slice(trace_id);
-        value[35] = b'-';
-        value[36..52].copy_from_slice(&span);
-        value[52] = b'-';
-        value[53..].copy_from_slice(flags);
-        HeaderValue::from_bytes(&value).ok()
-    };
+    let fill = |trace_id: &[u8; 32], flags: &[u8; 2]| traceparent(trace_id, &span, flags);
     let (trace_id, restarted) = match headers.entry(&TRACEPARENT) {
         Entry::Occupied(mut e) => {
-            let (kept, restarted) = match parse_traceparent(e.get()) {
+            let (kept, restarted) = match parse_traceparent(e.get().as_bytes()) {
                 Some(kept) => (kept, false),
                 None => (new_trace(), true),
             };
-            if let Some(v) = fill(&kept.0, &kept.1) {
-                e.insert(v);
-            }
+            e.insert(fill(&kept.0, &kept.1));
             (kept.0, restarted)
         }
         Entry::Vacant(e) => {
             let (trace_id, flags) = new_trace();
-            if let Some(v) = fill(&trace_id, &flags) {
-                e.insert(v);
-            }
+            e.insert(fill(&trace_id, &flags));
             (trace_id, true)
         }
     };
@@ -97,32 +86,129 @@ pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
     }
 }
 
+/// What [`stamp_raw`] decided for a request whose header map was not built
+/// ([`crate::wire::raw`]).
+#[derive(Clone, Debug)]
+pub struct Stamped {
+    /// The IDs, as [`stamp`] returns them.
+    pub ids: RequestIds,
+    /// A new request ID, replacing the client's; `None` keeps the client's.
+    pub new_request_id: Option<HeaderValue>,
+    /// This hop's `traceparent`.
+    pub traceparent: HeaderValue,
+    /// The trace was restarted: the client's `tracestate` goes.
+    pub restarted: bool,
+}
+
+impl Stamped {
+    /// Sets these IDs on the request's header map, built after all: the map ends as [`stamp`]
+    /// would have left it, with the same IDs the request was already known by.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(id) = &self.new_request_id {
+            headers.insert(&X_REQUEST_ID, id.clone());
+        }
+        headers.insert(&TRACEPARENT, self.traceparent.clone());
+        if self.restarted {
+            headers.remove(&TRACESTATE);
+        }
+    }
+}
+
+/// The request ID and trace context [`stamp`] would set, for a request whose header map was
+/// not built, from the client's `x-request-id` and `traceparent`.
+pub fn stamp_raw(client_id: Option<HeaderValue>, client_traceparent: Option<&[u8]>) -> Stamped {
+    let mut rng = rand::rng();
+    let (request_id, new_request_id) = match client_id {
+        Some(id) if usable_request_id(&id) => (id, None),
+        _ => {
+            let id = value(&uuid(rng.random()));
+            (id.clone(), Some(id))
+        }
+    };
+    let span = hex::<16>(u128::from(rng.random::<u64>().max(1)));
+    let ((trace_id, flags), restarted) = match client_traceparent.and_then(parse_traceparent) {
+        Some(kept) => (kept, false),
+        None => ((hex::<32>(rng.random::<u128>().max(1)), *b"00"), true),
+    };
+    Stamped {
+        ids: RequestIds {
+            request_id,
+            trace_id,
+        },
+        new_request_id,
+        traceparent: traceparent(&trace_id, &span, &flags),
+        restarted,
+    }
+}
+
+/// A version 00 `traceparent`.
+fn traceparent(trace_id: &[u8; 32], span: &[u8; 16], flags: &[u8; 2]) -> HeaderValue {
+    let mut v = [0u8; TRACEPARENT_LEN];
+    v[..3].copy_from_slice(b"00-");
+    v[3..35].copy_from_slice(trace_id);
+    v[35] = b'-';
+    v[36..52].copy_from_slice(span);
+    v[52] = b'-';
+    v[53..].copy_from_slice(flags);
+    value(&v)
+}
+
+/// A value the proxy made (hex digits and dashes), cut from the thread's slab.
+fn value(made: &[u8]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(slab_copy(made)).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Bytes of a UUID as text.
+const UUID_LEN: usize = 36;
+/// Bytes of a version 00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+/// The size of each slab the new IDs are copied into: about ten requests' worth (what a
+/// value kept longer than its request holds on to).
+const SLAB: usize = 1024;
+
+thread_local! {
+    /// What is left of this thread's current slab.
+    static IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// `src` as shared bytes cut from the thread's slab: a reference count, not an allocation, per
+/// request (one allocation per [`SLAB`] bytes). A slab is freed when the last value cut from it
+/// is dropped.
+fn slab_copy(src: &[u8]) -> Bytes {
+    IDS.with_borrow_mut(|slab| {
+        if slab.capacity() - slab.len() < src.len() {
+            *slab = BytesMut::with_capacity(SLAB);
+        }
+        slab.extend_from_slice(src);
+        slab.split().freeze()
+    })
+}
+
 fn usable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
 }
 
 /// A UUID v4 from 128 random bits, as Envoy generates them.
-fn new_request_id(mut bits: u128) -> HeaderValue {
+fn uuid(mut bits: u128) -> [u8; UUID_LEN] {
     // Version 4, variant 10xx (RFC 9562 §5.4).
     bits = (bits & !(0xf << 76)) | (0x4 << 76);
     bits = (bits & !(0x3 << 62)) | (0x2 << 62);
     let h = hex::<32>(bits);
     // 8-4-4-4-12 digits.
-    let mut s = [b'-'; 36];
+    let mut s = [b'-'; UUID_LEN];
     s[..8].copy_from_slice(&h[..8]);
     s[9..13].copy_from_slice(&h[8..12]);
     s[14..18].copy_from_slice(&h[12..16]);
     s[19..23].copy_from_slice(&h[16..20]);
     s[24..].copy_from_slice(&h[20..]);
-    HeaderValue::from_bytes(&s).unwrap_or(HeaderValue::from_static("unknown"))
+    s
 }
 
 /// The trace id and flags of a valid `traceparent` (W3C Trace Context §3.2): version 00 is
 /// exactly `00-<32 hex>-<16 hex>-<2 hex>`, later versions may append fields; all-zero ids and
 /// version ff are invalid; hex is lowercase.
-fn parse_traceparent(v: &HeaderValue) -> Option<([u8; 32], [u8; 2])> {
-    let b = v.as_bytes();
+fn parse_traceparent(b: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     let lower_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
@@ -210,14 +296,14 @@ mod tests {
             assert!(tp.starts_with("00-") && tp.ends_with("-00"), "{tp}");
             assert_eq!(&tp[3..35], ids.trace_id());
             assert!(
-                parse_traceparent(&h[&TRACEPARENT]).is_some(),
+                parse_traceparent(h[&TRACEPARENT].as_bytes()).is_some(),
                 "{tp} is valid"
             );
             assert!(!h.contains_key(&TRACESTATE), "{bad:?}: tracestate dropped");
         }
         // A later version with extra fields is valid.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
-        assert!(parse_traceparent(&HeaderValue::from_static(later)).is_some());
+        assert!(parse_traceparent(later.as_bytes()).is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use portico_proxy_api::{
     RouteRule, UrlRewrite,
 };
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -121,7 +122,7 @@ pub struct RequestView<'p, 's> {
     /// The connection's scheme (`http` or `https`), for redirects.
     pub scheme: &'static str,
     /// The host the request is for (from the URI's authority or `Host`), rewritten by stages.
-    pub host: String,
+    pub host: Cow<'p, str>,
     /// `Host` must be (re)written upstream: a stage changed the host, or the client sent
     /// `:authority` and no `Host`.
     pub host_changed: bool,
@@ -192,6 +193,16 @@ impl Stages {
             }
         }
         stages
+    }
+
+    /// Whether no request stage reads or edits the request (no filter, mirror, body limit,
+    /// CORS, authentication or rate limit): then the request goes upstream as it came, with
+    /// only the fields every hop sets ([`crate::wire::raw`]).
+    pub fn forwards_as_is(&self) -> bool {
+        self.request.is_empty()
+            && self.cors.is_none()
+            && self.auth.is_none()
+            && self.rate_limit.is_none()
     }
 
     /// Whether the fast HTTP/1 path can run these stages: it relays the response's body bytes
@@ -351,7 +362,7 @@ impl RequestStage {
             Self::ModifyHeaders(m) => filters::modify_headers(m, &mut req.parts.headers),
             Self::RewriteUrl(u) => {
                 if let Some(h) = filters::rewrite_url(u, &mut req.parts.uri, req.matched_prefix) {
-                    req.host = h;
+                    req.host = h.into();
                     req.host_changed = true;
                 }
             }

@@ -24,6 +24,8 @@ use crate::policy::stages::Stages;
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<CompiledRoute>,
+    /// Some rule matches on a request header.
+    reads_headers: bool,
 }
 
 #[derive(Debug)]
@@ -136,8 +138,22 @@ impl Router {
             .routes
             .iter()
             .map(compile_route)
-            .collect::<Result<_, _>>()?;
-        Ok(Self { routes })
+            .collect::<Result<Vec<CompiledRoute>, _>>()?;
+        let reads_headers = routes
+            .iter()
+            .flat_map(|r| &r.rules)
+            .flat_map(|rule| &rule.matches)
+            .any(|m| !m.headers.is_empty());
+        Ok(Self {
+            routes,
+            reads_headers,
+        })
+    }
+
+    /// Whether routing looks at a request's headers (some rule matches on one): then a request
+    /// needs its header map before it is routed.
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
     }
 
     /// Takes over the rate-limit buckets of `old`'s rules that are unchanged: the same route

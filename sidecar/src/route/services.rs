@@ -111,6 +111,13 @@ impl ServiceTable {
         self.by_name.get(name)
     }
 
+    /// Whether routing the service `name`'s requests looks at their headers.
+    pub fn reads_headers(&self, name: &str) -> bool {
+        self.by_name
+            .get(name)
+            .is_none_or(|s| s.router.reads_headers() || s.fallback.reads_headers())
+    }
+
     /// The best rule of service `name` for a request: its attached routes first, then the
     /// service's own backend. `None` only when the service is gone from the config.
     pub fn route<'a>(&'a self, name: &str, host: &str, req: &Parts) -> Option<RouteHit<'a>> {

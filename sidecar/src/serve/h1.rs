@@ -59,12 +59,12 @@ use crate::forward::balance::PickContext;
 use crate::forward::connect::{Dest, Stream};
 use crate::forward::pool::TcpPool;
 use crate::pipeline::attempts::{self, AttemptPolicy};
-use crate::pipeline::{self, ConnInfo, Forward, Outcome, Plan, RequestLog};
+use crate::pipeline::{self, ConnInfo, Forward, Outcome, Plan, RawHead, RequestLog};
 use crate::pipeline::{Site, inbound};
 use crate::shared::Shared;
 use crate::wire::codec::{self, BodyLeft, Framing, HeadError, RequestHead, ResponseHead};
 use crate::wire::rewind::Rewind;
-use crate::wire::{ClientStream, buffers};
+use crate::wire::{ClientStream, buffers, raw};
 
 /// A request head must arrive within this time of its first byte (hyper's default too).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,7 +87,10 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
     tokio::pin!(closing);
     let mut buf = BytesMut::new();
     let mut first = true;
-    loop {
+    // A refusal or a hand-off leaves the loop and is awaited out here: no await in the loop
+    // happens while a request head (600 bytes) may be alive, so none is kept in the
+    // connection's future, which every idle connection holds.
+    let exit = loop {
         if buf.is_empty() {
             buffers::put(std::mem::take(&mut buf));
             // Only the first request has a deadline: a timer per keep-alive wait would cost
@@ -116,29 +119,11 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
             }
         }
         let opening = std::mem::replace(&mut first, false);
-        let next = match read_request(&mut stream, &mut buf).await {
-            Ok(next) => next,
-            Err(refusal) => {
-                // The request cannot be read to its end, so the connection cannot go on.
-                if opening && refusal.not_http1() {
-                    // The peer does not speak HTTP/1 at all (an HTTP/2 client with a broken
-                    // preface, another protocol): it gets no HTTP/1 answer, only the close
-                    // (RFC 9113 §3.4: an invalid preface is a connection error).
-                    tracing::debug!(client = %site.client(), error = %refusal, "not HTTP/1; closed");
-                    return;
-                }
-                let status = refusal.status();
-                tracing::debug!(client = %site.client(), error = %refusal, "bad request");
-                let resp = ProxyError::BadRequest(refusal.to_string()).into_response();
-                let resp = with_status(resp, status);
-                let _ = Box::pin(answer(&mut stream, resp, false, true)).await;
-                return;
-            }
-        };
-        let (head, data) = match next {
-            Next::Closed => return,
-            Next::HandOff(data) => return hand_off(shared, site, stream, data).await,
-            Next::Request { head, data } => (head, data),
+        let (head, data) = match read_request(&mut stream, &mut buf).await {
+            Ok(Next::Request { head, data }) => (head, data),
+            Ok(Next::HandOff(data)) => break Exit::HandOff(data),
+            Ok(Next::Closed) => return,
+            Err(refusal) => break Exit::Refused { refusal, opening },
         };
         // Boxed: a request's state (routing, the upstream exchange, the relay) is about 3 KiB,
         // and inline it would be part of every connection's task, idle ones included. One
@@ -156,12 +141,38 @@ pub async fn serve(shared: Arc<Shared>, site: Site, mut stream: ClientStream) {
                 let _ = stream.shutdown().await;
                 return;
             }
-            Flow::HandOff(data) => return hand_off(shared, site, stream, data).await,
+            Flow::HandOff(data) => break Exit::HandOff(data),
         }
         if *shared.shutdown.borrow() {
             return;
         }
+    };
+    match exit {
+        Exit::HandOff(data) => hand_off(shared, site, stream, data).await,
+        // The request cannot be read to its end, so the connection cannot go on.
+        Exit::Refused { refusal, opening } => {
+            if opening && refusal.not_http1() {
+                // The peer does not speak HTTP/1 at all (an HTTP/2 client with a broken
+                // preface, another protocol): it gets no HTTP/1 answer, only the close
+                // (RFC 9113 §3.4: an invalid preface is a connection error).
+                tracing::debug!(client = %site.client(), error = %refusal, "not HTTP/1; closed");
+                return;
+            }
+            let status = refusal.status();
+            tracing::debug!(client = %site.client(), error = %refusal, "bad request");
+            let resp = ProxyError::BadRequest(refusal.to_string()).into_response();
+            let resp = with_status(resp, status);
+            let _ = Box::pin(answer(&mut stream, resp, false, true)).await;
+        }
     }
+}
+
+/// How a connection's fast path ends, other than by a close.
+enum Exit {
+    /// hyper serves the rest, starting with these bytes.
+    HandOff(Bytes),
+    /// A request could not be read (`opening`: it was the connection's first).
+    Refused { refusal: Unreadable, opening: bool },
 }
 
 /// Waits for the first bytes of the next request and returns a buffer to read it into. An idle
@@ -366,6 +377,7 @@ async fn request(
 ) -> Flow {
     let RequestHead {
         mut parts,
+        raw,
         len,
         framing,
         close,
@@ -386,17 +398,21 @@ async fn request(
         parts.version,
         &parts.uri,
         &parts.headers,
+        raw.as_ref().map(|f| (f, &data[..])),
     );
     let mut out = Outcome::default();
     let snap = shared.snapshot.load_full();
-    let result = match pipeline::plan(&snap, info, &mut parts, false, true, &mut out).await {
+    let raw_head = raw.as_ref().map(|fields| RawHead { fields, buf: &data });
+    let planned = pipeline::plan(&snap, info, &mut parts, raw_head, false, true, &mut out).await;
+    let result = match planned {
         // Decided before the rule's stages ran: hyper's path runs them, once.
         Ok(Plan::HandOff) => return Flow::HandOff(data),
         Ok(Plan::Forward(fwd)) => match fwd.backend.clients.fast_h1() {
             Some(pool) => {
                 let pool = pool.clone();
                 let request = (&mut data, len, end);
-                forward(&mut ctx, client, &fwd, pool, &parts, request, log, out).await
+                let raw = raw.as_ref();
+                forward(&mut ctx, client, &fwd, pool, &parts, raw, request, log, out).await
             }
             // `plan` hands off a rule with a backend the fast path does not speak; a backend
             // missing from the snapshot fails in `plan` before this.
@@ -426,7 +442,8 @@ async fn request(
             fail(&ctx, client, e, log, out).await
         }
     };
-    drop(parts);
+    // Emptied before the read buffer is recycled: its values are slices of it.
+    buffers::put_header_map(parts.headers);
     next_request(result.is_ok() && !ctx.close, data, end)
 }
 
@@ -452,9 +469,15 @@ async fn to_app(
     shared: &Arc<Shared>,
     conn: &inbound::Conn,
     client: &mut ClientStream,
-    head: RequestHead,
+    mut head: RequestHead,
     mut data: Bytes,
 ) -> Flow {
+    // The inbound policy and the application's headers work on the header map.
+    if let Err(e) = head.headers(&data) {
+        let resp = ProxyError::BadRequest(e.to_string()).into_response();
+        let _ = answer(client, resp, false, true).await;
+        return Flow::Close;
+    }
     let (len, end) = (head.len, head.len + head.framing.body_len());
     // `Expect: 100-continue`: the application decides (see `Gate`); answered without the body,
     // the connection closes.
@@ -489,6 +512,7 @@ async fn to_app(
             target: Target::App(conn.app),
             pool,
             parts: &parts,
+            raw: None,
             body: if complete {
                 data.slice(len..end)
             } else {
@@ -523,7 +547,8 @@ async fn to_app(
             answer(client, resp, head_request, close).await
         }
     };
-    drop(parts);
+    // Emptied before the read buffer is recycled: its values are slices of it.
+    buffers::put_header_map(parts.headers);
     next_request(result.is_ok() && !close, data, end)
 }
 
@@ -538,6 +563,7 @@ async fn forward(
     fwd: &Forward<'_>,
     pool: TcpPool,
     parts: &Parts,
+    fields: Option<&raw::Fields>,
     (data, len, end): (&mut Bytes, usize, usize),
     log: RequestLog,
     mut out: Outcome,
@@ -559,6 +585,15 @@ async fn forward(
             target: Target::Backend(fwd),
             pool,
             parts,
+            raw: fwd
+                .raw
+                .as_ref()
+                .zip(fields)
+                .map(|(stamp, fields)| RawRequest {
+                    fields,
+                    stamp,
+                    buf: data,
+                }),
             body,
             gate: gate.as_ref(),
             client: ctx.info.client,
@@ -675,12 +710,23 @@ enum Target<'a> {
     App(SocketAddr),
 }
 
+/// A request written upstream from its parsed fields ([`crate::wire::raw`]).
+#[derive(Clone, Copy)]
+struct RawRequest<'a> {
+    fields: &'a raw::Fields,
+    stamp: &'a raw::Stamp,
+    /// The bytes the fields were parsed from.
+    buf: &'a [u8],
+}
+
 /// One request's trip upstream.
 struct Exchange<'a, 'c> {
     shared: &'a Shared,
     target: Target<'a>,
     pool: TcpPool,
     parts: &'a Parts,
+    /// Set when the request has no header map: `parts.headers` is empty.
+    raw: Option<RawRequest<'a>>,
     body: Bytes,
     /// `Expect: 100-continue`: the body is behind the gate until the upstream asks for it.
     gate: Option<&'a tokio::sync::Mutex<Gate<'c>>>,
@@ -918,7 +964,12 @@ impl Exchange<'_, '_> {
             0 => Framing::Empty,
             n => Framing::Length(n as u64),
         };
-        codec::write_request(&mut request, self.parts, framing);
+        match self.raw {
+            Some(r) => r
+                .fields
+                .write_request(&mut request, r.buf, self.parts, r.stamp),
+            None => codec::write_request(&mut request, self.parts, framing),
+        }
 
         let start = Instant::now();
         let metrics = &self.shared.metrics;

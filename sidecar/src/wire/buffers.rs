@@ -1,13 +1,13 @@
-//! Read buffers and head buffers, reused per thread. Every request needs one for itself and one
-//! for its response while it is in progress, and none while its connection is idle; taking them
-//! from a short per-thread list instead of the allocator saves two large allocations per request
-//! (sizes that glibc serves from its slower bins). The list is bounded, so what a burst leaves
-//! behind is
-//! at most `KEEP` × `SIZE` per thread.
+//! Read buffers, head buffers and header maps, reused per thread. Every request needs one of
+//! each for itself and for its response while it is in progress, and none while its connection
+//! is idle; taking them from a short per-thread list instead of the allocator saves large
+//! allocations per request (sizes that glibc serves from its slower bins). The lists are
+//! bounded, so what a burst leaves behind is at most `KEEP` of each per thread.
 
 use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 
 /// The size of every pooled buffer: a request or response head and a typical small body fit.
 pub const SIZE: usize = 8 * 1024;
@@ -17,6 +17,36 @@ const KEEP: usize = 128;
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Header maps whose capacity grew past this (a request with many fields) go back to the
+/// allocator.
+const MAP_MAX: usize = 64;
+
+/// An empty header map with room for at least `fields` fields: a request's, built from its
+/// head. Taken from a per-thread list: a new map costs two allocations (its index table and its
+/// entries, about 1.5 KiB for a dozen fields).
+pub fn header_map(fields: usize) -> HeaderMap {
+    let mut map = MAPS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    map.reserve(fields);
+    map
+}
+
+/// Gives a request's header map back once the request is done, emptied (its values, slices
+/// of the read buffer, are dropped here, so that buffer can be reused).
+pub fn put_header_map(mut map: HeaderMap) {
+    if map.capacity() > MAP_MAX {
+        return;
+    }
+    map.clear();
+    // `try_with`: a map dropped while the thread exits finds the list gone.
+    let _ = MAPS.try_with(|maps| {
+        let mut maps = maps.borrow_mut();
+        if maps.len() < KEEP {
+            maps.push(map);
+        }
+    });
 }
 
 /// The capacity of a pooled [`Head`]: a request or response head as the proxy writes it.
@@ -116,6 +146,22 @@ mod tests {
         let again = take();
         assert!(again.is_empty());
         assert_eq!(again.capacity(), SIZE);
+    }
+
+    #[test]
+    fn header_maps_come_back_empty_unless_grown_big() {
+        let mut m = header_map(8);
+        m.insert("x-a", http::HeaderValue::from_static("1"));
+        let cap = m.capacity();
+        put_header_map(m);
+        let again = header_map(4);
+        assert!(again.is_empty(), "an emptied map");
+        assert_eq!(again.capacity(), cap, "the same map, reused");
+        let mut big = header_map(MAP_MAX * 2);
+        big.insert("x-a", http::HeaderValue::from_static("1"));
+        let kept = MAPS.with_borrow(Vec::len);
+        put_header_map(big);
+        assert_eq!(MAPS.with_borrow(Vec::len), kept, "a grown map is not kept");
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! framing (RFC 9112 §6), a scanner that finds the end of a chunked body without decoding it,
 //! and head serialization.
 
-use std::ops::Range;
-
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
+
+use super::fields::{Known, Lines, known, range_of};
 
 /// Most header fields accepted in one head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -59,14 +59,29 @@ impl Framing {
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
-    /// Method, URI, version and headers (values share the read buffer).
+    /// Method, URI, version and headers (values share the read buffer). The headers are empty
+    /// when `raw` has the fields.
     pub parts: Parts,
+    /// The fields as parsed, for a request that can go upstream without a header map
+    /// ([`super::raw`]); then `parts.headers` is empty until [`RequestHead::headers`] builds it.
+    pub raw: Option<super::raw::Fields>,
     /// Bytes the head took.
     pub len: usize,
     /// How the body is delimited.
     pub framing: Framing,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
+}
+
+impl RequestHead {
+    /// Builds the header map of a head whose fields were kept as parsed (`buf`: the bytes the
+    /// head was parsed from); after this the request goes the usual way.
+    pub fn headers(&mut self, buf: &Bytes) -> Result<(), HeadError> {
+        if let Some(raw) = self.raw.take() {
+            self.parts.headers = raw.header_map(buf).map_err(HeadError::Syntax)?;
+        }
+        Ok(())
+    }
 }
 
 /// A parsed response head; the head the client gets was written by [`parse_response`].
@@ -97,16 +112,11 @@ fn syntax(e: httparse::Error) -> HeadError {
     }
 }
 
-/// The byte range of `part` inside `whole` (`part` is a subslice httparse returned).
-fn range_of(whole: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-    start..start + part.len()
-}
-
 /// Builds a header map from parsed fields; values are slices of `buf`.
 fn header_map(buf: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
-    // Room for what the proxy adds (`x-forwarded-*`, `host`) without growing.
-    let mut map = HeaderMap::with_capacity(fields.len() + 3);
+    // Room for what the proxy adds (request ID, trace context, `x-forwarded-*`) without
+    // growing.
+    let mut map = super::buffers::header_map(fields.len() + 4);
     for f in fields {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| HeadError::Syntax("invalid header name"))?;
@@ -173,50 +183,6 @@ fn framing_of(
         None if request => Framing::Empty,
         None => Framing::Close,
     })
-}
-
-/// The fields whose names the framing and hop-by-hop rules look for; the rest are `Other`.
-/// Each field of a head is classified once ([`known`]), so the rules compare small integers
-/// instead of each name with each of a dozen strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Known {
-    Other,
-    Connection,
-    TransferEncoding,
-    ContentLength,
-    Date,
-    /// `te`, `upgrade`, `keep-alive`, `proxy-connection`, `proxy-authenticate`,
-    /// `proxy-authorization`: hop-by-hop fields with no other meaning here.
-    HopByHop,
-}
-
-impl Known {
-    /// Headers that describe one connection (RFC 9110 §7.6.1), dropped when relaying a head
-    /// as it is. `transfer-encoding` is written again for chunked bodies, which pass through.
-    fn hop_by_hop(self) -> bool {
-        matches!(
-            self,
-            Self::Connection | Self::TransferEncoding | Self::HopByHop
-        )
-    }
-}
-
-/// What a field's name is, case-insensitively (by its length first: most names match none).
-fn known(name: &str) -> Known {
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
-    match name.len() {
-        2 if is("te") => Known::HopByHop,
-        4 if is("date") => Known::Date,
-        7 if is("upgrade") => Known::HopByHop,
-        10 if is("connection") => Known::Connection,
-        10 if is("keep-alive") => Known::HopByHop,
-        14 if is("content-length") => Known::ContentLength,
-        16 if is("proxy-connection") => Known::HopByHop,
-        17 if is("transfer-encoding") => Known::TransferEncoding,
-        18 if is("proxy-authenticate") => Known::HopByHop,
-        19 if is("proxy-authorization") => Known::HopByHop,
-        _ => Known::Other,
-    }
 }
 
 /// The comma-separated elements of the `Connection` fields, trimmed (`kinds`: the fields'
@@ -287,32 +253,42 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
     if !target_ok {
         return Err(HeadError::Syntax("invalid request target"));
     }
-    let kinds = classify(req.headers);
-    let framing = framing_of(req.headers, &kinds[..req.headers.len()], true)?;
-    let headers = header_map(buf, req.headers)?;
+    let fields = &*req.headers;
+    let kinds = classify(fields);
+    let kinds = &kinds[..fields.len()];
+    let framing = framing_of(fields, kinds, true)?;
     // Host (RFC 9112 §3.2): one in every HTTP/1.1 request, with a valid value; proxies that
     // pick different ones of several would route one request two ways.
-    let mut hosts = headers.get_all(header::HOST).iter();
+    let mut hosts = kinds
+        .iter()
+        .zip(fields)
+        .filter(|(k, _)| **k == Known::Host)
+        .map(|(_, f)| f.value);
     match (hosts.next(), hosts.next()) {
         (None, _) if version == Version::HTTP_11 => return Err(HeadError::Syntax("no host")),
         (Some(_), Some(_)) => return Err(HeadError::Syntax("more than one host")),
-        (Some(h), None) if !valid_host(buf, h.as_bytes()) => {
+        (Some(h), None) if !valid_host(buf, h) => {
             return Err(HeadError::Syntax("invalid host"));
         }
         _ => {}
     }
+    let connection = || connection_tokens(fields, kinds);
     let close = if version == Version::HTTP_10 {
-        !has_token(&headers, &header::CONNECTION, "keep-alive")
+        !connection().any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
     } else {
-        has_token(&headers, &header::CONNECTION, "close")
+        connection().any(|t| t.eq_ignore_ascii_case(b"close"))
     };
+    let raw = super::raw::Fields::of(buf, fields, kinds, version == Version::HTTP_11);
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = headers;
+    if raw.is_none() {
+        parts.headers = header_map(buf, fields)?;
+    }
     Ok(Some(RequestHead {
         parts,
+        raw,
         len,
         framing,
         close,
@@ -428,44 +404,16 @@ fn write_fields_as_they_are(
             && connection().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
     };
     let mut date = false;
-    // Lines that came as `name: value\r\n` are copied as they are, a run of them in one copy
-    // (not four per field); a field spaced otherwise is written out in that form.
-    let mut run: Option<Range<usize>> = None;
-    let flush = |out: &mut Vec<u8>, run: &mut Option<Range<usize>>| {
-        if let Some(r) = run.take() {
-            out.extend_from_slice(&head[r]);
-        }
-    };
+    let mut lines = Lines::new(head);
     for (f, kind) in fields.iter().zip(kinds) {
         if kind.hop_by_hop() || listed(f.name) {
-            flush(out, &mut run);
+            lines.skip(out);
             continue;
         }
         date |= *kind == Known::Date;
-        let line = (!f.value.is_empty())
-            .then(|| (range_of(head, f.name.as_bytes()), range_of(head, f.value)))
-            .filter(|(name, value)| {
-                value.start == name.end + 2
-                    && head.get(name.end..value.start) == Some(b": ".as_slice())
-                    && head.get(value.end..value.end + 2) == Some(b"\r\n".as_slice())
-            })
-            .map(|(name, value)| name.start..value.end + 2);
-        match (line, &mut run) {
-            (Some(line), Some(r)) if r.end == line.start => r.end = line.end,
-            (Some(line), _) => {
-                flush(out, &mut run);
-                run = Some(line);
-            }
-            (None, _) => {
-                flush(out, &mut run);
-                out.extend_from_slice(f.name.as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(f.value);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
+        lines.keep(out, f.name.as_bytes(), f.value);
     }
-    flush(out, &mut run);
+    lines.skip(out);
     if !date {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date::now().as_bytes());
@@ -780,11 +728,17 @@ mod tests {
 
     #[test]
     fn a_request_head_becomes_parts_sharing_the_buffer() {
-        let head = req("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: z\r\n\r\nrest")
-            .unwrap()
-            .unwrap();
+        let buf = Bytes::from_static(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: z\r\n\r\nrest");
+        let mut head = parse_request(&buf).unwrap().unwrap();
         assert_eq!(head.parts.method, Method::GET);
         assert_eq!(head.parts.uri, "/a?b=1");
+        assert!(
+            head.parts.headers.is_empty(),
+            "no header map until one is needed"
+        );
+        assert_eq!(head.raw.as_ref().unwrap().host(&buf), "x");
+        head.headers(&buf).unwrap();
+        assert!(head.raw.is_none());
         assert_eq!(head.parts.headers["host"], "x");
         assert_eq!(head.parts.headers["x-y"], "z");
         assert_eq!(
@@ -1018,9 +972,9 @@ mod tests {
 
     #[test]
     fn heads_serialize_as_http_1_1() {
-        let head = req("PUT /x?y HTTP/1.1\r\nhost: h\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let buf = Bytes::from_static(b"PUT /x?y HTTP/1.1\r\nhost: h\r\n\r\n");
+        let mut head = parse_request(&buf).unwrap().unwrap();
+        head.headers(&buf).unwrap();
         let mut out = Vec::new();
         write_request(&mut out, &head.parts, Framing::Chunked);
         assert_eq!(

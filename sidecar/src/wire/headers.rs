@@ -79,20 +79,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, scheme: &
     // Entries: one lookup per header, on every request.
     match headers.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut e) => {
-            let value = match e.get().to_str() {
-                Ok(prev) => {
-                    let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(client_ip.as_bytes());
-                    HeaderValue::from_bytes(&v).ok()
-                }
-                // An unreadable list is replaced.
-                Err(_) => Some(client_ip.clone()),
-            };
-            if let Some(v) = value {
-                e.insert(v);
-            }
+            let v = forwarded_for(Some(e.get().as_bytes()), client_ip);
+            e.insert(v);
         }
         Entry::Vacant(e) => {
             e.insert(client_ip.clone());
@@ -101,6 +89,23 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, scheme: &
     headers
         .entry(X_FORWARDED_PROTO)
         .or_insert(HeaderValue::from_static(scheme));
+}
+
+/// `X-Forwarded-For` for a request that came with `prev` (its first value) from `client_ip`:
+/// the list with the address appended, or the address alone (an unreadable list is replaced).
+pub fn forwarded_for(prev: Option<&[u8]>, client_ip: &HeaderValue) -> HeaderValue {
+    // Readable: what `HeaderValue::to_str` accepts.
+    let readable = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
+    match prev {
+        Some(prev) if readable(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone())
+        }
+        _ => client_ip.clone(),
+    }
 }
 
 #[cfg(test)]

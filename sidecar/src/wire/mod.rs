@@ -3,7 +3,9 @@
 
 pub mod buffers;
 pub mod codec;
+pub mod fields;
 pub mod headers;
+pub mod raw;
 pub mod rewind;
 pub mod stream;
 
