@@ -36,7 +36,7 @@ impl Outcome {
     pub(crate) fn mark(&self, resp: &mut http::Response<crate::error::Body>) {
         if let Some(ids) = &self.ids {
             resp.headers_mut()
-                .insert(X_REQUEST_ID.clone(), ids.request_id.clone());
+                .insert(X_REQUEST_ID.clone(), ids.request_id_value());
         }
     }
 }
@@ -116,7 +116,7 @@ impl RequestLog {
                 route: out.route.as_deref(),
                 rule: out.rule.as_deref(),
                 user: out.principal.as_ref().map(|p| &*p.client),
-                request_id: out.ids.as_ref().and_then(|i| i.request_id.to_str().ok()),
+                request_id: out.ids.as_ref().and_then(|i| i.request_id()),
                 trace_id: out.ids.as_ref().map(|i| i.trace_id()),
                 backend: out.backend.as_deref(),
                 attempts: out.attempts,

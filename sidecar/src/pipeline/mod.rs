@@ -379,7 +379,7 @@ fn forward_as_is<'a>(
     out: &mut Outcome,
 ) -> Plan<'a> {
     let stamp = raw::Stamp {
-        request_id: stamped.new_request_id,
+        request_id: stamped.new_request_id().copied(),
         traceparent: stamped.traceparent,
         drop_tracestate: stamped.restarted,
         forwarded_for: http_rules::forwarded_for(r.fields.forwarded_for(r.buf), &conn.client_ip),

@@ -18,6 +18,8 @@ use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
+use crate::wire::raw::{TRACEPARENT_LEN, UUID_LEN};
+
 /// The request ID header (Envoy's and nginx's name for it).
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -29,10 +31,17 @@ const MAX_REQUEST_ID: usize = 200;
 /// What [`stamp`] gave a request.
 #[derive(Clone, Debug)]
 pub struct RequestIds {
-    /// The request ID, as forwarded.
-    pub request_id: HeaderValue,
+    request_id: RequestId,
     /// The trace id, 32 lowercase hex digits.
     pub trace_id: [u8; 32],
+}
+
+/// A request ID: the client's, or one the proxy made (kept as its digits: a request forwarded
+/// from its parsed fields never needs it as a header value).
+#[derive(Clone, Debug)]
+enum RequestId {
+    Kept(HeaderValue),
+    Made([u8; UUID_LEN]),
 }
 
 impl RequestIds {
@@ -40,6 +49,22 @@ impl RequestIds {
     pub fn trace_id(&self) -> &str {
         // Always hex digits: ASCII.
         std::str::from_utf8(&self.trace_id).unwrap_or_default()
+    }
+
+    /// The request ID as forwarded, as text (`None`: the client's is not visible ASCII).
+    pub fn request_id(&self) -> Option<&str> {
+        match &self.request_id {
+            RequestId::Kept(v) => v.to_str().ok(),
+            RequestId::Made(id) => std::str::from_utf8(id).ok(),
+        }
+    }
+
+    /// The request ID as a header value (for the proxy's own answers).
+    pub fn request_id_value(&self) -> HeaderValue {
+        match &self.request_id {
+            RequestId::Kept(v) => v.clone(),
+            RequestId::Made(id) => value(id),
+        }
     }
 }
 
@@ -60,7 +85,7 @@ pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
     };
     let span = hex::<16>(u128::from(rng.random::<u64>().max(1)));
     let mut new_trace = || (hex::<32>(rng.random::<u128>().max(1)), *b"00");
-    let fill = |trace_id: &[u8; 32], flags: &[u8; 2]| traceparent(trace_id, &span, flags);
+    let fill = |trace_id: &[u8; 32], flags: &[u8; 2]| value(&traceparent(trace_id, &span, flags));
     let (trace_id, restarted) = match headers.entry(&TRACEPARENT) {
         Entry::Occupied(mut e) => {
             let (kept, restarted) = match parse_traceparent(e.get().as_bytes()) {
@@ -81,7 +106,7 @@ pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
         headers.remove(&TRACESTATE);
     }
     RequestIds {
-        request_id,
+        request_id: RequestId::Kept(request_id),
         trace_id,
     }
 }
@@ -92,22 +117,28 @@ pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
 pub struct Stamped {
     /// The IDs, as [`stamp`] returns them.
     pub ids: RequestIds,
-    /// A new request ID, replacing the client's; `None` keeps the client's.
-    pub new_request_id: Option<HeaderValue>,
     /// This hop's `traceparent`.
-    pub traceparent: HeaderValue,
+    pub traceparent: [u8; TRACEPARENT_LEN],
     /// The trace was restarted: the client's `tracestate` goes.
     pub restarted: bool,
 }
 
 impl Stamped {
+    /// A new request ID, replacing the client's; `None` keeps the client's.
+    pub fn new_request_id(&self) -> Option<&[u8; UUID_LEN]> {
+        match &self.ids.request_id {
+            RequestId::Made(id) => Some(id),
+            RequestId::Kept(_) => None,
+        }
+    }
+
     /// Sets these IDs on the request's header map, built after all: the map ends as [`stamp`]
     /// would have left it, with the same IDs the request was already known by.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Some(id) = &self.new_request_id {
-            headers.insert(&X_REQUEST_ID, id.clone());
+        if let Some(id) = self.new_request_id() {
+            headers.insert(&X_REQUEST_ID, value(id));
         }
-        headers.insert(&TRACEPARENT, self.traceparent.clone());
+        headers.insert(&TRACEPARENT, value(&self.traceparent));
         if self.restarted {
             headers.remove(&TRACESTATE);
         }
@@ -115,15 +146,13 @@ impl Stamped {
 }
 
 /// The request ID and trace context [`stamp`] would set, for a request whose header map was
-/// not built, from the client's `x-request-id` and `traceparent`.
+/// not built, from the client's `x-request-id` and `traceparent`: plain bytes, written straight
+/// into the upstream head.
 pub fn stamp_raw(client_id: Option<HeaderValue>, client_traceparent: Option<&[u8]>) -> Stamped {
     let mut rng = rand::rng();
-    let (request_id, new_request_id) = match client_id {
-        Some(id) if usable_request_id(&id) => (id, None),
-        _ => {
-            let id = value(&uuid(rng.random()));
-            (id.clone(), Some(id))
-        }
+    let request_id = match client_id {
+        Some(id) if usable_request_id(&id) => RequestId::Kept(id),
+        _ => RequestId::Made(uuid(rng.random())),
     };
     let span = hex::<16>(u128::from(rng.random::<u64>().max(1)));
     let ((trace_id, flags), restarted) = match client_traceparent.and_then(parse_traceparent) {
@@ -135,14 +164,13 @@ pub fn stamp_raw(client_id: Option<HeaderValue>, client_traceparent: Option<&[u8
             request_id,
             trace_id,
         },
-        new_request_id,
         traceparent: traceparent(&trace_id, &span, &flags),
         restarted,
     }
 }
 
 /// A version 00 `traceparent`.
-fn traceparent(trace_id: &[u8; 32], span: &[u8; 16], flags: &[u8; 2]) -> HeaderValue {
+fn traceparent(trace_id: &[u8; 32], span: &[u8; 16], flags: &[u8; 2]) -> [u8; TRACEPARENT_LEN] {
     let mut v = [0u8; TRACEPARENT_LEN];
     v[..3].copy_from_slice(b"00-");
     v[3..35].copy_from_slice(trace_id);
@@ -150,7 +178,7 @@ fn traceparent(trace_id: &[u8; 32], span: &[u8; 16], flags: &[u8; 2]) -> HeaderV
     v[36..52].copy_from_slice(span);
     v[52] = b'-';
     v[53..].copy_from_slice(flags);
-    value(&v)
+    v
 }
 
 /// A value the proxy made (hex digits and dashes), cut from the thread's slab.
@@ -158,10 +186,6 @@ fn value(made: &[u8]) -> HeaderValue {
     HeaderValue::from_maybe_shared(slab_copy(made)).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// Bytes of a UUID as text.
-const UUID_LEN: usize = 36;
-/// Bytes of a version 00 `traceparent`.
-const TRACEPARENT_LEN: usize = 55;
 /// The size of each slab the new IDs are copied into: about ten requests' worth (what a
 /// value kept longer than its request holds on to).
 const SLAB: usize = 1024;
@@ -318,18 +342,44 @@ mod tests {
     fn a_request_id_is_kept_when_usable_else_a_uuid_v4() {
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(stamp(&mut h).request_id, "abc-123");
+        assert_eq!(stamp(&mut h).request_id(), Some("abc-123"));
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
-        let id = stamp(&mut h).request_id;
-        let s = id.to_str().unwrap();
+        let ids = stamp(&mut h);
+        let s = ids.request_id().unwrap();
         assert_eq!(s.len(), 36);
         let dashes: Vec<usize> = s.match_indices('-').map(|(i, _)| i).collect();
         assert_eq!(dashes, [8, 13, 18, 23], "8-4-4-4-12: {s}");
         assert!(s.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()), "{s}");
         assert_eq!(&s[14..15], "4", "version 4: {s}");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
-        assert_eq!(h[&X_REQUEST_ID], id);
-        assert_ne!(stamp(&mut HeaderMap::new()).request_id, id, "random");
+        assert_eq!(h[&X_REQUEST_ID], s);
+        assert_ne!(stamp(&mut HeaderMap::new()).request_id(), Some(s), "random");
+    }
+
+    #[test]
+    fn ids_made_without_a_map_follow_the_same_rules_and_land_in_a_map_built_later() {
+        let sent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let kept = stamp_raw(Some(HeaderValue::from_static("abc")), Some(sent));
+        assert_eq!(kept.ids.request_id(), Some("abc"));
+        assert!(kept.new_request_id().is_none() && !kept.restarted);
+        assert_eq!(&kept.traceparent[..36], &sent[..36], "same trace");
+        assert_ne!(&kept.traceparent[36..52], &sent[36..52], "a new parent");
+        let made = stamp_raw(Some(HeaderValue::from_static("a b")), Some(b"garbage"));
+        assert!(made.restarted);
+        let id = made.new_request_id().expect("an unusable ID is replaced");
+        assert_eq!(made.ids.request_id().map(str::as_bytes), Some(&id[..]));
+        assert_eq!(made.ids.request_id_value(), &id[..]);
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("a b"));
+        h.insert(&TRACESTATE, HeaderValue::from_static("v=1"));
+        made.apply(&mut h);
+        assert_eq!(h[&X_REQUEST_ID], &id[..]);
+        assert_eq!(h[&TRACEPARENT], &made.traceparent[..]);
+        assert_eq!(&made.traceparent[3..35], &made.ids.trace_id[..]);
+        assert!(
+            h.get(&TRACESTATE).is_none(),
+            "a restarted trace drops tracestate"
+        );
     }
 }

@@ -17,6 +17,10 @@ use super::fields::{Known, Lines};
 
 /// Requests with more fields than this get a header map at once.
 pub const MAX_FIELDS: usize = 16;
+/// Bytes of a UUID as text (a request ID the proxy makes).
+pub const UUID_LEN: usize = 36;
+/// Bytes of a version 00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
 
 /// One field: where its name and value are in the read buffer, and what its name is. Offsets
 /// are 16 bits (a head whose fields reach past 64 KiB gets a header map): a head is moved a few
@@ -197,9 +201,9 @@ impl Fields {
             out.extend_from_slice(b"\r\n");
         };
         if let Some(id) = &stamp.request_id {
-            field(b"x-request-id", id.as_bytes());
+            field(b"x-request-id", id);
         }
-        field(b"traceparent", stamp.traceparent.as_bytes());
+        field(b"traceparent", &stamp.traceparent);
         field(b"x-forwarded-for", stamp.forwarded_for.as_bytes());
         if !proto {
             field(b"x-forwarded-proto", stamp.scheme.as_bytes());
@@ -214,9 +218,9 @@ impl Fields {
 #[derive(Clone, Debug)]
 pub struct Stamp {
     /// A new `x-request-id`, replacing the client's; `None` keeps the client's.
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<[u8; UUID_LEN]>,
     /// This hop's `traceparent`.
-    pub traceparent: HeaderValue,
+    pub traceparent: [u8; TRACEPARENT_LEN],
     /// The trace was restarted: the client's `tracestate` is dropped.
     pub drop_tracestate: bool,
     /// `x-forwarded-for`: the client's list with the client's address appended.
@@ -236,10 +240,13 @@ mod tests {
         (buf, head)
     }
 
-    fn stamp(request_id: Option<&'static str>, drop_tracestate: bool) -> Stamp {
+    const ID: &[u8; UUID_LEN] = b"11111111-2222-4333-8444-555555555555";
+    const TP: &[u8; TRACEPARENT_LEN] = b"00-0123456789abcdef0123456789abcdef-0123456789abcdef-00";
+
+    fn stamp(request_id: Option<&[u8; UUID_LEN]>, drop_tracestate: bool) -> Stamp {
         Stamp {
-            request_id: request_id.map(HeaderValue::from_static),
-            traceparent: HeaderValue::from_static("00-t-s-00"),
+            request_id: request_id.copied(),
+            traceparent: *TP,
             drop_tracestate,
             forwarded_for: HeaderValue::from_static("10.0.0.1, 127.0.0.1"),
             scheme: "http",
@@ -314,11 +321,12 @@ mod tests {
         assert_eq!(fields.traceparent(&buf), Some(&b"x"[..]));
         assert_eq!(fields.forwarded_for(&buf), Some(&b"10.0.0.1"[..]));
         let mut out = Vec::new();
-        fields.write_request(&mut out, &buf, &h.parts, &stamp(Some("new-id"), true));
+        fields.write_request(&mut out, &buf, &h.parts, &stamp(Some(ID), true));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nX-Spaced: v\r\nX-Empty: \r\n\
-             Accept: */*\r\nx-request-id: new-id\r\ntraceparent: 00-t-s-00\r\n\
+             Accept: */*\r\nx-request-id: 11111111-2222-4333-8444-555555555555\r\n\
+             traceparent: 00-0123456789abcdef0123456789abcdef-0123456789abcdef-00\r\n\
              x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
@@ -335,7 +343,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p HTTP/1.1\r\nHost: a\r\nx-request-id: abc\r\ntracestate: v=1\r\n\
-             x-forwarded-proto: https\r\ncontent-length: 2\r\ntraceparent: 00-t-s-00\r\n\
+             x-forwarded-proto: https\r\ncontent-length: 2\r\n\
+             traceparent: 00-0123456789abcdef0123456789abcdef-0123456789abcdef-00\r\n\
              x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n\r\n"
         );
     }
