@@ -8,7 +8,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
-use super::fields::{Known, Lines, known, range_of};
+use super::fields::{Known, Lines, known, range_of, request_line};
 
 /// Most header fields accepted in one head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -436,15 +436,7 @@ fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
 /// `transfer-encoding: chunked` when the body is chunked (the hop-by-hop rules removed the
 /// client's).
 pub fn write_request(out: &mut Vec<u8>, parts: &Parts, framing: Framing) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    request_line(out, parts);
     write_fields(out, &parts.headers);
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

@@ -4,6 +4,8 @@
 
 use std::ops::Range;
 
+use http::request::Parts;
+
 /// The byte range of `part` inside `whole` (`part` is a subslice httparse returned).
 pub(crate) fn range_of(whole: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
@@ -121,4 +123,17 @@ impl<'h> Lines<'h> {
             out.extend_from_slice(&self.head[r]);
         }
     }
+}
+
+/// Appends an HTTP/1.1 request line in origin form (`/` for an empty target).
+pub(crate) fn request_line(out: &mut Vec<u8>, parts: &Parts) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue};
 
-use super::fields::{Known, Lines};
+use super::fields::{Known, Lines, request_line};
 
 /// Requests with more fields than this get a header map at once.
 pub const MAX_FIELDS: usize = 16;
@@ -165,15 +165,7 @@ impl Fields {
     /// replaces, then the fields of `stamp`. The body's framing is the client's
     /// `Content-Length`, which passes (a chunked request has a header map).
     pub fn write_request(&self, out: &mut Vec<u8>, buf: &[u8], parts: &Parts, stamp: &Stamp) {
-        out.extend_from_slice(parts.method.as_str().as_bytes());
-        out.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        out.extend_from_slice(if target.is_empty() {
-            b"/"
-        } else {
-            target.as_bytes()
-        });
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        request_line(out, parts);
         let mut lines = Lines::new(buf);
         let mut proto = false;
         for f in self.iter() {
