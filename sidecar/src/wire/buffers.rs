@@ -5,6 +5,7 @@
 //! bounded, so what a burst leaves behind is at most `KEEP` of each per thread.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -41,11 +42,16 @@ pub fn put_header_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    // `try_with`: a map dropped while the thread exits finds the list gone.
-    let _ = MAPS.try_with(|maps| {
-        let mut maps = maps.borrow_mut();
-        if maps.len() < KEEP {
-            maps.push(map);
+    keep(&MAPS, map);
+}
+
+/// Puts `item` on this thread's `list` unless it holds [`KEEP`] already. `try_with`: an item
+/// dropped while the thread exits finds the list gone.
+fn keep<T>(list: &'static LocalKey<RefCell<Vec<T>>>, item: T) {
+    let _ = list.try_with(|list| {
+        let mut list = list.borrow_mut();
+        if list.len() < KEEP {
+            list.push(item);
         }
     });
 }
@@ -68,11 +74,7 @@ pub fn put(mut buf: BytesMut) {
         return;
     }
     buf.clear();
-    FREE.with_borrow_mut(|free| {
-        if free.len() < KEEP {
-            free.push(buf);
-        }
-    });
+    keep(&FREE, buf);
 }
 
 /// Gives back a frozen buffer once nothing else refers to it (header values of a finished
@@ -121,13 +123,7 @@ impl Drop for Head {
             return;
         }
         buf.clear();
-        // `try_with`: a head dropped while the thread exits finds the list gone.
-        let _ = HEADS.try_with(|heads| {
-            let mut heads = heads.borrow_mut();
-            if heads.len() < KEEP {
-                heads.push(buf);
-            }
-        });
+        keep(&HEADS, buf);
     }
 }
 

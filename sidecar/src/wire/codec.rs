@@ -114,26 +114,10 @@ fn syntax(e: httparse::Error) -> HeadError {
 
 /// Builds a header map from parsed fields; values are slices of `buf`.
 fn header_map(buf: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
-    // Room for what the proxy adds (request ID, trace context, `x-forwarded-*`) without
-    // growing.
-    let mut map = super::buffers::header_map(fields.len() + 4);
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| HeadError::Syntax("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(buf.slice(range_of(buf, f.value)))
-            .map_err(|_| HeadError::Syntax("invalid header value"))?;
-        map.append(name, value);
-    }
-    Ok(map)
-}
-
-/// Whether any comma-separated element of any `name` field equals `token` (case-insensitive).
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    let fields = fields
+        .iter()
+        .map(|f| (f.name.as_bytes(), range_of(buf, f.value)));
+    super::fields::header_map(buf, fields).map_err(HeadError::Syntax)
 }
 
 /// The body framing a message's headers declare (RFC 9112 §6.3). A message with both

@@ -4,7 +4,9 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
 use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The byte range of `part` inside `whole` (`part` is a subslice httparse returned).
 pub(crate) fn range_of(whole: &[u8], part: &[u8]) -> Range<usize> {
@@ -136,4 +138,21 @@ pub(crate) fn request_line(out: &mut Vec<u8>, parts: &Parts) {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// A request's header map from its fields, each a name and the range of its value in `buf`
+/// (the values share `buf`), with room for what the proxy adds (request ID, trace context,
+/// `x-forwarded-*`) without growing. The error says what is invalid.
+pub(crate) fn header_map<'n>(
+    buf: &Bytes,
+    fields: impl ExactSizeIterator<Item = (&'n [u8], Range<usize>)>,
+) -> Result<HeaderMap, &'static str> {
+    let mut map = super::buffers::header_map(fields.len() + 4);
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+        let value =
+            HeaderValue::from_maybe_shared(buf.slice(value)).map_err(|_| "invalid header value")?;
+        map.append(name, value);
+    }
+    Ok(map)
 }

@@ -112,15 +112,18 @@ impl Fields {
         })
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Field> {
+    fn iter(&self) -> impl ExactSizeIterator<Item = &Field> {
         self.list[..usize::from(self.len)].iter()
+    }
+
+    /// Where the first value of the field of this kind is in the buffer.
+    fn value_of(&self, kind: Known) -> Option<std::ops::Range<usize>> {
+        self.iter().find(|f| f.kind == kind).map(|f| span(f.value))
     }
 
     /// The first value of the field of this kind, as a slice of `buf`.
     fn first<'b>(&self, buf: &'b [u8], kind: Known) -> Option<&'b [u8]> {
-        self.iter()
-            .find(|f| f.kind == kind)
-            .map(|f| &buf[span(f.value)])
+        self.value_of(kind).map(|r| &buf[r])
     }
 
     /// The value of `Host` (the parser checked there is one, and that it is valid).
@@ -132,8 +135,8 @@ impl Fields {
 
     /// The client's `x-request-id`, if it sent one (shares `buf`).
     pub fn request_id(&self, buf: &Bytes) -> Option<HeaderValue> {
-        let f = self.iter().find(|f| f.kind == Known::XRequestId)?;
-        HeaderValue::from_maybe_shared(buf.slice(span(f.value))).ok()
+        let value = self.value_of(Known::XRequestId)?;
+        HeaderValue::from_maybe_shared(buf.slice(value)).ok()
     }
 
     /// The client's `traceparent`, if it sent one.
@@ -149,15 +152,8 @@ impl Fields {
     /// The header map of these fields (values share `buf`), for a request that needs one after
     /// all; the error says what is invalid (the parser let nothing through that is).
     pub fn header_map(&self, buf: &Bytes) -> Result<HeaderMap, &'static str> {
-        let mut map = super::buffers::header_map(usize::from(self.len) + 4);
-        for f in self.iter() {
-            let name = http::HeaderName::from_bytes(&buf[span(f.name)])
-                .map_err(|_| "invalid header name")?;
-            let value = HeaderValue::from_maybe_shared(buf.slice(span(f.value)))
-                .map_err(|_| "invalid header value")?;
-            map.append(name, value);
-        }
-        Ok(map)
+        let fields = self.iter().map(|f| (&buf[span(f.name)], span(f.value)));
+        super::fields::header_map(buf, fields)
     }
 
     /// Serializes the request head to send upstream: the request line in origin form, the
