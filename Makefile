@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench profile instructions bench-control-plane images
+.PHONY: all build test unit e2e test-images lint fmt crds crds-check k8s-bins cluster-up cluster-down demo demo-down conformance bench profile instructions floor bench-control-plane images
 
 all: build
 
@@ -99,6 +99,11 @@ profile:
 ## figure the host's speed does not move; `bench/instructions.sh BIN_A BIN_B` is an A/B of builds
 instructions:
 	bench/instructions.sh
+
+## floor: CPU per request of a forwarder that only moves bytes (bench/floor: epoll, io_uring, tokio)
+## next to portico-proxy and nginx at 2,000 and 10,000 req/s: how low any proxy gets on this host
+floor:
+	bench/floor.sh
 
 ## bench-control-plane: index and fan-out figures at scale (1,000 Services, 10,000 endpoints,
 ## 50 proxies), a proxy applying a one-endpoint backend update vs a whole config, EndpointSlice →

@@ -74,6 +74,12 @@ start() {
 stop() {
     kill "$MAIN" 2>/dev/null || true
     wait "$MAIN" 2>/dev/null || true
+    # A process can exit before its listening socket closes (an io_uring's files are released
+    # by the kernel after the exit): the next target must find the port free.
+    for _ in $(seq 1 500); do
+        (exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT) 2>/dev/null || return 0
+        sleep 0.01
+    done
 }
 # Busy jiffies of the load core.
 load_busy() { core_jiffies $LOAD_CPU | cut -d' ' -f1; }

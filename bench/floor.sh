@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The floor under issue 18's CPU goal (`make floor`): CPU per request of a forwarder that does
+# nothing but move bytes (bench/floor: no routing, no header edits, no IDs, no metrics, no
+# timeouts) on a raw epoll loop, on io_uring and on tokio (the runtime portico-proxy runs on), next to portico-proxy and nginx in the same
+# interleaved runs of bench/compare.sh at 2,000 and 10,000 req/s. What the least possible user
+# space costs against nginx says how far the goal of 0.85× nginx's CPU can be reached on this
+# host by any proxy that uses the kernel's TCP sockets.
+#
+#   bench/floor.sh                    # build the floors and portico-proxy, then measure
+#   PROXY_BIN=path/to/portico-proxy REPS=8 bench/floor.sh
+#
+# Loopback only. About 11 minutes with REPS=8 after the builds.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export REPS=${REPS:-8}
+FLOOR_TARGET=${FLOOR_TARGET:-$ROOT/target/floor}
+
+log() { echo "[floor] $*" >&2; }
+
+log "building the floors (release)"
+CARGO_TARGET_DIR=$FLOOR_TARGET cargo build --release -q --manifest-path bench/floor/Cargo.toml
+if [[ -z ${PROXY_BIN:-} ]]; then
+    log "building portico-proxy (release)"
+    CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/proxy} cargo build --release -q -p portico-proxy
+    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target/proxy}/release/portico-proxy
+fi
+
+for rate in 2000 10000; do
+    log "$rate req/s, $REPS interleaved runs"
+    bench/compare.sh rate "$rate" "$FLOOR_TARGET/release/floor-epoll" "$FLOOR_TARGET/release/floor-uring" \
+        "$FLOOR_TARGET/release/floor-tokio" "$PROXY_BIN" nginx
+done
