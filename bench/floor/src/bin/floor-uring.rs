@@ -1,15 +1,22 @@
-//! The floor with io_uring: each write is linked to the read that waits for its answer
-//! (the upstream's response, the client's next request) and posts no completion when it
-//! succeeds, so a request costs two `io_uring_enter` calls, each submitting and waiting at
-//! once. The ring is set up for one issuer with deferred task work: completions are
-//! processed only when the loop waits, never by interrupting it.
+//! The floor with io_uring, used as it is meant for sockets: each socket has one multishot
+//! receive armed for its whole life, filling buffers the kernel picks from a ring this
+//! process registers (no re-arming, no poll set up per read), and writes post a completion
+//! only when they fail. The ring is set up for one issuer with deferred task work:
+//! completions are processed only when the loop waits, never by interrupting it. A request
+//! then costs one or two `io_uring_enter` calls, each submitting and waiting at once.
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::types::BufRingEntry;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use portico_floor::{addresses, close, connect, listen, nodelay, request_len, response_len};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 const BUF: usize = 16 * 1024;
+/// Receive buffers in the provided-buffer ring, and their size.
+const RING_BUFS: u16 = 1024;
+const RING_BUF_LEN: usize = 4096;
+const GROUP: u16 = 0;
 const ACCEPT: u64 = u64::MAX;
 const RECV_CLIENT: u64 = 0;
 const RECV_UPSTREAM: u64 = 1;
@@ -21,12 +28,63 @@ const SEND: u64 = 2;
 struct Conn {
     client: RawFd,
     upstream: RawFd,
-    req: Box<[u8]>,
-    req_len: usize,
-    resp: Box<[u8]>,
-    resp_len: usize,
+    req: Vec<u8>,
+    resp: Vec<u8>,
     inflight: u32,
     closing: bool,
+}
+
+/// The provided-buffer ring: entries the kernel takes receive buffers from, and the buffers.
+struct BufRing {
+    entries: *mut BufRingEntry,
+    bufs: Vec<u8>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new() -> Self {
+        let layout = std::alloc::Layout::from_size_align(
+            RING_BUFS as usize * std::mem::size_of::<BufRingEntry>(),
+            4096,
+        )
+        .expect("layout");
+        // SAFETY: a non-zero size; the ring lives as long as the process.
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        assert!(!entries.is_null(), "ring memory");
+        let mut ring = BufRing {
+            entries,
+            bufs: vec![0; RING_BUFS as usize * RING_BUF_LEN],
+            tail: 0,
+        };
+        for bid in 0..RING_BUFS {
+            ring.give_back(bid);
+        }
+        ring.publish();
+        ring
+    }
+
+    /// Buffer `bid`'s bytes.
+    fn buf(&self, bid: u16, len: usize) -> &[u8] {
+        &self.bufs[bid as usize * RING_BUF_LEN..][..len]
+    }
+
+    /// Puts buffer `bid` back in the ring (seen by the kernel at the next `publish`).
+    fn give_back(&mut self, bid: u16) {
+        let addr = self.bufs.as_ptr() as u64 + bid as u64 * RING_BUF_LEN as u64;
+        // SAFETY: the index is masked into the ring's RING_BUFS entries.
+        let entry = unsafe { &mut *self.entries.add((self.tail & (RING_BUFS - 1)) as usize) };
+        entry.set_addr(addr);
+        entry.set_len(RING_BUF_LEN as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the buffers given back visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field lives in the ring's memory; the kernel reads it atomically.
+        let tail = unsafe { &*(BufRingEntry::tail(self.entries).cast::<AtomicU16>()) };
+        tail.store(self.tail, Ordering::Release);
+    }
 }
 
 fn main() {
@@ -38,15 +96,22 @@ fn main() {
         .setup_coop_taskrun()
         .build(1024)
         .expect("io_uring");
+    let mut bufs = BufRing::new();
+    // SAFETY: the ring's memory is page-aligned and lives as long as the process.
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(bufs.entries as u64, RING_BUFS, GROUP, 0)
+    }
+    .expect("register the buffer ring");
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut pending: Vec<squeue::Entry> = vec![accept(listener)];
-    let mut done: Vec<(u64, i32, bool)> = Vec::with_capacity(256);
+    let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
     loop {
         {
             let mut sq = ring.submission();
             for entry in pending.drain(..) {
-                // SAFETY: every buffer an entry points into lives in `conns` until its
-                // operation completes (`inflight`).
+                // SAFETY: a write's buffer lives in `conns` and is not written again before
+                // the write is done (the next bytes come only after its peer has them).
                 unsafe { sq.push(&entry).expect("submission queue has room") };
             }
         }
@@ -55,14 +120,14 @@ fn main() {
         }
         done.extend(
             ring.completion()
-                .map(|c| (c.user_data(), c.result(), io_uring::cqueue::more(c.flags()))),
+                .map(|c| (c.user_data(), c.result(), c.flags())),
         );
-        for (data, res, more) in done.drain(..) {
+        for (data, res, flags) in done.drain(..) {
             if data == ACCEPT {
                 if res >= 0 {
                     opened(res, upstream_addr, &mut conns, &mut pending);
                 }
-                if !more {
+                if !cqueue::more(flags) {
                     pending.push(accept(listener));
                 }
                 continue;
@@ -71,24 +136,60 @@ fn main() {
             let Some(conn) = conns[slot].as_mut() else {
                 continue;
             };
-            if data & 3 != SEND {
-                conn.inflight -= 1; // writes were counted done when queued
-            }
-            let alive = !conn.closing
-                && res > 0
-                && match data & 3 {
-                    RECV_CLIENT => request_in(conn, slot, res as usize, &mut pending),
-                    RECV_UPSTREAM => response_in(conn, slot, res as usize, &mut pending),
-                    _ => false, // a failed write
-                };
-            if !alive {
-                conn.closing = true;
-                if conn.inflight == 0 {
-                    close(conn.client);
-                    close(conn.upstream);
-                    conns[slot] = None;
+            let op = data & 3;
+            if op == SEND {
+                closing(conn); // a failed write
+            } else {
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    let bytes = bufs.buf(bid, res.max(0) as usize);
+                    if op == RECV_CLIENT {
+                        conn.req.extend_from_slice(bytes);
+                    } else {
+                        conn.resp.extend_from_slice(bytes);
+                    }
+                    bufs.give_back(bid);
+                }
+                if res > 0 && !conn.closing {
+                    if op == RECV_CLIENT {
+                        request_in(conn, slot, &mut pending);
+                    } else {
+                        response_in(conn, slot, &mut pending);
+                    }
+                }
+                if !cqueue::more(flags) {
+                    conn.inflight -= 1;
+                    if (res > 0 || res == -libc::ENOBUFS) && !conn.closing {
+                        // The kernel ended the multishot receive (out of buffers): re-arm it.
+                        let fd = if op == RECV_CLIENT {
+                            conn.client
+                        } else {
+                            conn.upstream
+                        };
+                        pending.push(recv(conn, fd, slot, op));
+                    } else {
+                        closing(conn);
+                    }
                 }
             }
+            if conn.closing && conn.inflight == 0 {
+                close(conn.client);
+                close(conn.upstream);
+                conns[slot] = None;
+            }
+        }
+        bufs.publish();
+    }
+}
+
+/// Ends both sockets' receives (they complete with end of stream); the connection is closed
+/// when the last one has.
+fn closing(conn: &mut Conn) {
+    if !conn.closing {
+        conn.closing = true;
+        // SAFETY: both descriptors are open until the connection's last operation completes.
+        unsafe {
+            libc::shutdown(conn.client, libc::SHUT_RDWR);
+            libc::shutdown(conn.upstream, libc::SHUT_RDWR);
         }
     }
 }
@@ -113,83 +214,48 @@ fn opened(
     let conn = conns[slot].insert(Conn {
         client: fd,
         upstream: connect(upstream, true),
-        req: vec![0; BUF].into_boxed_slice(),
-        req_len: 0,
-        resp: vec![0; BUF].into_boxed_slice(),
-        resp_len: 0,
+        req: Vec::with_capacity(BUF),
+        resp: Vec::with_capacity(BUF),
         inflight: 0,
         closing: false,
     });
-    pending.push(recv_client(conn, slot));
+    let (client, upstream) = (conn.client, conn.upstream);
+    pending.push(recv(conn, client, slot, RECV_CLIENT));
+    pending.push(recv(conn, upstream, slot, RECV_UPSTREAM));
 }
 
-fn recv_client(conn: &mut Conn, slot: usize) -> squeue::Entry {
+/// A multishot receive on `fd`, armed until the socket ends (or the ring runs out of buffers).
+fn recv(conn: &mut Conn, fd: RawFd, slot: usize, op: u64) -> squeue::Entry {
     conn.inflight += 1;
-    let spare = &mut conn.req[conn.req_len..];
-    opcode::Recv::new(
-        types::Fd(conn.client),
-        spare.as_mut_ptr(),
-        spare.len() as u32,
-    )
-    .build()
-    .user_data((slot as u64) << 2 | RECV_CLIENT)
+    opcode::RecvMulti::new(types::Fd(fd), GROUP)
+        .build()
+        .user_data((slot as u64) << 2 | op)
 }
 
-fn recv_upstream(conn: &mut Conn, slot: usize) -> squeue::Entry {
-    conn.inflight += 1;
-    let spare = &mut conn.resp[conn.resp_len..];
-    opcode::Recv::new(
-        types::Fd(conn.upstream),
-        spare.as_mut_ptr(),
-        spare.len() as u32,
-    )
-    .build()
-    .user_data((slot as u64) << 2 | RECV_UPSTREAM)
-}
-
-/// A write linked to the read after it: no completion unless it fails, and then the read
-/// is cancelled (and completes with an error).
-fn send(fd: RawFd, data: &[u8], slot: usize, conn_inflight: &mut u32) -> squeue::Entry {
-    *conn_inflight += 1;
+/// A write that posts no completion unless it fails.
+fn send(fd: RawFd, data: &[u8], slot: usize) -> squeue::Entry {
     opcode::Send::new(types::Fd(fd), data.as_ptr(), data.len() as u32)
         .build()
-        .flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS)
+        .flags(squeue::Flags::SKIP_SUCCESS)
         .user_data((slot as u64) << 2 | SEND)
 }
 
-/// The client sent `n` bytes: a complete head goes upstream, with the read of its response.
-/// The clients here do not pipeline, so a head is all the buffer holds.
-fn request_in(conn: &mut Conn, slot: usize, n: usize, pending: &mut Vec<squeue::Entry>) -> bool {
-    conn.req_len += n;
-    match request_len(&conn.req[..conn.req_len]) {
-        Some(len) => {
-            let entry = send(conn.upstream, &conn.req[..len], slot, &mut conn.inflight);
-            // A write that succeeds posts no completion: count it done now.
-            conn.inflight -= 1;
-            pending.push(entry);
-            conn.req_len = 0;
-            pending.push(recv_upstream(conn, slot));
-        }
-        None if conn.req_len == conn.req.len() => return false,
-        None => pending.push(recv_client(conn, slot)),
+/// A complete request head goes upstream. The clients here do not pipeline, so a head is all
+/// the buffer holds, and its bytes stay put until the response has come back.
+fn request_in(conn: &mut Conn, slot: usize, pending: &mut Vec<squeue::Entry>) {
+    if let Some(len) = request_len(&conn.req) {
+        pending.push(send(conn.upstream, &conn.req[..len], slot));
+        // Only the length changes: the bytes are overwritten by the next request, which
+        // comes after the client has had this one's response.
+        conn.req.clear();
     }
-    true
 }
 
-/// The upstream sent `n` bytes: a complete response goes to the client, with the read of
-/// its next request.
-fn response_in(conn: &mut Conn, slot: usize, n: usize, pending: &mut Vec<squeue::Entry>) -> bool {
-    conn.resp_len += n;
-    match response_len(&conn.resp[..conn.resp_len]) {
-        Some(len) => {
-            let entry = send(conn.client, &conn.resp[..len], slot, &mut conn.inflight);
-            conn.inflight -= 1;
-            pending.push(entry);
-            conn.resp_len = 0;
-            pending.push(recv_client(conn, slot));
-        }
-        None if conn.resp_len == conn.resp.len() => return false,
-        None => pending.push(recv_upstream(conn, slot)),
+/// A complete response goes to the client.
+fn response_in(conn: &mut Conn, slot: usize, pending: &mut Vec<squeue::Entry>) {
+    if let Some(len) = response_len(&conn.resp) {
+        pending.push(send(conn.client, &conn.resp[..len], slot));
+        // As in `request_in`: the next response comes after the next request.
+        conn.resp.clear();
     }
-    true
 }
