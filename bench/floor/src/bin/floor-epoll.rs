@@ -41,8 +41,10 @@ fn main() {
                 }
                 let (slot, from_upstream) = ((token >> 1) as usize, token & 1 == 1);
                 let done = match conns[slot].as_mut() {
-                    Some(conn) if from_upstream => !relay_response(conn),
-                    Some(conn) => !forward_request(conn),
+                    Some(c) if from_upstream => {
+                        !pass(c.upstream, c.client, &mut c.resp, response_len)
+                    }
+                    Some(c) => !pass(c.client, c.upstream, &mut c.req, request_len),
                     None => false,
                 };
                 if done {
@@ -101,26 +103,20 @@ unsafe fn accept_all(
     }
 }
 
-/// Reads what the client sent; forwards a complete head. False when the connection ends.
-unsafe fn forward_request(conn: &mut Conn) -> bool {
-    if !read_into(conn.client, &mut conn.req) {
+/// Reads what `from` sent into `buf` and writes a complete message (as `complete` frames it)
+/// to `to`. False when the connection ends.
+unsafe fn pass(
+    from: RawFd,
+    to: RawFd,
+    buf: &mut Vec<u8>,
+    complete: fn(&[u8]) -> Option<usize>,
+) -> bool {
+    if !read_into(from, buf) {
         return false;
     }
-    if let Some(len) = request_len(&conn.req) {
-        write_all(conn.upstream, &conn.req[..len]);
-        conn.req.drain(..len);
-    }
-    true
-}
-
-/// Reads what the upstream sent; relays a complete response. False when the connection ends.
-unsafe fn relay_response(conn: &mut Conn) -> bool {
-    if !read_into(conn.upstream, &mut conn.resp) {
-        return false;
-    }
-    if let Some(len) = response_len(&conn.resp) {
-        write_all(conn.client, &conn.resp[..len]);
-        conn.resp.drain(..len);
+    if let Some(len) = complete(buf) {
+        write_all(to, &buf[..len]);
+        buf.drain(..len);
     }
     true
 }

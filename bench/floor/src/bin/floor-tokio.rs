@@ -36,28 +36,30 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr) -> std::io::Result
     up.set_nodelay(true)?;
     let mut req: Vec<u8> = Vec::with_capacity(BUF);
     let mut resp: Vec<u8> = Vec::with_capacity(BUF);
-    loop {
-        let len = loop {
-            if let Some(len) = request_len(&req) {
-                break len;
-            }
-            req.reserve(4096);
-            if client.read_buf(&mut req).await? == 0 {
-                return Ok(());
-            }
-        };
-        up.write_all(&req[..len]).await?;
-        req.drain(..len);
-        let len = loop {
-            if let Some(len) = response_len(&resp) {
-                break len;
-            }
-            resp.reserve(4096);
-            if up.read_buf(&mut resp).await? == 0 {
-                return Ok(());
-            }
-        };
-        client.write_all(&resp[..len]).await?;
-        resp.drain(..len);
-    }
+    while pass(&mut client, &mut up, &mut req, request_len).await?
+        && pass(&mut up, &mut client, &mut resp, response_len).await?
+    {}
+    Ok(())
+}
+
+/// Reads from `from` into `buf` until it holds a complete message (as `complete` frames it)
+/// and writes that to `to`. False when `from` has ended.
+async fn pass(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    complete: fn(&[u8]) -> Option<usize>,
+) -> std::io::Result<bool> {
+    let len = loop {
+        if let Some(len) = complete(buf) {
+            break len;
+        }
+        buf.reserve(4096);
+        if from.read_buf(buf).await? == 0 {
+            return Ok(false);
+        }
+    };
+    to.write_all(&buf[..len]).await?;
+    buf.drain(..len);
+    Ok(true)
 }
