@@ -18,6 +18,24 @@ export REPS=${REPS:-8}
 FLOOR_TARGET=${FLOOR_TARGET:-$ROOT/target/floor}
 
 log() { echo "[floor] $*" >&2; }
+source "$ROOT/bench/lib.sh" # find_oha
+
+# What bench/compare.sh needs, installed as bench/run.sh does on a fresh machine.
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx)
+command -v python3 >/dev/null || need+=(python3)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+if [[ -z $(find_oha) ]]; then
+    log "oha not found: building it into ${OHA_ROOT:-$HOME/.cache/portico} (one time, several minutes)"
+    env -u CARGO_TARGET_DIR cargo install oha --locked --root "${OHA_ROOT:-$HOME/.cache/portico}" >&2
+fi
 
 log "building the floors (release)"
 CARGO_TARGET_DIR=$FLOOR_TARGET cargo build --release -q --manifest-path bench/floor/Cargo.toml
