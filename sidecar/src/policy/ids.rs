@@ -14,7 +14,6 @@
 //! the applications' tracers (W3C Trace Context §3, a "vendor" that only propagates).
 
 use bytes::{Bytes, BytesMut};
-use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
@@ -68,47 +67,15 @@ impl RequestIds {
     }
 }
 
-/// Sets the request ID and this hop's trace context on a request's headers.
+/// Sets the request ID and this hop's trace context on a request's headers: what
+/// [`stamp_raw`] decides from the client's fields, applied to the map ([`Stamped::apply`]).
 pub fn stamp(headers: &mut HeaderMap) -> RequestIds {
-    // One handle on the thread's generator for the three draws, one lookup per header (entries,
-    // not a get then an insert), and the new values cut from the thread's slab (no allocation):
-    // this runs for every request.
-    let mut rng = rand::rng();
-    let request_id = match headers.entry(&X_REQUEST_ID) {
-        Entry::Occupied(e) if usable_request_id(e.get()) => e.get().clone(),
-        Entry::Occupied(mut e) => {
-            let id = value(&uuid(rng.random()));
-            e.insert(id.clone());
-            id
-        }
-        Entry::Vacant(e) => e.insert(value(&uuid(rng.random()))).clone(),
-    };
-    let span = hex::<16>(u128::from(rng.random::<u64>().max(1)));
-    let mut new_trace = || (hex::<32>(rng.random::<u128>().max(1)), *b"00");
-    let fill = |trace_id: &[u8; 32], flags: &[u8; 2]| value(&traceparent(trace_id, &span, flags));
-    let (trace_id, restarted) = match headers.entry(&TRACEPARENT) {
-        Entry::Occupied(mut e) => {
-            let (kept, restarted) = match parse_traceparent(e.get().as_bytes()) {
-                Some(kept) => (kept, false),
-                None => (new_trace(), true),
-            };
-            e.insert(fill(&kept.0, &kept.1));
-            (kept.0, restarted)
-        }
-        Entry::Vacant(e) => {
-            let (trace_id, flags) = new_trace();
-            e.insert(fill(&trace_id, &flags));
-            (trace_id, true)
-        }
-    };
-    if restarted {
-        // A new trace: the old one's vendor state does not belong to it.
-        headers.remove(&TRACESTATE);
-    }
-    RequestIds {
-        request_id: RequestId::Kept(request_id),
-        trace_id,
-    }
+    let stamped = stamp_raw(
+        headers.get(&X_REQUEST_ID).cloned(),
+        headers.get(&TRACEPARENT).map(HeaderValue::as_bytes),
+    );
+    stamped.apply(headers);
+    stamped.ids
 }
 
 /// What [`stamp_raw`] decided for a request whose header map was not built
@@ -132,8 +99,10 @@ impl Stamped {
         }
     }
 
-    /// Sets these IDs on the request's header map, built after all: the map ends as [`stamp`]
-    /// would have left it, with the same IDs the request was already known by.
+    /// Sets these IDs on the request's header map (the one they were drawn from, or one built
+    /// after all, which then carries the IDs the request was already known by). A new value
+    /// replaces every field of its name; a restarted trace drops the client's `tracestate`,
+    /// whose vendor state belongs to the old trace.
     pub fn apply(&self, headers: &mut HeaderMap) {
         if let Some(id) = self.new_request_id() {
             headers.insert(&X_REQUEST_ID, value(id));
@@ -145,10 +114,12 @@ impl Stamped {
     }
 }
 
-/// The request ID and trace context [`stamp`] would set, for a request whose header map was
-/// not built, from the client's `x-request-id` and `traceparent`: plain bytes, written straight
-/// into the upstream head.
+/// The request ID and this hop's trace context for a request that came with these
+/// `x-request-id` and `traceparent` values (the first of each): plain bytes, written straight
+/// into the upstream head of a request whose header map was not built, or set on a map by
+/// [`Stamped::apply`].
 pub fn stamp_raw(client_id: Option<HeaderValue>, client_traceparent: Option<&[u8]>) -> Stamped {
+    // One handle on the thread's generator for the three draws: this runs for every request.
     let mut rng = rand::rng();
     let request_id = match client_id {
         Some(id) if usable_request_id(&id) => RequestId::Kept(id),
