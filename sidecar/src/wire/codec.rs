@@ -8,7 +8,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
-use super::fields::{Known, Lines, known, range_of, request_line};
+use super::fields::{Known, Lines, known, range_of, request_line, write_field};
 
 /// Most header fields accepted in one head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -262,7 +262,14 @@ pub fn parse_request(buf: &Bytes) -> Result<Option<RequestHead>, HeadError> {
     } else {
         connection().any(|t| t.eq_ignore_ascii_case(b"close"))
     };
-    let raw = super::raw::Fields::of(buf, fields, kinds, version == Version::HTTP_11);
+    // Kept as fields, without a map, only if the `Connection` fields name no other field.
+    let plain = version == Version::HTTP_11
+        && connection().all(|t| {
+            t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"close")
+        });
+    let raw = super::raw::Fields::of(buf, fields, kinds, plain);
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
@@ -409,10 +416,7 @@ fn write_fields_as_they_are(
 /// Appends `name: value\r\n` for every field.
 fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
 }
 

@@ -104,10 +104,7 @@ impl<'h> Lines<'h> {
             .map(|(name, value)| name.start..value.end + 2);
         let Some(line) = line else {
             self.skip(out);
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            write_field(out, name, value);
             return;
         };
         match &mut self.run {
@@ -125,6 +122,14 @@ impl<'h> Lines<'h> {
             out.extend_from_slice(&self.head[r]);
         }
     }
+}
+
+/// Appends a field as `name: value\r\n`.
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends an HTTP/1.1 request line in origin form (`/` for an empty target).

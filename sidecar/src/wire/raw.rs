@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue};
 
-use super::fields::{Known, Lines, request_line};
+use super::fields::{Known, Lines, range_of, request_line, write_field};
 
 /// Requests with more fields than this get a header map at once.
 pub const MAX_FIELDS: usize = 16;
@@ -54,42 +54,28 @@ fn span((start, end): (u16, u16)) -> std::ops::Range<usize> {
 
 impl Fields {
     /// The fields of a request head parsed from `buf` (names and values are slices of it), if
-    /// the request can go upstream without a header map: HTTP/1.1, at most [`MAX_FIELDS`]
-    /// fields within the first 64 KiB of `buf`, and none that is hop-by-hop (RFC 9110 §7.6.1),
-    /// an `Expect`, or a field `Connection` names, except `Connection` itself listing only
-    /// `keep-alive` or `close`.
+    /// the request can go upstream without a header map: `plain` (the caller's check: HTTP/1.1,
+    /// and `Connection` lists nothing but `keep-alive` and `close`), at most [`MAX_FIELDS`]
+    /// fields within the first 64 KiB of `buf`, and none that is hop-by-hop (RFC 9110 §7.6.1)
+    /// but `Connection`, an `Expect`, or a field `Connection` names.
     pub(super) fn of(
         buf: &[u8],
         fields: &[httparse::Header<'_>],
         kinds: &[Known],
-        http11: bool,
+        plain: bool,
     ) -> Option<Self> {
-        if !http11 || fields.len() > MAX_FIELDS {
+        if !plain || fields.len() > MAX_FIELDS {
             return None;
         }
         let offsets = |part: &[u8]| {
-            let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-            Some((
-                u16::try_from(start).ok()?,
-                u16::try_from(start + part.len()).ok()?,
-            ))
+            let r = range_of(buf, part);
+            Some((u16::try_from(r.start).ok()?, u16::try_from(r.end).ok()?))
         };
         let mut list = [Field::EMPTY; MAX_FIELDS];
         for ((slot, f), &kind) in list.iter_mut().zip(fields).zip(kinds) {
             match kind {
                 Known::HopByHop | Known::TransferEncoding | Known::Expect => return None,
-                Known::Connection => {
-                    let plain = f.value.split(|&b| b == b',').all(|t| {
-                        let t = t.trim_ascii();
-                        t.is_empty()
-                            || t.eq_ignore_ascii_case(b"keep-alive")
-                            || t.eq_ignore_ascii_case(b"close")
-                    });
-                    if !plain {
-                        return None;
-                    }
-                }
-                // `Connection: close` names it.
+                // `Connection: close` names it (`keep-alive` is hop-by-hop anyway).
                 Known::Other if f.name.eq_ignore_ascii_case("close") => return None,
                 _ => {}
             }
@@ -182,19 +168,13 @@ impl Fields {
             }
         }
         lines.skip(out);
-        let mut field = |name: &[u8], value: &[u8]| {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        };
         if let Some(id) = &stamp.request_id {
-            field(b"x-request-id", id);
+            write_field(out, b"x-request-id", id);
         }
-        field(b"traceparent", &stamp.traceparent);
-        field(b"x-forwarded-for", stamp.forwarded_for.as_bytes());
+        write_field(out, b"traceparent", &stamp.traceparent);
+        write_field(out, b"x-forwarded-for", stamp.forwarded_for.as_bytes());
         if !proto {
-            field(b"x-forwarded-proto", stamp.scheme.as_bytes());
+            write_field(out, b"x-forwarded-proto", stamp.scheme.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }
