@@ -151,9 +151,21 @@ fn main() {
                 }
                 if res > 0 && !conn.closing {
                     if op == RECV_CLIENT {
-                        request_in(conn, slot, &mut pending);
+                        pass(
+                            conn.upstream,
+                            &mut conn.req,
+                            request_len,
+                            slot,
+                            &mut pending,
+                        );
                     } else {
-                        response_in(conn, slot, &mut pending);
+                        pass(
+                            conn.client,
+                            &mut conn.resp,
+                            response_len,
+                            slot,
+                            &mut pending,
+                        );
                     }
                 }
                 if !cqueue::more(flags) {
@@ -240,22 +252,19 @@ fn send(fd: RawFd, data: &[u8], slot: usize) -> squeue::Entry {
         .user_data((slot as u64) << 2 | SEND)
 }
 
-/// A complete request head goes upstream. The clients here do not pipeline, so a head is all
-/// the buffer holds, and its bytes stay put until the response has come back.
-fn request_in(conn: &mut Conn, slot: usize, pending: &mut Vec<squeue::Entry>) {
-    if let Some(len) = request_len(&conn.req) {
-        pending.push(send(conn.upstream, &conn.req[..len], slot));
-        // Only the length changes: the bytes are overwritten by the next request, which
-        // comes after the client has had this one's response.
-        conn.req.clear();
-    }
-}
-
-/// A complete response goes to the client.
-fn response_in(conn: &mut Conn, slot: usize, pending: &mut Vec<squeue::Entry>) {
-    if let Some(len) = response_len(&conn.resp) {
-        pending.push(send(conn.client, &conn.resp[..len], slot));
-        // As in `request_in`: the next response comes after the next request.
-        conn.resp.clear();
+/// Sends a complete message in `buf` (as `complete` frames it) to `to`. The clients here do
+/// not pipeline, so a message is all the buffer holds, and its bytes stay put until the answer
+/// has come back: only the length is reset, and the next message overwrites them after the
+/// peer has had this one.
+fn pass(
+    to: RawFd,
+    buf: &mut Vec<u8>,
+    complete: fn(&[u8]) -> Option<usize>,
+    slot: usize,
+    pending: &mut Vec<squeue::Entry>,
+) {
+    if let Some(len) = complete(buf) {
+        pending.push(send(to, &buf[..len], slot));
+        buf.clear();
     }
 }
